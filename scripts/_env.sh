@@ -1,0 +1,34 @@
+# Shared by scripts/*: a project venv with the project installed (re-installed when
+# pyproject.toml changes), and the npm clients used by the conformance tests.
+# shellcheck shell=bash
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+
+log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
+
+ensure_venv() {  # $1 = extras, e.g. "test" or ""
+    local extras="${1:-}" spec="$ROOT" stamp
+    [ -n "$extras" ] && spec="$ROOT[$extras]"
+    if [ ! -x "$VENV/bin/python" ]; then
+        log "creating $VENV"
+        python3 -m venv "$VENV"
+    fi
+    stamp="$VENV/.installed-$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)-${extras:-base}"
+    if [ ! -f "$stamp" ]; then
+        log "installing chatd${extras:+ with [$extras]} into .venv"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$spec"
+        touch "$stamp"
+    fi
+}
+
+ensure_node_clients() {
+    local dir="$ROOT/tests/node"
+    if ! command -v npm >/dev/null; then
+        log "npm missing: installing Debian's nodejs/npm"
+        apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+    fi
+    if [ ! -f "$dir/node_modules/.installed" ] || [ "$dir/package.json" -nt "$dir/node_modules/.installed" ]; then
+        log "installing npm conformance clients"
+        (cd "$dir" && npm install --no-audit --no-fund --silent >/dev/null) && touch "$dir/node_modules/.installed"
+    fi
+}

@@ -1,0 +1,71 @@
+"""Shared fixtures: real services, one database per test run.
+
+Under CI=true a service that is not reachable fails the test; elsewhere it skips it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get("CHATD_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+RABBITMQ_HOST = ("127.0.0.1", 5672)
+IN_CI = os.environ.get("CI", "").lower() == "true"
+RUN_ID = uuid.uuid4().hex[:10]
+
+
+def _reachable(address: tuple[str, int]) -> bool:
+    try:
+        with socket.create_connection(address, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, address: tuple[str, int]) -> None:
+    """Skip (locally) or fail (in CI) when a service the test needs is not reachable."""
+    if _reachable(address):
+        return
+    message = f"{name} is not reachable on {address[0]}:{address[1]} (scripts/services starts it)"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run, dropped afterwards."""
+    import psycopg
+
+    require_service("PostgreSQL", ("127.0.0.1", 5432))
+    name = f"chatd_test_{RUN_ID}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """A fresh RabbitMQ vhost for this test run (guest has full rights), deleted afterwards."""
+    require_service("RabbitMQ", RABBITMQ_HOST)
+    vhost = f"chatd_test_{RUN_ID}"
+    subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True)
+    subprocess.run(
+        ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    finally:
+        subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
