@@ -85,7 +85,9 @@ class FrameDecoder:
             newline = buf.find(b"\n", self._pos)
             if newline < 0:
                 if len(buf) - self._pos > self.max_header_line:
-                    raise RemoteProtocolError("header line too long", f"limit {self.max_header_line}")
+                    raise RemoteProtocolError(
+                        "header line too long", f"limit {self.max_header_line}"
+                    )
                 if len(buf) > self.max_frame_size:
                     raise RemoteProtocolError("frame too large", f"limit {self.max_frame_size}")
                 return False

@@ -164,7 +164,9 @@ class ServerConnection:
                 raise RemoteProtocolError("invalid ack mode", f"unknown ack mode {ack!r}") from None
             return Subscribe(frame, sub_id, destination, mode)
         if command is Command.UNSUBSCRIBE:
-            sub_id = frame.get(ID) if self.version != "1.0" else frame.get(ID, frame.get(DESTINATION))
+            sub_id = frame.get(ID)
+            if sub_id is None and self.version == "1.0":
+                sub_id = frame.get(DESTINATION)
             if sub_id is None:
                 raise RemoteProtocolError("missing header", "UNSUBSCRIBE requires 'id'")
             return Unsubscribe(frame, sub_id)

@@ -100,4 +100,6 @@ class Violation:
     headers: Headers = ()
 
 
-ClientEvent = Connect | Send | Subscribe | Unsubscribe | Ack | Nack | Begin | Commit | Abort | Disconnect
+ClientEvent = (
+    Connect | Send | Subscribe | Unsubscribe | Ack | Nack | Begin | Commit | Abort | Disconnect
+)

@@ -66,7 +66,8 @@ class Loopback:
         if connect:
             client.send(Command.CONNECT, {"accept-version": version, "host": "localhost"})
             connected = client.take()
-            assert connected and connected[0].command is Command.CONNECTED, connected
+            if not connected or connected[0].command is not Command.CONNECTED:
+                raise AssertionError(f"CONNECT was answered with {connected}")
         return client
 
     def drop(self, client: LoopbackClient) -> None:
