@@ -1,0 +1,221 @@
+"""The `chatd` command (DESIGN §9): serve, migrate, check-config, keys, token.
+
+Operator mistakes (a bad config, a missing key file) print one ``chatd: error: ...`` line on
+stderr and exit 2, like argparse's own usage errors; a traceback is reserved for bugs. The
+server and storage modules are imported inside their commands, so the light commands work
+(and start fast) without the web stack or a database driver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from chatd.config import Config, ConfigError, load_config, redact_url
+
+EXIT_USAGE = 2
+DEFAULT_TOKEN_TTL = 3600
+
+
+class CommandError(Exception):
+    """A failure to report on one line, then exit 2."""
+
+
+def _load(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
+    overrides: dict[str, str] = {}
+    if getattr(args, "bind", None):
+        overrides["server.bind"] = args.bind
+    if getattr(args, "data_dir", None):
+        overrides["server.data_dir"] = args.data_dir
+    config_path = Path(args.config) if getattr(args, "config", None) else None
+    return load_config(config_path, env, overrides=overrides)
+
+
+def _note(message: str) -> None:
+    print(f"chatd: {message}", file=sys.stderr)
+
+
+def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Run the server until SIGINT/SIGTERM."""
+    config = _load(args, env)
+    # Dev keys must exist before the port opens, so the first client can already be verified.
+    if config.auth.uses_dev_keys:
+        from chatd.auth.keys import ensure_dev_keys
+
+        private_path, _, created = ensure_dev_keys(config.server.data_dir)
+        if created:
+            _note(f"generated dev signing keys in {private_path.parent} (embedded default)")
+
+    import trio
+
+    from chatd.supervisor import serve
+
+    try:
+        trio.run(serve, config)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Apply pending schema migrations to the configured database and exit."""
+    config = _load(args, env)
+    from chatd.storage import migrate
+
+    result = migrate(config)
+    if inspect.isawaitable(result):
+        import trio
+
+        async def wait() -> Any:
+            return await result
+
+        result = trio.run(wait)
+    applied = list(result) if result else []
+    target = redact_url(config.database.url)
+    print(f"{target}: applied {len(applied)} migration(s)" + "".join(f"\n  {m}" for m in applied))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Validate FILE (with the environment applied, as `serve` would) and summarize it."""
+    env = {k: v for k, v in env.items() if k != "CHATD_CONFIG"}
+    config = load_config(Path(args.file), env)
+    print(f"{args.file}: OK")
+    for line in describe(config):
+        print(f"  {line}")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Write a new RS256 key pair (private key mode 0600) into --out."""
+    from chatd.auth.keys import write_key_pair
+
+    private_path, public_path = write_key_pair(Path(args.out))
+    print(f"private key: {private_path}\npublic key:  {public_path}")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Print a JWT for EMAIL signed with the dev key, valid --ttl seconds."""
+    from chatd.auth.keys import dev_signing_key, load_private_key
+    from chatd.auth.tokens import mint_token
+    from chatd.domain.errors import BadRequest
+    from chatd.domain.rules import require_email
+
+    config = _load(args, env)
+    try:
+        email = require_email(args.email, "EMAIL")
+    except BadRequest as exc:
+        raise CommandError(exc.message) from None
+    if args.ttl <= 0:
+        raise CommandError("--ttl must be a positive number of seconds")
+    key_path, created = dev_signing_key(config)
+    if created:
+        _note(f"no dev keys yet: generated them in {key_path.parent}")
+    auth = config.auth
+    token = mint_token(
+        load_private_key(key_path), email, args.ttl, issuer=auth.issuer, audience=auth.audience
+    )
+    _warn_if_unverifiable(config, token)
+    print(token)
+    return 0
+
+
+def _warn_if_unverifiable(config: Config, token: str) -> None:
+    """Say so when the server would refuse the token (dev key not matching the public key)."""
+    if config.auth.jwks_url is not None:
+        return
+    from chatd.auth.tokens import verifier_from_config
+    from chatd.domain.errors import Unauthenticated
+
+    try:
+        verifier_from_config(config).verify(token)
+    except Unauthenticated as exc:
+        _note(f"warning: the server would refuse this token ({exc.message})")
+
+
+def describe(config: Config) -> list[str]:
+    """A short summary of the effective configuration, without secrets."""
+    server, auth, profiles, mq = config.server, config.auth, config.profiles, config.rabbitmq
+    keys = (
+        f"dev keys in {server.data_dir}"
+        if auth.uses_dev_keys
+        else str(auth.public_key_file or auth.jwks_url)
+    )
+    stomp_tcp = f", raw STOMP on {server.stomp_tcp_bind}" if server.stomp_tcp_bind else ""
+    return [
+        f"bind: {server.bind}{stomp_tcp}",
+        f"data dir: {server.data_dir}",
+        f"database: {redact_url(config.database.url)}",
+        f"auth: RS256 with {keys}",
+        f"profiles: {profiles.provider}" + (f" ({profiles.url})" if profiles.url else ""),
+        "rabbitmq: "
+        + (f"{redact_url(mq.url)} exchange {mq.exchange}" if mq else "off (single instance)"),
+        f"logging: {config.logging.format}, {config.logging.level}",
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; each subcommand carries its handler as ``func``."""
+    parser = argparse.ArgumentParser(prog="chatd", description="Real-time chat backend.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[..., int]) -> argparse.ArgumentParser:
+        summary = (func.__doc__ or "").strip().splitlines()[0]
+        command = sub.add_parser(name, help=summary, description=summary)
+        command.set_defaults(func=func)
+        return command
+
+    config_help = "TOML config file (default: $CHATD_CONFIG, else the embedded default)"
+    serve = add("serve", cmd_serve)
+    serve.add_argument("--config", metavar="FILE", help=config_help)
+    serve.add_argument("--bind", metavar="HOST:PORT", help="listen address (server.bind)")
+    serve.add_argument("--data-dir", metavar="DIR", help="data directory (server.data_dir)")
+
+    migrate = add("migrate", cmd_migrate)
+    migrate.add_argument("--config", metavar="FILE", help=config_help)
+
+    check = add("check-config", cmd_check_config)
+    check.add_argument("file", metavar="FILE")
+
+    keys = add("keys", cmd_keys)
+    keys.add_argument("--out", metavar="DIR", default=".", help="output directory (default: .)")
+
+    token = add("token", cmd_token)
+    token.add_argument("email", metavar="EMAIL")
+    token.add_argument("--config", metavar="FILE", help=config_help)
+    token.add_argument("--data-dir", metavar="DIR", help="data directory holding the dev keys")
+    token.add_argument(
+        "--ttl",
+        type=float,
+        default=DEFAULT_TOKEN_TTL,
+        metavar="SECONDS",
+        help=f"lifetime (default {DEFAULT_TOKEN_TTL})",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Entry point of the `chatd` console script; returns the exit status."""
+    from chatd.auth.keys import KeyFileError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args, os.environ if env is None else env))
+    except (ConfigError, KeyFileError, CommandError) as exc:
+        print(f"chatd: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModuleNotFoundError as exc:
+        if exc.name in ("chatd.supervisor", "chatd.storage"):
+            print(f"chatd: error: {args.command} is not available: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

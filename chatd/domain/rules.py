@@ -1,0 +1,265 @@
+"""Pure input rules: identities, message content, client message ids and send rate limits.
+
+Nothing here reads a clock or does I/O: time arrives as ``now`` (seconds, any monotonic origin),
+so the same rules serve REST and STOMP and are testable without sleeping. The ``DEFAULT_*``
+constants are the documented defaults; ``chatd.config`` takes its defaults from them and any
+``[limits]`` section object satisfies the small protocols below, so this module never imports
+the configuration layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cachetools import LRUCache
+
+from chatd.domain.errors import BadRequest, PayloadTooLarge, RateLimited
+
+DEFAULT_MAX_CONTENT_LENGTH = 4000
+DEFAULT_ALLOW_CONTROL_CHARS = False
+DEFAULT_SEND_BURST = 200
+DEFAULT_SENDS_PER_SECOND = 20.0
+DEFAULT_IDENTICAL_CONTENT = 20
+DEFAULT_IDENTICAL_WINDOW_SECONDS = 10.0
+DEFAULT_RATE_LIMIT_USERS = 100_000
+DEFAULT_HISTORY_LIMIT = 50
+DEFAULT_HISTORY_MAX = 200
+MAX_CLIENT_MESSAGE_ID_LENGTH = 100
+MAX_EMAIL_LENGTH = 254
+
+# RFC 5321 "atext" for the local part, minus "/" (and of course ":" and whitespace, which are not
+# atext anyway): the email is embedded in `/user/...` routing keys and `user:{email}:/queue/...`
+# outbox destinations, so separators must never appear in it. The domain must have a dot.
+_EMAIL = re.compile(
+    r"[a-z0-9!#$%&'*+=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+=?^_`{|}~-]+)*"
+    r"@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+)
+_ALLOWED_CONTROL = frozenset("\n\t")
+
+
+class ContentLimits(Protocol):
+    """What `validate_content` needs; `chatd.config.LimitsConfig` satisfies it."""
+
+    @property
+    def max_content_length(self) -> int: ...
+
+    @property
+    def allow_control_chars(self) -> bool: ...
+
+
+class SendLimits(Protocol):
+    """What `SendRateLimiter.from_limits` needs; `chatd.config.LimitsConfig` satisfies it."""
+
+    @property
+    def send_burst(self) -> int: ...
+
+    @property
+    def sends_per_second(self) -> float: ...
+
+    @property
+    def identical_content(self) -> int: ...
+
+    @property
+    def identical_window_seconds(self) -> float: ...
+
+    @property
+    def rate_limit_users(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultContentLimits:
+    max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH
+    allow_control_chars: bool = DEFAULT_ALLOW_CONTROL_CHARS
+
+
+DEFAULT_CONTENT_LIMITS = DefaultContentLimits()
+
+
+def normalize_email(value: str) -> str:
+    """Return the canonical form of an identity: trimmed and lower-cased (no validation)."""
+    return value.strip().lower()
+
+
+def is_email(value: str) -> bool:
+    """True when `value` is already a canonical email chatd accepts as an identity."""
+    return len(value) <= MAX_EMAIL_LENGTH and _EMAIL.fullmatch(value) is not None
+
+
+def require_email(value: object, what: str = "email") -> str:
+    """Return the normalized email, or raise `BadRequest` naming `what` if it is not one."""
+    if not isinstance(value, str):
+        raise BadRequest(f"{what} must be a string")
+    email = normalize_email(value)
+    if not is_email(email):
+        raise BadRequest(f"{what} is not a valid email address")
+    return email
+
+
+def validate_content(content: object, limits: ContentLimits = DEFAULT_CONTENT_LIMITS) -> str:
+    """Return `content` unchanged if it may be stored as a message text.
+
+    Raises `BadRequest` for a non-string, empty or whitespace-only text, or a control character
+    other than newline and tab (unless allowed); `PayloadTooLarge` above `max_content_length`
+    characters (code points). Lone surrogates are always refused: they cannot be encoded as
+    UTF-8 and would only fail later, in the store, as a 500.
+    """
+    if not isinstance(content, str):
+        raise BadRequest("content must be a string")
+    # Length first: it is O(1) and spares scanning a huge body character by character.
+    if len(content) > limits.max_content_length:
+        raise PayloadTooLarge(
+            f"content is {len(content)} characters long; the limit is {limits.max_content_length}"
+        )
+    if not content.strip():
+        raise BadRequest("content must not be empty")
+    for char in content:
+        category = unicodedata.category(char)
+        if category == "Cs":
+            raise BadRequest("content contains an invalid (surrogate) character")
+        if category == "Cc" and char not in _ALLOWED_CONTROL and not limits.allow_control_chars:
+            raise BadRequest(f"content contains a control character (U+{ord(char):04X})")
+    return content
+
+
+def validate_client_message_id(value: object) -> str:
+    """Return the id if it is a non-empty printable string of at most 100 characters.
+
+    Raises `BadRequest` otherwise. It is the idempotency key per sender, so it is kept verbatim.
+    """
+    if not isinstance(value, str) or not value:
+        raise BadRequest("clientMessageId is required")
+    if len(value) > MAX_CLIENT_MESSAGE_ID_LENGTH:
+        raise BadRequest(
+            f"clientMessageId is longer than {MAX_CLIENT_MESSAGE_ID_LENGTH} characters"
+        )
+    if not value.isprintable() or not value.strip():
+        raise BadRequest("clientMessageId must be printable text")
+    return value
+
+
+def parse_history_limit(
+    value: object, *, default: int = DEFAULT_HISTORY_LIMIT, maximum: int = DEFAULT_HISTORY_MAX
+) -> int:
+    """Return the page size asked for (a query string or int), `default` when absent.
+
+    Raises `BadRequest` for a non-integer or a value below 1; values above `maximum` are
+    clamped rather than refused, as clients commonly ask for "a lot".
+    """
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        raise BadRequest("limit must be a positive integer")
+    try:
+        limit = int(value) if isinstance(value, int | str) else int(str(value))
+    except ValueError:
+        raise BadRequest("limit must be a positive integer") from None
+    if limit < 1:
+        raise BadRequest("limit must be a positive integer")
+    return min(limit, maximum)
+
+
+@dataclass(slots=True)
+class _UserState:
+    tokens: float
+    updated: float
+    # Every accepted send still inside the identical-content window, oldest first, with a count
+    # per content digest. Its length is bounded by the token bucket (burst + rate * window).
+    recent: deque[tuple[float, bytes]] = field(default_factory=deque)
+    counts: Counter[bytes] = field(default_factory=Counter)
+
+
+class SendRateLimiter:
+    """Per-user send limits: a token bucket plus a cap on identical texts in a sliding window.
+
+    The bucket holds `send_burst` sends and refills at `sends_per_second`. Independently, at
+    most `identical_content` sends of the same text are accepted within any
+    `identical_window_seconds`; the next one is refused until the oldest of them leaves the
+    window. A refused send consumes nothing.
+
+    Memory is bounded: user states live in an LRU of `max_users` entries. Evicting a state only
+    forgets something if more than `max_users` distinct users sent within the last
+    `send_burst / sends_per_second` seconds (an idle user's state equals a fresh one), and a
+    state's history is itself bounded by the bucket. Texts are kept as 16-byte digests.
+    """
+
+    def __init__(
+        self,
+        *,
+        send_burst: int = DEFAULT_SEND_BURST,
+        sends_per_second: float = DEFAULT_SENDS_PER_SECOND,
+        identical_content: int = DEFAULT_IDENTICAL_CONTENT,
+        identical_window_seconds: float = DEFAULT_IDENTICAL_WINDOW_SECONDS,
+        max_users: int = DEFAULT_RATE_LIMIT_USERS,
+    ) -> None:
+        if send_burst < 1 or sends_per_second <= 0:
+            raise ValueError("send_burst must be >= 1 and sends_per_second > 0")
+        if identical_content < 1 or identical_window_seconds < 0 or max_users < 1:
+            raise ValueError(
+                "identical_content and max_users must be >= 1, identical_window_seconds >= 0"
+            )
+        self.send_burst = send_burst
+        self.sends_per_second = sends_per_second
+        self.identical_content = identical_content
+        self.identical_window_seconds = identical_window_seconds
+        self._users: LRUCache[str, _UserState] = LRUCache(maxsize=max_users)
+
+    @classmethod
+    def from_limits(cls, limits: SendLimits) -> SendRateLimiter:
+        """Build a limiter from a `[limits]` section (or anything shaped like it)."""
+        return cls(
+            send_burst=limits.send_burst,
+            sends_per_second=limits.sends_per_second,
+            identical_content=limits.identical_content,
+            identical_window_seconds=limits.identical_window_seconds,
+            max_users=limits.rate_limit_users,
+        )
+
+    def __len__(self) -> int:
+        """Number of users whose state is currently remembered."""
+        return len(self._users)
+
+    def check(self, user: str, content: str, now: float) -> None:
+        """Record a send by `user` at `now`, or refuse it.
+
+        Raises `RateLimited` (with `retry_after` in seconds, > 0) when the bucket is empty or
+        the same text was already accepted `identical_content` times within the window. Call it
+        only for sends that will be stored: an idempotent repeat must not be counted.
+        """
+        state = self._users.get(user)
+        if state is None:
+            state = _UserState(tokens=float(self.send_burst), updated=now)
+        self._users[user] = state  # (re)insert: marks the user most recently used
+
+        elapsed = max(0.0, now - state.updated)
+        state.tokens = min(float(self.send_burst), state.tokens + elapsed * self.sends_per_second)
+        state.updated = max(state.updated, now)
+
+        horizon = now - self.identical_window_seconds
+        while state.recent and state.recent[0][0] <= horizon:
+            _, old = state.recent.popleft()
+            state.counts[old] -= 1
+            if not state.counts[old]:
+                del state.counts[old]
+
+        if state.tokens < 1.0:
+            wait = (1.0 - state.tokens) / self.sends_per_second
+            raise RateLimited(f"too many messages; retry in {wait:.1f} s", retry_after=wait)
+
+        digest = hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        if state.counts[digest] >= self.identical_content:
+            oldest = next(t for t, d in state.recent if d == digest)
+            wait = max(oldest + self.identical_window_seconds - now, 1e-3)
+            raise RateLimited(
+                f"the same message was sent {state.counts[digest]} times in "
+                f"{self.identical_window_seconds:g} s; retry in {wait:.1f} s",
+                retry_after=wait,
+            )
+
+        state.tokens -= 1.0
+        state.recent.append((now, digest))
+        state.counts[digest] += 1

@@ -1,0 +1,130 @@
+"""The `chatd` command as operators run it: a subprocess, exit codes, stdout/stderr."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chatd.auth import TokenVerifier, load_public_key
+from chatd.auth.keys import DEV_PRIVATE_KEY_NAME, DEV_PUBLIC_KEY_NAME
+
+ROOT = Path(__file__).resolve().parents[2]
+CHATD = Path(sys.executable).with_name("chatd")
+
+
+def run(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m chatd ARGS` with a clean CHATD_* environment."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "chatd", *args],
+        cwd=cwd,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_console_script_is_installed(tmp_path: Path) -> None:
+    if not CHATD.exists():
+        pytest.skip("console script not installed in this environment")
+    result = subprocess.run([str(CHATD), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for command in ("serve", "migrate", "check-config", "keys", "token"):
+        assert command in result.stdout
+
+
+def test_check_config_ok(tmp_path: Path) -> None:
+    result = run("check-config", str(ROOT / "conf" / "chatd.example.toml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+    assert "sqlite:///chatd-data/chatd.sqlite3" in result.stdout
+
+
+def test_check_config_hides_passwords(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[database]\nurl = "postgresql://chat:hunter2@db/chat"\n')
+    result = run("check-config", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout
+    assert "chat:***@db" in result.stdout
+
+
+def test_check_config_error_is_one_line_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[limits]\nsend_burst = -1\n")
+    result = run("check-config", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"chatd: error: {path}: limits.send_burst: must be at least 1, got -1"
+    ]
+
+
+def test_env_error_names_the_variable(tmp_path: Path) -> None:
+    result = run("token", "a@example.com", cwd=tmp_path, env={"CHATD_BIND": "nope"})
+    assert result.returncode == 2
+    assert "environment variable CHATD_BIND: server.bind" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_keys_writes_a_pair_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    result = run("keys", "--out", "k", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    private_path = tmp_path / "k" / "jwt-private.pem"
+    assert stat.S_IMODE(private_path.stat().st_mode) == 0o600
+    assert (tmp_path / "k" / "jwt-public.pem").exists()
+    again = run("keys", "--out", "k", cwd=tmp_path)
+    assert again.returncode == 2
+    assert "already exists" in again.stderr
+
+
+def test_token_with_embedded_default_generates_dev_keys(tmp_path: Path) -> None:
+    result = run("token", "  Alice@Example.com", "--data-dir", "data", "--ttl", "60", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "generated" in result.stderr
+    public = load_public_key(tmp_path / "data" / DEV_PUBLIC_KEY_NAME)
+    assert TokenVerifier(public).verify(result.stdout.strip()) == "alice@example.com"
+    assert stat.S_IMODE((tmp_path / "data" / DEV_PRIVATE_KEY_NAME).stat().st_mode) == 0o600
+    second = run("token", "bob@example.com", "--data-dir", "data", cwd=tmp_path)
+    assert second.returncode == 0
+    assert second.stderr == ""
+    assert TokenVerifier(public).verify(second.stdout.strip()) == "bob@example.com"
+
+
+def test_token_honours_config_issuer_and_audience(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[auth]\nissuer = "https://id/"\naudience = "chat"\n[server]\ndata_dir = "d"\n')
+    result = run("token", "c@example.com", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    public = load_public_key(tmp_path / "d" / DEV_PUBLIC_KEY_NAME)
+    verifier = TokenVerifier(public, issuer="https://id/", audience="chat")
+    assert verifier.verify(result.stdout.strip()) == "c@example.com"
+
+
+def test_token_refuses_bad_email_and_external_keys(tmp_path: Path) -> None:
+    result = run("token", "not-an-email", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "EMAIL is not a valid email address" in result.stderr
+    result = run("token", "a@example.com", cwd=tmp_path, env={"CHATD_JWT_PUBLIC_KEY": "p.pem"})
+    assert result.returncode == 2
+    assert "dev_private_key_file" in result.stderr
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert run(cwd=tmp_path).returncode == 2
+    assert run("frobnicate", cwd=tmp_path).returncode == 2
+    assert run("token", cwd=tmp_path).returncode == 2
+
+
+def test_serve_validates_flags_before_starting(tmp_path: Path) -> None:
+    result = run("serve", "--bind", "localhost", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "command line (server.bind): server.bind: expected HOST:PORT" in result.stderr
