@@ -81,6 +81,8 @@ class _Message:
     key: str
     headers: Headers
     body: bytes
+    #: Publish order, so messages handed back to a queue keep the order they were sent in.
+    order: int
     _tails: dict[bool, bytes] = field(default_factory=dict)
 
     def tail(self, escaping: bool) -> bytes:
@@ -148,6 +150,7 @@ class Broker:
         self.limits = limits or Limits()
         self.server_name = server_name
         self._ids = ids if ids is not None else itertools.count(1)
+        self._order = itertools.count()
         self._sessions: dict[SessionId, _Session] = {}
         self._topics: dict[str, dict[_Subscription, None]] = {}
         self._queues: dict[str, _Queue] = {}
@@ -259,7 +262,7 @@ class Broker:
         `user_key(...)`), as if a client had sent it. Raises RemoteProtocolError when a /queue
         backlog is full."""
         out: list[Action] = []
-        self._route(_Message(key, _passed_on(headers), body), out)
+        self._route(self._message(key, headers, body), out)
         return out
 
     # -- event handling ------------------------------------------------------------------------
@@ -269,7 +272,7 @@ class Broker:
             self._buffer(state, event)
         elif isinstance(event, Send):
             key = self._send_key(state, event.destination)
-            self._route(_Message(key, _passed_on(event.frame.headers), event.frame.body), out)
+            self._route(self._message(key, event.frame.headers, event.frame.body), out)
         elif isinstance(event, Subscribe):
             self._subscribe(state, event, out)
         elif isinstance(event, Unsubscribe):
@@ -364,7 +367,7 @@ class Broker:
             del queue.consumers[index]
             if index < queue.cursor:
                 queue.cursor -= 1
-            queue.backlog.extendleft(reversed([entry.message for _, entry in returned]))
+            _requeue(queue, [entry.message for _, entry in returned])
             last = not queue.consumers
             self._drain(queue, out)
             if last and not queue.backlog:
@@ -396,10 +399,13 @@ class Broker:
         queue = self._queues.get(subscription.key)
         if queue is not None:
             if nack:
-                queue.backlog.extendleft(reversed(messages))
+                _requeue(queue, messages)
             self._drain(queue, out)
 
     # -- routing -------------------------------------------------------------------------------
+
+    def _message(self, key: str, headers: Iterable[tuple[str, str]], body: bytes) -> _Message:
+        return _Message(key, _passed_on(headers), body, next(self._order))
 
     def _route(self, message: _Message, out: list[Action]) -> None:
         queue = self._queues.get(message.key)
@@ -457,6 +463,10 @@ class Broker:
             session.unacked[message_id] = _Unacked(subscription, message)
         out.append(Write(session.id, head, message.tail(session.escaping)))
         return True
+
+
+def _requeue(queue: _Queue, messages: list[_Message]) -> None:
+    queue.backlog.extendleft(sorted(messages, key=lambda m: m.order, reverse=True))
 
 
 def _passed_on(headers: Iterable[tuple[str, str]]) -> Headers:
