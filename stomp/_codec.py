@@ -55,7 +55,7 @@ class FrameDecoder:
         """Bytes received but not yet returned as frames."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         """Append received bytes; call `next_frame()` to take frames out."""
         if self._failed is not None:
             raise LocalProtocolError("feed() after the decoder failed")

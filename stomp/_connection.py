@@ -96,24 +96,24 @@ class ServerConnection:
         self._versions = versions
         self._decoder = FrameDecoder(**decoder_limits)
 
-    def receive_data(self, data: bytes) -> list[ClientEvent | Violation]:
+    def receive_data(self, data: bytes | bytearray) -> list[ClientEvent | Violation]:
         """Decode `data`; a `Violation`, if any, is the last event and closes the connection."""
-        if self.state is State.CLOSED:
+        if self.closed:
             return []
         events: list[ClientEvent | Violation] = []
         try:
             self._decoder.feed(data)
-            while self.state is not State.CLOSED:
-                frame = self._decoder.next_frame()
-                if frame is None:
-                    break
+            while (frame := self._decoder.next_frame()) is not None:
                 events.append(self._to_event(frame))
+                if self.closed:  # after DISCONNECT or a violation nothing more is read
+                    break
         except RemoteProtocolError as exc:
             events.append(self._fail(exc.message, exc.detail))
-        else:
-            if events and isinstance(events[-1], Violation):
-                self.state = State.CLOSED
         return events
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
 
     def encode(self, frame: Frame) -> bytes:
         """Serialize a frame for this peer (no header escaping for STOMP 1.0)."""
@@ -182,13 +182,15 @@ class ServerConnection:
             kind = Ack if command is Command.ACK else Nack
             return kind(frame, ack_id, frame.get(TRANSACTION))
         if command in (Command.BEGIN, Command.COMMIT, Command.ABORT):
-            kinds = {Command.BEGIN: Begin, Command.COMMIT: Commit, Command.ABORT: Abort}
-            return kinds[command](frame, _required(frame, TRANSACTION))
+            transaction = _required(frame, TRANSACTION)
+            if command is Command.BEGIN:
+                return Begin(frame, transaction)
+            return (Commit if command is Command.COMMIT else Abort)(frame, transaction)
         assert command is Command.DISCONNECT
         return Disconnect(frame)
 
     def _connect(self, frame: Frame) -> Connect:
-        offered = [v.strip() for v in frame.get(ACCEPT_VERSION, "1.0").split(",")]  # type: ignore[union-attr]
+        offered = [v.strip() for v in frame.get(ACCEPT_VERSION, "1.0").split(",")]
         common = [v for v in self._versions if v in offered]
         if not common:
             supported = ",".join(self._versions)

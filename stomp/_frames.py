@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import overload
 
 
 class Command(StrEnum):
@@ -77,6 +78,13 @@ class Frame:
     command: Command
     headers: Headers = ()
     body: bytes = b""
+
+    @overload
+    def get(self, name: str) -> str | None: ...
+    @overload
+    def get(self, name: str, default: str) -> str: ...
+    @overload
+    def get(self, name: str, default: str | None) -> str | None: ...
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of header `name` (STOMP: the first repeat wins), else `default`."""
