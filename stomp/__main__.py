@@ -1,0 +1,147 @@
+"""`python -m stomp`: run the broker alone, over raw TCP and/or WebSocket, with no auth.
+
+Logs one ready line, which scripts and tests parse, once every listener is bound:
+
+    stomp broker ready tcp=127.0.0.1:54321 ws=ws://127.0.0.1:54322/ws
+
+(parts for transports that are not enabled are left out). SIGINT or SIGTERM shuts down
+gracefully: every session gets an ERROR ("server shutting down") and its transport is closed
+(WebSocket code 1001) within the shutdown timeout; the process then exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from . import DEFAULT_HEARTBEAT, DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_FRAME_SIZE
+from .broker import (
+    DEFAULT_MAX_QUEUE_BACKLOG,
+    DEFAULT_MAX_SUBSCRIPTIONS,
+    DEFAULT_MAX_UNACKED,
+    Broker,
+    Limits,
+)
+from .trio import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_PENDING_BYTES,
+    DEFAULT_MAX_PENDING_FRAMES,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    BrokerRuntime,
+    serve_tcp,
+    serve_websocket,
+)
+
+log = logging.getLogger("stomp")
+
+DEFAULT_TCP = "127.0.0.1:61613"
+
+
+def _address(value: str) -> tuple[str, int]:
+    host, colon, port = value.rpartition(":")
+    if not colon or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _heartbeat(value: str) -> tuple[int, int]:
+    parts = value.split(",")
+    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"expected SEND,RECV in ms, got {value!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m stomp", description=__doc__.split("\n")[0])
+    parser.add_argument("--tcp", type=_address, metavar="HOST:PORT",
+                        help=f"raw STOMP listener (default {DEFAULT_TCP} if no --ws)")
+    parser.add_argument("--ws", type=_address, metavar="HOST:PORT",
+                        help="STOMP over WebSocket listener, at path /ws")
+    parser.add_argument("--ws-path", default="/ws", help="WebSocket path (default /ws)")
+    parser.add_argument("--binary", action="store_true",
+                        help="send WebSocket binary messages instead of text")
+    parser.add_argument("--heartbeat", type=_heartbeat, default=None, metavar="SEND,RECV",
+                        help="heart-beats the server offers, in ms (default 10000,10000)")
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-pending-frames", type=int,
+                        default=DEFAULT_MAX_PENDING_FRAMES)
+    limits.add_argument("--max-pending-bytes", type=int,
+                        default=DEFAULT_MAX_PENDING_BYTES)
+    limits.add_argument("--max-frame-size", type=int, default=DEFAULT_MAX_FRAME_SIZE)
+    limits.add_argument("--max-body-size", type=int, default=DEFAULT_MAX_BODY_SIZE)
+    limits.add_argument("--max-subscriptions", type=int, default=DEFAULT_MAX_SUBSCRIPTIONS)
+    limits.add_argument("--max-unacked", type=int, default=DEFAULT_MAX_UNACKED)
+    limits.add_argument("--max-queue-backlog", type=int, default=DEFAULT_MAX_QUEUE_BACKLOG)
+    limits.add_argument("--connect-timeout", type=float,
+                        default=DEFAULT_CONNECT_TIMEOUT, metavar="SECONDS")
+    limits.add_argument("--shutdown-timeout", type=float,
+                        default=DEFAULT_SHUTDOWN_TIMEOUT, metavar="SECONDS")
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def _runtime(args: argparse.Namespace) -> BrokerRuntime:
+    limits = Limits(max_subscriptions=args.max_subscriptions, max_unacked=args.max_unacked,
+                    max_queue_backlog=args.max_queue_backlog)
+    return BrokerRuntime(
+        Broker(limits=limits),
+        heartbeat=args.heartbeat or DEFAULT_HEARTBEAT,
+        max_pending_frames=args.max_pending_frames,
+        max_pending_bytes=args.max_pending_bytes,
+        max_frame_size=args.max_frame_size,
+        max_body_size=args.max_body_size,
+        connect_timeout=args.connect_timeout,
+    )
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Bind every listener, log the ready line, and serve until SIGINT/SIGTERM."""
+    runtime = _runtime(args)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            parts = []
+            if args.tcp is not None:
+                host, port = await nursery.start(serve_tcp, runtime, *args.tcp)
+                parts.append(f"tcp={_hostport(host, port)}")
+            if args.ws is not None:
+                host, port = await nursery.start(functools.partial(
+                    serve_websocket, runtime, *args.ws, path=args.ws_path, binary=args.binary))
+                parts.append(f"ws=ws://{_hostport(host, port)}{args.ws_path}")
+            log.info("stomp broker ready %s", " ".join(parts))
+            async for signum in signals:
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+                break
+            # Listeners stay open meanwhile: a late peer is refused with the same ERROR.
+            await runtime.shutdown(args.shutdown_timeout)
+            nursery.cancel_scope.cancel()
+    log.info("stomp broker stopped")
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv`, run the broker, return the exit status."""
+    args = _parser().parse_args(argv)
+    if args.tcp is None and args.ws is None:
+        args.tcp = _address(DEFAULT_TCP)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    status = 0
+    try:
+        trio.run(serve, args)
+    except* OSError as group:  # a listener could not bind
+        log.error("cannot start: %s", "; ".join(str(exc) for exc in group.exceptions))
+        status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

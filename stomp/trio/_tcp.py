@@ -1,0 +1,48 @@
+"""Raw STOMP over TCP (the classic port 61613): trio's listeners, one session pump per peer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from ._hooks import TransportInfo
+from ._runtime import BrokerRuntime
+from ._session import serve_stream
+
+log = logging.getLogger("stomp.trio")
+
+
+async def serve_tcp(
+    runtime: BrokerRuntime,
+    host: str | None,
+    port: int,
+    *,
+    backlog: int | None = None,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept STOMP connections on `host:port` (port 0: any free port) until cancelled.
+
+    Reports the bound `(host, port)` of the first listener through `task_status.started()`, so
+    `addr = await nursery.start(serve_tcp, runtime, "127.0.0.1", 0)` tells a test where to
+    connect. Raises OSError if the address cannot be bound.
+    """
+    listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        await serve_stream(runtime, stream, TransportInfo("tcp", remote=_peer(stream)))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, handle, listeners)
+        bound = listeners[0].socket.getsockname()
+        log.debug("stomp tcp listening on %s:%s", bound[0], bound[1])
+        task_status.started((bound[0], bound[1]))
+
+
+def _peer(stream: trio.SocketStream) -> tuple[str, int] | None:
+    try:
+        address: Any = stream.socket.getpeername()
+    except OSError:  # the peer already left
+        return None
+    return (str(address[0]), int(address[1]))

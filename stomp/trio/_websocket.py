@@ -1,0 +1,180 @@
+"""STOMP over WebSocket: trio-websocket's server, and an adapter that makes any message-based
+WebSocket look like a byte stream for the session pump.
+
+STOMP over WebSocket is a byte stream cut into messages at the sender's whim: one message may
+hold several frames, or a frame and heart-beat newlines, and a frame may span messages. So the
+adapter concatenates incoming messages and decodes the result as a stream, and sends one message
+per writer flush. The same `MessageStream` serves chatd's Quart/Hypercorn `/ws` route.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import trio
+import trio_websocket
+
+from ._hooks import TransportInfo
+from ._runtime import BrokerRuntime
+from ._session import CLOSE_NORMAL, serve_stream
+
+log = logging.getLogger("stomp.trio")
+
+#: The STOMP subprotocols, in our order of preference.
+SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
+
+Message = str | bytes
+
+
+class MessageStream:
+    """A WebSocket as a stream: `receive_some`, `send_all`, `aclose`.
+
+    Built from the connection's `receive()` and `send(message)` (and optionally
+    `close(code, reason)`); `closed_errors` are what those raise once the connection is closed,
+    which reads as end-of-stream (`b""`) and makes `send_all` raise `trio.BrokenResourceError`.
+    A received `None` is an empty message (Hypercorn) and is skipped. Outgoing bytes go as a
+    text message when they are valid UTF-8 (STOMP's NUL included) unless `binary` is set, and
+    as a binary message otherwise; `close_code` is what `aclose` sends (the pump sets 1001 on a
+    server shutdown).
+    """
+
+    def __init__(
+        self,
+        receive: Callable[[], Awaitable[Message | None]],
+        send: Callable[[Message], Awaitable[object]],
+        close: Callable[[int, str], Awaitable[object]] | None = None,
+        *,
+        binary: bool = False,
+        closed_errors: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        self._receive = receive
+        self._send = send
+        self._close = close
+        self.binary = binary
+        self._closed_errors = closed_errors
+        self._pending = b""
+        self._closed = False
+        self.close_code = CLOSE_NORMAL
+        self.close_reason = ""
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """The next bytes the peer sent (from one message, or its rest); b"" at the end."""
+        if self._closed:
+            raise trio.ClosedResourceError("the WebSocket stream was closed")
+        data = self._pending
+        self._pending = b""
+        while not data:
+            try:
+                message = await self._receive()
+            except self._closed_errors:
+                return b""
+            if message is None:
+                continue
+            data = message.encode() if isinstance(message, str) else bytes(message)
+        if max_bytes is not None and len(data) > max_bytes:
+            self._pending = data[max_bytes:]
+            data = data[:max_bytes]
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send `data` as one WebSocket message."""
+        if self._closed:
+            raise trio.ClosedResourceError("the WebSocket stream was closed")
+        payload = bytes(data)
+        message: Message = payload
+        if not self.binary:
+            with contextlib.suppress(UnicodeDecodeError):
+                message = payload.decode()
+        try:
+            await self._send(message)
+        except self._closed_errors as exc:
+            raise trio.BrokenResourceError("the WebSocket is closed") from exc
+
+    async def aclose(self) -> None:
+        """Close the WebSocket with `close_code`; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._close is not None:
+            with contextlib.suppress(*self._closed_errors):
+                await self._close(self.close_code, self.close_reason)
+
+
+def websocket_stream(connection: trio_websocket.WebSocketConnection, *,
+                     binary: bool = False) -> MessageStream:
+    """A `MessageStream` over a trio-websocket connection."""
+    return MessageStream(connection.get_message, connection.send_message, connection.aclose,
+                         binary=binary, closed_errors=(trio_websocket.ConnectionClosed,))
+
+
+def choose_subprotocol(offered: tuple[str, ...] | list[str]) -> str | None:
+    """The best STOMP subprotocol the client offers (1.2 > 1.1 > 1.0), or None.
+
+    A client that offers none is still accepted (without a subprotocol): the STOMP version is
+    negotiated again by CONNECT's `accept-version`, and stompjs always offers all three anyway.
+    """
+    for candidate in SUBPROTOCOLS:
+        if candidate in offered:
+            return candidate
+    return None
+
+
+async def serve_websocket(
+    runtime: BrokerRuntime,
+    host: str | None,
+    port: int,
+    *,
+    path: str = "/ws",
+    binary: bool = False,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept STOMP over WebSocket at `ws://host:port{path}` (port 0: any free port) until
+    cancelled.
+
+    Handshakes to any other path are answered 404. The subprotocol is negotiated as in
+    `choose_subprotocol`; the handshake's query string, headers and peer address reach the
+    `authenticate` hook through `TransportInfo`. Outgoing frames go as text messages, or binary
+    ones with `binary=True`. Reports the bound `(host, port)` through `task_status.started()`.
+    Raises OSError if the address cannot be bound.
+    """
+
+    async def handle(request: trio_websocket.WebSocketRequest) -> None:
+        target_path, _, query = request.path.partition("?")
+        if target_path != path:
+            await request.reject(404, body=b"not found")
+            return
+        subprotocol = choose_subprotocol(request.proposed_subprotocols)
+        try:
+            connection = await request.accept(subprotocol=subprotocol)
+        except trio_websocket.ConnectionClosed:
+            return
+        headers = tuple((name.decode("latin-1").lower(), value.decode("latin-1"))
+                        for name, value in request.headers)
+        remote = request.remote
+        info = TransportInfo(
+            "websocket",
+            remote=(str(remote.address), remote.port)
+            if isinstance(remote, trio_websocket.Endpoint) else None,
+            path=target_path,
+            query_string=query,
+            headers=headers,
+            subprotocol=subprotocol,
+        )
+        await serve_stream(runtime, websocket_stream(connection, binary=binary), info)
+
+    serve = partial(trio_websocket.serve_websocket, handle, host, port, None,
+                    max_message_size=runtime.max_frame_size,
+                    connect_timeout=runtime.connect_timeout,
+                    disconnect_timeout=runtime.close_timeout)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve)
+        endpoint = server.listeners[0]
+        if isinstance(endpoint, trio_websocket.Endpoint):
+            bound = (str(endpoint.address), endpoint.port)
+        else:
+            bound = (host or "", port)
+        log.debug("stomp websocket listening on %s:%s%s", bound[0], bound[1], path)
+        task_status.started(bound)
