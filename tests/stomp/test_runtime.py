@@ -1,0 +1,325 @@
+"""The trio runtime and session pump over in-memory streams (MockClock for every timer)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import trio
+import trio.testing
+
+from stomp import Connect, Send, Subscribe
+from stomp.broker import Broker, Limits
+from stomp.trio import BrokerRuntime, Refused, TransportInfo, serve_stream
+
+from .stomp_peer import Peer
+
+TOPIC = "/topic/t"
+
+
+def start(nursery: trio.Nursery, runtime: BrokerRuntime, stream_pair: Callable[
+        [], tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]] | None = None
+          ) -> Peer:
+    client, server = (stream_pair or trio.testing.memory_stream_pair)()
+    nursery.start_soon(serve_stream, runtime, server, TransportInfo("memory"))
+    return Peer(client)
+
+
+async def test_connect_subscribe_send_round_trip(nursery: trio.Nursery) -> None:
+    runtime = BrokerRuntime()
+    peer = start(nursery, runtime)
+    connected = await peer.connect()
+    assert connected.get("version") == "1.2"
+    assert connected.get("heart-beat") == "0,0"
+    await peer.subscribe(TOPIC)
+    await peer.send("SEND", {"destination": TOPIC, "receipt": "r2"}, b"hello")
+    message = await peer.frame()
+    assert (message.command, message.get("destination"), message.body) == ("MESSAGE", TOPIC,
+                                                                          b"hello")
+    assert (await peer.frame()).get("receipt-id") == "r2"
+    assert runtime.session_count == 1
+    await peer.send("DISCONNECT", {"receipt": "bye"})
+    assert (await peer.frame()).get("receipt-id") == "bye"
+    assert await peer.eof()
+    await wait_until(lambda: runtime.session_count == 0)
+
+
+async def test_server_heartbeat_sent_when_idle(nursery: trio.Nursery,
+                                               autojump_clock: trio.testing.MockClock) -> None:
+    runtime = BrokerRuntime(heartbeat=(1000, 0))
+    peer = start(nursery, runtime)
+    assert (await peer.connect(heartbeat="0,1000")).get("heart-beat") == "1000,0"
+    beats = []
+    for _ in range(3):
+        start_time = trio.current_time()
+        assert await peer.stream.receive_some() == b"\n"
+        beats.append(trio.current_time() - start_time)
+    assert beats == pytest.approx([1.0, 1.0, 1.0])
+
+
+async def test_heartbeat_timeout_closes_silent_peer(
+        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    runtime = BrokerRuntime(heartbeat=(0, 1000))
+    peer = start(nursery, runtime)
+    await peer.connect(heartbeat="1000,0")
+    began = trio.current_time()
+    error = await peer.frame()
+    assert (error.command, error.get("message")) == ("ERROR", "heart-beat timeout")
+    assert trio.current_time() - began == pytest.approx(1.5)
+    assert await peer.eof()
+
+
+async def test_heartbeats_from_peer_keep_session_alive(
+        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    runtime = BrokerRuntime(heartbeat=(0, 1000))
+    peer = start(nursery, runtime)
+    await peer.connect(heartbeat="1000,0")
+    for _ in range(10):
+        await trio.sleep(1.2)
+        await peer.stream.send_all(b"\n")
+    await peer.subscribe(TOPIC)  # still served
+    assert runtime.session_count == 1
+
+
+async def test_connect_deadline(nursery: trio.Nursery,
+                                autojump_clock: trio.testing.MockClock) -> None:
+    runtime = BrokerRuntime(connect_timeout=10)
+    began = trio.current_time()
+    peer = start(nursery, runtime)
+    error = await peer.frame()
+    assert (error.command, error.get("message")) == ("ERROR", "connect timeout")
+    assert trio.current_time() - began == pytest.approx(10)
+    assert await peer.eof()
+    assert runtime.session_count == 0
+
+
+async def test_slow_consumer_is_closed_fast_one_gets_everything(nursery: trio.Nursery) -> None:
+    runtime = BrokerRuntime(max_pending_frames=10)
+    fast = start(nursery, runtime)
+    slow = start(nursery, runtime, trio.testing.lockstep_stream_pair)
+    for peer in (fast, slow):
+        await peer.connect()
+        await peer.subscribe(TOPIC)
+    received: list[bytes] = []
+
+    async def collect() -> None:
+        while len(received) < 100:
+            received.append((await fast.frame()).body)
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(collect)
+        for n in range(100):
+            runtime.publish(TOPIC, str(n).encode())
+            await trio.sleep(0)
+    assert received == [str(n).encode() for n in range(100)]
+    # The slow peer now reads: what was queued up to the bound, the ERROR, then the end.
+    frames = await slow.frames_until_eof()
+    assert frames[-1].command == "ERROR"
+    assert frames[-1].get("message") == "slow consumer"
+    assert all(frame.command == "MESSAGE" for frame in frames[:-1])
+    # The batch the writer was blocked on, plus at most the bound.
+    assert len(frames) - 1 < 30
+    await wait_until(lambda: runtime.session_count == 1)
+
+
+class CountingStream(trio.abc.Stream):
+    """A memory stream that counts `send_all` calls."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.sends = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.sends += 1
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_writer_sends_queued_frames_in_one_send_all(nursery: trio.Nursery) -> None:
+    runtime = BrokerRuntime()
+    client, server = trio.testing.memory_stream_pair()
+    counting = CountingStream(server)
+    nursery.start_soon(serve_stream, runtime, counting)
+    peer = Peer(client)
+    await peer.connect()
+    await peer.subscribe(TOPIC)
+    before = counting.sends
+    for n in range(1000):
+        runtime.publish(TOPIC, str(n).encode())
+    bodies = [(await peer.frame()).body for _ in range(1000)]
+    assert bodies == [str(n).encode() for n in range(1000)]
+    assert counting.sends - before == 1
+
+
+class Hooks:
+    """Application hooks for the tests: refuse some names, handle /app/ destinations."""
+
+    def __init__(self) -> None:
+        self.app_sends: list[tuple[str, str | None, Send]] = []
+
+    async def authenticate(self, event: Connect, transport: TransportInfo) -> str | None:
+        await trio.sleep(0.01)  # a hook may take time; frames after it must wait
+        if event.login == "mallory":
+            raise Refused("bad credentials", "unknown user")
+        if event.login == "bug":
+            raise RuntimeError("hook bug")
+        return event.login
+
+    async def authorize_subscribe(self, principal: str | None, event: Subscribe) -> None:
+        await trio.sleep(0.01)
+        if event.destination == "/topic/secret":
+            raise Refused("forbidden", f"{principal} may not subscribe")
+
+    async def authorize_send(self, principal: str | None, event: Send) -> None:
+        if event.destination == "/topic/readonly":
+            raise Refused("forbidden", "read-only destination")
+
+    async def on_app_send(self, session: str, principal: str | None, event: Send) -> bool:
+        if not event.destination.startswith("/app/"):
+            return False
+        self.app_sends.append((session, principal, event))
+        return True
+
+
+@pytest.mark.parametrize(
+    ("login", "frames", "message"),
+    [
+        ("mallory", [], "bad credentials"),
+        ("bug", [], "internal server error"),
+        ("alice", [("SUBSCRIBE", {"destination": "/topic/secret", "id": "1"})], "forbidden"),
+        ("alice", [("SEND", {"destination": "/topic/readonly"})], "forbidden"),
+    ],
+)
+async def test_hooks_refuse_with_error_and_close(
+        nursery: trio.Nursery, login: str, frames: list[tuple[str, dict[str, str]]],
+        message: str) -> None:
+    runtime = BrokerRuntime(hooks=Hooks())
+    peer = start(nursery, runtime)
+    await peer.send("CONNECT", {"accept-version": "1.2", "host": "x", "login": login})
+    for command, headers in frames:
+        await peer.send(command, {**headers, "receipt": "r"})
+    replies = await peer.frames_until_eof()
+    assert replies[-1].command == "ERROR"
+    assert replies[-1].get("message") == message
+    if frames:
+        assert [frame.command for frame in replies] == ["CONNECTED", "ERROR"]
+        assert replies[-1].get("receipt-id") == "r"
+    await wait_until(lambda: runtime.session_count == 0)
+
+
+async def test_hooks_keep_frame_order(nursery: trio.Nursery) -> None:
+    runtime = BrokerRuntime(hooks=Hooks())
+    peer = start(nursery, runtime)
+    # Everything in one write: the slow hooks must not let later frames overtake.
+    await peer.send_many([
+        ("CONNECT", {"accept-version": "1.2", "host": "x", "login": "alice"}, b""),
+        ("SUBSCRIBE", {"destination": TOPIC, "id": "1", "receipt": "sub"}, b""),
+        ("SEND", {"destination": TOPIC}, b"first"),
+    ])
+    frames = [await peer.frame() for _ in range(3)]
+    assert [frame.command for frame in frames] == ["CONNECTED", "RECEIPT", "MESSAGE"]
+    assert frames[0].get("user-name") == "alice"
+    assert runtime.principal(frames[0].get("session") or "") == "alice"
+
+
+async def test_app_send_goes_to_hook_not_broker(nursery: trio.Nursery) -> None:
+    hooks = Hooks()
+    runtime = BrokerRuntime(hooks=hooks)
+    peer = start(nursery, runtime)
+    await peer.connect(login="alice")
+    await peer.subscribe("/app/chat.send")
+    await peer.send("SEND", {"destination": "/app/chat.send", "receipt": "r7"}, b"{}")
+    await wait_until(lambda: bool(hooks.app_sends))
+    session, principal, event = hooks.app_sends[0]
+    assert (principal, event.frame.body, event.receipt) == ("alice", b"{}", "r7")
+    runtime.receipt(session, "r7")  # the application answers once its work is done
+    reply = await peer.frame()
+    assert (reply.command, reply.get("receipt-id")) == ("RECEIPT", "r7")  # no MESSAGE before
+
+
+async def test_violation_gets_error_and_server_keeps_serving(nursery: trio.Nursery) -> None:
+    runtime = BrokerRuntime()
+    bad = start(nursery, runtime)
+    await bad.connect()
+    await bad.stream.send_all(b"NOT-A-COMMAND\n\n\0")
+    frames = await bad.frames_until_eof()
+    assert (frames[-1].command, frames[-1].get("message")) == ("ERROR", "unknown command")
+    good = start(nursery, runtime)
+    await good.connect()
+    await good.subscribe(TOPIC)
+
+
+async def test_transport_loss_requeues_unacked(nursery: trio.Nursery) -> None:
+    runtime = BrokerRuntime()
+    first = start(nursery, runtime)
+    await first.connect()
+    await first.subscribe("/queue/q", ack="client-individual")
+    runtime.publish("/queue/q", b"job")
+    assert (await first.frame()).body == b"job"
+    await first.stream.aclose()  # gone without ACK or DISCONNECT
+    await wait_until(lambda: runtime.session_count == 0)
+    second = start(nursery, runtime)
+    await second.connect()
+    await second.send("SUBSCRIBE", {"destination": "/queue/q", "id": "1"})
+    assert (await second.frame()).body == b"job"
+
+
+async def test_destination_active_callback(nursery: trio.Nursery) -> None:
+    changes: list[tuple[str, bool]] = []
+    runtime = BrokerRuntime(on_destination_active=lambda key, active: changes.append(
+        (key, active)))
+    peer = start(nursery, runtime)
+    await peer.connect()
+    await peer.subscribe(TOPIC)
+    assert changes == [(TOPIC, True)]
+    await peer.stream.aclose()
+    await wait_until(lambda: runtime.session_count == 0)
+    assert changes == [(TOPIC, True), (TOPIC, False)]
+
+
+async def test_graceful_shutdown(nursery: trio.Nursery,
+                                 autojump_clock: trio.testing.MockClock) -> None:
+    runtime = BrokerRuntime(Broker(limits=Limits()))
+    peers = [start(nursery, runtime) for _ in range(3)]
+    for peer in peers[:2]:
+        await peer.connect()
+        await peer.subscribe(TOPIC)
+    await trio.sleep(0.1)  # the third one has not sent CONNECT yet
+    await runtime.shutdown(2)
+    assert runtime.session_count == 0
+    for peer in peers:
+        frames = await peer.frames_until_eof()
+        assert (frames[-1].command, frames[-1].get("message")) == ("ERROR",
+                                                                   "server shutting down")
+    late = start(nursery, runtime)
+    frames = await late.frames_until_eof()
+    assert [frame.get("message") for frame in frames] == ["server shutting down"]
+
+
+async def test_shutdown_cuts_off_a_peer_that_never_reads(
+        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    runtime = BrokerRuntime(close_timeout=1)
+    stuck = start(nursery, runtime, trio.testing.lockstep_stream_pair)
+    await stuck.connect()
+    await stuck.subscribe(TOPIC)
+    runtime.publish(TOPIC, b"x" * 100)  # the writer now blocks: nobody reads
+    await trio.sleep(1)
+    began = trio.current_time()
+    await runtime.shutdown(3)
+    assert runtime.session_count == 0
+    assert trio.current_time() - began <= 3 + 1
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5) -> None:
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.001)
+
