@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from stomp import Connect, Send, Subscribe
@@ -110,7 +111,7 @@ async def test_slow_consumer_is_closed_fast_one_gets_everything(nursery: trio.Nu
         inner.start_soon(collect)
         for n in range(100):
             runtime.publish(TOPIC, str(n).encode())
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
     assert received == [str(n).encode() for n in range(100)]
     # The slow peer now reads: what was queued up to the bound, the ERROR, then the end.
     frames = await slow.frames_until_eof()
@@ -318,8 +319,8 @@ async def test_shutdown_cuts_off_a_peer_that_never_reads(
     assert trio.current_time() - began <= 3 + 1
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float = 5) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.001)
-
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Let every task run until all are blocked, then check `condition` (memory streams only:
+    nothing is waiting on the network)."""
+    await trio.testing.wait_all_tasks_blocked()
+    assert condition()
