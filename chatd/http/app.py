@@ -1,0 +1,64 @@
+"""The Quart-Trio application factory: routes, auth, JSON errors, body limit, keep-alive fix.
+
+Only `chatd.http` (and the supervisor's serve call) import Quart or Hypercorn; everything the
+routes need arrives as arguments, so tests build the same app the server runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart_trio import QuartTrio
+
+from chatd.auth.tokens import TokenVerifier
+from chatd.config import Config, LimitsConfig
+from chatd.http.chat_routes import chat_blueprint
+from chatd.http.context import authenticate
+from chatd.http.errors import register_error_handlers
+from chatd.http.health_routes import health_blueprint
+from chatd.http.keepalive import ShieldFinalSend
+from chatd.services.chat import ChatService
+from chatd.services.health import Readiness
+
+# Room for the JSON around the content: ids, keys, and escapes of a long text.
+BODY_OVERHEAD = 16 * 1024
+
+
+def max_body_size(limits: LimitsConfig) -> int:
+    """The request body limit in bytes (413 above it), derived from the content limit.
+
+    A character may take up to 6 bytes as a JSON ``\\uXXXX`` escape, so a valid message always
+    fits; anything bigger is refused before it is read into memory.
+    """
+    return 6 * limits.max_content_length + BODY_OVERHEAD
+
+
+def create_app(
+    services: ChatService,
+    verifier: TokenVerifier,
+    config: Config,
+    *,
+    readiness: Readiness | None = None,
+) -> QuartTrio:
+    """The chatd HTTP app. Without `readiness`, one that probes only the services' store."""
+    if readiness is None:
+        readiness = Readiness()
+        readiness.add_store(services.store)
+        readiness.started = True
+
+    app = QuartTrio(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = max_body_size(config.limits)
+    # Our routes answer JSON in contract order; never let Quart re-sort or pretty-print.
+    app.config["JSON_SORT_KEYS"] = False
+
+    @app.before_request
+    async def _auth() -> None:
+        authenticate(verifier)
+
+    app.register_blueprint(chat_blueprint(services))
+    app.register_blueprint(health_blueprint(readiness))
+    register_error_handlers(app)
+    app.extensions["chatd"] = {"services": services, "readiness": readiness}
+    asgi: Any = app.asgi_app
+    app.asgi_app = ShieldFinalSend(asgi)  # type: ignore[method-assign]
+    return app

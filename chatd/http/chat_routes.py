@@ -1,0 +1,112 @@
+"""``/api/chat/*`` (DESIGN §4): thin adapters from HTTP to `ChatService`.
+
+Each route only moves values between the request and the service and shapes the answer;
+every rule (validation, participation, idempotency, rate limits) lives in the service so that
+STOMP applies the same ones.
+"""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response, request
+
+from chatd.domain.errors import Forbidden
+from chatd.domain.models import SessionSummary
+from chatd.domain.rules import normalize_email
+from chatd.http.context import caller, json_object
+from chatd.http.errors import json_response
+from chatd.services.chat import ChatService, ReceiptKind
+from chatd.services.inputs import parse_session_id
+
+
+def _summary_json(entry: SessionSummary) -> dict[str, object]:
+    last = entry.last_message
+    return {
+        **entry.session.to_json(),
+        "lastMessage": None if last is None else last.to_json(),
+        "unreadCount": entry.unread,
+    }
+
+
+def chat_blueprint(service: ChatService) -> Blueprint:
+    """The ``/api/chat`` routes bound to `service`."""
+    bp = Blueprint("chat", __name__, url_prefix="/api/chat")
+
+    @bp.post("/init")
+    async def init() -> Response:
+        body = await json_object()
+        session = await service.init_session(
+            caller(), body.get("toEmail"), body.get("intent"), body.get("fromEmail")
+        )
+        return json_response(session.to_json())
+
+    @bp.post("/message")
+    async def send() -> Response:
+        body = await json_object()
+        message, created = await service.send(
+            caller(), body.get("sessionId"), body.get("content"), body.get("clientMessageId")
+        )
+        return json_response(message.to_json(), 201 if created else 200)
+
+    @bp.get("/<session_id>/history")
+    @bp.get("/history/<session_id>")
+    async def history(session_id: str) -> Response:
+        args = request.args
+        messages = await service.history(
+            caller(), session_id, limit=args.get("limit"), before=args.get("before"),
+            after=args.get("after"),
+        )
+        return json_response([m.to_json() for m in messages])
+
+    @bp.get("/<session_id>/unread")
+    async def unread(session_id: str) -> Response:
+        messages = await service.unread(caller(), session_id, limit=request.args.get("limit"))
+        return json_response([m.to_json() for m in messages])
+
+    @bp.get("/unread/<session_id>/<email>")
+    async def unread_alias(session_id: str, email: str) -> Response:
+        # Kept for old clients; the path email may only ever name the caller (DESIGN §8).
+        if normalize_email(email) != caller():
+            raise Forbidden("the email in the path must be the authenticated user")
+        return await unread(session_id)
+
+    @bp.get("/<session_id>/unread/count")
+    async def unread_count(session_id: str) -> Response:
+        count = await service.unread_count(caller(), session_id)
+        return json_response({"sessionId": str(parse_session_id(session_id)), "count": count})
+
+    @bp.get("/unread")
+    async def unread_totals() -> Response:
+        totals = await service.unread_totals(caller())
+        return json_response({
+            "total": sum(count for _, count in totals),
+            "sessions": [{"sessionId": str(sid), "count": count} for sid, count in totals],
+        })
+
+    async def _mark(session_id: str, status: ReceiptKind) -> Response:
+        body = await json_object()
+        update = await service.mark(
+            caller(), session_id, status, up_to_seq=body.get("upToSeq"),
+            message_ids=body.get("messageIds"),
+        )
+        return json_response(update.to_json())
+
+    @bp.post("/<session_id>/delivered")
+    async def delivered(session_id: str) -> Response:
+        return await _mark(session_id, "delivered")
+
+    @bp.post("/<session_id>/seen")
+    async def seen(session_id: str) -> Response:
+        return await _mark(session_id, "seen")
+
+    @bp.get("/sessions")
+    async def sessions() -> Response:
+        args = request.args
+        limit = args.get("limit")
+        entries = await service.sessions(caller(), limit=limit, cursor=args.get("cursor"))
+        full_page = len(entries) == service.page_size(limit)
+        return json_response({
+            "sessions": [_summary_json(e) for e in entries],
+            "nextCursor": entries[-1].cursor if entries and full_page else None,
+        })
+
+    return bp

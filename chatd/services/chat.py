@@ -1,0 +1,226 @@
+"""The chat use-cases (DESIGN §4): init, send, history, unread, receipts, session lists.
+
+One service object serves REST and STOMP alike, so both surfaces share every rule: the caller
+is always the authenticated email (never a body field), the caller must be a participant of any
+session it touches, and checks run in a fixed order — input shape (400), session exists (404),
+caller participates (403), then the action. Storage is reached only through the `Store`
+protocol; time only through the injected clock, so tests control both.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Literal
+
+from chatd.config import LimitsConfig
+from chatd.domain.errors import BadRequest, Forbidden, NotFound
+from chatd.domain.models import ChatSession, Message, Participant, ReceiptUpdate, SessionSummary
+from chatd.domain.rules import (
+    SendRateLimiter,
+    parse_history_limit,
+    require_email,
+    validate_client_message_id,
+    validate_content,
+)
+from chatd.profiles.base import ProfileProvider
+from chatd.services.inputs import (
+    parse_receipt_selection,
+    parse_seq,
+    parse_session_id,
+    validate_intent,
+)
+from chatd.storage.base import Store
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+SendPath = Literal["rest", "stomp"]
+ReceiptKind = Literal["delivered", "seen"]
+
+
+def utc_now() -> datetime:
+    """The default clock: the wall clock, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class ChatService:
+    """Every chat use-case, for one store, profile source and rate limiter.
+
+    Methods take the caller's email (from the verified token) first and raise `ChatError`
+    subclasses only: `BadRequest`, `Forbidden`, `NotFound`, `PayloadTooLarge`, `RateLimited`,
+    and `Unavailable` when the store or the profile source is down.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        profiles: ProfileProvider,
+        limiter: SendRateLimiter | None = None,
+        *,
+        limits: LimitsConfig | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.store = store
+        self.profiles = profiles
+        self.limits = limits or LimitsConfig()
+        self.limiter = limiter or SendRateLimiter.from_limits(self.limits)
+        self.clock = clock
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    async def init_session(
+        self, caller: str, to_email: object, intent: object, from_email: object = None
+    ) -> ChatSession:
+        """The session of the caller and `to_email` in `intent`, created if new.
+
+        Either side initiating finds the same session. Raises `BadRequest` for a malformed
+        email or intent or a chat with oneself, `Forbidden` when `from_email` is given and is
+        not the caller, `NotFound` when a profile does not exist.
+        """
+        peer = require_email(to_email, "toEmail")
+        intent = validate_intent(intent)
+        if from_email is not None and require_email(from_email, "fromEmail") != caller:
+            raise Forbidden("fromEmail must be the authenticated user")
+        if peer == caller:
+            raise BadRequest("cannot open a chat with yourself")
+        mine = await self.profiles.lookup(caller, intent)
+        theirs = await self.profiles.lookup(peer, intent)
+        return await self.store.get_or_create_session(
+            intent,
+            Participant(mine.id, caller, mine.display_name),
+            Participant(theirs.id, peer, theirs.display_name),
+            now=self.clock(),
+        )
+
+    async def require_participant(self, caller: str, session_id: object) -> ChatSession:
+        """The session if the caller takes part in it.
+
+        The gate of every session-scoped read and write, also for STOMP subscriptions.
+        Raises `BadRequest` (not a UUID), `NotFound` (no such session), `Forbidden`.
+        """
+        sid = parse_session_id(session_id)
+        session = await self.store.get_session(sid)
+        if session is None:
+            raise NotFound(f"session {sid} not found")
+        if not session.is_participant(caller):
+            raise Forbidden("not a participant of this session")
+        return session
+
+    async def sessions(
+        self, caller: str, *, limit: object = None, cursor: object = None
+    ) -> list[SessionSummary]:
+        """The caller's sessions, most recently active first, with last message and unread
+        count; pass the last entry's `cursor` back for the next page."""
+        size = self.page_size(limit)
+        if cursor is not None and not isinstance(cursor, str):
+            raise BadRequest("cursor must be a string")
+        return await self.store.sessions_for(caller, limit=size, cursor=cursor or None)
+
+    # -- messages ---------------------------------------------------------------------------
+
+    async def send(
+        self,
+        caller: str,
+        session_id: object,
+        content: object,
+        client_message_id: object,
+        *,
+        path: SendPath = "rest",
+    ) -> tuple[Message, bool]:
+        """Store a message from the caller; return (message, created).
+
+        A `client_message_id` the caller already used in this session returns the original
+        with created False — before the rate limit, so a client retrying after a lost answer
+        is never refused. Used in another session it is a `BadRequest`. Raises
+        `PayloadTooLarge` for too long a text and `RateLimited` (with `retry_after`).
+        """
+        sid = parse_session_id(session_id)
+        cmid = validate_client_message_id(client_message_id)
+        text = validate_content(content, self.limits)
+        session = await self.require_participant(caller, sid)
+        original = await self.store.find_message(caller, cmid)
+        if original is not None:
+            return self._repeat(original, sid), False
+        now = self.clock()
+        self.limiter.check(caller, text, now.timestamp())
+        sender = session.participant(caller)
+        assert sender is not None  # require_participant checked it
+        message, created = await self.store.append_message(sid, sender, text, cmid, now)
+        if not created:  # a concurrent duplicate won the race; same answer as above
+            return self._repeat(message, sid), False
+        log.debug("message stored session=%s seq=%d via %s", sid, message.seq, path)
+        return message, True
+
+    @staticmethod
+    def _repeat(original: Message, session_id: uuid.UUID) -> Message:
+        if original.session_id != session_id:
+            raise BadRequest("clientMessageId was already used in another session")
+        return original
+
+    async def history(
+        self, caller: str, session_id: object, *, limit: object = None, before: object = None,
+        after: object = None,
+    ) -> list[Message]:
+        """A page of the session's messages, newest first (DESIGN §4 cursors).
+
+        `before=N`: seq < N; `after=N`: the `limit` messages right after N; both: the range.
+        """
+        size = self.page_size(limit)
+        lo, hi = parse_seq(after, "after"), parse_seq(before, "before")
+        session = await self.require_participant(caller, session_id)
+        return await self.store.history(session.id, limit=size, before=hi, after=lo)
+
+    async def replay(
+        self, caller: str, session_id: object, after_seq: int, *, limit: int
+    ) -> list[Message]:
+        """Oldest first: up to `limit` messages with seq > `after_seq` (STOMP x-since-seq)."""
+        session = await self.require_participant(caller, session_id)
+        return await self.store.messages_after(session.id, after_seq, limit)
+
+    def page_size(self, limit: object) -> int:
+        """The page size a `limit` value asks for (default, clamped to the maximum)."""
+        return parse_history_limit(
+            limit, default=self.limits.history_default, maximum=self.limits.history_max
+        )
+
+    # -- unread and receipts ----------------------------------------------------------------
+
+    async def unread(
+        self, caller: str, session_id: object, *, limit: object = None
+    ) -> list[Message]:
+        """Oldest first: the messages of others the caller has not seen (all, or `limit`)."""
+        size = None if limit is None or limit == "" else self.page_size(limit)
+        session = await self.require_participant(caller, session_id)
+        return await self.store.unread(session.id, caller, limit=size)
+
+    async def unread_count(self, caller: str, session_id: object) -> int:
+        """How many messages `unread` would return."""
+        session = await self.require_participant(caller, session_id)
+        return await self.store.unread_count(session.id, caller)
+
+    async def unread_totals(self, caller: str) -> list[tuple[uuid.UUID, int]]:
+        """(session id, count) for each of the caller's sessions with unread messages."""
+        return await self.store.unread_totals(caller)
+
+    async def mark(
+        self,
+        caller: str,
+        session_id: object,
+        status: ReceiptKind,
+        *,
+        up_to_seq: object = None,
+        message_ids: object = None,
+    ) -> ReceiptUpdate:
+        """Mark others' messages (seq <= `up_to_seq`, or the listed ids) delivered or seen.
+
+        Seen implies delivered; flags never go back, so repeating a call changes nothing
+        (`updated` 0). Only the reader's own call sets them — nothing is marked on its behalf.
+        """
+        seq, ids = parse_receipt_selection(up_to_seq, message_ids)
+        session = await self.require_participant(caller, session_id)
+        return await self.store.mark(
+            session.id, caller, status, up_to_seq=seq, message_ids=ids, at=self.clock()
+        )

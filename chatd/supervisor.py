@@ -1,0 +1,216 @@
+"""The composition root: builds every part from the config and runs them in one nursery.
+
+Start order (DESIGN §1): store (open + migrate) -> [broker runtime] -> profiles ->
+[RabbitMQ bridge] -> [outbox publisher] -> HTTP server. Bracketed parts come in later issues;
+each is a `Part` appended to the list `build_parts` returns, at its place in that order,
+and needs no other change here. Every part's ``run`` calls ``task_status.started(summary)``
+once it is up; the summaries make the one ready line.
+
+Schema: migrations are applied at start for both backends. They are idempotent and the
+backends serialize concurrent migrators (PostgreSQL advisory lock, SQLite write lock), so
+several instances starting together are safe, and a fresh database just works. ``chatd
+migrate`` remains for operators who want to migrate ahead of a rollout.
+
+Shutdown (SIGINT/SIGTERM, or the HTTP part ending on its own): readiness turns false, then
+parts stop in reverse order, all within ``server.shutdown_grace``: the HTTP server stops
+accepting and lets in-flight requests finish, later parts are asked to stop and cancelled
+at the deadline; the store closes last. Cancelling `serve` (tests) skips the draining but
+still closes the store.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from chatd.auth.tokens import TokenVerifier, verifier_from_config
+from chatd.config import Config, redact_url
+from chatd.domain.rules import SendRateLimiter
+from chatd.profiles import LocalProfileProvider, ProfileProvider
+from chatd.services import ChatService, Readiness
+from chatd.storage import Store, open_store
+
+log = logging.getLogger("chatd")
+
+Run = Callable[..., Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Part:
+    """One long-lived component: `run(task_status=...)` reports ``started(summary)`` when up.
+
+    `stop` asks it to finish gracefully (default: nothing, it is cancelled at the deadline);
+    `summary` is what it started with, e.g. ``"http=http://127.0.0.1:8080"``.
+    """
+
+    name: str
+    run: Run
+    stop: Callable[[], None] = lambda: None
+    summary: str | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+@dataclass(slots=True)
+class Components:
+    """What the parts share; later issues add the broker and the bridge here."""
+
+    config: Config
+    store: Store
+    profiles: ProfileProvider
+    verifier: TokenVerifier
+    limiter: SendRateLimiter
+    services: ChatService
+    readiness: Readiness
+
+
+class StartupError(Exception):
+    """The configuration asks for something this build cannot start."""
+
+
+def build_profiles(config: Config) -> ProfileProvider:
+    """The profile provider `[profiles]` asks for."""
+    if config.profiles.provider == "local":
+        return LocalProfileProvider()
+    raise StartupError("profiles.provider = 'remote' is not available in this build yet")
+
+
+async def build_components(config: Config, store: Store) -> Components:
+    """Everything the parts need, around an opened store; blocking set-up runs in a thread."""
+    verifier = await trio.to_thread.run_sync(verifier_from_config, config)  # may fetch JWKS
+    limiter = SendRateLimiter.from_limits(config.limits)
+    profiles = build_profiles(config)
+    services = ChatService(store, profiles, limiter, limits=config.limits)
+    readiness = Readiness()
+    readiness.add_store(store)
+    return Components(config, store, profiles, verifier, limiter, services, readiness)
+
+
+def http_part(components: Components) -> Part:
+    """The HTTP server (``/api``, ``/health``; later ``/ws``), graceful on `stop`."""
+    from chatd.http import create_app
+    from chatd.http.server import serve_http
+
+    c = components
+    app = create_app(c.services, c.verifier, c.config, readiness=c.readiness)
+    stopping = trio.Event()
+
+    async def run(*, task_status: trio.TaskStatus[str]) -> None:
+        async with trio.open_nursery() as nursery:
+            serve = functools.partial(serve_http, app, c.config, shutdown_trigger=stopping.wait)
+            binds: list[str] = await nursery.start(serve)
+            task_status.started("http=" + ",".join(binds))
+
+    return Part("http", run, stop=stopping.set)
+
+
+def build_parts(components: Components) -> list[Part]:
+    """The parts to start, in start order (see the module docstring for where new ones go).
+
+    Later: broker runtime first, then the bridge (if ``[rabbitmq]``) and the outbox
+    publisher, then HTTP (which mounts ``/ws`` on the broker), then the raw STOMP listener.
+    """
+    return [http_part(components)]
+
+
+def _configure_logging(config: Config) -> None:
+    # Only when nobody configured logging (the CLI); a host application or pytest keeps its own.
+    # JSON output comes with the observability issue; until then "json" logs as text.
+    logging.basicConfig(
+        level=config.logging.level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("chatd").setLevel(config.logging.level)
+
+
+async def _watch_signals(stop: trio.Event, *, task_status: trio.TaskStatus[None]) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("received %s: draining", signal.Signals(signum).name)
+            stop.set()
+            return
+
+
+async def _run_part(part: Part, stop: trio.Event, *, task_status: trio.TaskStatus[str]) -> None:
+    try:
+        with part.scope:
+            await part.run(task_status=task_status)
+    finally:
+        part.done.set()
+        stop.set()  # a part that ends by itself ends the whole server
+
+
+async def _shutdown(parts: list[Part], grace: float) -> None:
+    deadline = trio.current_time() + grace
+    for part in reversed(parts):
+        part.stop()
+        with trio.move_on_at(deadline):
+            await part.done.wait()
+        if not part.done.is_set():
+            log.warning("%s did not stop within %g s: cancelling it", part.name, grace)
+        part.scope.cancel()
+        await part.done.wait()
+
+
+async def serve(
+    config: Config,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run chatd until SIGINT/SIGTERM (or cancellation); return once everything is closed.
+
+    Reports ``task_status.started(summaries)`` — e.g. ``["http=http://127.0.0.1:41234",
+    ...]`` — after logging the ready line, so tests can serve on port 0 in-process. Raises
+    `Unavailable` when the store cannot be opened, `StartupError`/`KeyFileError` for set-up
+    that cannot work. `handle_signals` False leaves signal handling to the caller.
+    """
+    _configure_logging(config)
+    store = open_store(
+        config.database.url,
+        pool_size=config.database.pool_size,
+        connect_timeout=config.database.connect_timeout,
+        pool_timeout=config.database.pool_timeout,
+        statement_timeout=config.database.statement_timeout,
+    )
+    await store.open()
+    try:
+        applied = await store.migrate()
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        components = await build_components(config, store)
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            if handle_signals:
+                await nursery.start(_watch_signals, stop)
+            parts = build_parts(components)
+            for part in parts:
+                part.summary = await nursery.start(_run_part, part, stop)
+            components.readiness.started = True
+            summaries = [p.summary for p in parts if p.summary]
+            extra = [f"store={store.backend}", f"profiles={config.profiles.provider}"]
+            extra.append("rabbitmq=" + ("off" if config.rabbitmq is None else "on"))
+            log.info("chatd ready %s", " ".join(summaries + extra))
+            log.debug("database %s", redact_url(config.database.url))
+            task_status.started(summaries)
+
+            await stop.wait()
+            components.readiness.draining = True
+            await _shutdown(parts, config.server.shutdown_grace)
+            nursery.cancel_scope.cancel()  # the signal watcher, if still waiting
+    finally:
+        # Shielded: a cancelled serve (tests, Ctrl-C twice) must still release connections.
+        with trio.CancelScope(shield=True):
+            await store.aclose()
+    log.info("chatd stopped")
+
+
+__all__ = [
+    "Components", "Part", "StartupError", "build_components", "build_parts", "http_part", "serve",
+]
