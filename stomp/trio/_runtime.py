@@ -20,7 +20,7 @@ from typing import Final
 
 import trio
 
-from .._codec import DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_FRAME_SIZE
+from .._codec import DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_FRAME_SIZE, HEARTBEAT
 from .._connection import DEFAULT_HEARTBEAT, ServerConnection
 from .._frames import Headers
 from ..broker import Action, Broker, Close, DestinationActive, SessionId, Write
@@ -50,10 +50,13 @@ class Outbox:
     """The per-session state the runtime and the session pump share.
 
     `chunks` is swapped out whole by the writer (O(1) take-all, which a deque would not give).
+    `parked` means the writer task sleeps and nobody woke it yet; `deferred` means the session's
+    own reader is applying its frame's actions and will flush them itself when it is done (one
+    task switch fewer per request/response); `sending` means the reader is doing that flush.
     """
 
-    __slots__ = ("chunks", "closing", "connection", "frames", "id", "lot", "principal", "scope",
-                 "send_interval", "size", "slow", "transport", "waiting")
+    __slots__ = ("chunks", "closing", "connection", "deferred", "frames", "id", "lot", "parked",
+                 "principal", "scope", "send_interval", "sending", "size", "slow", "transport")
 
     def __init__(self, session: SessionId, connection: ServerConnection,
                  transport: TransportInfo) -> None:
@@ -73,7 +76,9 @@ class Outbox:
         #: The session's whole lifetime runs in this scope; a deadline on it bounds the flush.
         self.scope = trio.CancelScope()
         self.lot = trio.lowlevel.ParkingLot()
-        self.waiting = False
+        self.parked = False
+        self.deferred = False
+        self.sending = False
 
     def take(self) -> list[bytes]:
         """Everything queued, leaving the outbox empty."""
@@ -84,16 +89,25 @@ class Outbox:
         return chunks
 
     async def wait(self) -> None:
-        """Sleep until something is queued or the session starts closing."""
-        self.waiting = True
+        """Sleep until woken: something was queued, or the session is closing."""
+        self.parked = True
         try:
             await self.lot.park()
         finally:
-            self.waiting = False
+            self.parked = False
 
     def wake(self) -> None:
-        if self.waiting:
+        """Wake the writer if it sleeps."""
+        if self.parked:
+            self.parked = False
             self.lot.unpark_all()
+
+    def heartbeat(self) -> None:
+        """Queue a heart-beat newline (not a frame: it does not count toward the bound)."""
+        if not self.closing and not self.chunks:
+            self.chunks.append(HEARTBEAT)
+            self.size += 1
+            self.wake()
 
 
 class BrokerRuntime:
@@ -242,7 +256,8 @@ class BrokerRuntime:
                     outbox.chunks.append(tail)
                 outbox.frames += 1
                 outbox.size += size
-                if outbox.waiting:
+                if outbox.parked and not outbox.deferred:
+                    outbox.parked = False
                     outbox.lot.unpark_all()
             elif type(action) is Close:
                 outbox = sessions.get(action.session)

@@ -21,7 +21,6 @@ from typing import Final, Protocol, runtime_checkable
 
 import trio
 
-from .._codec import HEARTBEAT
 from .._errors import ProtocolError
 from .._events import ClientEvent, Connect, Send, Subscribe, Violation
 from ._hooks import Refused, TransportInfo
@@ -72,6 +71,7 @@ async def serve_stream(runtime: BrokerRuntime, stream: Stream,
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pump.read)
                 nursery.start_soon(pump.write)
+                nursery.start_soon(pump.tick)
     finally:
         runtime.close_session(outbox)
         if runtime.shutting_down and isinstance(stream, HasCloseCode):
@@ -95,6 +95,10 @@ class _Pump:
         self.expect_timeout = float("inf")
         self.connected = False
         self.last_write = trio.current_time()
+        #: When the reader started waiting for bytes; None while it handles a frame.
+        self.receiving_since: float | None = None
+        #: Cancelled to make the timer task recompute its deadlines (after CONNECT).
+        self.timer_wake = trio.CancelScope()
 
     # -- reader --------------------------------------------------------------------------------
 
@@ -117,26 +121,44 @@ class _Pump:
         outbox = self.outbox
         connection = outbox.connection
         receive_some = self.stream.receive_some
-        deadline = trio.current_time() + self.runtime.connect_timeout
+        current_time = trio.current_time
         while not outbox.closing:
-            with trio.CancelScope(deadline=deadline) as scope:
-                data = await receive_some(RECEIVE_SIZE)
-            if scope.cancelled_caught:
-                if self.connected:
-                    self.runtime.refuse(outbox.id, "heart-beat timeout",
-                                        f"nothing received for {self.expect_timeout:g} s")
-                else:
-                    self.runtime.refuse(outbox.id, "connect timeout",
-                                        f"no CONNECT within {self.runtime.connect_timeout:g} s")
-                return
+            self.receiving_since = current_time()
+            data = await receive_some(RECEIVE_SIZE)
+            self.receiving_since = None
             if not data:
                 return
-            for event in connection.receive_data(bytes(data)):
-                await self._dispatch(event)
-                if outbox.closing:
-                    return
-            if self.connected:
-                deadline = trio.current_time() + self.expect_timeout
+            outbox.deferred = True
+            try:
+                for event in connection.receive_data(bytes(data)):
+                    await self._dispatch(event)
+                    if outbox.closing:
+                        return
+            finally:
+                outbox.deferred = False
+            if outbox.chunks:
+                await self._flush()
+
+    async def _flush(self) -> None:
+        """Write what this reader's frames queued, itself if the writer sleeps.
+
+        A RECEIPT or the MESSAGE a SEND produced then leaves without waking another task; the
+        writer stays parked (`sending` keeps it from writing concurrently if it is woken) and
+        is woken afterwards if more was queued meanwhile.
+        """
+        outbox = self.outbox
+        if not outbox.parked:
+            outbox.wake()  # it is busy writing (or already woken) and will take these chunks
+            return
+        outbox.sending = True
+        try:
+            chunks = outbox.take()
+            await self.stream.send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            self.last_write = trio.current_time()
+        finally:
+            outbox.sending = False
+            if outbox.chunks or outbox.closing:
+                outbox.wake()
 
     async def _dispatch(self, event: ClientEvent | Violation) -> None:
         runtime = self.runtime
@@ -145,13 +167,20 @@ class _Pump:
         hooks = runtime.hooks
         try:
             if isinstance(event, Send):
+                self._before_hook()
                 await hooks.authorize_send(outbox.principal, event)
-                if await hooks.on_app_send(session, outbox.principal, event):
+                handled = await hooks.on_app_send(session, outbox.principal, event)
+                outbox.deferred = True
+                if handled:
                     return
             elif isinstance(event, Subscribe):
+                self._before_hook()
                 await hooks.authorize_subscribe(outbox.principal, event)
+                outbox.deferred = True
             elif isinstance(event, Connect):
+                self._before_hook()
                 principal = await hooks.authenticate(event, outbox.transport)
+                outbox.deferred = True
                 if outbox.closing:  # refused (e.g. shutdown) while the hook ran
                     return
                 outbox.principal = principal
@@ -162,6 +191,7 @@ class _Pump:
                 if expect_ms:
                     self.expect_timeout = expect_ms / 1000 * runtime.heartbeat_grace
                 self.connected = True
+                self.timer_wake.cancel()
                 return
             if outbox.closing:
                 return
@@ -171,6 +201,14 @@ class _Pump:
             runtime.refuse(session, exc.message, exc.detail, event.receipt)
         except ProtocolError as exc:  # e.g. a full /queue on a SEND the broker let through
             runtime.refuse(session, exc.message, exc.detail, event.receipt)
+
+    def _before_hook(self) -> None:
+        # A hook may block (a database): what is queued must not wait for it, nor may what
+        # other tasks queue for this session meanwhile.
+        outbox = self.outbox
+        outbox.deferred = False
+        if outbox.chunks:
+            outbox.wake()
 
     # -- writer --------------------------------------------------------------------------------
 
@@ -192,19 +230,53 @@ class _Pump:
         send_all = self.stream.send_all
         current_time = trio.current_time
         while True:
-            if outbox.chunks:
+            if outbox.sending:  # the reader is flushing; it wakes us when done
+                await outbox.wait()
+            elif outbox.chunks:
                 chunks = outbox.take()
                 await send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
                 self.last_write = current_time()
             elif outbox.closing:
                 return
-            elif outbox.send_interval:
-                due = self.last_write + outbox.send_interval
-                if current_time() >= due:
-                    await send_all(HEARTBEAT)
-                    self.last_write = current_time()
-                else:
-                    with trio.move_on_at(due):
-                        await outbox.wait()
             else:
                 await outbox.wait()
+
+    # -- timers --------------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Enforce the CONNECT deadline and the heart-beats, both ways.
+
+        A separate task rather than a deadline on every read and every idle wait: it costs the
+        hot path two clock reads instead of a cancel scope per frame, and wakes about once per
+        heart-beat interval. While the reader is busy with a frame (a slow hook), the peer is
+        not held responsible for the silence: its heart-beats sit unread in the transport.
+        """
+        outbox = self.outbox
+        runtime = self.runtime
+        connect_deadline = trio.current_time() + runtime.connect_timeout
+        while not outbox.closing:
+            now = trio.current_time()
+            if not self.connected:
+                due = connect_deadline
+                if now >= due:
+                    runtime.refuse(outbox.id, "connect timeout",
+                                   f"no CONNECT within {runtime.connect_timeout:g} s")
+                    return
+            elif self.receiving_since is None:
+                due = now + self.expect_timeout
+            else:
+                due = self.receiving_since + self.expect_timeout
+                if now >= due:
+                    runtime.refuse(outbox.id, "heart-beat timeout",
+                                   f"nothing received for {self.expect_timeout:g} s")
+                    return
+            if outbox.send_interval:
+                beat = self.last_write + outbox.send_interval
+                if now >= beat:
+                    outbox.heartbeat()
+                    self.last_write = now
+                    beat = now + outbox.send_interval
+                due = min(due, beat)
+            self.timer_wake = trio.CancelScope(deadline=due)
+            with self.timer_wake:
+                await trio.sleep_forever()

@@ -231,6 +231,28 @@ async def test_hooks_keep_frame_order(nursery: trio.Nursery) -> None:
     assert runtime.principal(frames[0].get("session") or "") == "alice"
 
 
+async def test_blocked_hook_does_not_hold_back_deliveries(nursery: trio.Nursery) -> None:
+    release = trio.Event()
+
+    class Blocking(Hooks):
+        async def authorize_send(self, principal: str | None, event: Send) -> None:
+            await release.wait()
+
+    runtime = BrokerRuntime(hooks=Blocking())
+    peer = start(nursery, runtime)
+    await peer.connect(login="alice")
+    await peer.subscribe(TOPIC)
+    await peer.send_many([("SUBSCRIBE", {"destination": "/topic/u", "id": "2", "receipt": "u"},
+                           b""),
+                          ("SEND", {"destination": TOPIC, "receipt": "s"}, b"mine")])
+    assert (await peer.frame()).get("receipt-id") == "u"  # queued before the hook blocked
+    runtime.publish(TOPIC, b"from elsewhere")  # while this session's reader waits on the hook
+    assert (await peer.frame()).body == b"from elsewhere"
+    release.set()
+    frames = [await peer.frame() for _ in range(2)]
+    assert [(f.command, f.body) for f in frames] == [("MESSAGE", b"mine"), ("RECEIPT", b"")]
+
+
 async def test_app_send_goes_to_hook_not_broker(nursery: trio.Nursery) -> None:
     hooks = Hooks()
     runtime = BrokerRuntime(hooks=hooks)
