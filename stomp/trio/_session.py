@@ -1,16 +1,17 @@
 """The session pump: one STOMP session over anything stream-shaped.
 
-`serve_stream` runs two tasks in one nursery, inside the session's cancel scope:
+`serve_stream` runs three tasks in one nursery, inside the session's cancel scope:
 
-- the reader: `receive_some` -> `ServerConnection.receive_data` -> hooks -> broker -> actions.
-  It also enforces the CONNECT deadline and the heart-beats we expect, with a deadline on each
-  read (any byte, heart-beat newline or frame, counts as a sign of life);
-- the writer: sleeps until the outbox has chunks, then sends them all with one `send_all`, and
-  sends a heart-beat newline when nothing was written for the negotiated interval.
+- the reader: `receive_some` -> `ServerConnection.receive_data` -> hooks -> broker -> actions,
+  hooks awaited in frame order. What its own frames queued (a RECEIPT, the MESSAGE of a SEND
+  to a destination the session subscribes to) it flushes itself when the writer sleeps;
+- the writer: sleeps until the outbox has chunks, then sends them all with one `send_all`;
+- the timer: the CONNECT deadline, the heart-beats we expect (any byte counts as a sign of
+  life) and the heart-beat newlines we owe when nothing was written for the interval.
 
 Whoever ends first decides: the reader ending (EOF, DISCONNECT, an ERROR) lets the writer flush
 within the close deadline; the writer ending (transport broken, or flushed after a Close) cancels
-the reader. Then the broker forgets the session (requeueing its unacked messages) and the
+the others. Then the broker forgets the session (requeueing its unacked messages) and the
 transport is closed, shielded but bounded. Nothing a peer does escapes as an exception.
 """
 
@@ -85,7 +86,7 @@ async def serve_stream(runtime: BrokerRuntime, stream: Stream,
 
 
 class _Pump:
-    """The reader and writer tasks of one session (state shared through the outbox)."""
+    """The reader, writer and timer tasks of one session (sharing state through the outbox)."""
 
     def __init__(self, runtime: BrokerRuntime, stream: Stream, outbox: Outbox) -> None:
         self.runtime = runtime
@@ -95,7 +96,8 @@ class _Pump:
         self.expect_timeout = float("inf")
         self.connected = False
         self.last_write = trio.current_time()
-        #: When the reader started waiting for bytes; None while it handles a frame.
+        #: Since when the peer owes us bytes (the reader waits on it, or on its reading our
+        #: reply); None while the reader handles a frame, which may take a hook a while.
         self.receiving_since: float | None = None
         #: Cancelled to make the timer task recompute its deadlines (after CONNECT).
         self.timer_wake = trio.CancelScope()
@@ -137,6 +139,8 @@ class _Pump:
             finally:
                 outbox.deferred = False
             if outbox.chunks:
+                # A peer that stops reading is as silent as one that stops sending.
+                self.receiving_since = current_time()
                 await self._flush()
 
     async def _flush(self) -> None:

@@ -70,6 +70,20 @@ async def test_heartbeat_timeout_closes_silent_peer(
     assert await peer.eof()
 
 
+async def test_peer_that_neither_reads_nor_sends_is_closed(
+        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    runtime = BrokerRuntime(heartbeat=(0, 1000), close_timeout=2)
+    peer = start(nursery, runtime, trio.testing.lockstep_stream_pair)
+    await peer.connect(heartbeat="1000,0")
+    await peer.subscribe(TOPIC)
+    await peer.send("SEND", {"destination": TOPIC}, b"x")  # its MESSAGE is never read
+    # Heart-beat timeout after 1.5 s, then 2 s to flush the ERROR, which it does not read.
+    await trio.sleep(3.4)
+    assert runtime.session_count == 1
+    await trio.sleep(0.2)
+    assert runtime.session_count == 0
+
+
 async def test_heartbeats_from_peer_keep_session_alive(
         nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
     runtime = BrokerRuntime(heartbeat=(0, 1000))
