@@ -73,6 +73,8 @@ async def serve_stream(runtime: BrokerRuntime, stream: Stream,
                 nursery.start_soon(pump.read)
                 nursery.start_soon(pump.write)
                 nursery.start_soon(pump.tick)
+    except Exception:  # a bug of ours; the tasks already log what a peer can cause
+        log.exception("session %s failed", outbox.id)
     finally:
         runtime.close_session(outbox)
         if runtime.shutting_down and isinstance(stream, HasCloseCode):

@@ -142,14 +142,17 @@ async def serve_websocket(
     """
 
     async def handle(request: trio_websocket.WebSocketRequest) -> None:
+        # An exception escaping here would end trio-websocket's server, so none does.
         target_path, _, query = request.path.partition("?")
-        if target_path != path:
-            await request.reject(404, body=b"not found")
-            return
-        subprotocol = choose_subprotocol(request.proposed_subprotocols)
         try:
+            if target_path != path:
+                await request.reject(404, body=b"not found")
+                return
+            subprotocol = choose_subprotocol(request.proposed_subprotocols)
             connection = await request.accept(subprotocol=subprotocol)
-        except trio_websocket.ConnectionClosed:
+        except (trio_websocket.ConnectionClosed, trio.BrokenResourceError,
+                trio.ClosedResourceError, OSError) as exc:
+            log.debug("websocket handshake failed: %r", exc)
             return
         headers = tuple((name.decode("latin-1").lower(), value.decode("latin-1"))
                         for name, value in request.headers)

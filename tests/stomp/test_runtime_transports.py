@@ -38,6 +38,22 @@ async def test_serve_tcp_round_trip(nursery: trio.Nursery) -> None:
         assert [frame.get("message") for frame in frames] == ["server shutting down"]
 
 
+async def test_misbehaving_peers_do_not_stop_the_servers(nursery: trio.Nursery) -> None:
+    runtime = BrokerRuntime()
+    tcp = await nursery.start(serve_tcp, runtime, "127.0.0.1", 0)
+    ws = await ws_server(nursery, runtime)
+    for address, junk in ((tcp, CONNECT + b"SEND\ndestin"), (ws, b"GET / HTTP/1.1\r\nHo"),
+                          (ws, b"\x00\xff garbage\r\n\r\n")):
+        stream = await trio.open_tcp_stream(*address)
+        await stream.send_all(junk)
+        await stream.aclose()  # gone mid-frame / mid-handshake
+    async with await trio.open_tcp_stream(*tcp) as stream:
+        await Peer(stream).connect()
+    async with trio_websocket.open_websocket(*ws, "/ws", use_ssl=False) as connection:
+        await connection.send_message(CONNECT)
+        assert (await WsPeer(connection).frame()).command == "CONNECTED"
+
+
 async def ws_server(nursery: trio.Nursery, runtime: BrokerRuntime,
                     binary: bool = False) -> tuple[str, int]:
     start = functools.partial(serve_websocket, runtime, "127.0.0.1", 0, binary=binary)
