@@ -69,19 +69,26 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--heartbeat", type=_heartbeat, default=None, metavar="SEND,RECV",
                         help="heart-beats the server offers, in ms (default 10000,10000)")
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--max-pending-frames", type=int,
-                        default=DEFAULT_MAX_PENDING_FRAMES)
-    limits.add_argument("--max-pending-bytes", type=int,
-                        default=DEFAULT_MAX_PENDING_BYTES)
-    limits.add_argument("--max-frame-size", type=int, default=DEFAULT_MAX_FRAME_SIZE)
-    limits.add_argument("--max-body-size", type=int, default=DEFAULT_MAX_BODY_SIZE)
-    limits.add_argument("--max-subscriptions", type=int, default=DEFAULT_MAX_SUBSCRIPTIONS)
-    limits.add_argument("--max-unacked", type=int, default=DEFAULT_MAX_UNACKED)
-    limits.add_argument("--max-queue-backlog", type=int, default=DEFAULT_MAX_QUEUE_BACKLOG)
+    limits.add_argument("--max-pending-frames", type=int, default=DEFAULT_MAX_PENDING_FRAMES,
+                        help="frames queued for one session before it is a slow consumer")
+    limits.add_argument("--max-pending-bytes", type=int, default=DEFAULT_MAX_PENDING_BYTES,
+                        help="bytes queued for one session before it is a slow consumer")
+    limits.add_argument("--max-frame-size", type=int, default=DEFAULT_MAX_FRAME_SIZE,
+                        help="largest frame (and WebSocket message) accepted")
+    limits.add_argument("--max-body-size", type=int, default=DEFAULT_MAX_BODY_SIZE,
+                        help="largest frame body accepted")
+    limits.add_argument("--max-subscriptions", type=int, default=DEFAULT_MAX_SUBSCRIPTIONS,
+                        help="subscriptions per session")
+    limits.add_argument("--max-unacked", type=int, default=DEFAULT_MAX_UNACKED,
+                        help="unacknowledged client-ack deliveries per session")
+    limits.add_argument("--max-queue-backlog", type=int, default=DEFAULT_MAX_QUEUE_BACKLOG,
+                        help="undelivered messages one /queue keeps")
     limits.add_argument("--connect-timeout", type=float,
-                        default=DEFAULT_CONNECT_TIMEOUT, metavar="SECONDS")
+                        default=DEFAULT_CONNECT_TIMEOUT, metavar="SECONDS",
+                        help="time a peer has to send CONNECT")
     limits.add_argument("--shutdown-timeout", type=float,
-                        default=DEFAULT_SHUTDOWN_TIMEOUT, metavar="SECONDS")
+                        default=DEFAULT_SHUTDOWN_TIMEOUT, metavar="SECONDS",
+                        help="time sessions get to receive their ERROR on shutdown")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
