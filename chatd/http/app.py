@@ -60,5 +60,5 @@ def create_app(
     register_error_handlers(app)
     app.extensions["chatd"] = {"services": services, "readiness": readiness}
     asgi: Any = app.asgi_app
-    app.asgi_app = ShieldFinalSend(asgi)  # type: ignore[method-assign]
+    app.asgi_app = ShieldFinalSend(asgi)  # type: ignore[method-assign, assignment]
     return app
