@@ -351,6 +351,55 @@ def test_client_individual_ack(version: str, client_factory: Callable[..., Clien
     other.seen.no_message(0.5)
 
 
+def test_ack_in_aborted_transaction_is_undone(version: str, client_factory: Callable[..., Client],
+                                             unique: str) -> None:
+    destination = f"/queue/tx-ack-{unique}"
+    consumer = client_factory(version)
+    consumer.subscribe(destination, ack="client" if version == "1.0" else "client-individual")
+    consumer.send(destination, b"keep me")
+    frame = consumer.seen.message()
+    tx = consumer.conn.begin()
+    consumer.ack(frame, transaction=tx)
+    consumer.conn.abort(tx)
+    consumer.sync()
+    consumer.close()
+    assert consumer.seen.errors == []
+    other = client_factory(version)
+    other.subscribe(destination)
+    assert other.seen.message().body == b"keep me"
+
+
+def test_ack_in_committed_transaction(version: str, client_factory: Callable[..., Client],
+                                      unique: str) -> None:
+    destination = f"/queue/tx-ack-commit-{unique}"
+    consumer = client_factory(version)
+    consumer.subscribe(destination, ack="client" if version == "1.0" else "client-individual")
+    consumer.send(destination, b"gone")
+    frame = consumer.seen.message()
+    tx = consumer.conn.begin()
+    consumer.ack(frame, transaction=tx)
+    consumer.conn.commit(tx)
+    consumer.sync()
+    consumer.close()
+    assert consumer.seen.errors == []
+    other = client_factory(version)
+    other.subscribe(destination)
+    other.seen.no_message(0.5)
+
+
+def test_unsubscribe_stops_delivery(client: Client, unique: str) -> None:
+    destination = f"/topic/unsub-{unique}"
+    sub_id = client.subscribe(destination)
+    client.send(destination, b"before", receipt=True)
+    assert client.seen.message().body == b"before"
+    receipt = client.receipt_id()
+    client.conn.unsubscribe(id=sub_id, headers={"receipt": receipt})
+    client.seen.wait_receipt(receipt)
+    client.send(destination, b"after", receipt=True)
+    client.seen.no_message(0.3)
+    assert client.seen.errors == []
+
+
 @pytest.mark.parametrize("version", ["1.1", "1.2"])  # NACK does not exist in STOMP 1.0
 def test_nack_redelivers(version: str, client_factory: Callable[..., Client], unique: str) -> None:
     destination = f"/queue/nack-{unique}"
