@@ -326,6 +326,22 @@ def test_unsupported_version_lists_the_supported_ones(raw: RawClient) -> None:
     assert error.get("version") == "1.0,1.1,1.2", str(error)
 
 
+def test_connect_without_accept_version_is_stomp_1_0(raw: RawClient, unique: str) -> None:
+    raw.send(b"CONNECT\nlogin:\npasscode:\n\n\x00")
+    connected = raw.expect("CONNECTED")
+    assert connected.get("version", "1.0") == "1.0", str(connected)
+    assert connected.get("heart-beat", "0,0") == "0,0", "STOMP 1.0 has no heart-beats"
+    raw.escaping = False
+    destination = f"/queue/v10-{unique}"
+    # 1.0: SUBSCRIBE without id, then a body that ends at the first NUL.
+    raw.send(f"SUBSCRIBE\ndestination:{destination}\nreceipt:s\n\n\x00".encode())
+    assert raw.expect("RECEIPT").get("receipt-id") == "s"
+    raw.send(f"SEND\ndestination:{destination}\n\nold school\x00".encode())
+    message = raw.expect("MESSAGE")
+    assert message.body == b"old school"
+    assert message.get("destination") == destination
+
+
 def test_oversized_frame_is_an_error_then_close(raw: RawClient, unique: str) -> None:
     raw.connect()
     size = MAX_BODY + 1024 * 1024
