@@ -21,6 +21,19 @@ ensure_venv() {  # $1 = extras, e.g. "test" or ""
     fi
 }
 
+# stomp.py (a conformance client) installs a top-level package named `stomp`, like our library:
+# it lives in its own folder so that it never shadows ours in the venv.
+STOMPPY_SPEC="stomp.py==9.0.0"
+ensure_stomppy() {
+    local dir="$VENV/stomppy"
+    if [ ! -f "$dir/.installed-$STOMPPY_SPEC" ]; then
+        log "installing $STOMPPY_SPEC into .venv/stomppy"
+        rm -rf "$dir"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+            --target "$dir" "$STOMPPY_SPEC" && touch "$dir/.installed-$STOMPPY_SPEC"
+    fi
+}
+
 ensure_node_clients() {
     local dir="$ROOT/tests/node"
     if ! command -v npm >/dev/null; then

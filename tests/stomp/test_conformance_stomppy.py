@@ -1,15 +1,13 @@
 """Conformance with a real client: stomp.py 9.0.0 over TCP, for STOMP 1.0, 1.1 and 1.2.
 
 Importing stomp.py: the PyPI package `stomp.py` installs a top-level package named `stomp`,
-which is also the name of our library. Both live in the same venv: stomp.py as a real directory
-in site-packages, ours as an editable install (a meta-path finder placed *after* the normal path
-finder). So `import stomp` yields ours only when the repository root is on sys.path, as it is
-under pytest, and stomp.py's everywhere else. We cannot simply `import stomp` here.
+which is also the name of our library. Installed into the project venv it would shadow ours
+everywhere but the repository root (`python -m stomp` would run stomp.py's CLI), so
+scripts/test installs it apart, with `pip install --target .venv/stomppy` (`STOMPPY_DIR`).
 
 Choice: load stomp.py in-process under the private alias `stomppy` (`_load_stomppy` below).
 For the few milliseconds of that import, our `stomp*` entries are taken out of `sys.modules`
-and stomp.py is imported from its own installed directory, located through its distribution
-metadata; its modules (which import each other absolutely as `stomp.x`) bind one another at
+and stomp.py is imported from its own directory; its modules (which import each other absolutely as `stomp.x`) bind one another at
 import time, so once they are loaded we put ours back and keep theirs only under the alias.
 stomp.py imports nothing lazily at run time (checked for 9.0.0), so nothing later resolves
 `stomp` to our package by mistake. This keeps the tests as ordinary Python calls on stomp.py's
@@ -21,6 +19,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 import queue
 import sys
 import threading
@@ -35,6 +34,7 @@ import pytest
 from .conftest import FAST_HEARTBEAT, BrokerProcess
 
 STOMPPY_VERSION = "9.0.0"
+STOMPPY_DIR = Path(os.environ.get("CHATD_STOMPPY_DIR", Path(__file__).parents[2] / ".venv" / "stomppy"))
 TIMEOUT = 10.0
 VERSIONS = ["1.0", "1.1", "1.2"]
 
@@ -42,7 +42,9 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def _load_stomppy() -> ModuleType:
-    dist = importlib.metadata.distribution("stomp.py")
+    found = [d for d in importlib.metadata.distributions(path=[str(STOMPPY_DIR)]) if d.name == "stomp.py"]
+    assert found, f"stomp.py is not installed in {STOMPPY_DIR} (scripts/test installs it)"
+    dist = found[0]
     assert dist.version == STOMPPY_VERSION, f"stomp.py {dist.version} installed"
     init = Path(str(dist.locate_file("stomp/__init__.py")))
     ours = {name: mod for name, mod in sys.modules.items() if name == "stomp" or name.startswith("stomp.")}
