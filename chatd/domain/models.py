@@ -1,0 +1,215 @@
+"""Domain models shared by storage, services and the realtime layer.
+
+Pure values: frozen, slotted dataclasses with no I/O. The JSON shapes produced here are the wire
+contract of DESIGN §4 (REST answers) and §5 (STOMP bodies), so the REST handler, the STOMP ack
+and the outbox payload written by the store all serialize a message the same way.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+ReceiptStatus = Literal["delivered", "seen"]
+RECEIPT_STATUSES: tuple[ReceiptStatus, ...] = ("delivered", "seen")
+
+EVENT_MESSAGE = "message"
+EVENT_RECEIPT = "receipt"
+
+
+def iso_utc(value: datetime) -> str:
+    """Format an aware datetime as ISO-8601 UTC with microseconds, e.g. ``...T13:00:00.123456Z``.
+
+    A fixed width (always six fraction digits) keeps the text sortable and easy to parse for
+    clients; raises ValueError on a naive datetime, which would be ambiguous.
+    """
+    if value.tzinfo is None:
+        raise ValueError("naive datetime: chatd timestamps are always timezone-aware UTC")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _iso_or_none(value: datetime | None) -> str | None:
+    return None if value is None else iso_utc(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Participant:
+    """One side of a session: the profile id for the session's intent, the identity, the name."""
+
+    profile_id: str
+    email: str
+    display_name: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``{profileId, email, displayName}`` object of the init answer."""
+        return {"profileId": self.profile_id, "email": self.email, "displayName": self.display_name}
+
+
+def canonical_pair(a: Participant, b: Participant) -> tuple[Participant, Participant]:
+    """Return the two participants sorted by profile id (ties by email).
+
+    Sessions store their participants in this order so the unique (lo, hi, intent) key finds
+    the same session whichever side initiates.
+    """
+    return (a, b) if (a.profile_id, a.email) <= (b.profile_id, b.email) else (b, a)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatSession:
+    """A conversation between two participants in one intent.
+
+    `participants` is in canonical order (see `canonical_pair`); `last_seq` is the seq of the
+    newest message (0 when there is none yet).
+    """
+
+    id: uuid.UUID
+    intent: str
+    participants: tuple[Participant, Participant]
+    created_at: datetime
+    last_seq: int = 0
+
+    @property
+    def emails(self) -> tuple[str, str]:
+        """The two participant emails, in canonical order."""
+        return (self.participants[0].email, self.participants[1].email)
+
+    def participant(self, email: str) -> Participant | None:
+        """The participant with this email, or None when `email` is not part of the session."""
+        for p in self.participants:
+            if p.email == email:
+                return p
+        return None
+
+    def is_participant(self, email: str) -> bool:
+        """True when `email` is one of the two participants."""
+        return email in self.emails
+
+    def to_json(self) -> dict[str, Any]:
+        """The init answer: ``{sessionId, intent, participants, createdAt}``."""
+        return {
+            "sessionId": str(self.id),
+            "intent": self.intent,
+            "participants": [p.to_json() for p in self.participants],
+            "createdAt": iso_utc(self.created_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A stored chat message; `seq` counts from 1 per session with no gaps."""
+
+    message_id: uuid.UUID
+    session_id: uuid.UUID
+    seq: int
+    sender_id: str
+    sender_email: str
+    sender_display_name: str
+    content: str
+    client_message_id: str
+    sent_at: datetime
+    delivered: bool = False
+    seen: bool = False
+    delivered_at: datetime | None = None
+    seen_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The message object of DESIGN §4, keys in contract order."""
+        return {
+            "messageId": str(self.message_id),
+            "sessionId": str(self.session_id),
+            "seq": self.seq,
+            "senderId": self.sender_id,
+            "senderEmail": self.sender_email,
+            "senderDisplayName": self.sender_display_name,
+            "content": self.content,
+            "clientMessageId": self.client_message_id,
+            "sentAt": iso_utc(self.sent_at),
+            "delivered": self.delivered,
+            "seen": self.seen,
+            "deliveredAt": _iso_or_none(self.delivered_at),
+            "seenAt": _iso_or_none(self.seen_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptUpdate:
+    """The result of marking messages delivered or seen.
+
+    `up_to_seq` is the effective high-water mark (the highest seq the request covered, clamped
+    to the session's last message; None when message ids matched nothing); `updated` is how many
+    rows actually changed, so 0 means nothing was published.
+    """
+
+    session_id: uuid.UUID
+    reader_email: str
+    status: ReceiptStatus
+    up_to_seq: int | None
+    updated: int
+    at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        """The REST answer ``{sessionId, status, upToSeq, updated}``."""
+        return {
+            "sessionId": str(self.session_id),
+            "status": self.status,
+            "upToSeq": self.up_to_seq,
+            "updated": self.updated,
+        }
+
+    def event_json(self) -> dict[str, Any]:
+        """The STOMP ``receipt`` event body ``{sessionId, readerEmail, status, upToSeq, at}``."""
+        return {
+            "sessionId": str(self.session_id),
+            "readerEmail": self.reader_email,
+            "status": self.status,
+            "upToSeq": self.up_to_seq,
+            "at": iso_utc(self.at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """An outbox row to be written: `event` is the STOMP ``event`` header, `payload` the body.
+
+    `destination` is either a broker destination (``/topic/session.{id}``) or a user destination
+    ``user:{email}:/queue/...`` that the publisher resolves to every connection of that user.
+    """
+
+    event: str
+    destination: str
+    payload: str
+    session_id: uuid.UUID
+    seq: int
+    message_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A stored outbox row as handed to the publisher by `Store.claim_outbox`."""
+
+    id: int
+    message_id: uuid.UUID | None
+    session_id: uuid.UUID
+    seq: int
+    event: str
+    destination: str
+    payload: str
+    retry_count: int
+    next_retry_at: datetime
+    last_error: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """One entry of a user's session list: the session, its newest message, the unread count.
+
+    `cursor` is opaque; pass it back to `Store.sessions_for` to get the entries after this one.
+    """
+
+    session: ChatSession
+    last_message: Message | None
+    unread: int
+    cursor: str

@@ -1,0 +1,384 @@
+"""The `Store` protocol every backend implements, plus the rules both backends share.
+
+Services talk to storage only through `Store`. Every method is a trio coroutine that does its
+work in ONE worker-thread hop per transaction (the database drivers are synchronous), and maps
+"the database is not reachable" to `Unavailable("store unavailable")`.
+
+Outbox format (DESIGN §5, §6): each row has an ``event`` column — the STOMP ``event`` header,
+``"message"`` or ``"receipt"`` — and a ``payload`` column holding exactly the JSON body to
+publish (the message JSON of §4, or ``{sessionId, readerEmail, status, upToSeq, at}``). The
+``destination`` is ``/topic/session.{id}`` or ``user:{email}:/queue/{messages|receipts}``.
+`message_outbox` and `receipt_outbox` below are the single place these rows are built.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from chatd.domain.errors import BadRequest
+from chatd.domain.models import (
+    EVENT_MESSAGE,
+    EVENT_RECEIPT,
+    ChatSession,
+    Message,
+    OutboxEntry,
+    OutboxRow,
+    Participant,
+    ReceiptStatus,
+    ReceiptUpdate,
+    SessionSummary,
+)
+
+DEFAULT_POOL_SIZE = 10
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_POOL_TIMEOUT = 10.0
+DEFAULT_STATEMENT_TIMEOUT = 30.0
+OUTBOX_CHANNEL = "chatd_outbox"
+MAX_ERROR_TEXT = 2000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+OutboxBuilder = Callable[[ChatSession, Message], list[OutboxEntry]]
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text, non-ASCII kept as is (what the outbox stores and publishes)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def user_destination(email: str, queue: str) -> str:
+    """The outbox destination addressing every connection of `email` (``queue`` like messages)."""
+    return f"user:{email}:/queue/{queue}"
+
+
+def topic_destination(session_id: uuid.UUID) -> str:
+    """The session topic every participant may subscribe to."""
+    return f"/topic/session.{session_id}"
+
+
+def message_outbox(session: ChatSession, message: Message) -> list[OutboxEntry]:
+    """The three rows a new message publishes: the session topic and both users' queues."""
+    body = dumps(message.to_json())
+    destinations = [topic_destination(session.id)] + [
+        user_destination(email, "messages") for email in session.emails
+    ]
+    return [
+        OutboxEntry(EVENT_MESSAGE, d, body, session.id, message.seq, message.message_id)
+        for d in destinations
+    ]
+
+
+def receipt_outbox(update: ReceiptUpdate, sender_emails: Iterable[str]) -> list[OutboxEntry]:
+    """The rows a receipt publishes: the session topic and the queue of each affected sender."""
+    body = dumps(update.event_json())
+    seq = update.up_to_seq or 0
+    destinations = [topic_destination(update.session_id)] + [
+        user_destination(email, "receipts") for email in sorted(set(sender_emails))
+    ]
+    return [OutboxEntry(EVENT_RECEIPT, d, body, update.session_id, seq) for d in destinations]
+
+
+def require_aware(value: datetime, what: str = "timestamp") -> datetime:
+    """Return `value` in UTC; raises ValueError when it is naive (its zone would be a guess)."""
+    if value.tzinfo is None:
+        raise ValueError(f"{what} must be timezone-aware")
+    return value.astimezone(UTC)
+
+
+def to_micros(value: datetime) -> int:
+    """Microseconds since the Unix epoch: SQLite's timestamp representation."""
+    return (require_aware(value) - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(value: int) -> datetime:
+    """The inverse of `to_micros`, an aware UTC datetime."""
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def encode_cursor(activity: datetime, session_id: uuid.UUID) -> str:
+    """An opaque `sessions_for` cursor: the sort key of the last entry returned."""
+    return f"{to_micros(activity)}.{session_id.hex}"
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Parse a `sessions_for` cursor; raises BadRequest on anything we did not produce."""
+    try:
+        micros, hex_id = cursor.split(".", 1)
+        return from_micros(int(micros)), uuid.UUID(hex=hex_id)
+    except (ValueError, OverflowError):
+        raise BadRequest("invalid cursor") from None
+
+
+def claimable(
+    candidates: Sequence[tuple[int, uuid.UUID]], blockers: dict[uuid.UUID, int]
+) -> list[int]:
+    """Apply the per-session ordering rule to a claim.
+
+    `candidates` are (row id, session) pairs this claimer could take, `blockers` the lowest id
+    per session of an unprocessed, non-dead row it could NOT take (leased elsewhere, backing
+    off, or locked by a concurrent claimer). A row is handed out only when no such row precedes
+    it, so a session's rows are published strictly in order even with several publishers: each
+    claim is a per-session prefix of what is left.
+    """
+    return sorted(i for i, s in candidates if i < blockers.get(s, i + 1))
+
+
+SESSION_COLUMNS = (
+    "id", "intent", "profile_lo", "email_lo", "name_lo", "profile_hi", "email_hi", "name_hi",
+    "created_at", "next_seq",
+)
+MESSAGE_COLUMNS = (
+    "id", "session_id", "seq", "sender_id", "sender_email", "sender_display_name", "content",
+    "client_msg_id", "sent_at", "delivered", "seen", "delivered_at", "seen_at",
+)
+OUTBOX_COLUMNS = (
+    "id", "message_id", "session_id", "seq", "event", "destination", "payload", "retry_count",
+    "next_retry_at", "last_error", "created_at",
+)
+
+
+def columns(names: Sequence[str], alias: str = "") -> str:
+    """A select list, optionally qualified with a table alias (for joins)."""
+    return ", ".join(f"{alias}.{n}" if alias else n for n in names)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+Convert = Callable[[Any], Any]
+
+
+def session_from_row(row: Sequence[Any], uid: Convert = _same, ts: Convert = _same) -> ChatSession:
+    """Build a ChatSession from a `SESSION_COLUMNS` row; `uid`/`ts` adapt backend types."""
+    lo = Participant(row[2], row[3], row[4])
+    hi = Participant(row[5], row[6], row[7])
+    return ChatSession(uid(row[0]), row[1], (lo, hi), ts(row[8]), int(row[9]) - 1)
+
+
+def message_from_row(row: Sequence[Any], uid: Convert = _same, ts: Convert = _same) -> Message:
+    """Build a Message from a `MESSAGE_COLUMNS` row; `uid`/`ts` adapt backend types."""
+    return Message(
+        uid(row[0]), uid(row[1]), int(row[2]), row[3], row[4], row[5], row[6], row[7],
+        ts(row[8]), bool(row[9]), bool(row[10]),
+        None if row[11] is None else ts(row[11]), None if row[12] is None else ts(row[12]),
+    )
+
+
+def outbox_from_row(row: Sequence[Any], uid: Convert = _same, ts: Convert = _same) -> OutboxRow:
+    """Build an OutboxRow from an `OUTBOX_COLUMNS` row; `uid`/`ts` adapt backend types."""
+    payload = row[6] if isinstance(row[6], str) else dumps(row[6])
+    return OutboxRow(
+        int(row[0]), None if row[1] is None else uid(row[1]), uid(row[2]), int(row[3]), row[4],
+        row[5], payload, int(row[7]), ts(row[8]), row[9], ts(row[10]),
+    )
+
+
+def summary_from_row(
+    row: Sequence[Any], uid: Convert = _same, ts: Convert = _same
+) -> SessionSummary:
+    """Split a session-list row: session columns, activity time, unread count, message columns
+    (all None when the session has no message yet)."""
+    n = len(SESSION_COLUMNS)
+    session = session_from_row(row[:n], uid, ts)
+    activity, unread, message = ts(row[n]), int(row[n + 1]), row[n + 2 :]
+    last = None if message[0] is None else message_from_row(message, uid, ts)
+    return SessionSummary(session, last, unread, encode_cursor(activity, session.id))
+
+
+def check_history_args(limit: int, before: int | None, after: int | None) -> None:
+    """Raise ValueError on arguments no caller should pass (services validate user input)."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    if (before is not None and before < 0) or (after is not None and after < 0):
+        raise ValueError("seq cursors are never negative")
+
+
+def check_mark_args(status: str, up_to_seq: int | None, message_ids: object) -> None:
+    """Raise BadRequest for an unknown status or a receipt that names no messages."""
+    if status not in ("delivered", "seen"):
+        raise BadRequest(f"unknown receipt status {status!r}")
+    if up_to_seq is None and not message_ids:
+        raise BadRequest("give upToSeq or messageIds")
+    if up_to_seq is not None and up_to_seq < 0:
+        raise BadRequest("upToSeq must not be negative")
+
+
+class Store(Protocol):
+    """Chat persistence. All methods are trio coroutines; they raise `Unavailable` when the
+    database cannot be reached and `NotFound` for an unknown session where noted."""
+
+    backend: str
+
+    async def open(self) -> None:
+        """Connect (pool or connections); raises Unavailable when the database is unreachable."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release every connection; idempotent."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations; return the names applied (empty when already current)."""
+        ...
+
+    async def check_schema(self) -> None:
+        """Return when the schema is current; raise `migrate.SchemaError` otherwise."""
+        ...
+
+    async def ping(self) -> None:
+        """One round trip for readiness; raises Unavailable."""
+        ...
+
+    async def get_or_create_session(
+        self, intent: str, a: Participant, b: Participant, *, now: datetime
+    ) -> ChatSession:
+        """The session of this pair and intent, whichever side asks; created at `now` if new.
+
+        Race-safe: concurrent creators all get the one row.
+        """
+        ...
+
+    async def get_session(self, session_id: uuid.UUID) -> ChatSession | None:
+        """The session, or None when it does not exist."""
+        ...
+
+    async def append_message(
+        self,
+        session_id: uuid.UUID,
+        sender: Participant,
+        content: str,
+        client_message_id: str,
+        sent_at: datetime,
+        *,
+        outbox: OutboxBuilder = message_outbox,
+    ) -> tuple[Message, bool]:
+        """Store a message and its outbox rows in one transaction; return (message, created).
+
+        A `client_message_id` the sender already used returns (original, False) and writes
+        nothing — even if the original belongs to another session (callers compare
+        `session_id`). Raises NotFound for an unknown session, Forbidden when the sender is
+        not a participant.
+        """
+        ...
+
+    async def find_message(self, sender_email: str, client_message_id: str) -> Message | None:
+        """The message this sender stored under `client_message_id`, if any."""
+        ...
+
+    async def history(
+        self, session_id: uuid.UUID, *, limit: int, before: int | None = None,
+        after: int | None = None,
+    ) -> list[Message]:
+        """Newest first: the last `limit`; with `before`, those with seq < before; with `after`,
+        the `limit` right after it (seq after+1 ...); both bounds combine as a range."""
+        ...
+
+    async def messages_after(self, session_id: uuid.UUID, seq: int, limit: int) -> list[Message]:
+        """Oldest first: up to `limit` messages with seq > `seq` (gap replay)."""
+        ...
+
+    async def unread(
+        self, session_id: uuid.UUID, reader_email: str, *, limit: int | None = None
+    ) -> list[Message]:
+        """Oldest first: messages not seen by the reader and not sent by the reader."""
+        ...
+
+    async def unread_count(self, session_id: uuid.UUID, reader_email: str) -> int:
+        """How many messages `unread` would return."""
+        ...
+
+    async def unread_totals(self, reader_email: str) -> list[tuple[uuid.UUID, int]]:
+        """(session id, unread count) for each of the reader's sessions with unread messages,
+        most recently active first."""
+        ...
+
+    async def mark(
+        self,
+        session_id: uuid.UUID,
+        reader_email: str,
+        status: ReceiptStatus,
+        *,
+        up_to_seq: int | None = None,
+        message_ids: Sequence[uuid.UUID] | None = None,
+        at: datetime,
+    ) -> ReceiptUpdate:
+        """Mark messages not sent by the reader (seq <= up_to_seq, or listed) delivered or seen.
+
+        Seen implies delivered; flags never go back and times are set once. When something
+        changed, the receipt's outbox rows are written in the same transaction. Raises NotFound
+        for an unknown session, BadRequest for an unknown status or no selection. Participation
+        is the caller's check.
+        """
+        ...
+
+    async def sessions_for(
+        self, email: str, *, limit: int, cursor: str | None = None
+    ) -> list[SessionSummary]:
+        """The user's sessions, most recently active first, each with its last message and
+        the user's unread count; pass the last entry's `cursor` to get the next page."""
+        ...
+
+    async def claim_outbox(
+        self, *, limit: int, lease_seconds: float, now: datetime
+    ) -> list[OutboxRow]:
+        """Lease up to `limit` due rows (id order) until now + lease_seconds.
+
+        A row is handed out only when every earlier unprocessed, non-dead row of its session is
+        in the same claim (see `claimable`), so a session is published in order.
+        """
+        ...
+
+    async def release_outbox(self, ids: Sequence[int], *, now: datetime) -> None:
+        """Give back leased rows that were not attempted, due again at `now`."""
+        ...
+
+    async def mark_outbox_sent(self, ids: Sequence[int], *, now: datetime) -> None:
+        """Mark rows processed (published and accepted) at `now`."""
+        ...
+
+    async def mark_outbox_failed(
+        self, row_id: int, *, error: str, next_retry_at: datetime, dead: bool
+    ) -> None:
+        """Record a failed attempt: count it, keep the error, retry at `next_retry_at` or give
+        up (`dead`, never claimed again)."""
+        ...
+
+    async def outbox_stats(self) -> tuple[int, int]:
+        """(pending, dead) row counts for metrics and logs."""
+        ...
+
+    async def wait_for_outbox(self) -> None:
+        """Return as soon as new outbox rows may exist (possibly spuriously).
+
+        Meant for one publisher task, which bounds it with `trio.move_on_after(poll_interval)`
+        and claims either way: the wake-up makes publishing prompt, the poll makes it certain.
+        """
+        ...
+
+
+def open_store(url: str, **opts: Any) -> Store:
+    """A not-yet-opened store for `url`: ``postgresql://...`` or ``sqlite:///path``.
+
+    `opts` are `pool_size`, `connect_timeout`, `pool_timeout`, `statement_timeout` (seconds);
+    both backends accept them. Raises ValueError for any other scheme.
+    """
+    if url.startswith(("postgresql://", "postgres://")):
+        from chatd.storage.postgres import PostgresStore
+
+        return PostgresStore(url, **opts)
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        from chatd.storage.sqlite import SqliteStore
+
+        return SqliteStore(url[len("sqlite:///") :], **opts)
+    raise ValueError("database url must be postgresql://... or sqlite:///PATH")

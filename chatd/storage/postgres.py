@@ -1,0 +1,482 @@
+"""PostgreSQL backend: psycopg 3 (sync) with psycopg_pool, driven from trio worker threads.
+
+psycopg's async API only runs on asyncio, so every transaction is one `trio.to_thread` hop that
+checks a connection out of a `ConnectionPool`, with a `CapacityLimiter` sized to the pool so
+trio never queues more threads than there are connections. A cancelled call abandons its thread
+and asks the server to cancel the running query (`cancel_safe`), so cancellation stays prompt.
+LISTEN runs on its own connection and waits with `trio.lowlevel.wait_readable`: no thread.
+
+This is the only module that imports psycopg.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import psycopg
+import trio
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from chatd.domain.errors import Forbidden, NotFound, Unavailable
+from chatd.domain.models import (
+    ChatSession,
+    Message,
+    OutboxEntry,
+    OutboxRow,
+    Participant,
+    ReceiptStatus,
+    ReceiptUpdate,
+    SessionSummary,
+    canonical_pair,
+)
+from chatd.storage import base
+from chatd.storage import postgres_sql as queries
+from chatd.storage.base import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_POOL_SIZE,
+    DEFAULT_POOL_TIMEOUT,
+    DEFAULT_STATEMENT_TIMEOUT,
+    OUTBOX_CHANNEL,
+    OutboxBuilder,
+)
+from chatd.storage.migrate import Migration, apply_migrations, check_current
+
+T = TypeVar("T")
+Conn = psycopg.Connection[Any]
+_MIGRATION_LOCK = 0x63686174  # "chat": serializes concurrent `chatd migrate` runs
+_LISTEN_RETRY = 1.0
+_DOWN = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+
+
+class _Active:
+    """The connection a worker thread is using, so a cancelled caller can cancel its query.
+
+    The lock makes sure a cancel never reaches a connection already handed back to the pool
+    (and possibly running someone else's query).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conn: Conn | None = None
+
+    @contextmanager
+    def hold(self, conn: Conn) -> Iterator[None]:
+        with self._lock:
+            self._conn = conn
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._conn = None
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                # best effort: if it fails the query still ends, just later
+                with suppress(Exception):
+                    self._conn.cancel_safe(timeout=5.0)
+
+
+class _Target:
+    """`MigrationTarget` over a connection inside a transaction."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    def applied(self) -> dict[int, str] | None:
+        row = self.conn.execute("SELECT to_regclass('schema_migrations')").fetchone()
+        if row is None or row[0] is None:
+            return None
+        return dict(self.conn.execute("SELECT version, name FROM schema_migrations").fetchall())
+
+    def ensure_table(self) -> None:
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY,"
+            " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+
+    def run(self, migration: Migration) -> None:
+        self.conn.execute(migration.sql.encode())
+        self.conn.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+            (migration.version, migration.name),
+        )
+
+
+class _Duplicate(Exception):
+    """Rolls back an append whose client message id turned out to be taken."""
+
+
+class PostgresStore:
+    """`Store` on PostgreSQL. Construct, then `await open()` (or `async with`)."""
+
+    backend = "postgres"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+        statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+    ) -> None:
+        self._url = url
+        self._pool_size = pool_size
+        self._pool_timeout = pool_timeout
+        self._connect_kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": max(1, round(connect_timeout)),
+            "options": _options(url, statement_timeout),
+        }
+        self._connect_timeout = connect_timeout
+        self._limiter = trio.CapacityLimiter(pool_size)
+        self._pool: ConnectionPool[Conn] | None = None
+        self._listener: Conn | None = None
+        self._listen_lock = trio.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the pool and wait for a first connection; raises Unavailable if none comes."""
+        pool: ConnectionPool[Conn] = ConnectionPool(
+            self._url, min_size=1, max_size=self._pool_size, kwargs=self._connect_kwargs,
+            timeout=self._pool_timeout, open=False, check=ConnectionPool.check_connection,
+            name="chatd",
+        )
+
+        def start() -> None:
+            try:
+                pool.open(wait=True, timeout=self._connect_timeout)
+            except PoolTimeout:
+                pool.close(timeout=0)
+                raise Unavailable("store unavailable") from None
+
+        await trio.to_thread.run_sync(start)
+        self._pool = pool
+
+    async def aclose(self) -> None:
+        """Close the listener and the pool; idempotent."""
+        self._close_listener()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await trio.to_thread.run_sync(lambda: pool.close(timeout=5.0))
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def _run(self, work: Callable[[Conn], T]) -> T:
+        """Run `work` on a pooled connection in one worker-thread hop."""
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("store is not open")
+        active = _Active()
+
+        def hop() -> T:
+            try:
+                with pool.connection() as conn, active.hold(conn):
+                    return work(conn)
+            except _DOWN as exc:
+                raise Unavailable("store unavailable") from exc
+
+        try:
+            return await trio.to_thread.run_sync(hop, limiter=self._limiter, abandon_on_cancel=True)
+        except trio.Cancelled:
+            trio.lowlevel.start_thread_soon(active.cancel, lambda _: None)
+            raise
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations in one transaction under an advisory lock; return names."""
+
+        def work(conn: Conn) -> list[str]:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                return apply_migrations(_Target(conn), "postgres")
+
+        return await self._run(work)
+
+    async def check_schema(self) -> None:
+        """Raise `SchemaError` unless every migration is applied."""
+        await self._run(lambda conn: check_current(_Target(conn), "postgres"))
+
+    async def ping(self) -> None:
+        """``SELECT 1``; raises Unavailable."""
+        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    # -- sessions and messages -------------------------------------------------------------
+
+    async def get_or_create_session(
+        self, intent: str, a: Participant, b: Participant, *, now: datetime
+    ) -> ChatSession:
+        """See `Store.get_or_create_session`: INSERT ... ON CONFLICT DO NOTHING, then SELECT."""
+        lo, hi = canonical_pair(a, b)
+        new_id = uuid.uuid4()
+        now = base.require_aware(now)
+
+        def work(conn: Conn) -> ChatSession:
+            row = conn.execute(queries.INSERT_SESSION, (
+                new_id, intent, lo.profile_id, lo.email, lo.display_name,
+                hi.profile_id, hi.email, hi.display_name, now, now,
+            )).fetchone()
+            if row is None:
+                row = conn.execute(queries.SESSION_BY_PAIR, (lo.profile_id, hi.profile_id, intent)
+                                   ).fetchone()
+            assert row is not None, "the conflicting row exists: sessions are never deleted"
+            return base.session_from_row(row)
+
+        return await self._run(work)
+
+    async def get_session(self, session_id: uuid.UUID) -> ChatSession | None:
+        """See `Store.get_session`."""
+        row = await self._run(lambda c: c.execute(queries.SESSION_BY_ID, (session_id,)).fetchone())
+        return None if row is None else base.session_from_row(row)
+
+    async def append_message(
+        self,
+        session_id: uuid.UUID,
+        sender: Participant,
+        content: str,
+        client_message_id: str,
+        sent_at: datetime,
+        *,
+        outbox: OutboxBuilder = base.message_outbox,
+    ) -> tuple[Message, bool]:
+        """See `Store.append_message`. The session row lock taken to bump ``next_seq`` orders
+        concurrent senders, so seqs and outbox ids of a session are both gap-free and ordered."""
+        sent_at = base.require_aware(sent_at)
+        find = (sender.email, client_message_id)
+
+        def work(conn: Conn) -> tuple[Message, bool]:
+            original = conn.execute(queries.MESSAGE_BY_CLIENT_ID, find).fetchone()
+            if original is not None:
+                return base.message_from_row(original), False
+            try:
+                with conn.transaction():
+                    row = conn.execute(queries.BUMP_SEQ, (sent_at, session_id)).fetchone()
+                    if row is None:
+                        raise NotFound("unknown session")
+                    session = base.session_from_row(row)
+                    if not session.is_participant(sender.email):
+                        raise Forbidden("not a participant of this session")
+                    message = Message(
+                        uuid.uuid4(), session_id, session.last_seq, sender.profile_id,
+                        sender.email, sender.display_name, content, client_message_id, sent_at,
+                    )
+                    if conn.execute(queries.INSERT_MESSAGE, _message_params(message)
+                                    ).fetchone() is None:
+                        raise _Duplicate
+                    _insert_outbox(conn, outbox(session, message), sent_at)
+            except _Duplicate:
+                original = conn.execute(queries.MESSAGE_BY_CLIENT_ID, find).fetchone()
+                assert original is not None, "the conflicting row was committed"
+                return base.message_from_row(original), False
+            return message, True
+
+        return await self._run(work)
+
+    async def find_message(self, sender_email: str, client_message_id: str) -> Message | None:
+        """See `Store.find_message`."""
+        row = await self._run(lambda c: c.execute(
+            queries.MESSAGE_BY_CLIENT_ID, (sender_email, client_message_id)).fetchone())
+        return None if row is None else base.message_from_row(row)
+
+    async def _messages(self, sql: str, params: Sequence[Any]) -> list[Message]:
+        rows = await self._run(lambda c: c.execute(sql, params).fetchall())
+        return [base.message_from_row(r) for r in rows]
+
+    async def history(
+        self, session_id: uuid.UUID, *, limit: int, before: int | None = None,
+        after: int | None = None,
+    ) -> list[Message]:
+        """See `Store.history`."""
+        sql, params = queries.history(session_id, limit, before, after)
+        found = await self._messages(sql, params)
+        return found if after is None else found[::-1]
+
+    async def messages_after(self, session_id: uuid.UUID, seq: int, limit: int) -> list[Message]:
+        """See `Store.messages_after`."""
+        return await self._messages(queries.MESSAGES_AFTER, (session_id, seq, limit))
+
+    async def unread(
+        self, session_id: uuid.UUID, reader_email: str, *, limit: int | None = None
+    ) -> list[Message]:
+        """See `Store.unread`."""
+        return await self._messages(queries.UNREAD, (session_id, reader_email, limit))
+
+    async def unread_count(self, session_id: uuid.UUID, reader_email: str) -> int:
+        """See `Store.unread_count`."""
+        row = await self._run(lambda c: c.execute(
+            queries.UNREAD_COUNT, (session_id, reader_email)).fetchone())
+        return int(row[0]) if row else 0
+
+    async def unread_totals(self, reader_email: str) -> list[tuple[uuid.UUID, int]]:
+        """See `Store.unread_totals`."""
+        rows = await self._run(lambda c: c.execute(
+            queries.UNREAD_TOTALS, {"e": reader_email}).fetchall())
+        return [(r[0], int(r[1])) for r in rows]
+
+    async def mark(
+        self,
+        session_id: uuid.UUID,
+        reader_email: str,
+        status: ReceiptStatus,
+        *,
+        up_to_seq: int | None = None,
+        message_ids: Sequence[uuid.UUID] | None = None,
+        at: datetime,
+    ) -> ReceiptUpdate:
+        """See `Store.mark`. Locks the session row first, like `append_message`, so receipt
+        outbox rows stay in commit order with the session's message rows."""
+        base.check_mark_args(status, up_to_seq, message_ids)
+        at = base.require_aware(at)
+        ids = list(message_ids or [])
+        params = {"s": session_id, "r": reader_email, "at": at, "up": up_to_seq, "ids": ids}
+
+        def work(conn: Conn) -> ReceiptUpdate:
+            with conn.transaction():
+                row = conn.execute(queries.LOCK_SESSION, (session_id,)).fetchone()
+                if row is None:
+                    raise NotFound("unknown session")
+                last_seq = int(row[0]) - 1
+                changed = conn.execute(queries.mark(status), params).fetchall()
+                top = None
+                if ids:
+                    top = conn.execute(queries.MAX_SEQ_OF_IDS, params).fetchone()[0]  # type: ignore[index]
+                if up_to_seq is not None:
+                    top = max(top or 0, min(up_to_seq, last_seq))
+                update = ReceiptUpdate(session_id, reader_email, status, top, len(changed), at)
+                if changed:
+                    _insert_outbox(conn, base.receipt_outbox(update, {r[1] for r in changed}), at)
+                return update
+
+        return await self._run(work)
+
+    async def sessions_for(
+        self, email: str, *, limit: int, cursor: str | None = None
+    ) -> list[SessionSummary]:
+        """See `Store.sessions_for`."""
+        sql, params = queries.sessions_for(email, limit, cursor)
+        rows = await self._run(lambda c: c.execute(sql, params).fetchall())
+        return [base.summary_from_row(r) for r in rows]
+
+    # -- outbox ----------------------------------------------------------------------------
+
+    async def claim_outbox(
+        self, *, limit: int, lease_seconds: float, now: datetime
+    ) -> list[OutboxRow]:
+        """See `Store.claim_outbox`: SKIP LOCKED candidates, then the per-session prefix rule
+        against every unprocessed row we did not lock (including ones other claimers hold)."""
+        now = base.require_aware(now)
+        until = now + timedelta(seconds=lease_seconds)
+
+        def work(conn: Conn) -> list[OutboxRow]:
+            with conn.transaction():
+                cand = conn.execute(queries.CLAIM_CANDIDATES, (now, limit)).fetchall()
+                if not cand:
+                    return []
+                ids = [r[0] for r in cand]
+                sessions = list({r[1] for r in cand})
+                blockers = dict(conn.execute(queries.CLAIM_BLOCKERS, (sessions, ids)).fetchall())
+                keep = base.claimable(cand, blockers)
+                if not keep:
+                    return []
+                rows = conn.execute(queries.LEASE, (until, keep)).fetchall()
+            return sorted((base.outbox_from_row(r) for r in rows), key=lambda r: r.id)
+
+        return await self._run(work)
+
+    async def release_outbox(self, ids: Sequence[int], *, now: datetime) -> None:
+        """See `Store.release_outbox`."""
+        await self._run(lambda c: c.execute(queries.RELEASE, (base.require_aware(now), list(ids))))
+
+    async def mark_outbox_sent(self, ids: Sequence[int], *, now: datetime) -> None:
+        """See `Store.mark_outbox_sent`."""
+        await self._run(lambda c: c.execute(queries.SENT, (base.require_aware(now), list(ids))))
+
+    async def mark_outbox_failed(
+        self, row_id: int, *, error: str, next_retry_at: datetime, dead: bool
+    ) -> None:
+        """See `Store.mark_outbox_failed`."""
+        params = (error[: base.MAX_ERROR_TEXT], base.require_aware(next_retry_at), dead, row_id)
+        await self._run(lambda c: c.execute(queries.FAILED, params))
+
+    async def outbox_stats(self) -> tuple[int, int]:
+        """See `Store.outbox_stats`."""
+        row = await self._run(lambda c: c.execute(queries.OUTBOX_STATS).fetchone())
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    async def purge_outbox(self, *, sent_before: datetime) -> int:
+        """Delete processed rows sent before `sent_before`; return how many went."""
+        params = (base.require_aware(sent_before),)
+        cur = await self._run(lambda c: c.execute(queries.PURGE, params))
+        return cur.rowcount
+
+    async def wait_for_outbox(self) -> None:
+        """See `Store.wait_for_outbox`: LISTEN on a dedicated connection. Returns at once after
+        (re)connecting the listener, since rows may have come while nobody listened; while the
+        database is down it retries every second (the caller's poll timeout still applies)."""
+        async with self._listen_lock:
+            while self._listener is None:
+                try:
+                    self._listener = await trio.to_thread.run_sync(self._listen)
+                except Unavailable:
+                    await trio.sleep(_LISTEN_RETRY)
+                    continue
+                return
+            listener = self._listener
+            try:
+                while not any(True for _ in listener.notifies(timeout=0)):
+                    await trio.lowlevel.wait_readable(listener.fileno())
+            except _DOWN:
+                self._close_listener()
+
+    def _listen(self) -> Conn:
+        try:
+            conn = psycopg.connect(self._url, **self._connect_kwargs)
+            conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
+        except _DOWN as exc:
+            raise Unavailable("store unavailable") from exc
+        return conn
+
+    def _close_listener(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is not None and not conn.closed:
+            trio.lowlevel.notify_closing(conn.fileno())
+            conn.close()
+
+
+def _options(url: str, statement_timeout: float) -> str:
+    """Server options for every connection, keeping any the URL already sets (search_path)."""
+    ours = f"-c timezone=UTC -c statement_timeout={int(statement_timeout * 1000)}"
+    theirs = conninfo_to_dict(url).get("options")
+    return f"{theirs} {ours}" if theirs else ours
+
+
+def _message_params(m: Message) -> tuple[Any, ...]:
+    return (m.message_id, m.session_id, m.seq, m.sender_id, m.sender_email,
+            m.sender_display_name, m.content, m.client_message_id, m.sent_at)
+
+
+def _insert_outbox(conn: Conn, entries: list[OutboxEntry], now: datetime) -> None:
+    """Write outbox rows and wake listeners; NOTIFY is delivered only if the transaction commits."""
+    if not entries:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(queries.INSERT_OUTBOX, [
+            (e.message_id, e.session_id, e.seq, e.event, e.destination, e.payload, now, now)
+            for e in entries
+        ])
+    conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")

@@ -1,0 +1,452 @@
+"""Embedded SQLite backend: stdlib sqlite3 in WAL mode, driven from trio worker threads.
+
+SQLite allows one writer at a time, so every write transaction runs on the single writer
+connection behind a `CapacityLimiter(1)` (``BEGIN IMMEDIATE``, so the lock is taken up front and
+"check, then insert" is race-free). Reads run on a few separate connections: WAL lets them
+proceed while a write is in flight, each inside a read transaction for a consistent snapshot.
+The outbox wake-up is an in-process signal: the embedded mode is one instance by definition.
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import trio
+
+from chatd.domain.errors import Forbidden, NotFound, Unavailable
+from chatd.domain.models import (
+    ChatSession,
+    Message,
+    OutboxEntry,
+    OutboxRow,
+    Participant,
+    ReceiptStatus,
+    ReceiptUpdate,
+    SessionSummary,
+    canonical_pair,
+)
+from chatd.storage import base
+from chatd.storage import sqlite_sql as sql
+from chatd.storage.base import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_POOL_SIZE,
+    DEFAULT_POOL_TIMEOUT,
+    DEFAULT_STATEMENT_TIMEOUT,
+    OutboxBuilder,
+    to_micros,
+)
+from chatd.storage.migrate import Migration, apply_migrations, check_current
+
+T = TypeVar("T")
+_MAX_READERS = 4
+
+
+def _uid(value: str) -> uuid.UUID:
+    return uuid.UUID(value)
+
+
+def _session(row: Sequence[Any]) -> ChatSession:
+    return base.session_from_row(row, _uid, base.from_micros)
+
+
+def _message(row: Sequence[Any]) -> Message:
+    return base.message_from_row(row, _uid, base.from_micros)
+
+
+class _Target:
+    """`MigrationTarget` over the writer connection inside ``BEGIN IMMEDIATE``."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def applied(self) -> dict[int, str] | None:
+        if self.conn.execute(sql.HAS_MIGRATIONS_TABLE).fetchone() is None:
+            return None
+        return dict(self.conn.execute("SELECT version, name FROM schema_migrations").fetchall())
+
+    def ensure_table(self) -> None:
+        self.conn.execute(sql.CREATE_MIGRATIONS_TABLE)
+
+    def run(self, migration: Migration) -> None:
+        # executescript would COMMIT first; statement by statement keeps it all in one transaction
+        for statement in sql.split_script(migration.sql):
+            self.conn.execute(statement)
+        self.conn.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+            (migration.version, migration.name, to_micros(datetime.now(UTC))),
+        )
+
+
+class SqliteStore:
+    """`Store` on one SQLite file. Construct, then `await open()` (or `async with`)."""
+
+    backend = "sqlite"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+        statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+    ) -> None:
+        # connect_timeout/statement_timeout have no SQLite meaning; accepted for a uniform factory
+        self._path = Path(path)
+        self._busy_timeout = pool_timeout
+        self._reader_count = max(1, min(pool_size, _MAX_READERS))
+        self._writer: sqlite3.Connection | None = None
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._write_limiter = trio.CapacityLimiter(1)
+        self._read_limiter = trio.CapacityLimiter(self._reader_count)
+        # The writer thread bumps `_outbox_commits` after committing outbox rows; trio code then
+        # sets the event. Counters (not just the event) so a commit between two waits is not lost.
+        self._outbox_dirty = False
+        self._outbox_commits = 0
+        self._outbox_signalled = 0
+        self._outbox_seen = 0
+        self._outbox_event = trio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    async def open(self) -> None:
+        """Create the file (and its folder) if needed, switch to WAL, open the connections."""
+
+        def start() -> None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            writer = self._connect()
+            writer.execute("PRAGMA journal_mode = WAL")
+            writer.execute("PRAGMA synchronous = NORMAL")
+            self._writer = writer
+            for _ in range(self._reader_count):
+                self._readers.put(self._connect())
+
+        try:
+            await trio.to_thread.run_sync(start)
+        except (sqlite3.Error, OSError) as exc:
+            await self.aclose()
+            raise Unavailable("store unavailable") from exc
+
+    async def aclose(self) -> None:
+        """Close every connection; idempotent. Waits for running transactions to finish."""
+        async with self._write_limiter:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                writer.close()
+        for _ in range(self._reader_count):
+            async with self._read_limiter:
+                try:
+                    self._readers.get_nowait().close()
+                except queue.Empty:
+                    break
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in one ``BEGIN IMMEDIATE`` transaction on the writer, in one thread hop."""
+
+        def hop() -> T:
+            conn = self._writer
+            if conn is None:
+                raise RuntimeError("store is not open")
+            self._outbox_dirty = False
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            if self._outbox_dirty:
+                self._outbox_commits += 1
+            return result
+
+        try:
+            return await trio.to_thread.run_sync(hop, limiter=self._write_limiter)
+        except sqlite3.OperationalError as exc:
+            raise Unavailable("store unavailable") from exc
+        finally:
+            self._signal_outbox()
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in one read transaction (a consistent snapshot) on a reader connection."""
+
+        def hop() -> T:
+            conn = self._readers.get_nowait()
+            try:
+                conn.execute("BEGIN")
+                try:
+                    return work(conn)
+                finally:
+                    conn.execute("COMMIT")
+            finally:
+                self._readers.put(conn)
+
+        try:
+            return await trio.to_thread.run_sync(hop, limiter=self._read_limiter)
+        except queue.Empty:
+            raise RuntimeError("store is not open") from None
+        except sqlite3.OperationalError as exc:
+            raise Unavailable("store unavailable") from exc
+
+    def _signal_outbox(self) -> None:
+        if self._outbox_commits != self._outbox_signalled:
+            self._outbox_signalled = self._outbox_commits
+            self._outbox_event.set()
+            self._outbox_event = trio.Event()
+
+    def _insert_outbox(
+        self, conn: sqlite3.Connection, entries: list[OutboxEntry], now: int
+    ) -> None:
+        """Write outbox rows (writer thread, inside the caller's transaction)."""
+        conn.executemany(sql.INSERT_OUTBOX, [
+            (None if e.message_id is None else str(e.message_id), str(e.session_id), e.seq,
+             e.event, e.destination, e.payload, now, now)
+            for e in entries
+        ])
+        self._outbox_dirty = self._outbox_dirty or bool(entries)
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations in one write transaction; return the names applied."""
+        return await self._write(lambda conn: apply_migrations(_Target(conn), "sqlite"))
+
+    async def check_schema(self) -> None:
+        """Raise `SchemaError` unless every migration is applied."""
+        await self._read(lambda conn: check_current(_Target(conn), "sqlite"))
+
+    async def ping(self) -> None:
+        """``SELECT 1`` on a reader; raises Unavailable."""
+        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    # -- sessions and messages -------------------------------------------------------------
+
+    async def get_or_create_session(
+        self, intent: str, a: Participant, b: Participant, *, now: datetime
+    ) -> ChatSession:
+        """See `Store.get_or_create_session`."""
+        lo, hi = canonical_pair(a, b)
+        at = to_micros(now)
+        params = (str(uuid.uuid4()), intent, lo.profile_id, lo.email, lo.display_name,
+                  hi.profile_id, hi.email, hi.display_name, at, at)
+
+        def work(conn: sqlite3.Connection) -> ChatSession:
+            row = conn.execute(sql.INSERT_SESSION, params).fetchone()
+            if row is None:
+                row = conn.execute(sql.SESSION_BY_PAIR, (lo.profile_id, hi.profile_id, intent)
+                                   ).fetchone()
+            return _session(row)
+
+        return await self._write(work)
+
+    async def get_session(self, session_id: uuid.UUID) -> ChatSession | None:
+        """See `Store.get_session`."""
+        row = await self._read(lambda c: c.execute(sql.SESSION_BY_ID, (str(session_id),)
+                                                   ).fetchone())
+        return None if row is None else _session(row)
+
+    async def append_message(
+        self,
+        session_id: uuid.UUID,
+        sender: Participant,
+        content: str,
+        client_message_id: str,
+        sent_at: datetime,
+        *,
+        outbox: OutboxBuilder = base.message_outbox,
+    ) -> tuple[Message, bool]:
+        """See `Store.append_message`; the write lock makes check-then-insert race-free."""
+        sent_at = base.require_aware(sent_at)
+        at = to_micros(sent_at)
+
+        def work(conn: sqlite3.Connection) -> tuple[Message, bool]:
+            original = conn.execute(sql.MESSAGE_BY_CLIENT_ID, (sender.email, client_message_id)
+                                    ).fetchone()
+            if original is not None:
+                return _message(original), False
+            row = conn.execute(sql.BUMP_SEQ, (at, str(session_id))).fetchone()
+            if row is None:
+                raise NotFound("unknown session")
+            session = _session(row)
+            if not session.is_participant(sender.email):
+                raise Forbidden("not a participant of this session")
+            message = Message(
+                uuid.uuid4(), session_id, session.last_seq, sender.profile_id, sender.email,
+                sender.display_name, content, client_message_id, base.from_micros(at),
+            )
+            conn.execute(sql.INSERT_MESSAGE, (
+                str(message.message_id), str(session_id), message.seq, sender.profile_id,
+                sender.email, sender.display_name, content, client_message_id, at,
+            ))
+            self._insert_outbox(conn, outbox(session, message), at)
+            return message, True
+
+        return await self._write(work)
+
+    async def find_message(self, sender_email: str, client_message_id: str) -> Message | None:
+        """See `Store.find_message`."""
+        row = await self._read(lambda c: c.execute(
+            sql.MESSAGE_BY_CLIENT_ID, (sender_email, client_message_id)).fetchone())
+        return None if row is None else _message(row)
+
+    async def _messages(self, query: str, params: Sequence[Any]) -> list[Message]:
+        rows = await self._read(lambda c: c.execute(query, params).fetchall())
+        return [_message(r) for r in rows]
+
+    async def history(
+        self, session_id: uuid.UUID, *, limit: int, before: int | None = None,
+        after: int | None = None,
+    ) -> list[Message]:
+        """See `Store.history`."""
+        query, params = sql.history(str(session_id), limit, before, after)
+        found = await self._messages(query, params)
+        return found if after is None else found[::-1]
+
+    async def messages_after(self, session_id: uuid.UUID, seq: int, limit: int) -> list[Message]:
+        """See `Store.messages_after`."""
+        return await self._messages(sql.MESSAGES_AFTER, (str(session_id), seq, limit))
+
+    async def unread(
+        self, session_id: uuid.UUID, reader_email: str, *, limit: int | None = None
+    ) -> list[Message]:
+        """See `Store.unread`."""
+        n = -1 if limit is None else limit
+        return await self._messages(sql.UNREAD, (str(session_id), reader_email, n))
+
+    async def unread_count(self, session_id: uuid.UUID, reader_email: str) -> int:
+        """See `Store.unread_count`."""
+        row = await self._read(lambda c: c.execute(
+            sql.UNREAD_COUNT, (str(session_id), reader_email)).fetchone())
+        return int(row[0])
+
+    async def unread_totals(self, reader_email: str) -> list[tuple[uuid.UUID, int]]:
+        """See `Store.unread_totals`."""
+        rows = await self._read(lambda c: c.execute(sql.UNREAD_TOTALS, {"e": reader_email}
+                                                    ).fetchall())
+        return [(_uid(r[0]), int(r[1])) for r in rows]
+
+    async def mark(
+        self,
+        session_id: uuid.UUID,
+        reader_email: str,
+        status: ReceiptStatus,
+        *,
+        up_to_seq: int | None = None,
+        message_ids: Sequence[uuid.UUID] | None = None,
+        at: datetime,
+    ) -> ReceiptUpdate:
+        """See `Store.mark`."""
+        base.check_mark_args(status, up_to_seq, message_ids)
+        at = base.require_aware(at)
+        ids = [str(i) for i in message_ids or []]
+        micros = to_micros(at)
+
+        def work(conn: sqlite3.Connection) -> ReceiptUpdate:
+            row = conn.execute(sql.NEXT_SEQ, (str(session_id),)).fetchone()
+            if row is None:
+                raise NotFound("unknown session")
+            last_seq = int(row[0]) - 1
+            query, params = sql.mark(status, str(session_id), reader_email, micros, up_to_seq, ids)
+            changed = conn.execute(query, params).fetchall()
+            top = None
+            if ids:
+                query, params = sql.max_seq_of_ids(str(session_id), reader_email, ids)
+                top = conn.execute(query, params).fetchone()[0]
+            if up_to_seq is not None:
+                top = max(top or 0, min(up_to_seq, last_seq))
+            update = ReceiptUpdate(session_id, reader_email, status, top, len(changed), at)
+            if changed:
+                entries = base.receipt_outbox(update, {r[1] for r in changed})
+                self._insert_outbox(conn, entries, micros)
+            return update
+
+        return await self._write(work)
+
+    async def sessions_for(
+        self, email: str, *, limit: int, cursor: str | None = None
+    ) -> list[SessionSummary]:
+        """See `Store.sessions_for`."""
+        query, params = sql.sessions_for(email, limit, cursor)
+        rows = await self._read(lambda c: c.execute(query, params).fetchall())
+        return [base.summary_from_row(r, _uid, base.from_micros) for r in rows]
+
+    # -- outbox ----------------------------------------------------------------------------
+
+    async def claim_outbox(
+        self, *, limit: int, lease_seconds: float, now: datetime
+    ) -> list[OutboxRow]:
+        """See `Store.claim_outbox`: the same prefix rule, inside one write transaction."""
+        at = to_micros(now)
+        until = to_micros(now + timedelta(seconds=lease_seconds))
+
+        def work(conn: sqlite3.Connection) -> list[OutboxRow]:
+            cand = [(r[0], _uid(r[1])) for r in conn.execute(sql.CLAIM_CANDIDATES, (at, limit))]
+            if not cand:
+                return []
+            query, params = sql.claim_blockers([c[1] for c in cand], [c[0] for c in cand])
+            blockers = {_uid(s): i for s, i in conn.execute(query, params)}
+            keep = base.claimable(cand, blockers)
+            if not keep:
+                return []
+            query, params = sql.lease(until, keep)
+            rows = conn.execute(query, params).fetchall()
+            return sorted((base.outbox_from_row(r, _uid, base.from_micros) for r in rows),
+                          key=lambda r: r.id)
+
+        return await self._write(work)
+
+    async def _update_ids(self, template: str, lead: Sequence[Any], ids: Sequence[int]) -> None:
+        if ids:
+            query, params = sql.with_ids(template, lead, ids)
+            await self._write(lambda c: c.execute(query, params))
+
+    async def release_outbox(self, ids: Sequence[int], *, now: datetime) -> None:
+        """See `Store.release_outbox`."""
+        await self._update_ids(sql.RELEASE, [to_micros(now)], ids)
+
+    async def mark_outbox_sent(self, ids: Sequence[int], *, now: datetime) -> None:
+        """See `Store.mark_outbox_sent`."""
+        await self._update_ids(sql.SENT, [to_micros(now)], ids)
+
+    async def mark_outbox_failed(
+        self, row_id: int, *, error: str, next_retry_at: datetime, dead: bool
+    ) -> None:
+        """See `Store.mark_outbox_failed`."""
+        params = (error[: base.MAX_ERROR_TEXT], to_micros(next_retry_at), int(dead), row_id)
+        await self._write(lambda c: c.execute(sql.FAILED, params))
+
+    async def outbox_stats(self) -> tuple[int, int]:
+        """See `Store.outbox_stats`."""
+        row = await self._read(lambda c: c.execute(sql.OUTBOX_STATS).fetchone())
+        return int(row[0]), int(row[1])
+
+    async def purge_outbox(self, *, sent_before: datetime) -> int:
+        """Delete processed rows sent before `sent_before`; return how many went."""
+        cur = await self._write(lambda c: c.execute(sql.PURGE, (to_micros(sent_before),)))
+        return int(cur.rowcount)
+
+    async def wait_for_outbox(self) -> None:
+        """See `Store.wait_for_outbox`: woken by this process's own commits of outbox rows."""
+        while self._outbox_commits == self._outbox_seen:
+            await self._outbox_event.wait()
+        self._outbox_seen = self._outbox_commits

@@ -1,0 +1,455 @@
+"""The storage contract: one suite, run against every backend through the `store` fixture.
+
+Each test states a promise of `chatd.storage.base.Store` that services and the outbox publisher
+rely on; nothing here knows which backend it talks to, except the migration tests, which need an
+empty database of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import trio
+import trio.lowlevel
+
+from chatd.domain.errors import BadRequest, Forbidden, NotFound, Unavailable
+from chatd.domain.models import ChatSession, Message, OutboxRow, Participant
+from chatd.storage import SchemaError, Store, open_store
+
+T0 = datetime(2026, 11, 28, 13, 0, tzinfo=UTC)
+LATER = T0 + timedelta(hours=1)  # when every row the tests wrote is due
+
+
+def person(name: str, profile: str | None = None) -> Participant:
+    return Participant(profile or f"p-{name}", f"{name}@example.com", name.title())
+
+
+ANN, BOB, CAT = person("ann", "200"), person("bob", "100"), person("cat", "300")
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+async def chat(store: Store, a: Participant = ANN, b: Participant = BOB) -> ChatSession:
+    return await store.get_or_create_session("dating", a, b, now=T0)
+
+
+async def send(
+    store: Store, session: ChatSession, sender: Participant, n: int, *, start: int = 0
+) -> list[Message]:
+    sent = []
+    for i in range(start, start + n):
+        message, _ = await store.append_message(
+            session.id, sender, f"text {i}", f"{sender.email}-{i}", at(i)
+        )
+        sent.append(message)
+    return sent
+
+
+# -- sessions ----------------------------------------------------------------------------------
+
+
+async def test_same_session_in_both_directions_and_per_intent(store: Store) -> None:
+    first = await store.get_or_create_session("dating", ANN, BOB, now=T0)
+    again = await store.get_or_create_session("dating", BOB, ANN, now=at(5))
+    other = await store.get_or_create_session("hiring", ANN, BOB, now=T0)
+    assert again == first
+    assert other.id != first.id
+    assert [p.profile_id for p in first.participants] == ["100", "200"]  # canonical order
+    assert first.emails == ("bob@example.com", "ann@example.com")
+    assert first.created_at == T0
+    assert first.last_seq == 0
+    assert await store.get_session(first.id) == first
+    assert await store.get_session(uuid.uuid4()) is None
+
+
+async def test_concurrent_creators_get_one_session(store: Store) -> None:
+    found: list[ChatSession] = []
+
+    async def create(i: int) -> None:
+        a, b = (ANN, BOB) if i % 2 else (BOB, ANN)
+        found.append(await store.get_or_create_session("dating", a, b, now=T0))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(create, i)
+    assert len({s.id for s in found}) == 1
+
+
+# -- appending ---------------------------------------------------------------------------------
+
+
+async def test_append_stores_message_and_json_shape(store: Store) -> None:
+    session = await chat(store)
+    sent = at(0.123456)
+    message, created = await store.append_message(session.id, ANN, "héllo", "c-1", sent)
+    assert created
+    assert message.seq == 1
+    assert message.sent_at == sent
+    assert message.to_json() == {
+        "messageId": str(message.message_id),
+        "sessionId": str(session.id),
+        "seq": 1,
+        "senderId": "200",
+        "senderEmail": "ann@example.com",
+        "senderDisplayName": "Ann",
+        "content": "héllo",
+        "clientMessageId": "c-1",
+        "sentAt": "2026-11-28T13:00:00.123456Z",
+        "delivered": False,
+        "seen": False,
+        "deliveredAt": None,
+        "seenAt": None,
+    }
+    assert await store.history(session.id, limit=10) == [message]
+    assert (await store.get_session(session.id)).last_seq == 1  # type: ignore[union-attr]
+
+
+async def test_append_refuses_unknown_session_and_outsiders(store: Store) -> None:
+    session = await chat(store)
+    with pytest.raises(NotFound):
+        await store.append_message(uuid.uuid4(), ANN, "x", "c-1", T0)
+    with pytest.raises(Forbidden):
+        await store.append_message(session.id, CAT, "x", "c-1", T0)
+    assert await store.history(session.id, limit=10) == []
+    assert (await send(store, session, ANN, 1))[0].seq == 1  # the failures left no gap
+
+
+async def test_repeated_client_message_id_returns_the_original(store: Store) -> None:
+    session = await chat(store)
+    original, created = await store.append_message(session.id, ANN, "hi", "c-1", T0)
+    repeat, again = await store.append_message(session.id, ANN, "changed", "c-1", at(9))
+    assert created
+    assert not again
+    assert repeat == original
+    assert await store.find_message(ANN.email, "c-1") == original
+    assert await store.find_message(BOB.email, "c-1") is None
+    other, created_by_bob = await store.append_message(session.id, BOB, "hi", "c-1", T0)
+    assert created_by_bob
+    assert other.seq == 2
+    assert len(await store.history(session.id, limit=10)) == 2
+    assert (await store.outbox_stats())[0] == 6  # three rows per stored message, none for repeats
+
+
+async def test_concurrent_duplicates_store_one_message(store: Store) -> None:
+    session = await chat(store)
+    results: list[tuple[Message, bool]] = []
+
+    async def append() -> None:
+        results.append(await store.append_message(session.id, ANN, "once", "dup", T0))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(20):
+            nursery.start_soon(append)
+    assert [created for _, created in results].count(True) == 1
+    assert len({message for message, _ in results}) == 1
+    assert len(await store.history(session.id, limit=50)) == 1
+    assert (await store.outbox_stats())[0] == 3
+
+
+async def test_concurrent_senders_get_gapless_seqs(store: Store) -> None:
+    session = await chat(store)
+
+    async def sender(i: int) -> None:
+        who = ANN if i % 2 else BOB
+        await store.append_message(session.id, who, f"m{i}", f"c-{i}", at(i))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(50):
+            nursery.start_soon(sender, i)
+    history = await store.history(session.id, limit=100)
+    assert [m.seq for m in history] == list(range(50, 0, -1))
+    rows = await store.claim_outbox(limit=500, lease_seconds=30, now=at(100))
+    topic = [json.loads(r.payload)["seq"] for r in rows if r.destination.startswith("/topic/")]
+    assert topic == list(range(1, 51))  # outbox order is seq order
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+async def test_history_cursors(store: Store) -> None:
+    session = await chat(store)
+    await send(store, session, ANN, 10)
+
+    def seqs(messages: list[Message]) -> list[int]:
+        return [m.seq for m in messages]
+
+    assert seqs(await store.history(session.id, limit=3)) == [10, 9, 8]
+    assert seqs(await store.history(session.id, limit=3, before=5)) == [4, 3, 2]
+    assert seqs(await store.history(session.id, limit=3, after=5)) == [8, 7, 6]
+    assert seqs(await store.history(session.id, limit=9, after=5, before=8)) == [7, 6]
+    assert seqs(await store.history(session.id, limit=3, after=10)) == []
+    assert seqs(await store.messages_after(session.id, 7, 10)) == [8, 9, 10]
+    assert seqs(await store.messages_after(session.id, 0, 2)) == [1, 2]
+
+
+async def test_history_walks_1000_messages_without_loss_or_repeat(store: Store) -> None:
+    session = await chat(store)
+
+    async def writer(part: int) -> None:
+        await send(store, session, ANN if part % 2 else BOB, 100, start=part * 100)
+
+    async with trio.open_nursery() as nursery:
+        for part in range(10):
+            nursery.start_soon(writer, part)
+    backwards: list[int] = []
+    page = await store.history(session.id, limit=64)
+    while page:
+        backwards += [m.seq for m in page]
+        page = await store.history(session.id, limit=64, before=page[-1].seq)
+    assert backwards == list(range(1000, 0, -1))
+    forwards: list[int] = []
+    cursor = 0
+    while page := await store.history(session.id, limit=64, after=cursor):
+        assert [m.seq for m in page] == sorted((m.seq for m in page), reverse=True)
+        forwards += [m.seq for m in reversed(page)]
+        cursor = page[0].seq
+    assert forwards == list(range(1, 1001))
+
+
+async def test_unread_counts_and_totals(store: Store) -> None:
+    first, second = await chat(store), await chat(store, ANN, CAT)
+    await send(store, first, BOB, 3)
+    await send(store, first, ANN, 2, start=10)
+    await send(store, second, CAT, 1)
+    assert [m.seq for m in await store.unread(first.id, ANN.email)] == [1, 2, 3]
+    assert [m.seq for m in await store.unread(first.id, ANN.email, limit=2)] == [1, 2]
+    assert await store.unread_count(first.id, ANN.email) == 3
+    assert await store.unread_count(first.id, BOB.email) == 2  # own messages never count
+    assert await store.unread_totals(ANN.email) == [(first.id, 3), (second.id, 1)]
+
+    await store.mark(first.id, ANN.email, "delivered", up_to_seq=3, at=at(20))
+    assert await store.unread_count(first.id, ANN.email) == 3  # delivered is not seen
+    await store.mark(first.id, ANN.email, "seen", up_to_seq=2, at=at(21))
+    assert [m.seq for m in await store.unread(first.id, ANN.email)] == [3]
+    assert await store.unread_totals(ANN.email) == [(first.id, 1), (second.id, 1)]
+    await store.mark(second.id, ANN.email, "seen", up_to_seq=1, at=at(22))
+    assert await store.unread_totals(ANN.email) == [(first.id, 1)]
+    assert await store.unread_totals("nobody@example.com") == []
+
+
+async def test_marks_never_move_backwards(store: Store) -> None:
+    session = await chat(store)
+    sent = await send(store, session, BOB, 4)
+    await send(store, session, ANN, 1, start=10)
+
+    seen = await store.mark(session.id, ANN.email, "seen", up_to_seq=2, at=at(20))
+    assert (seen.status, seen.up_to_seq, seen.updated) == ("seen", 2, 2)
+    later = await store.mark(session.id, ANN.email, "delivered", up_to_seq=99, at=at(30))
+    assert (later.up_to_seq, later.updated) == (5, 2)  # clamped; 1-2 were already delivered
+    again = await store.mark(session.id, ANN.email, "seen", up_to_seq=1, at=at(40))
+    assert again.updated == 0
+    by_id = await store.mark(
+        session.id, ANN.email, "seen", message_ids=[sent[3].message_id], at=at(50)
+    )
+    assert (by_id.up_to_seq, by_id.updated) == (4, 1)
+
+    history = {m.seq: m for m in await store.history(session.id, limit=10)}
+    assert history[1].seen
+    assert history[1].delivered
+    assert history[1].seen_at == at(20)
+    assert history[1].delivered_at == at(20)
+    assert history[3].delivered_at == at(30)
+    assert not history[3].seen
+    assert history[4].seen_at == at(50)
+    assert history[4].delivered_at == at(30)
+    assert not history[5].delivered  # Ann's own message: her receipts never touch it
+    assert history[1].to_json()["seenAt"] == "2026-11-28T13:00:20.000000Z"
+
+
+async def test_mark_arguments(store: Store) -> None:
+    session = await chat(store)
+    with pytest.raises(NotFound):
+        await store.mark(uuid.uuid4(), ANN.email, "seen", up_to_seq=1, at=T0)
+    with pytest.raises(BadRequest):
+        await store.mark(session.id, ANN.email, "seen", at=T0)
+    with pytest.raises(BadRequest):
+        await store.mark(session.id, ANN.email, "read", up_to_seq=1, at=T0)  # type: ignore[arg-type]
+    nothing = await store.mark(session.id, ANN.email, "seen", message_ids=[uuid.uuid4()], at=T0)
+    assert (nothing.up_to_seq, nothing.updated) == (None, 0)
+
+
+async def test_sessions_for_pages_by_activity(store: Store) -> None:
+    people = [person(f"u{i}", f"{500 + i}") for i in range(5)]
+    sessions = [await chat(store, ANN, p) for p in people]
+    for i, session in enumerate(sessions):
+        await store.append_message(session.id, people[i], f"hi {i}", f"c{i}", at(10 * i))
+    await store.append_message(sessions[1].id, ANN, "latest", "c-ann", at(100))
+
+    summaries = await store.sessions_for(ANN.email, limit=2)
+    pages = [summaries]
+    while summaries:
+        summaries = await store.sessions_for(ANN.email, limit=2, cursor=summaries[-1].cursor)
+        pages.append(summaries)
+    listed = [s for page in pages for s in page]
+    assert [s.session.id for s in listed] == [sessions[i].id for i in (1, 4, 3, 2, 0)]
+    assert listed[0].last_message is not None
+    assert listed[0].last_message.content == "latest"
+    assert [s.unread for s in listed] == [1, 1, 1, 1, 1]
+    assert (await store.sessions_for(people[0].email, limit=5))[0].unread == 0
+    empty = await chat(store, BOB, CAT)
+    assert (await store.sessions_for(CAT.email, limit=5))[0].last_message is None
+    assert (await store.sessions_for(CAT.email, limit=5))[0].session == empty
+    with pytest.raises(BadRequest):
+        await store.sessions_for(ANN.email, limit=2, cursor="garbage")
+
+
+# -- the outbox --------------------------------------------------------------------------------
+
+
+async def test_outbox_rows_are_written_with_the_message(store: Store) -> None:
+    session = await chat(store)
+    message, _ = await store.append_message(session.id, ANN, "hi", "c-1", T0)
+    rows = await store.claim_outbox(limit=10, lease_seconds=30, now=T0)
+    assert [r.destination for r in rows] == [
+        f"/topic/session.{session.id}",
+        "user:bob@example.com:/queue/messages",
+        "user:ann@example.com:/queue/messages",
+    ]
+    for row in rows:
+        assert (row.event, row.message_id, row.session_id, row.seq) == (
+            "message", message.message_id, session.id, 1,
+        )
+        assert json.loads(row.payload) == message.to_json()
+        assert (row.retry_count, row.last_error, row.created_at) == (0, None, T0)
+
+    await store.mark_outbox_sent([r.id for r in rows], now=T0)
+    await store.mark(session.id, BOB.email, "seen", up_to_seq=1, at=at(5))
+    receipts = await store.claim_outbox(limit=10, lease_seconds=30, now=at(5))
+    assert [r.destination for r in receipts] == [
+        f"/topic/session.{session.id}", "user:ann@example.com:/queue/receipts",
+    ]
+    assert {r.event for r in receipts} == {"receipt"}
+    assert json.loads(receipts[0].payload) == {
+        "sessionId": str(session.id), "readerEmail": "bob@example.com", "status": "seen",
+        "upToSeq": 1, "at": "2026-11-28T13:00:05.000000Z",
+    }
+    await store.mark(session.id, BOB.email, "seen", up_to_seq=1, at=at(6))  # no change
+    assert await store.outbox_stats() == (2, 0)  # so no new receipt rows
+
+
+async def test_claim_lease_retry_and_dead(store: Store) -> None:
+    session = await chat(store)
+    await send(store, session, ANN, 2)
+    first = await store.claim_outbox(limit=4, lease_seconds=30, now=at(5))
+    assert [r.seq for r in first] == [1, 1, 1, 2]
+    assert all(r.next_retry_at == at(35) for r in first)
+    assert await store.claim_outbox(limit=10, lease_seconds=30, now=at(34)) == []  # leased
+    again = await store.claim_outbox(limit=10, lease_seconds=30, now=at(35))  # lease ran out
+    assert [r.id for r in again] == [r.id for r in first] + [first[-1].id + 1, first[-1].id + 2]
+
+    await store.mark_outbox_sent([r.id for r in again[:3]], now=at(36))
+    await store.mark_outbox_failed(again[3].id, error="boom", next_retry_at=at(45), dead=False)
+    await store.release_outbox([r.id for r in again[4:]], now=at(36))
+    assert await store.outbox_stats() == (3, 0)
+    # the failed row blocks the rest of its session until it is due again: order is kept
+    assert await store.claim_outbox(limit=10, lease_seconds=30, now=at(40)) == []
+    retried = await store.claim_outbox(limit=10, lease_seconds=30, now=at(45))
+    assert [r.id for r in retried] == [r.id for r in again[3:]]
+    assert (retried[0].retry_count, retried[0].last_error) == (1, "boom")
+
+    await store.mark_outbox_failed(retried[0].id, error="gave up", next_retry_at=at(45), dead=True)
+    assert await store.outbox_stats() == (2, 1)
+    await store.release_outbox([r.id for r in retried[1:]], now=at(46))
+    rest = await store.claim_outbox(limit=10, lease_seconds=30, now=at(46))  # dead rows don't block
+    assert [r.id for r in rest] == [r.id for r in retried[1:]]
+    await store.mark_outbox_sent([r.id for r in rest], now=at(42))
+    assert await store.outbox_stats() == (0, 1)
+    assert await store.claim_outbox(limit=10, lease_seconds=30, now=at(999)) == []
+
+
+async def test_concurrent_claimers_share_nothing_and_keep_session_order(store: Store) -> None:
+    people = [person(f"u{i}", f"{500 + i}") for i in range(6)]
+    sessions = [await chat(store, ANN, p) for p in people]
+    async with trio.open_nursery() as nursery:
+        for i, session in enumerate(sessions):
+            nursery.start_soon(send, store, session, people[i], 12)
+    total = len(sessions) * 12 * 3
+    handed: list[int] = []
+    done: set[int] = set()
+    by_session: dict[uuid.UUID, list[int]] = defaultdict(list)
+
+    async def claimer() -> None:
+        while len(handed) < total:
+            rows: list[OutboxRow] = await store.claim_outbox(limit=7, lease_seconds=60, now=LATER)
+            for row in rows:
+                earlier = [i for i in by_session[row.session_id] if i < row.id]
+                assert all(i in done or i in {r.id for r in rows} for i in earlier)
+            handed.extend(r.id for r in rows)
+            done.update(r.id for r in rows)  # before the mark: never lag behind the database
+            await store.mark_outbox_sent([r.id for r in rows], now=T0)
+            await trio.lowlevel.checkpoint()
+
+    for row in await store.claim_outbox(limit=total, lease_seconds=0, now=LATER):
+        by_session[row.session_id].append(row.id)  # lease 0: a look without holding anything
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(claimer)
+    assert sorted(handed) == sorted(set(handed))
+    assert len(handed) == total
+    assert await store.outbox_stats() == (0, 0)
+
+
+async def test_wait_for_outbox_wakes_on_new_rows(store: Store) -> None:
+    session = await chat(store)
+    with trio.move_on_after(0.2):  # a first call may return at once (a fresh listener)
+        await store.wait_for_outbox()
+    woke = trio.Event()
+
+    async def waiter() -> None:
+        await store.wait_for_outbox()
+        woke.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.sleep(0.1)
+        assert not woke.is_set()
+        await send(store, session, ANN, 1)
+        with trio.fail_after(5):
+            await woke.wait()
+
+
+# -- lifecycle and schema ----------------------------------------------------------------------
+
+
+async def test_migrations_are_idempotent_and_checked(store_url: str, tmp_path: Path) -> None:
+    url = _fresh_database(store_url, tmp_path)
+    async with open_store(url) as store:
+        await store.ping()
+        with pytest.raises(SchemaError):
+            await store.check_schema()
+        assert await store.migrate() == ["0001_init"]
+        assert await store.migrate() == []
+        await store.check_schema()
+        session = await chat(store)
+        assert (await send(store, session, ANN, 1))[0].seq == 1
+
+
+def _fresh_database(store_url: str, tmp_path: Path) -> str:
+    """A URL to an empty database of the same backend (a new PostgreSQL schema)."""
+    if store_url.startswith("sqlite:"):
+        return f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    import psycopg
+
+    schema = f"fresh_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(store_url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return f"{store_url}?options=-csearch_path%3D{schema}"
+
+
+async def test_unreachable_postgres_is_unavailable() -> None:
+    store = open_store("postgresql://chatd@127.0.0.1:9/chatd", connect_timeout=0.5)
+    with pytest.raises(Unavailable):
+        await store.open()
+
+
+def test_open_store_rejects_unknown_schemes() -> None:
+    with pytest.raises(ValueError, match="database url"):
+        open_store("mysql://localhost/chatd")
