@@ -1,0 +1,42 @@
+"""The one thing the outbox publisher needs from whatever delivers its rows.
+
+The publisher is written against this protocol, not against a concrete delivery, because two
+very different sinks sit behind it: `chatd.realtime.delivery.LocalDelivery` (the embedded broker's
+subscribers in this process) and, later, a RabbitMQ bridge whose `publish` returns only once the
+broker confirmed every message. Keeping the contract this small is what lets either be swapped in
+without the publisher knowing.
+
+The contract, which the publisher's correctness rests on:
+
+* `publish` returning normally means the sink *accepted* every row it was given: the publisher
+  then marks them processed and will never hand them out again.
+* `publish` raising any `Exception` means "not accepted". The publisher cannot tell which rows of
+  the call got through, so it retries them (one row per call, to find the culprit): delivery is
+  at least once, and a sink that can partially succeed should make re-delivery harmless (the
+  message JSON carries ``messageId`` and ``seq``, so clients drop duplicates).
+* Rows arrive in id order, which is seq order within each session; a sink must keep that order
+  per destination. Rows of different sessions may share one call.
+* `publish` may be cancelled (shutdown, or the publisher's time budget of half a lease); the
+  rows then count as not accepted.
+
+This module is deliberately tiny (it is a seam between two engineers' code, not a feature), so
+it stays below the usual module size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from chatd.domain.models import OutboxRow
+
+
+class OutboxSink(Protocol):
+    """Where the outbox publisher hands claimed rows; see the module docstring for the rules."""
+
+    async def publish(self, rows: Sequence[OutboxRow]) -> None:
+        """Deliver `rows` (id order, one or more sessions); return only once all are accepted.
+
+        Raises any `Exception` when they were not (all of them are then retried).
+        """
+        ...
