@@ -46,6 +46,8 @@ def _load_stomppy() -> ModuleType:
     assert found, f"stomp.py is not installed in {STOMPPY_DIR} (scripts/test installs it)"
     dist = found[0]
     assert dist.version == STOMPPY_VERSION, f"stomp.py {dist.version} installed"
+    if str(STOMPPY_DIR) not in sys.path:
+        sys.path.append(str(STOMPPY_DIR))  # its own dependencies (websocket-client, docopt-ng); last, so ours wins for `stomp`
     init = Path(str(dist.locate_file("stomp/__init__.py")))
     ours = {name: mod for name, mod in sys.modules.items() if name == "stomp" or name.startswith("stomp.")}
     for name in ours:
