@@ -121,7 +121,7 @@ class OutboxPublisher:
         outages = 0
         while not self._stopping:
             try:
-                full = await self._round()
+                again = await self._round()
             except Unavailable as exc:
                 delay = self._outage_delay(outages)
                 outages += 1
@@ -131,7 +131,7 @@ class OutboxPublisher:
             if outages:
                 log.info("outbox: store reachable again after %d failed attempts", outages)
                 outages = 0
-            if not full:  # a full batch means more may be waiting: go again at once
+            if not again:
                 await self._pause(self._idle_timeout(), wake=True)
         log.info(
             "outbox publisher stopped: published=%d retried=%d dead=%d",
@@ -141,7 +141,7 @@ class OutboxPublisher:
     # -- one round ---------------------------------------------------------------------------
 
     async def _round(self) -> bool:
-        """Claim, publish and record one batch; True when it was full. Raises Unavailable."""
+        """Claim, publish and record one batch; True to go again at once. Raises Unavailable."""
         now = self._clock()
         if self._retry_due is not None and self._retry_due <= now:
             self._retry_due = None
@@ -159,7 +159,9 @@ class OutboxPublisher:
                 await self._flush_cancelled(rows, outcome)
             raise
         await self._settle(outcome)
-        return len(rows) >= self._config.batch_size
+        # a full batch means more may be waiting: go again at once, unless nothing went out
+        # (a sink that is down would otherwise make us sweep the whole backlog, charging heads)
+        return len(rows) >= self._config.batch_size and bool(outcome.sent)
 
     async def _deliver(self, rows: Sequence[OutboxRow], outcome: _Outcome) -> None:
         """Hand `rows` to the sink as one call; if it fails, row by row (see the module doc)."""
