@@ -31,6 +31,7 @@ import trio
 from chatd.auth.tokens import TokenVerifier, verifier_from_config
 from chatd.config import Config, redact_url
 from chatd.domain.rules import SendRateLimiter
+from chatd.outbox import OutboxPublisher, OutboxSink
 from chatd.profiles import LocalProfileProvider, ProfileProvider
 from chatd.services import ChatService, Readiness
 from chatd.storage import Store, open_store
@@ -107,6 +108,14 @@ def http_part(components: Components) -> Part:
             task_status.started("http=" + ",".join(binds))
 
     return Part("http", run, stop=stopping.set)
+
+
+def outbox_part(components: Components, sink: OutboxSink) -> Part:
+    """The outbox publisher feeding `sink` (the local broker's delivery, later the RabbitMQ
+    bridge); `stop` lets the batch in hand finish. Never add it without a real sink: the
+    publisher marks every row the sink accepts as delivered."""
+    publisher = OutboxPublisher(components.store, sink, components.config.outbox)
+    return Part("outbox", publisher.run, stop=publisher.stop)
 
 
 def build_parts(components: Components) -> list[Part]:
@@ -212,5 +221,6 @@ async def serve(
 
 
 __all__ = [
-    "Components", "Part", "StartupError", "build_components", "build_parts", "http_part", "serve",
+    "Components", "Part", "StartupError", "build_components", "build_parts", "http_part",
+    "outbox_part", "serve",
 ]
