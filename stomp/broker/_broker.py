@@ -265,6 +265,25 @@ class Broker:
         self._route(self._message(key, headers, body), out)
         return out
 
+    def direct(self, session: SessionId, subscription: str, destination: str, body: bytes,
+               headers: Headers = ()) -> list[Action]:
+        """One MESSAGE for one session, outside routing: `subscription` and `destination` go
+        into its headers as given, and it is not tracked for ACK (its `ack` header is absent).
+
+        For an application that writes a subscription's first messages itself (a replay of
+        stored history, from the `authorize_subscribe` hook, before the subscription exists).
+        Returns no action when the session is not connected.
+        """
+        state = self._sessions.get(session)
+        if state is None:
+            return []
+        if state.escaping:
+            subscription, destination = escape(subscription), escape(destination)
+        head = (f"MESSAGE\n{SUBSCRIPTION}:{subscription}\n{DESTINATION}:{destination}\n"
+                f"{MESSAGE_ID}:{next(self._ids)}\n").encode()
+        message = self._message(destination, headers, body)
+        return [Write(session, head, message.tail(state.escaping))]
+
     # -- event handling ------------------------------------------------------------------------
 
     def _apply(self, state: _Session, event: ClientEvent, out: list[Action]) -> None:

@@ -4,6 +4,12 @@ The runtime awaits every hook in the session's reader task, in frame order, so w
 decides is ordered with the session's other frames: a SUBSCRIBE's RECEIPT is written only after
 `authorize_subscribe` returned, and a SEND that follows it is not looked at before.
 
+One more guarantee, which makes history replay possible: between `authorize_subscribe`
+returning and the subscription becoming active there is no checkpoint. Whatever the hook
+writes to its own session last (`BrokerRuntime.deliver`) without awaiting after it is
+therefore followed, with nothing lost and nothing repeated, by every message published to the
+destination from then on: no other task can run in between.
+
 A hook refuses by raising `Refused(message, detail)`: the session gets an ERROR frame with that
 `message` header (and `detail` as its body) and is closed. Any other exception is a bug in the
 application: it is logged, and the session is closed with an "internal server error" ERROR, so
@@ -75,8 +81,15 @@ class Hooks(Protocol):
         """
         ...
 
-    async def authorize_subscribe(self, principal: Principal | None, event: Subscribe) -> None:
-        """Return to allow the SUBSCRIBE; raise Refused to refuse it (the session closes)."""
+    async def authorize_subscribe(
+        self, session: SessionId, principal: Principal | None, event: Subscribe
+    ) -> None:
+        """Return to allow the SUBSCRIBE; raise Refused to refuse it (the session closes).
+
+        The subscription becomes active right after this returns, with no checkpoint in
+        between (see the module docstring): messages the hook writes to `session` with
+        `BrokerRuntime.deliver` after its last await come before any live one.
+        """
         ...
 
     async def authorize_send(self, principal: Principal | None, event: Send) -> None:
@@ -107,7 +120,9 @@ class AllowAll:
     async def authenticate(self, event: Connect, transport: TransportInfo) -> Principal | None:
         return None
 
-    async def authorize_subscribe(self, principal: Principal | None, event: Subscribe) -> None:
+    async def authorize_subscribe(
+        self, session: SessionId, principal: Principal | None, event: Subscribe
+    ) -> None:
         return None
 
     async def authorize_send(self, principal: Principal | None, event: Send) -> None:

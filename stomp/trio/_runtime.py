@@ -180,6 +180,17 @@ class BrokerRuntime:
         """
         self.apply(self.broker.publish(key, body, headers))
 
+    def deliver(self, session: SessionId, subscription: str, destination: str, body: bytes,
+                headers: Headers = ()) -> None:
+        """Write one MESSAGE to one session only, as if it came through `subscription`.
+
+        Meant for `Hooks.authorize_subscribe`: written just before it returns, such messages
+        precede everything the new subscription then receives (see `Hooks`), so a replay of
+        stored history joins the live stream with no gap. They carry no `ack` header and need
+        no ACK. Never blocks; no-op if the session is gone.
+        """
+        self.apply(self.broker.direct(session, subscription, destination, body, headers))
+
     def receipt(self, session: SessionId, receipt_id: str) -> None:
         """Answer a frame's `receipt` later (after `on_app_send` took it). No-op if gone."""
         self.apply(self.broker.receipt(session, receipt_id))

@@ -181,7 +181,8 @@ class _Pump:
                     return
             elif isinstance(event, Subscribe):
                 self._before_hook()
-                await hooks.authorize_subscribe(outbox.principal, event)
+                await hooks.authorize_subscribe(session, outbox.principal, event)
+                # No checkpoint from here to broker.handle: see the guarantee in `Hooks`.
                 outbox.deferred = True
             elif isinstance(event, Connect):
                 self._before_hook()

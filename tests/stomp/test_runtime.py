@@ -188,7 +188,8 @@ class Hooks:
             raise RuntimeError("hook bug")
         return event.login
 
-    async def authorize_subscribe(self, principal: str | None, event: Subscribe) -> None:
+    async def authorize_subscribe(self, session: str, principal: str | None,
+                                  event: Subscribe) -> None:
         await trio.sleep(0.01)
         if event.destination == "/topic/secret":
             raise Refused("forbidden", f"{principal} may not subscribe")
@@ -360,3 +361,62 @@ async def wait_until(condition: Callable[[], bool]) -> None:
     nothing is waiting on the network)."""
     await trio.testing.wait_all_tasks_blocked()
     assert condition()
+
+
+class Replaying(Hooks):
+    """Replays "history" from authorize_subscribe while a publisher keeps publishing live."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runtime: BrokerRuntime | None = None
+        self.published = 0
+        self.at_return: int | None = None
+
+    async def authorize_subscribe(self, session: str, principal: str | None,
+                                  event: Subscribe) -> None:
+        assert self.runtime is not None
+        for _ in range(5):  # awaits during which live messages go by unseen
+            await trio.lowlevel.checkpoint()
+        for n in range(self.published):  # the "replay", after the last await
+            self.runtime.deliver(session, event.id, event.destination, str(n).encode(),
+                                 (("x-replayed", "yes"),))
+        self.at_return = self.published
+
+
+async def test_deliver_then_subscription_with_no_gap_and_no_duplicate(
+        nursery: trio.Nursery) -> None:
+    hooks = Replaying()
+    runtime = hooks.runtime = BrokerRuntime(hooks=hooks)
+    peer = start(nursery, runtime)
+    await peer.connect()
+
+    async def publisher() -> None:
+        while hooks.published < 200:
+            runtime.publish(TOPIC, str(hooks.published).encode())
+            hooks.published += 1
+            await trio.lowlevel.checkpoint()
+
+    nursery.start_soon(publisher)
+    await peer.send("SUBSCRIBE", {"destination": TOPIC, "id": "1", "ack": "client-individual",
+                                  "receipt": "sub"})
+    frames = []
+    with trio.fail_after(5):  # a lost message would otherwise hang here
+        while len(frames) < 200:
+            frame = await peer.frame()
+            if frame.command == "MESSAGE":
+                frames.append(frame)
+    assert hooks.at_return is not None
+    assert 0 < hooks.at_return < 200
+    assert [int(frame.body) for frame in frames] == list(range(200))
+    replayed = frames[:hooks.at_return]
+    assert {(f.get("subscription"), f.get("destination"), f.get("x-replayed"), f.get("ack"))
+            for f in replayed} == {("1", TOPIC, "yes", None)}
+    assert all(f.get("x-replayed") is None and f.get("ack") for f in frames[hooks.at_return:])
+    ids = [frame.get("message-id") for frame in frames]
+    assert len(set(ids)) == len(ids)
+
+
+async def test_deliver_to_a_gone_session_is_a_no_op() -> None:
+    runtime = BrokerRuntime()
+    runtime.deliver("nobody", "1", TOPIC, b"x")
+    assert runtime.session_count == 0
