@@ -1,0 +1,172 @@
+"""``python -m bench [--quick] [--only NAME ...]``: chatd's benchmarks (`scripts/bench`).
+
+Broker scenarios (issue 2) run against chatd's ``python -m stomp`` (a fresh broker per
+scenario and transport, pinned to core 0) and, when its STOMP plugins can be enabled, against
+RabbitMQ; this process is the load generator, pinned to core 1. Then the send benchmark
+(issue 3). Progress goes to stderr; the table ends the output and is written, with the raw
+figures, to bench-results/latest.md and latest.json. All traffic goes to 127.0.0.1, and every
+scenario is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bench import broker, idle, report
+from bench.targets import ChatdBroker, Target, pin_self, rabbitmq, raise_fd_limit
+
+Result = dict[str, Any]
+ROOT = Path(__file__).resolve().parent.parent
+BROKER_SCENARIOS = ["fanout", "topics", "overload", "latency", "pingpong", "idle"]
+ALL = [*BROKER_SCENARIOS, "send"]
+RABBITMQ_IDLE = 600  # RabbitMQ's open-file limit of 1024 leaves ~830 sockets
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Durations and sizes of a run."""
+
+    quick: bool
+
+    def scaled(self, full: float, quick: float) -> float:
+        return quick if self.quick else full
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def scenario(name: str, target: Target, transport: str, plan: Plan,
+             ) -> Callable[[], Awaitable[Result]]:
+    """The coroutine function running `name` against `target` over `transport`."""
+    q = plan.scaled
+    b100 = {"topics": 100, "per_topic": 8, "per_conn": 4, "publishers": 4}
+    if name == "fanout":
+        return functools.partial(broker.fanout, target, transport, warmup=q(1.0, 0.5),
+                                 window=q(5.0, 2.0))
+    if name == "topics":
+        return functools.partial(broker.paced, target, transport, rate=5000.0,
+                                 duration=q(6.0, 2.0), **b100)
+    if name == "overload":
+        return functools.partial(broker.ramp, target, transport, step=q(2.5, 1.0),
+                                 factor=q(1.4, 2.0), say=say, **b100)
+    if name == "latency":
+        return functools.partial(broker.paced, target, transport, topics=1, per_topic=8,
+                                 per_conn=1, publishers=1, rate=1000.0, duration=q(8.0, 2.0))
+    if name == "pingpong":
+        return functools.partial(broker.ping_pong, target, transport, window=q(5.0, 2.0))
+    if name == "idle":
+        count = int(q(10_000, 1_000)) if target.name == "chatd" else int(q(RABBITMQ_IDLE, 200))
+        return functools.partial(idle.idle_connections, target, count)
+    raise ValueError(name)
+
+
+def summary(name: str, r: Result) -> str:
+    keys = {"fanout": ["delivered_per_s"],
+            "topics": ["sent_per_s", "delivered_per_s", "p50_ms", "p99_ms", "missing", "gaps",
+                       "reordered"],
+            "overload": ["max_clean_deliveries_per_s", "max_clean_msg_per_s"],
+            "latency": ["p50_ms", "p99_ms", "missing", "gaps", "reordered"],
+            "pingpong": ["round_trips_per_s", "p99_ms"],
+            "idle": ["connections", "kb_per_connection", "failures"]}[name]
+    keys += ["gen_cpu_pct", "broker_cpu_pct", "other_cpu_pct"]
+    return " ".join(f"{k}={r[k]}" for k in keys if k in r)
+
+
+def run_broker(names: list[str], plan: Plan, rabbit: Target | None, out: Path) -> Result:
+    results: Result = {}
+    for name in names:
+        for target_name in ("chatd", "rabbitmq"):
+            if target_name == "rabbitmq" and rabbit is None:
+                continue
+            for transport in ("ws",) if name == "idle" else ("tcp", "ws"):
+                say(f"{name} / {target_name} / {transport}")
+                try:
+                    if target_name == "chatd":
+                        with ChatdBroker(out / "logs" / f"broker-{name}-{transport}.log") as t:
+                            r = trio.run(scenario(name, t, transport, plan))
+                    else:
+                        assert rabbit is not None
+                        r = trio.run(scenario(name, rabbit, transport, plan))
+                except Exception as exc:  # one failed scenario must not end the run
+                    traceback.print_exc()
+                    r = {"error": repr(exc)[:300]}
+                say(f"  -> {summary(name, r) if 'error' not in r else r['error']}")
+                results.setdefault(name, {}).setdefault(target_name, {})[transport] = r
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few seconds per scenario")
+    parser.add_argument("--only", action="append", choices=ALL, metavar="NAME",
+                        help=f"run only these ({', '.join(ALL)}); repeatable")
+    parser.add_argument("--no-rabbitmq", action="store_true", help="skip RabbitMQ")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    args = parser.parse_args(argv)
+    names = args.only or ALL
+    plan = Plan(args.quick)
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    notes = [f"{os.cpu_count()} cores; load average at start "
+             f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"]
+    if pin_self():
+        notes.append("chatd (broker, and chatd serve) pinned to core 0 with taskset; "
+                     "load generator pinned to core 1")
+    else:
+        notes.append("single core: nothing pinned")
+    notes.append(f"open-file limit of the generator: {raise_fd_limit()}")
+    notes.append("CPU figures: % of one core over the measured window; 'other' = every other "
+                 "process on the machine meanwhile (neighbours competing for the cores)")
+    report_data: Result = {"meta": {"mode": "quick" if args.quick else "full",
+                                    "started": started}, "notes": notes}
+    out: Path = args.out
+    t0 = time.monotonic()
+
+    broker_names = [n for n in names if n in BROKER_SCENARIOS]
+    if broker_names:
+        rabbit: Target | None = None
+        if not args.no_rabbitmq:
+            rabbit, why = rabbitmq(say)
+            if rabbit is None:
+                notes.append(f"RabbitMQ skipped: {why}")
+                say(f"RabbitMQ skipped: {why}")
+            else:
+                notes.extend(rabbit.notes)
+                notes.append(f"RabbitMQ idle connections capped at {RABBITMQ_IDLE} (its "
+                             "open-file limit is 1024); its RSS is the beam.smp process's")
+        report_data["broker"] = run_broker(broker_names, plan, rabbit, out)
+
+    if "send" in names:
+        from bench.send import send_benchmark
+
+        say("send benchmark (issue 3)")
+        try:
+            report_data["send"] = send_benchmark(
+                out / "send", clients=int(plan.scaled(32, 16)), seconds=plan.scaled(10, 3),
+                warmup=plan.scaled(2, 1), say=say)
+        except Exception as exc:
+            traceback.print_exc()
+            report_data["send"] = {"error": repr(exc)[:300]}
+
+    notes.append(f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+                 f"total {time.monotonic() - t0:.0f} s")
+    path = report.write(report_data, out)
+    print(report.render(report_data))
+    say(f"written to {path} and {path.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The closing table (Markdown, printed and written to bench-results/latest.md) and the raw
+results (bench-results/latest.json)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Result = dict[str, Any]
+COLUMNS = [("chatd", "tcp"), ("chatd", "ws"), ("rabbitmq", "tcp"), ("rabbitmq", "ws")]
+
+
+@dataclass(frozen=True)
+class Row:
+    scenario: str
+    label: str
+    metric: str
+    value: Callable[[Result], Any]
+    better: str = ""  # "high" / "low": a ratio chatd/RabbitMQ is printed; "" for none
+    target: str = ""
+
+
+def _cpu(r: Result) -> str:
+    other = r.get("other_cpu_pct")
+    text = f"{r.get('gen_cpu_pct')}% / {r.get('broker_cpu_pct')}%"
+    return text + (f" / {other}%" if other is not None else "")
+
+
+def _checks(r: Result) -> str:
+    return f"{r['missing']} / {r['gaps']} / {r['reordered']} / {r['errors'] + r['closed']}"
+
+
+CPU = "CPU gen / broker / other"
+ROWS = [
+    Row("fanout", "a. fan-out 1 topic x 100 subs", "deliveries/s",
+        lambda r: r["delivered_per_s"], "high", ">= 50 000"),
+    Row("fanout", "", CPU, _cpu),
+    Row("topics", "b. 100 topics x 8 subs @ 5 000 msg/s", "sent msg/s",
+        lambda r: r["sent_per_s"], "high"),
+    Row("topics", "", "deliveries/s", lambda r: r["delivered_per_s"], "high", "40 000 offered"),
+    Row("topics", "", "latency p50 ms", lambda r: r["p50_ms"], "low"),
+    Row("topics", "", "latency p99 ms", lambda r: r["p99_ms"], "low"),
+    Row("topics", "", "missing / gaps / reordered / errors", _checks),
+    Row("topics", "", CPU, _cpu),
+    Row("overload", "b. overload ramp (100 x 8)", "max clean deliveries/s",
+        lambda r: r["max_clean_deliveries_per_s"], "high", ">= 13 000"),
+    Row("overload", "", "at offered msg/s", lambda r: r["max_clean_msg_per_s"], "high"),
+    Row("overload", "", "p99 ms at that rate", lambda r: r["max_clean_p99_ms"], "low"),
+    Row("overload", "", CPU, _cpu),
+    Row("latency", "c. 1 000 msg/s x 8 subs", "latency p50 ms", lambda r: r["p50_ms"], "low"),
+    Row("latency", "", "latency p99 ms", lambda r: r["p99_ms"], "low", "<= 5 ms"),
+    Row("latency", "", "missing / gaps / reordered / errors", _checks),
+    Row("latency", "", CPU, _cpu),
+    Row("pingpong", "d. ping-pong", "round trips/s", lambda r: r["round_trips_per_s"], "high",
+        ">= 5 000"),
+    Row("pingpong", "", "RTT p99 ms", lambda r: r["p99_ms"], "low"),
+    Row("pingpong", "", CPU, _cpu),
+    Row("idle", "e. idle WebSocket connections", "connections", lambda r: r["connections"]),
+    Row("idle", "", "broker RSS KB / connection", lambda r: r["kb_per_connection"], "low",
+        "<= 50 KB"),
+    Row("idle", "", "connects/s (CPU while connecting)",
+        lambda r: f"{r['connects_per_s']} ({_cpu(r)})"),
+]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value >= 1000:
+        value = round(value)
+    if isinstance(value, int):
+        return f"{value:,}".replace(",", " ")
+    return str(value)
+
+
+def _ratio(a: Any, b: Any) -> str:
+    if not isinstance(a, int | float) or not isinstance(b, int | float) or not b:
+        return "-"
+    return f"{a / b:.2f}"
+
+
+def _cell(results: Result, row: Row, target: str, transport: str) -> Any:
+    r = results.get(row.scenario, {}).get(target, {}).get(transport)
+    if r is None:
+        return None
+    if "error" in r:
+        return "failed"
+    try:
+        return row.value(r)
+    except (KeyError, TypeError):
+        return None
+
+
+def broker_table(results: Result) -> str:
+    head = ["scenario", "metric", *[f"{t} {x}" for t, x in COLUMNS],
+            "chatd/rmq tcp", "chatd/rmq ws", "target (chatd)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in ROWS:
+        if row.scenario not in results:
+            continue
+        cells = [_cell(results, row, t, x) for t, x in COLUMNS]
+        ratios = [_ratio(cells[i], cells[i + 2]) if row.better else "" for i in (0, 1)]
+        lines.append("| " + " | ".join([row.label, row.metric, *map(_fmt, cells), *ratios,
+                                        row.target]) + " |")
+    return "\n".join(lines)
+
+
+def send_table(send: Result) -> str:
+    if "http" not in send:
+        return f"send benchmark: {send.get('skipped') or send.get('error')}"
+    h, p = send["http"], send["pgbench"]
+    head = ["", "clients", "per s", "p50 ms", "p99 ms", "errors", "CPU gen / server"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+             f"| chatd POST /api/chat/message | {h['clients']} | {_fmt(h['sends_per_s'])} | "
+             f"{h['p50_ms']} | {h['p99_ms']} | {h['errors']} | "
+             f"{h['gen_cpu_pct']}% / {h['server_cpu_pct']}% |"]
+    if "tps" in p:
+        lines.append(f"| pgbench, same transaction | {p['clients']} | {_fmt(p['tps'])} | "
+                     f"{p['p50_ms']} | {p['p99_ms']} | {p['failed']} | - |")
+    else:
+        lines.append(f"| pgbench | - | {p.get('error') or p.get('skipped')} | | | | |")
+    lines.append(f"\nchatd / pgbench: **{_fmt(send.get('ratio_pct'))} %** (target >= 50 %)")
+    return "\n".join(lines)
+
+
+def render(report: Result) -> str:
+    meta = report["meta"]
+    parts = [f"# chatd benchmark ({meta['mode']} run, {meta['started']})", ""]
+    parts += [f"- {note}" for note in report["notes"]]
+    if report.get("broker"):
+        parts += ["", "## Broker (issue 2)", "", broker_table(report["broker"])]
+    if report.get("send"):
+        parts += ["", "## Send (issue 3)", "", send_table(report["send"])]
+    return "\n".join(parts) + "\n"
+
+
+def write(report: Result, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    text = render(report)
+    (out / "latest.md").write_text(text)
+    (out / "latest.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    stamp = report["meta"]["started"].replace(":", "").replace("-", "")
+    (out / f"bench-{stamp}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return out / "latest.md"

@@ -1,0 +1,194 @@
+"""Send benchmark (issue 3): N clients POST ``/api/chat/message`` for T seconds against
+``chatd serve`` on a fresh PostgreSQL database, then pgbench runs the same insert transaction
+(`bench.pgbench`) on that database; sends/s, p50/p99 and the ratio.
+
+chatd runs pinned to core 0 (like the broker), the HTTP load and pgbench on core 1; PostgreSQL
+is a system service and is not pinned. Each client is its own user with its own session, so
+senders never wait on one another's session row lock. The HTTP client is a minimal keep-alive
+HTTP/1.1 client over raw trio sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bench.broker import percentiles
+from bench.pgbench import run_pgbench
+from bench.targets import BROKER_CORE, cpu_seconds, pinned, self_cpu, start_process, stop_process
+
+Result = dict[str, Any]
+PG_ADMIN_URL = os.environ.get("CHATD_BENCH_PG_ADMIN_URL",
+                              "postgresql://postgres@127.0.0.1:5432/postgres")
+POOL_SIZE = 10
+_READY = re.compile(r"chatd ready http=http://([\d.]+):(\d+)")
+_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
+
+
+class HttpClient:
+    """One keep-alive HTTP/1.1 connection; JSON requests with a bearer token."""
+
+    def __init__(self, stream: trio.SocketStream, host: str, token: str) -> None:
+        self.stream = stream
+        self.head = f"Host: {host}\r\nAuthorization: Bearer {token}\r\n".encode()
+        self.buf = b""
+
+    @classmethod
+    async def open(cls, host: str, port: int, token: str) -> HttpClient:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await sock.connect((host, port))
+        return cls(trio.SocketStream(sock), f"{host}:{port}", token)
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        await self.stream.send_all(
+            b"POST %s HTTP/1.1\r\n%sContent-Type: application/json\r\nContent-Length: %d"
+            b"\r\n\r\n%s" % (path.encode(), self.head, len(body), body))
+        while (end := self.buf.find(b"\r\n\r\n")) < 0:
+            await self._fill()
+        head = self.buf[:end]
+        match = _LENGTH.search(head)
+        if match is None:
+            raise RuntimeError(f"response without content-length: {head[:200]!r}")
+        total = end + 4 + int(match.group(1))
+        while len(self.buf) < total:
+            await self._fill()
+        payload, self.buf = self.buf[end + 4:total], self.buf[total:]
+        return int(head[9:12]), payload
+
+    async def _fill(self) -> None:
+        data = await self.stream.receive_some(65536)
+        if not data:
+            raise RuntimeError("the server closed the connection")
+        self.buf += data
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+def _admin(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql.encode())
+
+
+def _db_url(name: str) -> str:
+    return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+
+
+async def _load(host: str, port: int, tokens: list[str], sessions: list[str], *,
+                warmup: float, seconds: float, server_pid: int) -> Result:
+    """Every client sends back to back; counted after `warmup`, for `seconds`."""
+    run = uuid.uuid4().hex[:8]
+    latencies: list[int] = []
+    statuses: Counter[int] = Counter()
+    measuring = trio.Event()
+    clients = [await HttpClient.open(host, port, t) for t in tokens]
+
+    async def client(i: int) -> None:
+        http, session, k = clients[i], sessions[i], 0
+        while True:
+            k += 1
+            body = json.dumps({"sessionId": session, "content": f"bench message {i}/{k}",
+                               "clientMessageId": f"{run}-{i}-{k}"}).encode()
+            t0 = time.monotonic_ns()
+            status, _ = await http.post("/api/chat/message", body)
+            if measuring.is_set():
+                latencies.append(time.monotonic_ns() - t0)
+                statuses[status] += 1
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(len(clients)):
+                nursery.start_soon(client, i)
+            await trio.sleep(warmup)
+            t0, g0, s0 = time.monotonic(), self_cpu(), cpu_seconds(server_pid)
+            measuring.set()
+            await trio.sleep(seconds)
+            wall = time.monotonic() - t0
+            ok = statuses[201]
+            result: Result = {
+                "clients": len(clients), "sends_per_s": round(ok / wall),
+                "errors": sum(statuses.values()) - ok,
+                "statuses": {str(k): v for k, v in statuses.items()},
+                **percentiles(list(latencies)), "seconds": round(wall, 2),
+                "gen_cpu_pct": round(100 * (self_cpu() - g0) / wall, 1),
+                "server_cpu_pct": round(100 * (cpu_seconds(server_pid) - s0) / wall, 1)}
+            nursery.cancel_scope.cancel()
+    finally:
+        for http in clients:
+            await http.aclose()
+    return result
+
+
+async def _prepare(host: str, port: int, data_dir: Path, clients: int,
+                   ) -> tuple[list[str], list[str]]:
+    """A token and a session (with its own peer) for each client."""
+    from chatd.auth.keys import ensure_dev_keys, load_private_key
+    from chatd.auth.tokens import mint_token
+
+    private_path, _, _ = ensure_dev_keys(data_dir)
+    key = load_private_key(private_path)
+    tokens = [mint_token(key, f"bench{i}@example.com", 3600) for i in range(clients)]
+    sessions: list[str] = []
+    for i, token in enumerate(tokens):
+        http = await HttpClient.open(host, port, token)
+        try:
+            body = json.dumps({"toEmail": f"peer{i}@example.com", "intent": "bench"}).encode()
+            status, answer = await http.post("/api/chat/init", body)
+        finally:
+            await http.aclose()
+        if status != 200:
+            raise RuntimeError(f"/api/chat/init answered {status}: {answer[:200]!r}")
+        sessions.append(json.loads(answer)["sessionId"])
+    return tokens, sessions
+
+
+def send_benchmark(workdir: Path, *, clients: int, seconds: float, warmup: float,
+                   say: Any = print) -> Result:
+    """The whole send benchmark in a database created for it and dropped afterwards."""
+    name = f"chatd_bench_{uuid.uuid4().hex[:10]}"
+    url = _db_url(name)
+    data_dir = workdir / "chatd-data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    _admin(f'CREATE DATABASE "{name}"')
+    try:
+        env = {**os.environ, "CHATD_DATABASE_URL": url,
+               "CHATD_DATABASE__POOL_SIZE": str(POOL_SIZE),
+               "CHATD_LIMITS__SEND_BURST": "1000000",
+               "CHATD_LIMITS__SENDS_PER_SECOND": "1000000",
+               "CHATD_LOGGING__LEVEL": "INFO"}  # the ready line is logged at INFO
+        env.pop("CHATD_CONFIG", None)
+        from chatd.auth.keys import ensure_dev_keys
+
+        ensure_dev_keys(data_dir)
+        cmd = pinned([str(Path(sys.executable).with_name("chatd")), "serve",
+                      "--bind", "127.0.0.1:0", "--data-dir", str(data_dir)], BROKER_CORE)
+        say(f"  starting chatd serve on database {name}")
+        proc, match = start_process(cmd, workdir / "chatd-serve.log", _READY, env=env)
+        try:
+            host, port = match.group(1), int(match.group(2))
+            tokens, sessions = trio.run(_prepare, host, port, data_dir, clients)
+            say(f"  {clients} clients POST /api/chat/message for {seconds:g} s")
+            http = trio.run(lambda: _load(host, port, tokens, sessions, warmup=warmup,
+                                          seconds=seconds, server_pid=proc.pid))
+        finally:
+            stop_process(proc)
+        say(f"  pgbench: the same transaction, {POOL_SIZE} connections (chatd's pool size)")
+        pg = run_pgbench(url, workdir, clients=POOL_SIZE, seconds=seconds)
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    ratio = http["sends_per_s"] / pg["tps"] if pg.get("tps") else None
+    return {"http": http, "pgbench": pg,
+            "ratio_pct": None if ratio is None else round(100 * ratio, 1)}
