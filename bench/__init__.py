@@ -1,0 +1,1 @@
+"""chatd benchmarks: `python -m bench` (run by scripts/bench)."""

@@ -34,6 +34,22 @@ ALL = [*BROKER_SCENARIOS, "send"]
 RABBITMQ_IDLE = 600  # RabbitMQ's open-file limit of 1024 leaves ~830 sockets
 
 
+LAYOUT = [
+    "a: 1 publisher pipelines SENDs (batches of 50, at most 1 000 messages ahead of the "
+    "subscribers), 100 subscriber connections; deliveries counted over a fixed window",
+    "b: 200 subscriber connections x 4 subscriptions (each topic's 8 subscribers on distinct "
+    "connections), 4 publishers pacing round-robin over their 25 topics; 'missing' = not "
+    "delivered 3 s after the last SEND, 'gaps' = sequence numbers skipped (lost), "
+    "'reordered' = older than one already seen, 'errors' = ERROR frames or closed connections",
+    "b overload: offered rate x1.4 per step from 1 000 msg/s; a step is clean when the "
+    "publishers kept >= 95 % of the rate, nothing is missing, lost, reordered or refused, and "
+    "p99 <= 500 ms",
+    "c: 1 publisher, 8 subscriber connections on one topic; d: one connection SENDs to a "
+    "topic it subscribes to and waits for the MESSAGE; e: CONNECT + one SUBSCRIBE each, RSS "
+    "growth of the broker process / connections (20 warm-up connections excluded)",
+]
+
+
 @dataclass(frozen=True)
 class Plan:
     """Durations and sizes of a run."""
@@ -108,6 +124,18 @@ def run_broker(names: list[str], plan: Plan, rabbit: Target | None, out: Path) -
     return results
 
 
+def generator_check(results: Result, limit: float = 85.0) -> str:
+    """Which runs had the generator near a full core (so it may have been the bottleneck)."""
+    busy = [f"{name}/{target}/{transport} ({r['gen_cpu_pct']}%)"
+            for name, by_target in results.items() for target, by_transport in by_target.items()
+            for transport, r in by_transport.items()
+            if isinstance(r.get("gen_cpu_pct"), float) and r["gen_cpu_pct"] >= limit]
+    if not busy:
+        return f"generator below {limit:g}% of its core in every run: never the bottleneck"
+    return f"generator at >= {limit:g}% of its core (may have limited the result): " + \
+        ", ".join(busy)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds per scenario")
@@ -146,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
                 notes.extend(rabbit.notes)
                 notes.append(f"RabbitMQ idle connections capped at {RABBITMQ_IDLE} (its "
                              "open-file limit is 1024); its RSS is the beam.smp process's")
+        notes.extend(LAYOUT)
         report_data["broker"] = run_broker(broker_names, plan, rabbit, out)
+        notes.append(generator_check(report_data["broker"]))
 
     if "send" in names:
         from bench.send import send_benchmark

@@ -31,7 +31,7 @@ Result = dict[str, Any]
 PG_ADMIN_URL = os.environ.get("CHATD_BENCH_PG_ADMIN_URL",
                               "postgresql://postgres@127.0.0.1:5432/postgres")
 POOL_SIZE = 10
-_READY = re.compile(r"chatd ready http=http://([\d.]+):(\d+)")
+_READY = re.compile(r"chatd ready .*?\bhttp=http://([\d.]+):(\d+)")
 _LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 
 

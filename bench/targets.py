@@ -127,7 +127,7 @@ def start_process(cmd: list[str], log_path: Path, ready: re.Pattern[str], *,
             break
         time.sleep(0.05)
     stop_process(proc)
-    raise RuntimeError(f"{cmd[0]} did not become ready (see {log_path})")
+    raise RuntimeError(f"{' '.join(cmd[:6])} ... did not become ready (see {log_path})")
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
