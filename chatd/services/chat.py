@@ -15,6 +15,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal
 
+from cachetools import LRUCache
+
 from chatd.config import LimitsConfig
 from chatd.domain.errors import BadRequest, Forbidden, NotFound
 from chatd.domain.models import ChatSession, Message, Participant, ReceiptUpdate, SessionSummary
@@ -46,6 +48,9 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+#: Sessions kept in memory for participant checks (they never change once created).
+SESSION_CACHE_SIZE = 10_000
+
 class ChatService:
     """Every chat use-case, for one store, profile source and rate limiter.
 
@@ -68,6 +73,9 @@ class ChatService:
         self.limits = limits or LimitsConfig()
         self.limiter = limiter or SendRateLimiter.from_limits(self.limits)
         self.clock = clock
+        # A session never changes once created (participants, intent), so a found one can be
+        # kept: every send and read checks participation, and this saves a store hop each time.
+        self._sessions: LRUCache[uuid.UUID, ChatSession] = LRUCache(maxsize=SESSION_CACHE_SIZE)
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -102,9 +110,12 @@ class ChatService:
         Raises `BadRequest` (not a UUID), `NotFound` (no such session), `Forbidden`.
         """
         sid = parse_session_id(session_id)
-        session = await self.store.get_session(sid)
+        session = self._sessions.get(sid)
         if session is None:
-            raise NotFound(f"session {sid} not found")
+            session = await self.store.get_session(sid)
+            if session is None:
+                raise NotFound(f"session {sid} not found")
+            self._sessions[sid] = session
         if not session.is_participant(caller):
             raise Forbidden("not a participant of this session")
         return session
