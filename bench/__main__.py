@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BROKER_SCENARIOS = ["fanout", "topics", "overload", "latency", "pingpong", "idle"]
 ALL = [*BROKER_SCENARIOS, "send"]
 RABBITMQ_IDLE = 600  # RabbitMQ's open-file limit of 1024 leaves ~830 sockets
+NOISY = 50.0  # % of a core used by other processes during a run: run it once more
 
 
 LAYOUT = [
@@ -101,6 +102,25 @@ def summary(name: str, r: Result) -> str:
     return " ".join(f"{k}={r[k]}" for k in keys if k in r)
 
 
+def _other(r: Result) -> float:
+    value = r.get("other_cpu_pct")
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def run_one(name: str, target_name: str, transport: str, plan: Plan, rabbit: Target | None,
+            out: Path) -> Result:
+    """One scenario run; a fresh chatd broker for each."""
+    try:
+        if target_name == "chatd":
+            with ChatdBroker(out / "logs" / f"broker-{name}-{transport}.log") as t:
+                return trio.run(scenario(name, t, transport, plan))
+        assert rabbit is not None
+        return trio.run(scenario(name, rabbit, transport, plan))
+    except Exception as exc:  # one failed scenario must not end the run
+        traceback.print_exc()
+        return {"error": repr(exc)[:300]}
+
+
 def run_broker(names: list[str], plan: Plan, rabbit: Target | None, out: Path) -> Result:
     results: Result = {}
     for name in names:
@@ -109,18 +129,18 @@ def run_broker(names: list[str], plan: Plan, rabbit: Target | None, out: Path) -
                 continue
             for transport in ("ws",) if name == "idle" else ("tcp", "ws"):
                 say(f"{name} / {target_name} / {transport}")
-                try:
-                    if target_name == "chatd":
-                        with ChatdBroker(out / "logs" / f"broker-{name}-{transport}.log") as t:
-                            r = trio.run(scenario(name, t, transport, plan))
-                    else:
-                        assert rabbit is not None
-                        r = trio.run(scenario(name, rabbit, transport, plan))
-                except Exception as exc:  # one failed scenario must not end the run
-                    traceback.print_exc()
-                    r = {"error": repr(exc)[:300]}
-                say(f"  -> {summary(name, r) if 'error' not in r else r['error']}")
-                results.setdefault(name, {}).setdefault(target_name, {})[transport] = r
+                kept: Result | None = None
+                for attempt in (1, 2):
+                    r = run_one(name, target_name, transport, plan, rabbit, out)
+                    say(f"  -> {summary(name, r) if 'error' not in r else r['error']}")
+                    if kept is None or _other(r) < _other(kept):
+                        kept = r
+                    if _other(r) < NOISY or attempt == 2:
+                        break
+                    say(f"  noisy neighbours ({_other(r)}% CPU of other processes): once more")
+                assert kept is not None
+                kept["attempts"] = attempt
+                results.setdefault(name, {}).setdefault(target_name, {})[transport] = kept
     return results
 
 
@@ -130,10 +150,16 @@ def generator_check(results: Result, limit: float = 85.0) -> str:
             for name, by_target in results.items() for target, by_transport in by_target.items()
             for transport, r in by_transport.items()
             if isinstance(r.get("gen_cpu_pct"), float) and r["gen_cpu_pct"] >= limit]
-    if not busy:
-        return f"generator below {limit:g}% of its core in every run: never the bottleneck"
-    return f"generator at >= {limit:g}% of its core (may have limited the result): " + \
-        ", ".join(busy)
+    noisy = [f"{name}/{target}/{transport} ({_other(r)}%)"
+             for name, by_target in results.items() for target, by_transport in by_target.items()
+             for transport, r in by_transport.items() if _other(r) >= NOISY]
+    text = (f"generator below {limit:g}% of its core in every run: never the bottleneck"
+            if not busy else f"generator at >= {limit:g}% of its core (may have limited the "
+            "result): " + ", ".join(busy))
+    if noisy:
+        text += (f"; still disturbed by other processes (>= {NOISY:g}% of a core) after a "
+                 "second attempt: " + ", ".join(noisy))
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,6 @@ check per-topic sequence numbers and compute latency with the same clock.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,7 +17,17 @@ from typing import Any
 import trio
 
 from bench.targets import Target, cpu_seconds, self_cpu, system_busy
-from bench.wire import Conn, Endpoint, FrameSplitter, frame, next_frames, send_frame, send_prefix
+from bench.wire import (
+    BlockingConn,
+    Conn,
+    Endpoint,
+    FrameSplitter,
+    WireError,
+    connect_frame,
+    frame,
+    send_frame,
+    send_prefix,
+)
 from bench.wire import stomp_connect as connect
 from bench.wire import subscribe as subscribe_all
 
@@ -273,17 +282,21 @@ async def ramp(target: Target, transport: str, *, step: float, start: float = 10
     """Raise the offered rate by `factor` until a step is not clean; the best clean step."""
     best: Result | None = None
     failed: Result | None = None
-    rate = start
+    rate, retried = start, False
     while rate <= ceiling:
         result = await paced(target, transport, rate=rate, duration=step, drain=2.0, **layout)
         ok = clean(result, rate)
+        verdict = "ok" if ok else "limit" if retried else "not clean, once more"
         say(f"    ramp {rate:>8.0f} msg/s offered: delivered {result['delivered_per_s']:>7}/s "
             f"p99 {result['p99_ms']} ms missing {result['missing']} gen {result['gen_cpu_pct']}%"
-            f" broker {result['broker_cpu_pct']}% -> {'ok' if ok else 'limit'}")
+            f" broker {result['broker_cpu_pct']}% other {result['other_cpu_pct']}% -> {verdict}")
+        if not ok and not retried:  # one retry: neighbours on the machine cause blips
+            retried = True
+            continue
         if not ok:
             failed = result
             break
-        best = result
+        best, retried = result, False
         rate *= factor
     per_topic = layout["per_topic"]
     return {"max_clean_msg_per_s": best["offered_per_s"] if best else 0,
@@ -300,34 +313,53 @@ async def ramp(target: Target, transport: str, *, step: float, start: float = 10
 
 async def ping_pong(target: Target, transport: str, *, warmup: float = 0.5,
                     window: float = 5.0) -> Result:
-    """One client SENDs to a topic it subscribes to and waits for the MESSAGE, repeatedly."""
+    """One client SENDs to a topic it subscribes to and waits for the MESSAGE, repeatedly.
+
+    Strictly sequential, so it runs on a blocking socket: an event loop would only add its
+    own overhead to every round trip."""
     ep = target.endpoint(transport)
-    dest = _prefix("pp")
-    conn, splitter = await connect(ep)
     meter = Meter(target.pid)
-    rtts: list[int] = []
+    conn = BlockingConn(ep)
     try:
-        await subscribe_all(conn, splitter, [("0", dest)])
-        ping = send_frame(send_prefix(dest), b"ping")
-        measuring, stop_at = False, time.monotonic() + warmup
-        while True:
-            now = time.monotonic()
-            if now >= stop_at:
-                if measuring:
-                    break
-                measuring, stop_at = True, now + window
-                meter.start()
-            t0 = time.monotonic_ns()
-            await conn.send(ping)
-            while not any(f.lstrip(b"\r\n").startswith(b"MESSAGE")
-                          for f in await next_frames(conn, splitter)):
-                pass
-            if measuring:
-                rtts.append(time.monotonic_ns() - t0)
-        measured = meter.stop()
+        rtts = _ping_pong(conn, _prefix("pp"), meter, warmup, window)
     finally:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            await conn.send(frame("DISCONNECT"))
-        await conn.aclose()
+        conn.close()
+    measured = meter.stop()
     return {"round_trips_per_s": round(len(rtts) / measured["seconds"]),
             **percentiles(rtts), **measured}
+
+
+def _ping_pong(conn: BlockingConn, dest: str, meter: Meter, warmup: float,
+               window: float) -> list[int]:
+    splitter = FrameSplitter()
+
+    def until(command: bytes) -> None:
+        while True:
+            for f in splitter.feed(conn.recv()):
+                f = f.lstrip(b"\r\n")
+                if f.startswith(command):
+                    return
+                if f.startswith(b"ERROR"):
+                    raise WireError(f"the broker refused: {f[:200]!r}")
+
+    conn.send(connect_frame(conn.endpoint))
+    until(b"CONNECTED")
+    conn.send(frame("SUBSCRIBE", {"id": "0", "destination": dest, "receipt": "r"}))
+    until(b"RECEIPT")
+    ping = send_frame(send_prefix(dest), b"ping")
+    rtts: list[int] = []
+    clock = time.monotonic_ns
+    measuring, stop_at = False, clock() + int(warmup * 1e9)
+    while True:
+        t0 = clock()
+        if t0 >= stop_at:
+            if measuring:
+                break
+            measuring, stop_at = True, t0 + int(window * 1e9)
+            meter.start()
+        conn.send(ping)
+        until(b"MESSAGE")
+        if measuring:
+            rtts.append(clock() - t0)
+    conn.send(frame("DISCONNECT"))
+    return rtts

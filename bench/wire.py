@@ -49,6 +49,12 @@ def frame(command: str, headers: dict[str, str] | None = None, body: bytes = b""
     return ("\n".join(lines) + "\n\n").encode() + body + b"\x00"
 
 
+def connect_frame(ep: Endpoint) -> bytes:
+    """CONNECT for STOMP 1.2, without heart-beats."""
+    return frame("CONNECT", {"accept-version": "1.2", "host": ep.vhost, "login": ep.login,
+                             "passcode": ep.passcode, "heart-beat": "0,0"})
+
+
 def send_prefix(destination: str) -> bytes:
     """The SEND frame up to its body, for bodies appended with `send_frame`."""
     return f"SEND\ndestination:{destination}\n".encode()
@@ -82,6 +88,53 @@ class FrameSplitter:
         parts = (self.buf + data).split(b"\x00") if self.buf else data.split(b"\x00")
         self.buf = parts.pop()
         return parts
+
+
+def ws_decode(raw: bytes) -> tuple[bytes, bytes, bool]:
+    """(payloads of the complete frames in `raw`, the undecoded rest, whether a close frame
+    came); a close frame ends the stream."""
+    pos, out, end = 0, [], len(raw)
+    while end - pos >= 2:
+        b0, b1 = raw[pos], raw[pos + 1]
+        n, head = b1 & 0x7F, 2
+        if n == 126:
+            if end - pos < 4:
+                break
+            n, head = (raw[pos + 2] << 8) | raw[pos + 3], 4
+        elif n == 127:
+            if end - pos < 10:
+                break
+            n, head = struct.unpack_from("!Q", raw, pos + 2)[0], 10
+        if b1 & 0x80:
+            head += 4  # servers never mask; tolerate it by skipping the key
+        if end - pos < head + n:
+            break
+        opcode = b0 & 0x0F
+        if opcode in (0, 1, 2):
+            out.append(raw[pos + head:pos + head + n])
+        elif opcode == 8:
+            return b"".join(out), b"", True
+        pos += head + n
+    return b"".join(out), raw[pos:] if pos else raw, False
+
+
+def handshake_request(ep: Endpoint) -> bytes:
+    return (
+        f"GET {ep.ws_path} HTTP/1.1\r\nHost: {ep.host}:{ep.port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {_WS_KEY.decode()}\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Protocol: v12.stomp\r\n\r\n"
+    ).encode()
+
+
+def handshake_response(data: bytes) -> bytes | None:
+    """None until `data` holds the whole response; then the bytes after it (WS frames)."""
+    if b"\r\n\r\n" not in data:
+        return None
+    head, _, rest = data.partition(b"\r\n\r\n")
+    if b" 101 " not in head.split(b"\r\n", 1)[0]:
+        raise WireError(f"WebSocket handshake refused: {head[:80]!r}")
+    return rest
 
 
 class Conn:
@@ -118,22 +171,13 @@ class Conn:
         return conn
 
     async def _handshake(self, ep: Endpoint) -> None:
-        request = (
-            f"GET {ep.ws_path} HTTP/1.1\r\nHost: {ep.host}:{ep.port}\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {_WS_KEY.decode()}\r\nSec-WebSocket-Version: 13\r\n"
-            "Sec-WebSocket-Protocol: v12.stomp\r\n\r\n"
-        ).encode()
-        await self.stream.send_all(request)
+        await self.stream.send_all(handshake_request(ep))
         data = b""
-        while b"\r\n\r\n" not in data:
+        while (rest := handshake_response(data)) is None:
             chunk = await self.stream.receive_some(65536)
             if not chunk:
                 raise WireError("connection closed during the WebSocket handshake")
             data += chunk
-        head, _, rest = data.partition(b"\r\n\r\n")
-        if b" 101 " not in head.split(b"\r\n", 1)[0]:
-            raise WireError(f"WebSocket handshake refused: {head[:80]!r}")
         self._raw = rest
 
     async def send(self, data: bytes) -> None:
@@ -166,33 +210,9 @@ class Conn:
             self._raw = self._raw + chunk if self._raw else chunk
 
     def _decode(self) -> bytes:
-        """Payloads of the complete WebSocket frames buffered; a close frame ends the stream."""
-        raw, pos, out = self._raw, 0, []
-        end = len(raw)
-        while end - pos >= 2:
-            b0, b1 = raw[pos], raw[pos + 1]
-            n, head = b1 & 0x7F, 2
-            if n == 126:
-                if end - pos < 4:
-                    break
-                n, head = (raw[pos + 2] << 8) | raw[pos + 3], 4
-            elif n == 127:
-                if end - pos < 10:
-                    break
-                n, head = struct.unpack_from("!Q", raw, pos + 2)[0], 10
-            if b1 & 0x80:
-                head += 4  # servers never mask; tolerate it by skipping the key
-            if end - pos < head + n:
-                break
-            opcode = b0 & 0x0F
-            if opcode in (0, 1, 2):
-                out.append(raw[pos + head:pos + head + n])
-            elif opcode == 8:
-                self.closed = True
-                break
-            pos += head + n
-        self._raw = raw[pos:] if pos else raw
-        return b"".join(out)
+        out, self._raw, closed = ws_decode(self._raw)
+        self.closed = self.closed or closed
+        return out
 
     async def aclose(self) -> None:
         self.closed = True
@@ -205,9 +225,7 @@ async def stomp_connect(ep: Endpoint, source: str | None = None) -> tuple[Conn, 
     conn = await Conn.open(ep, source)
     splitter = FrameSplitter()
     try:
-        await conn.send(frame("CONNECT", {
-            "accept-version": "1.2", "host": ep.vhost, "login": ep.login,
-            "passcode": ep.passcode, "heart-beat": "0,0"}))
+        await conn.send(connect_frame(ep))
         first = await next_frames(conn, splitter)
         if not first[0].lstrip(b"\r\n").startswith(b"CONNECTED"):
             raise WireError(f"CONNECT refused: {first[0][:200]!r}")
@@ -243,3 +261,45 @@ async def subscribe(conn: Conn, splitter: FrameSplitter, subs: list[tuple[str, s
                 return
             if f.startswith(b"ERROR"):
                 raise WireError(f"SUBSCRIBE refused: {f[:200]!r}")
+
+
+class BlockingConn:
+    """A blocking-socket connection for strictly sequential traffic (ping-pong), where an
+    event loop would only add its own overhead to every round trip."""
+
+    def __init__(self, ep: Endpoint, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((ep.host, ep.port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.endpoint = ep
+        self.ws = ep.ws_path is not None
+        self.raw = b""
+        if self.ws:
+            self.sock.sendall(handshake_request(ep))
+            data = b""
+            while (rest := handshake_response(data)) is None:
+                data += self._read()
+            self.raw = rest
+
+    def _read(self) -> bytes:
+        chunk = self.sock.recv(RECV_SIZE)
+        if not chunk:
+            raise WireError("the broker closed the connection")
+        return chunk
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(ws_frame(data) if self.ws else data)
+
+    def recv(self) -> bytes:
+        """The next STOMP bytes (at least one)."""
+        if not self.ws:
+            return self._read()
+        while True:
+            out, self.raw, closed = ws_decode(self.raw)
+            if closed:
+                raise WireError("the broker closed the WebSocket")
+            if out:
+                return out
+            self.raw += self._read()
+
+    def close(self) -> None:
+        self.sock.close()
