@@ -1,7 +1,8 @@
 """The composition root: builds every part from the config and runs them in one nursery.
 
-Start order (DESIGN §1): store (open + migrate) -> [broker runtime] -> profiles ->
-[RabbitMQ bridge] -> [outbox publisher] -> HTTP server. Bracketed parts come in later issues;
+Start order (DESIGN §1): store (open + migrate) -> broker runtime -> profiles ->
+[RabbitMQ bridge] -> outbox publisher -> HTTP server (REST and ``/ws``) -> [raw STOMP TCP
+listener, if ``server.stomp_tcp_bind``]. Bracketed parts are optional or come in later issues;
 each is a `Part` appended to the list `build_parts` returns, at its place in that order,
 and needs no other change here. Every part's ``run`` calls ``task_status.started(summary)``
 once it is up; the summaries make the one ready line.
@@ -14,7 +15,10 @@ migrate`` remains for operators who want to migrate ahead of a rollout.
 Shutdown (SIGINT/SIGTERM, or the HTTP part ending on its own): readiness turns false, then
 parts stop in reverse order, all within ``server.shutdown_grace``: the HTTP server stops
 accepting and lets in-flight requests finish, later parts are asked to stop and cancelled
-at the deadline; the store closes last. Cancelling `serve` (tests) skips the draining but
+at the deadline; the store closes last. Whichever STOMP transport stops first (TCP, then
+HTTP) first shuts the broker runtime down: every STOMP session gets an ERROR ("server
+shutting down") and WebSocket close 1001, because Hypercorn would drop open WebSockets with
+1006 and no close frame. Cancelling `serve` (tests) skips the draining but
 still closes the store.
 """
 
@@ -33,8 +37,10 @@ from chatd.config import Config, redact_url
 from chatd.domain.rules import SendRateLimiter
 from chatd.outbox import OutboxPublisher, OutboxSink
 from chatd.profiles import LocalProfileProvider, ProfileProvider
+from chatd.realtime import LocalDelivery, build_runtime
 from chatd.services import ChatService, Readiness
 from chatd.storage import Store, open_store
+from stomp.trio import DEFAULT_SHUTDOWN_TIMEOUT, BrokerRuntime, serve_tcp
 
 log = logging.getLogger("chatd")
 
@@ -59,7 +65,11 @@ class Part:
 
 @dataclass(slots=True)
 class Components:
-    """What the parts share; later issues add the broker and the bridge here."""
+    """What the parts share; a later issue adds the RabbitMQ bridge here.
+
+    `runtime` is the one STOMP broker runtime every transport serves; `delivery` is the sink
+    the outbox publisher feeds it through.
+    """
 
     config: Config
     store: Store
@@ -68,6 +78,8 @@ class Components:
     limiter: SendRateLimiter
     services: ChatService
     readiness: Readiness
+    runtime: BrokerRuntime
+    delivery: LocalDelivery
 
 
 class StartupError(Exception):
@@ -89,21 +101,67 @@ async def build_components(config: Config, store: Store) -> Components:
     services = ChatService(store, profiles, limiter, limits=config.limits)
     readiness = Readiness()
     readiness.add_store(store)
-    return Components(config, store, profiles, verifier, limiter, services, readiness)
+    runtime, delivery = build_runtime(services, verifier, config)
+    return Components(
+        config, store, profiles, verifier, limiter, services, readiness, runtime, delivery
+    )
 
 
-def http_part(components: Components) -> Part:
-    """The HTTP server (``/api``, ``/health``; later ``/ws``), graceful on `stop`."""
-    from chatd.http import create_app
-    from chatd.http.server import serve_http
+def session_grace(config: Config) -> float:
+    """Seconds STOMP sessions get to receive their shutdown ERROR: at most half the grace, so
+    the HTTP drain after it keeps the rest."""
+    return min(DEFAULT_SHUTDOWN_TIMEOUT, config.server.shutdown_grace / 2)
 
+
+def broker_part(components: Components) -> Part:
+    """The broker runtime: nothing to serve by itself (transports and the publisher use it),
+    but its stop is the last chance to tell sessions a transport did not close."""
+    runtime = components.runtime
+    stopping = trio.Event()
+
+    async def run(*, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()  # no summary: the ready line names the listeners
+        await stopping.wait()
+        await runtime.shutdown(session_grace(components.config))
+
+    return Part("broker", run, stop=stopping.set)
+
+
+def stomp_tcp_part(components: Components) -> Part:
+    """Raw STOMP over TCP on ``server.stomp_tcp_bind``, on the shared runtime."""
     c = components
-    app = create_app(c.services, c.verifier, c.config, readiness=c.readiness)
+    address = c.config.server.stomp_tcp_address
+    assert address is not None
     stopping = trio.Event()
 
     async def run(*, task_status: trio.TaskStatus[str]) -> None:
         async with trio.open_nursery() as nursery:
-            serve = functools.partial(serve_http, app, c.config, shutdown_trigger=stopping.wait)
+            host, port = await nursery.start(serve_tcp, c.runtime, address[0], address[1])
+            task_status.started(f"stomp=tcp://{host}:{port}")
+            await stopping.wait()
+            await c.runtime.shutdown(session_grace(c.config))
+            nursery.cancel_scope.cancel()
+
+    return Part("stomp-tcp", run, stop=stopping.set)
+
+
+def http_part(components: Components) -> Part:
+    """The HTTP server (``/api``, ``/health``, ``/ws``), graceful on `stop`: STOMP sessions
+    are closed with 1001 before Hypercorn starts its own drain."""
+    from chatd.http import create_app
+    from chatd.http.server import serve_http
+
+    c = components
+    app = create_app(c.services, c.verifier, c.config, readiness=c.readiness, runtime=c.runtime)
+    stopping = trio.Event()
+
+    async def shutdown_trigger() -> None:
+        await stopping.wait()
+        await c.runtime.shutdown(session_grace(c.config))
+
+    async def run(*, task_status: trio.TaskStatus[str]) -> None:
+        async with trio.open_nursery() as nursery:
+            serve = functools.partial(serve_http, app, c.config, shutdown_trigger=shutdown_trigger)
             binds: list[str] = await nursery.start(serve)
             task_status.started("http=" + ",".join(binds))
 
@@ -119,12 +177,17 @@ def outbox_part(components: Components, sink: OutboxSink) -> Part:
 
 
 def build_parts(components: Components) -> list[Part]:
-    """The parts to start, in start order (see the module docstring for where new ones go).
-
-    Later: broker runtime first, then the bridge (if ``[rabbitmq]``) and the outbox
-    publisher, then HTTP (which mounts ``/ws`` on the broker), then the raw STOMP listener.
-    """
-    return [http_part(components)]
+    """The parts to start, in start order (see the module docstring for where new ones go):
+    broker runtime, outbox publisher (into the local delivery; the RabbitMQ bridge will sit
+    between them), HTTP with ``/ws``, and the raw STOMP listener when configured."""
+    parts = [
+        broker_part(components),
+        outbox_part(components, components.delivery),
+        http_part(components),
+    ]
+    if components.config.server.stomp_tcp_address is not None:
+        parts.append(stomp_tcp_part(components))
+    return parts
 
 
 def _configure_logging(config: Config) -> None:
@@ -221,6 +284,6 @@ async def serve(
 
 
 __all__ = [
-    "Components", "Part", "StartupError", "build_components", "build_parts", "http_part",
-    "outbox_part", "serve",
+    "Components", "Part", "StartupError", "broker_part", "build_components", "build_parts",
+    "http_part", "outbox_part", "serve", "session_grace", "stomp_tcp_part",
 ]

@@ -6,7 +6,7 @@ routes need arrives as arguments, so tests build the same app the server runs.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quart_trio import QuartTrio
 
@@ -19,6 +19,9 @@ from chatd.http.health_routes import health_blueprint
 from chatd.http.keepalive import ShieldFinalSend
 from chatd.services.chat import ChatService
 from chatd.services.health import Readiness
+
+if TYPE_CHECKING:
+    from stomp.trio import BrokerRuntime
 
 # Room for the JSON around the content: ids, keys, and escapes of a long text.
 BODY_OVERHEAD = 16 * 1024
@@ -39,8 +42,10 @@ def create_app(
     config: Config,
     *,
     readiness: Readiness | None = None,
+    runtime: BrokerRuntime | None = None,
 ) -> QuartTrio:
-    """The chatd HTTP app. Without `readiness`, one that probes only the services' store."""
+    """The chatd HTTP app. Without `readiness`, one that probes only the services' store;
+    with a broker `runtime`, STOMP over WebSocket at ``/ws`` and ``/ws/websocket``."""
     if readiness is None:
         readiness = Readiness()
         readiness.add_store(services.store)
@@ -57,6 +62,10 @@ def create_app(
 
     app.register_blueprint(chat_blueprint(services))
     app.register_blueprint(health_blueprint(readiness))
+    if runtime is not None:
+        from chatd.http.ws import ws_blueprint
+
+        app.register_blueprint(ws_blueprint(runtime))
     register_error_handlers(app)
     app.extensions["chatd"] = {"services": services, "readiness": readiness}
     asgi: Any = app.asgi_app

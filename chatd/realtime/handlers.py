@@ -1,0 +1,144 @@
+"""The `/app/...` destinations: what a client's SEND asks chatd to do (DESIGN §5).
+
+They run in the session's reader, inside the `on_app_send` hook, so the session's next frame
+waits for them: each is bounded by `timeout`. Answers go to the caller's own user queues —
+`/user/queue/ack` (the stored message, with its `clientMessageId`), `/user/queue/error`
+(`{clientMessageId, status, errorMsg}`, mapped by `chatd.domain.errors.view`, the table REST
+uses too) and `/user/queue/pong` — so every connection of the caller sees them and matches
+them by `clientMessageId`. A client mistake is an error message, never a closed session.
+
+A `receipt` header is answered once the work is done: for `chat.send`, after the message is
+stored and its ack published (or after its error, so a receipt never overtakes the answer).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import trio
+
+from chatd.domain.errors import BadRequest, ChatError, Unavailable, view
+from chatd.domain.models import EVENT_MESSAGE
+from chatd.realtime.delivery import event_headers
+from chatd.services import ChatService
+from chatd.storage.base import dumps, topic_destination
+from stomp import Send
+from stomp.broker import SessionId, user_key
+from stomp.trio import BrokerRuntime
+
+log = logging.getLogger(__name__)
+
+APP_PREFIX: Final = "/app/"
+EVENT_TYPING: Final = "typing"
+#: `event` header values of the direct answers (they are replies, not session events).
+EVENT_ERROR: Final = "error"
+EVENT_PONG: Final = "pong"
+#: Seconds one `/app` frame may hold up its session's reader.
+DEFAULT_HANDLER_TIMEOUT: Final = 10.0
+
+Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class AppHandlers:
+    """The `/app` destinations of one runtime; `handle` is what `on_app_send` calls."""
+
+    def __init__(self, services: ChatService, runtime: BrokerRuntime, *,
+                 timeout: float = DEFAULT_HANDLER_TIMEOUT) -> None:
+        self.services = services
+        self.runtime = runtime
+        self.timeout = timeout
+        self.routes: dict[str, Handler] = {
+            "/app/chat.send": self.chat_send,
+            "/app/chat.delivered": self.chat_delivered,
+            "/app/chat.seen": self.chat_seen,
+            "/app/chat.typing": self.chat_typing,
+            "/app/ping": self.ping,
+        }
+
+    def knows(self, destination: str) -> bool:
+        """True for a destination one of the handlers serves."""
+        return destination in self.routes
+
+    async def handle(self, session: SessionId, caller: str, event: Send) -> None:
+        """Run the handler of `event.destination`, answer errors on `/user/queue/error`, then
+        the frame's receipt. Never raises for anything the client sent."""
+        body: dict[str, Any] = {}
+        try:
+            body = parse_body(event.frame.body)
+            with trio.move_on_after(self.timeout) as scope:
+                await self.routes[event.destination](caller, body)
+            if scope.cancelled_caught:
+                raise Unavailable(f"{event.destination} timed out")
+        except ChatError as exc:
+            self.error(caller, body.get("clientMessageId"), exc)
+        except Exception as exc:  # a bug of ours: the caller gets a 500 body, we a traceback
+            log.exception("%s from %s failed", event.destination, caller)
+            self.error(caller, body.get("clientMessageId"), exc)
+        if event.receipt is not None:
+            self.runtime.receipt(session, event.receipt)
+
+    # -- handlers ------------------------------------------------------------------------------
+
+    async def chat_send(self, caller: str, body: dict[str, Any]) -> None:
+        """Store a message like REST does; the message JSON goes to `/user/queue/ack`."""
+        message, _ = await self.services.send(
+            caller, body.get("sessionId"), body.get("content"), body.get("clientMessageId"),
+            path="stomp",
+        )
+        self.reply(caller, "/queue/ack", message.to_json(), EVENT_MESSAGE)
+
+    async def chat_delivered(self, caller: str, body: dict[str, Any]) -> None:
+        """Mark others' messages delivered; the store writes the receipt's outbox rows."""
+        await self.services.mark(caller, body.get("sessionId"), "delivered",
+                                 up_to_seq=body.get("upToSeq"))
+
+    async def chat_seen(self, caller: str, body: dict[str, Any]) -> None:
+        """Mark others' messages seen (and delivered); receipts go out through the outbox."""
+        await self.services.mark(caller, body.get("sessionId"), "seen",
+                                 up_to_seq=body.get("upToSeq"))
+
+    async def chat_typing(self, caller: str, body: dict[str, Any]) -> None:
+        """Tell the session topic the caller is typing; ephemeral, never stored."""
+        chat = await self.services.require_participant(caller, body.get("sessionId"))
+        payload = {"sessionId": str(chat.id), "email": caller}
+        self.runtime.publish(topic_destination(chat.id), dumps(payload).encode(),
+                             event_headers(EVENT_TYPING))
+
+    async def ping(self, caller: str, body: dict[str, Any]) -> None:
+        """Echo the body (a client's correlation data) on `/user/queue/pong`."""
+        self.reply(caller, "/queue/pong", body, EVENT_PONG)
+
+    # -- answers -------------------------------------------------------------------------------
+
+    def reply(self, caller: str, queue: str, payload: Any, event: str) -> None:
+        """Publish JSON to every connection of `caller` subscribed to `/user{queue}`."""
+        self.runtime.publish(user_key(caller, queue), dumps(payload).encode(),
+                             event_headers(event))
+
+    def error(self, caller: str, client_message_id: object, exc: BaseException) -> None:
+        """`{clientMessageId, status, errorMsg}` (plus `retryAfter` when rate limited)."""
+        shown = view(exc)
+        payload: dict[str, Any] = {
+            "clientMessageId": client_message_id if isinstance(client_message_id, str) else None,
+            "status": shown.code,
+            "errorMsg": shown.message,
+        }
+        if shown.retry_after is not None:
+            payload["retryAfter"] = shown.retry_after
+        self.reply(caller, "/queue/error", payload, EVENT_ERROR)
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """A SEND body as a JSON object; `BadRequest` otherwise (an empty body is `{}`)."""
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise BadRequest("malformed JSON body") from None
+    if not isinstance(data, dict):
+        raise BadRequest("JSON body must be an object")
+    return data

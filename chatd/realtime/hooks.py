@@ -1,0 +1,147 @@
+"""chatd's say in every STOMP session: who connects, what they may subscribe and send to.
+
+Authentication (DESIGN §5): `Authorization: Bearer <jwt>` on CONNECT, else the token as
+`passcode`, else `access_token` in the WebSocket handshake query (browsers cannot set
+handshake headers). The STOMP principal is the token's email. Whatever is refused gets an
+ERROR frame whose `message` names the reason and the destination, then the session closes.
+
+Subscriptions: `/topic/session.{id}` for its participants (optionally replaying history, see
+`chatd.realtime.replay`), and the caller's own `/user/queue/{messages,ack,error,receipts,pong}`
+— the broker keys those by the session's principal, so naming another user's queue is
+impossible, and `/user/{someone}/...` spellings are refused outright. SEND: `/app/...` only;
+a client publishing to a topic or a user queue could impersonate the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Final
+
+from chatd.auth.tokens import TokenVerifier, bearer_token
+from chatd.config import Config
+from chatd.domain.errors import ChatError, Unauthenticated, view
+from chatd.realtime.delivery import TOPIC_PREFIX, LocalDelivery
+from chatd.realtime.handlers import APP_PREFIX, AppHandlers
+from chatd.realtime.replay import DEFAULT_MAX_REPLAY, replay, since_seq
+from chatd.services import ChatService
+from stomp import Connect, Send, Subscribe
+from stomp.broker import Broker, Limits, SessionId
+from stomp.trio import BrokerRuntime, Principal, Refused, TransportInfo
+
+log = logging.getLogger(__name__)
+
+UNAUTHENTICATED: Final = "unauthenticated"
+#: The per-user queues a client may subscribe to (as `/user/queue/{name}`).
+USER_QUEUES: Final = frozenset(
+    f"/user/queue/{name}" for name in ("messages", "ack", "error", "receipts", "pong")
+)
+
+
+class ChatHooks:
+    """`stomp.trio.Hooks` for chatd; `runtime` is set by `build_runtime` (the two refer to
+    each other)."""
+
+    def __init__(self, services: ChatService, verifier: TokenVerifier, delivery: LocalDelivery,
+                 handlers: AppHandlers, *, max_replay: int = DEFAULT_MAX_REPLAY) -> None:
+        self.services = services
+        self.verifier = verifier
+        self.delivery = delivery
+        self.handlers = handlers
+        self.max_replay = max_replay
+
+    @property
+    def runtime(self) -> BrokerRuntime:
+        return self.delivery.runtime
+
+    async def authenticate(self, event: Connect, transport: TransportInfo) -> Principal:
+        """The email of the CONNECT's token; Refused("unauthenticated") for a missing,
+        malformed, expired or foreign one. The first place a token is found is the one used:
+        a bad header is not rescued by a good query parameter."""
+        header = event.frame.get("Authorization") or event.frame.get("authorization")
+        try:
+            if header is not None:
+                token = bearer_token(header)
+            elif event.passcode:
+                token = event.passcode
+            else:
+                token = next(iter(transport.query().get("access_token", [])), "")
+            return self.verifier.verify(token)
+        except Unauthenticated as exc:
+            raise Refused(UNAUTHENTICATED, exc.message) from None
+
+    async def authorize_subscribe(
+        self, session: SessionId, principal: Principal | None, event: Subscribe
+    ) -> None:
+        """Allow the caller's own user queues and the topics of its sessions (replaying
+        `x-since-seq` history last, see `replay`); refuse anything else, naming it."""
+        destination = event.destination
+        caller = _require(principal)
+        if destination in USER_QUEUES:
+            return
+        if not destination.startswith(TOPIC_PREFIX):
+            raise Refused(f"cannot subscribe to {destination}",
+                          "allowed: /topic/session.{id} and /user/queue/{messages,ack,error,"
+                          "receipts,pong}")
+        try:
+            sid = uuid.UUID(destination.removeprefix(TOPIC_PREFIX))
+        except ValueError:
+            raise Refused(f"cannot subscribe to {destination}",
+                          "not a session id") from None
+        try:
+            chat = await self.services.require_participant(caller, sid)
+        except ChatError as exc:
+            raise Refused(f"cannot subscribe to {destination}", view(exc).message) from None
+        if str(chat.id) != destination.removeprefix(TOPIC_PREFIX):
+            # Another spelling of the id (upper case, braces) would be another broker topic
+            # that nothing is ever published to.
+            raise Refused(f"cannot subscribe to {destination}",
+                          f"use the canonical session id {chat.id}")
+        after = since_seq(event)
+        if after is not None:
+            await replay(self.runtime, self.delivery, self.services, session=session,
+                         caller=caller, chat=chat, after=after, event=event,
+                         max_replay=self.max_replay)
+            # Nothing may await after the replay: the subscription activates on return.
+
+    async def authorize_send(self, principal: Principal | None, event: Send) -> None:
+        """Only the `/app/...` destinations chatd handles; refuse the rest, naming it."""
+        _require(principal)
+        if not self.handlers.knows(event.destination):
+            allowed = ", ".join(sorted(self.handlers.routes))
+            raise Refused(f"cannot send to {event.destination}", f"allowed: {allowed}")
+
+    async def on_app_send(
+        self, session: SessionId, principal: Principal | None, event: Send
+    ) -> bool:
+        """Run the `/app` handler (which answers the receipt itself)."""
+        if not event.destination.startswith(APP_PREFIX):
+            return False
+        await self.handlers.handle(session, _require(principal), event)
+        return True
+
+
+def _require(principal: Principal | None) -> str:
+    # authenticate never lets an anonymous session through; this guards a future change.
+    if principal is None:
+        raise Refused(UNAUTHENTICATED, "no authenticated user")
+    return principal
+
+
+def build_runtime(
+    services: ChatService, verifier: TokenVerifier, config: Config
+) -> tuple[BrokerRuntime, LocalDelivery]:
+    """The broker runtime with chatd's hooks and `[limits]`/`[server]` STOMP settings, and
+    the `LocalDelivery` the outbox publisher feeds it through."""
+    limits = config.limits
+    broker = Broker(limits=Limits(max_subscriptions=limits.stomp_max_subscriptions))
+    runtime = BrokerRuntime(
+        broker,
+        heartbeat=(config.server.heartbeat_send_ms, config.server.heartbeat_receive_ms),
+        max_pending_frames=limits.stomp_max_pending_frames,
+        max_frame_size=limits.stomp_max_frame_size,
+        max_body_size=limits.stomp_max_frame_size,
+    )
+    delivery = LocalDelivery(runtime)
+    runtime.hooks = ChatHooks(services, verifier, delivery, AppHandlers(services, runtime))
+    return runtime, delivery

@@ -1,0 +1,152 @@
+"""Two users on `/ws` with stomp.py: live delivery, `/app` handlers, receipts, typing, ping."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import ALICE, BOB, Chat, StompPy, run, stomppy_client
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def assert_event(headers: dict[str, str], event: str) -> None:
+    assert headers["event"] == event
+    assert headers["content-type"] == "application/json"
+
+
+async def test_rest_send_reaches_both_users_on_topic_and_queue(chat: Chat) -> None:
+    sid = await chat.init()
+    alice, bob = await stomppy_client(chat, ALICE), await stomppy_client(chat, BOB)
+    try:
+        subs = {}
+        for name, client in (("alice", alice), ("bob", bob)):
+            subs[name] = (await run(client.subscribe, f"/topic/session.{sid}"),
+                          await run(client.subscribe, "/user/queue/messages"))
+        sent = await chat.send(sid, "hello bob", "c-1")
+        for name, client in (("alice", alice), ("bob", bob)):
+            for sub in subs[name]:
+                headers, body = await run(client.json, sub)
+                assert_event(headers, "message")
+                assert body == sent
+                assert headers["x-seq"] == "1"
+    finally:
+        await run(alice.close)
+        await run(bob.close)
+
+
+async def test_app_send_acks_with_client_message_id_and_duplicate_is_one_row(chat: Chat) -> None:
+    sid = await chat.init()
+    alice, bob = await stomppy_client(chat, ALICE), await stomppy_client(chat, BOB)
+    try:
+        ack = await run(alice.subscribe, "/user/queue/ack")
+        errors = await run(alice.subscribe, "/user/queue/error")
+        topic = await run(bob.subscribe, f"/topic/session.{sid}")
+        frame = {"sessionId": sid, "content": "over stomp", "clientMessageId": "m-1"}
+        await run(alice.send, "/app/chat.send", frame, receipt=True)
+        # The receipt is answered only after the message is stored and acked.
+        headers, first = await run(alice.json, ack)
+        assert_event(headers, "message")
+        assert (first["clientMessageId"], first["content"], first["seq"]) == ("m-1", "over stomp", 1)
+        assert (await run(bob.json, topic))[1]["messageId"] == first["messageId"]
+
+        await run(alice.send, "/app/chat.send", frame, receipt=True)
+        assert (await run(alice.json, ack))[1]["messageId"] == first["messageId"]
+        await run(alice.nothing, errors)
+        await run(bob.nothing, topic)
+        assert [m["messageId"] for m in await chat.history(sid)] == [first["messageId"]]
+    finally:
+        await run(alice.close)
+        await run(bob.close)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "cmid"),
+    [
+        ("{not json", "BAD_REQUEST", None),
+        ('["an", "array"]', "BAD_REQUEST", None),
+        ({"sessionId": "nope", "content": "x", "clientMessageId": "e-1"}, "BAD_REQUEST", "e-1"),
+        ({"sessionId": "00000000-0000-4000-8000-000000000000", "content": "x",
+          "clientMessageId": "e-2"}, "NOT_FOUND", "e-2"),
+        ({"sessionId": "SID", "content": "", "clientMessageId": "e-3"}, "BAD_REQUEST", "e-3"),
+    ],
+)
+async def test_app_send_errors_go_to_the_error_queue_and_the_session_lives_on(
+        sqlite_chat: Chat, body: object, status: str, cmid: str | None) -> None:
+    chat = sqlite_chat
+    sid = await chat.init()
+    if isinstance(body, dict) and body["sessionId"] == "SID":
+        body = {**body, "sessionId": sid}
+    alice = await stomppy_client(chat, ALICE)
+    try:
+        errors = await run(alice.subscribe, "/user/queue/error")
+        await run(alice.send, "/app/chat.send", body if isinstance(body, str) else json.dumps(body),
+                  receipt=True)
+        headers, error = await run(alice.json, errors)
+        assert headers["content-type"] == "application/json"
+        assert error["status"] == status
+        assert error["clientMessageId"] == cmid
+        assert error["errorMsg"]
+        await run(alice.send, "/app/ping", {"still": "alive"}, receipt=True)
+    finally:
+        await run(alice.close)
+
+
+async def test_receipts_reach_the_sender_live(chat: Chat) -> None:
+    sid = await chat.init()
+    alice, bob = await stomppy_client(chat, ALICE), await stomppy_client(chat, BOB)
+    try:
+        receipts = await run(alice.subscribe, "/user/queue/receipts")
+        topic = await run(alice.subscribe, f"/topic/session.{sid}")
+        await chat.send(sid, "one", "r-1")
+        await chat.send(sid, "two", "r-2")
+        assert (await run(alice.json, topic))[1]["seq"] == 1
+        assert (await run(alice.json, topic))[1]["seq"] == 2
+        await run(bob.send, "/app/chat.delivered", {"sessionId": sid, "upToSeq": 1})
+        await run(bob.send, "/app/chat.seen", {"sessionId": sid, "upToSeq": 2})
+        for status, seq in (("delivered", 1), ("seen", 2)):
+            headers, receipt = await run(alice.json, receipts)
+            assert_event(headers, "receipt")
+            assert (receipt["readerEmail"], receipt["status"], receipt["upToSeq"]) == (
+                BOB, status, seq)
+            headers, on_topic = await run(alice.json, topic)
+            assert_event(headers, "receipt")
+            assert on_topic == receipt
+        history = await chat.history(sid)
+        assert all(m["seen"] and m["delivered"] for m in history)
+    finally:
+        await run(alice.close)
+        await run(bob.close)
+
+
+async def test_typing_reaches_the_other_participant_and_is_not_stored(sqlite_chat: Chat) -> None:
+    chat = sqlite_chat
+    sid = await chat.init()
+    alice, bob = await stomppy_client(chat, ALICE), await stomppy_client(chat, BOB)
+    try:
+        topic = await run(bob.subscribe, f"/topic/session.{sid}")
+        await run(alice.send, "/app/chat.typing", {"sessionId": sid}, receipt=True)
+        headers, typing = await run(bob.json, topic)
+        assert_event(headers, "typing")
+        assert typing == {"sessionId": sid, "email": ALICE}
+        assert await chat.history(sid) == []
+    finally:
+        await run(alice.close)
+        await run(bob.close)
+
+
+async def test_ping_answers_on_pong_and_passcode_and_query_tokens_work(sqlite_chat: Chat) -> None:
+    chat = sqlite_chat
+    by_passcode = StompPy(chat, chat.token(ALICE), passcode=True)
+    by_query = StompPy(chat, None, path=f"/ws/websocket?access_token={chat.token(BOB)}")
+    for client, who in ((by_passcode, ALICE), (by_query, BOB)):
+        await run(client.connect)
+        try:
+            pong = await run(client.subscribe, "/user/queue/pong")
+            await run(client.send, "/app/ping", {"n": who})
+            headers, body = await run(client.json, pong)
+            assert headers["event"] == "pong"
+            assert body == {"n": who}
+        finally:
+            await run(client.close)
