@@ -129,7 +129,8 @@ def _require(principal: Principal | None) -> str:
 
 
 def build_runtime(
-    services: ChatService, verifier: TokenVerifier, config: Config
+    services: ChatService, verifier: TokenVerifier, config: Config, *,
+    max_replay: int = DEFAULT_MAX_REPLAY,
 ) -> tuple[BrokerRuntime, LocalDelivery]:
     """The broker runtime with chatd's hooks and `[limits]`/`[server]` STOMP settings, and
     the `LocalDelivery` the outbox publisher feeds it through."""
@@ -143,5 +144,6 @@ def build_runtime(
         max_body_size=limits.stomp_max_frame_size,
     )
     delivery = LocalDelivery(runtime)
-    runtime.hooks = ChatHooks(services, verifier, delivery, AppHandlers(services, runtime))
+    runtime.hooks = ChatHooks(services, verifier, delivery, AppHandlers(services, runtime),
+                              max_replay=max_replay)
     return runtime, delivery

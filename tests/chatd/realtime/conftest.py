@@ -226,10 +226,12 @@ class StompPy:
         if wait:
             assert self.seen.connected.wait(TIMEOUT), self.error_texts()
 
-    def subscribe(self, destination: str, *, wait: bool = True, **headers: str) -> str:
+    def subscribe(self, destination: str, *, wait: bool = True, ack: str = "auto",
+                  **headers: str) -> str:
         sub_id, receipt = self._next("sub-"), self._next("r")
         self.seen.inbox(sub_id)
-        self.conn.subscribe(destination, id=sub_id, headers={"receipt": receipt, **headers})
+        self.conn.subscribe(destination, id=sub_id, ack=ack,
+                            headers={"receipt": receipt, **headers})
         if wait:
             self.seen.wait_receipt(receipt)
         return sub_id

@@ -1,0 +1,91 @@
+"""Every refusal is an ERROR frame with a `message` header, then the server closes (stomp.py
+over `/ws`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from chatd.auth.tokens import mint_token
+
+from .conftest import ALICE, BOB, CAROL, Chat, StompPy, run, stomppy_client
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize("token", ["none", "garbage", "expired", "foreign key"])
+async def test_connect_without_a_valid_token_is_refused(sqlite_chat: Chat, token: str) -> None:
+    chat = sqlite_chat
+    tokens = {
+        "none": None,
+        "garbage": "not.a.jwt",
+        "expired": mint_token(chat.private_key, ALICE, ttl=-3600),
+        "foreign key": mint_token(_other_key(), ALICE),
+    }
+    client = StompPy(chat, tokens[token])
+    await run(client.connect, wait=False)
+    error = await run(client.error)
+    assert error.headers["message"] == "unauthenticated"
+    assert not client.seen.connected.is_set()
+
+
+def _other_key() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    from chatd.auth.keys import generate_private_key
+
+    return generate_private_key().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+
+
+@pytest.mark.parametrize(
+    "destination",
+    [
+        "/topic/session.{foreign}",
+        "/topic/session.00000000-0000-4000-8000-000000000000",
+        "/topic/session.not-a-uuid",
+        "/user/bob@example.com/queue/messages",
+        "/user/queue/somebody-elses",
+        "/queue/anything",
+        "/topic/other",
+    ],
+)
+async def test_subscribe_outside_what_the_caller_may_see_is_refused(
+        sqlite_chat: Chat, destination: str) -> None:
+    chat = sqlite_chat
+    foreign = await chat.init(BOB, CAROL)
+    destination = destination.replace("{foreign}", foreign)
+    alice = await stomppy_client(chat, ALICE)
+    await run(alice.subscribe, destination, wait=False)
+    error = await run(alice.error)
+    assert destination in error.headers["message"]
+
+
+@pytest.mark.parametrize(
+    "destination",
+    ["/topic/session.{own}", "/queue/x", "/user/bob@example.com/queue/messages",
+     "/user/queue/messages", "/app/unknown"],
+)
+async def test_send_outside_app_handlers_is_refused(sqlite_chat: Chat, destination: str) -> None:
+    chat = sqlite_chat
+    own = await chat.init()
+    destination = destination.replace("{own}", own)
+    bob = await stomppy_client(chat, BOB)
+    inbox = await run(bob.subscribe, "/user/queue/messages")
+    alice = await stomppy_client(chat, ALICE)
+    await run(alice.send, destination, {"fake": True})
+    error = await run(alice.error)
+    assert error.headers["message"] == f"cannot send to {destination}"
+    await run(bob.nothing, inbox)  # nothing was routed anywhere
+    await run(bob.close)
+
+
+async def test_replay_with_client_acks_or_a_bad_since_seq_is_refused(sqlite_chat: Chat) -> None:
+    chat = sqlite_chat
+    sid = await chat.init()
+    for ack, since, needle in (("client", "0", "ack:auto"), ("auto", "-1", "x-since-seq")):
+        alice = await stomppy_client(chat, ALICE)
+        await run(alice.subscribe, f"/topic/session.{sid}", wait=False, ack=ack,
+                  **{"x-since-seq": since})
+        error = await run(alice.error)
+        assert needle in error.headers["message"]
