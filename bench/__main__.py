@@ -30,7 +30,7 @@ from bench.targets import ChatdBroker, Target, pin_self, rabbitmq, raise_fd_limi
 Result = dict[str, Any]
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_SCENARIOS = ["fanout", "topics", "overload", "latency", "pingpong", "idle"]
-ALL = [*BROKER_SCENARIOS, "send"]
+ALL = [*BROKER_SCENARIOS, "send", "e2e"]
 RABBITMQ_IDLE = 600  # RabbitMQ's open-file limit of 1024 leaves ~830 sockets
 NOISY = 50.0  # % of a core used by other processes during a run: run it once more
 
@@ -215,6 +215,18 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             traceback.print_exc()
             report_data["send"] = {"error": repr(exc)[:300]}
+
+    if "e2e" in names:
+        from bench.e2e import e2e_benchmark
+
+        say("end-to-end benchmark (issue 4): REST send -> both participants' WebSockets")
+        try:
+            report_data["e2e"] = e2e_benchmark(
+                out / "e2e", pairs=50, rates=[100.0, 500.0, 1000.0],
+                seconds=plan.scaled(10, 3), say=say)
+        except Exception as exc:
+            traceback.print_exc()
+            report_data["e2e"] = {"error": repr(exc)[:300]}
 
     notes.append(f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
                  f"total {time.monotonic() - t0:.0f} s")

@@ -129,6 +129,30 @@ def send_table(send: Result) -> str:
     return "\n".join(lines)
 
 
+def e2e_table(e2e: Result) -> str:
+    """One row per offered rate: what got through and how long the POST -> MESSAGE took."""
+    if "runs" not in e2e:
+        return f"end-to-end benchmark: {e2e.get('skipped') or e2e.get('error')}"
+    head = ["instances", "offered/s", "POSTs/s", "POST p50/p99 ms", "deliveries/s",
+            "topic p50 / p99 / max ms", "user queue p50 / p99 ms", "missing",
+            "outbox backlog max / left", "CPU server / gen"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in e2e["runs"]:
+        lines.append(
+            f"| {e2e['instances']} | {_fmt(r['offered_per_s'])} | {_fmt(r['posted_per_s'])} | "
+            f"{r['post_p50_ms']} / {r['post_p99_ms']} | {_fmt(r['delivered_per_s'])} | "
+            f"{r['topic_p50_ms']} / {r['topic_p99_ms']} / {r['topic_max_ms']} | "
+            f"{r['user_p50_ms']} / {r['user_p99_ms']} | {r['missing']} | "
+            f"{r['backlog_max']} / {r['backlog_left']} | "
+            f"{r['server_cpu_pct']}% / {r['gen_cpu_pct']}% |")
+    lines.append(f"\n{e2e['pairs']} pairs of users, each user one WebSocket on /ws subscribed to "
+                 "its session topic and /user/queue/messages; the first of each pair POSTs "
+                 "/api/chat/message at the offered rate (all pairs together). Latency: from the "
+                 "start of the POST to the MESSAGE on each participant's socket. Target: topic "
+                 "p99 <= 10 ms at 500 msg/s.")
+    return "\n".join(lines)
+
+
 def render(report: Result) -> str:
     meta = report["meta"]
     parts = [f"# chatd benchmark ({meta['mode']} run, {meta['started']})", ""]
@@ -137,6 +161,8 @@ def render(report: Result) -> str:
         parts += ["", "## Broker (issue 2)", "", broker_table(report["broker"])]
     if report.get("send"):
         parts += ["", "## Send (issue 3)", "", send_table(report["send"])]
+    if report.get("e2e"):
+        parts += ["", "## End to end (issue 4)", "", e2e_table(report["e2e"])]
     return "\n".join(parts) + "\n"
 
 

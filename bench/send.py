@@ -11,10 +11,8 @@ HTTP/1.1 client over raw trio sockets.
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
-import sys
 import time
 import uuid
 from collections import Counter
@@ -24,14 +22,11 @@ from typing import Any
 import trio
 
 from bench.broker import percentiles
+from bench.chatd_serve import POOL_SIZE, chatd_deployment, tokens_for
 from bench.pgbench import run_pgbench
-from bench.targets import BROKER_CORE, cpu_seconds, pinned, self_cpu, start_process, stop_process
+from bench.targets import cpu_seconds, self_cpu
 
 Result = dict[str, Any]
-PG_ADMIN_URL = os.environ.get("CHATD_BENCH_PG_ADMIN_URL",
-                              "postgresql://postgres@127.0.0.1:5432/postgres")
-POOL_SIZE = 10
-_READY = re.compile(r"chatd ready .*?\bhttp=http://([\d.]+):(\d+)")
 _LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 
 
@@ -74,17 +69,6 @@ class HttpClient:
 
     async def aclose(self) -> None:
         await self.stream.aclose()
-
-
-def _admin(sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(sql.encode())
-
-
-def _db_url(name: str) -> str:
-    return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
 
 
 async def _load(host: str, port: int, tokens: list[str], sessions: list[str], *,
@@ -132,63 +116,36 @@ async def _load(host: str, port: int, tokens: list[str], sessions: list[str], *,
     return result
 
 
-async def _prepare(host: str, port: int, data_dir: Path, clients: int,
-                   ) -> tuple[list[str], list[str]]:
-    """A token and a session (with its own peer) for each client."""
-    from chatd.auth.keys import ensure_dev_keys, load_private_key
-    from chatd.auth.tokens import mint_token
-
-    private_path, _, _ = ensure_dev_keys(data_dir)
-    key = load_private_key(private_path)
-    tokens = [mint_token(key, f"bench{i}@example.com", 3600) for i in range(clients)]
+async def init_sessions(host: str, port: int, tokens: list[str], peers: list[str],
+                        intent: str = "bench") -> list[str]:
+    """One session per (token's user, peer), created through ``/api/chat/init``."""
     sessions: list[str] = []
-    for i, token in enumerate(tokens):
+    for token, peer in zip(tokens, peers, strict=True):
         http = await HttpClient.open(host, port, token)
         try:
-            body = json.dumps({"toEmail": f"peer{i}@example.com", "intent": "bench"}).encode()
+            body = json.dumps({"toEmail": peer, "intent": intent}).encode()
             status, answer = await http.post("/api/chat/init", body)
         finally:
             await http.aclose()
         if status != 200:
             raise RuntimeError(f"/api/chat/init answered {status}: {answer[:200]!r}")
         sessions.append(json.loads(answer)["sessionId"])
-    return tokens, sessions
+    return sessions
 
 
 def send_benchmark(workdir: Path, *, clients: int, seconds: float, warmup: float,
                    say: Any = print) -> Result:
     """The whole send benchmark in a database created for it and dropped afterwards."""
-    name = f"chatd_bench_{uuid.uuid4().hex[:10]}"
-    url = _db_url(name)
-    data_dir = workdir / "chatd-data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    _admin(f'CREATE DATABASE "{name}"')
-    try:
-        env = {**os.environ, "CHATD_DATABASE_URL": url,
-               "CHATD_DATABASE__POOL_SIZE": str(POOL_SIZE),
-               "CHATD_LIMITS__SEND_BURST": "1000000",
-               "CHATD_LIMITS__SENDS_PER_SECOND": "1000000",
-               "CHATD_LOGGING__LEVEL": "INFO"}  # the ready line is logged at INFO
-        env.pop("CHATD_CONFIG", None)
-        from chatd.auth.keys import ensure_dev_keys
-
-        ensure_dev_keys(data_dir)
-        cmd = pinned([str(Path(sys.executable).with_name("chatd")), "serve",
-                      "--bind", "127.0.0.1:0", "--data-dir", str(data_dir)], BROKER_CORE)
-        say(f"  starting chatd serve on database {name}")
-        proc, match = start_process(cmd, workdir / "chatd-serve.log", _READY, env=env)
-        try:
-            host, port = match.group(1), int(match.group(2))
-            tokens, sessions = trio.run(_prepare, host, port, data_dir, clients)
-            say(f"  {clients} clients POST /api/chat/message for {seconds:g} s")
-            http = trio.run(lambda: _load(host, port, tokens, sessions, warmup=warmup,
-                                          seconds=seconds, server_pid=proc.pid))
-        finally:
-            stop_process(proc)
+    with chatd_deployment(workdir, say=say) as deployment:
+        server = deployment.instances[0]
+        tokens = tokens_for(deployment.data_dir, [f"bench{i}@example.com" for i in range(clients)])
+        sessions = trio.run(init_sessions, server.host, server.port, tokens,
+                            [f"peer{i}@example.com" for i in range(clients)])
+        say(f"  {clients} clients POST /api/chat/message for {seconds:g} s")
+        http = trio.run(lambda: _load(server.host, server.port, tokens, sessions,
+                                      warmup=warmup, seconds=seconds, server_pid=server.pid))
         say(f"  pgbench: the same transaction, {POOL_SIZE} connections (chatd's pool size)")
-        pg = run_pgbench(url, workdir, clients=POOL_SIZE, seconds=seconds)
-    finally:
-        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        pg = run_pgbench(deployment.database_url, workdir, clients=POOL_SIZE, seconds=seconds)
     ratio = http["sends_per_s"] / pg["tps"] if pg.get("tps") else None
     return {"http": http, "pgbench": pg,
             "ratio_pct": None if ratio is None else round(100 * ratio, 1)}

@@ -227,8 +227,8 @@ class SendRateLimiter:
         """Record a send by `user` at `now`, or refuse it.
 
         Raises `RateLimited` (with `retry_after` in seconds, > 0) when the bucket is empty or
-        the same text was already accepted `identical_content` times within the window. Call it
-        only for sends that will be stored: an idempotent repeat must not be counted.
+        the same text was already accepted `identical_content` times within the window. An
+        idempotent repeat must not be counted: `refund` it.
         """
         state = self._users.get(user)
         if state is None:
@@ -263,3 +263,20 @@ class SendRateLimiter:
         state.tokens -= 1.0
         state.recent.append((now, digest))
         state.counts[digest] += 1
+
+    def refund(self, user: str, content: str) -> None:
+        """Undo one accepted `check` of `content` by `user`: the send turned out to be an
+        idempotent repeat, which must not count. Lets the caller charge first and look for the
+        original only when needed (one store round trip fewer per send)."""
+        state = self._users.get(user)
+        if state is None:
+            return
+        digest = hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        for i in range(len(state.recent) - 1, -1, -1):
+            if state.recent[i][1] == digest:
+                del state.recent[i]
+                state.counts[digest] -= 1
+                if not state.counts[digest]:
+                    del state.counts[digest]
+                state.tokens = min(float(self.send_burst), state.tokens + 1.0)
+                return

@@ -18,7 +18,7 @@ from typing import Literal
 from cachetools import LRUCache
 
 from chatd.config import LimitsConfig
-from chatd.domain.errors import BadRequest, Forbidden, NotFound
+from chatd.domain.errors import BadRequest, Forbidden, NotFound, RateLimited
 from chatd.domain.models import ChatSession, Message, Participant, ReceiptUpdate, SessionSummary
 from chatd.domain.rules import (
     SendRateLimiter,
@@ -152,15 +152,19 @@ class ChatService:
         cmid = validate_client_message_id(client_message_id)
         text = validate_content(content, self.limits)
         session = await self.require_participant(caller, sid)
-        original = await self.store.find_message(caller, cmid)
-        if original is not None:
-            return self._repeat(original, sid), False
         now = self.clock()
-        self.limiter.check(caller, text, now.timestamp())
+        try:
+            self.limiter.check(caller, text, now.timestamp())
+        except RateLimited:
+            original = await self.store.find_message(caller, cmid)
+            if original is None:
+                raise
+            return self._repeat(original, sid), False
         sender = session.participant(caller)
         assert sender is not None  # require_participant checked it
         message, created = await self.store.append_message(sid, sender, text, cmid, now)
-        if not created:  # a concurrent duplicate won the race; same answer as above
+        if not created:  # a repeat: answered with the original, and not counted
+            self.limiter.refund(caller, text)
             return self._repeat(message, sid), False
         log.debug("message stored session=%s seq=%d via %s", sid, message.seq, path)
         return message, True

@@ -12,7 +12,9 @@ This is the only module that imports psycopg.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
@@ -52,6 +54,7 @@ T = TypeVar("T")
 Conn = psycopg.Connection[Any]
 _MIGRATION_LOCK = 0x63686174  # "chat": serializes concurrent `chatd migrate` runs
 _LISTEN_RETRY = 1.0
+_FRESH = 2.0  # seconds a connection stays trusted after its last use (see `_check_if_idle`)
 _DOWN = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 
 
@@ -141,6 +144,7 @@ class PostgresStore:
         self._pool: ConnectionPool[Conn] | None = None
         self._listener: Conn | None = None
         self._listen_lock = trio.Lock()
+        self._last_used: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -148,7 +152,7 @@ class PostgresStore:
         """Open the pool and wait for a first connection; raises Unavailable if none comes."""
         pool: ConnectionPool[Conn] = ConnectionPool(
             self._url, min_size=1, max_size=self._pool_size, kwargs=self._connect_kwargs,
-            timeout=self._pool_timeout, open=False, check=ConnectionPool.check_connection,
+            timeout=self._pool_timeout, open=False, check=self._check_if_idle,
             name="chatd",
         )
 
@@ -161,6 +165,14 @@ class PostgresStore:
 
         await trio.to_thread.run_sync(start)
         self._pool = pool
+
+    def _check_if_idle(self, conn: Conn) -> None:
+        """The pool's check at checkout, only for a connection idle longer than `_FRESH`: one
+        just used is known to be alive, and checking it would cost a round trip per call. A
+        connection that died meanwhile fails its call (Unavailable) and the pool drops it."""
+        last = self._last_used.get(conn)
+        if last is None or time.monotonic() - last > _FRESH:
+            ConnectionPool.check_connection(conn)
 
     async def aclose(self) -> None:
         """Close the listener and the pool; idempotent."""
@@ -188,7 +200,10 @@ class PostgresStore:
         def hop() -> T:
             try:
                 with pool.connection() as conn, active.hold(conn):
-                    return work(conn)
+                    try:
+                        return work(conn)
+                    finally:
+                        self._last_used[conn] = time.monotonic()
             except _DOWN as exc:
                 raise Unavailable("store unavailable") from exc
 
@@ -260,9 +275,7 @@ class PostgresStore:
         find = (sender.email, client_message_id)
 
         def work(conn: Conn) -> tuple[Message, bool]:
-            original = conn.execute(queries.MESSAGE_BY_CLIENT_ID, find).fetchone()
-            if original is not None:
-                return base.message_from_row(original), False
+            # no look-up first: a repeat is rare, and the unique key finds it inside the insert
             try:
                 with conn.transaction():
                     row = conn.execute(queries.BUMP_SEQ, (sent_at, session_id)).fetchone()

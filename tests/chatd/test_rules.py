@@ -202,6 +202,20 @@ def test_memory_is_bounded() -> None:
     assert len(state.counts) <= 11
 
 
+def test_refund_gives_back_the_token_and_the_identical_count() -> None:
+    limiter = SendRateLimiter(send_burst=2, sends_per_second=0.001, identical_content=1)
+    limiter.check("a@x.io", "hi", 0.0)
+    limiter.refund("a@x.io", "hi")  # it was a repeat after all
+    limiter.check("a@x.io", "hi", 0.0)  # neither the bucket nor the identical rule counted it
+    limiter.check("a@x.io", "other", 0.0)
+    with pytest.raises(RateLimited):
+        limiter.check("a@x.io", "third", 0.0)
+    limiter.refund("nobody@x.io", "hi")  # unknown user or text: nothing to undo
+    limiter.refund("a@x.io", "never sent")
+    with pytest.raises(RateLimited):
+        limiter.check("a@x.io", "third", 0.0)
+
+
 def test_limiter_rejects_nonsense_settings() -> None:
     with pytest.raises(ValueError, match="sends_per_second"):
         SendRateLimiter(sends_per_second=0)

@@ -124,6 +124,16 @@ async def test_rate_limit_429_with_retry_after_and_repeats_still_answered(
     assert (await send(sqlite_server, auth, sid, "now ok", "c3")).status_code == 201
 
 
+@pytest.mark.parametrize("limits", [LimitsConfig(send_burst=2, sends_per_second=0.01)])
+async def test_repeats_do_not_use_up_the_rate_limit(server, auth) -> None:
+    sid = await init_session(server, auth)
+    assert (await send(server, auth, sid, "first", "c0")).status_code == 201
+    for _ in range(3):  # retries of a send whose answer was lost
+        assert (await send(server, auth, sid, "first", "c0")).status_code == 200
+    assert (await send(server, auth, sid, "second", "c1")).status_code == 201
+    assert_error(await send(server, auth, sid, "third", "c2"), 429)
+
+
 @pytest.mark.parametrize("limits", [LimitsConfig(identical_content=2)])
 async def test_identical_content_limit(sqlite_server, auth) -> None:
     sid = await init_session(sqlite_server, auth)

@@ -1,0 +1,113 @@
+"""``chatd serve`` on a PostgreSQL database created for one benchmark and dropped after it.
+
+Shared by the send benchmark (issue 3) and the end-to-end benchmark (issue 4). Each instance is
+a real ``chatd serve`` process pinned to the broker core, bound to a free port, with the rate
+limits lifted (a benchmark offers more than one user's fair share on purpose). With
+`rabbitmq_url` several instances share the database and relay through RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.targets import BROKER_CORE, pinned, start_process, stop_process
+
+PG_ADMIN_URL = os.environ.get("CHATD_BENCH_PG_ADMIN_URL",
+                              "postgresql://postgres@127.0.0.1:5432/postgres")
+POOL_SIZE = 10
+_READY = re.compile(r"chatd ready .*?\bhttp=http://([\d.]+):(\d+)")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One running ``chatd serve``: where its HTTP port is, and its pid for CPU figures."""
+
+    host: str
+    port: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The instances of one benchmark, their database and the dev key directory."""
+
+    instances: list[Instance]
+    database_url: str
+    data_dir: Path
+
+
+def admin(sql: str) -> None:
+    """Run `sql` as the PostgreSQL superuser (database create/drop)."""
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql.encode())
+
+
+def database_url(name: str) -> str:
+    return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+
+
+@contextmanager
+def fresh_database(prefix: str = "chatd_bench") -> Iterator[str]:
+    """A new, empty database's URL; dropped (connections and all) on exit."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield database_url(name)
+    finally:
+        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def chatd_deployment(workdir: Path, *, instances: int = 1, rabbitmq_url: str | None = None,
+                     env: dict[str, str] | None = None,
+                     say: Callable[[str], None] = print) -> Iterator[Deployment]:
+    """`instances` ``chatd serve`` processes on one fresh database; stopped on exit."""
+    from chatd.auth.keys import ensure_dev_keys
+
+    if instances > 1 and rabbitmq_url is None:
+        raise ValueError("several instances need RabbitMQ to relay between them")
+    data_dir = workdir / "chatd-data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dev_keys(data_dir)  # before the processes start, so they all share one key
+    with fresh_database() as url, ExitStack() as stack:
+        base = {**os.environ, "CHATD_DATABASE_URL": url,
+                "CHATD_DATABASE__POOL_SIZE": str(POOL_SIZE),
+                "CHATD_LIMITS__SEND_BURST": "1000000",
+                "CHATD_LIMITS__SENDS_PER_SECOND": "1000000",
+                "CHATD_LIMITS__IDENTICAL_CONTENT": "1000000",
+                "CHATD_LOGGING__LEVEL": "INFO",  # the ready line is logged at INFO
+                **(env or {})}
+        base.pop("CHATD_CONFIG", None)
+        base.pop("CHATD_RABBITMQ_URL", None)
+        if rabbitmq_url is not None:
+            base["CHATD_RABBITMQ_URL"] = rabbitmq_url
+        chatd = str(Path(sys.executable).with_name("chatd"))
+        running: list[Instance] = []
+        for i in range(instances):
+            cmd = pinned([chatd, "serve", "--bind", "127.0.0.1:0", "--data-dir",
+                          str(data_dir)], BROKER_CORE)
+            say(f"  starting chatd serve #{i + 1} on {url.rsplit('/', 1)[1]}")
+            proc, match = start_process(cmd, workdir / f"chatd-serve-{i + 1}.log", _READY,
+                                        env=base)
+            stack.callback(stop_process, proc)
+            running.append(Instance(match.group(1), int(match.group(2)), proc.pid))
+        yield Deployment(running, url, data_dir)
+
+
+def tokens_for(data_dir: Path, emails: list[str], ttl: int = 3600) -> list[str]:
+    """Dev-key tokens for `emails` (the key every instance of the deployment trusts)."""
+    from chatd.auth.keys import ensure_dev_keys, load_private_key
+    from chatd.auth.tokens import mint_token
+
+    private_path, _, _ = ensure_dev_keys(data_dir)
+    key = load_private_key(private_path)
+    return [mint_token(key, email, ttl) for email in emails]
