@@ -149,7 +149,7 @@ def _summary(rate: float, seconds: float, ledger: Ledger, wall: float, backlog: 
 
 
 async def _run(deployment: Deployment, pairs: int, rates: list[float], seconds: float,
-               say: Callable[[str], None]) -> list[Result]:
+               say: Callable[[str], None]) -> tuple[Result, list[Result]]:
     first = deployment.instances[0]
     emails = [f"e2e{i}-{side}@example.com" for i in range(pairs) for side in "ab"]
     tokens = tokens_for(deployment.data_dir, emails)
@@ -173,6 +173,10 @@ async def _run(deployment: Deployment, pairs: int, rates: list[float], seconds: 
                  for i, t in enumerate(senders)]
         say(f"  {pairs} pairs on {len(deployment.instances)} instance(s): "
             f"{2 * pairs} WebSockets, {pairs} HTTP senders")
+        cost = await _cost_per_request(first, https[0], sessions[0])
+        say("  server CPU per request, one at a time: " +
+            " ".join(f"{k}={v}" for k, v in cost.items()))
+        await _drain(deployment.database_url)
         for rate in rates:
             ledger = Ledger()
             ledgers.append(ledger)
@@ -183,7 +187,32 @@ async def _run(deployment: Deployment, pairs: int, rates: list[float], seconds: 
         for http in https:
             await http.aclose()
         nursery.cancel_scope.cancel()
-    return results
+    return cost, results
+
+
+async def _cost_per_request(server: Instance, http: HttpClient, session: str,
+                            count: int = 200) -> Result:
+    """Server CPU per request, one request at a time: ``GET /health/live`` (the HTTP stack's
+    floor: Hypercorn, Quart, our middleware) beside ``POST /api/chat/message`` (everything a
+    send costs, its outbox round included)."""
+    async def live(_: int) -> None:
+        status, _body = await http.request("GET", "/health/live")
+        assert status == 200, status
+
+    async def post(k: int) -> None:
+        tag = f"cost-{k}-{uuid.uuid4().hex[:6]}"
+        body = json.dumps({"sessionId": session, "content": f"cost {tag}",
+                           "clientMessageId": tag}).encode()
+        status, _body = await http.request("POST", "/api/chat/message", body)
+        assert status == 201, status
+
+    out: Result = {}
+    for name, call in (("live", live), ("post", post)):
+        c0 = cpu_seconds(server.pid)
+        for k in range(count):
+            await call(k)
+        out[f"{name}_cpu_ms"] = round(1000 * (cpu_seconds(server.pid) - c0) / count, 2)
+    return out
 
 
 async def _one_rate(deployment: Deployment, rate: float, seconds: float, ledger: Ledger,
@@ -220,5 +249,5 @@ def e2e_benchmark(workdir: Path, *, pairs: int, rates: list[float], seconds: flo
     with chatd_deployment(workdir, instances=instances, rabbitmq_url=rabbitmq_url,
                           say=say) as deployment:
         say(f"  rates {', '.join(f'{r:g}' for r in rates)} msg/s, {seconds:g} s each")
-        runs = trio.run(_run, deployment, pairs, rates, seconds, say)
-    return {"pairs": pairs, "instances": instances, "runs": runs}
+        cost, runs = trio.run(_run, deployment, pairs, rates, seconds, say)
+    return {"pairs": pairs, "instances": instances, "cost": cost, "runs": runs}

@@ -150,6 +150,11 @@ def e2e_table(e2e: Result) -> str:
                  "/api/chat/message at the offered rate (all pairs together). Latency: from the "
                  "start of the POST to the MESSAGE on each participant's socket. Target: topic "
                  "p99 <= 10 ms at 500 msg/s.")
+    if cost := e2e.get("cost"):
+        lines.append(f"\nServer CPU per request, one request at a time: GET /health/live "
+                     f"{cost['live_cpu_ms']} ms (Hypercorn + Quart + middleware: the floor of "
+                     f"any REST call), POST /api/chat/message {cost['post_cpu_ms']} ms (the "
+                     "send, its outbox round and deliveries included).")
     return "\n".join(lines)
 
 

@@ -46,9 +46,12 @@ class HttpClient:
         return cls(trio.SocketStream(sock), f"{host}:{port}", token)
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        return await self.request("POST", path, body)
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
         await self.stream.send_all(
-            b"POST %s HTTP/1.1\r\n%sContent-Type: application/json\r\nContent-Length: %d"
-            b"\r\n\r\n%s" % (path.encode(), self.head, len(body), body))
+            b"%s %s HTTP/1.1\r\n%sContent-Type: application/json\r\nContent-Length: %d"
+            b"\r\n\r\n%s" % (method.encode(), path.encode(), self.head, len(body), body))
         while (end := self.buf.find(b"\r\n\r\n")) < 0:
             await self._fill()
         head = self.buf[:end]

@@ -390,26 +390,13 @@ class PostgresStore:
     async def claim_outbox(
         self, *, limit: int, lease_seconds: float, now: datetime
     ) -> list[OutboxRow]:
-        """See `Store.claim_outbox`: SKIP LOCKED candidates, then the per-session prefix rule
-        against every unprocessed row we did not lock (including ones other claimers hold)."""
+        """See `Store.claim_outbox`: one statement (`queries.CLAIM`) takes SKIP LOCKED
+        candidates and applies the per-session prefix rule against every unprocessed row we did
+        not lock, including ones other claimers hold."""
         now = base.require_aware(now)
-        until = now + timedelta(seconds=lease_seconds)
-
-        def work(conn: Conn) -> list[OutboxRow]:
-            with conn.transaction():
-                cand = conn.execute(queries.CLAIM_CANDIDATES, (now, limit)).fetchall()
-                if not cand:
-                    return []
-                ids = [r[0] for r in cand]
-                sessions = list({r[1] for r in cand})
-                blockers = dict(conn.execute(queries.CLAIM_BLOCKERS, (sessions, ids)).fetchall())
-                keep = base.claimable(cand, blockers)
-                if not keep:
-                    return []
-                rows = conn.execute(queries.LEASE, (until, keep)).fetchall()
-            return sorted((base.outbox_from_row(r) for r in rows), key=lambda r: r.id)
-
-        return await self._run(work)
+        params = {"now": now, "limit": limit, "until": now + timedelta(seconds=lease_seconds)}
+        rows = await self._run(lambda c: c.execute(queries.CLAIM, params).fetchall())
+        return sorted((base.outbox_from_row(r) for r in rows), key=lambda r: r.id)
 
     async def release_outbox(self, ids: Sequence[int], *, now: datetime) -> None:
         """See `Store.release_outbox`."""

@@ -70,13 +70,23 @@ INSERT INTO chat_message_outbox (message_id, session_id, seq, event, destination
                                  next_retry_at, created_at)
 VALUES (%s, %s, %s, %s, %s, %s::json, %s, %s)"""
 _PENDING = "NOT processed AND NOT dead"
-CLAIM_CANDIDATES = f"""
-SELECT id, session_id FROM chat_message_outbox
-WHERE {_PENDING} AND next_retry_at <= %s ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"""
-CLAIM_BLOCKERS = f"""
-SELECT session_id, min(id) FROM chat_message_outbox
-WHERE {_PENDING} AND session_id = ANY(%s) AND NOT (id = ANY(%s)) GROUP BY session_id"""
-LEASE = f"UPDATE chat_message_outbox SET next_retry_at = %s WHERE id = ANY(%s) RETURNING {OUTBOX}"
+# One statement, one round trip: lock up to `limit` due rows (skipping rows other claimers
+# hold), then keep, per session, only those before the session's first pending row we could not
+# take (leased elsewhere, backing off, or locked) -- `base.claimable`'s rule -- and lease them.
+CLAIM = f"""
+WITH cand AS (
+    SELECT id, session_id FROM chat_message_outbox
+    WHERE {_PENDING} AND next_retry_at <= %(now)s ORDER BY id LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED),
+blocked AS (
+    SELECT session_id, min(id) AS first FROM chat_message_outbox
+    WHERE {_PENDING} AND session_id IN (SELECT session_id FROM cand)
+      AND id NOT IN (SELECT id FROM cand)
+    GROUP BY session_id)
+UPDATE chat_message_outbox t SET next_retry_at = %(until)s
+FROM cand LEFT JOIN blocked b ON b.session_id = cand.session_id
+WHERE t.id = cand.id AND (b.first IS NULL OR cand.id < b.first)
+RETURNING {", ".join(f"t.{c}" for c in OUTBOX_COLUMNS).replace("t.payload", "t.payload::text")}"""
 RELEASE = "UPDATE chat_message_outbox SET next_retry_at = %s WHERE id = ANY(%s) AND NOT processed"
 SENT = "UPDATE chat_message_outbox SET processed = true, sent_at = %s WHERE id = ANY(%s)"
 FAILED = """
