@@ -142,6 +142,7 @@ def build_runtime(
         max_pending_frames=limits.stomp_max_pending_frames,
         max_frame_size=limits.stomp_max_frame_size,
         max_body_size=limits.stomp_max_frame_size,
+        max_header_count=limits.stomp_max_headers,
     )
     delivery = LocalDelivery(runtime)
     runtime.hooks = ChatHooks(services, verifier, delivery, AppHandlers(services, runtime),

@@ -442,6 +442,8 @@ class PostgresStore:
                     await trio.lowlevel.wait_readable(listener.fileno())
             except _DOWN:
                 self._close_listener()
+            except trio.ClosedResourceError:  # aclose() while we waited: same as "down"
+                raise Unavailable("store closed") from None
 
     def _listen(self) -> Conn:
         try:

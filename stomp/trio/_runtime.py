@@ -20,7 +20,12 @@ from typing import Final
 
 import trio
 
-from .._codec import DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_FRAME_SIZE, HEARTBEAT
+from .._codec import (
+    DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_MAX_HEADER_COUNT,
+    HEARTBEAT,
+)
 from .._connection import DEFAULT_HEARTBEAT, ServerConnection
 from .._frames import Headers
 from ..broker import Action, Broker, Close, DestinationActive, SessionId, Write
@@ -129,6 +134,7 @@ class BrokerRuntime:
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         heartbeat_grace: float = DEFAULT_HEARTBEAT_GRACE,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
@@ -145,6 +151,7 @@ class BrokerRuntime:
         self.max_pending_bytes = max_pending_bytes
         self.max_frame_size = max_frame_size
         self.max_body_size = max_body_size
+        self.max_header_count = max_header_count
         self.connect_timeout = connect_timeout
         self.heartbeat_grace = heartbeat_grace
         self.close_timeout = close_timeout
@@ -230,7 +237,8 @@ class BrokerRuntime:
         """Register a new transport; the caller must `close_session` it when done."""
         session = next(self._ids)
         connection = ServerConnection(heartbeat=self.heartbeat, max_frame_size=self.max_frame_size,
-                                      max_body_size=self.max_body_size)
+                                      max_body_size=self.max_body_size,
+                                      max_header_count=self.max_header_count)
         outbox = self._sessions[session] = Outbox(session, connection, transport)
         if self._idle.is_set():
             self._idle = trio.Event()

@@ -416,6 +416,33 @@ async def test_wait_for_outbox_wakes_on_new_rows(store: Store) -> None:
             await woke.wait()
 
 
+async def test_closing_the_store_under_a_waiter_is_unavailable_not_a_crash(
+    store_url: str,
+) -> None:
+    outcome: list[str] = []
+    store = open_store(store_url)
+    await store.open()
+    with trio.move_on_after(0.2):
+        await store.wait_for_outbox()  # a fresh listener returns at once
+
+    async def waiter() -> None:
+        with trio.move_on_after(1):
+            try:
+                await store.wait_for_outbox()
+            except Unavailable:
+                outcome.append("unavailable")
+                return
+            outcome.append("returned")
+            return
+        outcome.append("still waiting")  # SQLite: nothing to wake it, which is fine
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.sleep(0.1)
+        await store.aclose()
+    assert len(outcome) == 1  # the waiter ended without any other exception
+
+
 # -- lifecycle and schema ----------------------------------------------------------------------
 
 

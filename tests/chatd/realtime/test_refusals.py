@@ -3,11 +3,25 @@ over `/ws`)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
+import trio
 
 from chatd.auth.tokens import mint_token
 
-from .conftest import ALICE, BOB, CAROL, Chat, StompPy, run, stomppy_client
+from .conftest import (
+    ALICE,
+    BOB,
+    CAROL,
+    Chat,
+    StompPy,
+    chat_config,
+    run,
+    start_chat,
+    stomppy_client,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -89,3 +103,21 @@ async def test_replay_with_client_acks_or_a_bad_since_seq_is_refused(sqlite_chat
                   **{"x-since-seq": since})
         error = await run(alice.error)
         assert needle in error.headers["message"]
+
+
+async def test_header_limit_comes_from_the_config(
+    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]
+) -> None:
+    base = chat_config(tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}", key_pair[1])
+    config = replace(base, limits=replace(base.limits, stomp_max_headers=12))
+    chat = await start_chat(nursery, config, key_pair[0])
+    async with chat.client:
+        sid = await chat.init()
+        alice = await stomppy_client(chat, ALICE)
+        few = {f"x-h{i}": "v" for i in range(4)}  # with id, destination, ack, receipt: 8
+        await run(alice.subscribe, f"/topic/session.{sid}", **few)
+        many = {f"x-h{i}": "v" for i in range(10)}
+        await run(alice.subscribe, f"/topic/session.{sid}", wait=False, **many)
+        error = await run(alice.error)
+        assert error.headers["message"] == "too many headers"
+    chat.scope.cancel()
