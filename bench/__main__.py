@@ -30,7 +30,7 @@ from bench.targets import ChatdBroker, Target, pin_self, rabbitmq, raise_fd_limi
 Result = dict[str, Any]
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_SCENARIOS = ["fanout", "topics", "overload", "latency", "pingpong", "idle"]
-ALL = [*BROKER_SCENARIOS, "send", "e2e"]
+ALL = [*BROKER_SCENARIOS, "send", "e2e", "instances"]
 RABBITMQ_IDLE = 600  # RabbitMQ's open-file limit of 1024 leaves ~830 sockets
 NOISY = 50.0  # % of a core used by other processes during a run: run it once more
 
@@ -227,6 +227,25 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             traceback.print_exc()
             report_data["e2e"] = {"error": repr(exc)[:300]}
+
+    if "instances" in names:
+        from bench.chatd_serve import fresh_vhost
+        from bench.e2e import e2e_benchmark
+
+        say("several instances (issue 5): one chatd vs two relaying through RabbitMQ, 500 msg/s")
+        runs: Result = {}
+        for label, count, relay in (("1", 1, False), ("1+rabbitmq", 1, True),
+                                    ("2+rabbitmq", 2, True)):
+            try:
+                with fresh_vhost() as url:
+                    runs[label] = e2e_benchmark(
+                        out / f"instances-{label}", pairs=50, rates=[500.0],
+                        seconds=plan.scaled(10, 3), instances=count,
+                        rabbitmq_url=url if relay else None, say=say)
+            except Exception as exc:
+                traceback.print_exc()
+                runs[label] = {"error": repr(exc)[:300]}
+        report_data["instances"] = runs
 
     notes.append(f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
                  f"total {time.monotonic() - t0:.0f} s")

@@ -103,6 +103,21 @@ def chatd_deployment(workdir: Path, *, instances: int = 1, rabbitmq_url: str | N
         yield Deployment(running, url, data_dir)
 
 
+@contextmanager
+def fresh_vhost(prefix: str = "chatd_bench") -> Iterator[str]:
+    """A new RabbitMQ vhost (guest has every right on it); its AMQP URL, deleted on exit."""
+    import subprocess
+
+    vhost = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True)
+    try:
+        subprocess.run(["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+                       check=True, capture_output=True)
+        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    finally:
+        subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True, check=False)
+
+
 def tokens_for(data_dir: Path, emails: list[str], ttl: int = 3600) -> list[str]:
     """Dev-key tokens for `emails` (the key every instance of the deployment trusts)."""
     from chatd.auth.keys import ensure_dev_keys, load_private_key
