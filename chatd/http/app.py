@@ -17,6 +17,8 @@ from chatd.http.context import authenticate
 from chatd.http.errors import register_error_handlers
 from chatd.http.health_routes import health_blueprint
 from chatd.http.keepalive import ShieldFinalSend
+from chatd.http.observe import install_request_tracking, observe_blueprint
+from chatd.observability.metrics import Metrics
 from chatd.services.chat import ChatService
 from chatd.services.health import Readiness
 
@@ -43,18 +45,25 @@ def create_app(
     *,
     readiness: Readiness | None = None,
     runtime: BrokerRuntime | None = None,
+    metrics: Metrics | None = None,
 ) -> QuartTrio:
     """The chatd HTTP app. Without `readiness`, one that probes only the services' store;
-    with a broker `runtime`, STOMP over WebSocket at ``/ws`` and ``/ws/websocket``."""
+    with a broker `runtime`, STOMP over WebSocket at ``/ws`` and ``/ws/websocket``. Without
+    `metrics`, ``/metrics`` exports a fresh set that sees the store and HTTP requests only."""
     if readiness is None:
         readiness = Readiness()
         readiness.add_store(services.store)
         readiness.started = True
+    if metrics is None:
+        metrics = Metrics()
+        metrics.attach_store(services.store)
 
     app = QuartTrio(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = max_body_size(config.limits)
     # Our routes answer JSON in contract order; never let Quart re-sort or pretty-print.
     app.config["JSON_SORT_KEYS"] = False
+
+    install_request_tracking(app, metrics)  # first: a refused request still gets its id
 
     @app.before_request
     async def _auth() -> None:
@@ -62,12 +71,14 @@ def create_app(
 
     app.register_blueprint(chat_blueprint(services))
     app.register_blueprint(health_blueprint(readiness))
+    app.register_blueprint(observe_blueprint(metrics))
     if runtime is not None:
         from chatd.http.ws import ws_blueprint
 
-        app.register_blueprint(ws_blueprint(runtime))
+        app.register_blueprint(ws_blueprint(runtime, metrics))
     register_error_handlers(app)
-    app.extensions["chatd"] = {"services": services, "readiness": readiness}
+    app.extensions["chatd"] = {"services": services, "readiness": readiness,
+                              "metrics": metrics}
     asgi: Any = app.asgi_app
     app.asgi_app = ShieldFinalSend(asgi)  # type: ignore[method-assign, assignment]
     return app
