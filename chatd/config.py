@@ -216,6 +216,7 @@ class LoggingConfig:
     level: LogLevel = "INFO"
     include_user: bool = False
     include_content: bool = False
+    access_log: bool = True
 
 
 SECTIONS: dict[str, type] = {

@@ -63,7 +63,8 @@ def create_app(
     # Our routes answer JSON in contract order; never let Quart re-sort or pretty-print.
     app.config["JSON_SORT_KEYS"] = False
 
-    install_request_tracking(app, metrics)  # first: a refused request still gets its id
+    # First: a refused request still gets its id and its access-log line.
+    install_request_tracking(app, metrics, access_log_on=config.logging.access_log)
 
     @app.before_request
     async def _auth() -> None:

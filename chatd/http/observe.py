@@ -40,8 +40,9 @@ def observe_blueprint(metrics: Metrics) -> Blueprint:
     return bp
 
 
-def install_request_tracking(app: Quart, metrics: Metrics) -> None:
-    """Request ids, the access log and the HTTP request counter on `app`.
+def install_request_tracking(app: Quart, metrics: Metrics, *, access_log_on: bool = True) -> None:
+    """Request ids, the access log (unless `access_log_on` is False) and the HTTP request
+    counter on `app`.
 
     Call before any other ``before_request`` hook (authentication), so that a refused request
     still gets its id and its access-log line.
@@ -61,6 +62,14 @@ def install_request_tracking(app: Quart, metrics: Metrics) -> None:
         response.headers[REQUEST_ID_HEADER] = rid
         status = response.status_code
         metrics.http_requests.labels(request.method, str(status)).inc()
+        token = g.get("request_id_token")
+        if token is not None:
+            g.request_id_token = None
+            # Finished in another context than it started: nothing to undo then.
+            with contextlib.suppress(ValueError):
+                request_id.reset(token)
+        if not access_log_on:
+            return response
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         quiet = request.path.startswith(QUIET_PREFIXES) and status < 500
         client = request.scope.get("client")
@@ -78,10 +87,4 @@ def install_request_tracking(app: Quart, metrics: Metrics) -> None:
         access_log.log(logging.DEBUG if quiet else logging.INFO,
                        "%s %s %d %.1f ms", request.method, request.path, status,
                        elapsed * 1000, extra=fields)
-        token = g.get("request_id_token")
-        if token is not None:
-            g.request_id_token = None
-            # Finished in another context than it started: nothing to undo then.
-            with contextlib.suppress(ValueError):
-                request_id.reset(token)
         return response
