@@ -1,9 +1,9 @@
 """Structured logs: one JSON object per line for log collectors, plain text for people.
 
 Every line carries ``time`` (ISO-8601 UTC), ``level``, ``logger`` and ``event`` (the message),
-plus what the code attached with ``extra=`` among `FIELDS` and the ids of the request or
-session being served (set in `request_id` / `session_id` context variables by the HTTP layer,
-so a line logged deep in a service still says which request it belongs to).
+plus what the code attached with ``extra=`` among `FIELDS` and the id of the request being
+served (set in the `request_id` context variable by the HTTP layer, so a line logged deep in a
+service still says which request it belongs to).
 
 What never gets out: a bearer token or any JWT-shaped string (replaced by ``[redacted]`` in
 the event text and every field, whatever logged it), the user's email unless
@@ -24,12 +24,10 @@ from chatd.config import LoggingConfig
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "chatd_request_id", default=None)
-session_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "chatd_session_id", default=None)
 
 #: `extra=` keys copied into a JSON line (others are ignored, so a stray attribute cannot
 #: leak). `user` and `content` are further gated by the config.
-FIELDS = ("request_id", "session_id", "stomp_session", "method", "path", "status",
+FIELDS = ("request_id", "method", "path", "status",
           "duration_ms", "remote", "user", "content", "chat_session", "seq", "destination",
           "error")
 PRIVATE_FIELDS = {"user": "include_user", "content": "include_content"}
@@ -69,11 +67,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": redact(record.getMessage()),
         }
-        rid, sid = request_id.get(), session_id.get()
+        rid = request_id.get()
         if rid is not None:
             out["request_id"] = rid
-        if sid is not None:
-            out["stomp_session"] = sid
         for key in FIELDS:
             if key not in record.__dict__:
                 continue
