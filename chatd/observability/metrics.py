@@ -161,7 +161,7 @@ class Metrics:
             yield errors
             yield CounterMetricFamily(
                 _name("delivered_frames"), "MESSAGE frames queued to subscribers.",
-                value=stats.frames_out.get("MESSAGE", 0))
+                value=stats.messages_out)
             yield GaugeMetricFamily(
                 _name("stomp_sessions_open"), "STOMP sessions open now, every transport.",
                 value=stats.sessions_open)

@@ -263,7 +263,7 @@ class BrokerRuntime:
     def apply(self, actions: list[Action]) -> None:
         """Carry out broker actions. Never blocks: writes are queued for the writer tasks."""
         sessions = self._sessions
-        frame_out = self.stats.frame_out
+        stats = self.stats
         for action in actions:
             if type(action) is Write:
                 outbox = sessions.get(action.session)
@@ -277,11 +277,13 @@ class BrokerRuntime:
                     self._overflow(outbox)
                     continue
                 outbox.chunks.append(action.data)
-                if tail:
+                if tail:  # only a MESSAGE has a shared tail: count it without parsing
                     outbox.chunks.append(tail)
+                    stats.messages_out += 1
+                else:
+                    stats.frame_out(action.data)
                 outbox.frames += 1
                 outbox.size += size
-                frame_out(action.data)
                 if outbox.parked and not outbox.deferred:
                     outbox.parked = False
                     outbox.lot.unpark_all()
