@@ -12,8 +12,9 @@ backends serialize concurrent migrators (PostgreSQL advisory lock, SQLite write 
 several instances starting together are safe, and a fresh database just works. ``chatd
 migrate`` remains for operators who want to migrate ahead of a rollout.
 
-Shutdown (SIGINT/SIGTERM, or the HTTP part ending on its own): readiness turns false, then
-parts stop in reverse order, all within ``server.shutdown_grace``: the HTTP server stops
+Shutdown (SIGINT/SIGTERM, or the HTTP part ending on its own): readiness turns false and,
+after a signal, everything keeps serving for ``server.drain_delay`` so load balancers stop
+routing here first; then parts stop in reverse order, all within ``server.shutdown_grace``: the HTTP server stops
 accepting and lets in-flight requests finish, later parts are asked to stop and cancelled
 at the deadline; the store closes last. Whichever STOMP transport stops first (TCP, then
 HTTP) first shuts the broker runtime down: every STOMP session gets an ERROR ("server
@@ -291,7 +292,8 @@ async def serve(
 
             await stop.wait()
             components.readiness.draining = True
-            await _drain_delay(config.server.drain_delay)
+            if not any(part.done.is_set() for part in parts):  # a dead part: nothing to drain
+                await _drain_delay(config.server.drain_delay)
             await _shutdown(parts, config.server.shutdown_grace)
             nursery.cancel_scope.cancel()  # the signal watcher, if still waiting
     finally:
