@@ -12,15 +12,15 @@ backends serialize concurrent migrators (PostgreSQL advisory lock, SQLite write 
 several instances starting together are safe, and a fresh database just works. ``chatd
 migrate`` remains for operators who want to migrate ahead of a rollout.
 
-Shutdown (SIGINT/SIGTERM, or the HTTP part ending on its own): readiness turns false and,
-after a signal, everything keeps serving for ``server.drain_delay`` so load balancers stop
-routing here first; then parts stop in reverse order, all within ``server.shutdown_grace``: the HTTP server stops
-accepting and lets in-flight requests finish, later parts are asked to stop and cancelled
-at the deadline; the store closes last. Whichever STOMP transport stops first (TCP, then
-HTTP) first shuts the broker runtime down: every STOMP session gets an ERROR ("server
+Shutdown (SIGINT/SIGTERM, or the HTTP part ending on its own): readiness turns false and, after
+a signal, everything keeps serving for ``server.drain_delay`` so load balancers stop routing
+here first; then parts stop in reverse order, all within ``server.shutdown_grace``: the HTTP
+server stops accepting and lets in-flight requests finish, later parts are asked to stop and
+cancelled at the deadline; the store closes last. Whichever STOMP transport stops first (TCP,
+then HTTP) first shuts the broker runtime down: every STOMP session gets an ERROR ("server
 shutting down") and WebSocket close 1001, because Hypercorn would drop open WebSockets with
-1006 and no close frame. Cancelling `serve` (tests) skips the draining but
-still closes the store.
+1006 and no close frame. Cancelling `serve` (tests) skips the draining but still closes the
+store.
 """
 
 from __future__ import annotations

@@ -21,11 +21,12 @@ rendering; a scrape never blocks the event loop on I/O.
 from __future__ import annotations
 
 import logging
+import platform
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import trio
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
@@ -110,6 +111,8 @@ class Metrics:
             _name("bridge_confirm_latency_seconds"),
             "Time from publishing to RabbitMQ to its publisher confirm.",
             buckets=LATENCY_BUCKETS, registry=r)
+        Info(_name("build"), "The chatd release and Python running this instance.",
+             registry=r).info({"version": _version(), "python": platform.python_version()})
         self._components = _Components()
         r.register(self._components)
         self._outbox_source: OutboxStats | None = None
@@ -262,6 +265,15 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of everything registered."""
         return generate_latest(self.registry)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("chatd")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
 
 
 def _state_name(state: Any) -> str:

@@ -85,3 +85,9 @@ async def test_outbox_gauges_keep_their_last_value_when_the_store_is_down(
     got = samples(metrics)
     assert (got[("chatd_outbox_pending", ())], got[("chatd_outbox_dead", ())]) == (3, 0)
     assert got[("chatd_db_pool_size", ())] >= 2
+
+
+def test_build_info_names_the_release() -> None:
+    (labels,) = [dict(labels) for name, labels in samples(Metrics()) if name == "chatd_build_info"]
+    assert labels["version"] not in ("", "unknown")
+    assert labels["python"].count(".") == 2
