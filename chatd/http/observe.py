@@ -28,6 +28,11 @@ _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 QUIET_PREFIXES = ("/health/", "/metrics")
 
 
+def request_id_from(given: str) -> str:
+    """`given` when it is a sane id (1-128 of ``A-Za-z0-9._:-``), else a fresh one."""
+    return given if _SANE_ID.fullmatch(given) else uuid.uuid4().hex
+
+
 def observe_blueprint(metrics: Metrics) -> Blueprint:
     """The ``/metrics`` route for `metrics` (no authentication, like the health probes)."""
     bp = Blueprint("observe", __name__)
@@ -50,8 +55,7 @@ def install_request_tracking(app: Quart, metrics: Metrics, *, access_log_on: boo
 
     @app.before_request
     async def _start() -> None:
-        given = request.headers.get(REQUEST_ID_HEADER, "")
-        rid = given if _SANE_ID.fullmatch(given) else uuid.uuid4().hex
+        rid = request_id_from(request.headers.get(REQUEST_ID_HEADER, ""))
         g.request_id = rid
         g.started = time.perf_counter()
         g.request_id_token = request_id.set(rid)

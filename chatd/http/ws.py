@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from quart import Blueprint, websocket
 
+from chatd.http.observe import REQUEST_ID_HEADER, request_id_from
+from chatd.observability.logs import request_id
 from chatd.observability.metrics import Metrics
 from stomp.trio import BrokerRuntime, MessageStream, TransportInfo, choose_subprotocol, serve_stream
 
@@ -25,6 +27,8 @@ def ws_blueprint(runtime: BrokerRuntime, metrics: Metrics | None = None) -> Blue
     bp = Blueprint("ws", __name__)
 
     async def stomp_over_websocket() -> None:
+        # This task (and the session's tasks it starts) log with the handshake's request id.
+        request_id.set(request_id_from(websocket.headers.get(REQUEST_ID_HEADER, "")))
         subprotocol = choose_subprotocol(websocket.requested_subprotocols)
         await websocket.accept(subprotocol=subprotocol)
         remote = websocket.scope.get("client")
