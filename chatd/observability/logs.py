@@ -83,8 +83,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+#: Fields an access-log line already says in its text; the text format leaves them out.
+_IN_ACCESS_TEXT = frozenset({"method", "path", "status", "duration_ms"})
+
+
 class TextFormatter(logging.Formatter):
-    """``time level logger: event key=value...`` for people; same redaction and gates."""
+    """``time level logger: event [key=value...]`` for people; same redaction and gates."""
 
     def __init__(self, *, include_user: bool = False, include_content: bool = False) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -97,7 +101,7 @@ class TextFormatter(logging.Formatter):
         if rid is not None and "request_id" not in record.__dict__:
             extras.append(f"request_id={rid}")
         for key in FIELDS:
-            if key in record.__dict__:
+            if key in record.__dict__ and key not in _IN_ACCESS_TEXT:
                 gate = PRIVATE_FIELDS.get(key)
                 if gate is None or self.allowed[gate]:
                     extras.append(f"{key}={record.__dict__[key]}")

@@ -26,12 +26,23 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import trio
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
+
+# The ``*_created`` series (one timestamp per counter and label set) double the output and
+# nothing here reads them. Process-wide in prometheus_client; chatd is the only user.
+disable_created_metrics()
 
 PREFIX = "chatd"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
