@@ -76,9 +76,10 @@ def _type_name(tp: Any) -> str:
 
 
 def _default(spec: Field[Any]) -> str:
-    if spec.default is MISSING and spec.default_factory is MISSING:
+    factory: Any = spec.default_factory
+    if spec.default is MISSING and factory is MISSING:
         return "required"
-    value = spec.default if spec.default is not MISSING else spec.default_factory()
+    value = spec.default if spec.default is not MISSING else factory()
     if value is None:
         return "unset"
     if isinstance(value, bool):
@@ -94,11 +95,11 @@ def _number(value: float) -> str:
 
 def _range(spec: Field[Any]) -> str:
     lo, hi = spec.metadata.get("lo"), spec.metadata.get("hi")
-    if lo is None and hi is None:
-        return ""
     if lo is not None and hi is not None:
         return f"{_number(lo)} to {_number(hi)}"
-    return f"≥ {_number(lo)}" if lo is not None else f"≤ {_number(hi)}"
+    if lo is not None:
+        return f"≥ {_number(lo)}"
+    return "" if hi is None else f"≤ {_number(hi)}"
 
 
 def render(example_text: str | None = None) -> str:

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 # The ``*_created`` series (one timestamp per counter and label set) double the output and
 # nothing here reads them. Process-wide in prometheus_client; chatd is the only user.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 PREFIX = "chatd"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
