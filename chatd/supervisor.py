@@ -111,6 +111,7 @@ async def build_components(config: Config, store: Store) -> Components:
     runtime, delivery = build_runtime(services, verifier, config)
     metrics.attach_store(store)
     metrics.attach_runtime(runtime)
+    metrics.attach_readiness(readiness)
     # At merge: metrics.attach_profiles(cache, breaker), attach_bridge(bridge) and
     # readiness.add_check("rabbitmq", ...) when [rabbitmq] is set, attach_sockjs(count).
     return Components(

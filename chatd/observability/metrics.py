@@ -185,6 +185,19 @@ class Metrics:
 
         self.add_source("runtime", source)
 
+    def attach_readiness(self, readiness: Any) -> None:
+        """`chatd_ready`: 1 when the latest ``/health/ready`` probe answered 200 and the
+        instance is not draining since (probes run the checks; a scrape only reads)."""
+
+        def source() -> Iterator[Metric]:
+            ready = (readiness.started and not readiness.draining
+                     and readiness.last_ready is True)
+            yield GaugeMetricFamily(_name("ready"),
+                                    "1 when the latest readiness probe passed (not draining).",
+                                    value=1.0 if ready else 0.0)
+
+        self.add_source("readiness", source)
+
     def attach_store(self, store: Any) -> None:
         """The store: DB connections in use (`pool_usage()`), outbox counts via `refresh()`."""
         self._outbox_source = store

@@ -120,6 +120,7 @@ async def test_ready_through_a_store_outage_and_back(
     base = await _serve(nursery, _config(tmp_path, url))
     async with httpx.AsyncClient(base_url=base, timeout=20) as client:
         assert (await _ready(client))[0] == 200
+        assert "chatd_ready 1.0" in (await client.get("/metrics")).text
         proxy.switch(False)
         checks = await _until_ready(client, 503)
         assert checks["store"] != "up"
@@ -128,6 +129,7 @@ async def test_ready_through_a_store_outage_and_back(
         metrics = await client.get("/metrics")  # scrapes keep working during the outage
         assert metrics.status_code == 200
         assert "chatd_db_pool_in_use" in metrics.text
+        assert "chatd_ready 0.0" in metrics.text  # the latest probe failed
         proxy.switch(True)
         assert await _until_ready(client, 200) == {"store": "up", "migrations": "up"}
     nursery.cancel_scope.cancel()

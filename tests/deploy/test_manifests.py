@@ -240,6 +240,7 @@ def exported_metric_names() -> set[str]:
     metrics.attach_profiles(SimpleNamespace(hits=0, misses=0), SimpleNamespace(state="closed"))
     metrics.attach_bridge(SimpleNamespace(connected=True))
     metrics.attach_sockjs(lambda: 0)
+    metrics.attach_readiness(SimpleNamespace(started=True, draining=False, last_ready=True))
     for path in ("rest", "stomp"):
         metrics.message_sent(path, 0.01)
         metrics.send_refused(path)
