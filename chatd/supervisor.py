@@ -212,6 +212,16 @@ def outbox_part(components: Components, sink: OutboxSink) -> Part:
     return Part("outbox", publisher.run, stop=publisher.stop)
 
 
+def jwks_part(components: Components) -> Part | None:
+    """Refreshes the JWKS every ``auth.jwks_cache_seconds`` (None without a JWKS URL)."""
+    jwks = components.verifier.jwks
+    if jwks is None:
+        return None
+    part = Part("jwks", jwks.run)
+    part.stop = part.scope.cancel  # nothing to drain: a refresh in flight can just stop
+    return part
+
+
 def build_parts(components: Components) -> list[Part]:
     """The parts to start, in start order (see the module docstring for where new ones go):
     broker runtime, outbox publisher (into the local delivery; the RabbitMQ bridge will sit
@@ -222,6 +232,8 @@ def build_parts(components: Components) -> list[Part]:
         outbox_part(components, components.delivery),
         http_part(components),
     ]
+    if (jwks := jwks_part(components)) is not None:
+        parts.insert(0, jwks)
     if components.config.server.stomp_tcp_address is not None:
         parts.append(stomp_tcp_part(components))
     return parts
@@ -322,6 +334,6 @@ async def serve(
 
 __all__ = [
     "Components", "Part", "StartupError", "broker_part", "build_components", "build_parts",
-    "build_profiles", "http_part", "outbox_part", "profiles_part", "serve", "session_grace",
-    "stomp_tcp_part",
+    "build_profiles", "http_part", "jwks_part", "outbox_part", "profiles_part", "serve",
+    "session_grace", "stomp_tcp_part",
 ]
