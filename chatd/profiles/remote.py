@@ -17,6 +17,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
+import trio
 
 from chatd.auth.service import ServiceTokens
 from chatd.domain.errors import NotFound, Unavailable
@@ -69,11 +70,13 @@ class RemoteProfileProvider:
         """
         url = self.url_for(email, intent)
         self.requests += 1
+        headers = {"Authorization": self.tokens.authorization(), "Accept": "application/json"}
         try:
-            response = await self._client.get(
-                url, headers={"Authorization": self.tokens.authorization(),
-                              "Accept": "application/json"})
-        except httpx.TimeoutException:
+            # httpx's timeout bounds each phase (connect, write, read, pool wait); this bounds
+            # the whole exchange, which is what a caller waiting on init cares about.
+            with trio.fail_after(self.timeout):
+                response = await self._client.get(url, headers=headers)
+        except (httpx.TimeoutException, trio.TooSlowError):
             log.warning("profile service: no answer within %g s for %s", self.timeout, url)
             raise Unavailable(f"{UNAVAILABLE_MESSAGE} (timed out)", DEFAULT_RETRY_AFTER) from None
         except httpx.HTTPError as exc:
