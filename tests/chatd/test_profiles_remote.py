@@ -249,3 +249,24 @@ def test_breaker_needs_the_rate_not_just_the_count() -> None:
     assert not breaker.allow()  # only one at a time
     breaker.release()  # the probe was cancelled
     assert breaker.allow()
+
+
+async def test_a_cancelled_leader_hands_the_call_to_a_waiter(
+    remote: RemoteProfileProvider, fake: FakeProfileService
+) -> None:
+    breaker = CircuitBreaker(min_failures=1, reset_after=60)
+    cache = CachedProfiles(remote, breaker)
+    fake.delay = 0.3
+    got: list[Profile] = []
+
+    async def waiter() -> None:
+        got.append(await cache.lookup(BOB, "buy"))
+
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as leader:
+            nursery.start_soon(waiter)
+            leader.deadline = trio.current_time() + 0.1
+            await cache.lookup(BOB, "buy")  # cancelled mid-call (its client went away)
+    assert [p.display_name for p in got] == ["Bob"]
+    assert len(fake.calls) == 2  # the waiter asked again itself
+    assert breaker.state is BreakerState.CLOSED  # a cancellation is no failure
