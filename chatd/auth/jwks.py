@@ -78,10 +78,11 @@ class JwksKeys:
                 return True  # another task fetched while we waited: use its result
             self.fetches += 1
             try:
-                async with httpx.AsyncClient(timeout=self.timeout,
-                                             transport=self._transport) as client:
-                    keys = _parse(await client.get(self.url))
-            except (httpx.HTTPError, ValueError, jwt.PyJWKError) as exc:
+                with trio.fail_after(self.timeout):  # the whole fetch, not each phase
+                    async with httpx.AsyncClient(timeout=self.timeout,
+                                                 transport=self._transport) as client:
+                        keys = _parse(await client.get(self.url))
+            except (httpx.HTTPError, ValueError, jwt.PyJWKError, trio.TooSlowError) as exc:
                 log.warning("JWKS refresh from %s failed (keeping %d known keys): %s",
                             self.url, len(self.keys), exc)
                 return False
