@@ -233,3 +233,42 @@ async def test_expiry_close_can_be_turned_off(
         await trio.sleep(2.2)
         await peer.subscribe("/user/queue/messages")  # still served after the token's end
     chat.scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("path", "how"),
+    [("/ws", "header"), ("/ws/websocket", "header"), ("/ws", "passcode"), ("/ws", "query")],
+)
+async def test_every_token_carrier_is_verified(
+    nursery: trio.Nursery, tmp_path: Path, idp: FakeIdentityProvider,
+    idp_key: rsa.RSAPrivateKey, other_key: rsa.RSAPrivateKey, path: str, how: str,
+) -> None:
+    config = jwks_config(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}", idp)
+    chat = await start_chat(nursery, config, b"")
+
+    async def attempt(value: str) -> list[Frame]:
+        headers = {"accept-version": "1.2", "host": "localhost"}
+        where = path
+        if how == "header":
+            headers["Authorization"] = f"Bearer {value}"
+        elif how == "passcode":
+            headers |= {"login": "x", "passcode": value}
+        else:
+            where = f"{path}?access_token={value}"
+        peer, _ = await raw_ws_peer(nursery, chat, where)
+        await peer.send("CONNECT", headers)
+        first = await peer.frame()
+        if first.command == "CONNECTED":
+            await peer.send("DISCONNECT", {"receipt": "bye"})
+        with trio.fail_after(10):
+            return [first, *await peer.frames_until_eof()]
+
+    async with chat.client:
+        good = await attempt(token(idp_key))
+        assert good[0].command == "CONNECTED"
+        assert good[0].get("user-name") == ALICE
+        for bad in (token(other_key), token(idp_key, now=int(time.time()) - 3600)):
+            refused = await attempt(bad)
+            assert [f.command for f in refused] == ["ERROR"]
+            assert refused[0].get("message") == "unauthenticated"
+    chat.scope.cancel()
