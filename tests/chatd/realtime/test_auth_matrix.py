@@ -272,3 +272,28 @@ async def test_every_token_carrier_is_verified(
             assert [f.command for f in refused] == ["ERROR"]
             assert refused[0].get("message") == "unauthenticated"
     chat.scope.cancel()
+
+
+@pytest.mark.timeout(30)
+async def test_sigterm_stops_the_jwks_and_profiles_parts_in_time(
+    nursery: trio.Nursery, tmp_path: Path, idp: FakeIdentityProvider,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import os
+    import signal
+
+    from chatd.auth.keys import private_pem
+
+    key_file = tmp_path / "service.pem"
+    key_file.write_bytes(private_pem(generate_private_key()))
+    config = jwks_config(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}", idp)
+    config = dataclasses.replace(config, profiles=dataclasses.replace(
+        config.profiles, provider="remote", url="http://127.0.0.1:9",
+        service_private_key_file=key_file))
+    chat = await start_chat(nursery, config, b"", handle_signals=True)
+    await chat.client.aclose()
+    with trio.fail_after(20):
+        os.kill(os.getpid(), signal.SIGTERM)
+        await chat.done.wait()
+    assert "did not stop" not in caplog.text
+    assert "chatd stopped" in caplog.text
