@@ -237,6 +237,12 @@ class Metrics:
                 yield CounterMetricFamily(_name("profile_cache_misses"),
                                           "Profile look-ups that went to the profile service.",
                                           value=cache.misses)
+                for attr, text in (
+                        ("stale", "Profiles served past their TTL because the service failed."),
+                        ("rejected", "Look-ups refused at once by the open breaker.")):
+                    if hasattr(cache, attr):
+                        yield CounterMetricFamily(_name(f"profile_cache_{attr}"), text,
+                                                  value=getattr(cache, attr))
             if breaker is not None:
                 current = _state_name(breaker.state)
                 family = GaugeMetricFamily(
