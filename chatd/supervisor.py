@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from chatd.auth.keys import demo_token_key
 from chatd.auth.tokens import TokenVerifier, verifier_from_config
 from chatd.config import Config, redact_url
 from chatd.domain.rules import SendRateLimiter
@@ -152,7 +153,8 @@ def http_part(components: Components) -> Part:
     from chatd.http.server import serve_http
 
     c = components
-    app = create_app(c.services, c.verifier, c.config, readiness=c.readiness, runtime=c.runtime)
+    app = create_app(c.services, c.verifier, c.config, readiness=c.readiness, runtime=c.runtime,
+                     demo_token_key=demo_token_key(c.config))
     stopping = trio.Event()
 
     async def shutdown_trigger() -> None:

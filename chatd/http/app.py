@@ -21,6 +21,8 @@ from chatd.services.chat import ChatService
 from chatd.services.health import Readiness
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     from stomp.trio import BrokerRuntime
 
 # Room for the JSON around the content: ids, keys, and escapes of a long text.
@@ -43,9 +45,12 @@ def create_app(
     *,
     readiness: Readiness | None = None,
     runtime: BrokerRuntime | None = None,
+    demo_token_key: rsa.RSAPrivateKey | None = None,
 ) -> QuartTrio:
     """The chatd HTTP app. Without `readiness`, one that probes only the services' store;
-    with a broker `runtime`, STOMP over WebSocket at ``/ws`` and ``/ws/websocket``."""
+    with a broker `runtime`, STOMP over WebSocket at ``/ws`` and ``/ws/websocket``; with
+    ``server.demo_page``, the demo page at ``/``, and ``POST /demo/token`` signing with
+    `demo_token_key` if given (`chatd.auth.keys.demo_token_key` says when it may be)."""
     if readiness is None:
         readiness = Readiness()
         readiness.add_store(services.store)
@@ -66,6 +71,10 @@ def create_app(
         from chatd.http.ws import ws_blueprint
 
         app.register_blueprint(ws_blueprint(runtime))
+    if config.server.demo_page:
+        from chatd.http.demo import demo_blueprint
+
+        app.register_blueprint(demo_blueprint(config, demo_token_key))
     register_error_handlers(app)
     app.extensions["chatd"] = {"services": services, "readiness": readiness}
     asgi: Any = app.asgi_app
