@@ -24,6 +24,7 @@
     sock: null,
     sessions: new Map(),   // sessionId -> session JSON (+ lastMessage, unreadCount)
     open: null,            // the open chat: {id, peer, sub, bySeq: Map, oldest, newest, ...}
+    total: 0,              // unread messages over all sessions (GET /api/chat/unread)
     unreadTimer: null,
     lastTypingSent: 0,
     typingTimer: null,
@@ -215,15 +216,20 @@
       await refreshSessions();
       return;
     }
-    const total = $('total-unread');
-    total.dataset.unread = String(data.total);
-    total.textContent = String(data.total);
-    total.hidden = data.total === 0;
-    document.title = data.total ? `(${data.total}) chatd demo` : 'chatd demo';
+    state.total = data.total;
     renderSessions();
   }
 
+  function renderTotal() {
+    const total = $('total-unread');
+    total.dataset.unread = String(state.total);
+    total.textContent = String(state.total);
+    total.hidden = state.total === 0;
+    document.title = state.total ? `(${state.total}) chatd demo` : 'chatd demo';
+  }
+
   function renderSessions() {
+    renderTotal();
     const list = $('sessions');
     const ordered = [...state.sessions.values()].sort((a, b) =>
       (b.lastMessage?.sentAt ?? b.createdAt).localeCompare(a.lastMessage?.sentAt ?? a.createdAt));
@@ -345,7 +351,10 @@
     for (const m of chat.bySeq.values()) {
       if (m.senderEmail !== state.email && m.seq <= upTo) m.seen = true;
     }
-    if (session) session.unreadCount = 0;
+    if (session) {
+      state.total = Math.max(0, state.total - (session.unreadCount ?? 0));
+      session.unreadCount = 0;
+    }
     renderSessions();
     scheduleUnread();
   }
