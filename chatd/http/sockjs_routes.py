@@ -134,8 +134,10 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
         response.headers["Content-Type"] = "application/json; charset=UTF-8"
         return response
 
-    @bp.route(PREFIX + "/<name>", methods=["GET"])
+    @bp.route(PREFIX + "/<name>", methods=["GET", "POST"])
     async def page(name: str) -> Response:
+        if request.method != "GET":
+            return error_response(404, f"no route for {request.method} {request.path}")
         if name == "websocket":  # an HTTP request where the WebSocket route expects a handshake
             return _text('Can "Upgrade" only to "WebSocket".', 400)
         if not _IFRAME.match(name):
@@ -154,9 +156,9 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
         if transport == "websocket":
             if request.method != "GET":
                 return _bare(405, {"Allow": "GET"})
-            if "upgrade" not in request.headers.get("Connection", "").lower():
-                return _text('"Connection" must be "Upgrade".', 400)
-            return _text('Can "Upgrade" only to "WebSocket".', 400)
+            if request.headers.get("Upgrade", "").lower() != "websocket":
+                return _text('Can "Upgrade" only to "WebSocket".', 400)
+            return _text('"Connection" must be "Upgrade".', 400)
         method = TRANSPORTS.get(transport)
         if method is None or not (valid_id(server) and valid_id(session_id)):
             return error_response(404, f"no route for {request.method} {request.path}")
