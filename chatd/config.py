@@ -99,6 +99,11 @@ class ServerConfig:
     stomp_tcp_bind: str | None = _opt(None, check=_check_bind)
     heartbeat_send_ms: int = _opt(10_000, lo=0, hi=3_600_000)
     heartbeat_receive_ms: int = _opt(10_000, lo=0, hi=3_600_000)
+    sockjs_enabled: bool = True
+    sockjs_websocket: bool = True
+    sockjs_heartbeat_seconds: float = _opt(25.0, lo=0.05, hi=3600)
+    sockjs_disconnect_delay: float = _opt(5.0, lo=0.05, hi=3600)
+    sockjs_response_limit: int = _opt(128 * 1024, lo=1024, hi=1 << 30)
 
     @property
     def bind_address(self) -> tuple[str, int]:

@@ -71,6 +71,24 @@ def create_app(
         from chatd.http.ws import ws_blueprint
 
         app.register_blueprint(ws_blueprint(runtime))
+        if config.server.sockjs_enabled:
+            from chatd.http.sockjs_routes import sockjs_blueprint
+            from chatd.realtime.sockjs import SockJSSessions, SockJSSettings
+
+            server = config.server
+            sockjs = SockJSSessions(runtime, SockJSSettings(
+                heartbeat=server.sockjs_heartbeat_seconds,
+                disconnect_delay=server.sockjs_disconnect_delay,
+                response_limit=server.sockjs_response_limit,
+                websocket=server.sockjs_websocket,
+            ))
+            app.register_blueprint(sockjs_blueprint(sockjs))
+
+            @app.after_serving
+            async def _close_sockjs() -> None:
+                sockjs.close_all()
+
+            app.extensions["sockjs"] = sockjs
     if config.server.demo_page:
         from chatd.http.demo import demo_blueprint
 
