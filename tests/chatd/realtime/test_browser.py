@@ -109,16 +109,15 @@ async def browse(node: str, chat: Chat, request: pytest.FixtureRequest,
     return result, artifacts
 
 
-def check_chat(result: dict[str, Any], chat: Chat, *, sockjs: bool = True) -> None:
-    """What both pages must have shown, whatever the transport. Without `sockjs` on the
-    server, the page's probe of ``/ws/info`` is the one 404 allowed."""
+def check_chat(result: dict[str, Any], chat: Chat) -> None:
+    """What both pages must have shown, whatever the transport."""
     for name, email in (("alice", ALICE), ("bob", BOB)):
         seen = result["users"][name]
         assert seen["me"] == email
         assert seen["pageErrors"] == []
         assert seen["consoleErrors"] == []
         assert seen["failedRequests"] == []
-        assert seen["errorResponses"] == ([] if sockjs else ["404 /ws/info"])
+        assert seen["errorResponses"] == []
     # Nothing is fetched from anywhere but chatd.
     assert result["origins"] == [chat.http]
 
@@ -159,11 +158,12 @@ async def test_two_users_chat_through_the_demo_page(node: str, embedded_chat: Ch
                                                     request: pytest.FixtureRequest) -> None:
     chat = embedded_chat
     await store_history(chat)
-    sockjs = (await chat.client.get("/ws/info")).status_code == 200
     result, artifacts = await browse(node, chat, request,
                                      history={"peer": CAROL, "count": HISTORY})
-    check_chat(result, chat, sockjs=sockjs)
-    assert result["users"]["bob"]["transport"] == ("websocket" if sockjs else "raw-websocket")
+    check_chat(result, chat)
+    # SockJS picked its best transport for both.
+    assert result["users"]["alice"]["transport"] == "websocket"
+    assert result["users"]["bob"]["transport"] == "websocket"
     await check_stored(chat, result["sessionId"])
     # Bob's total counted carol's unread history and alice's new message.
     assert result["bobTotalBeforeOpen"] == HISTORY + 1
@@ -179,10 +179,6 @@ async def test_two_users_chat_through_the_demo_page(node: str, embedded_chat: Ch
 async def test_demo_page_without_websocket_falls_back_to_xhr_streaming(
         node: str, postgres_chat: Chat, request: pytest.FixtureRequest) -> None:
     chat = postgres_chat
-    info = await chat.client.get("/ws/info")
-    if info.status_code == 404:
-        pytest.xfail("the SockJS server (/ws/info and its HTTP transports) is not on this "
-                     "branch yet: a page without WebSocket cannot connect")
     result, artifacts = await browse(node, chat, request, noWebSocket=["bob"])
     assert result["users"]["bob"]["hasWebSocket"] is False
     assert result["users"]["bob"]["transport"] == "xhr-streaming"
