@@ -11,6 +11,7 @@
 // beforehand; bob scrolls that chat back to its first message. Every step waits for what a user
 // would see; one that does not happen in time ends the run with {"fatal": …} and exit status 1,
 // still with everything observed so far and a screenshot of each page.
+// {"scenario": "refused-token", "token": "…"} instead pastes a token the server must refuse.
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
@@ -83,6 +84,7 @@ async function signIn(name, email) {
   });
   users[name] = { page, email };
   await page.goto(`${base}/`);
+  seen.appVisibleBeforeSignIn = await page.isVisible('#app');
   await page.fill('#email', email);
   await page.click('#sign-in-form button');
   await page.waitForSelector('#connection[data-state="connected"]');
@@ -187,4 +189,27 @@ async function run() {
   await finish(0);
 }
 
-run().catch(fail);
+// A pasted token the server refuses: the page goes back to its sign-in form and says why.
+async function refusedToken() {
+  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox'] });
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.setDefaultTimeout(STEP_TIMEOUT);
+  out.users.mallory = { screenshots: [] };
+  users.mallory = { page };
+  await page.goto(`${base}/`);
+  await step('mallory pastes a forged token', async () => {
+    await page.click('#token-box summary');
+    await page.fill('#token-input', options.token);
+    await page.click('#token-form button');
+    await page.waitForFunction(() => document.getElementById('sign-in-error').textContent !== '');
+  });
+  out.signInVisible = await page.isVisible('#sign-in');
+  out.appVisible = await page.isVisible('#app');
+  out.signInError = await page.textContent('#sign-in-error');
+  out.storedToken = await page.evaluate(() => window.sessionStorage.getItem('chatd.token'));
+  await screenshots('');
+  await finish(0);
+}
+
+(options.scenario === 'refused-token' ? refusedToken : run)().catch(fail);

@@ -59,6 +59,7 @@
       method, headers, body: body === undefined ? undefined : JSON.stringify(body),
     });
     const data = await res.json().catch(() => null);
+    if (res.status === 401) signedOut(data?.errorMsg || 'not signed in');
     if (!res.ok) throw new Error(data?.errorMsg || `${method} ${path}: HTTP ${res.status}`);
     return data;
   }
@@ -98,6 +99,17 @@
     $('app').hidden = false;
     $('sign-out').hidden = false;
     connect().catch(err => setConnection('offline', err.message));
+  }
+
+  // The token expired or was refused: back to the sign-in form, saying why.
+  function signedOut(reason) {
+    window.sessionStorage.removeItem('chatd.token');
+    state.client?.deactivate();
+    state.token = null;
+    $('app').hidden = true;
+    $('sign-out').hidden = true;
+    $('sign-in').hidden = false;
+    showError('sign-in-error', `${reason}: sign in again`);
   }
 
   function signOut() {
@@ -153,10 +165,7 @@
     client.onConnect = frame => onConnected(frame, useSockJS);
     client.onStompError = frame => {
       setConnection('offline', frame.headers.message);
-      if (frame.headers.message === 'unauthenticated') {
-        window.sessionStorage.removeItem('chatd.token');
-        client.deactivate();
-      }
+      if (frame.headers.message === 'unauthenticated') signedOut('the server refused the token');
     };
     client.onWebSocketClose = () => {
       if ($('connection').dataset.state === 'connected') setConnection('connecting', 'reconnecting');

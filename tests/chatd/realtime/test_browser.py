@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import trio
 
-from chatd.auth.keys import ensure_dev_keys
+from chatd.auth.keys import ensure_dev_keys, generate_private_key
+from chatd.auth.tokens import mint_token
 from chatd.config import Config, DatabaseConfig, OutboxConfig, ServerConfig
 
 from .conftest import ALICE, BOB, CAROL, Chat, start_chat
@@ -114,6 +115,7 @@ def check_chat(result: dict[str, Any], chat: Chat) -> None:
     for name, email in (("alice", ALICE), ("bob", BOB)):
         seen = result["users"][name]
         assert seen["me"] == email
+        assert seen["appVisibleBeforeSignIn"] is False
         assert seen["pageErrors"] == []
         assert seen["consoleErrors"] == []
         assert seen["failedRequests"] == []
@@ -186,3 +188,15 @@ async def test_demo_page_without_websocket_falls_back_to_xhr_streaming(
     check_chat(result, chat)
     await check_stored(chat, result["sessionId"])
     check_screenshots(result, artifacts)
+
+
+async def test_a_refused_token_returns_to_the_sign_in_form(node: str, embedded_chat: Chat,
+                                                         request: pytest.FixtureRequest) -> None:
+    forged = mint_token(generate_private_key(), ALICE)  # right shape, wrong key
+    result, artifacts = await browse(node, embedded_chat, request, scenario="refused-token",
+                                     token=forged)
+    assert result["signInVisible"] is True
+    assert result["appVisible"] is False
+    assert result["signInError"] == "the server refused the token: sign in again"
+    assert result["storedToken"] is None
+    assert [Path(p).parent for p in result["users"]["mallory"]["screenshots"]] == [artifacts]
