@@ -221,10 +221,6 @@
     for (const s of state.sessions.values()) {
       s.unreadCount = counts.get(s.sessionId) ?? 0;
     }
-    if ([...counts.keys()].some(id => !state.sessions.has(id))) {
-      await refreshSessions();
-      return;
-    }
     state.total = data.total;
     renderSessions();
   }
@@ -457,17 +453,22 @@
       }
       if (fromPeer) {
         clearTyping();
-        markSeen(chat);
+        // Seen only when the user can see it: an open chat in a background tab is delivered.
+        if (document.visibilityState === 'visible') markSeen(chat);
+        else markDelivered(m);
       }
     } else if (fromPeer) {
-      if (!m.delivered) {
-        try {
-          publish('/app/chat.delivered', { sessionId: m.sessionId, upToSeq: m.seq });
-        } catch { /* delivered again on the next connect */ }
-      }
+      markDelivered(m);
       scheduleUnread();
     }
     renderSessions();
+  }
+
+  function markDelivered(m) {
+    if (m.delivered) return;
+    try {
+      publish('/app/chat.delivered', { sessionId: m.sessionId, upToSeq: m.seq });
+    } catch { /* delivered again on the next connect */ }
   }
 
   function onSendError(error) {
@@ -540,6 +541,10 @@
     try {
       publish('/app/chat.typing', { sessionId: state.open.id });
     } catch { /* typing is best effort */ }
+  });
+
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'visible' && state.open) markSeen(state.open);
   });
 
   $('messages').addEventListener('scroll', () => {
