@@ -32,7 +32,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 HISTORY = 45  # stored messages carol -> bob: more than two pages of the page's 20
 
-pytestmark = [pytest.mark.node, pytest.mark.timeout(120)]
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +155,8 @@ def check_screenshots(result: dict[str, Any], artifacts: Path) -> None:
             assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", shot
 
 
+@pytest.mark.node
+@pytest.mark.timeout(120)
 async def test_two_users_chat_through_the_demo_page(node: str, embedded_chat: Chat,
                                                     request: pytest.FixtureRequest) -> None:
     chat = embedded_chat
@@ -178,6 +179,8 @@ async def test_two_users_chat_through_the_demo_page(node: str, embedded_chat: Ch
     check_screenshots(result, artifacts)
 
 
+@pytest.mark.node
+@pytest.mark.timeout(120)
 async def test_demo_page_without_websocket_falls_back_to_xhr_streaming(
         node: str, postgres_chat: Chat, request: pytest.FixtureRequest) -> None:
     chat = postgres_chat
@@ -190,6 +193,8 @@ async def test_demo_page_without_websocket_falls_back_to_xhr_streaming(
     check_screenshots(result, artifacts)
 
 
+@pytest.mark.node
+@pytest.mark.timeout(120)
 async def test_a_refused_token_returns_to_the_sign_in_form(node: str, embedded_chat: Chat,
                                                          request: pytest.FixtureRequest) -> None:
     forged = mint_token(generate_private_key(), ALICE)  # right shape, wrong key
@@ -200,3 +205,27 @@ async def test_a_refused_token_returns_to_the_sign_in_form(node: str, embedded_c
     assert result["signInError"] == "the server refused the token: sign in again"
     assert result["storedToken"] is None
     assert [Path(p).parent for p in result["users"]["mallory"]["screenshots"]] == [artifacts]
+
+
+# -- the wiring, without a browser ---------------------------------------------------------
+
+
+async def test_embedded_default_serves_the_page_and_mints_verifiable_tokens(
+        embedded_chat: Chat) -> None:
+    chat = embedded_chat
+    assert (await chat.client.get("/")).status_code == 200
+    answer = await chat.client.post("/demo/token", json={"email": ALICE})
+    assert answer.status_code == 200, answer.text
+    token = answer.json()["token"]
+    unread = await chat.client.get("/api/chat/unread",
+                                   headers={"Authorization": f"Bearer {token}"})
+    assert unread.status_code == 200, unread.text
+
+
+async def test_a_configured_key_source_never_mints_demo_tokens(sqlite_chat: Chat) -> None:
+    # sqlite_chat verifies with a public key file (as production does), demo page still on.
+    chat = sqlite_chat
+    assert (await chat.client.get("/")).status_code == 200
+    answer = await chat.client.post("/demo/token", json={"email": ALICE})
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["status"] == "NOT_FOUND"
