@@ -131,6 +131,11 @@ async function run() {
     await bob.page.waitForSelector(`#sessions li[data-session="${sid}"] [data-unread="1"]`);
     await alice.page.waitForSelector('#messages li.mine[data-seq="1"][data-status="delivered"]');
   });
+  if (history) {
+    // The list and the total come from separate answers: wait until both are in.
+    await step('bob\'s total counts both chats', () => bob.page.waitForSelector(
+      `#total-unread[data-unread="${history.count + 1}"]`));
+  }
   out.bobUnreadBeforeOpen = await badge(bob.page, sid);
   out.bobTotalBeforeOpen = Number(await bob.page.getAttribute('#total-unread', 'data-unread'));
   out.aliceAfterDelivered = await messages(alice.page);

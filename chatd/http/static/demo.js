@@ -23,6 +23,7 @@
     client: null,
     sock: null,
     sessions: new Map(),   // sessionId -> session JSON (+ lastMessage, unreadCount)
+    sessionItems: new Map(),  // sessionId -> its <li> in the session list
     open: null,            // the open chat: {id, peer, sub, bySeq: Map, oldest, newest, ...}
     total: 0,              // unread messages over all sessions (GET /api/chat/unread)
     unreadTimer: null,
@@ -233,29 +234,44 @@
     document.title = state.total ? `(${state.total}) chatd demo` : 'chatd demo';
   }
 
+  // One <li> per session, kept across renders (a click must not land on a replaced node);
+  // nodes move only when the order changes.
   function renderSessions() {
     renderTotal();
     const list = $('sessions');
     const ordered = [...state.sessions.values()].sort((a, b) =>
       (b.lastMessage?.sentAt ?? b.createdAt).localeCompare(a.lastMessage?.sentAt ?? a.createdAt));
-    list.replaceChildren(...ordered.map(s => {
+    ordered.forEach((s, index) => {
+      const li = sessionItem(s);
       const peer = peerOf(s);
-      const li = el('li');
-      li.dataset.session = s.sessionId;
       li.dataset.peer = peer;
       li.classList.toggle('open', state.open?.id === s.sessionId);
-      const who = el('div', 'who');
-      who.append(el('div', 'peer', `${peer} · ${s.intent}`));
-      who.append(el('div', 'last', s.lastMessage?.content ?? 'no messages yet'));
-      const badge = el('span', 'badge', String(s.unreadCount ?? 0));
-      badge.dataset.testid = 'unread-badge';
+      li.querySelector('.peer').textContent = `${peer} · ${s.intent}`;
+      li.querySelector('.last').textContent = s.lastMessage?.content ?? 'no messages yet';
+      const badge = li.querySelector('.badge');
+      badge.textContent = String(s.unreadCount ?? 0);
       badge.dataset.unread = String(s.unreadCount ?? 0);
       badge.hidden = !s.unreadCount;
+      if (list.children[index] !== li) list.insertBefore(li, list.children[index] ?? null);
+    });
+  }
+
+  function sessionItem(session) {
+    const id = session.sessionId;
+    let li = state.sessionItems.get(id);
+    if (!li) {
+      li = el('li');
+      li.dataset.session = id;
+      const who = el('div', 'who');
+      who.append(el('div', 'peer'), el('div', 'last'));
+      const badge = el('span', 'badge');
+      badge.dataset.testid = 'unread-badge';
       li.append(who, badge);
-      li.addEventListener('click', () => openChat(s.sessionId).catch(
+      li.addEventListener('click', () => openChat(id).catch(
         err => showError('chat-error', err.message)));
-      return li;
-    }));
+      state.sessionItems.set(id, li);
+    }
+    return li;
   }
 
   // -- the open chat ---------------------------------------------------------------------
