@@ -11,9 +11,11 @@
 // beforehand; bob scrolls that chat back to its first message. Every step waits for what a user
 // would see; one that does not happen in time ends the run with {"fatal": …} and exit status 1,
 // still with everything observed so far and a screenshot of each page.
-// {"scenario": "refused-token", "token": "…"} instead pastes a token the server must refuse.
+// {"scenario": "refused-token", "token": "…"} instead pastes a token the server must refuse;
+// {"scenario": "restart"} restarts the server mid-chat (see restart() below).
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
+import { createInterface } from 'node:readline';
 import path from 'node:path';
 
 const STEP_TIMEOUT = 10_000;
@@ -217,4 +219,62 @@ async function refusedToken() {
   await finish(0);
 }
 
-(options.scenario === 'refused-token' ? refusedToken : run)().catch(fail);
+// The server goes away and comes back on the same address (the test restarts it when this
+// script prints {"waiting": "restart"}, and answers with a line on stdin once it is up and a
+// message was sent by REST meanwhile). Both pages must reconnect by themselves, show what
+// was sent while they were away exactly once, and chat live again.
+const stdinLines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+
+async function waitForTest(what, details) {
+  process.stdout.write(JSON.stringify({ waiting: what, ...details }) + '\n');
+  const { value, done } = await stdinLines.next();
+  if (done) throw new Error(`stdin closed while waiting for ${what}`);
+  return JSON.parse(value);
+}
+
+async function restart() {
+  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox'] });
+  const alice = await step('alice signs in', () => signIn('alice', 'alice@example.com'));
+  const bob = await step('bob signs in', () => signIn('bob', 'bob@example.com'));
+  const sid = await step('both open the chat; alice sends', async () => {
+    await alice.page.fill('#peer-email', bob.email);
+    await alice.page.click('#open-form button');
+    await alice.page.waitForSelector('#chat:not([data-session=""])');
+    const id = await alice.page.getAttribute('#chat', 'data-session');
+    await alice.page.fill('#text', 'before the restart');
+    await alice.page.press('#text', 'Enter');
+    await bob.page.click(`#sessions li[data-session="${id}"]`);
+    await alice.page.waitForSelector('#messages li.mine[data-seq="1"][data-status="seen"]');
+    return id;
+  });
+  out.sessionId = sid;
+  const connects = {};
+  for (const [name, user] of Object.entries(users)) {
+    connects[name] = Number(await user.page.getAttribute('#connection', 'data-connects'));
+  }
+  const answer = await waitForTest('restart', { sessionId: sid });
+  out.restarted = answer;
+  await step('both pages reconnect by themselves', async () => {
+    for (const [name, user] of Object.entries(users)) {
+      await user.page.waitForFunction(was => {
+        const node = document.getElementById('connection');
+        return node.dataset.state === 'connected' && Number(node.dataset.connects) > was;
+      }, connects[name], { timeout: 30_000 });
+    }
+  });
+  await step('what was sent meanwhile shows once; bob\'s reply arrives live', async () => {
+    await bob.page.waitForSelector('#messages li[data-seq="2"]');
+    await alice.page.waitForSelector('#messages li.mine[data-seq="2"][data-status="seen"]');
+    await bob.page.fill('#text', 'after the restart');
+    await bob.page.press('#text', 'Enter');
+    await alice.page.waitForSelector('#messages li[data-seq="3"]:not(.mine)');
+    await bob.page.waitForSelector('#messages li.mine[data-seq="3"][data-status="seen"]');
+  });
+  out.aliceAfterRestart = await messages(alice.page);
+  out.bobAfterRestart = await messages(bob.page);
+  await screenshots('');
+  await finish(0);
+}
+
+const scenarios = { chat: run, 'refused-token': refusedToken, restart };
+(scenarios[options.scenario ?? 'chat'])().catch(fail);

@@ -178,6 +178,8 @@
   function onConnected(frame, useSockJS) {
     state.email = frame.headers['user-name'] || state.email;
     $('me').textContent = state.email;
+    const node = $('connection');
+    node.dataset.connects = String(Number(node.dataset.connects ?? 0) + 1);
     const transport = useSockJS ? `sockjs ${state.sock?.transport ?? '?'}` : 'websocket';
     $('connection').dataset.transport = useSockJS ? (state.sock?.transport ?? '') : 'raw-websocket';
     setConnection('connected', transport);

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -205,6 +206,79 @@ async def test_a_refused_token_returns_to_the_sign_in_form(node: str, embedded_c
     assert result["signInError"] == "the server refused the token: sign in again"
     assert result["storedToken"] is None
     assert [Path(p).parent for p in result["users"]["mallory"]["screenshots"]] == [artifacts]
+
+
+class Lines:
+    """The lines a process writes, one at a time."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream, self.buffer = stream, b""
+
+    async def next(self) -> str:
+        while b"\n" not in self.buffer:
+            chunk = await self.stream.receive_some()
+            if not chunk:
+                raise AssertionError(f"the browser script ended without a line: {self.buffer!r}")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode()
+
+
+@pytest.mark.node
+@pytest.mark.timeout(120)
+async def test_pages_reconnect_after_a_restart_and_miss_nothing(
+        node: str, nursery: trio.Nursery, tmp_path: Path,
+        request: pytest.FixtureRequest) -> None:
+    config = embedded_config(tmp_path)
+    first = await serve_embedded(nursery, config)
+    artifacts = ARTIFACTS / request.node.name
+    shutil.rmtree(artifacts, ignore_errors=True)
+    argument = {"http": first.http, "artifacts": str(artifacts), "scenario": "restart"}
+    stderr = tmp_path / "node-stderr.txt"
+    with stderr.open("wb") as errors, trio.fail_after(100):
+        proc = await trio.lowlevel.open_process(
+            [node, str(SCRIPT), json.dumps(argument)], cwd=NODE_DIR,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors)
+        try:
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            lines = Lines(proc.stdout)
+            waiting = json.loads(await lines.next())
+            assert waiting.get("waiting") == "restart", waiting.get("fatal", waiting)
+            # Gone without a goodbye (a crash, not a drain), back on the same address.
+            first.scope.cancel()
+            await first.done.wait()
+            await first.client.aclose()
+            again = replace(config, server=replace(config.server,
+                                                   bind=f"127.0.0.1:{first.port}"))
+            second = await serve_embedded(nursery, again)
+            async with second.client:
+                sent = await second.send(waiting["sessionId"], "while you were away",
+                                         "rest-1", caller=ALICE)
+                assert sent["seq"] == 2
+                await proc.stdin.send_all(b'{"sent": 2}\n')
+                result = json.loads(await lines.next())
+                assert "fatal" not in result, (
+                    f"{result['fatal']}\nscreenshots in {artifacts}\n"
+                    f"stderr: {stderr.read_text()}\nobserved: {json.dumps(result, indent=1)}")
+                assert await proc.wait() == 0
+                stored = sorted(await second.history(waiting["sessionId"]),
+                                key=lambda m: m["seq"])
+            second.scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                proc.kill()
+                await proc.wait()
+    texts = ["before the restart", "while you were away", "after the restart"]
+    assert result["aliceAfterRestart"] == [
+        {"seq": 1, "text": texts[0], "mine": True, "status": "seen"},
+        {"seq": 2, "text": texts[1], "mine": True, "status": "seen"},
+        {"seq": 3, "text": texts[2], "mine": False, "status": None}]
+    assert result["bobAfterRestart"] == [
+        {"seq": 1, "text": texts[0], "mine": False, "status": None},
+        {"seq": 2, "text": texts[1], "mine": False, "status": None},
+        {"seq": 3, "text": texts[2], "mine": True, "status": "seen"}]
+    assert [(m["content"], m["seen"]) for m in stored] == [(t, True) for t in texts]
 
 
 # -- the wiring, without a browser ---------------------------------------------------------
