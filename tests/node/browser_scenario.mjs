@@ -215,6 +215,14 @@ async function refusedToken() {
   out.appVisible = await page.isVisible('#app');
   out.signInError = await page.textContent('#sign-in-error');
   out.storedToken = await page.evaluate(() => window.sessionStorage.getItem('chatd.token'));
+  await screenshots('-refused');
+  await step('mallory signs in by email instead', async () => {
+    await page.fill('#email', 'mallory@example.com');
+    await page.click('#sign-in-form button');
+    await page.waitForSelector('#connection[data-state="connected"]');
+  });
+  out.meAfterSignIn = await page.textContent('#me');
+  out.signInErrorAfterSignIn = await page.textContent('#sign-in-error');
   await screenshots('');
   await finish(0);
 }

@@ -90,16 +90,39 @@
       throw new Error('this server does not mint demo tokens: paste a token below');
     }
     if (!res.ok) throw new Error(data?.errorMsg || `HTTP ${res.status}`);
-    start(data.token);
+    start(data.token, data.email);
   }
 
-  function start(token) {
+  // `email` is known when the server minted the token; otherwise CONNECTED tells it.
+  function start(token, email = null) {
+    resetView();
     state.token = token;
+    state.email = email;
     window.sessionStorage.setItem('chatd.token', token);
     $('sign-in').hidden = true;
     $('app').hidden = false;
     $('sign-out').hidden = false;
     connect().catch(err => setConnection('offline', err.message));
+  }
+
+  // Nothing of a previous user stays on screen (signing in again after a refused token).
+  function resetView() {
+    state.client?.deactivate();
+    state.client = null;
+    state.open = null;
+    state.sessions.clear();
+    state.sessionItems.clear();
+    state.total = 0;
+    renderTotal();
+    $('sessions').replaceChildren();
+    $('messages').replaceChildren();
+    $('chat').dataset.session = '';
+    $('chat-title').textContent = 'Open a chat on the left';
+    $('typing').textContent = '';
+    $('text').disabled = true;
+    $('send-form').querySelector('button').disabled = true;
+    showError('chat-error', '');
+    showError('sign-in-error', '');
   }
 
   // The token expired or was refused: back to the sign-in form, saying why.

@@ -205,7 +205,9 @@ async def test_a_refused_token_returns_to_the_sign_in_form(node: str, embedded_c
     assert result["appVisible"] is False
     assert result["signInError"] == "the server refused the token: sign in again"
     assert result["storedToken"] is None
-    assert [Path(p).parent for p in result["users"]["mallory"]["screenshots"]] == [artifacts]
+    assert result["meAfterSignIn"] == "mallory@example.com"
+    assert result["signInErrorAfterSignIn"] == ""
+    assert [Path(p).parent for p in result["users"]["mallory"]["screenshots"]] == [artifacts] * 2
 
 
 class Lines:
