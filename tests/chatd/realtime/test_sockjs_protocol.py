@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio_websocket
 
-from .conftest import ALICE, Chat
+from .conftest import ALICE, Chat, chat_config, start_chat
 from .sockjs_support import (
     DISCONNECT_DELAY,
     HEARTBEAT,
@@ -262,3 +263,30 @@ async def test_receiver_keeps_the_session_alive(chat: Chat) -> None:
     assert (await xhr_send(chat.client, url, receipt_frame("alive"))).status_code == 204
     [receipt] = stomp_frames((await chat.client.post(url + "/xhr")).text.rstrip("\n"))
     assert "receipt-id:alive" in receipt
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+async def test_sockjs_can_be_turned_off(nursery: trio.Nursery, tmp_path: Path,
+                                        key_pair: tuple[bytes, Path]) -> None:
+    url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
+    off = await start_chat(nursery, chat_config(tmp_path / "off", url, key_pair[1],
+                                                sockjs_enabled=False), key_pair[0])
+    no_ws = await start_chat(nursery, chat_config(tmp_path / "no-ws", url, key_pair[1],
+                                                  sockjs_websocket=False), key_pair[0])
+    async with off.client, no_ws.client:
+        assert (await off.client.get("/ws/info")).status_code == 404
+        assert (await off.client.post(session_url() + "/xhr")).status_code == 404
+        async with trio_websocket.open_websocket_url(off.ws_url,
+                                                     subprotocols=["v12.stomp"]) as ws:
+            assert ws.subprotocol == "v12.stomp"  # plain STOMP over WebSocket still works
+
+        assert (await no_ws.client.get("/ws/info")).json()["websocket"] is False
+        with pytest.raises(trio_websocket.HandshakeError):
+            async with trio_websocket.open_websocket_url(
+                    no_ws.ws_url + session_url().removeprefix("/ws") + "/websocket"):
+                pass
+        assert (await no_ws.client.post(session_url() + "/xhr")).text == "o\n"
+    off.scope.cancel()
+    no_ws.scope.cancel()
