@@ -42,8 +42,9 @@ from chatd.realtime.sockjs.session import SockJSSession
 from stomp.trio import TransportInfo
 
 PREFIX = "/ws"
-#: Where the iframe page loads the client from (the demo page serves the vendored copy).
-DEFAULT_SOCKJS_URL = "/static/sockjs.min.js"
+#: Where the iframe page loads sockjs-client from: the copy the demo page vendors. Only the
+#: iframe-based transports (old browsers without CORS) load it.
+DEFAULT_SOCKJS_URL = "/demo/static/vendor/sockjs.min.js"
 NO_CACHE = "no-store, no-cache, must-revalidate, max-age=0"
 ONE_YEAR = 31_536_000
 _IFRAME = re.compile(r"^iframe[0-9a-z._-]*\.html$")
