@@ -176,11 +176,12 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
         if session is None:
             return error_response(404, f"no SockJS session {session_id}")
         data = await request.get_data(as_text=False)
-        raw = data.encode() if isinstance(data, str) else data
+        payload: str | bytes = data
         if jsonp and request.mimetype == "application/x-www-form-urlencoded":
-            raw = "".join(parse_qs(raw.decode("latin-1")).get("d", [""])[:1]).encode("latin-1")
+            text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+            payload = parse_qs(text).get("d", [""])[0]
         try:
-            messages = decode_messages(raw)
+            messages = decode_messages(payload)
         except PayloadError as exc:
             return _text(str(exc), 500)
         await session.feed(messages)

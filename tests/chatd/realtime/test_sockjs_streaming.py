@@ -163,6 +163,11 @@ async def test_jsonp(chat: Chat) -> None:
         empty = await chat.client.post(url + "/jsonp_send", headers=form, content=data)
         assert empty.status_code == 500, data
         assert "Payload expected." in empty.text
+    utf8 = await chat.client.post(url + "/jsonp_send", headers=form,
+                                  data={"d": json.dumps([receipt_frame("漢字")])})
+    assert utf8.text == "ok"
+    polled = await chat.client.get(url + "/jsonp", params={"c": "x"})
+    assert "receipt-id:漢字" in polled.text
     raw = await chat.client.post(url + "/jsonp_send", content=json.dumps([receipt_frame("raw")]),
                                  headers={"Content-Type": "text/plain"})
     assert raw.text == "ok"
