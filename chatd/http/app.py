@@ -45,7 +45,8 @@ def create_app(
     runtime: BrokerRuntime | None = None,
 ) -> QuartTrio:
     """The chatd HTTP app. Without `readiness`, one that probes only the services' store;
-    with a broker `runtime`, STOMP over WebSocket at ``/ws`` and ``/ws/websocket``."""
+    with a broker `runtime`, STOMP over WebSocket at ``/ws`` and ``/ws/websocket``, and over
+    SockJS under ``/ws`` unless ``server.sockjs_enabled`` is off."""
     if readiness is None:
         readiness = Readiness()
         readiness.add_store(services.store)
@@ -67,23 +68,9 @@ def create_app(
 
         app.register_blueprint(ws_blueprint(runtime))
         if config.server.sockjs_enabled:
-            from chatd.http.sockjs_routes import sockjs_blueprint
-            from chatd.realtime.sockjs import SockJSSessions, SockJSSettings
+            from chatd.http.sockjs_routes import install_sockjs
 
-            server = config.server
-            sockjs = SockJSSessions(runtime, SockJSSettings(
-                heartbeat=server.sockjs_heartbeat_seconds,
-                disconnect_delay=server.sockjs_disconnect_delay,
-                response_limit=server.sockjs_response_limit,
-                websocket=server.sockjs_websocket,
-            ))
-            app.register_blueprint(sockjs_blueprint(sockjs))
-
-            @app.after_serving
-            async def _close_sockjs() -> None:
-                sockjs.close_all()
-
-            app.extensions["sockjs"] = sockjs
+            install_sockjs(app, runtime, config.server)
     register_error_handlers(app)
     app.extensions["chatd"] = {"services": services, "readiness": readiness}
     asgi: Any = app.asgi_app
