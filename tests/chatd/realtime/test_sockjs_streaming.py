@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 import trio_websocket
+from quart_trio import QuartTrio
+
+from chatd.config import Config, ServerConfig
+from chatd.http.server import serve_http
+from chatd.http.sockjs_routes import install_sockjs
+from stomp.trio import BrokerRuntime
 
 from .conftest import ALICE, Chat
 from .sockjs_support import (
@@ -273,3 +281,24 @@ async def test_websocket_transport(chat: Chat) -> None:
         await ws.send_message('["a')
         with pytest.raises(trio_websocket.ConnectionClosed):  # dropped, no close frame
             await ws.get_message()
+
+
+async def test_streams_outlive_quarts_response_timeout(nursery: trio.Nursery) -> None:
+    # A bare app (no chatd services) with Quart's response timeout far below the stream's life.
+    config = Config(server=ServerConfig(bind="127.0.0.1:0", shutdown_grace=1,
+                                        sockjs_heartbeat_seconds=0.2))
+    app = QuartTrio(__name__)
+    app.config["RESPONSE_TIMEOUT"] = 0.5
+    install_sockjs(app, BrokerRuntime(), config.server)
+    stop = trio.Event()
+    [base] = await nursery.start(partial(serve_http, app, config, shutdown_trigger=stop.wait))
+    async with httpx.AsyncClient(base_url=base) as client, \
+            client.stream("GET", session_url() + "/eventsource") as response:
+        body = Body(response)
+        assert await body.take(2) == "\r\n"
+        assert await body.frame("\r\n\r\n") == "data: o"
+        start = trio.current_time()
+        for _ in range(8):  # 1.6 s of heart-beats, three times the response timeout
+            assert await body.frame("\r\n\r\n") == "data: h"
+        assert trio.current_time() - start > 1.0
+    stop.set()
