@@ -48,9 +48,10 @@ def create_app(
     demo_token_key: rsa.RSAPrivateKey | None = None,
 ) -> QuartTrio:
     """The chatd HTTP app. Without `readiness`, one that probes only the services' store;
-    with a broker `runtime`, STOMP over WebSocket at ``/ws`` and ``/ws/websocket``; with
-    ``server.demo_page``, the demo page at ``/``, and ``POST /demo/token`` signing with
-    `demo_token_key` if given (`chatd.auth.keys.demo_token_key` says when it may be)."""
+    with a broker `runtime`, STOMP over WebSocket at ``/ws`` and ``/ws/websocket``, and over
+    SockJS under ``/ws`` unless ``server.sockjs_enabled`` is off; with ``server.demo_page``,
+    the demo page at ``/``, and ``POST /demo/token`` signing with `demo_token_key` if given
+    (`chatd.auth.keys.demo_token_key` says when it may be)."""
     if readiness is None:
         readiness = Readiness()
         readiness.add_store(services.store)
@@ -72,23 +73,9 @@ def create_app(
 
         app.register_blueprint(ws_blueprint(runtime))
         if config.server.sockjs_enabled:
-            from chatd.http.sockjs_routes import sockjs_blueprint
-            from chatd.realtime.sockjs import SockJSSessions, SockJSSettings
+            from chatd.http.sockjs_routes import install_sockjs
 
-            server = config.server
-            sockjs = SockJSSessions(runtime, SockJSSettings(
-                heartbeat=server.sockjs_heartbeat_seconds,
-                disconnect_delay=server.sockjs_disconnect_delay,
-                response_limit=server.sockjs_response_limit,
-                websocket=server.sockjs_websocket,
-            ))
-            app.register_blueprint(sockjs_blueprint(sockjs))
-
-            @app.after_serving
-            async def _close_sockjs() -> None:
-                sockjs.close_all()
-
-            app.extensions["sockjs"] = sockjs
+            install_sockjs(app, runtime, config.server)
     if config.server.demo_page:
         from chatd.http.demo import demo_blueprint
 

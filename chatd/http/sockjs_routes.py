@@ -21,9 +21,11 @@ from urllib.parse import parse_qs
 
 import trio
 from quart import Blueprint, Response, current_app, request, websocket
+from quart_trio import QuartTrio
 
+from chatd.config import ServerConfig
 from chatd.http.errors import error_response, json_response
-from chatd.realtime.sockjs import SockJSSessions
+from chatd.realtime.sockjs import SockJSSessions, SockJSSettings
 from chatd.realtime.sockjs.framing import (
     EVENTSOURCE_PRELUDE,
     XHR_STREAMING_PRELUDE,
@@ -39,11 +41,12 @@ from chatd.realtime.sockjs.framing import (
     wrap_xhr,
 )
 from chatd.realtime.sockjs.session import SockJSSession
-from stomp.trio import TransportInfo
+from stomp.trio import BrokerRuntime, TransportInfo
 
 PREFIX = "/ws"
-#: Where the iframe page loads the client from (the demo page serves the vendored copy).
-DEFAULT_SOCKJS_URL = "/static/sockjs.min.js"
+#: Where the iframe page loads sockjs-client from: the copy the demo page vendors. Only the
+#: iframe-based transports (old browsers without CORS) load it.
+DEFAULT_SOCKJS_URL = "/demo/static/vendor/sockjs.min.js"
 NO_CACHE = "no-store, no-cache, must-revalidate, max-age=0"
 ONE_YEAR = 31_536_000
 _IFRAME = re.compile(r"^iframe[0-9a-z._-]*\.html$")
@@ -175,11 +178,12 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
         if session is None:
             return error_response(404, f"no SockJS session {session_id}")
         data = await request.get_data(as_text=False)
-        raw = data.encode() if isinstance(data, str) else data
+        payload: str | bytes = data
         if jsonp and request.mimetype == "application/x-www-form-urlencoded":
-            raw = "".join(parse_qs(raw.decode("latin-1")).get("d", [""])[:1]).encode("latin-1")
+            text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+            payload = parse_qs(text).get("d", [""])[0]
         try:
-            messages = decode_messages(raw)
+            messages = decode_messages(payload)
         except PayloadError as exc:
             return _text(str(exc), 500)
         await session.feed(messages)
@@ -283,3 +287,25 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
                      endpoint="sockjs_websocket")
     return bp
 
+
+
+def install_sockjs(app: QuartTrio, runtime: BrokerRuntime, server: ServerConfig) -> SockJSSessions:
+    """Serve SockJS on `app` with ``[server] sockjs_*`` settings; returns the session table
+    (also ``app.extensions["sockjs"]``: its `sessions_open` is for metrics). Sessions run in
+    the app's nursery and are cancelled when the app stops serving."""
+    sessions = SockJSSessions(runtime, SockJSSettings(
+        heartbeat=server.sockjs_heartbeat_seconds,
+        disconnect_delay=server.sockjs_disconnect_delay,
+        response_limit=server.sockjs_response_limit,
+        websocket=server.sockjs_websocket,
+        # What waits for a receiver counts like what waits for a socket write.
+        max_pending_bytes=runtime.max_pending_bytes,
+    ))
+    app.register_blueprint(sockjs_blueprint(sessions))
+
+    @app.after_serving
+    async def _close_sockjs() -> None:
+        sessions.close_all()
+
+    app.extensions["sockjs"] = sessions
+    return sessions

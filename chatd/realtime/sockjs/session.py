@@ -8,7 +8,8 @@ own task (`run_session`) and the requests only feed its inbox or drain its outbo
 - one receiver at a time (a second is told ``c[2010,"Another connection still open"]``);
 - a session with no receiver for ``disconnect_delay`` seconds is closed (the client is gone);
 - once closed, every receiver gets the close frame until the session is forgotten,
-  ``disconnect_delay`` after its last receiver left;
+  ``disconnect_delay`` after its last receiver left (`SockJSSessions` keeps the table);
+- a receiving request the client aborts closes the session with 1002 (see `frames`);
 - what the broker sends waits in the outbox for the next receiver; past ``max_pending_bytes``
   `send_all` blocks, which the broker runtime sees as a slow consumer.
 """
@@ -54,7 +55,7 @@ class SockJSSession:
         self._changed = trio.Event()
         self._inbox_send, self._inbox = trio.open_memory_channel[bytes](INBOX_SIZE)
         self._partial = b""
-        #: Cancels the session's task (set by `run_session`).
+        #: Cancels the session's task (`run_session` runs inside it; `close_all` cancels it).
         self.scope = trio.CancelScope()
 
     # -- the receiving side (HTTP requests, the WebSocket) -------------------------------------

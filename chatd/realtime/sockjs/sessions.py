@@ -117,9 +117,9 @@ class SockJSSessions:
 
         A polling request (`streaming` false) gets one frame; a streaming one gets frames until
         `limit` characters were sent (default: the response limit), the session closes or the
-        consumer stops. A consumer that stops while a message frame may not have reached the
-        client closes the session with 1002 (the client reconnects and nothing is silently
-        lost).
+        consumer stops. A consumer that stops early (the client aborted the request) closes the
+        session with 1002 "Connection interrupted", as the protocol allows: a frame may have
+        been lost with the request, and the client must not carry on as if nothing was.
         """
         if session.open():
             yield OPEN
@@ -141,21 +141,21 @@ class SockJSSessions:
                 messages = session.take()
                 if messages:
                     frame = message_frame(messages)
-                    try:
-                        yield frame
-                    except GeneratorExit:
-                        session.close(*INTERRUPTED)
-                        raise
                 elif session.closed:
                     yield close_frame(*session.close_reason)
                     return
                 elif waited.cancelled_caught:
                     frame = HEARTBEAT
-                    yield frame
                 else:
                     continue
+                yield frame
                 budget -= len(frame) + 1
                 if not streaming or budget <= 0:
                     return
+        except BaseException:
+            # The request was aborted (or the server is stopping): frames may have been
+            # lost on the way, so the session ends and the client starts afresh.
+            session.close(*INTERRUPTED)
+            raise
         finally:
             session.detach(receiver)

@@ -8,21 +8,27 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
+import trio_websocket
 
 from .conftest import ALICE, Chat, chat_config, start_chat
-
-DISCONNECT_DELAY = 0.5
-HEARTBEAT = 1.0
-RESPONSE_LIMIT = 4096
-NO_CACHE = "no-store, no-cache, must-revalidate, max-age=0"
-NUL = "\x00"
+from .sockjs_support import (
+    DISCONNECT_DELAY,
+    HEARTBEAT,
+    NO_CACHE,
+    assert_cors,
+    connect_frame,
+    open_connected,
+    receipt_frame,
+    session_url,
+    start_sockjs_chat,
+    stomp_frames,
+    xhr_send,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -30,55 +36,10 @@ pytestmark = pytest.mark.timeout(30)
 @pytest.fixture
 async def chat(nursery: trio.Nursery, tmp_path: Path,
                key_pair: tuple[bytes, Path]) -> AsyncIterator[Chat]:
-    config = chat_config(tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}", key_pair[1],
-                         sockjs_disconnect_delay=DISCONNECT_DELAY,
-                         sockjs_heartbeat_seconds=HEARTBEAT,
-                         sockjs_response_limit=RESPONSE_LIMIT)
-    running = await start_chat(nursery, config, key_pair[0])
+    running = await start_sockjs_chat(nursery, tmp_path, key_pair)
     async with running.client:
         yield running
     running.scope.cancel()
-
-
-def session_url() -> str:
-    return f"/ws/000/{uuid.uuid4()}"
-
-
-def connect_frame(token: str | None) -> str:
-    passcode = f"passcode:{token}\n" if token else ""
-    return f"CONNECT\naccept-version:1.2\nheart-beat:0,0\n{passcode}\n{NUL}"
-
-
-def receipt_frame(receipt: str) -> str:
-    return f"SUBSCRIBE\nid:{receipt}\ndestination:/user/queue/pong\nreceipt:{receipt}\n\n{NUL}"
-
-
-def stomp_frames(frame: str) -> list[str]:
-    """The STOMP frames in an ``a[...]`` SockJS frame."""
-    assert frame.startswith("a["), frame
-    return [f for m in json.loads(frame[1:]) for f in m.split(NUL) if f.strip("\n")]
-
-
-async def xhr_send(client: httpx.AsyncClient, url: str, *messages: str) -> httpx.Response:
-    return await client.post(url + "/xhr_send", content=json.dumps(list(messages)))
-
-
-async def open_connected(chat: Chat) -> str:
-    """A polling session with a STOMP session connected as alice."""
-    url = session_url()
-    assert (await chat.client.post(url + "/xhr")).text == "o\n"
-    assert (await xhr_send(chat.client, url, connect_frame(chat.token(ALICE)))).status_code == 204
-    answer = await chat.client.post(url + "/xhr")
-    [connected] = stomp_frames(answer.text.rstrip("\n"))
-    assert connected.startswith("CONNECTED\n")
-    assert f"user-name:{ALICE}" in connected
-    return url
-
-
-def assert_cors(response: httpx.Response, origin: str | None = None) -> None:
-    expected = origin if origin and origin != "null" else "*"
-    assert response.headers["access-control-allow-origin"] == expected
-    assert response.headers["access-control-allow-credentials"] == "true"
 
 
 # -- static URLs ----------------------------------------------------------------------------
@@ -302,3 +263,30 @@ async def test_receiver_keeps_the_session_alive(chat: Chat) -> None:
     assert (await xhr_send(chat.client, url, receipt_frame("alive"))).status_code == 204
     [receipt] = stomp_frames((await chat.client.post(url + "/xhr")).text.rstrip("\n"))
     assert "receipt-id:alive" in receipt
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+async def test_sockjs_can_be_turned_off(nursery: trio.Nursery, tmp_path: Path,
+                                        key_pair: tuple[bytes, Path]) -> None:
+    url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
+    off = await start_chat(nursery, chat_config(tmp_path / "off", url, key_pair[1],
+                                                sockjs_enabled=False), key_pair[0])
+    no_ws = await start_chat(nursery, chat_config(tmp_path / "no-ws", url, key_pair[1],
+                                                  sockjs_websocket=False), key_pair[0])
+    async with off.client, no_ws.client:
+        assert (await off.client.get("/ws/info")).status_code == 404
+        assert (await off.client.post(session_url() + "/xhr")).status_code == 404
+        async with trio_websocket.open_websocket_url(off.ws_url,
+                                                     subprotocols=["v12.stomp"]) as ws:
+            assert ws.subprotocol == "v12.stomp"  # plain STOMP over WebSocket still works
+
+        assert (await no_ws.client.get("/ws/info")).json()["websocket"] is False
+        with pytest.raises(trio_websocket.HandshakeError):
+            async with trio_websocket.open_websocket_url(
+                    no_ws.ws_url + session_url().removeprefix("/ws") + "/websocket"):
+                pass
+        assert (await no_ws.client.post(session_url() + "/xhr")).text == "o\n"
+    off.scope.cancel()
+    no_ws.scope.cancel()
