@@ -76,10 +76,9 @@ def create_app(
             from chatd.http.sockjs_routes import install_sockjs
 
             install_sockjs(app, runtime, config.server)
-    if config.server.demo_page:
-        from chatd.http.demo import demo_blueprint
+    from chatd.http.demo import demo_blueprint
 
-        app.register_blueprint(demo_blueprint(config, demo_token_key))
+    app.register_blueprint(demo_blueprint(config, demo_token_key))
     register_error_handlers(app)
     app.extensions["chatd"] = {"services": services, "readiness": readiness}
     asgi: Any = app.asgi_app

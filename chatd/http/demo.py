@@ -1,4 +1,5 @@
-"""The demo page at ``/`` (``[server] demo_page``) and its dev-only token endpoint.
+"""The demo page at ``/`` (``[server] demo_page``), its dev-only token endpoint, and the
+vendored browser libraries (always served: SockJS's iframe page loads sockjs-client).
 
 The page is plain HTML, CSS and JS (``static/``) plus @stomp/stompjs and sockjs-client
 vendored by ``scripts/vendor-js``: nothing comes from a CDN or anywhere but this server. The
@@ -33,6 +34,7 @@ from chatd.http.errors import json_response
 DEMO_TOKEN_TTL = 8 * 3600
 
 _JS = "text/javascript; charset=utf-8"
+VENDOR = "vendor/"
 _TEXT = "text/plain; charset=utf-8"
 #: Every file the page may load, by the name under ``/demo/static/``, with its content type.
 ASSETS: dict[str, str] = {
@@ -82,23 +84,29 @@ def _serve(asset: Asset) -> Response:
 
 
 def demo_blueprint(config: Config, token_key: rsa.RSAPrivateKey | None) -> Blueprint:
-    """``/`` and ``/demo/static/<name>``; ``/demo/token`` only when `token_key` is given
-    (see the module docstring for when that may be)."""
+    """With ``server.demo_page``: ``/`` and every file of `ASSETS` under ``/demo/static/``,
+    and ``/demo/token`` when `token_key` is given (see the module docstring for when that may
+    be). Without it: only the vendored libraries (``/demo/static/vendor/...``), because
+    SockJS's iframe page loads sockjs-client from there whether or not the demo is on."""
     bp = Blueprint("demo", __name__)
-    assets = load_assets()
+    page = config.server.demo_page
+    assets = {name: asset for name, asset in load_assets().items()
+              if page or name.startswith(VENDOR)}
 
-    @bp.get("/")
-    async def index() -> Response:
-        return _serve(assets["index.html"])
+    if page:
+
+        @bp.get("/")
+        async def index() -> Response:
+            return _serve(assets["index.html"])
 
     @bp.get("/demo/static/<path:name>")
     async def asset(name: str) -> Response:
-        asset = assets.get(name)
-        if asset is None:
+        found = assets.get(name)
+        if found is None:
             raise NotFound(f"no demo file {name!r}")
-        return _serve(asset)
+        return _serve(found)
 
-    if token_key is not None:
+    if page and token_key is not None:
         auth = config.auth
 
         @bp.post("/demo/token")

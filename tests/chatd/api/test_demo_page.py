@@ -87,12 +87,17 @@ async def test_unknown_demo_file_is_a_json_404_and_no_path_reaches_the_disk(
         assert_error(await client.get(path), 404)
 
 
-async def test_demo_page_off_serves_nothing(serve_app: Any, signing_key: rsa.RSAPrivateKey
-                                            ) -> None:
+async def test_demo_page_off_serves_only_the_vendored_libraries(
+        serve_app: Any, signing_key: rsa.RSAPrivateKey) -> None:
     client = await serve_app(demo_page=False, token_key=signing_key)
     assert_error(await client.get("/"), 404)
     assert_error(await client.get("/demo/static/demo.js"), 404)
+    assert_error(await client.get("/demo/static/index.html"), 404)
     assert_error(await client.post("/demo/token", json={"email": ALICE}), 404)
+    # SockJS's iframe page loads sockjs-client from here, demo or not.
+    library = await client.get("/demo/static/vendor/sockjs.min.js")
+    assert library.status_code == 200
+    assert library.content == (STATIC / "vendor" / "sockjs.min.js").read_bytes()
 
 
 async def test_demo_token_signs_in_as_the_normalized_email(

@@ -10,6 +10,7 @@ scrolling. Screenshots go to ``test-artifacts/browser/<test>/`` (git-ignored).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -24,7 +25,7 @@ from chatd.auth.keys import ensure_dev_keys, generate_private_key
 from chatd.auth.tokens import mint_token
 from chatd.config import Config, DatabaseConfig, OutboxConfig, ServerConfig
 
-from .conftest import ALICE, BOB, CAROL, Chat, start_chat
+from .conftest import ALICE, BOB, CAROL, Chat, chat_config, start_chat
 
 ROOT = Path(__file__).resolve().parents[3]
 NODE_DIR = ROOT / "tests" / "node"
@@ -305,3 +306,19 @@ async def test_a_configured_key_source_never_mints_demo_tokens(sqlite_chat: Chat
     answer = await chat.client.post("/demo/token", json={"email": ALICE})
     assert answer.status_code == 404, answer.text
     assert answer.json()["status"] == "NOT_FOUND"
+
+
+async def test_sockjs_iframe_loads_the_vendored_client_with_the_demo_page_off(
+        nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]) -> None:
+    config = chat_config(tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}", key_pair[1],
+                         demo_page=False)
+    chat = await start_chat(nursery, config, key_pair[0])
+    async with chat.client:
+        assert (await chat.client.get("/")).status_code == 404
+        iframe = await chat.client.get("/ws/iframe.html")
+        assert iframe.status_code == 200
+        [src] = re.findall(r'<script src="([^"]+)"', iframe.text)
+        library = await chat.client.get(src)
+        assert library.status_code == 200
+        assert library.headers["content-type"].startswith("text/javascript")
+    chat.scope.cancel()
