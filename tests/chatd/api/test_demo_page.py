@@ -77,6 +77,11 @@ async def test_page_and_every_file_it_loads_are_served_locally(serve_app: Any) -
         expected = "text/javascript" if url.endswith(".js") else "text/css"
         assert answer.headers["content-type"].startswith(expected), url
         assert answer.headers["x-content-type-options"] == "nosniff"
+    # demo.js imports its sibling modules: every listed file is served, byte for byte.
+    for name in ASSETS:
+        answer = await client.get(f"/demo/static/{name}")
+        assert answer.status_code == 200, name
+        assert answer.content == (STATIC / name).read_bytes(), name
 
 
 async def test_unknown_demo_file_is_a_json_404_and_no_path_reaches_the_disk(
