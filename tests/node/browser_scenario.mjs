@@ -6,6 +6,7 @@
 //                               "noWebSocket": ["bob"], "history": {"peer": "carol@…",
 //                               "count": 45}, "page": 20}'
 //
+// query: appended to the page's URL (e.g. "?transport=websocket").
 // noWebSocket: those users' pages run with window.WebSocket deleted, so sockjs-client must
 // fall back to an HTTP transport. history: the test stored `count` messages from `peer` to bob
 // beforehand; bob scrolls that chat back to its first message. Every step waits for what a user
@@ -85,7 +86,7 @@ async function signIn(name, email) {
     if (!request.url().includes('/ws/')) seen.failedRequests.push(request.url());
   });
   users[name] = { page, email };
-  await page.goto(`${base}/`);
+  await page.goto(`${base}/${options.query ?? ''}`);
   seen.appVisibleBeforeSignIn = await page.isVisible('#app');
   await page.fill('#email', email);
   await page.click('#sign-in-form button');

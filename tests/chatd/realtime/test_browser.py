@@ -4,7 +4,10 @@ steps and prints what the pages showed; the assertions are here).
 
 Two browser contexts, alice and bob, sign in through the page (the demo token endpoint of the
 embedded default) and chat: message, delivered and seen ticks, unread badges, typing, history
-scrolling. Screenshots go to ``test-artifacts/browser/<test>/`` (git-ignored).
+scrolling -- over SockJS's websocket transport (SQLite), with bob's WebSocket deleted so that
+SockJS falls back to xhr-streaming (PostgreSQL), and over a plain WebSocket. Then: a refused
+token, and a server that dies mid-chat and comes back. Screenshots go to
+``test-artifacts/browser/<test>/`` (git-ignored). Each browser test takes a few seconds.
 """
 
 from __future__ import annotations
@@ -192,6 +195,19 @@ async def test_demo_page_without_websocket_falls_back_to_xhr_streaming(
     assert result["users"]["alice"]["transport"] == "websocket"
     check_chat(result, chat)
     await check_stored(chat, result["sessionId"])
+    check_screenshots(result, artifacts)
+
+
+@pytest.mark.node
+@pytest.mark.timeout(120)
+async def test_demo_page_over_a_plain_websocket(node: str, embedded_chat: Chat,
+                                                request: pytest.FixtureRequest) -> None:
+    # ?transport=websocket: STOMP straight over a WebSocket at /ws, no SockJS.
+    result, artifacts = await browse(node, embedded_chat, request, query="?transport=websocket")
+    for name in ("alice", "bob"):
+        assert result["users"][name]["transport"] == "raw-websocket"
+    check_chat(result, embedded_chat)
+    await check_stored(embedded_chat, result["sessionId"])
     check_screenshots(result, artifacts)
 
 
