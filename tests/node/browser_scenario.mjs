@@ -20,6 +20,9 @@ import { createInterface } from 'node:readline';
 import path from 'node:path';
 
 const STEP_TIMEOUT = 10_000;
+// Debian's Chromium; --no-sandbox because the tests run as root, where its sandbox refuses to
+// start. playwright-core never downloads a browser of its own.
+const launch = () => chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox'] });
 const options = JSON.parse(process.argv[2]);
 const base = options.http;
 const noWebSocket = new Set(options.noWebSocket ?? []);
@@ -109,7 +112,7 @@ const badge = (page, sid) => page.getAttribute(
   .then(Number);
 
 async function run() {
-  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox'] });
+  browser = await launch();
   const alice = await step('alice signs in', () => signIn('alice', 'alice@example.com'));
   const bob = await step('bob signs in', () => signIn('bob', 'bob@example.com'));
   const history = options.history;
@@ -199,7 +202,7 @@ async function run() {
 
 // A pasted token the server refuses: the page goes back to its sign-in form and says why.
 async function refusedToken() {
-  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox'] });
+  browser = await launch();
   const context = await browser.newContext();
   const page = await context.newPage();
   page.setDefaultTimeout(STEP_TIMEOUT);
@@ -242,7 +245,7 @@ async function waitForTest(what, details) {
 }
 
 async function restart() {
-  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox'] });
+  browser = await launch();
   const alice = await step('alice signs in', () => signIn('alice', 'alice@example.com'));
   const bob = await step('bob signs in', () => signIn('bob', 'bob@example.com'));
   const sid = await step('both open the chat; alice sends', async () => {
