@@ -103,6 +103,10 @@ def _text(body: str, status: int = 200, content_type: str = TEXT,
                     headers={"Cache-Control": NO_CACHE} | _cors() | (headers or {}))
 
 
+def _query_token() -> str | None:
+    return request.args.get("access_token")
+
+
 def _transport_info(kind: str) -> TransportInfo:
     remote = request.scope.get("client")
     return TransportInfo(
@@ -174,7 +178,7 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
         return await _receive(session_id, transport)
 
     async def _send(session_id: str, *, jsonp: bool) -> Response:
-        session = sessions.lookup(session_id)
+        session = _known(session_id)
         if session is None:
             return error_response(404, f"no SockJS session {session_id}")
         data = await request.get_data(as_text=False)
@@ -192,12 +196,27 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
         return Response(b"", status=204, content_type=TEXT,
                         headers={"Cache-Control": NO_CACHE} | _cors())
 
-    def _session_for(session_id: str, kind: str) -> SockJSSession:
+    def _known(session_id: str) -> SockJSSession | None:
+        """The session, if this request may use it.
+
+        A session id travels in URLs (and so in proxies' logs); when the session was opened
+        with a token in the query (``?access_token=``, which sockjs-client repeats on every
+        request), a request must carry the same token, so that knowing the id alone is not
+        enough to speak in, or listen to, somebody else's STOMP session.
+        """
         session = sessions.lookup(session_id)
-        if session is None:
+        if session is None or session.bound_token != _query_token():
+            return None
+        return session
+
+    def _session_for(session_id: str, kind: str) -> SockJSSession | None:
+        """The session to receive from (a new one for an unknown id), None if not allowed."""
+        if sessions.lookup(session_id) is None:
             nursery: trio.Nursery = current_app.nursery  # type: ignore[attr-defined]
             session = sessions.create(session_id, _transport_info(f"sockjs-{kind}"), nursery)
-        return session
+            session.bound_token = _query_token()
+            return session
+        return _known(session_id)
 
     async def _receive(session_id: str, transport: str) -> Response:
         wrap: Callable[[str], str]
@@ -219,6 +238,8 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
             wrap, content_type = wrap_xhr, JS
             prelude = XHR_STREAMING_PRELUDE if streaming else ""
         session = _session_for(session_id, transport)
+        if session is None:
+            return error_response(404, f"no SockJS session {session_id}")
         headers = {"Cache-Control": NO_CACHE} | _cors()
         frames = sessions.frames(session, streaming=streaming)
         if not streaming:

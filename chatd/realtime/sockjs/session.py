@@ -55,6 +55,9 @@ class SockJSSession:
         self._changed = trio.Event()
         self._inbox_send, self._inbox = trio.open_memory_channel[bytes](INBOX_SIZE)
         self._partial = b""
+        #: The ``access_token`` query parameter the session was opened with: every request
+        #: to it must carry the same (None: none).
+        self.bound_token: str | None = None
         #: Cancels the session's task (`run_session` runs inside it; `close_all` cancels it).
         self.scope = trio.CancelScope()
 

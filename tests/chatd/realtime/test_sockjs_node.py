@@ -44,10 +44,11 @@ def node() -> str:
 @pytest.fixture
 async def sockjs_chat(nursery: trio.Nursery, tmp_path: Path,
                       key_pair: tuple[bytes, Path]) -> AsyncIterator[Chat]:
-    """chatd over SQLite with heart-beats short enough to see several in a test."""
+    """chatd over SQLite with heart-beats short enough to see several in a test, and a
+    streaming response limit low enough that streaming transports reconnect several times."""
     config = chat_config(tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}", key_pair[1],
                          heartbeat_send_ms=SEND_MS, heartbeat_receive_ms=RECEIVE_MS,
-                         sockjs_heartbeat_seconds=0.3)
+                         sockjs_heartbeat_seconds=0.3, sockjs_response_limit=1024)
     running = await start_chat(nursery, config, key_pair[0])
     async with running.client:
         yield running

@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio_websocket
 
-from .conftest import ALICE, Chat, chat_config, start_chat
+from .conftest import ALICE, BOB, Chat, chat_config, start_chat
 from .sockjs_support import (
     DISCONNECT_DELAY,
     HEARTBEAT,
@@ -290,3 +290,19 @@ async def test_sockjs_can_be_turned_off(nursery: trio.Nursery, tmp_path: Path,
         assert (await no_ws.client.post(session_url() + "/xhr")).text == "o\n"
     off.scope.cancel()
     no_ws.scope.cancel()
+
+
+async def test_session_opened_with_a_query_token_needs_it_on_every_request(chat: Chat) -> None:
+    url = session_url()
+    mine = {"access_token": chat.token(ALICE)}
+    theirs = {"access_token": chat.token(BOB)}
+    assert (await chat.client.post(url + "/xhr", params=mine)).text == "o\n"
+    connect = json.dumps([connect_frame(None)])  # the token in the query authenticates
+    for params in ({}, theirs):  # knowing the session id is not enough
+        assert (await chat.client.post(url + "/xhr_send", content=connect,
+                                       params=params)).status_code == 404
+        assert (await chat.client.post(url + "/xhr", params=params)).status_code == 404
+    assert (await chat.client.post(url + "/xhr_send", content=connect,
+                                   params=mine)).status_code == 204
+    [connected] = stomp_frames((await chat.client.post(url + "/xhr", params=mine)).text.strip())
+    assert f"user-name:{ALICE}" in connected
