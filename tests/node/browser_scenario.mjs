@@ -13,7 +13,8 @@
 // would see; one that does not happen in time ends the run with {"fatal": …} and exit status 1,
 // still with everything observed so far and a screenshot of each page.
 // {"scenario": "refused-token", "token": "…"} instead pastes a token the server must refuse;
-// {"scenario": "restart"} restarts the server mid-chat (see restart() below).
+// {"scenario": "restart"} restarts the server mid-chat (see restart() below);
+// {"scenario": "refused-send", "tooLong": "…"} sends a text the server refuses.
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import { createInterface } from 'node:readline';
@@ -288,5 +289,31 @@ async function restart() {
   await finish(0);
 }
 
-const scenarios = { chat: run, 'refused-token': refusedToken, restart };
+// The server refuses a send (too long for its limit): the bubble is marked failed with the
+// reason, and the next send works.
+async function refusedSend() {
+  browser = await launch();
+  const alice = await step('alice signs in', () => signIn('alice', 'alice@example.com'));
+  await step('alice opens a chat and sends a text over the limit', async () => {
+    await alice.page.fill('#peer-email', 'bob@example.com');
+    await alice.page.click('#open-form button');
+    await alice.page.waitForSelector('#chat:not([data-session=""])');
+    await alice.page.fill('#text', options.tooLong);
+    await alice.page.press('#text', 'Enter');
+    await alice.page.waitForSelector('#messages li.mine[data-status="failed"]');
+  });
+  out.sessionId = await alice.page.getAttribute('#chat', 'data-session');
+  out.chatError = await alice.page.textContent('#chat-error');
+  out.failedTitle = await alice.page.getAttribute('#messages li[data-status="failed"]', 'title');
+  await step('the next send works', async () => {
+    await alice.page.fill('#text', 'short');
+    await alice.page.press('#text', 'Enter');
+    await alice.page.waitForSelector('#messages li.mine[data-seq="1"][data-status="sent"]');
+  });
+  out.aliceMessages = await messages(alice.page);
+  await screenshots('');
+  await finish(0);
+}
+
+const scenarios = { chat: run, 'refused-token': refusedToken, restart, 'refused-send': refusedSend };
 (scenarios[options.scenario ?? 'chat'])().catch(fail);

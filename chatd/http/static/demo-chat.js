@@ -108,7 +108,7 @@ export function markSeen(chat) {
   scheduleUnread();
 }
 
-// One <li> per message, kept in seq order; a pending one (sent, no seq yet) sits at the end.
+// One <li> per message, kept in seq order; pending ones (sent, no seq yet) sit at the end.
 function render(chat, m) {
   const list = $('messages');
   let li = chat.bySeq.get(m.seq)?.li ?? chat.pending.get(m.clientMessageId)?.li;
@@ -133,8 +133,9 @@ function render(chat, m) {
     chat.peerSeen = Math.max(chat.peerSeen, m.seen ? m.seq : 0);
     setTicks(chat, entry);
   }
-  const after = [...list.children].find(
-    other => other.dataset.seq === undefined || Number(other.dataset.seq) > m.seq);
+  // Before a later message or one still pending; a failed one keeps its place in time.
+  const after = [...list.children].find(other => other.dataset.status === 'pending'
+    || (other.dataset.seq !== undefined && Number(other.dataset.seq) > m.seq));
   list.insertBefore(li, after ?? null);
   chat.newest = Math.max(chat.newest, m.seq);
   chat.oldest = chat.oldest === null ? m.seq : Math.min(chat.oldest, m.seq);

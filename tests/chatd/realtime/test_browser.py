@@ -26,7 +26,7 @@ import trio
 
 from chatd.auth.keys import ensure_dev_keys, generate_private_key
 from chatd.auth.tokens import mint_token
-from chatd.config import Config, DatabaseConfig, OutboxConfig, ServerConfig
+from chatd.config import Config, DatabaseConfig, LimitsConfig, OutboxConfig, ServerConfig
 
 from .conftest import ALICE, BOB, CAROL, Chat, chat_config, start_chat
 
@@ -51,11 +51,12 @@ def node() -> str:
     return path
 
 
-def embedded_config(tmp_path: Path, database_url: str | None = None) -> Config:
+def embedded_config(tmp_path: Path, database_url: str | None = None,
+                    limits: LimitsConfig | None = None) -> Config:
     """The embedded default (dev keys in the data dir, demo page on, local profiles) on an
     ephemeral port; SQLite unless `database_url` says otherwise."""
     config = Config(server=ServerConfig(bind="127.0.0.1:0", data_dir=tmp_path, shutdown_grace=2),
-                    outbox=OutboxConfig(poll_interval=0.2))
+                    outbox=OutboxConfig(poll_interval=0.2), limits=limits or LimitsConfig())
     if database_url is not None:
         config = replace(config, database=DatabaseConfig(url=database_url, connect_timeout=2))
     return config
@@ -298,6 +299,28 @@ async def test_pages_reconnect_after_a_restart_and_miss_nothing(
         {"seq": 2, "text": texts[1], "mine": False, "status": None},
         {"seq": 3, "text": texts[2], "mine": True, "status": "seen"}]
     assert [(m["content"], m["seen"]) for m in stored] == [(t, True) for t in texts]
+
+
+@pytest.mark.node
+@pytest.mark.timeout(120)
+async def test_a_refused_send_shows_why_and_stores_nothing(
+        node: str, nursery: trio.Nursery, tmp_path: Path,
+        request: pytest.FixtureRequest) -> None:
+    config = embedded_config(tmp_path, limits=LimitsConfig(max_content_length=20))
+    chat = await serve_embedded(nursery, config)
+    async with chat.client:
+        too_long = "x" * 30
+        result, _ = await browse(node, chat, request, scenario="refused-send",
+                                 tooLong=too_long)
+        reason = "content is 30 characters long; the limit is 20"
+        assert result["chatError"].endswith(reason)
+        assert result["failedTitle"].endswith(reason)
+        assert result["aliceMessages"] == [
+            {"seq": None, "text": too_long, "mine": True, "status": "failed"},
+            {"seq": 1, "text": "short", "mine": True, "status": "sent"}]
+        stored = await chat.history(result["sessionId"])
+        assert [m["content"] for m in stored] == ["short"]
+    chat.scope.cancel()
 
 
 # -- the wiring, without a browser ---------------------------------------------------------
