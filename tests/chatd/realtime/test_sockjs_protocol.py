@@ -306,3 +306,24 @@ async def test_session_opened_with_a_query_token_needs_it_on_every_request(chat:
                                    params=mine)).status_code == 204
     [connected] = stomp_frames((await chat.client.post(url + "/xhr", params=mine)).text.strip())
     assert f"user-name:{ALICE}" in connected
+
+
+async def test_session_table_is_bounded(nursery: trio.Nursery, tmp_path: Path,
+                                        key_pair: tuple[bytes, Path]) -> None:
+    url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
+    chat = await start_chat(nursery, chat_config(tmp_path, url, key_pair[1],
+                                                 sockjs_max_sessions=2,
+                                                 sockjs_disconnect_delay=0.3), key_pair[0])
+    async with chat.client:
+        first, second = session_url(), session_url()
+        for opened in (first, second):
+            assert (await chat.client.post(opened + "/xhr")).text == "o\n"
+        refused = await chat.client.post(session_url() + "/xhr")
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "5"
+        assert refused.json()["status"] == "SERVICE_UNAVAILABLE"
+        # Existing sessions still work, and room comes back as sessions end.
+        assert (await xhr_send(chat.client, first, connect_frame(None))).status_code == 204
+        await trio.sleep(1.0)  # both closed and forgotten (no receiver)
+        assert (await chat.client.post(session_url() + "/xhr")).text == "o\n"
+    chat.scope.cancel()
