@@ -135,7 +135,8 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
     async def info() -> Response:
         if request.method == "OPTIONS":
             return _options("OPTIONS, GET")
-        body = {"websocket": settings.websocket, "origins": ["*:*"], "cookie_needed": False,
+        body = {"websocket": settings.websocket, "origins": ["*:*"],
+                "cookie_needed": settings.cookie_needed,
                 "entropy": secrets.randbits(32)}
         response = json_response(body, headers={"Cache-Control": NO_CACHE} | _cors())
         response.headers["Content-Type"] = "application/json; charset=UTF-8"
@@ -176,6 +177,16 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
         if transport in ("xhr_send", "jsonp_send"):
             return await _send(session_id, jsonp=transport == "jsonp_send")
         return await _receive(session_id, transport)
+
+    @bp.after_request
+    async def _sticky_cookie(response: Response) -> Response:
+        # With `cookie_needed`, session URLs set JSESSIONID (echoing the client's), which load
+        # balancers use to keep a SockJS session's requests on the one instance that holds it.
+        if (settings.cookie_needed and request.endpoint == "sockjs.session_transport"
+                and request.method != "OPTIONS"):
+            value = request.cookies.get("JSESSIONID") or "dummy"
+            response.set_cookie("JSESSIONID", value, path="/")
+        return response
 
     async def _send(session_id: str, *, jsonp: bool) -> Response:
         session = _known(session_id)
@@ -323,6 +334,7 @@ def install_sockjs(app: QuartTrio, runtime: BrokerRuntime, server: ServerConfig)
         response_limit=server.sockjs_response_limit,
         websocket=server.sockjs_websocket,
         max_sessions=server.sockjs_max_sessions,
+        cookie_needed=server.sockjs_cookie_needed,
         # What waits for a receiver counts like what waits for a socket write.
         max_pending_bytes=runtime.max_pending_bytes,
     ))

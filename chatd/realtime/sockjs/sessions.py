@@ -46,6 +46,8 @@ class SockJSSettings:
     websocket: bool = True
     #: Sessions in the table at once (HTTP transports; WebSocket ones hold a socket instead).
     max_sessions: int = DEFAULT_MAX_SESSIONS
+    #: Tell clients (``/info``) and load balancers (a JSESSIONID cookie) that sessions are sticky.
+    cookie_needed: bool = False
 
 
 class SockJSSessions:

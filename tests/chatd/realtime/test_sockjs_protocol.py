@@ -327,3 +327,30 @@ async def test_session_table_is_bounded(nursery: trio.Nursery, tmp_path: Path,
         await trio.sleep(1.0)  # both closed and forgotten (no receiver)
         assert (await chat.client.post(session_url() + "/xhr")).text == "o\n"
     chat.scope.cancel()
+
+
+async def test_cookie_needed_sets_jsessionid_on_session_urls(
+        nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]) -> None:
+    url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
+    sticky = await start_chat(nursery, chat_config(tmp_path / "sticky", url, key_pair[1],
+                                                   sockjs_cookie_needed=True), key_pair[0])
+    async with sticky.client:
+        info = await sticky.client.get("/ws/info")
+        assert info.json()["cookie_needed"] is True
+        assert "set-cookie" not in info.headers
+        opened = await sticky.client.post(session_url() + "/xhr")
+        assert opened.headers["set-cookie"].split(";")[0] == "JSESSIONID=dummy"
+        assert "path=/" in opened.headers["set-cookie"].lower()
+        sticky.client.cookies.clear()
+        sticky.client.cookies.set("JSESSIONID", "abcdef")  # a balancer's own value is kept
+        url_ = session_url()
+        echoed = await sticky.client.post(url_ + "/xhr")
+        assert echoed.headers["set-cookie"].split(";")[0] == "JSESSIONID=abcdef"
+        sent = await sticky.client.post(url_ + "/xhr_send", content=json.dumps(["x"]))
+        assert sent.headers["set-cookie"].split(";")[0] == "JSESSIONID=abcdef"
+    sticky.scope.cancel()
+
+
+async def test_no_cookie_by_default(chat: Chat) -> None:
+    assert (await chat.client.get("/ws/info")).json()["cookie_needed"] is False
+    assert "set-cookie" not in (await chat.client.post(session_url() + "/xhr")).headers
