@@ -135,7 +135,8 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
     async def info() -> Response:
         if request.method == "OPTIONS":
             return _options("OPTIONS, GET")
-        body = {"websocket": settings.websocket, "origins": ["*:*"], "cookie_needed": False,
+        body = {"websocket": settings.websocket, "origins": ["*:*"],
+                "cookie_needed": settings.cookie_needed,
                 "entropy": secrets.randbits(32)}
         response = json_response(body, headers={"Cache-Control": NO_CACHE} | _cors())
         response.headers["Content-Type"] = "application/json; charset=UTF-8"
@@ -177,6 +178,16 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
             return await _send(session_id, jsonp=transport == "jsonp_send")
         return await _receive(session_id, transport)
 
+    @bp.after_request
+    async def _sticky_cookie(response: Response) -> Response:
+        # With `cookie_needed`, session URLs set JSESSIONID (echoing the client's), which load
+        # balancers use to keep a SockJS session's requests on the one instance that holds it.
+        if (settings.cookie_needed and request.endpoint == "sockjs.session_transport"
+                and request.method != "OPTIONS"):
+            value = request.cookies.get("JSESSIONID") or "dummy"
+            response.set_cookie("JSESSIONID", value, path="/")
+        return response
+
     async def _send(session_id: str, *, jsonp: bool) -> Response:
         session = _known(session_id)
         if session is None:
@@ -209,14 +220,17 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
             return None
         return session
 
-    def _session_for(session_id: str, kind: str) -> SockJSSession | None:
-        """The session to receive from (a new one for an unknown id), None if not allowed."""
+    def _session_for(session_id: str, kind: str) -> SockJSSession | Response:
+        """The session to receive from (a new one for an unknown id), or the refusal."""
         if sessions.lookup(session_id) is None:
+            if sessions.full:
+                return error_response(503, "too many SockJS sessions; try again later",
+                                      headers={"Retry-After": "5"})
             nursery: trio.Nursery = current_app.nursery  # type: ignore[attr-defined]
             session = sessions.create(session_id, _transport_info(f"sockjs-{kind}"), nursery)
             session.bound_token = _query_token()
             return session
-        return _known(session_id)
+        return _known(session_id) or error_response(404, f"no SockJS session {session_id}")
 
     async def _receive(session_id: str, transport: str) -> Response:
         wrap: Callable[[str], str]
@@ -238,8 +252,8 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
             wrap, content_type = wrap_xhr, JS
             prelude = XHR_STREAMING_PRELUDE if streaming else ""
         session = _session_for(session_id, transport)
-        if session is None:
-            return error_response(404, f"no SockJS session {session_id}")
+        if isinstance(session, Response):
+            return session
         headers = {"Cache-Control": NO_CACHE} | _cors()
         frames = sessions.frames(session, streaming=streaming)
         if not streaming:
@@ -319,6 +333,8 @@ def install_sockjs(app: QuartTrio, runtime: BrokerRuntime, server: ServerConfig)
         disconnect_delay=server.sockjs_disconnect_delay,
         response_limit=server.sockjs_response_limit,
         websocket=server.sockjs_websocket,
+        max_sessions=server.sockjs_max_sessions,
+        cookie_needed=server.sockjs_cookie_needed,
         # What waits for a receiver counts like what waits for a socket write.
         max_pending_bytes=runtime.max_pending_bytes,
     ))

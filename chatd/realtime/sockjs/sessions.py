@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 DEFAULT_HEARTBEAT: Final = 25.0
 DEFAULT_DISCONNECT_DELAY: Final = 5.0
 DEFAULT_RESPONSE_LIMIT: Final = 128 * 1024
+DEFAULT_MAX_SESSIONS: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,10 @@ class SockJSSettings:
     response_limit: int = DEFAULT_RESPONSE_LIMIT
     max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES
     websocket: bool = True
+    #: Sessions in the table at once (HTTP transports; WebSocket ones hold a socket instead).
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    #: Tell clients (``/info``) and load balancers (a JSESSIONID cookie) that sessions are sticky.
+    cookie_needed: bool = False
 
 
 class SockJSSessions:
@@ -65,9 +70,15 @@ class SockJSSessions:
         """The known session `session_id` (open or recently closed), or None."""
         return self._sessions.get(session_id)
 
+    @property
+    def full(self) -> bool:
+        """Whether the table holds ``max_sessions`` sessions (no new one may be created)."""
+        return len(self._sessions) >= self.settings.max_sessions
+
     def create(self, session_id: str, transport: TransportInfo,
                nursery: trio.Nursery) -> SockJSSession:
-        """A new session `session_id`, its STOMP session started in `nursery`."""
+        """A new session `session_id`, its STOMP session started in `nursery` (the caller
+        checks `full` first)."""
         session = self.new_session(session_id)
         self._sessions[session_id] = session
         nursery.start_soon(self._run, session, transport)

@@ -306,3 +306,51 @@ async def test_session_opened_with_a_query_token_needs_it_on_every_request(chat:
                                    params=mine)).status_code == 204
     [connected] = stomp_frames((await chat.client.post(url + "/xhr", params=mine)).text.strip())
     assert f"user-name:{ALICE}" in connected
+
+
+async def test_session_table_is_bounded(nursery: trio.Nursery, tmp_path: Path,
+                                        key_pair: tuple[bytes, Path]) -> None:
+    url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
+    chat = await start_chat(nursery, chat_config(tmp_path, url, key_pair[1],
+                                                 sockjs_max_sessions=2,
+                                                 sockjs_disconnect_delay=0.3), key_pair[0])
+    async with chat.client:
+        first, second = session_url(), session_url()
+        for opened in (first, second):
+            assert (await chat.client.post(opened + "/xhr")).text == "o\n"
+        refused = await chat.client.post(session_url() + "/xhr")
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "5"
+        assert refused.json()["status"] == "SERVICE_UNAVAILABLE"
+        # Existing sessions still work, and room comes back as sessions end.
+        assert (await xhr_send(chat.client, first, connect_frame(None))).status_code == 204
+        await trio.sleep(1.0)  # both closed and forgotten (no receiver)
+        assert (await chat.client.post(session_url() + "/xhr")).text == "o\n"
+    chat.scope.cancel()
+
+
+async def test_cookie_needed_sets_jsessionid_on_session_urls(
+        nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]) -> None:
+    url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
+    sticky = await start_chat(nursery, chat_config(tmp_path / "sticky", url, key_pair[1],
+                                                   sockjs_cookie_needed=True), key_pair[0])
+    async with sticky.client:
+        info = await sticky.client.get("/ws/info")
+        assert info.json()["cookie_needed"] is True
+        assert "set-cookie" not in info.headers
+        opened = await sticky.client.post(session_url() + "/xhr")
+        assert opened.headers["set-cookie"].split(";")[0] == "JSESSIONID=dummy"
+        assert "path=/" in opened.headers["set-cookie"].lower()
+        sticky.client.cookies.clear()
+        sticky.client.cookies.set("JSESSIONID", "abcdef")  # a balancer's own value is kept
+        url_ = session_url()
+        echoed = await sticky.client.post(url_ + "/xhr")
+        assert echoed.headers["set-cookie"].split(";")[0] == "JSESSIONID=abcdef"
+        sent = await sticky.client.post(url_ + "/xhr_send", content=json.dumps(["x"]))
+        assert sent.headers["set-cookie"].split(";")[0] == "JSESSIONID=abcdef"
+    sticky.scope.cancel()
+
+
+async def test_no_cookie_by_default(chat: Chat) -> None:
+    assert (await chat.client.get("/ws/info")).json()["cookie_needed"] is False
+    assert "set-cookie" not in (await chat.client.post(session_url() + "/xhr")).headers
