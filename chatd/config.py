@@ -100,6 +100,13 @@ class ServerConfig:
     heartbeat_send_ms: int = _opt(10_000, lo=0, hi=3_600_000)
     heartbeat_receive_ms: int = _opt(10_000, lo=0, hi=3_600_000)
     drain_delay: float = _opt(0.0, lo=0, hi=600)
+    sockjs_enabled: bool = True
+    sockjs_websocket: bool = True
+    sockjs_heartbeat_seconds: float = _opt(25.0, lo=0.05, hi=3600)
+    sockjs_disconnect_delay: float = _opt(5.0, lo=0.05, hi=3600)
+    sockjs_response_limit: int = _opt(128 * 1024, lo=1024, hi=1 << 30)
+    sockjs_max_sessions: int = _opt(10_000, lo=1, hi=10_000_000)
+    sockjs_cookie_needed: bool = False
 
     @property
     def bind_address(self) -> tuple[str, int]:

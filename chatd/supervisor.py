@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from chatd.auth.keys import demo_token_key
 from chatd.auth.service import ServiceTokens
 from chatd.auth.tokens import TokenVerifier, verifier_from_config
 from chatd.config import Config, redact_url
@@ -151,7 +152,7 @@ async def build_components(config: Config, store: Store) -> Components:
     if isinstance(profiles, CachedProfiles):
         metrics.attach_profiles(profiles, profiles.breaker)
     # At merge: attach_bridge(bridge) and readiness.add_check("rabbitmq", ...) when
-    # [rabbitmq] is set, attach_sockjs(count).
+    # [rabbitmq] is set.
     return Components(
         config, store, profiles, verifier, limiter, services, readiness, runtime, delivery,
         metrics,
@@ -204,7 +205,7 @@ def http_part(components: Components) -> Part:
 
     c = components
     app = create_app(c.services, c.verifier, c.config, readiness=c.readiness, runtime=c.runtime,
-                     metrics=c.metrics)
+                     metrics=c.metrics, demo_token_key=demo_token_key(c.config))
     stopping = trio.Event()
 
     async def shutdown_trigger() -> None:

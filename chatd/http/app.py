@@ -23,6 +23,8 @@ from chatd.services.chat import ChatService
 from chatd.services.health import Readiness
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     from stomp.trio import BrokerRuntime
 
 # Room for the JSON around the content: ids, keys, and escapes of a long text.
@@ -46,10 +48,14 @@ def create_app(
     readiness: Readiness | None = None,
     runtime: BrokerRuntime | None = None,
     metrics: Metrics | None = None,
+    demo_token_key: rsa.RSAPrivateKey | None = None,
 ) -> QuartTrio:
     """The chatd HTTP app. Without `readiness`, one that probes only the services' store;
-    with a broker `runtime`, STOMP over WebSocket at ``/ws`` and ``/ws/websocket``. Without
-    `metrics`, ``/metrics`` exports a fresh set that sees the store and HTTP requests only."""
+    with a broker `runtime`, STOMP over WebSocket at ``/ws`` and ``/ws/websocket``, and over
+    SockJS under ``/ws`` unless ``server.sockjs_enabled`` is off; with ``server.demo_page``,
+    the demo page at ``/``, and ``POST /demo/token`` signing with `demo_token_key` if given
+    (`chatd.auth.keys.demo_token_key` says when it may be). Without `metrics`, ``/metrics``
+    exports a fresh set that sees the store and HTTP requests only."""
     if readiness is None:
         readiness = Readiness()
         readiness.add_store(services.store)
@@ -77,6 +83,14 @@ def create_app(
         from chatd.http.ws import ws_blueprint
 
         app.register_blueprint(ws_blueprint(runtime, metrics))
+        if config.server.sockjs_enabled:
+            from chatd.http.sockjs_routes import install_sockjs
+
+            sockjs = install_sockjs(app, runtime, config.server)
+            metrics.attach_sockjs(lambda: sockjs.sessions_open)
+    from chatd.http.demo import demo_blueprint
+
+    app.register_blueprint(demo_blueprint(config, demo_token_key))
     register_error_handlers(app)
     app.extensions["chatd"] = {"services": services, "readiness": readiness,
                               "metrics": metrics}
