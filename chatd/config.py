@@ -174,6 +174,8 @@ class RabbitMQConfig:
     heartbeat_seconds: int = _opt(30, lo=0, hi=3600)
     reconnect_initial_seconds: float = _opt(0.5, lo=0.01, hi=600)
     reconnect_max_seconds: float = _opt(30.0, lo=0.01, hi=3600)
+    queue_expires_seconds: float = _opt(300.0, lo=1, hi=7 * 86_400)
+    dedupe_size: int = _opt(65_536, lo=1, hi=10_000_000)
 
 
 @dataclass(frozen=True, slots=True)

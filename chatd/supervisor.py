@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 import trio
 
 from chatd.auth.tokens import TokenVerifier, verifier_from_config
+from chatd.bridge import RabbitBridge
 from chatd.config import Config, redact_url
 from chatd.domain.rules import SendRateLimiter
 from chatd.outbox import OutboxPublisher, OutboxSink
 from chatd.profiles import LocalProfileProvider, ProfileProvider
-from chatd.realtime import LocalDelivery, build_runtime
+from chatd.realtime import ChatHooks, LocalDelivery, build_runtime
 from chatd.services import ChatService, Readiness
 from chatd.storage import Store, open_store
 from stomp.trio import DEFAULT_SHUTDOWN_TIMEOUT, BrokerRuntime, serve_tcp
@@ -65,10 +66,11 @@ class Part:
 
 @dataclass(slots=True)
 class Components:
-    """What the parts share; a later issue adds the RabbitMQ bridge here.
+    """What the parts share.
 
-    `runtime` is the one STOMP broker runtime every transport serves; `delivery` is the sink
-    the outbox publisher feeds it through.
+    `runtime` is the one STOMP broker runtime every transport serves; `delivery` is how rows
+    reach its subscribers; `bridge` (with ``[rabbitmq]``) relays rows between instances and
+    is then the outbox publisher's sink instead of `delivery`.
     """
 
     config: Config
@@ -80,6 +82,7 @@ class Components:
     readiness: Readiness
     runtime: BrokerRuntime
     delivery: LocalDelivery
+    bridge: RabbitBridge | None = None
 
 
 class StartupError(Exception):
@@ -102,8 +105,15 @@ async def build_components(config: Config, store: Store) -> Components:
     readiness = Readiness()
     readiness.add_store(store)
     runtime, delivery = build_runtime(services, verifier, config)
+    bridge = None
+    if config.rabbitmq is not None:
+        bridge = RabbitBridge(config.rabbitmq, delivery, dedupe_size=config.rabbitmq.dedupe_size)
+        runtime.on_destination_active = bridge.destination_active
+        assert isinstance(runtime.hooks, ChatHooks)
+        runtime.hooks.binder = bridge
+        readiness.add_check("bridge", bridge.check)
     return Components(
-        config, store, profiles, verifier, limiter, services, readiness, runtime, delivery
+        config, store, profiles, verifier, limiter, services, readiness, runtime, delivery, bridge
     )
 
 
@@ -168,6 +178,11 @@ def http_part(components: Components) -> Part:
     return Part("http", run, stop=stopping.set)
 
 
+def bridge_part(bridge: RabbitBridge) -> Part:
+    """The RabbitMQ bridge: started before the outbox publisher (its sink), stopped after."""
+    return Part("bridge", bridge.run, stop=bridge.stop)
+
+
 def outbox_part(components: Components, sink: OutboxSink) -> Part:
     """The outbox publisher feeding `sink` (the local broker's delivery, later the RabbitMQ
     bridge); `stop` lets the batch in hand finish. Never add it without a real sink: the
@@ -178,13 +193,15 @@ def outbox_part(components: Components, sink: OutboxSink) -> Part:
 
 def build_parts(components: Components) -> list[Part]:
     """The parts to start, in start order (see the module docstring for where new ones go):
-    broker runtime, outbox publisher (into the local delivery; the RabbitMQ bridge will sit
-    between them), HTTP with ``/ws``, and the raw STOMP listener when configured."""
-    parts = [
-        broker_part(components),
-        outbox_part(components, components.delivery),
-        http_part(components),
-    ]
+    broker runtime, the RabbitMQ bridge when configured, the outbox publisher (into the
+    bridge, else straight into the local delivery), HTTP with ``/ws``, and the raw STOMP
+    listener when configured."""
+    parts = [broker_part(components)]
+    bridge = components.bridge
+    if bridge is not None:
+        parts.append(bridge_part(bridge))
+    parts.append(outbox_part(components, bridge if bridge is not None else components.delivery))
+    parts.append(http_part(components))
     if components.config.server.stomp_tcp_address is not None:
         parts.append(stomp_tcp_part(components))
     return parts
@@ -267,7 +284,8 @@ async def serve(
             components.readiness.started = True
             summaries = [p.summary for p in parts if p.summary]
             extra = [f"store={store.backend}", f"profiles={config.profiles.provider}"]
-            extra.append("rabbitmq=" + ("off" if config.rabbitmq is None else "on"))
+            if config.rabbitmq is None:
+                extra.append("rabbitmq=off")  # else the bridge part said how it started
             log.info("chatd ready %s", " ".join(summaries + extra))
             log.debug("database %s", redact_url(config.database.url))
             task_status.started(summaries)
@@ -284,6 +302,6 @@ async def serve(
 
 
 __all__ = [
-    "Components", "Part", "StartupError", "broker_part", "build_components", "build_parts",
-    "http_part", "outbox_part", "serve", "session_grace", "stomp_tcp_part",
+    "Components", "Part", "StartupError", "bridge_part", "broker_part", "build_components",
+    "build_parts", "http_part", "outbox_part", "serve", "session_grace", "stomp_tcp_part",
 ]

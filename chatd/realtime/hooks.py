@@ -10,13 +10,17 @@ Subscriptions: `/topic/session.{id}` for its participants (optionally replaying 
 — the broker keys those by the session's principal, so naming another user's queue is
 impossible, and `/user/{someone}/...` spellings are refused outright. SEND: `/app/...` only;
 a client publishing to a topic or a user queue could impersonate the server.
+
+Several instances (DESIGN §7): with a `Binder` (the RabbitMQ bridge) set, an allowed SUBSCRIBE
+first waits until this instance receives the destination from RabbitMQ, then replays; so the
+RECEIPT, written after the hook, means nothing published from then on can be missed.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from typing import Final
+from typing import Final, Protocol
 
 from chatd.auth.tokens import TokenVerifier, bearer_token
 from chatd.config import Config
@@ -26,7 +30,7 @@ from chatd.realtime.handlers import APP_PREFIX, AppHandlers
 from chatd.realtime.replay import DEFAULT_MAX_REPLAY, replay, since_seq
 from chatd.services import ChatService
 from stomp import Connect, Send, Subscribe
-from stomp.broker import Broker, Limits, SessionId
+from stomp.broker import USER_PREFIX, Broker, Limits, SessionId, user_key
 from stomp.trio import BrokerRuntime, Principal, Refused, TransportInfo
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,14 @@ UNAUTHENTICATED: Final = "unauthenticated"
 USER_QUEUES: Final = frozenset(
     f"/user/queue/{name}" for name in ("messages", "ack", "error", "receipts", "pong")
 )
+
+
+class Binder(Protocol):
+    """Makes this instance receive a destination from other instances (the RabbitMQ bridge)."""
+
+    async def ensure_bound(self, destination: str) -> None:
+        """Return once messages published to the broker key `destination` reach us."""
+        ...
 
 
 class ChatHooks:
@@ -49,6 +61,7 @@ class ChatHooks:
         self.delivery = delivery
         self.handlers = handlers
         self.max_replay = max_replay
+        self.binder: Binder | None = None
 
     @property
     def runtime(self) -> BrokerRuntime:
@@ -78,6 +91,9 @@ class ChatHooks:
         destination = event.destination
         caller = _require(principal)
         if destination in USER_QUEUES:
+            if self.binder is not None:
+                await self.binder.ensure_bound(
+                    user_key(caller, destination[len(USER_PREFIX) - 1:]))
             return
         if not destination.startswith(TOPIC_PREFIX):
             raise Refused(f"cannot subscribe to {destination}",
@@ -98,6 +114,8 @@ class ChatHooks:
             raise Refused(f"cannot subscribe to {destination}",
                           f"use the canonical session id {chat.id}")
         after = since_seq(event)
+        if self.binder is not None:
+            await self.binder.ensure_bound(destination)  # before the replay reads its mark
         if after is not None:
             await replay(self.runtime, self.delivery, self.services, session=session,
                          caller=caller, chat=chat, after=after, event=event,
