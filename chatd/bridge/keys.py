@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from typing import Final
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 from stomp.broker import USER_PREFIX
 
@@ -33,18 +33,13 @@ DEFAULT_DEDUPE_SIZE: Final = 65_536
 def escape_word(text: str) -> str:
     """`text` as one routing-key word: percent-encoded, with no `.`, `*`, `#` left.
 
-    Words longer than `MAX_WORD` become ``h-`` and a SHA-256 digest (collisions are not a
-    practical concern, and the consumer checks the exact destination again anyway).
+    Words longer than `MAX_WORD` become ``%h`` and a SHA-256 digest: percent-encoding never
+    produces ``%h``, so no short name can be spelled to collide with a digested one.
     """
     word = quote(text, safe="@+-_").replace(".", "%2E").replace("~", "%7E")
     if len(word) > MAX_WORD:
-        return "h-" + hashlib.sha256(text.encode()).hexdigest()
+        return "%h" + hashlib.sha256(text.encode()).hexdigest()
     return word
-
-
-def unescape_word(word: str) -> str:
-    """The text `escape_word` encoded (digested words cannot be reversed: returned as is)."""
-    return word if word.startswith("h-") else unquote(word)
 
 
 def routing_key(destination: str) -> str:
