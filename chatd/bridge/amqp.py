@@ -34,6 +34,9 @@ import trio
 from pika.adapters.select_connection import IOLoop
 
 log = logging.getLogger("chatd.bridge")
+# pika logs every failed connection attempt at ERROR with a stack of wrappers; the bridge logs
+# one line per attempt itself, so only pika's own bugs (CRITICAL) get through.
+logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 PERSISTENT = 2
 
@@ -159,6 +162,7 @@ class AmqpLink:
 
     def _on_channel(self, channel: Any) -> None:
         self._channel = channel
+        self._tag = 0  # delivery tags count from 1 on every channel
         channel.add_on_close_callback(self._on_channel_closed)
         channel.confirm_delivery(self._on_confirm, callback=lambda _f: self._declare())
 
@@ -218,7 +222,8 @@ class AmqpLink:
         delay = min(self.reconnect_max, self.reconnect_initial * 2 ** min(self._failures, 30))
         delay *= 0.5 + random.random() / 2
         self._failures += 1
-        log.warning("rabbitmq unavailable (%s); reconnecting in %.2f s", reason, delay)
+        log.warning("rabbitmq unavailable (%s); reconnecting in %.2f s",
+                    str(reason) or repr(reason), delay)
         self.ioloop.call_later(delay, self._connect)
 
     # -- commands ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,16 +183,17 @@ class Cluster:
             json={"sessionId": sid, "content": content, "clientMessageId": cmid})
 
 
-@pytest.fixture
-async def cluster(database_url: str, vhost: str, tmp_path: Path) -> AsyncIterator[Cluster]:
-    """No instance yet: tests `await cluster.add()`; every instance is stopped at the end."""
-    data_dir = tmp_path / "data"
+@asynccontextmanager
+async def open_cluster(database_url: str, rabbitmq_url: str, workdir: Path) -> AsyncIterator[Cluster]:
+    """No instance yet: `await cluster.add()`; every instance is stopped on exit."""
+    data_dir = workdir / "data"
     data_dir.mkdir()
     private, _, _ = ensure_dev_keys(data_dir)  # before any instance, so all share one key
     env = {**os.environ, "DATA_DIR": str(data_dir), "CHATD_DATABASE_URL": database_url,
-           "CHATD_RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+           "CHATD_RABBITMQ_URL": rabbitmq_url,
            "CHATD_RABBITMQ__RECONNECT_INITIAL_SECONDS": "0.2",
            "CHATD_RABBITMQ__RECONNECT_MAX_SECONDS": "1",
+           "CHATD_DATABASE__CONNECT_TIMEOUT": "2", "CHATD_DATABASE__POOL_TIMEOUT": "2",
            "CHATD_OUTBOX__LEASE_SECONDS": "5", "CHATD_OUTBOX__POLL_INTERVAL": "0.2",
            "CHATD_OUTBOX__BACKOFF_BASE": "0.05", "CHATD_OUTBOX__BACKOFF_CAP": "0.5",
            "CHATD_LIMITS__SEND_BURST": "1000000", "CHATD_LIMITS__SENDS_PER_SECOND": "1000000",
@@ -199,12 +201,20 @@ async def cluster(database_url: str, vhost: str, tmp_path: Path) -> AsyncIterato
            "CHATD_SERVER__SHUTDOWN_GRACE": "3", "CHATD_LOGGING__LEVEL": "INFO"}
     env.pop("CHATD_CONFIG", None)
     async with httpx.AsyncClient(timeout=10) as client:
-        c = Cluster(env, tmp_path, load_private_key(private), client)
+        c = Cluster(env, workdir, load_private_key(private), client)
         try:
             yield c
         finally:
             for inst in c.instances:
                 inst.stop()
+
+
+@pytest.fixture
+async def cluster(database_url: str, vhost: str, tmp_path: Path) -> AsyncIterator[Cluster]:
+    """Instances on a fresh database and a fresh vhost of the shared services."""
+    url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    async with open_cluster(database_url, url, tmp_path) as c:
+        yield c
 
 
 @dataclass

@@ -1,0 +1,124 @@
+"""Nothing acknowledged is lost when things die (issue 5), each with 2 000+ messages in flight
+and recording subscribers: RabbitMQ restarted, one instance killed with SIGKILL and started
+again, PostgreSQL restarted. The services broken here are private copies (`services`)."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from .conftest import ALICE, BOB, Cluster, admin_sql, open_cluster, recorder
+from .scenario import SESSIONS, assert_stored_once, run_scenario, subscribe_all
+from .services import PrivatePostgres, PrivateRabbit, service_root
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
+
+
+@pytest.fixture
+def private_root() -> Iterator[Path]:
+    root = service_root()
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def private_rabbit(private_root: Path) -> AsyncIterator[PrivateRabbit]:
+    rabbit = PrivateRabbit.create(private_root / "rabbitmq")
+    await trio.to_thread.run_sync(rabbit.start)
+    try:
+        yield rabbit
+    finally:
+        await trio.to_thread.run_sync(rabbit.stop)
+
+
+@pytest.fixture
+async def private_postgres(private_root: Path) -> AsyncIterator[PrivatePostgres]:
+    pg = await trio.to_thread.run_sync(PrivatePostgres.create, private_root / "postgres")
+    await trio.to_thread.run_sync(pg.start)
+    try:
+        yield pg
+    finally:
+        await trio.to_thread.run_sync(pg.stop)
+
+
+async def sessions(cluster: Cluster) -> list[str]:
+    inst = cluster.instances[0]
+    sids = []
+    for n in range(SESSIONS):
+        answer = await cluster.client.post(f"{inst.http}/api/chat/init", headers=cluster.auth(ALICE),
+                                           json={"toEmail": BOB, "intent": f"fault{n}"})
+        assert answer.status_code == 200, answer.text
+        sids.append(answer.json()["sessionId"])
+    return sids
+
+
+async def test_rabbitmq_restarted_mid_stream(
+    private_rabbit: PrivateRabbit, database_url: str, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    async with open_cluster(database_url, private_rabbit.url, tmp_path) as cluster:
+        a, b = await cluster.add(), await cluster.add()
+        sids = await sessions(cluster)
+        live = [await recorder(nursery, cluster, a, ALICE), await recorder(nursery, cluster, b, BOB)]
+        for rec in live:
+            await subscribe_all(rec, sids)
+
+        async def restart() -> None:
+            await trio.to_thread.run_sync(private_rabbit.stop)
+            await trio.sleep(1)
+            await trio.to_thread.run_sync(private_rabbit.start)
+
+        stream = await run_scenario(cluster, [a, b], live, sids, restart)
+        await assert_stored_once(cluster, stream)
+
+
+async def test_one_instance_killed_mid_stream_and_restarted(
+    cluster: Cluster, nursery: trio.Nursery
+) -> None:
+    a, b = await cluster.add(), await cluster.add()
+    sids = await sessions(cluster)
+    live = [await recorder(nursery, cluster, a, ALICE), await recorder(nursery, cluster, a, BOB)]
+    doomed = await recorder(nursery, cluster, b, BOB)
+    for rec in [*live, doomed]:
+        await subscribe_all(rec, sids)
+
+    async def kill_and_restart() -> None:
+        b.kill()
+        await trio.sleep(1)
+        await b.start()
+
+    stream = await run_scenario(cluster, [a, b], live, sids, kill_and_restart)
+    assert stream.transport_errors > 0  # some sends did hit the dead instance
+    await assert_stored_once(cluster, stream)
+
+
+async def test_postgres_restarted_mid_stream(
+    private_postgres: PrivatePostgres, vhost: str, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    name = f"chatd_{uuid.uuid4().hex[:8]}"
+    await trio.to_thread.run_sync(functools.partial(admin_sql, f'CREATE DATABASE "{name}"',
+                                                    private_postgres.url))
+    url = private_postgres.url.rsplit("/", 1)[0] + f"/{name}"
+    rabbit = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    async with open_cluster(url, rabbit, tmp_path) as cluster:
+        a, b = await cluster.add(), await cluster.add()
+        sids = await sessions(cluster)
+        live = [await recorder(nursery, cluster, a, ALICE), await recorder(nursery, cluster, b, BOB)]
+        for rec in live:
+            await subscribe_all(rec, sids)
+
+        async def restart() -> None:
+            await trio.to_thread.run_sync(private_postgres.stop)
+            await trio.sleep(1.5)
+            await trio.to_thread.run_sync(private_postgres.start)
+
+        stream = await run_scenario(cluster, [a, b], live, sids, restart)
+        assert stream.unavailable > 0  # sends were answered 503 while it was down
+        await assert_stored_once(cluster, stream)
