@@ -122,3 +122,45 @@ async def test_postgres_restarted_mid_stream(
         stream = await run_scenario(cluster, [a, b], live, sids, restart)
         assert stream.unavailable > 0  # sends were answered 503 while it was down
         await assert_stored_once(cluster, stream)
+
+
+async def test_rabbitmq_unreachable_at_start_then_ready_once_it_comes(
+    private_root: Path, database_url: str, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    rabbit = PrivateRabbit.create(private_root / "late-rabbitmq")  # not started yet
+    async with open_cluster(database_url, rabbit.url, tmp_path) as cluster:
+        a = await cluster.add()  # starts anyway...
+        ready = await cluster.client.get(f"{a.http}/health/ready")
+        assert ready.status_code == 503  # ...but says it is not ready, and why
+        assert ready.json()["checks"]["bridge"] == "not connected to RabbitMQ"
+        assert ready.json()["checks"]["store"] == "up"
+
+        sid = await cluster.init(a)
+        alice = await recorder(nursery, cluster, a, ALICE)
+        await alice.subscribe(f"/topic/session.{sid}", "t")  # answered, bound on connect
+        sent = await cluster.send(a, sid, "while RabbitMQ was away", "early-1")
+        assert sent.status_code == 201  # stored; its outbox rows wait for the bridge
+        await trio.sleep(1.5)  # several publisher rounds find the sink unavailable
+
+        await trio.to_thread.run_sync(rabbit.start)
+        try:
+            for _ in range(100):
+                if (await cluster.client.get(f"{a.http}/health/ready")).status_code == 200:
+                    break
+                await trio.sleep(0.2)
+            else:
+                raise AssertionError("never ready after RabbitMQ came up")
+            await alice.wait(lambda: len(alice.frames.get("t", [])) == 1)
+            assert alice.bodies("t")[0]["content"] == "while RabbitMQ was away"
+
+            def outbox() -> list[tuple[bool, int]]:
+                import psycopg
+
+                with psycopg.connect(database_url) as conn:
+                    return conn.execute("SELECT processed, retry_count "
+                                        "FROM chat_message_outbox").fetchall()
+
+            rows = await trio.to_thread.run_sync(outbox)
+            assert rows == [(True, 0)] * 3  # sent, and no retry was charged meanwhile
+        finally:
+            await trio.to_thread.run_sync(rabbit.stop)
