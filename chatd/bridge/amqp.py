@@ -15,7 +15,8 @@ instance that expires (`x-expires`) once no consumer has used it for `queue_expi
 Durable queue + persistent messages + publisher confirms is what lets a RabbitMQ restart lose
 nothing: a confirmed message is on disk in every queue it was routed to, and the queue and its
 bindings come back with the node. (An exclusive auto-delete queue would vanish with the
-connection, and with it whatever it held.) A killed instance's queue goes away by expiry.
+connection, and with it whatever it held.) A clean stop deletes the queue; a killed
+instance's queue goes away by expiry.
 """
 
 from __future__ import annotations
@@ -319,6 +320,14 @@ class AmqpLink:
 
     def _stop(self) -> None:
         self._stopping = True
+        if self._ready:
+            # A clean stop deletes our queue now; only a killed instance leaves one to expire.
+            self._ready = False
+            self._channel.queue_delete(queue=self.queue, callback=lambda _f: self._close())
+            return
+        self._close()
+
+    def _close(self) -> None:
         conn = self._connection
         if conn is not None and (conn.is_open or conn.is_opening):
             try:

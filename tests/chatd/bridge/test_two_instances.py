@@ -9,7 +9,7 @@ import trio
 
 from chatd.bridge import routing_key
 
-from .conftest import ALICE, BOB, Cluster, bindings, eventually, recorder
+from .conftest import ALICE, BOB, Cluster, bindings, eventually, rabbitmqctl, recorder
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -95,3 +95,13 @@ async def test_bindings_follow_local_subscribers(
     answer = await cluster.send(a, sid, "live", "live-1")
     await first.wait(lambda: len(first.frames.get("t2", [])) == 2)
     assert [m["content"] for m in first.bodies("t2")] == ["after", "live"]
+
+    # a clean stop deletes the instance's queue (a killed one's would expire)
+    assert len(instance_queues(vhost)) == 2
+    b.stop()
+    assert len(instance_queues(vhost)) == 1
+
+
+def instance_queues(vhost: str) -> list[str]:
+    out = rabbitmqctl("list_queues", "-p", vhost, "-q", "--no-table-headers", "name")
+    return [q for q in out.split() if q.startswith("chatd.instance.")]
