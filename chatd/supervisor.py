@@ -111,6 +111,7 @@ async def build_components(config: Config, store: Store) -> Components:
         runtime.on_destination_active = bridge.destination_active
         assert isinstance(runtime.hooks, ChatHooks)
         runtime.hooks.binder = bridge
+        runtime.hooks.handlers.relay = bridge.relay_ephemeral
         readiness.add_check("bridge", bridge.check)
     return Components(
         config, store, profiles, verifier, limiter, services, readiness, runtime, delivery, bridge

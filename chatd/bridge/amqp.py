@@ -57,7 +57,8 @@ class Outgoing:
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """A consumed message, already out of pika's types."""
+    """A consumed message, already out of pika's types; `origin` is set on ephemeral ones
+    (typing, `/app` answers): the instance that already delivered it locally."""
 
     message_id: str
     destination: str
@@ -65,6 +66,7 @@ class Incoming:
     session_id: str
     seq: int
     body: bytes
+    origin: str | None = None
 
 
 class TrioSide(Protocol):
@@ -122,7 +124,8 @@ class AmqpLink:
         self.thread.start()
 
     def submit(self, command: Command) -> None:
-        """Queue ("publish", batch_id, [Outgoing]), ("bind", key) or ("unbind", key)."""
+        """Queue ("publish", batch_id, [Outgoing]), ("ephemeral", origin, Outgoing),
+        ("bind", key) or ("unbind", key)."""
         self._commands.append(command)
         self.ioloop.add_callback_threadsafe(self._drain_commands)
 
@@ -252,6 +255,13 @@ class AmqpLink:
                                                routing_key=command[1])
             elif kind == "publish":
                 self._publish(command[1], command[2])
+            elif kind == "ephemeral" and self._ready:
+                m = command[2]
+                props = pika.BasicProperties(
+                    message_id=m.message_id, content_type="application/json",
+                    headers={"d": m.destination, "e": m.event, "s": "", "q": 0, "o": command[1]})
+                self._channel.basic_publish(self.exchange, m.routing_key, m.body, props)
+                self._tag += 1  # confirmed like any publish on this channel; nobody waits
 
     def _publish(self, batch_id: int, messages: list[Outgoing]) -> None:
         if not self._ready:
@@ -290,9 +300,11 @@ class AmqpLink:
     def _on_message(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
         headers = props.headers or {}
         try:
+            origin = headers.get("o")
             self._inbox.append(Incoming(
                 str(props.message_id), _text(headers["d"]), _text(headers["e"]),
-                _text(headers["s"]), int(headers["q"]), body))
+                _text(headers["s"]), int(headers["q"]), body,
+                None if origin is None else _text(origin)))
         except (KeyError, TypeError, ValueError):
             log.warning("dropping a malformed message (routing key %s)", method.routing_key)
         if not self._inbox and self._inbox_tag == 0:

@@ -14,6 +14,9 @@ Three jobs, one object:
 * **Consumer.** Messages from this instance's queue are deduplicated by message id (the outbox
   row id) and delivered through the same `LocalDelivery` path a single instance uses, which also
   keeps the per-session seq mark that history replay relies on.
+* **Ephemeral relay.** Typing notices and `/app` answers are never stored: the instance that
+  made one delivers it locally at once and `relay_ephemeral` sends a copy, unconfirmed and not
+  persistent, to the other instances (dropped while disconnected: it is ephemeral).
 
 Plain attributes for metrics (read at scrape time): `connected`, `published`, `consumed`,
 `duplicates`, `confirm_seconds_sum` / `confirm_count`, `bindings`.
@@ -36,7 +39,7 @@ from chatd.config import RabbitMQConfig, redact_url
 from chatd.domain.errors import Unavailable
 from chatd.domain.models import OutboxRow
 from chatd.outbox.sink import SinkUnavailable
-from chatd.realtime.delivery import TOPIC_PREFIX, LocalDelivery
+from chatd.realtime.delivery import TOPIC_PREFIX, LocalDelivery, event_headers
 
 log = logging.getLogger("chatd.bridge")
 
@@ -172,6 +175,16 @@ class RabbitBridge:
         self.confirm_count += 1
         self.published += len(rows)
 
+    def relay_ephemeral(self, destination: str, event: str, body: bytes) -> None:
+        """Send what was just published locally to the other instances' subscribers of
+        `destination`; best effort, never blocks."""
+        if not self.connected or self._link is None:
+            return
+        n = next(self._ids)
+        message = Outgoing(routing_key(destination), f"e-{self.instance_id}-{n}", destination,
+                           event, "", 0, body)
+        self._link.submit(("ephemeral", self.instance_id, message))
+
     # -- bindings ----------------------------------------------------------------------------
 
     def destination_active(self, destination: str, active: bool) -> None:
@@ -218,7 +231,8 @@ class RabbitBridge:
         if connected:
             self._connected_event.set()
             return
-        log.warning("rabbitmq bridge disconnected: %s", reason)
+        log.log(logging.INFO if self._stopping.is_set() else logging.WARNING,
+                "rabbitmq bridge disconnected: %s", reason)
         self._bound.clear()
         for waiter in self._bind_waiters.values():
             waiter.set()  # the reconnect re-binds; do not hold SUBSCRIBEs meanwhile
@@ -243,9 +257,15 @@ class RabbitBridge:
         async for batch in self._inbox_recv:
             for m in batch:
                 self.consumed += 1
+                if m.origin == self.instance_id:
+                    continue  # ours: delivered locally when it was made
                 if self.dedupe.seen(m.message_id) or m.destination not in self._active:
                     continue
                 try:
+                    if m.origin is not None:
+                        self.delivery.runtime.publish(m.destination, m.body,
+                                                      event_headers(m.event))
+                        continue
                     self.delivery.deliver(m.destination, m.event, uuid.UUID(m.session_id),
                                           m.seq, m.body)
                 except Exception:

@@ -4,6 +4,8 @@ topic and on their user queues; receipts cross instances; bindings follow local 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import trio
 
@@ -27,6 +29,8 @@ async def test_users_on_two_instances_chat_over_rest_and_stomp(
         await rec.subscribe("/user/queue/messages", "inbox")
         await rec.subscribe("/user/queue/receipts", "receipts")
     await alice.subscribe("/user/queue/ack", "ack")
+    alice_on_b = await recorder(nursery, cluster, b, ALICE)  # Alice's second connection
+    await alice_on_b.subscribe("/user/queue/ack", "ack")
 
     # REST on either instance, and STOMP sends on A
     for i in range(5):
@@ -56,6 +60,18 @@ async def test_users_on_two_instances_chat_over_rest_and_stomp(
     receipt = alice.bodies("receipts")[0]
     assert (receipt["readerEmail"], receipt["status"], receipt["upToSeq"]) == (BOB, "seen", 10)
     await bob.wait(lambda: any(f.get("event") == "receipt" for f in bob.frames.get("topic", [])))
+
+    # unstored events cross too: the acks of Alice's STOMP sends reach her connection on B,
+    # and her typing on A reaches Bob's topic subscription on B
+    await alice_on_b.wait(lambda: len(alice_on_b.frames.get("ack", [])) == 5)
+    assert [m["clientMessageId"] for m in alice_on_b.bodies("ack")] == [f"s{i}" for i in range(5)]
+    await alice.send_json("/app/chat.typing", {"sessionId": sid})
+    await bob.wait(lambda: any(f.get("event") == "typing" for f in bob.frames["topic"]))
+    typing = [f for f in bob.frames["topic"] if f.get("event") == "typing"]
+    assert len(typing) == 1
+    assert json.loads(typing[0].body) == {"sessionId": sid, "email": ALICE}
+    await trio.sleep(0.3)
+    assert len([f for f in alice.frames["topic"] if f.get("event") == "typing"]) == 1  # once
 
 
 async def test_bindings_follow_local_subscribers(
