@@ -192,7 +192,9 @@ class AmqpLink:
         ch.basic_qos(prefetch_count=self.prefetch, callback=lambda _f: self._consume(keys))
 
     def _consume(self, keys: list[str]) -> None:
-        self._channel.basic_consume(queue=self.queue, on_message_callback=self._on_message)
+        # exclusive: the queue is durable (see the module doc) but still this instance's alone
+        self._channel.basic_consume(queue=self.queue, on_message_callback=self._on_message,
+                                    exclusive=True)
         self._ready = True
         self._failures = 0
         log.info("rabbitmq bridge connected: queue %s, %d bindings", self.queue, len(keys))

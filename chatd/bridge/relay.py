@@ -134,8 +134,9 @@ class RabbitBridge:
         finally:
             link.stop()
             self._inbox_recv.close()  # a thread blocked handing us messages gives up
-            with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT):
-                await trio.to_thread.run_sync(link.thread.join, STOP_TIMEOUT)
+            if link.thread.is_alive():
+                with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT):
+                    await trio.to_thread.run_sync(link.thread.join, STOP_TIMEOUT)
             self.connected = False
 
     async def check(self) -> None:
