@@ -82,6 +82,8 @@ class RabbitBridge:
         self.confirm_count = 0
         self._link: AmqpLink | None = None
         self._active: set[str] = set()  # destination keys with local subscribers (or arriving)
+        self._subscribed: set[str] = set()  # ...with local subscribers, as the broker says
+        self._pending: dict[str, int] = {}  # ...with SUBSCRIBE hooks between ensure and release
         self._bound: set[str] = set()  # routing keys RabbitMQ confirmed bound
         self._bind_waiters: dict[str, trio.Event] = {}
         self._batches: dict[int, _Batch] = {}
@@ -192,10 +194,17 @@ class RabbitBridge:
         """`BrokerRuntime.on_destination_active`: bind on the first local subscriber of
         `destination`, unbind on the last. Never blocks."""
         if active:
+            self._subscribed.add(destination)
             if destination not in self._active:
                 self._active.add(destination)
                 self._submit_bind(destination)
             return
+        self._subscribed.discard(destination)
+        if self._pending.get(destination):
+            return  # a SUBSCRIBE is on its way (ensure_bound): it keeps the binding
+        self._unbind(destination)
+
+    def _unbind(self, destination: str) -> None:
         self._active.discard(destination)
         key = routing_key(destination)
         self._bound.discard(key)
@@ -210,6 +219,7 @@ class RabbitBridge:
         when RabbitMQ is not connected: the reconnect binds it before anything is published
         through this instance again)."""
         key = routing_key(destination)
+        self._pending[destination] = self._pending.get(destination, 0) + 1
         if destination in self._active and key in self._bound:
             return
         self._active.add(destination)
@@ -218,8 +228,23 @@ class RabbitBridge:
             return
         waiter = self._bind_waiters.setdefault(key, trio.Event())
         self._submit_bind(destination)
-        with trio.move_on_after(BIND_TIMEOUT):
-            await waiter.wait()
+        try:
+            with trio.move_on_after(BIND_TIMEOUT):
+                await waiter.wait()
+        except BaseException:  # the session went away meanwhile: no release will come
+            self.release(destination, subscribed=False)
+            raise
+
+    def release(self, destination: str, *, subscribed: bool) -> None:
+        """After `ensure_bound`: the SUBSCRIBE was allowed, or refused (`subscribed` False),
+        in which case the binding goes unless a subscriber or another SUBSCRIBE needs it."""
+        left = self._pending.get(destination, 1) - 1
+        if left > 0:
+            self._pending[destination] = left
+            return
+        self._pending.pop(destination, None)
+        if not subscribed and destination not in self._subscribed:
+            self._unbind(destination)
 
     def _submit_bind(self, destination: str) -> None:
         if self._link is not None:

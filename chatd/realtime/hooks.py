@@ -46,7 +46,13 @@ class Binder(Protocol):
     """Makes this instance receive a destination from other instances (the RabbitMQ bridge)."""
 
     async def ensure_bound(self, destination: str) -> None:
-        """Return once messages published to the broker key `destination` reach us."""
+        """Return once messages published to the broker key `destination` reach us. Every
+        call is followed by one `release`, without a checkpoint in between on success."""
+        ...
+
+    def release(self, destination: str, *, subscribed: bool) -> None:
+        """The SUBSCRIBE `ensure_bound` was for is decided: `subscribed` False (refused) lets
+        the binding go unless another subscriber uses or awaits it."""
         ...
 
 
@@ -92,8 +98,9 @@ class ChatHooks:
         caller = _require(principal)
         if destination in USER_QUEUES:
             if self.binder is not None:
-                await self.binder.ensure_bound(
-                    user_key(caller, destination[len(USER_PREFIX) - 1:]))
+                key = user_key(caller, destination[len(USER_PREFIX) - 1:])
+                await self.binder.ensure_bound(key)
+                self.binder.release(key, subscribed=True)
             return
         if not destination.startswith(TOPIC_PREFIX):
             raise Refused(f"cannot subscribe to {destination}",
@@ -116,11 +123,18 @@ class ChatHooks:
         after = since_seq(event)
         if self.binder is not None:
             await self.binder.ensure_bound(destination)  # before the replay reads its mark
-        if after is not None:
-            await replay(self.runtime, self.delivery, self.services, session=session,
-                         caller=caller, chat=chat, after=after, event=event,
-                         max_replay=self.max_replay)
-            # Nothing may await after the replay: the subscription activates on return.
+        try:
+            if after is not None:
+                await replay(self.runtime, self.delivery, self.services, session=session,
+                             caller=caller, chat=chat, after=after, event=event,
+                             max_replay=self.max_replay)
+                # Nothing may await after the replay: the subscription activates on return.
+        except BaseException:
+            if self.binder is not None:
+                self.binder.release(destination, subscribed=False)
+            raise
+        if self.binder is not None:
+            self.binder.release(destination, subscribed=True)
 
     async def authorize_send(self, principal: Principal | None, event: Send) -> None:
         """Only the `/app/...` destinations chatd handles; refuse the rest, naming it."""

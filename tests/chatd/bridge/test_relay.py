@@ -58,8 +58,13 @@ async def test_rows_cross_once_in_order_and_the_counters_say_so(
 ) -> None:
     sender, receiver, peer = pair
     await receiver.ensure_bound(DEST)  # what the SUBSCRIBE hook awaits before its RECEIPT
+    receiver.release(DEST, subscribed=True)
     await peer.subscribe(DEST)
     assert receiver.bindings == 1
+    await receiver.ensure_bound("/topic/refused")  # a SUBSCRIBE the hook then refused...
+    assert receiver.bindings == 2
+    receiver.release("/topic/refused", subscribed=False)
+    await eventually(lambda: receiver.bindings == 1)  # ...leaves no binding behind
 
     await sender.publish([row(1, 1), row(2, 2)])
     await sender.publish([row(2, 2), row(3, 3)])  # a republish after a lost confirm
