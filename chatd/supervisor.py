@@ -107,7 +107,11 @@ async def build_components(config: Config, store: Store) -> Components:
     runtime, delivery = build_runtime(services, verifier, config)
     bridge = None
     if config.rabbitmq is not None:
-        bridge = RabbitBridge(config.rabbitmq, delivery, dedupe_size=config.rabbitmq.dedupe_size)
+        # within the publisher's budget per round (half a lease), with room to record it
+        confirm_timeout = min(config.rabbitmq.confirm_timeout_seconds,
+                              0.4 * config.outbox.lease_seconds)
+        bridge = RabbitBridge(config.rabbitmq, delivery, confirm_timeout=confirm_timeout,
+                              dedupe_size=config.rabbitmq.dedupe_size)
         runtime.on_destination_active = bridge.destination_active
         assert isinstance(runtime.hooks, ChatHooks)
         runtime.hooks.binder = bridge

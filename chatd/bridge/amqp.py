@@ -75,6 +75,7 @@ class TrioSide(Protocol):
     def on_state(self, connected: bool, reason: str) -> None: ...
     def on_confirm(self, batch_id: int, error: str | None, unavailable: bool) -> None: ...
     def on_bound(self, routing_key: str) -> None: ...
+    def on_blocked(self, blocked: bool) -> None: ...
     async def on_messages(self, batch: list[Incoming]) -> None: ...
 
 
@@ -162,6 +163,12 @@ class AmqpLink:
             on_close_callback=self._on_lost, custom_ioloop=self.ioloop)
 
     def _on_open(self, connection: pika.SelectConnection) -> None:
+        # A resource alarm (memory, disk) blocks publishing connections: tell trio, so the
+        # outbox waits uncharged instead of piling publishes into a socket nobody reads.
+        connection.add_on_connection_blocked_callback(
+            lambda _c, _f: self._tell(self.side.on_blocked, True))
+        connection.add_on_connection_unblocked_callback(
+            lambda _c, _f: self._tell(self.side.on_blocked, False))
         connection.channel(on_open_callback=self._on_channel)
 
     def _on_channel(self, channel: Any) -> None:
@@ -216,6 +223,7 @@ class AmqpLink:
         self._channel = None
         self._connection = None
         self._tags.clear()
+        self._tell(self.side.on_blocked, False)
         batches, self._batches = self._batches, {}
         self._inbox.clear()
         for batch_id in batches:

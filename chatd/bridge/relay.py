@@ -5,8 +5,9 @@ Three jobs, one object:
 * **Outbox sink.** `publish` turns rows into AMQP messages (routing key from the destination,
   `chatd.bridge.keys`), hands them to the bridge thread in one hop and returns once RabbitMQ
   confirmed every one; a nack fails the call (the publisher charges a retry), while "not
-  connected" and "connection lost" raise `SinkUnavailable`, so the rows go back to pending
-  without being charged: they must not die because RabbitMQ restarted.
+  connected", "connection lost", "blocked by a resource alarm" and "no confirm within
+  `confirm_timeout_seconds`" raise `SinkUnavailable`, so the rows go back to pending without
+  being charged: they must not die because RabbitMQ restarted or ran short of memory.
 * **Bindings follow local subscribers.** The broker runtime reports a destination's first and
   last local subscriber (`destination_active`); we bind and unbind its key. `ensure_bound`,
   awaited by the SUBSCRIBE hook, returns once the binding is active, so the RECEIPT (written
@@ -68,14 +69,19 @@ class RabbitBridge:
     """Relays outbox rows through RabbitMQ to every instance with local subscribers."""
 
     def __init__(self, config: RabbitMQConfig, delivery: LocalDelivery, *,
-                 instance_id: str | None = None,
+                 instance_id: str | None = None, confirm_timeout: float | None = None,
                  dedupe_size: int = DEFAULT_DEDUPE_SIZE) -> None:
+        """`confirm_timeout` (default `config.confirm_timeout_seconds`) must end before the
+        outbox publisher's own budget per round, or a late confirm is charged as a failure."""
         self.config = config
+        self.confirm_timeout = (config.confirm_timeout_seconds if confirm_timeout is None
+                                else confirm_timeout)
         self.delivery = delivery
         self.instance_id = instance_id or uuid.uuid4().hex
         self.queue = f"chatd.instance.{self.instance_id}"
         self.dedupe = Dedupe(dedupe_size)
         self.connected = False
+        self.blocked = False  # RabbitMQ blocked our publishes (memory or disk alarm)
         self.published = 0
         self.consumed = 0
         self.confirm_seconds_sum = 0.0
@@ -156,6 +162,8 @@ class RabbitBridge:
         """
         if not self.connected or self._link is None:
             raise SinkUnavailable("not connected to RabbitMQ")
+        if self.blocked:
+            raise SinkUnavailable("RabbitMQ blocks publishing (resource alarm)")
         messages = [
             Outgoing(routing_key(row.destination), str(row.id), row.destination, row.event,
                      str(row.session_id), row.seq,
@@ -167,9 +175,12 @@ class RabbitBridge:
         started = trio.current_time()
         try:
             self._link.submit(("publish", batch_id, messages))
-            await batch.done.wait()
+            with trio.move_on_after(self.confirm_timeout):
+                await batch.done.wait()
         finally:
             self._batches.pop(batch_id, None)
+        if not batch.done.is_set():
+            raise SinkUnavailable(f"no confirm from RabbitMQ within {self.confirm_timeout:g} s")
         if batch.error is not None:
             if batch.unavailable:
                 raise SinkUnavailable(batch.error)
@@ -269,6 +280,12 @@ class RabbitBridge:
         if batch is not None:
             batch.error, batch.unavailable = error, unavailable
             batch.done.set()
+
+    def on_blocked(self, blocked: bool) -> None:
+        if blocked != self.blocked:
+            log.log(logging.WARNING if blocked else logging.INFO, "rabbitmq %s publishing",
+                    "blocks" if blocked else "unblocked")
+        self.blocked = blocked
 
     def on_bound(self, key: str) -> None:
         self._bound.add(key)

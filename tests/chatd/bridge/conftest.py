@@ -193,6 +193,7 @@ async def open_cluster(database_url: str, rabbitmq_url: str, workdir: Path) -> A
            "CHATD_RABBITMQ_URL": rabbitmq_url,
            "CHATD_RABBITMQ__RECONNECT_INITIAL_SECONDS": "0.2",
            "CHATD_RABBITMQ__RECONNECT_MAX_SECONDS": "1",
+           "CHATD_RABBITMQ__CONFIRM_TIMEOUT_SECONDS": "2",
            "CHATD_DATABASE__CONNECT_TIMEOUT": "2", "CHATD_DATABASE__POOL_TIMEOUT": "2",
            "CHATD_OUTBOX__LEASE_SECONDS": "5", "CHATD_OUTBOX__POLL_INTERVAL": "0.2",
            "CHATD_OUTBOX__BACKOFF_BASE": "0.05", "CHATD_OUTBOX__BACKOFF_CAP": "0.5",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from .conftest import ALICE, BOB, Cluster, admin_sql, open_cluster, recorder
+from .conftest import ALICE, BOB, Cluster, admin_sql, eventually, open_cluster, recorder
 from .scenario import SESSIONS, assert_stored_once, run_scenario, subscribe_all
 from .services import PrivatePostgres, PrivateRabbit, service_root
 
@@ -164,3 +164,34 @@ async def test_rabbitmq_unreachable_at_start_then_ready_once_it_comes(
             assert rows == [(True, 0)] * 3  # sent, and no retry was charged meanwhile
         finally:
             await trio.to_thread.run_sync(rabbit.stop)
+
+
+async def test_a_rabbitmq_memory_alarm_holds_messages_back_uncharged(
+    private_rabbit: PrivateRabbit, database_url: str, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    async with open_cluster(database_url, private_rabbit.url, tmp_path) as cluster:
+        a = await cluster.add()
+        sid = await cluster.init(a)
+        alice = await recorder(nursery, cluster, a, ALICE)
+        await alice.subscribe(f"/topic/session.{sid}", "t")
+        await trio.to_thread.run_sync(private_rabbit.ctl, "set_vm_memory_high_watermark", "0")
+        try:
+            sent = await cluster.send(a, sid, "during the alarm", "alarm-1")
+            assert sent.status_code == 201
+            await trio.sleep(4)  # past the confirm timeout (2 s here), several rounds
+            assert "t" not in alice.frames
+            rows = await trio.to_thread.run_sync(outbox_rows, database_url)
+            assert rows == [(False, 0)] * 3  # waiting, and never charged
+        finally:
+            await trio.to_thread.run_sync(private_rabbit.ctl, "set_vm_memory_high_watermark",
+                                          "0.4")
+        await alice.wait(lambda: len(alice.frames.get("t", [])) == 1)
+        await eventually(lambda: outbox_rows(database_url) == [(True, 0)] * 3)
+
+
+def outbox_rows(database_url: str) -> list[tuple[bool, int]]:
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT processed, retry_count FROM chat_message_outbox").fetchall()
+        return [(bool(r[0]), int(r[1])) for r in rows]
