@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from .conftest import ALICE, BOB, Cluster, admin_sql, eventually, open_cluster, recorder
-from .scenario import SESSIONS, assert_stored_once, run_scenario, subscribe_all
+from .scenario import PER_SESSION, SESSIONS, assert_stored_once, run_scenario, subscribe_all
 from .services import PrivatePostgres, PrivateRabbit, service_root
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
@@ -97,6 +97,13 @@ async def test_one_instance_killed_mid_stream_and_restarted(
     stream = await run_scenario(cluster, [a, b], live, sids, kill_and_restart)
     assert stream.transport_errors > 0  # some sends did hit the dead instance
     await assert_stored_once(cluster, stream)
+
+    # the restarted instance serves again: a new subscriber there catches up from the store
+    again = await recorder(nursery, cluster, b, BOB)
+    await again.peer.send("SUBSCRIBE", {"destination": f"/topic/session.{sids[0]}", "id": "r",
+                                        "x-since-seq": "0", "receipt": "sub-r"})
+    await again.wait(lambda: "sub-r" in again.receipts)
+    assert [m["seq"] for m in again.bodies("r")] == list(range(1, PER_SESSION + 1))
 
 
 async def test_postgres_restarted_mid_stream(
