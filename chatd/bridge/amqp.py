@@ -208,7 +208,18 @@ class AmqpLink:
         self._tell(self.side.on_state, True, "connected")
         for key in keys:
             self._tell(self.side.on_bound, key)
+        self._sync_bindings()  # (un)binds trio asked for while we were declaring
         self._drain_commands()
+
+    def _sync_bindings(self) -> None:
+        ch = self._channel
+        for key in self._applied - self._desired:
+            ch.queue_unbind(queue=self.queue, exchange=self.exchange, routing_key=key)
+        self._applied &= self._desired
+        for key in sorted(self._desired - self._applied):
+            self._applied.add(key)
+            ch.queue_bind(queue=self.queue, exchange=self.exchange, routing_key=key,
+                          callback=lambda _f, key=key: self._tell(self.side.on_bound, key))
 
     def _on_channel_closed(self, channel: Any, reason: Exception) -> None:
         # A channel error (e.g. a declare refused) leaves the connection useless to us.
