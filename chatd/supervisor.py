@@ -289,8 +289,9 @@ async def serve(
             components.readiness.started = True
             summaries = [p.summary for p in parts if p.summary]
             extra = [f"store={store.backend}", f"profiles={config.profiles.provider}"]
-            if config.rabbitmq is None:
-                extra.append("rabbitmq=off")  # else the bridge part said how it started
+            bridge = components.bridge
+            state = "off" if bridge is None else "up" if bridge.connected else "connecting"
+            extra.append(f"rabbitmq={state}")
             log.info("chatd ready %s", " ".join(summaries + extra))
             log.debug("database %s", redact_url(config.database.url))
             task_status.started(summaries)

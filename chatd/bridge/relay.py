@@ -116,9 +116,10 @@ class RabbitBridge:
         """Ask `run` to close the connection and return."""
         self._stopping.set()
 
-    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the bridge thread and the consumer; report started once connected, or after
-        `STARTUP_WAIT` without (the instance still starts, not ready, and keeps retrying)."""
+        `STARTUP_WAIT` without (the instance still starts, not ready, and keeps retrying;
+        `connected` says which)."""
         c = self.config
         link = AmqpLink(c.url, exchange=c.exchange, queue=self.queue, prefetch=c.prefetch,
                         heartbeat=c.heartbeat_seconds,
@@ -136,7 +137,7 @@ class RabbitBridge:
                 if not self.connected:
                     log.warning("rabbitmq %s not reachable yet; starting, not ready",
                                 redact_url(c.url))
-                task_status.started("rabbitmq=" + ("up" if self.connected else "connecting"))
+                task_status.started()
                 await self._stopping.wait()
                 nursery.cancel_scope.cancel()
         finally:
