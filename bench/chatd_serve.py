@@ -85,6 +85,9 @@ def chatd_deployment(workdir: Path, *, instances: int = 1, rabbitmq_url: str | N
                 "CHATD_LIMITS__SENDS_PER_SECOND": "1000000",
                 "CHATD_LIMITS__IDENTICAL_CONTENT": "1000000",
                 "CHATD_LOGGING__LEVEL": "INFO",  # the ready line is logged at INFO
+                # the generator opens its keep-alive connections before a slow set-up phase
+                # (sessions, CPU probe): the default 5 s idle reap closed them under load
+                "CHATD_SERVER__KEEPALIVE_TIMEOUT": "300",
                 **(env or {})}
         base.pop("CHATD_CONFIG", None)
         base.pop("CHATD_RABBITMQ_URL", None)

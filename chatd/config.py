@@ -191,6 +191,9 @@ class RabbitMQConfig:
     heartbeat_seconds: int = _opt(30, lo=0, hi=3600)
     reconnect_initial_seconds: float = _opt(0.5, lo=0.01, hi=600)
     reconnect_max_seconds: float = _opt(30.0, lo=0.01, hi=3600)
+    queue_expires_seconds: float = _opt(300.0, lo=1, hi=7 * 86_400)
+    confirm_timeout_seconds: float = _opt(10.0, lo=0.1, hi=3600)
+    dedupe_size: int = _opt(65_536, lo=1, hi=10_000_000)
 
 
 @dataclass(frozen=True, slots=True)

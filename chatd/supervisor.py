@@ -36,6 +36,7 @@ import trio
 from chatd.auth.keys import demo_token_key
 from chatd.auth.service import ServiceTokens
 from chatd.auth.tokens import TokenVerifier, verifier_from_config
+from chatd.bridge import RabbitBridge
 from chatd.config import Config, redact_url
 from chatd.domain.rules import SendRateLimiter
 from chatd.observability.logs import configure_logging
@@ -48,7 +49,7 @@ from chatd.profiles import (
     ProfileProvider,
     RemoteProfileProvider,
 )
-from chatd.realtime import LocalDelivery, build_runtime
+from chatd.realtime import ChatHooks, LocalDelivery, build_runtime
 from chatd.services import ChatService, Readiness
 from chatd.storage import Store, open_store
 from stomp.trio import DEFAULT_SHUTDOWN_TIMEOUT, BrokerRuntime, serve_tcp
@@ -76,10 +77,11 @@ class Part:
 
 @dataclass(slots=True)
 class Components:
-    """What the parts share; a later issue adds the RabbitMQ bridge here.
+    """What the parts share.
 
-    `runtime` is the one STOMP broker runtime every transport serves; `delivery` is the sink
-    the outbox publisher feeds it through.
+    `runtime` is the one STOMP broker runtime every transport serves; `delivery` is how rows
+    reach its subscribers; `bridge` (with ``[rabbitmq]``) relays rows between instances and
+    is then the outbox publisher's sink instead of `delivery`.
     """
 
     config: Config
@@ -92,6 +94,7 @@ class Components:
     runtime: BrokerRuntime
     delivery: LocalDelivery
     metrics: Metrics = field(default_factory=Metrics)
+    bridge: RabbitBridge | None = None
 
 
 class StartupError(Exception):
@@ -151,11 +154,23 @@ async def build_components(config: Config, store: Store) -> Components:
     metrics.attach_readiness(readiness)
     if isinstance(profiles, CachedProfiles):
         metrics.attach_profiles(profiles, profiles.breaker)
-    # At merge: attach_bridge(bridge) and readiness.add_check("rabbitmq", ...) when
-    # [rabbitmq] is set.
+    bridge = None
+    if config.rabbitmq is not None:
+        # within the publisher's budget per round (half a lease), with room to record it
+        confirm_timeout = min(config.rabbitmq.confirm_timeout_seconds,
+                              0.4 * config.outbox.lease_seconds)
+        bridge = RabbitBridge(config.rabbitmq, delivery, confirm_timeout=confirm_timeout,
+                              dedupe_size=config.rabbitmq.dedupe_size)
+        runtime.on_destination_active = bridge.destination_active
+        assert isinstance(runtime.hooks, ChatHooks)
+        runtime.hooks.binder = bridge
+        runtime.hooks.handlers.relay = bridge.relay_ephemeral
+        readiness.add_check("bridge", bridge.check)
+        bridge.observe_confirm = metrics.bridge_confirm_latency.observe
+        metrics.attach_bridge(bridge)
     return Components(
         config, store, profiles, verifier, limiter, services, readiness, runtime, delivery,
-        metrics,
+        metrics, bridge,
     )
 
 
@@ -221,6 +236,11 @@ def http_part(components: Components) -> Part:
     return Part("http", run, stop=stopping.set)
 
 
+def bridge_part(bridge: RabbitBridge) -> Part:
+    """The RabbitMQ bridge: started before the outbox publisher (its sink), stopped after."""
+    return Part("bridge", bridge.run, stop=bridge.stop)
+
+
 def outbox_part(components: Components, sink: OutboxSink) -> Part:
     """The outbox publisher feeding `sink` (the local broker's delivery, later the RabbitMQ
     bridge); `stop` lets the batch in hand finish. Never add it without a real sink: the
@@ -243,14 +263,15 @@ def jwks_part(components: Components) -> Part | None:
 
 def build_parts(components: Components) -> list[Part]:
     """The parts to start, in start order (see the module docstring for where new ones go):
-    broker runtime, outbox publisher (into the local delivery; the RabbitMQ bridge will sit
-    between them), HTTP with ``/ws``, and the raw STOMP listener when configured."""
-    parts = [
-        broker_part(components),
-        profiles_part(components),
-        outbox_part(components, components.delivery),
-        http_part(components),
-    ]
+    broker runtime, the profile client, the RabbitMQ bridge when configured, the outbox
+    publisher (into the bridge, else straight into the local delivery), HTTP with ``/ws``,
+    and the raw STOMP listener when configured; the JWKS refresher first when configured."""
+    bridge = components.bridge
+    parts = [broker_part(components), profiles_part(components)]
+    if bridge is not None:
+        parts.append(bridge_part(bridge))
+    parts.append(outbox_part(components, bridge if bridge is not None else components.delivery))
+    parts.append(http_part(components))
     if (jwks := jwks_part(components)) is not None:
         parts.insert(0, jwks)
     if components.config.server.stomp_tcp_address is not None:
@@ -338,7 +359,9 @@ async def serve(
             components.readiness.started = True
             summaries = [p.summary for p in parts if p.summary]
             extra = [f"store={store.backend}", f"profiles={config.profiles.provider}"]
-            extra.append("rabbitmq=" + ("off" if config.rabbitmq is None else "on"))
+            bridge = components.bridge
+            state = "off" if bridge is None else "up" if bridge.connected else "connecting"
+            extra.append(f"rabbitmq={state}")
             log.info("chatd ready %s", " ".join(summaries + extra))
             log.debug("database %s", redact_url(config.database.url))
             task_status.started(summaries)
@@ -357,7 +380,7 @@ async def serve(
 
 
 __all__ = [
-    "Components", "Part", "StartupError", "broker_part", "build_components", "build_parts",
-    "build_profiles", "http_part", "jwks_part", "outbox_part", "profiles_part", "serve",
-    "session_grace", "stomp_tcp_part",
+    "Components", "Part", "StartupError", "bridge_part", "broker_part", "build_components",
+    "build_parts", "build_profiles", "http_part", "jwks_part", "outbox_part", "profiles_part",
+    "serve", "session_grace", "stomp_tcp_part",
 ]

@@ -7,6 +7,8 @@ least once, with retries, backoff and a dead state.
 
 from chatd.outbox.publisher import OutboxPublisher
 from chatd.outbox.retry import backoff_delay, plan_failure
-from chatd.outbox.sink import OutboxSink
+from chatd.outbox.sink import OutboxSink, SinkUnavailable
 
-__all__ = ["OutboxPublisher", "OutboxSink", "backoff_delay", "plan_failure"]
+__all__ = [
+    "OutboxPublisher", "OutboxSink", "SinkUnavailable", "backoff_delay", "plan_failure",
+]

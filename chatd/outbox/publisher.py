@@ -23,6 +23,8 @@ The lease only protects us while we are quick, so every sink call of a round mus
 When the sink refuses a batch we cannot tell which row it choked on, so the batch is retried one
 row per call: a failing row is charged an attempt, the rest of its session is given back
 untried, and other sessions' rows still go out. The retry rules are in `chatd.outbox.retry`.
+A sink that raises `SinkUnavailable` (RabbitMQ down) gets the whole rest of the round back
+uncharged, and the publisher then polls instead of waking on every new row until it recovers.
 
 Shutdown: `stop()` lets the batch in hand finish (published and recorded), then `run` returns.
 If the task is cancelled instead, a final, shielded flush records what the sink already accepted
@@ -45,7 +47,7 @@ from chatd.config import OutboxConfig
 from chatd.domain.errors import Unavailable
 from chatd.domain.models import OutboxRow
 from chatd.outbox.retry import backoff_delay, plan_failure
-from chatd.outbox.sink import OutboxSink
+from chatd.outbox.sink import OutboxSink, SinkUnavailable
 from chatd.storage.base import Store
 
 log = logging.getLogger("chatd.outbox")
@@ -75,6 +77,7 @@ class _Outcome:
     sent: list[OutboxRow] = field(default_factory=list)
     failed: list[tuple[OutboxRow, Exception]] = field(default_factory=list)
     released: list[OutboxRow] = field(default_factory=list)
+    unavailable: bool = False  # the sink said SinkUnavailable
 
 
 class OutboxPublisher:
@@ -103,6 +106,7 @@ class OutboxPublisher:
         self._stopping = False
         self._pause_scope: trio.CancelScope | None = None
         self._retry_due: datetime | None = None
+        self._sink_down = False
         self.published = 0
         self.retried = 0
         self.dead = 0
@@ -134,7 +138,7 @@ class OutboxPublisher:
                 log.info("outbox: store reachable again after %d failed attempts", outages)
                 outages = 0
             if not again:
-                await self._pause(self._idle_timeout(), wake=True)
+                await self._pause(self._idle_timeout(), wake=not self._sink_down)
         log.info(
             "outbox publisher stopped: published=%d retried=%d dead=%d",
             self.published, self.retried, self.dead,
@@ -161,6 +165,11 @@ class OutboxPublisher:
                 await self._flush_cancelled(rows, outcome)
             raise
         await self._settle(outcome)
+        if outcome.unavailable != self._sink_down:
+            self._sink_down = outcome.unavailable
+            log.log(logging.WARNING if outcome.unavailable else logging.INFO,
+                    "outbox: sink %s", "unavailable: rows wait" if outcome.unavailable
+                    else "available again")
         # a full batch means more may be waiting: go again at once, unless nothing went out
         # (a sink that is down would otherwise make us sweep the whole backlog, charging heads)
         return len(rows) >= self._config.batch_size and bool(outcome.sent)
@@ -171,6 +180,10 @@ class OutboxPublisher:
         try:
             with trio.fail_at(deadline):
                 await self._sink.publish(rows)
+        except SinkUnavailable:
+            outcome.released.extend(rows)
+            outcome.unavailable = True
+            return
         except Exception as exc:
             if len(rows) == 1:
                 outcome.failed.append((rows[0], exc))
@@ -180,13 +193,19 @@ class OutboxPublisher:
             outcome.sent.extend(rows)
             return
         held: set[UUID] = set()
-        for row in rows:
+        for index, row in enumerate(rows):
+            if outcome.unavailable:
+                outcome.released.extend(rows[index:])
+                return
             if row.session_id in held:
                 outcome.released.append(row)  # behind a failed row: untried, not charged
                 continue
             try:
                 with trio.fail_at(deadline):
                     await self._sink.publish([row])
+            except SinkUnavailable:
+                outcome.released.append(row)
+                outcome.unavailable = True
             except Exception as exc:
                 outcome.failed.append((row, exc))
                 held.add(row.session_id)

@@ -14,6 +14,9 @@ The contract, which the publisher's correctness rests on:
   the call got through, so it retries them (one row per call, to find the culprit): delivery is
   at least once, and a sink that can partially succeed should make re-delivery harmless (the
   message JSON carries ``messageId`` and ``seq``, so clients drop duplicates).
+* `publish` raising `SinkUnavailable` means "not accepted, and not the rows' fault" (e.g. the
+  RabbitMQ connection is down): the publisher gives every row back untried and uncharged, so
+  rows never go dead because a broker restarted.
 * Rows arrive in id order, which is seq order within each session; a sink must keep that order
   per destination. Rows of different sessions may share one call.
 * `publish` may be cancelled (shutdown, or the publisher's time budget of half a lease); the
@@ -29,6 +32,10 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from chatd.domain.models import OutboxRow
+
+
+class SinkUnavailable(Exception):
+    """The sink cannot take rows right now; they are given back without a retry charged."""
 
 
 class OutboxSink(Protocol):

@@ -57,17 +57,34 @@ class LocalDelivery:
     def publish_row(self, row: OutboxRow) -> None:
         """`publish` for one row, synchronously (no checkpoint: the seq mark and the delivery
         change together)."""
-        topic = row.event == EVENT_MESSAGE and row.destination.startswith(TOPIC_PREFIX)
-        if topic:
-            last = self._last.get(row.session_id)
-            if last is not None and row.seq <= last:
-                log.debug("skipping seq %d of %s: already delivered", row.seq, row.session_id)
-                return
         body = row.payload.encode() if row.payload else b"{}"
-        self.runtime.publish(row.destination, body,
-                             event_headers(row.event or "unknown", ("x-seq", str(row.seq))))
+        self.deliver(row.destination, row.event, row.session_id, row.seq, body)
+
+    def deliver(self, destination: str, event: str, session_id: uuid.UUID, seq: int,
+                body: bytes) -> None:
+        """Publish one row's fields to the local subscribers of `destination` (what the
+        RabbitMQ bridge calls for each consumed message); topic rows at or below the
+        session's seq mark are skipped."""
+        topic = event == EVENT_MESSAGE and destination.startswith(TOPIC_PREFIX)
         if topic:
-            self._mark(row.session_id, row.seq)
+            last = self._last.get(session_id)
+            if last is not None and seq <= last:
+                log.debug("skipping seq %d of %s: already delivered", seq, session_id)
+                return
+        self.runtime.publish(destination, body,
+                             event_headers(event or "unknown", ("x-seq", str(seq))))
+        if topic:
+            self._mark(session_id, seq)
+
+    def forget(self, destination: str) -> None:
+        """Drop the seq mark of a session topic this process stops receiving (the RabbitMQ
+        bridge unbound it): a later subscriber re-seeds it from the store instead of trusting
+        a mark that no longer follows the topic."""
+        try:
+            session_id = uuid.UUID(destination.removeprefix(TOPIC_PREFIX))
+        except ValueError:
+            return
+        self._last.pop(session_id, None)
 
     def last_seq(self, session_id: uuid.UUID) -> int | None:
         """The highest message seq published to the session topic, None when unknown."""

@@ -6,6 +6,8 @@ waits for them: each is bounded by `timeout`. Answers go to the caller's own use
 (`{clientMessageId, status, errorMsg}`, mapped by `chatd.domain.errors.view`, the table REST
 uses too) and `/user/queue/pong` — so every connection of the caller sees them and matches
 them by `clientMessageId`. A client mistake is an error message, never a closed session.
+With several instances, `relay` (the RabbitMQ bridge) carries these unstored publishes —
+answers and typing notices — to the caller's connections on other instances too.
 
 A `receipt` header is answered once the work is done: for `chat.send`, after the message is
 stored and its ack published (or after its error, so a receipt never overtakes the answer).
@@ -40,6 +42,8 @@ EVENT_PONG: Final = "pong"
 DEFAULT_HANDLER_TIMEOUT: Final = 10.0
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
+#: (destination key, event, body): forwards an ephemeral publish to other instances.
+Relay = Callable[[str, str, bytes], None]
 
 
 class AppHandlers:
@@ -50,6 +54,7 @@ class AppHandlers:
         self.services = services
         self.runtime = runtime
         self.timeout = timeout
+        self.relay: Relay | None = None
         self.routes: dict[str, Handler] = {
             "/app/chat.send": self.chat_send,
             "/app/chat.delivered": self.chat_delivered,
@@ -104,8 +109,7 @@ class AppHandlers:
         """Tell the session topic the caller is typing; ephemeral, never stored."""
         chat = await self.services.require_participant(caller, body.get("sessionId"))
         payload = {"sessionId": str(chat.id), "email": caller}
-        self.runtime.publish(topic_destination(chat.id), dumps(payload).encode(),
-                             event_headers(EVENT_TYPING))
+        self.publish(topic_destination(chat.id), dumps(payload).encode(), EVENT_TYPING)
 
     async def ping(self, caller: str, body: dict[str, Any]) -> None:
         """Echo the body (a client's correlation data) on `/user/queue/pong`."""
@@ -115,8 +119,13 @@ class AppHandlers:
 
     def reply(self, caller: str, queue: str, payload: Any, event: str) -> None:
         """Publish JSON to every connection of `caller` subscribed to `/user{queue}`."""
-        self.runtime.publish(user_key(caller, queue), dumps(payload).encode(),
-                             event_headers(event))
+        self.publish(user_key(caller, queue), dumps(payload).encode(), event)
+
+    def publish(self, key: str, body: bytes, event: str) -> None:
+        """Publish an unstored event here, and through `relay` to other instances."""
+        self.runtime.publish(key, body, event_headers(event))
+        if self.relay is not None:
+            self.relay(key, event, body)
 
     def error(self, caller: str, client_message_id: object, exc: BaseException) -> None:
         """`{clientMessageId, status, errorMsg}` (plus `retryAfter` when rate limited)."""

@@ -10,6 +10,10 @@ Subscriptions: `/topic/session.{id}` for its participants (optionally replaying 
 — the broker keys those by the session's principal, so naming another user's queue is
 impossible, and `/user/{someone}/...` spellings are refused outright. SEND: `/app/...` only;
 a client publishing to a topic or a user queue could impersonate the server.
+
+Several instances (DESIGN §7): with a `Binder` (the RabbitMQ bridge) set, an allowed SUBSCRIBE
+first waits until this instance receives the destination from RabbitMQ, then replays; so the
+RECEIPT, written after the hook, means nothing published from then on can be missed.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Final
+from typing import Final, Protocol
 
 from chatd.auth.tokens import TokenVerifier, bearer_token
 from chatd.config import Config
@@ -27,7 +31,7 @@ from chatd.realtime.handlers import APP_PREFIX, AppHandlers
 from chatd.realtime.replay import DEFAULT_MAX_REPLAY, replay, since_seq
 from chatd.services import ChatService
 from stomp import Connect, Send, Subscribe
-from stomp.broker import Broker, Limits, SessionId
+from stomp.broker import USER_PREFIX, Broker, Limits, SessionId, user_key
 from stomp.trio import Authenticated, BrokerRuntime, Principal, Refused, TransportInfo
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,20 @@ UNAUTHENTICATED: Final = "unauthenticated"
 USER_QUEUES: Final = frozenset(
     f"/user/queue/{name}" for name in ("messages", "ack", "error", "receipts", "pong")
 )
+
+
+class Binder(Protocol):
+    """Makes this instance receive a destination from other instances (the RabbitMQ bridge)."""
+
+    async def ensure_bound(self, destination: str) -> None:
+        """Return once messages published to the broker key `destination` reach us. Every
+        call is followed by one `release`, without a checkpoint in between on success."""
+        ...
+
+    def release(self, destination: str, *, subscribed: bool) -> None:
+        """The SUBSCRIBE `ensure_bound` was for is decided: `subscribed` False (refused) lets
+        the binding go unless another subscriber uses or awaits it."""
+        ...
 
 
 class ChatHooks:
@@ -52,6 +70,7 @@ class ChatHooks:
         self.delivery = delivery
         self.handlers = handlers
         self.max_replay = max_replay
+        self.binder: Binder | None = None
 
     @property
     def runtime(self) -> BrokerRuntime:
@@ -88,6 +107,10 @@ class ChatHooks:
         destination = event.destination
         caller = _require(principal)
         if destination in USER_QUEUES:
+            if self.binder is not None:
+                key = user_key(caller, destination[len(USER_PREFIX) - 1:])
+                await self.binder.ensure_bound(key)
+                self.binder.release(key, subscribed=True)
             return
         if not destination.startswith(TOPIC_PREFIX):
             raise Refused(f"cannot subscribe to {destination}",
@@ -108,11 +131,20 @@ class ChatHooks:
             raise Refused(f"cannot subscribe to {destination}",
                           f"use the canonical session id {chat.id}")
         after = since_seq(event)
-        if after is not None:
-            await replay(self.runtime, self.delivery, self.services, session=session,
-                         caller=caller, chat=chat, after=after, event=event,
-                         max_replay=self.max_replay)
-            # Nothing may await after the replay: the subscription activates on return.
+        if self.binder is not None:
+            await self.binder.ensure_bound(destination)  # before the replay reads its mark
+        try:
+            if after is not None:
+                await replay(self.runtime, self.delivery, self.services, session=session,
+                             caller=caller, chat=chat, after=after, event=event,
+                             max_replay=self.max_replay)
+                # Nothing may await after the replay: the subscription activates on return.
+        except BaseException:
+            if self.binder is not None:
+                self.binder.release(destination, subscribed=False)
+            raise
+        if self.binder is not None:
+            self.binder.release(destination, subscribed=True)
 
     async def authorize_send(self, principal: Principal | None, event: Send) -> None:
         """Only the `/app/...` destinations chatd handles; refuse the rest, naming it."""

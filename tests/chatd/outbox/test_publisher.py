@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 
 import pytest
 import trio
 
 from chatd.domain.models import OutboxRow
-from chatd.outbox import OutboxPublisher
+from chatd.outbox import OutboxPublisher, SinkUnavailable
 from chatd.storage import Store
 
 from .conftest import (
     ANN,
     T0,
+    Call,
     RecordingSink,
     assert_session_order,
     config,
@@ -175,3 +177,32 @@ async def test_a_cancelled_publisher_gives_its_rows_back_at_once(store: Store) -
 
 def _accepted_at(sink: RecordingSink, row_id: int) -> float:
     return sink.accepted_at[sink.ids.index(row_id)]
+
+
+async def test_an_unavailable_sink_gets_rows_back_uncharged_and_they_go_out_later(
+    store: Store,
+) -> None:
+    (a, _), (b, b_other) = await sessions(store, 2)
+    await send(store, a, ANN, 3)
+    await send(store, b, b_other, 3)
+    down = True
+
+    class DownSink(RecordingSink):
+        async def publish(self, rows: Sequence[OutboxRow]) -> None:
+            self.calls.append(Call(trio.current_time(), [r.id for r in rows]))
+            if down:
+                raise SinkUnavailable("broker restarting")
+            await super().publish(rows)
+
+    sink = DownSink()
+    publisher = OutboxPublisher(store, sink, config(max_attempts=1, poll_interval=0.05),
+                                random=no_jitter)
+    async with running(publisher):
+        await wait_until(lambda: len(sink.calls) >= 5)  # several rounds refused
+        assert (publisher.retried, publisher.dead) == (0, 0)
+        assert await store.outbox_stats() == (18, 0)  # nothing charged, nothing dead
+        down = False
+        await wait_until(lambda: len(sink.accepted) == 18)
+    assert_session_order(sink.accepted)
+    assert await store.outbox_stats() == (0, 0)
+    assert (publisher.published, publisher.retried, publisher.dead) == (18, 0, 0)

@@ -1,0 +1,375 @@
+"""The bridge thread: the only code that talks to pika (DESIGN §2, shared NOTES "pika from trio").
+
+Why a thread and a `SelectConnection`: pika is not trio-aware, and `BlockingConnection` allows
+one pending publisher confirm at a time (~2k msg/s). A `SelectConnection` driven by its own
+ioloop in one dedicated thread pipelines publishes and matches confirms by delivery tag.
+
+Everything in this module runs in that thread, except `submit` and `stop`, which trio calls:
+they queue a command and wake the ioloop (`add_callback_threadsafe`). Results go back to trio
+through the `TrioSide` callbacks, run with `trio.from_thread` — deliveries are batched (one hop
+per socket read, not per message) and the hop blocks while trio's bounded inbox is full, which
+is the back-pressure: unacknowledged messages then wait in RabbitMQ (prefetch).
+
+Topology, re-declared on every connection: a durable topic exchange and one durable queue per
+instance that expires (`x-expires`) once no consumer has used it for `queue_expires_seconds`.
+Durable queue + persistent messages + publisher confirms is what lets a RabbitMQ restart lose
+nothing: a confirmed message is on disk in every queue it was routed to, and the queue and its
+bindings come back with the node. (An exclusive auto-delete queue would vanish with the
+connection, and with it whatever it held.) A clean stop deletes the queue; a killed
+instance's queue goes away by expiry.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pika
+import pika.exceptions
+import trio
+from pika.adapters.select_connection import IOLoop
+
+log = logging.getLogger("chatd.bridge")
+# pika logs every failed connection attempt at ERROR with a stack of wrappers; the bridge logs
+# one line per attempt itself, so only pika's own bugs (CRITICAL) get through.
+logging.getLogger("pika").setLevel(logging.CRITICAL)
+
+PERSISTENT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One outbox row as an AMQP message; `message_id` is the row id (unique per destination)."""
+
+    routing_key: str
+    message_id: str
+    destination: str
+    event: str
+    session_id: str
+    seq: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A consumed message, already out of pika's types; `origin` is set on ephemeral ones
+    (typing, `/app` answers): the instance that already delivered it locally."""
+
+    message_id: str
+    destination: str
+    event: str
+    session_id: str
+    seq: int
+    body: bytes
+    origin: str | None = None
+
+
+class TrioSide(Protocol):
+    """What the thread tells trio; sync methods run in trio via `from_thread.run_sync`."""
+
+    def on_state(self, connected: bool, reason: str) -> None: ...
+    def on_confirm(self, batch_id: int, error: str | None, unavailable: bool) -> None: ...
+    def on_bound(self, routing_key: str) -> None: ...
+    def on_blocked(self, blocked: bool) -> None: ...
+    async def on_messages(self, batch: list[Incoming]) -> None: ...
+
+
+Command = tuple[Any, ...]
+
+
+class AmqpLink:
+    """Owns the connection in the bridge thread: connect, declare, bind, publish, consume,
+    reconnect with capped exponential backoff until `stop()`."""
+
+    def __init__(self, url: str, *, exchange: str, queue: str, prefetch: int, heartbeat: int,
+                 queue_expires_seconds: float, reconnect_initial: float, reconnect_max: float,
+                 side: TrioSide, trio_token: trio.lowlevel.TrioToken) -> None:
+        self.params = pika.URLParameters(url)
+        self.params.heartbeat = heartbeat
+        self.params.connection_attempts = 1
+        self.params.socket_timeout = 5
+        self.params.blocked_connection_timeout = 30
+        self.exchange = exchange
+        self.queue = queue
+        self.prefetch = prefetch
+        self.expires_ms = int(queue_expires_seconds * 1000)
+        self.reconnect_initial = reconnect_initial
+        self.reconnect_max = reconnect_max
+        self.side = side
+        self.token = trio_token
+        self.ioloop = IOLoop()
+        self.thread = threading.Thread(target=self._main, name="chatd-rabbitmq", daemon=True)
+        self._commands: deque[Command] = deque()
+        self._connection: pika.SelectConnection | None = None
+        self._channel: Any = None
+        self._ready = False
+        self._stopping = False
+        self._failures = 0
+        self._desired: set[str] = set()  # routing keys trio wants bound
+        self._applied: set[str] = set()  # what we last bound (the durable queue keeps it)
+        self._tag = 0
+        self._tags: dict[int, int] = {}  # delivery tag -> batch id, in tag order
+        self._batches: dict[int, list[Any]] = {}  # batch id -> [remaining, nacked]
+        self._inbox: list[Incoming] = []
+        self._inbox_tag = 0
+        self._inbox_channel: Any = None
+
+    # -- called from trio ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def submit(self, command: Command) -> None:
+        """Queue ("publish", batch_id, [Outgoing]), ("ephemeral", origin, Outgoing),
+        ("bind", key) or ("unbind", key)."""
+        self._commands.append(command)
+        self.ioloop.add_callback_threadsafe(self._drain_commands)
+
+    def stop(self) -> None:
+        """Close the connection and end the thread (returns at once)."""
+        self._commands.append(("stop",))
+        self.ioloop.add_callback_threadsafe(self._drain_commands)
+
+    # -- the thread --------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        self.ioloop.call_later(0, self._connect)
+        try:
+            self.ioloop.start()
+        finally:
+            self.ioloop.close()
+            log.info("rabbitmq bridge thread stopped")
+
+    def _tell(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run a sync TrioSide callback in trio; False once trio is gone."""
+        try:
+            trio.from_thread.run_sync(fn, *args, trio_token=self.token)
+        except trio.RunFinishedError:
+            self._stopping = True
+            return False
+        return True
+
+    def _connect(self) -> None:
+        if self._stopping:
+            self.ioloop.stop()
+            return
+        self._connection = pika.SelectConnection(
+            self.params, on_open_callback=self._on_open, on_open_error_callback=self._on_lost,
+            on_close_callback=self._on_lost, custom_ioloop=self.ioloop)
+
+    def _on_open(self, connection: pika.SelectConnection) -> None:
+        # A resource alarm (memory, disk) blocks publishing connections: tell trio, so the
+        # outbox waits uncharged instead of piling publishes into a socket nobody reads.
+        connection.add_on_connection_blocked_callback(
+            lambda _c, _f: self._tell(self.side.on_blocked, True))
+        connection.add_on_connection_unblocked_callback(
+            lambda _c, _f: self._tell(self.side.on_blocked, False))
+        connection.channel(on_open_callback=self._on_channel)
+
+    def _on_channel(self, channel: Any) -> None:
+        self._channel = channel
+        self._tag = 0  # delivery tags count from 1 on every channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.confirm_delivery(self._on_confirm, callback=lambda _f: self._declare())
+
+    def _declare(self) -> None:
+        ch = self._channel
+        ch.exchange_declare(exchange=self.exchange, exchange_type="topic", durable=True,
+                            callback=lambda _f: ch.queue_declare(
+                                queue=self.queue, durable=True,
+                                arguments={"x-expires": self.expires_ms},
+                                callback=lambda _f: self._rebind()))
+
+    def _rebind(self) -> None:
+        ch = self._channel
+        for key in self._applied - self._desired:
+            ch.queue_unbind(queue=self.queue, exchange=self.exchange, routing_key=key)
+        self._applied &= self._desired
+        keys = sorted(self._desired)
+        for key in keys:
+            ch.queue_bind(queue=self.queue, exchange=self.exchange, routing_key=key)
+            self._applied.add(key)
+        # Synchronous methods on a channel complete in order: once QoS is answered, every
+        # bind above is active.
+        ch.basic_qos(prefetch_count=self.prefetch, callback=lambda _f: self._consume(keys))
+
+    def _consume(self, keys: list[str]) -> None:
+        # exclusive: the queue is durable (see the module doc) but still this instance's alone
+        self._channel.basic_consume(queue=self.queue, on_message_callback=self._on_message,
+                                    exclusive=True)
+        self._ready = True
+        self._failures = 0
+        log.info("rabbitmq bridge connected: queue %s, %d bindings", self.queue, len(keys))
+        self._tell(self.side.on_state, True, "connected")
+        for key in keys:
+            self._tell(self.side.on_bound, key)
+        self._sync_bindings()  # (un)binds trio asked for while we were declaring
+        self._drain_commands()
+
+    def _sync_bindings(self) -> None:
+        ch = self._channel
+        for key in self._applied - self._desired:
+            ch.queue_unbind(queue=self.queue, exchange=self.exchange, routing_key=key)
+        self._applied &= self._desired
+        for key in sorted(self._desired - self._applied):
+            self._applied.add(key)
+            ch.queue_bind(queue=self.queue, exchange=self.exchange, routing_key=key,
+                          callback=lambda _f, key=key: self._tell(self.side.on_bound, key))
+
+    def _on_channel_closed(self, channel: Any, reason: Exception) -> None:
+        # A channel error (e.g. a declare refused) leaves the connection useless to us.
+        conn = self._connection
+        if conn is not None and conn.is_open:
+            log.warning("rabbitmq channel closed: %s; reconnecting", reason)
+            conn.close()
+
+    def _on_lost(self, _connection: Any, reason: Any) -> None:
+        was_ready = self._ready
+        self._ready = False
+        self._channel = None
+        self._connection = None
+        self._tags.clear()
+        self._tell(self.side.on_blocked, False)
+        batches, self._batches = self._batches, {}
+        self._inbox.clear()
+        for batch_id in batches:
+            self._tell(self.side.on_confirm, batch_id, "connection to RabbitMQ lost", True)
+        if was_ready or self._failures == 0:
+            self._tell(self.side.on_state, False, str(reason) or type(reason).__name__)
+        if self._stopping:
+            self.ioloop.stop()
+            return
+        delay = min(self.reconnect_max, self.reconnect_initial * 2 ** min(self._failures, 30))
+        delay *= 0.5 + random.random() / 2
+        self._failures += 1
+        log.warning("rabbitmq unavailable (%s); reconnecting in %.2f s",
+                    str(reason) or repr(reason), delay)
+        self.ioloop.call_later(delay, self._connect)
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def _drain_commands(self) -> None:
+        while self._commands:
+            command = self._commands.popleft()
+            kind = command[0]
+            if kind == "stop":
+                self._stop()
+                return
+            if kind == "bind":
+                self._desired.add(command[1])
+                if self._ready:
+                    key = command[1]
+                    self._applied.add(key)
+                    self._channel.queue_bind(
+                        queue=self.queue, exchange=self.exchange, routing_key=key,
+                        callback=lambda _f, key=key: self._tell(self.side.on_bound, key))
+            elif kind == "unbind":
+                self._desired.discard(command[1])
+                if self._ready:
+                    self._applied.discard(command[1])
+                    self._channel.queue_unbind(queue=self.queue, exchange=self.exchange,
+                                               routing_key=command[1])
+            elif kind == "publish":
+                self._publish(command[1], command[2])
+            elif kind == "ephemeral" and self._ready:
+                m = command[2]
+                props = pika.BasicProperties(
+                    message_id=m.message_id, content_type="application/json",
+                    headers={"d": m.destination, "e": m.event, "s": "", "q": 0, "o": command[1]})
+                self._channel.basic_publish(self.exchange, m.routing_key, m.body, props)
+                self._tag += 1  # confirmed like any publish on this channel; nobody waits
+
+    def _publish(self, batch_id: int, messages: list[Outgoing]) -> None:
+        if not self._ready:
+            self._tell(self.side.on_confirm, batch_id, "not connected to RabbitMQ", True)
+            return
+        self._batches[batch_id] = [len(messages), False]
+        for m in messages:
+            props = pika.BasicProperties(
+                message_id=m.message_id, delivery_mode=PERSISTENT,
+                content_type="application/json",
+                headers={"d": m.destination, "e": m.event, "s": m.session_id, "q": m.seq})
+            self._channel.basic_publish(self.exchange, m.routing_key, m.body, props)
+            self._tag += 1
+            self._tags[self._tag] = batch_id
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        nack = isinstance(method, pika.spec.Basic.Nack)
+        tag = method.delivery_tag
+        if method.multiple:
+            done = [t for t in self._tags if t <= tag]
+        else:
+            done = [tag] if tag in self._tags else []
+        for t in done:
+            batch_id = self._tags.pop(t)
+            batch = self._batches.get(batch_id)
+            if batch is None:
+                continue
+            batch[0] -= 1
+            batch[1] = batch[1] or nack
+            if batch[0] == 0:
+                del self._batches[batch_id]
+                error = "RabbitMQ refused (nack)" if batch[1] else None
+                self._tell(self.side.on_confirm, batch_id, error, False)
+
+    def _on_message(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
+        headers = props.headers or {}
+        try:
+            origin = headers.get("o")
+            self._inbox.append(Incoming(
+                str(props.message_id), _text(headers["d"]), _text(headers["e"]),
+                _text(headers["s"]), int(headers["q"]), body,
+                None if origin is None else _text(origin)))
+        except (KeyError, TypeError, ValueError):
+            log.warning("dropping a malformed message (routing key %s)", method.routing_key)
+        if not self._inbox and self._inbox_tag == 0:
+            channel.basic_ack(method.delivery_tag)
+            return
+        first = self._inbox_tag == 0
+        self._inbox_tag = method.delivery_tag
+        self._inbox_channel = channel
+        if first:
+            self.ioloop.call_later(0, self._flush_inbox)  # after the rest of this read
+
+    def _flush_inbox(self) -> None:
+        batch, self._inbox = self._inbox, []
+        tag, channel = self._inbox_tag, self._inbox_channel
+        self._inbox_tag = 0
+        if batch:
+            try:
+                trio.from_thread.run(self.side.on_messages, batch, trio_token=self.token)
+            except (trio.RunFinishedError, trio.BrokenResourceError, trio.ClosedResourceError,
+                    trio.Cancelled):
+                self._stopping = True
+                return
+        if channel is not None and channel is self._channel and channel.is_open:
+            channel.basic_ack(tag, multiple=True)
+
+    def _stop(self) -> None:
+        self._stopping = True
+        if self._ready:
+            # A clean stop deletes our queue now; only a killed instance leaves one to expire.
+            self._ready = False
+            self._channel.queue_delete(queue=self.queue, callback=lambda _f: self._close())
+            return
+        self._close()
+
+    def _close(self) -> None:
+        conn = self._connection
+        if conn is not None and (conn.is_open or conn.is_opening):
+            try:
+                conn.close()
+                return  # _on_lost stops the ioloop
+            except pika.exceptions.ConnectionWrongStateError:
+                pass
+        self.ioloop.stop()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

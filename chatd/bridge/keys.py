@@ -1,0 +1,87 @@
+"""Routing keys and duplicate detection for the RabbitMQ bridge (DESIGN §7).
+
+Why escaping: AMQP topic routing keys are dot-separated words, and in a *binding* key `*` and
+`#` are wildcards. Destinations contain user names and session ids that a client chose (an
+e-mail may hold dots, `#`, `*`), so a destination copied into a key as is could bind more
+than it asked for (`user:#:/queue/messages` would receive every user's messages) or collide
+with another one. Each variable part is therefore percent-encoded into a single word with no
+`.`, `*` or `#` in it; the words are joined with dots. A client never chooses a key: keys are
+only ever derived here, from destinations the broker hooks already authorized.
+
+Dedupe: a row is published at least once (a lost connection republishes the unconfirmed rows,
+RabbitMQ redelivers what it had not seen acknowledged), so consumers drop a message whose id
+they have seen recently. The window is a bounded LRU: memory stays flat, and a duplicate
+arrives soon after the original, never after thousands of newer messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Final
+from urllib.parse import quote
+
+from stomp.broker import USER_PREFIX
+
+TOPIC_PREFIX: Final = "/topic/"
+USER_KEY_PREFIX: Final = "user:"
+#: AMQP caps routing keys at 255 bytes; longer words are replaced by a digest.
+MAX_WORD: Final = 80
+DEFAULT_DEDUPE_SIZE: Final = 65_536
+
+
+def escape_word(text: str) -> str:
+    """`text` as one routing-key word: percent-encoded, with no `.`, `*`, `#` left.
+
+    Words longer than `MAX_WORD` become ``%h`` and a SHA-256 digest: percent-encoding never
+    produces ``%h``, so no short name can be spelled to collide with a digested one.
+    """
+    word = quote(text, safe="@+-_").replace(".", "%2E").replace("~", "%7E")
+    if len(word) > MAX_WORD:
+        return "%h" + hashlib.sha256(text.encode()).hexdigest()
+    return word
+
+
+def routing_key(destination: str) -> str:
+    """The routing key of a broker destination key.
+
+    ``/topic/session.{id}`` -> ``topic.{id-word}`` ... precisely: ``topic.`` + the escaped
+    rest; ``user:{name}:{path}`` (`stomp.broker.user_key`) -> ``user.{name}.{path}``; anything
+    else -> ``other.{escaped}``. Raises ValueError for a user key that is not well formed.
+    """
+    if destination.startswith(TOPIC_PREFIX):
+        return "topic." + escape_word(destination[len(TOPIC_PREFIX):])
+    if destination.startswith(USER_KEY_PREFIX):
+        name, sep, path = destination[len(USER_KEY_PREFIX):].rpartition(":")
+        if not sep or not name or not path.startswith("/"):
+            raise ValueError(f"not a user destination key: {destination!r}")
+        return f"user.{escape_word(name)}.{escape_word(path)}"
+    if destination.startswith(USER_PREFIX):
+        raise ValueError(f"resolve {destination!r} to a user key first")
+    return "other." + escape_word(destination)
+
+
+class Dedupe:
+    """Remembers the last `size` message ids; `seen(id)` says whether one came before."""
+
+    def __init__(self, size: int = DEFAULT_DEDUPE_SIZE) -> None:
+        if size < 1:
+            raise ValueError("size must be at least 1")
+        self.size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self.duplicates = 0
+
+    def seen(self, message_id: str) -> bool:
+        """True (and counted) if `message_id` was seen within the window; else remember it."""
+        ids = self._ids
+        if message_id in ids:
+            ids.move_to_end(message_id)
+            self.duplicates += 1
+            return True
+        ids[message_id] = None
+        if len(ids) > self.size:
+            ids.popitem(last=False)
+        return False
+
+    def __len__(self) -> int:
+        return len(self._ids)

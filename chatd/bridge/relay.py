@@ -1,0 +1,322 @@
+"""`RabbitBridge`: the trio side of the RabbitMQ bridge (DESIGN §7).
+
+Three jobs, one object:
+
+* **Outbox sink.** `publish` turns rows into AMQP messages (routing key from the destination,
+  `chatd.bridge.keys`), hands them to the bridge thread in one hop and returns once RabbitMQ
+  confirmed every one; a nack fails the call (the publisher charges a retry), while "not
+  connected", "connection lost", "blocked by a resource alarm" and "no confirm within
+  `confirm_timeout_seconds`" raise `SinkUnavailable`, so the rows go back to pending without
+  being charged: they must not die because RabbitMQ restarted or ran short of memory.
+* **Bindings follow local subscribers.** The broker runtime reports a destination's first and
+  last local subscriber (`destination_active`); we bind and unbind its key. `ensure_bound`,
+  awaited by the SUBSCRIBE hook, returns once the binding is active, so the RECEIPT (written
+  after the hook) promises that nothing published later is missed.
+* **Consumer.** Messages from this instance's queue are deduplicated by message id (the outbox
+  row id) and delivered through the same `LocalDelivery` path a single instance uses, which also
+  keeps the per-session seq mark that history replay relies on.
+* **Ephemeral relay.** Typing notices and `/app` answers are never stored: the instance that
+  made one delivers it locally at once and `relay_ephemeral` sends a copy, unconfirmed and not
+  persistent, to the other instances (dropped while disconnected: it is ephemeral).
+
+Plain attributes for metrics (read at scrape time): `connected`, `published`, `consumed`,
+`duplicates`, `confirm_seconds_sum` / `confirm_count`, `bindings`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import trio
+
+from chatd.bridge.amqp import AmqpLink, Incoming, Outgoing
+from chatd.bridge.keys import DEFAULT_DEDUPE_SIZE, Dedupe, routing_key
+from chatd.config import RabbitMQConfig, redact_url
+from chatd.domain.errors import Unavailable
+from chatd.domain.models import OutboxRow
+from chatd.outbox.sink import SinkUnavailable
+from chatd.realtime.delivery import TOPIC_PREFIX, LocalDelivery, event_headers
+
+log = logging.getLogger("chatd.bridge")
+
+#: Batches of consumed messages trio may hold before the bridge thread waits (back-pressure).
+INBOX_BATCHES: Final = 64
+#: Seconds `run` waits for the first connection before reporting started anyway.
+STARTUP_WAIT: Final = 5.0
+#: Seconds a SUBSCRIBE waits for its binding before going ahead (the bind still completes).
+BIND_TIMEOUT: Final = 10.0
+#: Seconds shutdown waits for the thread to close the connection.
+STOP_TIMEOUT: Final = 5.0
+
+
+class PublishRefused(Exception):
+    """RabbitMQ answered a publish with a nack: the rows are retried (and charged)."""
+
+
+@dataclass(slots=True)
+class _Batch:
+    done: trio.Event = field(default_factory=trio.Event)
+    error: str | None = None
+    unavailable: bool = False
+
+
+class RabbitBridge:
+    """Relays outbox rows through RabbitMQ to every instance with local subscribers."""
+
+    def __init__(self, config: RabbitMQConfig, delivery: LocalDelivery, *,
+                 instance_id: str | None = None, confirm_timeout: float | None = None,
+                 dedupe_size: int = DEFAULT_DEDUPE_SIZE) -> None:
+        """`confirm_timeout` (default `config.confirm_timeout_seconds`) must end before the
+        outbox publisher's own budget per round, or a late confirm is charged as a failure."""
+        self.config = config
+        self.confirm_timeout = (config.confirm_timeout_seconds if confirm_timeout is None
+                                else confirm_timeout)
+        self.delivery = delivery
+        self.instance_id = instance_id or uuid.uuid4().hex
+        self.queue = f"chatd.instance.{self.instance_id}"
+        self.dedupe = Dedupe(dedupe_size)
+        self.connected = False
+        self.blocked = False  # RabbitMQ blocked our publishes (memory or disk alarm)
+        self.published = 0
+        self.consumed = 0
+        self.confirm_seconds_sum = 0.0
+        self.confirm_count = 0
+        #: Called with each batch's publish-to-confirm seconds (metrics set it).
+        self.observe_confirm: Callable[[float], None] | None = None
+        self._link: AmqpLink | None = None
+        self._active: set[str] = set()  # destination keys with local subscribers (or arriving)
+        self._subscribed: set[str] = set()  # ...with local subscribers, as the broker says
+        self._pending: dict[str, int] = {}  # ...with SUBSCRIBE hooks between ensure and release
+        self._bound: set[str] = set()  # routing keys RabbitMQ confirmed bound
+        self._bind_waiters: dict[str, trio.Event] = {}
+        self._batches: dict[int, _Batch] = {}
+        self._ids = itertools.count(1)
+        self._connected_event = trio.Event()
+        self._stopping = trio.Event()
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel[list[Incoming]](
+            INBOX_BATCHES)
+
+    # -- metrics -----------------------------------------------------------------------------
+
+    @property
+    def duplicates(self) -> int:
+        return self.dedupe.duplicates
+
+    @property
+    def bindings(self) -> int:
+        """Routing keys this instance currently has bound."""
+        return len(self._bound)
+
+    # -- the part ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask `run` to close the connection and return."""
+        self._stopping.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the bridge thread and the consumer; report started once connected, or after
+        `STARTUP_WAIT` without (the instance still starts, not ready, and keeps retrying;
+        `connected` says which)."""
+        c = self.config
+        link = AmqpLink(c.url, exchange=c.exchange, queue=self.queue, prefetch=c.prefetch,
+                        heartbeat=c.heartbeat_seconds,
+                        queue_expires_seconds=c.queue_expires_seconds,
+                        reconnect_initial=c.reconnect_initial_seconds,
+                        reconnect_max=c.reconnect_max_seconds, side=self,
+                        trio_token=trio.lowlevel.current_trio_token())
+        self._link = link
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._consume)
+                link.start()
+                with trio.move_on_after(STARTUP_WAIT):
+                    await self._connected_event.wait()
+                if not self.connected:
+                    log.warning("rabbitmq %s not reachable yet; starting, not ready",
+                                redact_url(c.url))
+                task_status.started()
+                await self._stopping.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            link.stop()
+            self._inbox_recv.close()  # a thread blocked handing us messages gives up
+            if link.thread.is_alive():
+                with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT):
+                    await trio.to_thread.run_sync(link.thread.join, STOP_TIMEOUT)
+            self.connected = False
+
+    async def check(self) -> None:
+        """Readiness check "bridge": raises Unavailable while RabbitMQ is not connected."""
+        if not self.connected:
+            raise Unavailable("not connected to RabbitMQ")
+
+    # -- the outbox sink ---------------------------------------------------------------------
+
+    async def publish(self, rows: Sequence[OutboxRow]) -> None:
+        """Publish `rows` in order and return once RabbitMQ confirmed all of them.
+
+        Raises SinkUnavailable when not connected or the connection drops meanwhile (nothing
+        is charged), PublishRefused on a nack.
+        """
+        if not self.connected or self._link is None:
+            raise SinkUnavailable("not connected to RabbitMQ")
+        if self.blocked:
+            raise SinkUnavailable("RabbitMQ blocks publishing (resource alarm)")
+        messages = [
+            Outgoing(routing_key(row.destination), str(row.id), row.destination, row.event,
+                     str(row.session_id), row.seq,
+                     row.payload.encode() if row.payload else b"{}")
+            for row in rows
+        ]
+        batch_id = next(self._ids)
+        batch = self._batches[batch_id] = _Batch()
+        started = trio.current_time()
+        try:
+            self._link.submit(("publish", batch_id, messages))
+            with trio.move_on_after(self.confirm_timeout):
+                await batch.done.wait()
+        finally:
+            self._batches.pop(batch_id, None)
+        if not batch.done.is_set():
+            raise SinkUnavailable(f"no confirm from RabbitMQ within {self.confirm_timeout:g} s")
+        if batch.error is not None:
+            if batch.unavailable:
+                raise SinkUnavailable(batch.error)
+            raise PublishRefused(batch.error)
+        waited = trio.current_time() - started
+        self.confirm_seconds_sum += waited
+        self.confirm_count += 1
+        if self.observe_confirm is not None:
+            self.observe_confirm(waited)
+        self.published += len(rows)
+
+    def relay_ephemeral(self, destination: str, event: str, body: bytes) -> None:
+        """Send what was just published locally to the other instances' subscribers of
+        `destination`; best effort, never blocks."""
+        if not self.connected or self._link is None:
+            return
+        n = next(self._ids)
+        message = Outgoing(routing_key(destination), f"e-{self.instance_id}-{n}", destination,
+                           event, "", 0, body)
+        self._link.submit(("ephemeral", self.instance_id, message))
+
+    # -- bindings ----------------------------------------------------------------------------
+
+    def destination_active(self, destination: str, active: bool) -> None:
+        """`BrokerRuntime.on_destination_active`: bind on the first local subscriber of
+        `destination`, unbind on the last. Never blocks."""
+        if active:
+            self._subscribed.add(destination)
+            if destination not in self._active:
+                self._active.add(destination)
+                self._submit_bind(destination)
+            return
+        self._subscribed.discard(destination)
+        if self._pending.get(destination):
+            return  # a SUBSCRIBE is on its way (ensure_bound): it keeps the binding
+        self._unbind(destination)
+
+    def _unbind(self, destination: str) -> None:
+        self._active.discard(destination)
+        key = routing_key(destination)
+        self._bound.discard(key)
+        if self._link is not None:
+            self._link.submit(("unbind", key))
+        if destination.startswith(TOPIC_PREFIX):
+            # Nothing reaches us for it any more: the seq mark would go stale.
+            self.delivery.forget(destination)
+
+    async def ensure_bound(self, destination: str) -> None:
+        """Return once `destination`'s routing key is bound to this instance's queue (at once
+        when RabbitMQ is not connected: the reconnect binds it before anything is published
+        through this instance again)."""
+        key = routing_key(destination)
+        self._pending[destination] = self._pending.get(destination, 0) + 1
+        if destination in self._active and key in self._bound:
+            return
+        self._active.add(destination)
+        if not self.connected:
+            self._submit_bind(destination)
+            return
+        waiter = self._bind_waiters.setdefault(key, trio.Event())
+        self._submit_bind(destination)
+        try:
+            with trio.move_on_after(BIND_TIMEOUT):
+                await waiter.wait()
+        except BaseException:  # the session went away meanwhile: no release will come
+            self.release(destination, subscribed=False)
+            raise
+
+    def release(self, destination: str, *, subscribed: bool) -> None:
+        """After `ensure_bound`: the SUBSCRIBE was allowed, or refused (`subscribed` False),
+        in which case the binding goes unless a subscriber or another SUBSCRIBE needs it."""
+        left = self._pending.get(destination, 1) - 1
+        if left > 0:
+            self._pending[destination] = left
+            return
+        self._pending.pop(destination, None)
+        if not subscribed and destination not in self._subscribed:
+            self._unbind(destination)
+
+    def _submit_bind(self, destination: str) -> None:
+        if self._link is not None:
+            self._link.submit(("bind", routing_key(destination)))
+
+    # -- called from the bridge thread (in trio) -----------------------------------------------
+
+    def on_state(self, connected: bool, reason: str) -> None:
+        self.connected = connected
+        if connected:
+            self._connected_event.set()
+            return
+        log.log(logging.INFO if self._stopping.is_set() else logging.WARNING,
+                "rabbitmq bridge disconnected: %s", reason)
+        self._bound.clear()
+        for waiter in self._bind_waiters.values():
+            waiter.set()  # the reconnect re-binds; do not hold SUBSCRIBEs meanwhile
+        self._bind_waiters.clear()
+
+    def on_confirm(self, batch_id: int, error: str | None, unavailable: bool) -> None:
+        batch = self._batches.get(batch_id)
+        if batch is not None:
+            batch.error, batch.unavailable = error, unavailable
+            batch.done.set()
+
+    def on_blocked(self, blocked: bool) -> None:
+        if blocked != self.blocked:
+            log.log(logging.WARNING if blocked else logging.INFO, "rabbitmq %s publishing",
+                    "blocks" if blocked else "unblocked")
+        self.blocked = blocked
+
+    def on_bound(self, key: str) -> None:
+        self._bound.add(key)
+        waiter = self._bind_waiters.pop(key, None)
+        if waiter is not None:
+            waiter.set()
+
+    async def on_messages(self, batch: list[Incoming]) -> None:
+        await self._inbox_send.send(batch)
+
+    async def _consume(self) -> None:
+        async for batch in self._inbox_recv:
+            for m in batch:
+                self.consumed += 1
+                if m.origin == self.instance_id:
+                    continue  # ours: delivered locally when it was made
+                if self.dedupe.seen(m.message_id) or m.destination not in self._active:
+                    continue
+                try:
+                    if m.origin is not None:
+                        self.delivery.runtime.publish(m.destination, m.body,
+                                                      event_headers(m.event))
+                        continue
+                    self.delivery.deliver(m.destination, m.event, uuid.UUID(m.session_id),
+                                          m.seq, m.body)
+                except Exception:
+                    log.exception("delivering message %s to %s failed", m.message_id,
+                                  m.destination)

@@ -1,0 +1,94 @@
+"""`RabbitBridge` in-process against the real RabbitMQ: two bridges (two "instances") on one
+vhost, a STOMP peer on the receiving one. What a publisher sees (confirms, refusals) and what a
+subscriber sees (each row once, in order) plus the counters metrics will read."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+import trio
+import trio.testing
+
+from chatd.bridge import RabbitBridge
+from chatd.config import RabbitMQConfig
+from chatd.domain.models import OutboxRow
+from chatd.outbox import SinkUnavailable
+from chatd.realtime import LocalDelivery
+from stomp.trio import BrokerRuntime, TransportInfo, serve_stream
+
+from ...stomp.stomp_peer import Peer
+from .conftest import eventually
+
+DEST = "/topic/relay-test"
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def row(row_id: int, seq: int, destination: str = DEST) -> OutboxRow:
+    return OutboxRow(row_id, uuid.uuid4(), uuid.UUID(int=7), seq, "message", destination,
+                     json.dumps({"seq": seq}), 0, NOW, None, NOW)
+
+
+@pytest.fixture
+async def pair(vhost: str, nursery: trio.Nursery) -> AsyncIterator[tuple[RabbitBridge,
+                                                                          RabbitBridge, Peer]]:
+    config = RabbitMQConfig(url=f"amqp://guest:guest@127.0.0.1:5672/{vhost}")
+    bridges = []
+    for _ in range(2):
+        runtime = BrokerRuntime()
+        bridge = RabbitBridge(config, LocalDelivery(runtime))
+        runtime.on_destination_active = bridge.destination_active
+        await nursery.start(bridge.run)
+        assert bridge.connected
+        bridges.append(bridge)
+    client, server = trio.testing.memory_stream_pair()
+    nursery.start_soon(serve_stream, bridges[1].delivery.runtime, server, TransportInfo("memory"))
+    peer = Peer(client)
+    await peer.connect()
+    yield bridges[0], bridges[1], peer
+    for bridge in bridges:
+        bridge.stop()
+
+
+async def test_rows_cross_once_in_order_and_the_counters_say_so(
+    pair: tuple[RabbitBridge, RabbitBridge, Peer],
+) -> None:
+    sender, receiver, peer = pair
+    await receiver.ensure_bound(DEST)  # what the SUBSCRIBE hook awaits before its RECEIPT
+    receiver.release(DEST, subscribed=True)
+    await peer.subscribe(DEST)
+    assert receiver.bindings == 1
+    await receiver.ensure_bound("/topic/refused")  # a SUBSCRIBE the hook then refused...
+    assert receiver.bindings == 2
+    receiver.release("/topic/refused", subscribed=False)
+    await eventually(lambda: receiver.bindings == 1)  # ...leaves no binding behind
+
+    await sender.publish([row(1, 1), row(2, 2)])
+    await sender.publish([row(2, 2), row(3, 3)])  # a republish after a lost confirm
+    seqs = []
+    with trio.fail_after(10):
+        while len(seqs) < 3:
+            frame = await peer.frame()
+            seqs.append(json.loads(frame.body)["seq"])
+    assert seqs == [1, 2, 3]
+    assert (sender.published, sender.confirm_count) == (4, 2)
+    assert sender.confirm_seconds_sum > 0
+    await eventually(lambda: receiver.consumed == 4)
+    assert receiver.duplicates == 1
+
+    await peer.send("UNSUBSCRIBE", {"id": "1"})
+    await eventually(lambda: receiver.bindings == 0)
+    await sender.publish([row(4, 4)])  # confirmed even with nobody bound...
+    await trio.sleep(0.3)
+    assert receiver.consumed == 4  # ...and nothing reaches the receiver any more
+
+
+async def test_a_bridge_that_is_not_connected_refuses_without_blame() -> None:
+    bridge = RabbitBridge(RabbitMQConfig(url="amqp://guest:guest@127.0.0.1:1/%2F"),
+                          LocalDelivery(BrokerRuntime()))
+    with pytest.raises(SinkUnavailable, match="not connected"):
+        await bridge.publish([row(1, 1)])
+    assert bridge.published == 0
