@@ -127,7 +127,8 @@ def cmd_token(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         _note(f"no dev keys yet: generated them in {key_path.parent}")
     auth = config.auth
     token = mint_token(
-        load_private_key(key_path), email, args.ttl, issuer=auth.issuer, audience=auth.audience
+        load_private_key(key_path), email, args.ttl, issuer=auth.issuer, audience=auth.audience,
+        kid=args.kid or auth.dev_kid,
     )
     _warn_if_unverifiable(config, token)
     print(token)
@@ -205,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"lifetime (default {DEFAULT_TOKEN_TTL})",
     )
+    token.add_argument("--kid", metavar="KID",
+                       help="key id put in the token header (default: auth.dev_kid, else none)")
     return parser
 
 

@@ -143,10 +143,14 @@ class AuthConfig:
     public_key_file: Path | None = None
     jwks_url: str | None = _opt(None, check=_url("https", "http"))
     jwks_cache_seconds: float = _opt(300.0, lo=1, hi=86_400)
+    jwks_min_refresh_seconds: float = _opt(10.0, lo=0, hi=86_400)
+    jwks_timeout: float = _opt(5.0, lo=0.05, hi=120)
     issuer: str | None = None
     audience: str | None = None
     leeway: float = _opt(30.0, lo=0, hi=3600)
     dev_private_key_file: Path | None = None
+    dev_kid: str | None = None
+    close_on_expiry: bool = True
 
     @property
     def uses_dev_keys(self) -> bool:
@@ -160,14 +164,19 @@ class ProfilesConfig:
     provider: Literal["local", "remote"] = "local"
     url: str | None = _opt(None, check=_url("https", "http"))
     service_name: str = "chat-service"
+    audience: str = "profile-service"
     service_private_key_file: Path | None = None
     kid: str | None = None
     service_token_ttl: int = _opt(60, lo=5, hi=120)
     timeout: float = _opt(2.0, lo=0.05, hi=120)
+    max_connections: int = _opt(100, lo=1, hi=100_000)
     cache_ttl: float = _opt(300.0, lo=0, hi=86_400)
     cache_not_found_ttl: float = _opt(30.0, lo=0, hi=86_400)
     cache_size: int = _opt(10_000, lo=1, hi=10_000_000)
+    stale_if_error: bool = True
     breaker_failures: int = _opt(5, lo=1, hi=1000)
+    breaker_failure_rate: float = _opt(0.5, lo=0.01, hi=1)
+    breaker_window_seconds: float = _opt(30.0, lo=0.1, hi=3600)
     breaker_reset_seconds: float = _opt(30.0, lo=0.1, hi=3600)
 
 

@@ -32,11 +32,18 @@ from dataclasses import dataclass, field
 
 import trio
 
+from chatd.auth.service import ServiceTokens
 from chatd.auth.tokens import TokenVerifier, verifier_from_config
 from chatd.config import Config, redact_url
 from chatd.domain.rules import SendRateLimiter
 from chatd.outbox import OutboxPublisher, OutboxSink
-from chatd.profiles import LocalProfileProvider, ProfileProvider
+from chatd.profiles import (
+    CachedProfiles,
+    CircuitBreaker,
+    LocalProfileProvider,
+    ProfileProvider,
+    RemoteProfileProvider,
+)
 from chatd.realtime import LocalDelivery, build_runtime
 from chatd.services import ChatService, Readiness
 from chatd.storage import Store, open_store
@@ -87,10 +94,39 @@ class StartupError(Exception):
 
 
 def build_profiles(config: Config) -> ProfileProvider:
-    """The profile provider `[profiles]` asks for."""
-    if config.profiles.provider == "local":
+    """The profile provider `[profiles]` asks for: local, or the profile service behind a cache
+    and a circuit breaker. Raises `KeyFileError` when the service key cannot be loaded."""
+    p = config.profiles
+    if p.provider == "local":
         return LocalProfileProvider()
-    raise StartupError("profiles.provider = 'remote' is not available in this build yet")
+    assert p.url is not None
+    assert p.service_private_key_file is not None
+    tokens = ServiceTokens(p.service_private_key_file, issuer=p.service_name,
+                           audience=p.audience, kid=p.kid, ttl=p.service_token_ttl)
+    remote = RemoteProfileProvider(p.url, tokens, timeout=p.timeout,
+                                   max_connections=p.max_connections)
+    breaker = CircuitBreaker(min_failures=p.breaker_failures, failure_rate=p.breaker_failure_rate,
+                             window=p.breaker_window_seconds, reset_after=p.breaker_reset_seconds)
+    return CachedProfiles(remote, breaker, ttl=p.cache_ttl, not_found_ttl=p.cache_not_found_ttl,
+                          max_size=p.cache_size, stale_if_error=p.stale_if_error)
+
+
+def profiles_part(components: Components) -> Part:
+    """Owns the profile service client's connection pool: closed after HTTP has stopped."""
+    profiles = components.profiles
+    stopping = trio.Event()
+
+    async def run(*, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            task_status.started()
+            await stopping.wait()
+        finally:
+            upstream = profiles.upstream if isinstance(profiles, CachedProfiles) else profiles
+            if isinstance(upstream, RemoteProfileProvider):
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await upstream.aclose()
+
+    return Part("profiles", run, stop=stopping.set)
 
 
 async def build_components(config: Config, store: Store) -> Components:
@@ -176,15 +212,28 @@ def outbox_part(components: Components, sink: OutboxSink) -> Part:
     return Part("outbox", publisher.run, stop=publisher.stop)
 
 
+def jwks_part(components: Components) -> Part | None:
+    """Refreshes the JWKS every ``auth.jwks_cache_seconds`` (None without a JWKS URL)."""
+    jwks = components.verifier.jwks
+    if jwks is None:
+        return None
+    part = Part("jwks", jwks.run)
+    part.stop = part.scope.cancel  # nothing to drain: a refresh in flight can just stop
+    return part
+
+
 def build_parts(components: Components) -> list[Part]:
     """The parts to start, in start order (see the module docstring for where new ones go):
     broker runtime, outbox publisher (into the local delivery; the RabbitMQ bridge will sit
     between them), HTTP with ``/ws``, and the raw STOMP listener when configured."""
     parts = [
         broker_part(components),
+        profiles_part(components),
         outbox_part(components, components.delivery),
         http_part(components),
     ]
+    if (jwks := jwks_part(components)) is not None:
+        parts.insert(0, jwks)
     if components.config.server.stomp_tcp_address is not None:
         parts.append(stomp_tcp_part(components))
     return parts
@@ -285,5 +334,6 @@ async def serve(
 
 __all__ = [
     "Components", "Part", "StartupError", "broker_part", "build_components", "build_parts",
-    "http_part", "outbox_part", "serve", "session_grace", "stomp_tcp_part",
+    "build_profiles", "http_part", "jwks_part", "outbox_part", "profiles_part", "serve",
+    "session_grace", "stomp_tcp_part",
 ]

@@ -4,12 +4,17 @@ The algorithm is pinned to RS256 and never taken from the token header: that clo
 ``alg: none`` hole and the classic confusion where an HS256 token is "signed" with the bytes of
 our public key. Keys are parsed once, at construction (an RS256 verify then costs ~60 µs).
 Every failure becomes `Unauthenticated` with a message safe to show the caller (401, never 500).
+
+Keys come from a PEM file or a JWKS URL (`chatd.auth.jwks.JwksKeys`, refreshed while running);
+`TokenVerifier.authenticate` is the async entry point that may refresh a JWKS when a token names
+an unknown ``kid``, `verify`/`identify` the synchronous ones over the keys already known.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import jwt
@@ -22,6 +27,7 @@ from chatd.domain.rules import is_email, normalize_email
 if TYPE_CHECKING:
     import httpx
 
+    from chatd.auth.jwks import JwksKeys
     from chatd.config import Config
 
 ALGORITHM = "RS256"
@@ -38,11 +44,30 @@ _MESSAGES: tuple[tuple[type[Exception], str], ...] = (
 )
 
 
+class UnknownKey(Unauthenticated):
+    """The token names a ``kid`` no known key has (a JWKS refresh may help)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a verified token speaks for, and until when (``exp``, epoch seconds)."""
+
+    email: str
+    expires_at: float
+
+
 class KeySet:
     """Public keys by ``kid``, e.g. from a JWKS document; replaceable as a whole on refresh."""
 
     def __init__(self, keys: Mapping[str, rsa.RSAPublicKey]) -> None:
         self._keys = dict(keys)
+
+    @property
+    def kids(self) -> list[str]:
+        return list(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
     @classmethod
     def from_jwks(cls, document: Mapping[str, Any]) -> KeySet:
@@ -64,10 +89,12 @@ class KeySet:
             return next(iter(self._keys.values()))
         if kid is None:
             raise Unauthenticated("token header has no kid")
+        if not isinstance(kid, str):
+            raise Unauthenticated("malformed token")
         try:
             return self._keys[kid]
         except KeyError:
-            raise Unauthenticated("token signed with an unknown key") from None
+            raise UnknownKey("token signed with an unknown key") from None
 
 
 def fetch_jwks(
@@ -97,14 +124,17 @@ class TokenVerifier:
 
     def __init__(
         self,
-        key: rsa.RSAPublicKey | KeySet | bytes | str,
+        key: rsa.RSAPublicKey | KeySet | JwksKeys | bytes | str,
         *,
         issuer: str | None = None,
         audience: str | None = None,
         leeway: float = 30.0,
     ) -> None:
+        from chatd.auth.jwks import JwksKeys
+
+        self.jwks = key if isinstance(key, JwksKeys) else None
         self._keys = key if isinstance(key, KeySet) else None
-        self._key = None if isinstance(key, KeySet) else load_public_key(key)
+        self._key = None if isinstance(key, KeySet | JwksKeys) else load_public_key(key)
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
@@ -115,17 +145,20 @@ class TokenVerifier:
             raise TypeError("this verifier uses a single static key")
         self._keys = keys
 
+    def _key_for(self, token: str) -> rsa.RSAPublicKey:
+        keys = self.jwks.keys if self.jwks is not None else self._keys
+        if keys is not None:
+            return keys.key_for(jwt.get_unverified_header(token).get("kid"))
+        assert self._key is not None
+        return self._key
+
     def claims(self, token: str | None) -> dict[str, Any]:
         """The verified claims of `token`; raise `Unauthenticated` for any defect."""
         if not token or not token.strip():
             raise Unauthenticated("missing bearer token")
         token = token.strip()
         try:
-            if self._keys is not None:
-                key = self._keys.key_for(jwt.get_unverified_header(token).get("kid"))
-            else:
-                assert self._key is not None
-                key = self._key
+            key = self._key_for(token)
             return jwt.decode(
                 token,
                 key,
@@ -147,16 +180,31 @@ class TokenVerifier:
                     raise Unauthenticated(message) from None
             raise Unauthenticated("invalid token") from None
 
-    def verify(self, token: str | None) -> str:
-        """The caller's identity: the ``sub`` claim trimmed and lower-cased.
+    def identify(self, token: str | None) -> Identity:
+        """The caller's email (the ``sub`` claim trimmed and lower-cased) and token expiry.
 
         Raises `Unauthenticated` when the token is missing or invalid, or ``sub`` is no email.
         """
-        subject = self.claims(token).get("sub")
+        claims = self.claims(token)
+        subject = claims.get("sub")
         email = normalize_email(subject) if isinstance(subject, str) else ""
         if not is_email(email):
             raise Unauthenticated("token subject is not an email address")
-        return email
+        return Identity(email, float(claims["exp"]))
+
+    def verify(self, token: str | None) -> str:
+        """The caller's email; see `identify`."""
+        return self.identify(token).email
+
+    async def authenticate(self, token: str | None) -> Identity:
+        """Like `identify`, but a token naming an unknown ``kid`` first makes a JWKS verifier
+        fetch its keys again (rate-limited): a newly rotated key works without a restart."""
+        try:
+            return self.identify(token)
+        except UnknownKey:
+            if self.jwks is None or not await self.jwks.refresh_for_unknown_kid():
+                raise
+        return self.identify(token)
 
 
 def bearer_token(header_value: str | None) -> str:
@@ -205,13 +253,19 @@ def verifier_from_config(config: Config) -> TokenVerifier:
     """The verifier `[auth]` asks for: a PEM file, a JWKS URL, or the dev pair in the data dir.
 
     With neither key source configured the dev pair is created if missing (the embedded
-    default). A JWKS URL is fetched once, blocking: call this before the server starts.
+    default). A JWKS URL is fetched once, blocking: call this before the server starts (the
+    supervisor keeps it fresh afterwards with `JwksKeys.run`).
     Raises `KeyFileError` when a key cannot be loaded.
     """
+    from chatd.auth.jwks import JwksKeys
+
     auth = config.auth
-    key: rsa.RSAPublicKey | KeySet
+    key: rsa.RSAPublicKey | JwksKeys
     if auth.jwks_url is not None:
-        key = fetch_jwks(auth.jwks_url)
+        key = JwksKeys(auth.jwks_url, cache_seconds=auth.jwks_cache_seconds,
+                       min_refresh_seconds=auth.jwks_min_refresh_seconds,
+                       timeout=auth.jwks_timeout)
+        key.load()
     elif auth.public_key_file is not None:
         key = load_public_key(auth.public_key_file)
     else:
@@ -222,9 +276,11 @@ def verifier_from_config(config: Config) -> TokenVerifier:
 
 __all__ = [
     "ALGORITHM",
+    "Identity",
     "KeyFileError",
     "KeySet",
     "TokenVerifier",
+    "UnknownKey",
     "bearer_token",
     "fetch_jwks",
     "mint_token",

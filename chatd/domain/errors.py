@@ -55,9 +55,17 @@ class RateLimited(ChatError):
 
 
 class Unavailable(ChatError):
-    """A dependency (store, profile service, bridge) is down: retry later."""
+    """A dependency (store, profile service, bridge) is down: retry later.
+
+    `retry_after` (seconds), when known, becomes the HTTP ``Retry-After`` header, e.g. the
+    time until an open circuit breaker lets a request through again.
+    """
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +81,6 @@ class ErrorView:
 def view(error: BaseException) -> ErrorView:
     """Map any exception to what the caller may see; unknown errors never leak details."""
     if isinstance(error, ChatError):
-        retry = error.retry_after if isinstance(error, RateLimited) else None
+        retry = error.retry_after if isinstance(error, RateLimited | Unavailable) else None
         return ErrorView(int(error.status), error.code, error.message, retry)
     return ErrorView(500, HTTPStatus.INTERNAL_SERVER_ERROR.name, "internal error")

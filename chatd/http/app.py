@@ -59,7 +59,7 @@ def create_app(
 
     @app.before_request
     async def _auth() -> None:
-        authenticate(verifier)
+        await authenticate(verifier)
 
     app.register_blueprint(chat_blueprint(services))
     app.register_blueprint(health_blueprint(readiness))

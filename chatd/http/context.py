@@ -18,13 +18,14 @@ from chatd.domain.errors import BadRequest
 API_PREFIX = "/api/"
 
 
-def authenticate(verifier: TokenVerifier) -> None:
+async def authenticate(verifier: TokenVerifier) -> None:
     """Verify the bearer token of an ``/api`` request and remember the caller's email.
 
     Raises `Unauthenticated` (401) for a missing, malformed, expired or foreign token.
     """
     if request.path.startswith(API_PREFIX) or request.path == API_PREFIX.rstrip("/"):
-        g.caller = verifier.verify(bearer_token(request.headers.get("Authorization")))
+        token = bearer_token(request.headers.get("Authorization"))
+        g.caller = (await verifier.authenticate(token)).email
 
 
 def caller() -> str:

@@ -1,6 +1,22 @@
-"""User profiles (`{id, displayName}` per email + intent): the provider contract and providers."""
+"""User profiles (`{id, displayName}` per email + intent): the provider contract and providers.
+
+`local` derives profiles without I/O (the embedded default); `remote` asks the profile service
+(`RemoteProfileProvider`) behind a TTL cache with single-flight and a circuit breaker
+(`CachedProfiles`, `CircuitBreaker`).
+"""
 
 from chatd.profiles.base import Profile, ProfileProvider
+from chatd.profiles.breaker import BreakerState, CircuitBreaker
+from chatd.profiles.cache import CachedProfiles
 from chatd.profiles.local import LocalProfileProvider
+from chatd.profiles.remote import RemoteProfileProvider
 
-__all__ = ["LocalProfileProvider", "Profile", "ProfileProvider"]
+__all__ = [
+    "BreakerState",
+    "CachedProfiles",
+    "CircuitBreaker",
+    "LocalProfileProvider",
+    "Profile",
+    "ProfileProvider",
+    "RemoteProfileProvider",
+]

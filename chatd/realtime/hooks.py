@@ -15,6 +15,7 @@ a client publishing to a topic or a user queue could impersonate the server.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Final
 
@@ -27,7 +28,7 @@ from chatd.realtime.replay import DEFAULT_MAX_REPLAY, replay, since_seq
 from chatd.services import ChatService
 from stomp import Connect, Send, Subscribe
 from stomp.broker import Broker, Limits, SessionId
-from stomp.trio import BrokerRuntime, Principal, Refused, TransportInfo
+from stomp.trio import Authenticated, BrokerRuntime, Principal, Refused, TransportInfo
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,11 @@ class ChatHooks:
     each other)."""
 
     def __init__(self, services: ChatService, verifier: TokenVerifier, delivery: LocalDelivery,
-                 handlers: AppHandlers, *, max_replay: int = DEFAULT_MAX_REPLAY) -> None:
+                 handlers: AppHandlers, *, max_replay: int = DEFAULT_MAX_REPLAY,
+                 close_on_expiry: bool = True) -> None:
         self.services = services
         self.verifier = verifier
+        self.close_on_expiry = close_on_expiry
         self.delivery = delivery
         self.handlers = handlers
         self.max_replay = max_replay
@@ -54,10 +57,12 @@ class ChatHooks:
     def runtime(self) -> BrokerRuntime:
         return self.delivery.runtime
 
-    async def authenticate(self, event: Connect, transport: TransportInfo) -> Principal:
-        """The email of the CONNECT's token; Refused("unauthenticated") for a missing,
-        malformed, expired or foreign one. The first place a token is found is the one used:
-        a bad header is not rescued by a good query parameter."""
+    async def authenticate(self, event: Connect, transport: TransportInfo) -> Authenticated:
+        """The email of the CONNECT's token, and (with `close_on_expiry`) the seconds until
+        the token stops being accepted, when the runtime closes the session with an ERROR;
+        Refused("unauthenticated") for a missing, malformed, expired or foreign token. The
+        first place a token is found is the one used: a bad header is not rescued by a good
+        query parameter."""
         header = event.frame.get("Authorization") or event.frame.get("authorization")
         try:
             if header is not None:
@@ -66,9 +71,14 @@ class ChatHooks:
                 token = event.passcode
             else:
                 token = next(iter(transport.query().get("access_token", [])), "")
-            return self.verifier.verify(token)
+            identity = await self.verifier.authenticate(token)
         except Unauthenticated as exc:
             raise Refused(UNAUTHENTICATED, exc.message) from None
+        expires_in = None
+        if self.close_on_expiry:
+            # The same leeway that accepted the token decides when it stops being good.
+            expires_in = identity.expires_at + self.verifier.leeway - time.time()
+        return Authenticated(identity.email, expires_in)
 
     async def authorize_subscribe(
         self, session: SessionId, principal: Principal | None, event: Subscribe
@@ -146,5 +156,5 @@ def build_runtime(
     )
     delivery = LocalDelivery(runtime)
     runtime.hooks = ChatHooks(services, verifier, delivery, AppHandlers(services, runtime),
-                              max_replay=max_replay)
+                              max_replay=max_replay, close_on_expiry=config.auth.close_on_expiry)
     return runtime, delivery

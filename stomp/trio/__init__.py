@@ -6,10 +6,12 @@ adapts any message-based WebSocket (e.g. Quart's) to the session pump.
 """
 
 from ._hooks import AllowAll as AllowAll
+from ._hooks import Authenticated as Authenticated
 from ._hooks import Hooks as Hooks
 from ._hooks import Principal as Principal
 from ._hooks import Refused as Refused
 from ._hooks import TransportInfo as TransportInfo
+from ._runtime import CREDENTIALS_EXPIRED_MESSAGE as CREDENTIALS_EXPIRED_MESSAGE
 from ._runtime import DEFAULT_CLOSE_TIMEOUT as DEFAULT_CLOSE_TIMEOUT
 from ._runtime import DEFAULT_CONNECT_TIMEOUT as DEFAULT_CONNECT_TIMEOUT
 from ._runtime import DEFAULT_HEARTBEAT_GRACE as DEFAULT_HEARTBEAT_GRACE
@@ -33,6 +35,7 @@ from ._websocket import websocket_stream as websocket_stream
 __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_NORMAL",
+    "CREDENTIALS_EXPIRED_MESSAGE",
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_HEARTBEAT_GRACE",
@@ -43,6 +46,7 @@ __all__ = [
     "SLOW_CONSUMER_MESSAGE",
     "SUBPROTOCOLS",
     "AllowAll",
+    "Authenticated",
     "BrokerRuntime",
     "Hooks",
     "MessageStream",

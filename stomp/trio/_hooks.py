@@ -39,6 +39,19 @@ class Refused(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Authenticated:
+    """What `Hooks.authenticate` may return instead of a bare principal.
+
+    `expires_in` (seconds from the CONNECT) is how long the credentials stay valid: the runtime
+    then closes the session with an ERROR ("credentials expired") at that time, so a
+    long-lived connection cannot outlive its token. None: the session may live indefinitely.
+    """
+
+    principal: Principal | None
+    expires_in: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TransportInfo:
     """What the transport knew about the peer before the first STOMP frame.
 
@@ -74,8 +87,11 @@ class TransportInfo:
 class Hooks(Protocol):
     """What an application implements to guard and extend the broker; all methods are async."""
 
-    async def authenticate(self, event: Connect, transport: TransportInfo) -> Principal | None:
-        """The principal of a connecting session, or None for an anonymous one.
+    async def authenticate(
+        self, event: Connect, transport: TransportInfo
+    ) -> Principal | Authenticated | None:
+        """The principal of a connecting session, or None for an anonymous one; an
+        `Authenticated` also says when the session's credentials expire.
 
         Raises Refused to refuse the CONNECT.
         """
@@ -117,7 +133,9 @@ class AllowAll:
     anonymous and `/user/...` subscriptions are refused by the broker.
     """
 
-    async def authenticate(self, event: Connect, transport: TransportInfo) -> Principal | None:
+    async def authenticate(
+        self, event: Connect, transport: TransportInfo
+    ) -> Principal | Authenticated | None:
         return None
 
     async def authorize_subscribe(

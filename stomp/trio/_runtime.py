@@ -49,6 +49,7 @@ DEFAULT_SHUTDOWN_TIMEOUT: Final = 5.0
 
 SHUTDOWN_MESSAGE: Final = "server shutting down"
 SLOW_CONSUMER_MESSAGE: Final = "slow consumer"
+CREDENTIALS_EXPIRED_MESSAGE: Final = "credentials expired"
 
 
 class Outbox:

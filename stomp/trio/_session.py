@@ -7,7 +7,8 @@
   to a destination the session subscribes to) it flushes itself when the writer sleeps;
 - the writer: sleeps until the outbox has chunks, then sends them all with one `send_all`;
 - the timer: the CONNECT deadline, the heart-beats we expect (any byte counts as a sign of
-  life) and the heart-beat newlines we owe when nothing was written for the interval.
+  life), the heart-beat newlines we owe when nothing was written for the interval, and the
+  expiry of the session's credentials (`Authenticated.expires_in`).
 
 Whoever ends first decides: the reader ending (EOF, DISCONNECT, an ERROR) lets the writer flush
 within the close deadline; the writer ending (transport broken, or flushed after a Close) cancels
@@ -24,8 +25,8 @@ import trio
 
 from .._errors import ProtocolError
 from .._events import ClientEvent, Connect, Send, Subscribe, Violation
-from ._hooks import Refused, TransportInfo
-from ._runtime import SHUTDOWN_MESSAGE, BrokerRuntime, Outbox
+from ._hooks import Authenticated, Refused, TransportInfo
+from ._runtime import CREDENTIALS_EXPIRED_MESSAGE, SHUTDOWN_MESSAGE, BrokerRuntime, Outbox
 
 log = logging.getLogger("stomp.trio")
 
@@ -101,6 +102,8 @@ class _Pump:
         #: Since when the peer owes us bytes (the reader waits on it, or on its reading our
         #: reply); None while the reader handles a frame, which may take a hook a while.
         self.receiving_since: float | None = None
+        #: When the credentials the session connected with expire (trio time; None: never).
+        self.expires_at: float | None = None
         #: Cancelled to make the timer task recompute its deadlines (after CONNECT).
         self.timer_wake = trio.CancelScope()
 
@@ -186,10 +189,16 @@ class _Pump:
                 outbox.deferred = True
             elif isinstance(event, Connect):
                 self._before_hook()
-                principal = await hooks.authenticate(event, outbox.transport)
+                result = await hooks.authenticate(event, outbox.transport)
                 outbox.deferred = True
                 if outbox.closing:  # refused (e.g. shutdown) while the hook ran
                     return
+                if isinstance(result, Authenticated):
+                    principal, expires_in = result.principal, result.expires_in
+                else:
+                    principal, expires_in = result, None
+                if expires_in is not None:
+                    self.expires_at = trio.current_time() + max(0.0, expires_in)
                 outbox.principal = principal
                 runtime.apply(runtime.broker.connect(session, event, principal))
                 # Before any checkpoint: the writer, woken by CONNECTED, must see the interval.
@@ -277,6 +286,13 @@ class _Pump:
                     runtime.refuse(outbox.id, "heart-beat timeout",
                                    f"nothing received for {self.expect_timeout:g} s")
                     return
+            if self.expires_at is not None:
+                if now >= self.expires_at:
+                    runtime.refuse(outbox.id, CREDENTIALS_EXPIRED_MESSAGE,
+                                   "the credentials this session connected with have expired; "
+                                   "connect again with fresh ones")
+                    return
+                due = min(due, self.expires_at)
             if outbox.send_interval:
                 beat = self.last_write + outbox.send_interval
                 if now >= beat:

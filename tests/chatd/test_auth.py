@@ -234,3 +234,42 @@ def test_fetch_jwks_from_a_fake_identity_provider(key: rsa.RSAPrivateKey) -> Non
     )
     with pytest.raises(KeyFileError, match=r"^https://id\.example\.com/missing: cannot load JWKS"):
         fetch_jwks("https://id.example.com/missing", transport=transport)
+
+
+async def test_jwks_refresh_keeps_the_old_keys_when_the_provider_fails(
+    key: rsa.RSAPrivateKey, other_key: rsa.RSAPrivateKey
+) -> None:
+    import httpx
+
+    from chatd.auth.jwks import JwksKeys
+
+    published = {"k1": key}
+    failing = False
+
+    def identity_provider(request: httpx.Request) -> httpx.Response:
+        if failing:
+            return httpx.Response(503)
+        return httpx.Response(200, json={"keys": [
+            {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(k.public_key())), "kid": kid}
+            for kid, k in published.items()]})
+
+    now = [0.0]
+    jwks = JwksKeys("https://id.example.com/jwks.json", min_refresh_seconds=10,
+                    transport=httpx.MockTransport(identity_provider), clock=lambda: now[0])
+    verifier = TokenVerifier(jwks)
+    assert await jwks.refresh()
+    assert (await verifier.authenticate(mint_token(key, "g@example.com", 60, kid="k1"))).email == (
+        "g@example.com")
+    failing = True
+    now[0] = 100
+    assert not await jwks.refresh()  # the provider is down: keep what we have
+    assert verifier.verify(mint_token(key, "g@example.com", 60, kid="k1")) == "g@example.com"
+    failing = False
+    published["k2"] = other_key
+    rotated = mint_token(other_key, "h@example.com", 60, kid="k2")
+    assert (await verifier.authenticate(rotated)).email == "h@example.com"
+    fetches = jwks.fetches
+    now[0] = 105  # within min_refresh_seconds of the last unknown-kid refresh
+    with pytest.raises(Unauthenticated, match="unknown key"):
+        await verifier.authenticate(mint_token(other_key, "h@example.com", 60, kid="k3"))
+    assert jwks.fetches == fetches

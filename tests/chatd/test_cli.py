@@ -109,6 +109,19 @@ def test_token_honours_config_issuer_and_audience(tmp_path: Path) -> None:
     assert verifier.verify(result.stdout.strip()) == "c@example.com"
 
 
+def test_token_kid_from_flag_or_config(tmp_path: Path) -> None:
+    import jwt
+
+    result = run("token", "k@example.com", "--data-dir", "d", "--kid", "dev-7", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert jwt.get_unverified_header(result.stdout.strip())["kid"] == "dev-7"
+    result = run("token", "k@example.com", "--data-dir", "d", cwd=tmp_path,
+                 env={"CHATD_AUTH__DEV_KID": "dev-8"})
+    assert jwt.get_unverified_header(result.stdout.strip())["kid"] == "dev-8"
+    result = run("token", "k@example.com", "--data-dir", "d", cwd=tmp_path)
+    assert "kid" not in jwt.get_unverified_header(result.stdout.strip())
+
+
 def test_token_refuses_bad_email_and_external_keys(tmp_path: Path) -> None:
     result = run("token", "not-an-email", cwd=tmp_path)
     assert result.returncode == 2

@@ -11,7 +11,14 @@ import trio.testing
 
 from stomp import Connect, Send, Subscribe
 from stomp.broker import Broker, Limits
-from stomp.trio import BrokerRuntime, Refused, TransportInfo, serve_stream
+from stomp.trio import (
+    CREDENTIALS_EXPIRED_MESSAGE,
+    Authenticated,
+    BrokerRuntime,
+    Refused,
+    TransportInfo,
+    serve_stream,
+)
 
 from .stomp_peer import Peer
 
@@ -244,6 +251,40 @@ async def test_hooks_keep_frame_order(nursery: trio.Nursery) -> None:
     assert [frame.command for frame in frames] == ["CONNECTED", "RECEIPT", "MESSAGE"]
     assert frames[0].get("user-name") == "alice"
     assert runtime.principal(frames[0].get("session") or "") == "alice"
+
+
+class Expiring(Hooks):
+    """Credentials valid for as many seconds as the login's number (`login: "u:30"`)."""
+
+    async def authenticate(self, event: Connect, transport: TransportInfo) -> Authenticated:
+        name, _, seconds = (event.login or "").partition(":")
+        return Authenticated(name, float(seconds) if seconds else None)
+
+
+async def test_session_closed_with_error_when_credentials_expire(
+        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    runtime = BrokerRuntime(hooks=Expiring(), heartbeat=(1000, 0))
+    peer = start(nursery, runtime)
+    began = trio.current_time()
+    connected = await peer.connect(heartbeat="0,1000", login="alice:30")
+    assert connected.get("user-name") == "alice"
+    await peer.subscribe(TOPIC)
+    with trio.fail_after(100):  # heart-beats meanwhile do not keep it alive
+        frames = await peer.frames_until_eof()
+    assert frames[-1].command == "ERROR"
+    assert frames[-1].get("message") == CREDENTIALS_EXPIRED_MESSAGE
+    assert trio.current_time() - began == pytest.approx(30, abs=0.1)
+    await wait_until(lambda: runtime.session_count == 0)
+
+
+async def test_credentials_without_expiry_keep_the_session(
+        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    runtime = BrokerRuntime(hooks=Expiring())
+    peer = start(nursery, runtime)
+    await peer.connect(login="bob")
+    await trio.sleep(3600)
+    await peer.subscribe(TOPIC)
+    assert runtime.principal("s1") == "bob"
 
 
 async def test_blocked_hook_does_not_hold_back_deliveries(nursery: trio.Nursery) -> None:
