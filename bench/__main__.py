@@ -250,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     notes.append(f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
                  f"total {time.monotonic() - t0:.0f} s")
     path = report.write(report_data, out)
-    print(report.render(report_data))
     say(f"written to {path} and {path.with_suffix('.json')}")
+    # The table is the last thing printed, so a terminal (or a CI log) ends on the results.
+    print(report.render(report_data), flush=True)
     return 0
 
 

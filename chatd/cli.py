@@ -46,13 +46,20 @@ GIL_SWITCH_INTERVAL = 0.0005  # seconds; see `cmd_serve`
 def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Run the server until SIGINT/SIGTERM."""
     config = _load(args, env)
+    import logging
+
+    from chatd.observability.logs import configure_logging
+
+    # Before anything logs: with JSON logs, every line on stderr must be one JSON object.
+    configure_logging(config.logging)
     # Dev keys must exist before the port opens, so the first client can already be verified.
     if config.auth.uses_dev_keys:
         from chatd.auth.keys import ensure_dev_keys
 
         private_path, _, created = ensure_dev_keys(config.server.data_dir)
         if created:
-            _note(f"generated dev signing keys in {private_path.parent} (embedded default)")
+            logging.getLogger("chatd").info(
+                "generated dev signing keys in %s (embedded default)", private_path.parent)
 
     import trio
 

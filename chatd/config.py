@@ -99,6 +99,7 @@ class ServerConfig:
     stomp_tcp_bind: str | None = _opt(None, check=_check_bind)
     heartbeat_send_ms: int = _opt(10_000, lo=0, hi=3_600_000)
     heartbeat_receive_ms: int = _opt(10_000, lo=0, hi=3_600_000)
+    drain_delay: float = _opt(0.0, lo=0, hi=600)
     sockjs_enabled: bool = True
     sockjs_websocket: bool = True
     sockjs_heartbeat_seconds: float = _opt(25.0, lo=0.05, hi=3600)
@@ -225,10 +226,13 @@ class OutboxConfig:
 
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
-    """``[logging]``."""
+    """``[logging]``: format, level, and which personal data may appear in log lines."""
 
-    format: Literal["json", "text"] = "text"
+    format: Literal["json", "text", "auto"] = "auto"
     level: LogLevel = "INFO"
+    include_user: bool = False
+    include_content: bool = False
+    access_log: bool = True
 
 
 SECTIONS: dict[str, type] = {

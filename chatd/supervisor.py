@@ -12,14 +12,15 @@ backends serialize concurrent migrators (PostgreSQL advisory lock, SQLite write 
 several instances starting together are safe, and a fresh database just works. ``chatd
 migrate`` remains for operators who want to migrate ahead of a rollout.
 
-Shutdown (SIGINT/SIGTERM, or the HTTP part ending on its own): readiness turns false, then
-parts stop in reverse order, all within ``server.shutdown_grace``: the HTTP server stops
-accepting and lets in-flight requests finish, later parts are asked to stop and cancelled
-at the deadline; the store closes last. Whichever STOMP transport stops first (TCP, then
-HTTP) first shuts the broker runtime down: every STOMP session gets an ERROR ("server
+Shutdown (SIGINT/SIGTERM, or the HTTP part ending on its own): readiness turns false and, after
+a signal, everything keeps serving for ``server.drain_delay`` so load balancers stop routing
+here first; then parts stop in reverse order, all within ``server.shutdown_grace``: the HTTP
+server stops accepting and lets in-flight requests finish, later parts are asked to stop and
+cancelled at the deadline; the store closes last. Whichever STOMP transport stops first (TCP,
+then HTTP) first shuts the broker runtime down: every STOMP session gets an ERROR ("server
 shutting down") and WebSocket close 1001, because Hypercorn would drop open WebSockets with
-1006 and no close frame. Cancelling `serve` (tests) skips the draining but
-still closes the store.
+1006 and no close frame. Cancelling `serve` (tests) skips the draining but still closes the
+store.
 """
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ from dataclasses import dataclass, field
 
 import trio
 
+from chatd.auth.keys import demo_token_key
 from chatd.auth.service import ServiceTokens
 from chatd.auth.tokens import TokenVerifier, verifier_from_config
 from chatd.config import Config, redact_url
 from chatd.domain.rules import SendRateLimiter
+from chatd.observability.logs import configure_logging
+from chatd.observability.metrics import Metrics
 from chatd.outbox import OutboxPublisher, OutboxSink
 from chatd.profiles import (
     CachedProfiles,
@@ -87,6 +91,7 @@ class Components:
     readiness: Readiness
     runtime: BrokerRuntime
     delivery: LocalDelivery
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 class StartupError(Exception):
@@ -134,12 +139,23 @@ async def build_components(config: Config, store: Store) -> Components:
     verifier = await trio.to_thread.run_sync(verifier_from_config, config)  # may fetch JWKS
     limiter = SendRateLimiter.from_limits(config.limits)
     profiles = build_profiles(config)
-    services = ChatService(store, profiles, limiter, limits=config.limits)
+    metrics = Metrics()
+    services = ChatService(store, profiles, limiter, limits=config.limits, observer=metrics)
     readiness = Readiness()
     readiness.add_store(store)
+    # A database migrated by a newer (or older) release than this code must not get traffic.
+    readiness.add_check("migrations", store.check_schema)
     runtime, delivery = build_runtime(services, verifier, config)
+    metrics.attach_store(store)
+    metrics.attach_runtime(runtime)
+    metrics.attach_readiness(readiness)
+    if isinstance(profiles, CachedProfiles):
+        metrics.attach_profiles(profiles, profiles.breaker)
+    # At merge: attach_bridge(bridge) and readiness.add_check("rabbitmq", ...) when
+    # [rabbitmq] is set.
     return Components(
-        config, store, profiles, verifier, limiter, services, readiness, runtime, delivery
+        config, store, profiles, verifier, limiter, services, readiness, runtime, delivery,
+        metrics,
     )
 
 
@@ -188,7 +204,8 @@ def http_part(components: Components) -> Part:
     from chatd.http.server import serve_http
 
     c = components
-    app = create_app(c.services, c.verifier, c.config, readiness=c.readiness, runtime=c.runtime)
+    app = create_app(c.services, c.verifier, c.config, readiness=c.readiness, runtime=c.runtime,
+                     metrics=c.metrics, demo_token_key=demo_token_key(c.config))
     stopping = trio.Event()
 
     async def shutdown_trigger() -> None:
@@ -209,6 +226,8 @@ def outbox_part(components: Components, sink: OutboxSink) -> Part:
     bridge); `stop` lets the batch in hand finish. Never add it without a real sink: the
     publisher marks every row the sink accepts as delivered."""
     publisher = OutboxPublisher(components.store, sink, components.config.outbox)
+    publisher.on_published = components.metrics.outbox_published
+    components.metrics.attach_publisher(publisher)
     return Part("outbox", publisher.run, stop=publisher.stop)
 
 
@@ -241,12 +260,7 @@ def build_parts(components: Components) -> list[Part]:
 
 def _configure_logging(config: Config) -> None:
     # Only when nobody configured logging (the CLI); a host application or pytest keeps its own.
-    # JSON output comes with the observability issue; until then "json" logs as text.
-    logging.basicConfig(
-        level=config.logging.level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("chatd").setLevel(config.logging.level)
+    configure_logging(config.logging)
 
 
 async def _watch_signals(stop: trio.Event, *, task_status: trio.TaskStatus[None]) -> None:
@@ -265,6 +279,14 @@ async def _run_part(part: Part, stop: trio.Event, *, task_status: trio.TaskStatu
     finally:
         part.done.set()
         stop.set()  # a part that ends by itself ends the whole server
+
+
+async def _drain_delay(seconds: float) -> None:
+    # Readiness already answers 503; keep serving while load balancers notice and stop routing
+    # here. A second signal during the wait does not shorten it: the grace after it is bounded.
+    if seconds > 0:
+        log.info("not ready; serving %g s more before closing the listeners", seconds)
+        await trio.sleep(seconds)
 
 
 async def _shutdown(parts: list[Part], grace: float) -> None:
@@ -323,6 +345,8 @@ async def serve(
 
             await stop.wait()
             components.readiness.draining = True
+            if not any(part.done.is_set() for part in parts):  # a dead part: nothing to drain
+                await _drain_delay(config.server.drain_delay)
             await _shutdown(parts, config.server.shutdown_grace)
             nursery.cancel_scope.cancel()  # the signal watcher, if still waiting
     finally:

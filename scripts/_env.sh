@@ -1,5 +1,6 @@
 # Shared by scripts/*: a project venv with the project installed (re-installed when
-# pyproject.toml changes), and the npm clients used by the conformance tests.
+# pyproject.toml changes), the npm clients used by the conformance tests, and the headless
+# Chromium the browser test drives.
 # shellcheck shell=bash
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -43,5 +44,15 @@ ensure_node_clients() {
     if [ ! -f "$dir/node_modules/.installed" ] || [ "$dir/package.json" -nt "$dir/node_modules/.installed" ]; then
         log "installing npm conformance clients"
         (cd "$dir" && npm install --no-audit --no-fund --silent >/dev/null) && touch "$dir/node_modules/.installed"
+    fi
+}
+
+# The browser test drives Debian's Chromium through playwright-core (which downloads no browser
+# of its own): install the package when it is missing, like nodejs above.
+CHROMIUM="/usr/bin/chromium"
+ensure_chromium() {
+    if [ ! -x "$CHROMIUM" ]; then
+        log "chromium missing: installing Debian's chromium"
+        apt-get update -qq && apt-get install -y -qq chromium >/dev/null
     fi
 }

@@ -171,6 +171,21 @@ def ensure_dev_keys(data_dir: Path) -> tuple[Path, Path, bool]:
     return private_path, public_path, created
 
 
+def demo_token_key(config: Config) -> rsa.RSAPrivateKey | None:
+    """The key the demo page's token endpoint signs with, or None when it must not exist.
+
+    Only with ``[server] demo_page`` on AND no external key source (no ``public_key_file``, no
+    ``jwks_url``): then the server verifies clients with the dev pair in its own data dir
+    (created if missing), which is trusted by nothing else. A production config always names
+    its key source, so it can never mint tokens for the world even with the demo page on.
+    Raises `KeyFileError` when the dev pair cannot be read or written.
+    """
+    if not (config.server.demo_page and config.auth.uses_dev_keys):
+        return None
+    private_path, _, _ = ensure_dev_keys(config.server.data_dir)
+    return load_private_key(private_path)
+
+
 def dev_signing_key(config: Config) -> tuple[Path, bool]:
     """The private key `chatd token` signs with, and whether it was just generated.
 

@@ -17,10 +17,14 @@ from chatd.http.context import authenticate
 from chatd.http.errors import register_error_handlers
 from chatd.http.health_routes import health_blueprint
 from chatd.http.keepalive import ShieldFinalSend
+from chatd.http.observe import install_request_tracking, observe_blueprint
+from chatd.observability.metrics import Metrics
 from chatd.services.chat import ChatService
 from chatd.services.health import Readiness
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     from stomp.trio import BrokerRuntime
 
 # Room for the JSON around the content: ids, keys, and escapes of a long text.
@@ -43,19 +47,30 @@ def create_app(
     *,
     readiness: Readiness | None = None,
     runtime: BrokerRuntime | None = None,
+    metrics: Metrics | None = None,
+    demo_token_key: rsa.RSAPrivateKey | None = None,
 ) -> QuartTrio:
     """The chatd HTTP app. Without `readiness`, one that probes only the services' store;
     with a broker `runtime`, STOMP over WebSocket at ``/ws`` and ``/ws/websocket``, and over
-    SockJS under ``/ws`` unless ``server.sockjs_enabled`` is off."""
+    SockJS under ``/ws`` unless ``server.sockjs_enabled`` is off; with ``server.demo_page``,
+    the demo page at ``/``, and ``POST /demo/token`` signing with `demo_token_key` if given
+    (`chatd.auth.keys.demo_token_key` says when it may be). Without `metrics`, ``/metrics``
+    exports a fresh set that sees the store and HTTP requests only."""
     if readiness is None:
         readiness = Readiness()
         readiness.add_store(services.store)
         readiness.started = True
+    if metrics is None:
+        metrics = Metrics()
+        metrics.attach_store(services.store)
 
     app = QuartTrio(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = max_body_size(config.limits)
     # Our routes answer JSON in contract order; never let Quart re-sort or pretty-print.
     app.config["JSON_SORT_KEYS"] = False
+
+    # First: a refused request still gets its id and its access-log line.
+    install_request_tracking(app, metrics, access_log_on=config.logging.access_log)
 
     @app.before_request
     async def _auth() -> None:
@@ -63,16 +78,22 @@ def create_app(
 
     app.register_blueprint(chat_blueprint(services))
     app.register_blueprint(health_blueprint(readiness))
+    app.register_blueprint(observe_blueprint(metrics))
     if runtime is not None:
         from chatd.http.ws import ws_blueprint
 
-        app.register_blueprint(ws_blueprint(runtime))
+        app.register_blueprint(ws_blueprint(runtime, metrics))
         if config.server.sockjs_enabled:
             from chatd.http.sockjs_routes import install_sockjs
 
-            install_sockjs(app, runtime, config.server)
+            sockjs = install_sockjs(app, runtime, config.server)
+            metrics.attach_sockjs(lambda: sockjs.sessions_open)
+    from chatd.http.demo import demo_blueprint
+
+    app.register_blueprint(demo_blueprint(config, demo_token_key))
     register_error_handlers(app)
-    app.extensions["chatd"] = {"services": services, "readiness": readiness}
+    app.extensions["chatd"] = {"services": services, "readiness": readiness,
+                              "metrics": metrics}
     asgi: Any = app.asgi_app
     app.asgi_app = ShieldFinalSend(asgi)  # type: ignore[method-assign, assignment]
     return app

@@ -13,17 +13,22 @@ from __future__ import annotations
 
 from quart import Blueprint, websocket
 
+from chatd.http.observe import REQUEST_ID_HEADER, request_id_from
+from chatd.observability.logs import request_id
+from chatd.observability.metrics import Metrics
 from stomp.trio import BrokerRuntime, MessageStream, TransportInfo, choose_subprotocol, serve_stream
 
 #: The paths STOMP clients use: plain WebSocket, and the SockJS-style raw WebSocket path.
 WS_PATHS = ("/ws", "/ws/websocket")
 
 
-def ws_blueprint(runtime: BrokerRuntime) -> Blueprint:
-    """The WebSocket routes bound to `runtime`."""
+def ws_blueprint(runtime: BrokerRuntime, metrics: Metrics | None = None) -> Blueprint:
+    """The WebSocket routes bound to `runtime`; `metrics` counts the connections open."""
     bp = Blueprint("ws", __name__)
 
     async def stomp_over_websocket() -> None:
+        # This task (and the session's tasks it starts) log with the handshake's request id.
+        request_id.set(request_id_from(websocket.headers.get(REQUEST_ID_HEADER, "")))
         subprotocol = choose_subprotocol(websocket.requested_subprotocols)
         await websocket.accept(subprotocol=subprotocol)
         remote = websocket.scope.get("client")
@@ -36,7 +41,14 @@ def ws_blueprint(runtime: BrokerRuntime) -> Blueprint:
             subprotocol=subprotocol,
         )
         stream = MessageStream(websocket.receive, websocket.send, websocket.close)
-        await serve_stream(runtime, stream, info)
+        if metrics is None:
+            await serve_stream(runtime, stream, info)
+            return
+        metrics.websocket_sessions.inc()
+        try:
+            await serve_stream(runtime, stream, info)
+        finally:
+            metrics.websocket_sessions.dec()
 
     for path in WS_PATHS:
         bp.add_websocket(path, view_func=stomp_over_websocket, endpoint=path)

@@ -106,6 +106,8 @@ class OutboxPublisher:
         self.published = 0
         self.retried = 0
         self.dead = 0
+        #: Told, per round, each sent row's seconds from its commit to the sink (metrics).
+        self.on_published: Callable[[list[float]], None] | None = None
 
     def stop(self) -> None:
         """Ask `run` to return after the batch in hand is published and recorded."""
@@ -198,6 +200,8 @@ class OutboxPublisher:
             ids = [r.id for r in outcome.sent]
             await self._persist(functools.partial(self._store.mark_outbox_sent, ids, now=now))
             self.published += len(ids)
+            if self.on_published is not None:
+                self.on_published([(now - r.created_at).total_seconds() for r in outcome.sent])
         for row, exc in outcome.failed:
             await self._record_failure(row, exc, now)
         if outcome.released:

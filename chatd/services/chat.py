@@ -10,10 +10,11 @@ protocol; time only through the injected clock, so tests control both.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, Protocol
 
 from cachetools import LRUCache
 
@@ -48,6 +49,16 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class SendObserver(Protocol):
+    """Told about sends as they happen (metrics); must not block."""
+
+    def message_sent(self, path: str, seconds: float) -> None:
+        """A new message was stored through `path` in `seconds` (repeats are not told)."""
+
+    def send_refused(self, path: str) -> None:
+        """A send through `path` was refused by a rate limit."""
+
+
 #: Sessions kept in memory for participant checks (they never change once created).
 SESSION_CACHE_SIZE = 10_000
 
@@ -67,8 +78,10 @@ class ChatService:
         *,
         limits: LimitsConfig | None = None,
         clock: Clock = utc_now,
+        observer: SendObserver | None = None,
     ) -> None:
         self.store = store
+        self.observer = observer
         self.profiles = profiles
         self.limits = limits or LimitsConfig()
         self.limiter = limiter or SendRateLimiter.from_limits(self.limits)
@@ -148,6 +161,7 @@ class ChatService:
         is never refused. Used in another session it is a `BadRequest`. Raises
         `PayloadTooLarge` for too long a text and `RateLimited` (with `retry_after`).
         """
+        started = time.perf_counter()
         sid = parse_session_id(session_id)
         cmid = validate_client_message_id(client_message_id)
         text = validate_content(content, self.limits)
@@ -158,6 +172,8 @@ class ChatService:
         except RateLimited:
             original = await self.store.find_message(caller, cmid)
             if original is None:
+                if self.observer is not None:
+                    self.observer.send_refused(path)
                 raise
             return self._repeat(original, sid), False
         sender = session.participant(caller)
@@ -167,6 +183,8 @@ class ChatService:
             self.limiter.refund(caller, text)
             return self._repeat(message, sid), False
         log.debug("message stored session=%s seq=%d via %s", sid, message.seq, path)
+        if self.observer is not None:
+            self.observer.message_sent(path, time.perf_counter() - started)
         return message, True
 
     @staticmethod

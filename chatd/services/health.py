@@ -27,6 +27,9 @@ class Readiness:
         self.started = False
         self.draining = False
         self.ping_timeout = ping_timeout
+        #: The answer of the latest probe (None before the first): what metrics export, so a
+        #: scrape never runs the checks itself.
+        self.last_ready: bool | None = None
         self._checks: dict[str, Check] = {}
 
     def add_check(self, name: str, check: Check) -> None:
@@ -52,6 +55,7 @@ class Readiness:
             results[name] = await self._run(check)
         checks_up = all(results[name] == "up" for name in self._checks)
         ready = self.started and not self.draining and checks_up
+        self.last_ready = ready
         return ready, results
 
     async def _run(self, check: Check) -> str:

@@ -240,6 +240,11 @@ class Store(Protocol):
         """One round trip for readiness; raises Unavailable."""
         ...
 
+    def pool_usage(self) -> tuple[int, int]:
+        """(connections in use now, connections available in all), for the pool gauge;
+        never blocks."""
+        ...
+
     async def get_or_create_session(
         self, intent: str, a: Participant, b: Participant, *, now: datetime
     ) -> ChatSession:

@@ -227,6 +227,11 @@ class PostgresStore:
         """Raise `SchemaError` unless every migration is applied."""
         await self._run(lambda conn: check_current(_Target(conn), "postgres"))
 
+    def pool_usage(self) -> tuple[int, int]:
+        """(connections checked out now, pool size): a worker-thread slot is held exactly
+        while a pooled connection is, so the limiter counts them without locking the pool."""
+        return int(self._limiter.borrowed_tokens), self._pool_size
+
     async def ping(self) -> None:
         """``SELECT 1``; raises Unavailable."""
         await self._run(lambda conn: conn.execute("SELECT 1").fetchone())

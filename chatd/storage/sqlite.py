@@ -235,6 +235,11 @@ class SqliteStore:
         """Raise `SchemaError` unless every migration is applied."""
         await self._read(lambda conn: check_current(_Target(conn), "sqlite"))
 
+    def pool_usage(self) -> tuple[int, int]:
+        """(connections busy now, connections in all): the writer plus the readers."""
+        busy = self._write_limiter.borrowed_tokens + self._read_limiter.borrowed_tokens
+        return int(busy), 1 + self._reader_count
+
     async def ping(self) -> None:
         """``SELECT 1`` on a reader; raises Unavailable."""
         await self._read(lambda conn: conn.execute("SELECT 1").fetchone())

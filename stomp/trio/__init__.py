@@ -25,6 +25,7 @@ from ._session import CLOSE_GOING_AWAY as CLOSE_GOING_AWAY
 from ._session import CLOSE_NORMAL as CLOSE_NORMAL
 from ._session import Stream as Stream
 from ._session import serve_stream as serve_stream
+from ._stats import RuntimeStats as RuntimeStats
 from ._tcp import serve_tcp as serve_tcp
 from ._websocket import SUBPROTOCOLS as SUBPROTOCOLS
 from ._websocket import MessageStream as MessageStream
@@ -52,6 +53,7 @@ __all__ = [
     "MessageStream",
     "Principal",
     "Refused",
+    "RuntimeStats",
     "Stream",
     "TransportInfo",
     "choose_subprotocol",

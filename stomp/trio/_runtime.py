@@ -30,6 +30,7 @@ from .._connection import DEFAULT_HEARTBEAT, ServerConnection
 from .._frames import Headers
 from ..broker import Action, Broker, Close, DestinationActive, SessionId, Write
 from ._hooks import AllowAll, Hooks, Principal, TransportInfo
+from ._stats import RuntimeStats
 
 log = logging.getLogger("stomp.trio")
 
@@ -159,6 +160,8 @@ class BrokerRuntime:
         self._ids = session_ids if session_ids is not None else (
             f"s{n}" for n in itertools.count(1))
         self._sessions: dict[SessionId, Outbox] = {}
+        #: Frame, ERROR and session counts, for whoever exports metrics.
+        self.stats = RuntimeStats()
         self._shutting_down = False
         self._idle = trio.Event()
 
@@ -241,6 +244,7 @@ class BrokerRuntime:
                                       max_body_size=self.max_body_size,
                                       max_header_count=self.max_header_count)
         outbox = self._sessions[session] = Outbox(session, connection, transport)
+        self.stats.sessions_opened += 1
         if self._idle.is_set():
             self._idle = trio.Event()
         return outbox
@@ -248,7 +252,8 @@ class BrokerRuntime:
     def close_session(self, outbox: Outbox) -> None:
         """The transport is gone: forget the session (its unacked messages are requeued)."""
         outbox.closing = True
-        self._sessions.pop(outbox.id, None)
+        if self._sessions.pop(outbox.id, None) is not None:
+            self.stats.sessions_closed += 1
         try:
             self.apply(self.broker.disconnect(outbox.id))
         except Exception:
@@ -259,6 +264,7 @@ class BrokerRuntime:
     def apply(self, actions: list[Action]) -> None:
         """Carry out broker actions. Never blocks: writes are queued for the writer tasks."""
         sessions = self._sessions
+        stats = self.stats
         for action in actions:
             if type(action) is Write:
                 outbox = sessions.get(action.session)
@@ -272,8 +278,11 @@ class BrokerRuntime:
                     self._overflow(outbox)
                     continue
                 outbox.chunks.append(action.data)
-                if tail:
+                if tail:  # only a MESSAGE has a shared tail: count it without parsing
                     outbox.chunks.append(tail)
+                    stats.messages_out += 1
+                else:
+                    stats.frame_out(action.data)
                 outbox.frames += 1
                 outbox.size += size
                 if outbox.parked and not outbox.deferred:
@@ -295,6 +304,7 @@ class BrokerRuntime:
         log.warning("session %s is a slow consumer (%d frames, %d bytes queued); closing it",
                     outbox.id, outbox.frames, outbox.size)
         outbox.slow = True
+        self.stats.slow_consumers += 1
         self.refuse(outbox.id, SLOW_CONSUMER_MESSAGE,
                     f"more than {self.max_pending_frames} frames or {self.max_pending_bytes} "
                     "bytes waiting to be written")

@@ -27,6 +27,7 @@ from .._errors import ProtocolError
 from .._events import ClientEvent, Connect, Send, Subscribe, Violation
 from ._hooks import Authenticated, Refused, TransportInfo
 from ._runtime import CREDENTIALS_EXPIRED_MESSAGE, SHUTDOWN_MESSAGE, BrokerRuntime, Outbox
+from ._stats import INVALID_COMMAND
 
 log = logging.getLogger("stomp.trio")
 
@@ -174,6 +175,8 @@ class _Pump:
         outbox = self.outbox
         session = outbox.id
         hooks = runtime.hooks
+        runtime.stats.frame_in(
+            INVALID_COMMAND if isinstance(event, Violation) else event.frame.command.value)
         try:
             if isinstance(event, Send):
                 self._before_hook()

@@ -43,7 +43,7 @@ def test_defaults_match_the_design() -> None:
     )
     assert (limits.identical_content, limits.identical_window_seconds) == (20, 10)
     assert limits.history_max == 200
-    assert config.logging.format == "text"
+    assert config.logging.format == "auto"
 
 
 def test_sections_are_frozen() -> None:

@@ -133,3 +133,28 @@ async def test_build_profiles_from_config(tmp_path: Path, service_key: rsa.RSAPr
     assert provider.breaker.min_failures == 7
     assert provider.breaker.state is BreakerState.CLOSED
     await provider.upstream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_metrics_show_the_profile_cache_and_breaker(
+    remote_chat: Chat, fake: FakeProfileService
+) -> None:
+    from .realtime.test_metrics import scrape, value
+
+    for caller, peer in ((ALICE, BOB), (BOB, ALICE)):
+        answer = await remote_chat.client.post(
+            "/api/chat/init", json={"toEmail": peer, "intent": "buy"},
+            headers=remote_chat.auth(caller))
+        assert answer.status_code == 200
+    got = await scrape(remote_chat)
+    # The first init fetched both profiles; the second found both in the cache.
+    assert value(got, "chatd_profile_cache_misses_total") == 2
+    assert value(got, "chatd_profile_cache_hits_total") == 2
+    assert value(got, "chatd_profile_breaker_state", state="closed") == 1
+    fake.status = 500
+    for _ in range(2):
+        await remote_chat.client.post(
+            "/api/chat/init", json={"toEmail": BOB, "intent": "sell"},
+            headers=remote_chat.auth(ALICE))
+    got = await scrape(remote_chat)
+    assert value(got, "chatd_profile_breaker_state", state="open") == 1
+    assert value(got, "chatd_profile_breaker_state", state="closed") == 0

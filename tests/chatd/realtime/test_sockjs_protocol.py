@@ -176,6 +176,8 @@ async def test_xhr_polling_carries_stomp(chat: Chat) -> None:
     assert frames[0].startswith("CONNECTED\n")
     assert frames[1].startswith("RECEIPT\n")
     assert "receipt-id:r-1" in frames[1]
+    scraped = (await chat.client.get("/metrics")).text
+    assert "\nchatd_sockjs_sessions_open 1.0\n" in scraped
 
 
 async def test_xhr_send_errors(chat: Chat) -> None:

@@ -1,0 +1,1 @@
+"""Metrics (`metrics`) and structured logs (`logs`): what operators see of a running chatd."""

@@ -1,0 +1,315 @@
+"""Every Prometheus metric chatd exports, in one place (``/metrics``, prefix ``chatd_``).
+
+Two kinds of source:
+
+- events the application reports as they happen (a message stored, a send refused by the rate
+  limit, an outbox row published, an HTTP request answered): counters and histograms owned by
+  `Metrics`, bumped through its small methods;
+- state that components already keep as plain attributes (the STOMP runtime's `stats`, the
+  store's pool, the outbox publisher's counts, and — wired at merge — the profile cache and
+  breaker, the RabbitMQ bridge, SockJS sessions): read at scrape time by one custom collector,
+  so those components need no prometheus import and no hot-path work. Each ``attach_*``
+  registers one component; a component that is not configured is simply never attached and
+  its series are absent.
+
+One `CollectorRegistry` per `Metrics` (never the process-global one): several servers in one
+test process each export their own numbers. Values that need a store round trip (outbox
+pending/dead) are refreshed by `refresh()`, which the ``/metrics`` route awaits before
+rendering; a scrape never blocks the event loop on I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
+
+import trio
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+# The ``*_created`` series (one timestamp per counter and label set) double the output and
+# nothing here reads them. Process-wide in prometheus_client; chatd is the only user.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+PREFIX = "chatd"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: Seconds: sub-millisecond (SQLite, warm pool) to a few seconds (a struggling database).
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0)
+#: Outbox publish latency is measured from the row's commit: polling and backoff stretch it.
+PUBLISH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                   30.0, 60.0, 300.0)
+BREAKER_STATES = ("closed", "open", "half_open")
+#: Seconds `refresh()` waits for the store's outbox counts before exporting the last ones.
+REFRESH_TIMEOUT = 2.0
+
+Source = Callable[[], Iterable[Metric]]
+
+
+class PoolUsage(Protocol):
+    """What the DB pool gauge reads: ``Store.pool_usage() -> (in_use, size)``."""
+
+    def pool_usage(self) -> tuple[int, int]: ...
+
+
+class OutboxStats(Protocol):
+    async def outbox_stats(self) -> tuple[int, int]: ...
+
+
+def _name(suffix: str) -> str:
+    return f"{PREFIX}_{suffix}"
+
+
+class _Components(Collector):
+    """Reads registered components' attributes at scrape time (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, Source] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        for name, source in list(self.sources.items()):
+            try:
+                yield from source()
+            except Exception:  # one broken source must not take the whole scrape down
+                log.exception("metrics source %s failed", name)
+
+
+class Metrics:
+    """The metrics of one chatd instance, and the registry `render()` exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.messages_sent = Counter(
+            _name("messages_sent"), "Messages stored (not repeats), by how they were sent.",
+            ["path"], registry=r)
+        self.send_latency = Histogram(
+            _name("send_latency_seconds"),
+            "Time from receiving a send to the message being committed, by path.",
+            ["path"], buckets=LATENCY_BUCKETS, registry=r)
+        self.rate_limited = Counter(
+            _name("rate_limit_refusals"), "Sends refused by the per-user rate limits, by path.",
+            ["path"], registry=r)
+        self.outbox_pending = Gauge(
+            _name("outbox_pending"), "Outbox rows not yet published (and not dead).",
+            registry=r)
+        self.outbox_dead = Gauge(
+            _name("outbox_dead"), "Outbox rows given up after the last retry.", registry=r)
+        self.outbox_publish_latency = Histogram(
+            _name("outbox_publish_latency_seconds"),
+            "Time from an outbox row's commit to the sink accepting it.",
+            buckets=PUBLISH_BUCKETS, registry=r)
+        self.websocket_sessions = Gauge(
+            _name("websocket_sessions_open"), "STOMP-over-WebSocket connections open now.",
+            registry=r)
+        self.http_requests = Counter(
+            _name("http_requests"), "HTTP requests answered, by method and status code.",
+            ["method", "status"], registry=r)
+        self.bridge_confirm_latency = Histogram(
+            _name("bridge_confirm_latency_seconds"),
+            "Time from publishing to RabbitMQ to its publisher confirm.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        Info(_name("build"), "The chatd release and Python running this instance.",
+             registry=r).info({"version": _version(), "python": platform.python_version()})
+        self._components = _Components()
+        r.register(self._components)
+        self._outbox_source: OutboxStats | None = None
+
+    # -- events --------------------------------------------------------------------------------
+
+    def message_sent(self, path: str, seconds: float) -> None:
+        """A message was stored through `path` ("rest" | "stomp") in `seconds`."""
+        self.messages_sent.labels(path).inc()
+        self.send_latency.labels(path).observe(seconds)
+
+    def send_refused(self, path: str) -> None:
+        """A send through `path` was refused by a rate limit (429 / STOMP error queue)."""
+        self.rate_limited.labels(path).inc()
+
+    def outbox_published(self, latencies: Iterable[float]) -> None:
+        """Outbox rows were accepted by the sink, each `latency` seconds after its commit."""
+        for seconds in latencies:
+            self.outbox_publish_latency.observe(max(0.0, seconds))
+
+    # -- components read at scrape time --------------------------------------------------------
+
+    def add_source(self, name: str, source: Source) -> None:
+        """Export what `source()` yields on every scrape (replaces a source of that name)."""
+        self._components.sources[name] = source
+
+    def attach_runtime(self, runtime: Any) -> None:
+        """The STOMP runtime's `stats` (`stomp.trio.RuntimeStats`): frames, ERRORs, sessions."""
+        stats = runtime.stats
+
+        def source() -> Iterator[Metric]:
+            frames_in = CounterMetricFamily(
+                _name("stomp_frames_in"), "STOMP frames received, by command.",
+                labels=["command"])
+            for command, count in sorted(stats.frames_in.items()):
+                frames_in.add_metric([command], count)
+            frames_out = CounterMetricFamily(
+                _name("stomp_frames_out"), "STOMP frames queued to clients, by command.",
+                labels=["command"])
+            for command, count in sorted(stats.frames_out.items()):
+                frames_out.add_metric([command], count)
+            errors = CounterMetricFamily(
+                _name("stomp_errors"), "STOMP ERROR frames sent, by their message header.",
+                labels=["reason"])
+            for reason, count in sorted(stats.errors.items()):
+                errors.add_metric([reason], count)
+            yield frames_in
+            yield frames_out
+            yield errors
+            yield CounterMetricFamily(
+                _name("delivered_frames"), "MESSAGE frames queued to subscribers.",
+                value=stats.messages_out)
+            yield GaugeMetricFamily(
+                _name("stomp_sessions_open"), "STOMP sessions open now, every transport.",
+                value=stats.sessions_open)
+            yield CounterMetricFamily(
+                _name("stomp_slow_consumers"), "STOMP sessions closed for not reading.",
+                value=stats.slow_consumers)
+
+        self.add_source("runtime", source)
+
+    def attach_readiness(self, readiness: Any) -> None:
+        """`chatd_ready`: 1 when the latest ``/health/ready`` probe answered 200 and the
+        instance is not draining since (probes run the checks; a scrape only reads)."""
+
+        def source() -> Iterator[Metric]:
+            ready = (readiness.started and not readiness.draining
+                     and readiness.last_ready is True)
+            yield GaugeMetricFamily(_name("ready"),
+                                    "1 when the latest readiness probe passed (not draining).",
+                                    value=1.0 if ready else 0.0)
+
+        self.add_source("readiness", source)
+
+    def attach_store(self, store: Any) -> None:
+        """The store: DB connections in use (`pool_usage()`), outbox counts via `refresh()`."""
+        self._outbox_source = store
+
+        def source() -> Iterator[Metric]:
+            in_use, size = store.pool_usage()
+            yield GaugeMetricFamily(_name("db_pool_in_use"),
+                                    "Database connections (or worker slots) in use.",
+                                    value=in_use)
+            yield GaugeMetricFamily(_name("db_pool_size"),
+                                    "Database connections (or worker slots) available in all.",
+                                    value=size)
+
+        self.add_source("store", source)
+
+    def attach_publisher(self, publisher: Any) -> None:
+        """The outbox publisher's `published`, `retried` and `dead` counts."""
+
+        def source() -> Iterator[Metric]:
+            for attr, text in (("published", "Outbox rows accepted by the sink."),
+                               ("retried", "Outbox publish attempts that failed and retry."),
+                               ("dead", "Outbox rows this instance gave up on.")):
+                yield CounterMetricFamily(_name(f"outbox_{attr}"), text,
+                                          value=getattr(publisher, attr))
+
+        self.add_source("publisher", source)
+
+    def attach_profiles(self, cache: Any = None, breaker: Any = None) -> None:
+        """The profile cache (`hits`, `misses`) and circuit breaker (`state`: a name or an enum
+        whose value/name is one of `BREAKER_STATES`); either may be None."""
+
+        def source() -> Iterator[Metric]:
+            if cache is not None:
+                yield CounterMetricFamily(_name("profile_cache_hits"),
+                                          "Profile look-ups answered from the cache.",
+                                          value=cache.hits)
+                yield CounterMetricFamily(_name("profile_cache_misses"),
+                                          "Profile look-ups that went to the profile service.",
+                                          value=cache.misses)
+                for attr, text in (
+                        ("stale", "Profiles served past their TTL because the service failed."),
+                        ("rejected", "Look-ups refused at once by the open breaker.")):
+                    if hasattr(cache, attr):
+                        yield CounterMetricFamily(_name(f"profile_cache_{attr}"), text,
+                                                  value=getattr(cache, attr))
+            if breaker is not None:
+                current = _state_name(breaker.state)
+                family = GaugeMetricFamily(
+                    _name("profile_breaker_state"),
+                    "Profile service circuit breaker: 1 for the state it is in.",
+                    labels=["state"])
+                for state in BREAKER_STATES:
+                    family.add_metric([state], 1.0 if state == current else 0.0)
+                yield family
+
+        self.add_source("profiles", source)
+
+    def attach_bridge(self, bridge: Any) -> None:
+        """The RabbitMQ bridge's `connected` flag (its confirm latency goes to
+        `bridge_confirm_latency.observe`)."""
+
+        def source() -> Iterator[Metric]:
+            yield GaugeMetricFamily(_name("bridge_connected"),
+                                    "1 while the RabbitMQ bridge is connected.",
+                                    value=1.0 if bridge.connected else 0.0)
+
+        self.add_source("bridge", source)
+
+    def attach_sockjs(self, count: Callable[[], int]) -> None:
+        """SockJS sessions open now, as `count()` says."""
+
+        def source() -> Iterator[Metric]:
+            yield GaugeMetricFamily(_name("sockjs_sessions_open"), "SockJS sessions open now.",
+                                    value=count())
+
+        self.add_source("sockjs", source)
+
+    # -- export ----------------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Update the values that need the store (outbox pending/dead), bounded in time; on
+        failure the last values stay and the failure is logged, never raised."""
+        store = self._outbox_source
+        if store is None:
+            return
+        try:
+            with trio.fail_after(REFRESH_TIMEOUT):
+                pending, dead = await store.outbox_stats()
+        except Exception as exc:
+            log.warning("metrics: outbox counts unavailable: %s", exc)
+            return
+        self.outbox_pending.set(pending)
+        self.outbox_dead.set(dead)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of everything registered."""
+        return generate_latest(self.registry)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("chatd")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def _state_name(state: Any) -> str:
+    for candidate in (getattr(state, "value", None), getattr(state, "name", None), state):
+        if isinstance(candidate, str):
+            name = candidate.lower().replace("-", "_")
+            if name in BREAKER_STATES:
+                return name
+    return str(state).lower()

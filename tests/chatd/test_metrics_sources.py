@@ -1,0 +1,93 @@
+"""The scrape-time sources a merge wires in (profiles, bridge, SockJS), and a scrape that
+survives a broken source or an unreachable store."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from chatd.domain.models import Participant
+from chatd.observability.metrics import Metrics
+from chatd.storage import open_store
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
+
+
+def test_profiles_bridge_and_sockjs_are_read_at_scrape_time() -> None:
+    metrics = Metrics()
+    cache = SimpleNamespace(hits=0, misses=0)
+    breaker = SimpleNamespace(state=BreakerState.CLOSED)
+    bridge = SimpleNamespace(connected=False)
+    open_sessions = [3]
+    metrics.attach_profiles(cache, breaker)
+    metrics.attach_bridge(bridge)
+    metrics.attach_sockjs(lambda: open_sessions[0])
+    cache.hits, cache.misses = 7, 2
+    breaker.state = BreakerState.HALF_OPEN
+    bridge.connected = True
+    open_sessions[0] = 5
+    got = samples(metrics)
+    assert got[("chatd_profile_cache_hits_total", ())] == 7
+    assert got[("chatd_profile_cache_misses_total", ())] == 2
+    states = {dict(labels)["state"]: v for (name, labels), v in got.items()
+              if name == "chatd_profile_breaker_state"}
+    assert states == {"closed": 0, "open": 0, "half_open": 1}
+    assert got[("chatd_bridge_connected", ())] == 1
+    assert got[("chatd_sockjs_sessions_open", ())] == 5
+
+
+def test_components_not_attached_export_nothing() -> None:
+    names = {name for name, _ in samples(Metrics())}
+    assert not any(n.startswith(("chatd_bridge_connected", "chatd_profile_", "chatd_sockjs"))
+                   for n in names)
+
+
+def test_a_broken_source_does_not_break_the_scrape() -> None:
+    metrics = Metrics()
+    metrics.attach_bridge(SimpleNamespace())  # no `connected`: raises at scrape time
+    metrics.attach_sockjs(lambda: 2)
+    got = samples(metrics)
+    assert got[("chatd_sockjs_sessions_open", ())] == 2
+    assert ("chatd_bridge_connected", ()) not in got
+
+
+async def test_outbox_gauges_keep_their_last_value_when_the_store_is_down(
+    tmp_path: Path,
+) -> None:
+    metrics = Metrics()
+    store = open_store(f"sqlite:///{tmp_path / 'c.sqlite3'}")
+    await store.open()
+    await store.migrate()
+    metrics.attach_store(store)
+    now = datetime.now(UTC)
+    ann, bob = Participant("p1", "ann@example.com", "Ann"), Participant("p2", "bob@example.com", "Bob")
+    session = await store.get_or_create_session("demo", ann, bob, now=now)
+    await store.append_message(session.id, ann, "hi", "c-1", now)
+    await metrics.refresh()
+    await store.aclose()
+    await metrics.refresh()  # logged, not raised; the last known values stay
+    got = samples(metrics)
+    assert (got[("chatd_outbox_pending", ())], got[("chatd_outbox_dead", ())]) == (3, 0)
+    assert got[("chatd_db_pool_size", ())] >= 2
+
+
+def test_build_info_names_the_release() -> None:
+    (labels,) = [dict(labels) for name, labels in samples(Metrics()) if name == "chatd_build_info"]
+    assert labels["version"] not in ("", "unknown")
+    assert labels["python"].count(".") == 2
