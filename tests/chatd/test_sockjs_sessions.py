@@ -126,3 +126,18 @@ async def test_gone_client_is_closed_within_the_close_timeout(
     await trio.sleep(2.5)  # nobody drains the buffer: the ERROR cannot be written
     assert (runtime.session_count, sessions.sessions_open) == (0, 0)
     assert session.closed
+
+
+async def test_closed_session_is_remembered_while_clients_ask(
+        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    sessions = make(disconnect_delay=1.0, heartbeat=25.0)
+    session = await connected(sessions, nursery)
+    await session.feed(["DISCONNECT\n\n\x00"])
+    await trio.sleep(0.1)
+    assert session.closed
+    for _ in range(5):  # 4 s in all, four times the delay, one request every 0.8 s
+        await trio.sleep(0.8)
+        assert sessions.lookup("s") is session
+        assert await poll(sessions, session) == ['c[3000,"Go away!"]']
+    await trio.sleep(1.1)
+    assert sessions.lookup("s") is None

@@ -88,6 +88,13 @@ class SockJSSession:
             self.detached_at = trio.current_time()
             self._wake()
 
+    def touch(self) -> None:
+        """A client asked for the session without staying attached (it got the close frame):
+        the disconnect delay starts again."""
+        if self.receiver is None:
+            self.detached_at = trio.current_time()
+            self._wake()
+
     def take(self) -> list[str]:
         """The messages waiting for the client (they are the caller's to deliver now)."""
         messages, self._messages = self._messages, []

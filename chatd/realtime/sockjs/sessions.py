@@ -137,6 +137,7 @@ class SockJSSessions:
             if not streaming:
                 return
         if session.closed and not session.has_messages:
+            session.touch()  # remembered while clients keep asking
             yield close_frame(*session.close_reason)
             return
         receiver = object()

@@ -15,6 +15,8 @@ import pytest
 import trio
 import trio_websocket
 
+from chatd.auth.tokens import mint_token
+
 from .conftest import ALICE, BOB, Chat, chat_config, start_chat
 from .sockjs_support import (
     DISCONNECT_DELAY,
@@ -356,3 +358,19 @@ async def test_cookie_needed_sets_jsessionid_on_session_urls(
 async def test_no_cookie_by_default(chat: Chat) -> None:
     assert (await chat.client.get("/ws/info")).json()["cookie_needed"] is False
     assert "set-cookie" not in (await chat.client.post(session_url() + "/xhr")).headers
+
+
+async def test_expiring_token_closes_the_sockjs_session(chat: Chat) -> None:
+    # Expired 29.5 s ago: still inside the 30 s leeway for half a second.
+    token = mint_token(chat.private_key, ALICE, ttl=-29.5)
+    url = session_url()
+    assert (await chat.client.post(url + "/xhr")).text == "o\n"
+    await xhr_send(chat.client, url, connect_frame(token))
+    frames: list[str] = []
+    with trio.fail_after(10):
+        while not (text := (await chat.client.post(url + "/xhr")).text).startswith("c"):
+            frames += stomp_frames(text.rstrip("\n")) if text.startswith("a") else []
+    assert frames[0].startswith("CONNECTED\n")
+    assert frames[-1].startswith("ERROR\n")
+    assert "message:credentials expired" in frames[-1]
+    assert text == 'c[3000,"Go away!"]\n'
