@@ -13,28 +13,13 @@
 // {"fatal": …} and exit status 1, still with everything observed so far.
 import { Client } from '@stomp/stompjs';
 import WebSocket from 'ws';
+import { STEP_TIMEOUT, harness } from './harness.mjs';
 
-const STEP_TIMEOUT = 10_000;
 const options = JSON.parse(process.argv[2]);
 const wsBase = options.http.replace('http://', 'ws://') + '/ws';
 const out = { scenario: options.scenario, clients: {} };
 
-function finish(status) {
-  process.stdout.write(JSON.stringify(out) + '\n', () => process.exit(status));
-}
-
-function fail(reason) {
-  out.fatal = String(reason?.stack ?? reason);
-  finish(1);
-}
-
-function within(promise, label, ms = STEP_TIMEOUT) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out waiting for ${label}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
+const { finish, fail, within } = harness(out);
 
 // One stompjs client with an inbox per subscription that steps can wait on in order.
 function makeClient(name, { url, headers }) {

@@ -14,28 +14,13 @@
 // not happen in time ends the run with {"fatal": …} and exit status 1.
 import { Client } from '@stomp/stompjs';
 import SockJS from 'sockjs-client';
+import { STEP_TIMEOUT, harness } from './harness.mjs';
 
-const STEP_TIMEOUT = 10_000;
 const options = JSON.parse(process.argv[2]);
 const base = options.http + '/ws';
 const out = { transport: options.transport, clients: {} };
 
-function finish(status) {
-  process.stdout.write(JSON.stringify(out) + '\n', () => process.exit(status));
-}
-
-function fail(reason) {
-  out.fatal = String(reason?.stack ?? reason);
-  finish(1);
-}
-
-function within(promise, label, ms = STEP_TIMEOUT) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out waiting for ${label}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
+const { finish, fail, within } = harness(out);
 
 function makeClient(name, { url, headers }) {
   const seen = { transports: [], connected: null, stompErrors: [], closes: [], pings: 0, pongs: 0 };

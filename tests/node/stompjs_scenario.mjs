@@ -14,8 +14,8 @@ import { Client } from '@stomp/stompjs';
 import WebSocket from 'ws';
 
 import { TcpWebSocket } from './tcp_websocket.mjs';
+import { STEP_TIMEOUT, harness } from './harness.mjs';
 
-const STEP_TIMEOUT = 10_000;
 const options = JSON.parse(process.argv[2]);
 const out = {
   scenario: options.scenario,
@@ -32,22 +32,7 @@ const out = {
 };
 let socket = null;
 
-function finish(status) {
-  process.stdout.write(JSON.stringify(out) + '\n', () => process.exit(status));
-}
-
-function fail(reason) {
-  out.fatal = String(reason?.stack ?? reason);
-  finish(1);
-}
-
-function within(promise, label, ms = STEP_TIMEOUT) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out waiting for ${label}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
+const { finish, fail, within } = harness(out);
 
 const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
 
