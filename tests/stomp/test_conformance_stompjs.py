@@ -9,16 +9,15 @@ JSON; the assertions are all here.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.node_support import NODE_DIR, require_node
+
 from .conftest import FAST_HEARTBEAT, BrokerProcess
 
-NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 SCRIPT = NODE_DIR / "stompjs_scenario.mjs"
 RUN_TIMEOUT = 30
 
@@ -29,12 +28,7 @@ TRANSPORTS = ["ws", "tcp"]
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    path = shutil.which("node")
-    if path is None:
-        pytest.fail("node is not on PATH (scripts/test installs the Node clients)")
-    if not (NODE_DIR / "node_modules" / "@stomp" / "stompjs").is_dir():
-        pytest.fail(f"npm packages missing: run `npm install` in {NODE_DIR}")
-    return path
+    return require_node("@stomp/stompjs")
 
 
 def run_scenario(node: str, broker: BrokerProcess, transport: str, scenario: str,

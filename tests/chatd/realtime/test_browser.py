@@ -27,12 +27,12 @@ import trio
 from chatd.auth.keys import ensure_dev_keys, generate_private_key
 from chatd.auth.tokens import mint_token
 from chatd.config import Config, DatabaseConfig, LimitsConfig, OutboxConfig, ServerConfig
+from tests.node_support import NODE_DIR, require_node, run_scenario
 
 from .conftest import ALICE, BOB, CAROL, Chat, chat_config, start_chat
 
 ROOT = Path(__file__).resolve().parents[3]
-NODE_DIR = ROOT / "tests" / "node"
-SCRIPT = NODE_DIR / "browser_scenario.mjs"
+SCRIPT = "browser_scenario.mjs"
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 HISTORY = 45  # stored messages carol -> bob: more than two pages of the page's 20
@@ -41,11 +41,7 @@ HISTORY = 45  # stored messages carol -> bob: more than two pages of the page's 
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    path = shutil.which("node")
-    if path is None:
-        pytest.fail("node is not on PATH (scripts/test installs the Node clients)")
-    if not (NODE_DIR / "node_modules" / "playwright-core").is_dir():
-        pytest.fail(f"npm packages missing: run `npm install` in {NODE_DIR}")
+    path = require_node("playwright-core")
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} missing: apt-get install chromium (scripts/test does)")
     return path
@@ -103,15 +99,8 @@ async def browse(node: str, chat: Chat, request: pytest.FixtureRequest,
     artifacts = ARTIFACTS / request.node.name.replace("/", "_")
     shutil.rmtree(artifacts, ignore_errors=True)
     argument = {"http": chat.http, "artifacts": str(artifacts), **options}
-    with trio.fail_after(100):
-        proc = await trio.run_process([node, str(SCRIPT), json.dumps(argument)], cwd=NODE_DIR,
-                                      capture_stdout=True, capture_stderr=True, check=False)
-    lines = proc.stdout.decode().strip().splitlines()
-    assert lines, f"no output from node (exit {proc.returncode}):\n{proc.stderr.decode()}"
-    result: dict[str, Any] = json.loads(lines[-1])
-    assert "fatal" not in result, (
-        f"{result['fatal']}\nscreenshots in {artifacts}\nobserved: {json.dumps(result, indent=1)}")
-    assert proc.returncode == 0, proc.stderr.decode()
+    result = await run_scenario(node, SCRIPT, argument, seconds=100,
+                                context=f"screenshots in {artifacts}\n")
     return result, artifacts
 
 
@@ -257,7 +246,7 @@ async def test_pages_reconnect_after_a_restart_and_miss_nothing(
     stderr = tmp_path / "node-stderr.txt"
     with stderr.open("wb") as errors, trio.fail_after(100):
         proc = await trio.lowlevel.open_process(
-            [node, str(SCRIPT), json.dumps(argument)], cwd=NODE_DIR,
+            [node, str(NODE_DIR / SCRIPT), json.dumps(argument)], cwd=NODE_DIR,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors)
         try:
             assert proc.stdin is not None

@@ -9,8 +9,6 @@ poll lapse would fail that second delivery.
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +16,11 @@ from typing import Any
 import pytest
 import trio
 
+from tests.node_support import require_node, run_scenario
+
 from .conftest import ALICE, BOB, Chat, chat_config, start_chat
 
-NODE_DIR = Path(__file__).resolve().parents[2] / "node"
-SCRIPT = NODE_DIR / "sockjs_scenario.mjs"
+SCRIPT = "sockjs_scenario.mjs"
 # The server beats every 300 ms and wants the client's beats every second (a loaded machine
 # may delay a Node timer; the server allows 1.5 intervals).
 SEND_MS, RECEIVE_MS = 300, 1000
@@ -32,13 +31,7 @@ pytestmark = [pytest.mark.node, pytest.mark.timeout(60)]
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    path = shutil.which("node")
-    if path is None:
-        pytest.fail("node is not on PATH (scripts/test installs the Node clients)")
-    for package in ("@stomp/stompjs", "sockjs-client"):
-        if not (NODE_DIR / "node_modules" / package).is_dir():
-            pytest.fail(f"npm package {package} missing: run `npm install` in {NODE_DIR}")
-    return path
+    return require_node("@stomp/stompjs", "sockjs-client")
 
 
 @pytest.fixture
@@ -56,16 +49,7 @@ async def sockjs_chat(nursery: trio.Nursery, tmp_path: Path,
 
 
 async def scenario(node: str, chat: Chat, **options: Any) -> dict[str, Any]:
-    with trio.fail_after(45):
-        proc = await trio.run_process(
-            [node, str(SCRIPT), json.dumps({"http": chat.http, **options})],
-            cwd=NODE_DIR, capture_stdout=True, capture_stderr=True, check=False)
-    lines = proc.stdout.decode().strip().splitlines()
-    assert lines, f"no output from node (exit {proc.returncode}):\n{proc.stderr.decode()}"
-    result: dict[str, Any] = json.loads(lines[-1])
-    assert "fatal" not in result, f"{result['fatal']}\nobserved: {json.dumps(result, indent=1)}"
-    assert proc.returncode == 0, proc.stderr.decode()
-    return result
+    return await run_scenario(node, SCRIPT, {"http": chat.http, **options}, seconds=45)
 
 
 @pytest.mark.parametrize("transport", ["websocket", "xhr-streaming", "xhr-polling",

@@ -3,44 +3,26 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
+
+from tests.node_support import require_node, run_scenario
 
 from .conftest import ALICE, BOB, CAROL, Chat
 
-NODE_DIR = Path(__file__).resolve().parents[2] / "node"
-SCRIPT = NODE_DIR / "chat_scenario.mjs"
+SCRIPT = "chat_scenario.mjs"
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(60)]
 
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    path = shutil.which("node")
-    if path is None:
-        pytest.fail("node is not on PATH (scripts/test installs the Node clients)")
-    if not (NODE_DIR / "node_modules" / "@stomp" / "stompjs").is_dir():
-        pytest.fail(f"npm packages missing: run `npm install` in {NODE_DIR}")
-    return path
+    return require_node("@stomp/stompjs")
 
 
 async def scenario(node: str, chat: Chat, **options: Any) -> dict[str, Any]:
-    """Run one scenario (without blocking the server, which runs in this process)."""
-    with trio.fail_after(40):
-        proc = await trio.run_process(
-            [node, str(SCRIPT), json.dumps({"http": chat.http, **options})],
-            cwd=NODE_DIR, capture_stdout=True, capture_stderr=True, check=False)
-    lines = proc.stdout.decode().strip().splitlines()
-    assert lines, f"no output from node (exit {proc.returncode}):\n{proc.stderr.decode()}"
-    result: dict[str, Any] = json.loads(lines[-1])
-    assert "fatal" not in result, f"{result['fatal']}\nobserved: {json.dumps(result, indent=1)}"
-    assert proc.returncode == 0, proc.stderr.decode()
-    return result
+    return await run_scenario(node, SCRIPT, {"http": chat.http, **options}, seconds=40)
 
 
 async def test_two_stompjs_users_chat(node: str, chat: Chat) -> None:
