@@ -25,6 +25,7 @@ from quart_trio import QuartTrio
 
 from chatd.config import ServerConfig
 from chatd.http.errors import error_response, json_response
+from chatd.http.ws import transport_info
 from chatd.realtime.sockjs import SockJSSessions, SockJSSettings
 from chatd.realtime.sockjs.framing import (
     EVENTSOURCE_PRELUDE,
@@ -41,7 +42,7 @@ from chatd.realtime.sockjs.framing import (
     wrap_xhr,
 )
 from chatd.realtime.sockjs.session import SockJSSession
-from stomp.trio import BrokerRuntime, TransportInfo
+from stomp.trio import BrokerRuntime
 
 PREFIX = "/ws"
 #: Where the iframe page loads sockjs-client from: the copy the demo page vendors. Only the
@@ -105,17 +106,6 @@ def _text(body: str, status: int = 200, content_type: str = TEXT,
 
 def _query_token() -> str | None:
     return request.args.get("access_token")
-
-
-def _transport_info(kind: str) -> TransportInfo:
-    remote = request.scope.get("client")
-    return TransportInfo(
-        kind,
-        remote=(str(remote[0]), int(remote[1])) if remote else None,
-        path=request.path,
-        query_string=request.query_string.decode("latin-1"),
-        headers=tuple((k.lower(), v) for k, v in request.headers.items()),
-    )
 
 
 def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCKJS_URL
@@ -227,7 +217,8 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
                 return error_response(503, "too many SockJS sessions; try again later",
                                       headers={"Retry-After": "5"})
             nursery: trio.Nursery = current_app.nursery  # type: ignore[attr-defined]
-            session = sessions.create(session_id, _transport_info(f"sockjs-{kind}"), nursery)
+            info = transport_info(f"sockjs-{kind}", request)
+            session = sessions.create(session_id, info, nursery)
             session.bound_token = _query_token()
             return session
         return _known(session_id) or error_response(404, f"no SockJS session {session_id}")
@@ -278,14 +269,7 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
             await websocket.close(1002)  # before accept: the client gets HTTP 403
             return
         await websocket.accept()
-        remote = websocket.scope.get("client")
-        info = TransportInfo(
-            "sockjs-websocket",
-            remote=(str(remote[0]), int(remote[1])) if remote else None,
-            path=websocket.path,
-            query_string=websocket.query_string.decode("latin-1"),
-            headers=tuple((k.lower(), v) for k, v in websocket.headers.items()),
-        )
+        info = transport_info("sockjs-websocket", websocket)
         session = sessions.new_session(session_id)
         broken = False
 

@@ -12,6 +12,7 @@ cleanup runs either way.
 from __future__ import annotations
 
 from quart import Blueprint, websocket
+from quart.wrappers.base import BaseRequestWebsocket
 
 from chatd.http.observe import REQUEST_ID_HEADER, request_id_from
 from chatd.observability.logs import request_id
@@ -20,6 +21,21 @@ from stomp.trio import BrokerRuntime, MessageStream, TransportInfo, choose_subpr
 
 #: The paths STOMP clients use: plain WebSocket, and the SockJS-style raw WebSocket path.
 WS_PATHS = ("/ws", "/ws/websocket")
+
+
+def transport_info(kind: str, handshake: BaseRequestWebsocket,
+                   subprotocol: str | None = None) -> TransportInfo:
+    """What the STOMP hooks learn of the request that carries a session (a WebSocket handshake,
+    or a SockJS HTTP request): peer address, path, query (``access_token``) and headers."""
+    remote = handshake.scope.get("client")
+    return TransportInfo(
+        kind,
+        remote=(str(remote[0]), int(remote[1])) if remote else None,
+        path=handshake.path,
+        query_string=handshake.query_string.decode("latin-1"),
+        headers=tuple((k.lower(), v) for k, v in handshake.headers.items()),
+        subprotocol=subprotocol,
+    )
 
 
 def ws_blueprint(runtime: BrokerRuntime, metrics: Metrics | None = None) -> Blueprint:
@@ -31,15 +47,7 @@ def ws_blueprint(runtime: BrokerRuntime, metrics: Metrics | None = None) -> Blue
         request_id.set(request_id_from(websocket.headers.get(REQUEST_ID_HEADER, "")))
         subprotocol = choose_subprotocol(websocket.requested_subprotocols)
         await websocket.accept(subprotocol=subprotocol)
-        remote = websocket.scope.get("client")
-        info = TransportInfo(
-            "websocket",
-            remote=(str(remote[0]), int(remote[1])) if remote else None,
-            path=websocket.path,
-            query_string=websocket.query_string.decode("latin-1"),
-            headers=tuple((k.lower(), v) for k, v in websocket.headers.items()),
-            subprotocol=subprotocol,
-        )
+        info = transport_info("websocket", websocket, subprotocol)
         stream = MessageStream(websocket.receive, websocket.send, websocket.close)
         if metrics is None:
             await serve_stream(runtime, stream, info)
