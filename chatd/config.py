@@ -217,7 +217,8 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True)
 class OutboxConfig:
-    """``[outbox]``: the publisher's claim batch, lease, polling fallback and retry backoff."""
+    """``[outbox]``: the publisher's claim batch, lease, polling fallback and retry backoff,
+    and how long sent rows are kept."""
 
     batch_size: int = _opt(100, lo=1, hi=10_000)
     lease_seconds: float = _opt(30.0, lo=1, hi=3600)
@@ -225,6 +226,7 @@ class OutboxConfig:
     max_attempts: int = _opt(10, lo=1, hi=1000)
     backoff_base: float = _opt(0.5, lo=0.001, hi=3600)
     backoff_cap: float = _opt(60.0, lo=0.001, hi=86_400)
+    retention_hours: float = _opt(24.0, lo=0, hi=87_600)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import trio
 
@@ -41,7 +42,8 @@ from chatd.config import Config, redact_url
 from chatd.domain.rules import SendRateLimiter
 from chatd.observability.logs import configure_logging
 from chatd.observability.metrics import Metrics
-from chatd.outbox import OutboxPublisher, OutboxSink
+from chatd.outbox import OutboxPublisher, OutboxPurger, OutboxSink
+from chatd.outbox.publisher import utc_now
 from chatd.profiles import (
     CachedProfiles,
     CircuitBreaker,
@@ -251,6 +253,18 @@ def outbox_part(components: Components, sink: OutboxSink) -> Part:
     return Part("outbox", publisher.run, stop=publisher.stop)
 
 
+def purge_part(components: Components) -> Part | None:
+    """Deletes sent outbox rows after ``outbox.retention_hours`` (None when 0: keep them)."""
+    hours = components.config.outbox.retention_hours
+    if hours <= 0:
+        return None
+    purger = OutboxPurger(components.store, timedelta(hours=hours), utc_now)
+    components.metrics.attach_purger(purger)
+    part = Part("outbox-purge", purger.run)
+    part.stop = part.scope.cancel  # a purge in flight is a batch of deletes: safe to cut
+    return part
+
+
 def jwks_part(components: Components) -> Part | None:
     """Refreshes the JWKS every ``auth.jwks_cache_seconds`` (None without a JWKS URL)."""
     jwks = components.verifier.jwks
@@ -271,6 +285,8 @@ def build_parts(components: Components) -> list[Part]:
     if bridge is not None:
         parts.append(bridge_part(bridge))
     parts.append(outbox_part(components, bridge if bridge is not None else components.delivery))
+    if (purge := purge_part(components)) is not None:
+        parts.append(purge)
     parts.append(http_part(components))
     if (jwks := jwks_part(components)) is not None:
         parts.insert(0, jwks)
@@ -382,5 +398,5 @@ async def serve(
 __all__ = [
     "Components", "Part", "StartupError", "bridge_part", "broker_part", "build_components",
     "build_parts", "build_profiles", "http_part", "jwks_part", "outbox_part", "profiles_part",
-    "serve", "session_grace", "stomp_tcp_part",
+    "purge_part", "serve", "session_grace", "stomp_tcp_part",
 ]

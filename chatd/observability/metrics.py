@@ -225,6 +225,16 @@ class Metrics:
 
         self.add_source("publisher", source)
 
+    def attach_purger(self, purger: Any) -> None:
+        """The outbox purger's `purged` count."""
+
+        def source() -> Iterator[Metric]:
+            yield CounterMetricFamily(_name("outbox_purged"),
+                                      "Sent outbox rows deleted after the retention period.",
+                                      value=purger.purged)
+
+        self.add_source("purger", source)
+
     def attach_profiles(self, cache: Any = None, breaker: Any = None) -> None:
         """The profile cache (`hits`, `misses`) and circuit breaker (`state`: a name or an enum
         whose value/name is one of `BREAKER_STATES`); either may be None."""

@@ -363,6 +363,14 @@ class Store(Protocol):
         """(pending, dead) row counts for metrics and logs."""
         ...
 
+    async def purge_outbox(self, *, sent_before: datetime, limit: int) -> int:
+        """Delete at most `limit` rows that were sent before `sent_before`; return how many.
+
+        Sent rows are kept a while for operators (what went out, when), then only take space.
+        Pending and dead rows are never purged: the first still have to go out, the second
+        are for an operator to look at."""
+        ...
+
     async def wait_for_outbox(self) -> None:
         """Return as soon as new outbox rows may exist (possibly spuriously).
 

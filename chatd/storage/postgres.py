@@ -423,9 +423,9 @@ class PostgresStore:
         row = await self._run(lambda c: c.execute(queries.OUTBOX_STATS).fetchone())
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
-    async def purge_outbox(self, *, sent_before: datetime) -> int:
-        """Delete processed rows sent before `sent_before`; return how many went."""
-        params = (base.require_aware(sent_before),)
+    async def purge_outbox(self, *, sent_before: datetime, limit: int) -> int:
+        """See `Store.purge_outbox`."""
+        params = (base.require_aware(sent_before), limit)
         cur = await self._run(lambda c: c.execute(queries.PURGE, params))
         return cur.rowcount
 

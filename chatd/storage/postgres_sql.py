@@ -96,7 +96,9 @@ WHERE id = %s AND NOT processed"""
 OUTBOX_STATS = f"""
 SELECT (SELECT count(*) FROM chat_message_outbox WHERE {_PENDING}),
        (SELECT count(*) FROM chat_message_outbox WHERE dead AND NOT processed)"""
-PURGE = "DELETE FROM chat_message_outbox WHERE processed AND sent_at < %s"
+PURGE = """
+DELETE FROM chat_message_outbox WHERE id IN (
+    SELECT id FROM chat_message_outbox WHERE processed AND sent_at < %s LIMIT %s)"""
 
 
 def history(

@@ -445,9 +445,10 @@ class SqliteStore:
         row = await self._read(lambda c: c.execute(sql.OUTBOX_STATS).fetchone())
         return int(row[0]), int(row[1])
 
-    async def purge_outbox(self, *, sent_before: datetime) -> int:
-        """Delete processed rows sent before `sent_before`; return how many went."""
-        cur = await self._write(lambda c: c.execute(sql.PURGE, (to_micros(sent_before),)))
+    async def purge_outbox(self, *, sent_before: datetime, limit: int) -> int:
+        """See `Store.purge_outbox`."""
+        params = (to_micros(sent_before), limit)
+        cur = await self._write(lambda c: c.execute(sql.PURGE, params))
         return int(cur.rowcount)
 
     async def wait_for_outbox(self) -> None:

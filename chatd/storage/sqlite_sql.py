@@ -83,7 +83,9 @@ WHERE id = ? AND processed = 0"""
 OUTBOX_STATS = f"""
 SELECT (SELECT count(*) FROM chat_message_outbox WHERE {_PENDING}),
        (SELECT count(*) FROM chat_message_outbox WHERE dead = 1 AND processed = 0)"""
-PURGE = "DELETE FROM chat_message_outbox WHERE processed = 1 AND sent_at < ?"
+PURGE = """
+DELETE FROM chat_message_outbox WHERE id IN (
+    SELECT id FROM chat_message_outbox WHERE processed = 1 AND sent_at < ? LIMIT ?)"""
 
 
 def _marks(n: int) -> str:

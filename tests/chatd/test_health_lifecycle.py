@@ -7,7 +7,6 @@ import os
 import signal
 import sqlite3
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -16,53 +15,9 @@ import trio
 from chatd.config import Config, DatabaseConfig, ServerConfig
 from chatd.supervisor import serve
 
+from .conftest import SwitchableProxy
+
 pytestmark = pytest.mark.timeout(60)
-
-
-class SwitchableProxy:
-    """A TCP forwarder to PostgreSQL that can be switched off (every connection dropped, new
-    ones closed at once) and on again: an outage the shared server never notices."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.up = True
-        self.port = 0
-        self._links: set[trio.CancelScope] = set()
-
-    async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._handle, listeners)
-
-    def switch(self, up: bool) -> None:
-        self.up = up
-        if not up:
-            for scope in list(self._links):
-                scope.cancel()
-
-    async def _handle(self, client: trio.SocketStream) -> None:
-        async with client:
-            if not self.up:
-                return
-            with trio.CancelScope() as scope:
-                self._links.add(scope)
-                try:
-                    upstream = await trio.open_tcp_stream(*self.target)
-                    async with upstream, trio.open_nursery() as nursery:
-                        nursery.start_soon(self._pump, client, upstream, nursery)
-                        nursery.start_soon(self._pump, upstream, client, nursery)
-                finally:
-                    self._links.discard(scope)
-
-    @staticmethod
-    async def _pump(src: trio.SocketStream, dst: trio.SocketStream, nursery: trio.Nursery) -> None:
-        try:
-            while data := await src.receive_some(65536):
-                await dst.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        nursery.cancel_scope.cancel()
 
 
 def _config(tmp_path: Path, url: str | None = None, **server: object) -> Config:
@@ -93,15 +48,6 @@ async def _until_ready(client: httpx.AsyncClient, status: int) -> dict[str, str]
                 return checks
             await trio.sleep(0.1)
     raise AssertionError(f"/health/ready never answered {status}: {checks}")
-
-
-@pytest.fixture
-async def proxied_pg(nursery: trio.Nursery, postgres_url: str) -> tuple[str, SwitchableProxy]:
-    parts = urlsplit(postgres_url)
-    proxy = SwitchableProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
-    await nursery.start(proxy.run)
-    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-    return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}")), proxy
 
 
 async def test_ready_names_every_check(nursery: trio.Nursery, tmp_path: Path) -> None:

@@ -22,6 +22,26 @@ from chatd.domain.models import ChatSession, Message, OutboxRow, Participant
 from chatd.storage import SchemaError, Store, open_store
 
 T0 = datetime(2026, 11, 28, 13, 0, tzinfo=UTC)
+async def test_purge_deletes_only_rows_sent_before_the_cutoff_in_batches(store: Store) -> None:
+    session = await chat(store)
+    await send(store, session, ANN, 4)  # 12 rows
+    rows = await store.claim_outbox(limit=100, lease_seconds=30, now=at(10))
+    await store.mark_outbox_sent([r.id for r in rows[:6]], now=at(20))  # old enough
+    await store.mark_outbox_sent([r.id for r in rows[6:9]], now=at(40))  # too recent
+    await store.mark_outbox_failed(rows[9].id, error="x", next_retry_at=at(20), dead=True)
+    await store.release_outbox([r.id for r in rows[10:]], now=at(20))  # still pending
+
+    assert await store.purge_outbox(sent_before=at(30), limit=4) == 4
+    assert await store.purge_outbox(sent_before=at(30), limit=4) == 2
+    assert await store.purge_outbox(sent_before=at(30), limit=4) == 0
+    assert await store.outbox_stats() == (2, 1)  # pending and dead untouched
+    left = await store.claim_outbox(limit=100, lease_seconds=30, now=LATER)
+    assert [r.id for r in left] == [r.id for r in rows[10:]]
+    # the recent sent rows go once the cutoff passes them; dead rows never
+    assert await store.purge_outbox(sent_before=LATER, limit=100) == 3
+    assert await store.outbox_stats() == (2, 1)
+
+
 LATER = T0 + timedelta(hours=1)  # when every row the tests wrote is due
 
 

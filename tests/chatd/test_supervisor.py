@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -16,9 +17,10 @@ import trio
 
 from chatd.auth.keys import dev_signing_key
 from chatd.auth.tokens import mint_token
-from chatd.config import Config, DatabaseConfig, ServerConfig
+from chatd.config import Config, DatabaseConfig, OutboxConfig, ServerConfig
 from chatd.domain.errors import Unavailable
-from chatd.supervisor import serve
+from chatd.storage import open_store
+from chatd.supervisor import build_components, build_parts, serve
 
 READY = re.compile(r"chatd ready http=(http://\S+)")
 
@@ -49,10 +51,23 @@ async def test_serve_in_process_answers_then_stops_on_cancellation(
                     headers={"Authorization": f"Bearer {token}"},
                 )
                 assert init.status_code == 200, init.text
+                # the outbox purger runs by default (outbox.retention_hours = 24)
+                scraped = (await client.get("/metrics")).text
+                assert "\nchatd_outbox_purged_total 0.0\n" in scraped
             nursery.cancel_scope.cancel()
     with pytest.raises(httpx.ConnectError):  # the port is closed again
         async with httpx.AsyncClient(base_url=base) as client:
             await client.get("/health/live")
+
+
+async def test_outbox_retention_zero_keeps_sent_rows_and_runs_no_purger(tmp_path: Path) -> None:
+    config = replace(_config(tmp_path), outbox=OutboxConfig(retention_hours=0))
+    async with open_store(config.database.url.format(data_dir=tmp_path)) as store:
+        components = await build_components(config, store)
+        names = [part.name for part in build_parts(components)]
+        assert "outbox-purge" not in names
+        default = await build_components(_config(tmp_path), store)
+        assert "outbox-purge" in [part.name for part in build_parts(default)]
 
 
 async def test_sigterm_drains_and_returns(tmp_path: Path) -> None:
