@@ -130,6 +130,28 @@ def test_key_set_selects_by_kid(key: rsa.RSAPrivateKey, other_key: rsa.RSAPrivat
         verifier.verify(mint_token(key, "c@example.com", 60, kid="k2"))
 
 
+def test_a_verified_token_is_remembered_but_still_expires(key: rsa.RSAPrivateKey) -> None:
+    verifier = TokenVerifier(key.public_key(), leeway=0)
+    token = mint_token(key, "d@example.com", 1)
+    assert verifier.verify(token) == "d@example.com"
+    assert verifier.verify(token) == "d@example.com"  # from the cache
+    time.sleep(max(0.0, jwt.decode(token, options={"verify_signature": False})["exp"]
+                   - time.time()) + 0.05)
+    with pytest.raises(Unauthenticated, match="expired"):
+        verifier.verify(token)
+
+
+def test_new_keys_forget_tokens_verified_with_the_old(
+    key: rsa.RSAPrivateKey, other_key: rsa.RSAPrivateKey
+) -> None:
+    verifier = TokenVerifier(KeySet({"k1": key.public_key()}))
+    token = mint_token(key, "e@example.com", 600, kid="k1")
+    assert verifier.verify(token) == "e@example.com"
+    verifier.replace_keys(KeySet({"k2": other_key.public_key()}))  # k1 retired
+    with pytest.raises(Unauthenticated, match="unknown key"):
+        verifier.verify(token)
+
+
 def test_key_set_from_jwks(key: rsa.RSAPrivateKey) -> None:
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
     keys = KeySet.from_jwks({"keys": [{**jwk, "kid": "k1", "use": "sig"}, {"kty": "EC"}]})
