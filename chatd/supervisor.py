@@ -4,8 +4,8 @@ Start order (DESIGN §1): store (open + migrate) -> [JWKS refresher] -> broker r
 profiles -> [RabbitMQ bridge] -> outbox publisher -> [outbox purger] -> HTTP server (REST,
 ``/ws``, SockJS, demo page) -> [raw STOMP TCP listener, if ``server.stomp_tcp_bind``].
 Bracketed parts depend on the config; each is a `Part` in the list `build_parts` returns,
-at its place in that order, and needs no other change here. Every part's ``run`` calls ``task_status.started(summary)``
-once it is up; the summaries make the one ready line.
+at its place in that order, and needs no other change here. Every part's ``run`` calls
+``task_status.started(summary)`` once it is up; the summaries make the one ready line.
 
 Schema: migrations are applied at start for both backends. They are idempotent and the
 backends serialize concurrent migrators (PostgreSQL advisory lock, SQLite write lock), so
