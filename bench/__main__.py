@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         say("end-to-end benchmark (issue 4): REST send -> both participants' WebSockets")
         try:
             report_data["e2e"] = e2e_benchmark(
-                out / "e2e", pairs=50, rates=[100.0, 500.0, 1000.0],
+                out / "e2e", pairs=50, rates=[100.0, 200.0, 300.0, 500.0, 1000.0],
                 seconds=plan.scaled(10, 3), say=say)
         except Exception as exc:
             traceback.print_exc()
