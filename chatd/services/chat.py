@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
+import trio
 from cachetools import LRUCache
 
 from chatd.config import LimitsConfig
@@ -28,7 +29,7 @@ from chatd.domain.rules import (
     validate_client_message_id,
     validate_content,
 )
-from chatd.profiles.base import ProfileProvider
+from chatd.profiles.base import Profile, ProfileProvider
 from chatd.services.inputs import (
     parse_receipt_selection,
     parse_seq,
@@ -107,14 +108,33 @@ class ChatService:
             raise Forbidden("fromEmail must be the authenticated user")
         if peer == caller:
             raise BadRequest("cannot open a chat with yourself")
-        mine = await self.profiles.lookup(caller, intent)
-        theirs = await self.profiles.lookup(peer, intent)
+        mine, theirs = await self._profiles_of(caller, peer, intent)
         return await self.store.get_or_create_session(
             intent,
             Participant(mine.id, caller, mine.display_name),
             Participant(theirs.id, peer, theirs.display_name),
             now=self.clock(),
         )
+
+    async def _profiles_of(self, caller: str, peer: str, intent: str) -> tuple[Profile, Profile]:
+        """Both profiles, looked up at once: two calls to the profile service cost one round
+        trip. When a look-up fails, the other is cancelled and its error (the first, if both
+        failed) is raised as it is: NotFound, Unavailable."""
+        found: dict[str, Profile] = {}
+
+        async def look_up(email: str) -> None:
+            found[email] = await self.profiles.lookup(email, intent)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(look_up, caller)
+                nursery.start_soon(look_up, peer)
+        except ExceptionGroup as group:  # only errors: cancellation from outside passes on
+            error: BaseException = group
+            while isinstance(error, BaseExceptionGroup):
+                error = error.exceptions[0]
+            raise error from None
+        return found[caller], found[peer]
 
     async def require_participant(self, caller: str, session_id: object) -> ChatSession:
         """The session if the caller takes part in it.

@@ -95,6 +95,8 @@ class FakeProfileService:
     calls: list[tuple[str, str]] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    in_flight: int = 0
+    most_in_flight: int = 0  # the most look-ups answered at once
     http: FakeHTTP | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -138,8 +140,13 @@ class FakeProfileService:
             return 401, {"error": problem}
         email, intent = unquote(parts[4]), unquote(parts[6])
         self.calls.append((email, intent))
-        if self.delay:
-            await trio.sleep(self.delay)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                await trio.sleep(self.delay)
+        finally:
+            self.in_flight -= 1
         if self.status is not None:
             return self.status, {"error": "told to fail"}
         if email not in self.users:

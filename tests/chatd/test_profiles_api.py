@@ -74,6 +74,16 @@ async def test_init_uses_the_profile_service(remote_chat: Chat, fake: FakeProfil
     assert len(fake.calls) == 2  # both profiles came from the cache
 
 
+async def test_init_looks_both_profiles_up_at_once(
+    remote_chat: Chat, fake: FakeProfileService
+) -> None:
+    fake.delay = 0.2  # long enough for the second look-up to start before the first ends
+    answer = await remote_chat.client.post(
+        "/api/chat/init", json={"toEmail": BOB, "intent": "rent"}, headers=remote_chat.auth(ALICE))
+    assert answer.status_code == 200, answer.text
+    assert fake.most_in_flight == 2
+
+
 async def test_init_unknown_user_is_404_and_nothing_stored(
     remote_chat: Chat, fake: FakeProfileService
 ) -> None:
