@@ -13,7 +13,7 @@
 // {"fatal": …} and exit status 1, still with everything observed so far.
 import { Client } from '@stomp/stompjs';
 import WebSocket from 'ws';
-import { STEP_TIMEOUT, harness } from './harness.mjs';
+import { STEP_TIMEOUT, harness, inboxes } from './harness.mjs';
 
 const options = JSON.parse(process.argv[2]);
 const wsBase = options.http.replace('http://', 'ws://') + '/ws';
@@ -25,8 +25,7 @@ const { finish, fail, within } = harness(out);
 function makeClient(name, { url, headers }) {
   const seen = { subprotocol: null, connected: null, stompErrors: [], socketCloses: [], messages: {} };
   out.clients[name] = seen;
-  const inboxes = {};
-  const waiters = {};
+  const inbox = inboxes(within, name);
   const client = new Client({
     webSocketFactory: () => {
       const socket = new WebSocket(url, ['v12.stomp', 'v11.stomp', 'v10.stomp']);
@@ -64,10 +63,7 @@ function makeClient(name, { url, headers }) {
   function deliver(id, message) {
     const entry = { headers: message.headers, body: JSON.parse(message.body) };
     (seen.messages[id] ??= []).push(entry);
-    (inboxes[id] ??= []).push(entry);
-    const wake = waiters[id];
-    delete waiters[id];
-    wake?.();
+    inbox.push(id, entry);
   }
 
   function receipt(id) {
@@ -94,18 +90,7 @@ function makeClient(name, { url, headers }) {
       client.publish({ destination, body: JSON.stringify(body), headers });
       await watched;
     },
-    next(id) {
-      return within(
-        new Promise(resolve => {
-          const take = () => {
-            if (inboxes[id]?.length) resolve(inboxes[id].shift());
-            else waiters[id] = take;
-          };
-          take();
-        }),
-        `${name} MESSAGE on ${id}`,
-      );
-    },
+    next: inbox.next,
     async stop() {
       await client.deactivate();
     },

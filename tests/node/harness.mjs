@@ -24,3 +24,30 @@ export function harness(out) {
 
   return { finish, fail, within };
 }
+
+// One FIFO of entries per subscription id; next(id) waits (within the step timeout) for the
+// oldest entry not yet taken. `label` names the client in timeout messages.
+export function inboxes(within, label) {
+  const queues = {};
+  const waiters = {};
+  return {
+    push(id, entry) {
+      (queues[id] ??= []).push(entry);
+      const wake = waiters[id];
+      delete waiters[id];
+      wake?.();
+    },
+    next(id) {
+      return within(
+        new Promise(resolve => {
+          const take = () => {
+            if (queues[id]?.length) resolve(queues[id].shift());
+            else waiters[id] = take;
+          };
+          take();
+        }),
+        `${label} MESSAGE on ${id}`,
+      );
+    },
+  };
+}

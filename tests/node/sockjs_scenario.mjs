@@ -14,7 +14,7 @@
 // not happen in time ends the run with {"fatal": …} and exit status 1.
 import { Client } from '@stomp/stompjs';
 import SockJS from 'sockjs-client';
-import { STEP_TIMEOUT, harness } from './harness.mjs';
+import { STEP_TIMEOUT, harness, inboxes } from './harness.mjs';
 
 const options = JSON.parse(process.argv[2]);
 const base = options.http + '/ws';
@@ -25,8 +25,7 @@ const { finish, fail, within } = harness(out);
 function makeClient(name, { url, headers }) {
   const seen = { transports: [], connected: null, stompErrors: [], closes: [], pings: 0, pongs: 0 };
   out.clients[name] = seen;
-  const inboxes = {};
-  const waiters = {};
+  const inbox = inboxes(within, name);
   const heartbeat = options.heartbeatMs ?? 0;
   const client = new Client({
     webSocketFactory: () => {
@@ -60,10 +59,7 @@ function makeClient(name, { url, headers }) {
 
   function deliver(id, message) {
     const entry = { headers: message.headers, body: JSON.parse(message.body) };
-    (inboxes[id] ??= []).push(entry);
-    const wake = waiters[id];
-    delete waiters[id];
-    wake?.();
+    inbox.push(id, entry);
   }
 
   function receipt(id) {
@@ -86,18 +82,7 @@ function makeClient(name, { url, headers }) {
     publish(destination, body) {
       client.publish({ destination, body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
     },
-    next(id) {
-      return within(
-        new Promise(resolve => {
-          const take = () => {
-            if (inboxes[id]?.length) resolve(inboxes[id].shift());
-            else waiters[id] = take;
-          };
-          take();
-        }),
-        `${name} MESSAGE on ${id}`,
-      );
-    },
+    next: inbox.next,
     async stop() {
       await client.deactivate();
       await within(closed, `${name} close`);

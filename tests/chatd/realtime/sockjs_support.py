@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from .conftest import ALICE, Chat, chat_config, start_chat
@@ -28,6 +30,16 @@ async def start_sockjs_chat(nursery: trio.Nursery, tmp_path: Path,
                          sockjs_heartbeat_seconds=HEARTBEAT,
                          sockjs_response_limit=RESPONSE_LIMIT)
     return await start_chat(nursery, config, key_pair[0])
+
+
+@pytest.fixture(name="chat")
+async def sockjs_chat_fixture(nursery: trio.Nursery, tmp_path: Path,
+                              key_pair: tuple[bytes, Path]) -> AsyncIterator[Chat]:
+    """`start_sockjs_chat` for one test: a module that imports this gets it as its `chat`."""
+    running = await start_sockjs_chat(nursery, tmp_path, key_pair)
+    async with running.client:
+        yield running
+    running.scope.cancel()
 
 
 def session_url() -> str:

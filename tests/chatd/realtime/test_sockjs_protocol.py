@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,21 +26,12 @@ from .sockjs_support import (
     open_connected,
     receipt_frame,
     session_url,
-    start_sockjs_chat,
+    sockjs_chat_fixture,  # noqa: F401 - `chat` here: SockJS-tuned
     stomp_frames,
     xhr_send,
 )
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-async def chat(nursery: trio.Nursery, tmp_path: Path,
-               key_pair: tuple[bytes, Path]) -> AsyncIterator[Chat]:
-    running = await start_sockjs_chat(nursery, tmp_path, key_pair)
-    async with running.client:
-        yield running
-    running.scope.cancel()
 
 
 # -- static URLs ----------------------------------------------------------------------------

@@ -7,9 +7,7 @@ HTTP/1.0 client on a raw socket.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from functools import partial
-from pathlib import Path
 
 import httpx
 import pytest
@@ -32,22 +30,13 @@ from .sockjs_support import (
     open_connected,
     receipt_frame,
     session_url,
-    start_sockjs_chat,
+    sockjs_chat_fixture,  # noqa: F401 - `chat` here: SockJS-tuned
     stomp_frames,
     xhr_send,
 )
 
 pytestmark = pytest.mark.timeout(30)
 PRELUDE = "h" * 2048
-
-
-@pytest.fixture
-async def chat(nursery: trio.Nursery, tmp_path: Path,
-               key_pair: tuple[bytes, Path]) -> AsyncIterator[Chat]:
-    running = await start_sockjs_chat(nursery, tmp_path, key_pair)
-    async with running.client:
-        yield running
-    running.scope.cancel()
 
 
 async def test_xhr_streaming(chat: Chat) -> None:
