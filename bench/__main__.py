@@ -30,7 +30,7 @@ from bench.targets import ChatdBroker, Target, pin_self, rabbitmq, raise_fd_limi
 Result = dict[str, Any]
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_SCENARIOS = ["fanout", "topics", "overload", "latency", "pingpong", "idle"]
-ALL = [*BROKER_SCENARIOS, "send", "e2e", "instances"]
+ALL = [*BROKER_SCENARIOS, "send", "e2e", "e2e-stomp", "instances"]
 RABBITMQ_IDLE = 600  # RabbitMQ's open-file limit of 1024 leaves ~830 sockets
 NOISY = 50.0  # % of a core used by other processes during a run: run it once more
 
@@ -227,6 +227,18 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             traceback.print_exc()
             report_data["e2e"] = {"error": repr(exc)[:300]}
+
+    if "e2e-stomp" in names:
+        from bench.e2e import e2e_benchmark
+
+        say("end-to-end benchmark (issue 11): STOMP /app/chat.send -> both participants")
+        try:
+            report_data["e2e-stomp"] = e2e_benchmark(
+                out / "e2e-stomp", pairs=50, rates=[300.0, 500.0, 1000.0, 2000.0],
+                seconds=plan.scaled(10, 3), via="stomp", say=say)
+        except Exception as exc:
+            traceback.print_exc()
+            report_data["e2e-stomp"] = {"error": repr(exc)[:300]}
 
     if "instances" in names:
         from bench.chatd_serve import fresh_vhost

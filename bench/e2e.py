@@ -1,4 +1,5 @@
-"""End-to-end benchmark (issue 4): REST send → outbox → broker → both participants' WebSockets.
+"""End-to-end benchmark (issues 4 and 11): a send → outbox → broker → both participants'
+WebSockets, the send going through REST or through STOMP ``/app/chat.send``.
 
 K pairs of users each hold one WebSocket to ``/ws`` (STOMP 1.2, token as passcode) subscribed
 to their session topic and to ``/user/queue/messages``, like a real client. The first user of
@@ -6,6 +7,10 @@ each pair POSTs ``/api/chat/message`` on its own keep-alive connection; all pair
 offer a fixed rate (sends scheduled at ``start + n / rate``). A message's content carries the
 monotonic time its POST started, so every MESSAGE frame yields a latency from the POST to its
 arrival on that WebSocket (same process, same clock).
+
+With ``via="stomp"`` the first user of each pair SENDs ``/app/chat.send`` on its own
+WebSocket instead (subscribed to ``/user/queue/ack`` and ``/user/queue/error`` too, so accepted
+and refused sends are counted from the answers).
 
 Reported per rate: POSTs/s achieved, how late the sends went out (the server's answer time
 holds a sender back), deliveries/s, p50/p99/max POST→MESSAGE on the session topic (two per
@@ -30,10 +35,20 @@ from bench.broker import percentiles
 from bench.chatd_serve import Deployment, Instance, chatd_deployment, tokens_for
 from bench.send import HttpClient, init_sessions
 from bench.targets import cpu_seconds, self_cpu
-from bench.wire import Conn, Endpoint, FrameSplitter, next_frames, stomp_connect, subscribe
+from bench.wire import (
+    Conn,
+    Endpoint,
+    FrameSplitter,
+    next_frames,
+    send_frame,
+    send_prefix,
+    stomp_connect,
+    subscribe,
+)
 
 Result = dict[str, Any]
 _CONTENT = re.compile(rb'"content":\s*"e2e (\d+) (\S+?)"')
+_STATUS = re.compile(rb'"status":\s*(\d+)')
 SETTLE = 5.0  # seconds after the last send before an undelivered message counts as missing
 DRAIN = 30.0  # at most this long waiting for the outbox to empty between rates
 
@@ -54,7 +69,18 @@ class Ledger:
         self.sending = True
         self.settled = trio.Event()  # set once sending ended and every message is complete
 
+    def answered(self, frame: bytes) -> None:
+        """A STOMP send's answer: the ack (201-like) or the error (its status)."""
+        status = 201
+        if b"\ndestination:/user/queue/error" in frame:
+            match = _STATUS.search(frame)
+            status = int(match.group(1)) if match else 0
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+
     def arrived(self, frame: bytes, now: int) -> None:
+        if b"\ndestination:/user/queue/ack" in frame or b"\ndestination:/user/queue/error" in frame:
+            self.answered(frame)
+            return
         match = _CONTENT.search(frame)
         if match is None:
             return
@@ -102,6 +128,24 @@ async def _send(http: HttpClient, session: str, schedule: list[float], ledger: L
         ledger.statuses[status] = ledger.statuses.get(status, 0) + 1
 
 
+async def _send_stomp(conn: Conn, session: str, schedule: list[float], ledger: Ledger,
+                      sender: int) -> None:
+    """SEND /app/chat.send at each scheduled time; the answers are counted by `_receive`."""
+    prefix = send_prefix("/app/chat.send")
+    for k, at in enumerate(schedule):
+        now = trio.current_time()
+        if at > now:
+            await trio.sleep(at - now)
+        tag = f"{sender}-{k}-{uuid.uuid4().hex[:6]}"
+        t0 = time.monotonic_ns()
+        ledger.lag.append(max(0, int((trio.current_time() - at) * 1e9)))
+        ledger.sent[tag] = t0
+        body = json.dumps({"sessionId": session, "content": f"e2e {t0} {tag}",
+                           "clientMessageId": tag}).encode()
+        await conn.send(send_frame(prefix, body))
+        ledger.answer.append(time.monotonic_ns() - t0)
+
+
 def _backlog(url: str) -> int:
     import psycopg
 
@@ -144,12 +188,14 @@ def _summary(rate: float, seconds: float, ledger: Ledger, wall: float, backlog: 
         "messages": len(ledger.sent), "missing": len(ledger.sent) - ledger.complete,
         "backlog_max": max(backlog, default=0),
         "backlog_p50": sorted(backlog)[len(backlog) // 2] if backlog else 0,
+        # server CPU over the sending window per message sent (its 4 deliveries included)
+        "server_cpu_us_per_msg": round(cpu.pop("server_cpu_s") * 1e6 / max(1, len(ledger.sent))),
         **cpu,
     }
 
 
 async def _run(deployment: Deployment, pairs: int, rates: list[float], seconds: float,
-               say: Callable[[str], None]) -> tuple[Result, list[Result]]:
+               say: Callable[[str], None], via: str) -> tuple[Result, list[Result]]:
     first = deployment.instances[0]
     emails = [f"e2e{i}-{side}@example.com" for i in range(pairs) for side in "ab"]
     tokens = tokens_for(deployment.data_dir, emails)
@@ -161,13 +207,17 @@ async def _run(deployment: Deployment, pairs: int, rates: list[float], seconds: 
 
     ledgers = [Ledger()]
     results: list[Result] = []
+    conns: list[Conn] = []
     async with trio.open_nursery() as nursery:
         for i, token in enumerate(tokens):
             where = instance(i)
             conn, splitter = await stomp_connect(
                 Endpoint(where.host, where.port, "/ws", passcode=token))
-            await subscribe(conn, splitter, [("t", f"/topic/session.{sessions[i // 2]}"),
-                                             ("u", "/user/queue/messages")])
+            subs = [("t", f"/topic/session.{sessions[i // 2]}"), ("u", "/user/queue/messages")]
+            if via == "stomp" and i % 2 == 0:
+                subs += [("a", "/user/queue/ack"), ("e", "/user/queue/error")]
+            await subscribe(conn, splitter, subs)
+            conns.append(conn)
             nursery.start_soon(_receive, conn, splitter, ledgers)
         https = [await HttpClient.open(instance(2 * i).host, instance(2 * i).port, t)
                  for i, t in enumerate(senders)]
@@ -180,7 +230,8 @@ async def _run(deployment: Deployment, pairs: int, rates: list[float], seconds: 
         for rate in rates:
             ledger = Ledger()
             ledgers.append(ledger)
-            r = await _one_rate(deployment, rate, seconds, ledger, https, sessions)
+            r = await _one_rate(deployment, rate, seconds, ledger, https, sessions,
+                                conns[0::2] if via == "stomp" else None)
             r["backlog_left"] = await _drain(deployment.database_url)
             say("  -> " + " ".join(f"{k}={v}" for k, v in r.items() if k != "statuses"))
             results.append(r)
@@ -216,7 +267,8 @@ async def _cost_per_request(server: Instance, http: HttpClient, session: str,
 
 
 async def _one_rate(deployment: Deployment, rate: float, seconds: float, ledger: Ledger,
-                    https: list[HttpClient], sessions: list[str]) -> Result:
+                    https: list[HttpClient], sessions: list[str],
+                    stomp_senders: list[Conn] | None = None) -> Result:
     """Offer `rate` msg/s for `seconds`, wait for stragglers, and sum up."""
     pairs = len(https)
     start = trio.current_time() + 0.2
@@ -230,9 +282,14 @@ async def _one_rate(deployment: Deployment, rate: float, seconds: float, ledger:
         nursery.start_soon(_sample_backlog, deployment.database_url, backlog)
         async with trio.open_nursery() as posting:
             for i in range(pairs):
-                posting.start_soon(_send, https[i], sessions[i], plans[i], ledger, i)
+                if stomp_senders is not None:
+                    posting.start_soon(_send_stomp, stomp_senders[i], sessions[i], plans[i],
+                                       ledger, i)
+                else:
+                    posting.start_soon(_send, https[i], sessions[i], plans[i], ledger, i)
         wall = time.monotonic() - t0
-        cpu = {"server_cpu_pct": round(100 * (sum(map(cpu_seconds, pids)) - c0) / wall, 1),
+        used = sum(map(cpu_seconds, pids)) - c0
+        cpu = {"server_cpu_s": used, "server_cpu_pct": round(100 * used / wall, 1),
                "gen_cpu_pct": round(100 * (self_cpu() - g0) / wall, 1)}
         ledger.sending = False
         ledger.check_settled()
@@ -243,11 +300,11 @@ async def _one_rate(deployment: Deployment, rate: float, seconds: float, ledger:
 
 
 def e2e_benchmark(workdir: Path, *, pairs: int, rates: list[float], seconds: float,
-                  instances: int = 1, rabbitmq_url: str | None = None,
+                  instances: int = 1, rabbitmq_url: str | None = None, via: str = "rest",
                   say: Callable[[str], None] = print) -> Result:
     """The end-to-end runs at each rate, on a fresh database (and server) of their own."""
     with chatd_deployment(workdir, instances=instances, rabbitmq_url=rabbitmq_url,
                           say=say) as deployment:
         say(f"  rates {', '.join(f'{r:g}' for r in rates)} msg/s, {seconds:g} s each")
-        cost, runs = trio.run(_run, deployment, pairs, rates, seconds, say)
-    return {"pairs": pairs, "instances": instances, "cost": cost, "runs": runs}
+        cost, runs = trio.run(_run, deployment, pairs, rates, seconds, say, via)
+    return {"pairs": pairs, "instances": instances, "via": via, "cost": cost, "runs": runs}

@@ -219,6 +219,7 @@ def http_part(components: Components) -> Part:
     are closed with 1001 before Hypercorn starts its own drain."""
     from chatd.http import create_app
     from chatd.http.server import serve_http
+    from chatd.http.ws import websocket_handler
 
     c = components
     app = create_app(c.services, c.verifier, c.config, readiness=c.readiness, runtime=c.runtime,
@@ -231,7 +232,8 @@ def http_part(components: Components) -> Part:
 
     async def run(*, task_status: trio.TaskStatus[str]) -> None:
         async with trio.open_nursery() as nursery:
-            serve = functools.partial(serve_http, app, c.config, shutdown_trigger=shutdown_trigger)
+            serve = functools.partial(serve_http, app, c.config, shutdown_trigger=shutdown_trigger,
+                                      websocket=websocket_handler(c.runtime, c.metrics))
             binds: list[str] = await nursery.start(serve)
             task_status.started("http=" + ",".join(binds))
 

@@ -1,21 +1,52 @@
-"""Running the app on Hypercorn's trio worker with chatd's settings.
+"""Running the app on Hypercorn's trio worker with chatd's settings, on a socket chatd owns.
 
 The supervisor calls `serve_http` as a part; this module is the only place that knows
-Hypercorn's configuration object, so its knobs (keep-alive, graceful drain, logging) are
-mapped from `chatd.config` in one spot.
+Hypercorn's configuration object and its worker internals, so its knobs (keep-alive, graceful
+drain, logging) are mapped from `chatd.config` in one spot.
+
+Why chatd accepts the connections itself: STOMP over WebSocket is the hot path, and carried
+through Hypercorn's WebSocket stream and Quart's websocket wrappers it cost ~40 % of the
+trio thread at 400 messages/s (issue 11). So each new connection's first request head is
+read here: a WebSocket upgrade to ``/ws`` or ``/ws/websocket`` goes to the broker's own lean
+WebSocket transport (`stomp.trio.serve_websocket_connection`); anything else — every REST,
+health, SockJS and demo request, and any upgrade on a connection that started as plain HTTP —
+goes to Hypercorn's connection handler unchanged, with the bytes already read replayed first.
+The loop below is Hypercorn 0.18's `worker_serve` (lifespan, graceful drain) with that router
+in front; Hypercorn is pinned, so its internals are a known quantity.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Final
 
 import hypercorn.config
-import hypercorn.trio
 import trio
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState, LifespanState
+from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 from quart_trio import QuartTrio
 
 from chatd.config import Config
+
+log = logging.getLogger(__name__)
+
+#: Handles a connection whose first request is a STOMP WebSocket upgrade; gets the socket and
+#: the bytes already read from it (the request head, and anything after it).
+WebSocketHandler = Callable[[trio.SocketStream, bytes], Awaitable[None]]
+
+#: A request line that may be a STOMP WebSocket upgrade (the headers then decide).
+_WS_REQUEST: Final = re.compile(rb"GET /ws(?:/websocket)?(?:\?[^ \r\n]*)? HTTP/1\.1\r\n")
+_UPGRADE: Final = re.compile(rb"\r\nupgrade:[ \t]*websocket[ \t]*\r\n", re.IGNORECASE)
+#: The most of a request head read before deciding where a connection goes.
+MAX_HEAD: Final = 16 * 1024
+#: Seconds a peer has to finish a request head that looks like a WebSocket upgrade.
+HEAD_TIMEOUT: Final = 10.0
 
 
 def hypercorn_config(config: Config) -> hypercorn.config.Config:
@@ -34,19 +65,127 @@ def hypercorn_config(config: Config) -> hypercorn.config.Config:
     return hconfig
 
 
+class _Replayed:
+    """An accepted socket stream that first gives back bytes the router already read.
+
+    Hypercorn's `TCPServer` needs only these methods and `socket` (no `do_handshake`: that
+    is how it tells a plain stream from TLS).
+    """
+
+    def __init__(self, stream: trio.SocketStream, initial: bytes) -> None:
+        self._stream = stream
+        self._initial = initial
+        self.socket = stream.socket
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._initial:
+            data, self._initial = self._initial, b""
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+async def _first_request_head(stream: trio.SocketStream, idle_timeout: float) -> bytes | None:
+    """What the peer sent first: enough to tell a STOMP upgrade from anything else (the whole
+    head when the request line could be one). None when it sent nothing in `idle_timeout`
+    seconds or left."""
+    with trio.move_on_after(idle_timeout):
+        data = bytes(await stream.receive_some(MAX_HEAD))
+    if not data:
+        return None
+    if not (data.startswith(b"GET /ws") or b"GET /ws".startswith(data)):
+        return data
+    with trio.move_on_after(HEAD_TIMEOUT):
+        while b"\r\n\r\n" not in data and len(data) < MAX_HEAD:
+            more = await stream.receive_some(MAX_HEAD)
+            if not more:
+                break
+            data += more
+    return data
+
+
+def is_stomp_upgrade(head: bytes) -> bool:
+    """True for a request head that asks to upgrade ``/ws`` or ``/ws/websocket`` (any query)
+    to a WebSocket."""
+    end = head.find(b"\r\n\r\n")
+    return (end >= 0 and _WS_REQUEST.match(head) is not None
+            and _UPGRADE.search(head, 0, end + 2) is not None)
+
+
 async def serve_http(
     app: QuartTrio,
     config: Config,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
+    websocket: WebSocketHandler | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` until `shutdown_trigger` returns, then drain for ``shutdown_grace``.
 
-    Reports the bound addresses (``["http://127.0.0.1:8080"]``) through `task_status`.
-    After the trigger, no new connection is accepted, idle keep-alive connections close at
-    once and in-flight requests get until the grace deadline.
+    With `websocket`, connections that open with a STOMP WebSocket upgrade are handed to it
+    instead (see the module docstring). Reports the bound addresses
+    (``["http://127.0.0.1:8080"]``) through `task_status`. After the trigger, no new
+    connection is accepted, idle keep-alive connections close at once and in-flight requests
+    (and WebSocket sessions) get until the grace deadline. Raises OSError if the address
+    cannot be bound.
     """
-    await hypercorn.trio.serve(
-        app, hypercorn_config(config), shutdown_trigger=shutdown_trigger, task_status=task_status
-    )
+    hconfig = hypercorn_config(config)
+    wrapped = wrap_app(app, hconfig.wsgi_max_body_size, "asgi")
+    state: LifespanState = {}
+    lifespan = Lifespan(wrapped, hconfig, state)
+    context = WorkerContext(None)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        initial = b""
+        if websocket is not None:
+            head = await _first_request_head(stream, hconfig.keep_alive_timeout)
+            if head is None:
+                await stream.aclose()
+                return
+            if is_stomp_upgrade(head):
+                await websocket(stream, head)
+                return
+            initial = head
+        await TCPServer(wrapped, hconfig, context, ConnectionState(state.copy()),
+                        _Replayed(stream, initial))  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as server_nursery:
+            sockets = hconfig.create_sockets()
+            listeners = []
+            binds = []
+            for sock in sockets.insecure_sockets:
+                sock.listen(hconfig.backlog)
+                listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+                binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+            task_status.started(binds)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(raise_shutdown, shutdown_trigger)
+                    nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    nursery.start_soon(partial(trio.serve_listeners, handle, listeners,
+                                               handler_nursery=server_nursery))
+                    await trio.sleep_forever()
+            except BaseExceptionGroup as error:
+                _, other_errors = error.split((ShutdownError, KeyboardInterrupt))
+                if other_errors is not None:
+                    raise other_errors from None
+            finally:
+                await context.terminated.set()
+                server_nursery.cancel_scope.deadline = (trio.current_time()
+                                                        + hconfig.graceful_timeout)
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()

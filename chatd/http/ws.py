@@ -1,6 +1,11 @@
 """`/ws` and `/ws/websocket`: STOMP over WebSocket on the HTTP port, served by the one
 `BrokerRuntime` every transport shares.
 
+A connection that opens with the upgrade is handed by `chatd.http.server` to
+`websocket_handler`: the broker's own lean WebSocket transport, no Hypercorn or Quart in the
+path. The Quart route below serves the rare upgrade that arrives on a connection that began
+with plain HTTP requests (and Quart's test client), with the same behaviour.
+
 The route negotiates the STOMP subprotocol (v12 > v11 > v10; a client offering none is still
 accepted, CONNECT's `accept-version` decides), wraps Quart's websocket as a byte stream and
 hands it to the session pump. Authentication is the broker's (CONNECT), not the HTTP layer's:
@@ -11,13 +16,23 @@ cleanup runs either way.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
+import trio
 from quart import Blueprint, websocket
 from quart.wrappers.base import BaseRequestWebsocket
 
 from chatd.http.observe import REQUEST_ID_HEADER, request_id_from
 from chatd.observability.logs import request_id
 from chatd.observability.metrics import Metrics
-from stomp.trio import BrokerRuntime, MessageStream, TransportInfo, choose_subprotocol, serve_stream
+from stomp.trio import (
+    BrokerRuntime,
+    MessageStream,
+    TransportInfo,
+    choose_subprotocol,
+    serve_stream,
+    serve_websocket_connection,
+)
 
 #: The paths STOMP clients use: plain WebSocket, and the SockJS-style raw WebSocket path.
 WS_PATHS = ("/ws", "/ws/websocket")
@@ -61,3 +76,25 @@ def ws_blueprint(runtime: BrokerRuntime, metrics: Metrics | None = None) -> Blue
     for path in WS_PATHS:
         bp.add_websocket(path, view_func=stomp_over_websocket, endpoint=path)
     return bp
+
+
+def websocket_handler(runtime: BrokerRuntime, metrics: Metrics | None = None
+                      ) -> Callable[[trio.SocketStream, bytes], Awaitable[None]]:
+    """The `chatd.http.server.WebSocketHandler` for connections that open with a ``/ws``
+    upgrade: the handshake's request id for the session's logs, the metrics gauge, then the
+    session on the broker's WebSocket transport."""
+
+    def opened(info: TransportInfo) -> None:
+        request_id.set(request_id_from(info.header(REQUEST_ID_HEADER) or ""))
+
+    async def handle(stream: trio.SocketStream, head: bytes) -> None:
+        if metrics is not None:
+            metrics.websocket_sessions.inc()
+        try:
+            await serve_websocket_connection(runtime, stream, paths=WS_PATHS, initial=head,
+                                             on_open=opened)
+        finally:
+            if metrics is not None:
+                metrics.websocket_sessions.dec()
+
+    return handle

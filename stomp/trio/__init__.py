@@ -1,8 +1,9 @@
 """trio transports for the STOMP broker: the only part of `stomp` that imports trio.
 
 `BrokerRuntime` owns a `Broker` and carries out its actions; `serve_stream` pumps one session
-over anything stream-shaped; `serve_tcp` and `serve_websocket` accept peers; `MessageStream`
-adapts any message-based WebSocket (e.g. Quart's) to the session pump.
+over anything stream-shaped; `serve_tcp` and `serve_websocket` accept peers, and
+`serve_websocket_connection` serves one socket an application accepted itself;
+`MessageStream` adapts any other message-based WebSocket (e.g. Quart's) to the session pump.
 """
 
 from ._hooks import AllowAll as AllowAll
@@ -31,6 +32,7 @@ from ._websocket import SUBPROTOCOLS as SUBPROTOCOLS
 from ._websocket import MessageStream as MessageStream
 from ._websocket import choose_subprotocol as choose_subprotocol
 from ._websocket import serve_websocket as serve_websocket
+from ._websocket import serve_websocket_connection as serve_websocket_connection
 from ._websocket import websocket_stream as websocket_stream
 
 __all__ = [
@@ -60,5 +62,6 @@ __all__ = [
     "serve_stream",
     "serve_tcp",
     "serve_websocket",
+    "serve_websocket_connection",
     "websocket_stream",
 ]

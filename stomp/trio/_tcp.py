@@ -31,7 +31,7 @@ async def serve_tcp(
     listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
 
     async def handle(stream: trio.SocketStream) -> None:
-        await serve_stream(runtime, stream, TransportInfo("tcp", remote=_peer(stream)))
+        await serve_stream(runtime, stream, TransportInfo("tcp", remote=peer_address(stream)))
 
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, handle, listeners)
@@ -40,7 +40,8 @@ async def serve_tcp(
         task_status.started((bound[0], bound[1]))
 
 
-def _peer(stream: trio.SocketStream) -> tuple[str, int] | None:
+def peer_address(stream: trio.SocketStream) -> tuple[str, int] | None:
+    """The peer's (host, port), or None once it has gone."""
     try:
         address: Any = stream.socket.getpeername()
     except OSError:  # the peer already left

@@ -1,10 +1,10 @@
-"""STOMP over WebSocket: trio-websocket's server, and an adapter that makes any message-based
-WebSocket look like a byte stream for the session pump.
+"""STOMP over WebSocket: the server (on the lean `WebSocketStream` of `_wsstream`), and an
+adapter that makes any other message-based WebSocket look like a byte stream for the pump.
 
 STOMP over WebSocket is a byte stream cut into messages at the sender's whim: one message may
 hold several frames, or a frame and heart-beat newlines, and a frame may span messages. So the
 adapter concatenates incoming messages and decodes the result as a stream, and sends one message
-per writer flush. The same `MessageStream` serves chatd's Quart/Hypercorn `/ws` route.
+per writer flush. `MessageStream` serves other WebSocket libraries (trio-websocket, Quart).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from functools import partial
 
 import trio
 import trio_websocket
@@ -20,6 +19,8 @@ import trio_websocket
 from ._hooks import TransportInfo
 from ._runtime import BrokerRuntime
 from ._session import CLOSE_NORMAL, serve_stream
+from ._tcp import peer_address
+from ._wsstream import HandshakeError, accept, read_handshake, reject
 
 log = logging.getLogger("stomp.trio")
 
@@ -140,44 +141,59 @@ async def serve_websocket(
     ones with `binary=True`. Reports the bound `(host, port)` through `task_status.started()`.
     Raises OSError if the address cannot be bound.
     """
+    listeners = await trio.open_tcp_listeners(port, host=host)
 
-    async def handle(request: trio_websocket.WebSocketRequest) -> None:
-        # An exception escaping here would end trio-websocket's server, so none does.
-        target_path, _, query = request.path.partition("?")
-        try:
-            if target_path != path:
-                await request.reject(404, body=b"not found")
-                return
-            subprotocol = choose_subprotocol(request.proposed_subprotocols)
-            connection = await request.accept(subprotocol=subprotocol)
-        except (trio_websocket.ConnectionClosed, trio.BrokenResourceError,
-                trio.ClosedResourceError, OSError) as exc:
-            log.debug("websocket handshake failed: %r", exc)
-            return
-        headers = tuple((name.decode("latin-1").lower(), value.decode("latin-1"))
-                        for name, value in request.headers)
-        remote = request.remote
-        info = TransportInfo(
-            "websocket",
-            remote=(str(remote.address), remote.port)
-            if isinstance(remote, trio_websocket.Endpoint) else None,
-            path=target_path,
-            query_string=query,
-            headers=headers,
-            subprotocol=subprotocol,
-        )
-        await serve_stream(runtime, websocket_stream(connection, binary=binary), info)
+    async def handle(stream: trio.SocketStream) -> None:
+        await serve_websocket_connection(runtime, stream, paths=(path,), binary=binary)
 
-    serve = partial(trio_websocket.serve_websocket, handle, host, port, None,
-                    max_message_size=runtime.max_frame_size,
-                    connect_timeout=runtime.connect_timeout,
-                    disconnect_timeout=runtime.close_timeout)
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve)
-        endpoint = server.listeners[0]
-        if isinstance(endpoint, trio_websocket.Endpoint):
-            bound = (str(endpoint.address), endpoint.port)
-        else:
-            bound = (host or "", port)
+        await nursery.start(trio.serve_listeners, handle, listeners)
+        bound = listeners[0].socket.getsockname()
         log.debug("stomp websocket listening on %s:%s%s", bound[0], bound[1], path)
-        task_status.started(bound)
+        task_status.started((str(bound[0]), int(bound[1])))
+
+
+async def serve_websocket_connection(
+    runtime: BrokerRuntime,
+    stream: trio.SocketStream,
+    *,
+    paths: tuple[str, ...] = ("/ws",),
+    initial: bytes = b"",
+    binary: bool = False,
+    transport: str = "websocket",
+    on_open: Callable[[TransportInfo], object] | None = None,
+) -> None:
+    """Run one STOMP-over-WebSocket connection on an accepted socket: the handshake (after
+    `initial`, bytes already read from it), then the session, then the close.
+
+    A handshake to a path not in `paths` is answered 404; a malformed one 400. `on_open` is
+    called with the session's `TransportInfo` once the WebSocket is open (an application's
+    per-connection set-up, e.g. its request id). Never raises for anything the peer does.
+    """
+    try:
+        with trio.fail_after(runtime.connect_timeout):
+            ws, handshake = await read_handshake(stream, initial)
+            if handshake.path not in paths:
+                await reject(stream, ws, 404, b"not found")
+                await stream.aclose()
+                return
+            subprotocol = choose_subprotocol(handshake.subprotocols)
+            websocket = await accept(stream, ws, subprotocol, binary=binary)
+    except (HandshakeError, trio.TooSlowError, trio.BrokenResourceError,
+            trio.ClosedResourceError, OSError) as exc:
+        log.debug("websocket handshake failed: %r", exc)
+        with contextlib.suppress(Exception):
+            await stream.aclose()
+        return
+    info = TransportInfo(
+        transport,
+        remote=peer_address(stream),
+        path=handshake.path,
+        query_string=handshake.query_string,
+        headers=handshake.headers,
+        subprotocol=subprotocol,
+    )
+    if on_open is not None:
+        on_open(info)
+    await serve_stream(runtime, websocket, info)
+
