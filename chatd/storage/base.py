@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from chatd.domain.errors import BadRequest
+from chatd.domain.errors import BadRequest, ChatError
 from chatd.domain.models import (
     EVENT_MESSAGE,
     EVENT_RECEIPT,
@@ -43,6 +44,30 @@ MAX_ERROR_TEXT = 2000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 OutboxBuilder = Callable[[ChatSession, Message], list[OutboxEntry]]
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """One message to store: what `Store.append_messages` takes per send."""
+
+    session_id: uuid.UUID
+    sender: Participant
+    content: str
+    client_message_id: str
+    sent_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What storing one `NewMessage` did: the message (the original for a repeated client
+    message id, `created` False) and, for a new one, its outbox rows in id order."""
+
+    message: Message
+    created: bool
+    outbox: tuple[OutboxRow, ...] = ()
+
+
+AppendResult = Appended | ChatError
 
 
 def dumps(value: Any) -> str:
@@ -70,6 +95,25 @@ def message_outbox(session: ChatSession, message: Message) -> list[OutboxEntry]:
         OutboxEntry(EVENT_MESSAGE, d, body, session.id, message.seq, message.message_id)
         for d in destinations
     ]
+
+
+async def append_one(store: Store, session_id: uuid.UUID, sender: Participant, content: str,
+                     client_message_id: str, sent_at: datetime) -> tuple[Message, bool]:
+    """`Store.append_message` in terms of `Store.append_messages` (both backends use it)."""
+    [result] = await store.append_messages(
+        [NewMessage(session_id, sender, content, client_message_id, sent_at)])
+    if isinstance(result, ChatError):
+        raise result
+    return result.message, result.created
+
+
+def group_by_session(batch: Sequence[NewMessage]) -> dict[uuid.UUID, list[int]]:
+    """Batch indexes per session, sessions in id order (the order their rows are locked in,
+    so two batches never wait on each other in a cycle), indexes in batch order."""
+    groups: dict[uuid.UUID, list[int]] = {}
+    for index, item in enumerate(batch):
+        groups.setdefault(item.session_id, []).append(index)
+    return {sid: groups[sid] for sid in sorted(groups)}
 
 
 def receipt_outbox(update: ReceiptUpdate, sender_emails: Iterable[str]) -> list[OutboxEntry]:
@@ -265,15 +309,31 @@ class Store(Protocol):
         content: str,
         client_message_id: str,
         sent_at: datetime,
-        *,
-        outbox: OutboxBuilder = message_outbox,
     ) -> tuple[Message, bool]:
         """Store a message and its outbox rows in one transaction; return (message, created).
 
         A `client_message_id` the sender already used returns (original, False) and writes
         nothing — even if the original belongs to another session (callers compare
         `session_id`). Raises NotFound for an unknown session, Forbidden when the sender is
-        not a participant.
+        not a participant. (`append_messages` for one message, see `append_one`.)
+        """
+        ...
+
+    async def append_messages(
+        self, batch: Sequence[NewMessage], *, lease_until: datetime | None = None,
+        sent: Sequence[int] = (), now: datetime | None = None,
+    ) -> list[AppendResult]:
+        """Store a batch of messages in ONE transaction (group commit); one result per message,
+        in order: `Appended`, or the `ChatError` that message alone got (NotFound, Forbidden)
+        while the others were stored. Each message follows `append_message`'s rules; messages
+        of one session get consecutive seqs in batch order, and a client message id repeated
+        within the batch is a repeat of its first use.
+
+        With `lease_until`, the new outbox rows are written already leased to the caller until
+        then and no publisher is woken: the caller delivers them itself and marks them sent
+        (`sent`, in a later batch, or `mark_outbox_sent`); the publisher takes them only if
+        the lease runs out. `sent` (with `now`) marks those outbox ids processed in the same
+        transaction. Raises Unavailable when the store is down (nothing was stored).
         """
         ...
 

@@ -17,7 +17,8 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -46,7 +47,9 @@ from chatd.storage.base import (
     DEFAULT_POOL_TIMEOUT,
     DEFAULT_STATEMENT_TIMEOUT,
     OUTBOX_CHANNEL,
-    OutboxBuilder,
+    Appended,
+    AppendResult,
+    NewMessage,
 )
 from chatd.storage.migrate import Migration, apply_migrations, check_current
 
@@ -114,7 +117,7 @@ class _Target:
 
 
 class _Duplicate(Exception):
-    """Rolls back an append whose client message id turned out to be taken."""
+    """Rolls back a batch one of whose client message ids was taken meanwhile."""
 
 
 class PostgresStore:
@@ -279,37 +282,35 @@ class PostgresStore:
         content: str,
         client_message_id: str,
         sent_at: datetime,
-        *,
-        outbox: OutboxBuilder = base.message_outbox,
     ) -> tuple[Message, bool]:
-        """See `Store.append_message`. The session row lock taken to bump ``next_seq`` orders
-        concurrent senders, so seqs and outbox ids of a session are both gap-free and ordered."""
-        sent_at = base.require_aware(sent_at)
-        find = (sender.email, client_message_id)
+        """See `Store.append_message`."""
+        return await base.append_one(self, session_id, sender, content, client_message_id,
+                                     sent_at)
 
-        def work(conn: Conn) -> tuple[Message, bool]:
-            # no look-up first: a repeat is rare, and the unique key finds it inside the insert
-            try:
-                with conn.transaction():
-                    row = conn.execute(queries.BUMP_SEQ, (sent_at, session_id)).fetchone()
-                    if row is None:
-                        raise NotFound("unknown session")
-                    session = base.session_from_row(row)
-                    if not session.is_participant(sender.email):
-                        raise Forbidden("not a participant of this session")
-                    message = Message(
-                        uuid.uuid4(), session_id, session.last_seq, sender.profile_id,
-                        sender.email, sender.display_name, content, client_message_id, sent_at,
-                    )
-                    if conn.execute(queries.INSERT_MESSAGE, _message_params(message)
-                                    ).fetchone() is None:
-                        raise _Duplicate
-                    _insert_outbox(conn, outbox(session, message), sent_at)
-            except _Duplicate:
-                original = conn.execute(queries.MESSAGE_BY_CLIENT_ID, find).fetchone()
-                assert original is not None, "the conflicting row was committed"
-                return base.message_from_row(original), False
-            return message, True
+    async def append_messages(
+        self, batch: Sequence[NewMessage], *, lease_until: datetime | None = None,
+        sent: Sequence[int] = (), now: datetime | None = None,
+    ) -> list[AppendResult]:
+        """See `Store.append_messages`: one hop, one transaction, a handful of statements
+        whatever the batch size (repeats, one bump per session, the messages, the outbox
+        rows). The session row locks taken by the bumps (in session id order) order concurrent
+        writers, so seqs and outbox ids of a session are both gap-free and ordered. A repeat
+        that commits elsewhere while we run makes the whole batch start over once."""
+        batch = [replace(m, sent_at=base.require_aware(m.sent_at)) for m in batch]
+        lease = None if lease_until is None else base.require_aware(lease_until)
+        marked = base.require_aware(now) if now is not None else None
+
+        def work(conn: Conn) -> list[AppendResult]:
+            for attempt in (1, 2):
+                try:
+                    with conn.transaction():
+                        if sent:
+                            conn.execute(queries.SENT, (marked or datetime.now(UTC), list(sent)))
+                        return _append_batch(conn, batch, lease)
+                except _Duplicate:
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
 
         return await self._run(work)
 
@@ -480,9 +481,103 @@ def _options(url: str, statement_timeout: float) -> str:
     return f"{theirs} {ours}" if theirs else ours
 
 
-def _message_params(m: Message) -> tuple[Any, ...]:
-    return (m.message_id, m.session_id, m.seq, m.sender_id, m.sender_email,
-            m.sender_display_name, m.content, m.client_message_id, m.sent_at)
+def _append_batch(conn: Conn, batch: Sequence[NewMessage], lease: datetime | None
+                  ) -> list[AppendResult]:
+    """The statements of `PostgresStore.append_messages`, inside its transaction."""
+    results: list[AppendResult | None] = [None] * len(batch)
+    keys = [(m.sender.email, m.client_message_id) for m in batch]
+    found = {(r[4], r[7]): base.message_from_row(r) for r in conn.execute(
+        queries.REPEATS, ([k[0] for k in keys], [k[1] for k in keys])).fetchall()}
+    first_use: dict[tuple[str, str], int] = {}
+    fresh: list[int] = []
+    for index, key in enumerate(keys):
+        if key in found:
+            results[index] = Appended(found[key], False)
+        elif key in first_use:
+            continue  # a repeat within the batch: answered below with the first one
+        else:
+            first_use[key] = index
+            fresh.append(index)
+    groups = base.group_by_session([batch[i] for i in fresh])
+    messages: list[Message] = []
+    entries: list[OutboxEntry] = []
+    for session_id, positions in groups.items():
+        indexes = [fresh[p] for p in positions]
+        session, indexes = _bump(conn, batch, session_id, indexes, results)
+        if session is None:
+            continue
+        first_seq = session.last_seq - len(indexes) + 1
+        for offset, index in enumerate(indexes):
+            item = batch[index]
+            message = Message(uuid.uuid4(), session_id, first_seq + offset,
+                              item.sender.profile_id, item.sender.email,
+                              item.sender.display_name, item.content, item.client_message_id,
+                              item.sent_at)
+            messages.append(message)
+            entries.extend(base.message_outbox(session, message))
+            results[index] = Appended(message, True)
+    if messages:
+        inserted = conn.execute(queries.INSERT_MESSAGES, _columns(
+            messages, "message_id", "session_id", "seq", "sender_id", "sender_email",
+            "sender_display_name", "content", "client_message_id", "sent_at")).fetchall()
+        if len(inserted) != len(messages):
+            raise _Duplicate  # a client id committed by another writer since REPEATS
+        rows = _insert_outbox_rows(conn, entries, max(m.sent_at for m in messages), lease)
+        by_message: dict[uuid.UUID | None, list[OutboxRow]] = {}
+        for row in rows:
+            by_message.setdefault(row.message_id, []).append(row)
+        for index, result in enumerate(results):
+            if isinstance(result, Appended) and result.created:
+                results[index] = Appended(result.message, True,
+                                          tuple(by_message[result.message.message_id]))
+    for index, key in enumerate(keys):
+        if results[index] is None:  # repeated within the batch
+            first = results[first_use[key]]
+            results[index] = (Appended(first.message, False) if isinstance(first, Appended)
+                              else first)
+    return [r for r in results if r is not None]
+
+
+def _bump(conn: Conn, batch: Sequence[NewMessage], session_id: uuid.UUID, indexes: list[int],
+          results: list[AppendResult | None]) -> tuple[ChatSession | None, list[int]]:
+    """Take `len(indexes)` seqs of a session; the session and the indexes that got them. A
+    refusal (unknown session, a sender not taking part) is recorded in `results`, per message."""
+    senders = sorted({batch[i].sender.email for i in indexes})
+    at = max(batch[i].sent_at for i in indexes)
+    params = {"n": len(indexes), "at": at, "s": session_id, "senders": senders}
+    row = conn.execute(queries.BUMP_SEQ_BY, params).fetchone()
+    if row is not None:
+        return base.session_from_row(row), indexes
+    # Slow path, never taken by the service (it checks participation first): say why.
+    existing = conn.execute(queries.SESSION_BY_ID, (session_id,)).fetchone()
+    if existing is None:
+        for i in indexes:
+            results[i] = NotFound("unknown session")
+        return None, []
+    session = base.session_from_row(existing)
+    allowed = [i for i in indexes if session.is_participant(batch[i].sender.email)]
+    for i in set(indexes) - set(allowed):
+        results[i] = Forbidden("not a participant of this session")
+    if not allowed:
+        return None, []
+    return _bump(conn, batch, session_id, allowed, results)
+
+
+def _columns(items: Sequence[Any], *names: str) -> list[list[Any]]:
+    """Parallel arrays of `items`' attributes, for the unnest inserts."""
+    return [[getattr(item, name) for item in items] for name in names]
+
+
+def _insert_outbox_rows(conn: Conn, entries: list[OutboxEntry], now: datetime,
+                        lease: datetime | None) -> list[OutboxRow]:
+    """Write outbox rows, due at once (and NOTIFY listeners, on commit) or leased to the
+    caller until `lease`; the rows as stored, in id order."""
+    params = [lease or now, now, *_columns(entries, "message_id", "session_id", "seq", "event",
+                                           "destination", "payload")]
+    rows = [base.outbox_from_row(r) for r in conn.execute(queries.INSERT_OUTBOX_ROWS, params)]
+    if lease is None:
+        conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+    return sorted(rows, key=lambda r: r.id)
 
 
 def _insert_outbox(conn: Conn, entries: list[OutboxEntry], now: datetime) -> None:

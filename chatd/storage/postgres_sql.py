@@ -28,21 +28,35 @@ SESSION_BY_PAIR = (
 )
 SESSION_BY_ID = f"SELECT {SESSION} FROM chat_sessions WHERE id = %s"
 LOCK_SESSION = "SELECT next_seq FROM chat_sessions WHERE id = %s FOR UPDATE"
-# RETURNING sees the bumped next_seq, so session_from_row's last_seq is the new message's seq
-BUMP_SEQ = f"""
-UPDATE chat_sessions SET next_seq = next_seq + 1,
-                         last_activity_at = GREATEST(last_activity_at, %s)
-WHERE id = %s RETURNING {SESSION}"""
+# A batch's bump for one session: `n` messages at once, only if every sender takes part.
+BUMP_SEQ_BY = f"""
+UPDATE chat_sessions SET next_seq = next_seq + %(n)s,
+                         last_activity_at = GREATEST(last_activity_at, %(at)s)
+WHERE id = %(s)s AND %(senders)s::text[] <@ ARRAY[email_lo, email_hi] RETURNING {SESSION}"""
+# The batch's repeats: messages its senders already stored under the same client ids.
+REPEATS = f"""
+SELECT {MESSAGE} FROM chat_messages
+WHERE (sender_email, client_msg_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"""
+# Whole-batch inserts from parallel arrays: one statement text whatever the batch size (so
+# psycopg prepares it once), rows inserted -- and outbox ids drawn -- in array order.
+INSERT_MESSAGES = """
+INSERT INTO chat_messages (id, session_id, seq, sender_id, sender_email, sender_display_name,
+                           content, client_msg_id, sent_at)
+SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::text[],
+                     %s::text[], %s::text[], %s::timestamptz[])
+ON CONFLICT (sender_email, client_msg_id) DO NOTHING
+RETURNING id"""
+INSERT_OUTBOX_ROWS = f"""
+INSERT INTO chat_message_outbox (message_id, session_id, seq, event, destination, payload,
+                                 next_retry_at, created_at)
+SELECT m, s, q, e, d, p::json, %s, %s
+FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::text[])
+     AS r(m, s, q, e, d, p)
+RETURNING {OUTBOX}"""
 
 MESSAGE_BY_CLIENT_ID = (
     f"SELECT {MESSAGE} FROM chat_messages WHERE sender_email = %s AND client_msg_id = %s"
 )
-INSERT_MESSAGE = """
-INSERT INTO chat_messages (id, session_id, seq, sender_id, sender_email, sender_display_name,
-                           content, client_msg_id, sent_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (sender_email, client_msg_id) DO NOTHING
-RETURNING id"""
 MESSAGES_AFTER = (
     f"SELECT {MESSAGE} FROM chat_messages WHERE session_id = %s AND seq > %s ORDER BY seq LIMIT %s"
 )

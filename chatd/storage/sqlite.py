@@ -39,7 +39,9 @@ from chatd.storage.base import (
     DEFAULT_POOL_SIZE,
     DEFAULT_POOL_TIMEOUT,
     DEFAULT_STATEMENT_TIMEOUT,
-    OutboxBuilder,
+    Appended,
+    AppendResult,
+    NewMessage,
     to_micros,
 )
 from chatd.storage.migrate import Migration, apply_migrations, check_current
@@ -277,36 +279,69 @@ class SqliteStore:
         content: str,
         client_message_id: str,
         sent_at: datetime,
-        *,
-        outbox: OutboxBuilder = base.message_outbox,
     ) -> tuple[Message, bool]:
-        """See `Store.append_message`; the write lock makes check-then-insert race-free."""
-        sent_at = base.require_aware(sent_at)
-        at = to_micros(sent_at)
+        """See `Store.append_message`."""
+        return await base.append_one(self, session_id, sender, content, client_message_id,
+                                     sent_at)
 
-        def work(conn: sqlite3.Connection) -> tuple[Message, bool]:
-            original = conn.execute(sql.MESSAGE_BY_CLIENT_ID, (sender.email, client_message_id)
-                                    ).fetchone()
-            if original is not None:
-                return _message(original), False
-            row = conn.execute(sql.BUMP_SEQ, (at, str(session_id))).fetchone()
-            if row is None:
-                raise NotFound("unknown session")
-            session = _session(row)
-            if not session.is_participant(sender.email):
-                raise Forbidden("not a participant of this session")
-            message = Message(
-                uuid.uuid4(), session_id, session.last_seq, sender.profile_id, sender.email,
-                sender.display_name, content, client_message_id, base.from_micros(at),
-            )
-            conn.execute(sql.INSERT_MESSAGE, (
-                str(message.message_id), str(session_id), message.seq, sender.profile_id,
-                sender.email, sender.display_name, content, client_message_id, at,
-            ))
-            self._insert_outbox(conn, outbox(session, message), at)
-            return message, True
+    async def append_messages(
+        self, batch: Sequence[NewMessage], *, lease_until: datetime | None = None,
+        sent: Sequence[int] = (), now: datetime | None = None,
+    ) -> list[AppendResult]:
+        """See `Store.append_messages`: one write transaction; the write lock makes each
+        check-then-insert race-free, so no repeat can appear meanwhile."""
+        lease = None if lease_until is None else to_micros(lease_until)
+        marked = to_micros(now if now is not None else datetime.now(UTC))
+
+        def work(conn: sqlite3.Connection) -> list[AppendResult]:
+            if sent:
+                query, params = sql.with_ids(sql.SENT, [marked], sent)
+                conn.execute(query, params)
+            results: list[AppendResult] = []
+            first: dict[tuple[str, str], AppendResult] = {}
+            for item in batch:
+                key = (item.sender.email, item.client_message_id)
+                if key in first:  # repeated within the batch: a repeat of its first use
+                    earlier = first[key]
+                    results.append(Appended(earlier.message, False)
+                                   if isinstance(earlier, Appended) else earlier)
+                    continue
+                first[key] = result = self._append(conn, item, lease)
+                results.append(result)
+            return results
 
         return await self._write(work)
+
+    def _append(self, conn: sqlite3.Connection, item: NewMessage, lease: int | None
+                ) -> AppendResult:
+        """One message of `append_messages` (writer thread, inside its transaction)."""
+        original = conn.execute(sql.MESSAGE_BY_CLIENT_ID,
+                                (item.sender.email, item.client_message_id)).fetchone()
+        if original is not None:
+            return Appended(_message(original), False)
+        existing = conn.execute(sql.SESSION_BY_ID, (str(item.session_id),)).fetchone()
+        if existing is None:
+            return NotFound("unknown session")
+        if not _session(existing).is_participant(item.sender.email):
+            return Forbidden("not a participant of this session")
+        at = to_micros(item.sent_at)
+        session = _session(conn.execute(sql.BUMP_SEQ, (at, str(item.session_id))).fetchone())
+        message = Message(
+            uuid.uuid4(), item.session_id, session.last_seq, item.sender.profile_id,
+            item.sender.email, item.sender.display_name, item.content, item.client_message_id,
+            base.from_micros(at),
+        )
+        conn.execute(sql.INSERT_MESSAGE, (
+            str(message.message_id), str(item.session_id), message.seq, item.sender.profile_id,
+            item.sender.email, item.sender.display_name, item.content,
+            item.client_message_id, at,
+        ))
+        rows = [base.outbox_from_row(conn.execute(sql.INSERT_OUTBOX_ROW, (
+            str(e.message_id), str(e.session_id), e.seq, e.event, e.destination, e.payload,
+            lease if lease is not None else at, at)).fetchone(), _uid, base.from_micros)
+            for e in base.message_outbox(session, message)]
+        self._outbox_dirty = self._outbox_dirty or lease is None
+        return Appended(message, True, tuple(rows))
 
     async def find_message(self, sender_email: str, client_message_id: str) -> Message | None:
         """See `Store.find_message`."""

@@ -20,6 +20,7 @@ import trio.lowlevel
 from chatd.domain.errors import BadRequest, Forbidden, NotFound, Unavailable
 from chatd.domain.models import ChatSession, Message, OutboxRow, Participant
 from chatd.storage import SchemaError, Store, open_store
+from chatd.storage.base import Appended, NewMessage
 
 T0 = datetime(2026, 11, 28, 13, 0, tzinfo=UTC)
 async def test_purge_deletes_only_rows_sent_before_the_cutoff_in_batches(store: Store) -> None:
@@ -191,6 +192,59 @@ async def test_concurrent_senders_get_gapless_seqs(store: Store) -> None:
 
 
 # -- reading -----------------------------------------------------------------------------------
+
+
+async def test_batch_append_gives_consecutive_seqs_and_per_message_answers(store: Store) -> None:
+    one, two = await chat(store), await chat(store, ANN, CAT)
+    ghost = uuid.uuid4()
+    [old] = await send(store, one, ANN, 1)
+    batch = [
+        NewMessage(one.id, ANN, "a", "b-1", at(10)),
+        NewMessage(two.id, CAT, "b", "b-2", at(11)),
+        NewMessage(one.id, BOB, "c", "b-3", at(12)),
+        NewMessage(ghost, ANN, "d", "b-4", at(13)),  # unknown session
+        NewMessage(two.id, BOB, "e", "b-5", at(14)),  # not a participant
+        NewMessage(one.id, ANN, "again", old.client_message_id, at(15)),  # stored repeat
+        NewMessage(one.id, ANN, "f", "b-1", at(16)),  # repeat within the batch
+        NewMessage(one.id, ANN, "g", "b-6", at(17)),
+    ]
+    results = await store.append_messages(batch)
+    assert [type(r).__name__ for r in results] == [
+        "Appended", "Appended", "Appended", "NotFound", "Forbidden", "Appended", "Appended",
+        "Appended"]
+    ok = [r for r in results if isinstance(r, Appended)]
+    assert [(r.message.content, r.message.seq, r.created) for r in ok] == [
+        ("a", 2, True), ("b", 1, True), ("c", 3, True), ("text 0", 1, False), ("a", 2, False),
+        ("g", 4, True)]
+    assert ok[4].message.message_id == ok[0].message.message_id
+    assert [m.content for m in await store.messages_after(one.id, 0, 10)] == [
+        "text 0", "a", "c", "g"]
+    # each new message carries its three outbox rows; within a session ids follow seqs
+    new_rows = [row for r in ok if r.created for row in r.outbox]
+    for sid in (one.id, two.id):
+        mine = sorted((row for row in new_rows if row.session_id == sid), key=lambda r: r.id)
+        assert [row.seq for row in mine] == sorted(row.seq for row in mine)
+    assert all(len(r.outbox) == 3 for r in ok if r.created)
+    assert all(not r.outbox for r in ok if not r.created)
+    claimed = await store.claim_outbox(limit=100, lease_seconds=30, now=LATER)
+    assert {r.id for r in new_rows} <= {r.id for r in claimed}
+
+
+async def test_batch_rows_leased_to_the_caller_wait_and_sent_marks(store: Store) -> None:
+    session = await chat(store)
+    results = await store.append_messages(
+        [NewMessage(session.id, ANN, f"m{i}", f"lease-{i}", at(i)) for i in range(3)],
+        lease_until=at(60))
+    rows = [row for r in results if isinstance(r, Appended) for row in r.outbox]
+    assert len(rows) == 9
+    # leased: not claimable before the lease ends (nor is anything of the session after them)
+    assert await store.claim_outbox(limit=100, lease_seconds=30, now=at(30)) == []
+    # marked sent in a later batch's transaction: never published again
+    await store.append_messages([NewMessage(session.id, BOB, "later", "lease-x", at(40))],
+                                lease_until=at(100), sent=[r.id for r in rows[:6]], now=at(40))
+    assert [r.id for r in await store.claim_outbox(limit=100, lease_seconds=30, now=at(70))
+            ] == [r.id for r in rows[6:]]
+    assert await store.outbox_stats() == (6, 0)  # 3 claimed above, 3 leased until 100
 
 
 async def test_history_cursors(store: Store) -> None:
