@@ -213,6 +213,7 @@ class LimitsConfig:
     stomp_max_headers: int = _opt(64, lo=1, hi=10_000)
     stomp_max_subscriptions: int = _opt(64, lo=1, hi=100_000)
     stomp_max_pending_frames: int = _opt(1000, lo=1, hi=1_000_000)
+    max_queued_sends: int = _opt(256, lo=1, hi=1_000_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +228,7 @@ class OutboxConfig:
     backoff_base: float = _opt(0.5, lo=0.001, hi=3600)
     backoff_cap: float = _opt(60.0, lo=0.001, hi=86_400)
     retention_hours: float = _opt(24.0, lo=0, hi=87_600)
+    direct_delivery: bool = True
 
 
 @dataclass(frozen=True, slots=True)

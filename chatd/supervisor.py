@@ -53,6 +53,7 @@ from chatd.profiles import (
 )
 from chatd.realtime import ChatHooks, LocalDelivery, build_runtime
 from chatd.services import ChatService, Readiness
+from chatd.services.committer import SendCommitter
 from chatd.storage import Store, open_store
 from stomp.trio import DEFAULT_SHUTDOWN_TIMEOUT, BrokerRuntime, serve_tcp
 
@@ -82,8 +83,9 @@ class Components:
     """What the parts share.
 
     `runtime` is the one STOMP broker runtime every transport serves; `delivery` is how rows
-    reach its subscribers; `bridge` (with ``[rabbitmq]``) relays rows between instances and
-    is then the outbox publisher's sink instead of `delivery`.
+    reach its subscribers; `committer` stores sends in batches (and, on one instance,
+    delivers them right after the commit); `bridge` (with ``[rabbitmq]``) relays rows
+    between instances and is then the outbox publisher's sink instead of `delivery`.
     """
 
     config: Config
@@ -95,6 +97,7 @@ class Components:
     readiness: Readiness
     runtime: BrokerRuntime
     delivery: LocalDelivery
+    committer: SendCommitter
     metrics: Metrics = field(default_factory=Metrics)
     bridge: RabbitBridge | None = None
 
@@ -145,12 +148,18 @@ async def build_components(config: Config, store: Store) -> Components:
     limiter = SendRateLimiter.from_limits(config.limits)
     profiles = build_profiles(config)
     metrics = Metrics()
-    services = ChatService(store, profiles, limiter, limits=config.limits, observer=metrics)
+    committer = SendCommitter(store, lease_seconds=config.outbox.lease_seconds,
+                              max_queued=config.limits.max_queued_sends, clock=utc_now)
+    services = ChatService(store, profiles, limiter, limits=config.limits, observer=metrics,
+                           committer=committer)
     readiness = Readiness()
     readiness.add_store(store)
     # A database migrated by a newer (or older) release than this code must not get traffic.
     readiness.add_check("migrations", store.check_schema)
     runtime, delivery = build_runtime(services, verifier, config)
+    if config.rabbitmq is None and config.outbox.direct_delivery:
+        committer.sink = delivery  # one instance: deliver right after the commit
+    metrics.attach_committer(committer)
     metrics.attach_store(store)
     metrics.attach_runtime(runtime)
     metrics.attach_readiness(readiness)
@@ -172,7 +181,7 @@ async def build_components(config: Config, store: Store) -> Components:
         metrics.attach_bridge(bridge)
     return Components(
         config, store, profiles, verifier, limiter, services, readiness, runtime, delivery,
-        metrics, bridge,
+        committer, metrics, bridge,
     )
 
 
@@ -251,8 +260,18 @@ def outbox_part(components: Components, sink: OutboxSink) -> Part:
     publisher marks every row the sink accepts as delivered."""
     publisher = OutboxPublisher(components.store, sink, components.config.outbox)
     publisher.on_published = components.metrics.outbox_published
-    components.metrics.attach_publisher(publisher)
+    components.committer.on_published = components.metrics.outbox_published
+    components.metrics.attach_publisher(publisher, components.committer)
+    # rows the committer delivered were leased; once marked, what waited behind them may go
+    components.committer.on_marked = publisher.nudge
     return Part("outbox", publisher.run, stop=publisher.stop)
+
+
+def committer_part(components: Components) -> Part:
+    """The send committer: started before HTTP and the STOMP listeners (which send through
+    it), stopped after them; `stop` stores what is queued first."""
+    committer = components.committer
+    return Part("committer", committer.run, stop=committer.stop)
 
 
 def purge_part(components: Components) -> Part | None:
@@ -287,6 +306,7 @@ def build_parts(components: Components) -> list[Part]:
     if bridge is not None:
         parts.append(bridge_part(bridge))
     parts.append(outbox_part(components, bridge if bridge is not None else components.delivery))
+    parts.append(committer_part(components))
     if (purge := purge_part(components)) is not None:
         parts.append(purge)
     parts.append(http_part(components))

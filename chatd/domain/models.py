@@ -27,7 +27,10 @@ def iso_utc(value: datetime) -> str:
     """
     if value.tzinfo is None:
         raise ValueError("naive datetime: chatd timestamps are always timezone-aware UTC")
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    # isoformat (C) is several times faster than strftime; "+00:00" becomes "Z"
+    return value.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def _iso_or_none(value: datetime | None) -> str | None:

@@ -100,6 +100,7 @@ class Metrics:
             _name("send_latency_seconds"),
             "Time from receiving a send to the message being committed, by path.",
             ["path"], buckets=LATENCY_BUCKETS, registry=r)
+        self._send_children: dict[str, tuple[Any, Any]] = {}
         self.rate_limited = Counter(
             _name("rate_limit_refusals"), "Sends refused by the per-user rate limits, by path.",
             ["path"], registry=r)
@@ -132,8 +133,12 @@ class Metrics:
 
     def message_sent(self, path: str, seconds: float) -> None:
         """A message was stored through `path` ("rest" | "stomp") in `seconds`."""
-        self.messages_sent.labels(path).inc()
-        self.send_latency.labels(path).observe(seconds)
+        children = self._send_children.get(path)
+        if children is None:  # labels() looks the child up under a lock: once per path
+            children = self._send_children[path] = (
+                self.messages_sent.labels(path), self.send_latency.labels(path))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def send_refused(self, path: str) -> None:
         """A send through `path` was refused by a rate limit (429 / STOMP error queue)."""
@@ -213,17 +218,38 @@ class Metrics:
 
         self.add_source("store", source)
 
-    def attach_publisher(self, publisher: Any) -> None:
-        """The outbox publisher's `published`, `retried` and `dead` counts."""
+    def attach_publisher(self, *publishers: Any) -> None:
+        """The `published`, `retried` and `dead` counts of whatever publishes outbox rows (the
+        outbox publisher, and the send committer delivering right after commit), summed."""
 
         def source() -> Iterator[Metric]:
             for attr, text in (("published", "Outbox rows accepted by the sink."),
                                ("retried", "Outbox publish attempts that failed and retry."),
                                ("dead", "Outbox rows this instance gave up on.")):
                 yield CounterMetricFamily(_name(f"outbox_{attr}"), text,
-                                          value=getattr(publisher, attr))
+                                          value=sum(getattr(p, attr, 0) for p in publishers))
 
         self.add_source("publisher", source)
+
+    def attach_committer(self, committer: Any) -> None:
+        """The send committer's queue (`queued`, `max_queued`), `batches`, `committed` and
+        `refused` (sends turned away because the queue was full)."""
+
+        def source() -> Iterator[Metric]:
+            yield GaugeMetricFamily(_name("send_queue"),
+                                    "Sends waiting to be stored with the next batch.",
+                                    value=committer.queued)
+            yield GaugeMetricFamily(_name("send_queue_limit"),
+                                    "Sends that may wait before new ones are refused (503).",
+                                    value=committer.max_queued)
+            yield CounterMetricFamily(_name("send_batches"),
+                                      "Transactions that stored a batch of sends.",
+                                      value=committer.batches)
+            yield CounterMetricFamily(_name("sends_refused_busy"),
+                                      "Sends refused at once because the send queue was full.",
+                                      value=committer.refused)
+
+        self.add_source("committer", source)
 
     def attach_purger(self, purger: Any) -> None:
         """The outbox purger's `purged` count."""

@@ -105,6 +105,10 @@ class OutboxPublisher:
         self._random = random
         self._stopping = False
         self._pause_scope: trio.CancelScope | None = None
+        # a claim found nothing right after new rows were signalled: they may wait behind rows
+        # leased elsewhere in this process (the send committer's), which `nudge` announces
+        self._maybe_blocked = False
+        self._signalled = False
         self._retry_due: datetime | None = None
         self._sink_down = False
         self.published = 0
@@ -117,6 +121,12 @@ class OutboxPublisher:
         """Ask `run` to return after the batch in hand is published and recorded."""
         self._stopping = True
         if self._pause_scope is not None:
+            self._pause_scope.cancel()
+
+    def nudge(self) -> None:
+        """Rows leased to another part of this process were marked sent: claim again now if
+        rows signalled earlier found nothing to claim (they may have waited behind those)."""
+        if self._maybe_blocked and self._pause_scope is not None and not self._stopping:
             self._pause_scope.cancel()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -154,6 +164,7 @@ class OutboxPublisher:
         rows = await self._store.claim_outbox(
             limit=self._config.batch_size, lease_seconds=self._config.lease_seconds, now=now
         )
+        self._maybe_blocked = not rows and self._signalled
         if not rows:
             return False
         rows = sorted(rows, key=lambda r: r.id)
@@ -300,6 +311,7 @@ class OutboxPublisher:
     async def _pause(self, seconds: float, *, wake: bool) -> None:
         """Sleep up to `seconds`; `wake` also returns when the store signals new rows. `stop()`
         ends the pause at once."""
+        self._signalled = self._maybe_blocked  # still worth claiming when nudged
         with trio.move_on_after(seconds) as scope:
             self._pause_scope = scope
             try:
@@ -307,6 +319,7 @@ class OutboxPublisher:
                     scope.cancel()
                 if wake:
                     await self._store.wait_for_outbox()
+                    self._signalled = True
                 else:
                     await trio.sleep_forever()
             except Unavailable:

@@ -30,13 +30,14 @@ from chatd.domain.rules import (
     validate_content,
 )
 from chatd.profiles.base import Profile, ProfileProvider
+from chatd.services.committer import SendCommitter
 from chatd.services.inputs import (
     parse_receipt_selection,
     parse_seq,
     parse_session_id,
     validate_intent,
 )
-from chatd.storage.base import Store
+from chatd.storage.base import NewMessage, Store
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,12 @@ class ChatService:
         limits: LimitsConfig | None = None,
         clock: Clock = utc_now,
         observer: SendObserver | None = None,
+        committer: SendCommitter | None = None,
     ) -> None:
+        """With a `committer`, sends are stored in its batches (and delivered right after);
+        without, each in a transaction of its own."""
         self.store = store
+        self.committer = committer
         self.observer = observer
         self.profiles = profiles
         self.limits = limits or LimitsConfig()
@@ -198,7 +203,12 @@ class ChatService:
             return self._repeat(original, sid), False
         sender = session.participant(caller)
         assert sender is not None  # require_participant checked it
-        message, created = await self.store.append_message(sid, sender, text, cmid, now)
+        item = NewMessage(sid, sender, text, cmid, now)
+        if self.committer is not None:
+            appended = await self.committer.append(item)
+            message, created = appended.message, appended.created
+        else:
+            message, created = await self.store.append_message(sid, sender, text, cmid, now)
         if not created:  # a repeat: answered with the original, and not counted
             self.limiter.refund(caller, text)
             return self._repeat(message, sid), False

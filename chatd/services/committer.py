@@ -1,0 +1,222 @@
+"""The send path's one writer: group commit, delivery right after it, and a bounded queue.
+
+Measured before this existed (issue 11): every send was its own worker-thread hop and its own
+transaction (~15 % of the trio thread at 300 msg/s, plus a commit per message), and delivery
+waited for the outbox publisher's claim and mark round trips, which starved under load: past
+~350 msg/s chatd accepted messages faster than it delivered them.
+
+Now concurrent sends (REST and STOMP alike) queue here and one task stores whatever is
+waiting as ONE batch (`Store.append_messages`: one hop, one transaction, a handful of
+statements). With `direct` delivery (one instance: no RabbitMQ bridge) the batch's outbox
+rows are written already leased to this task, handed to the sink (the local broker) right
+after the commit, and marked sent in the next batch's transaction (or on their own when no
+batch follows). The outbox stays the safety net: rows whose delivery or mark did not happen
+(a crash, a sink error) are published by the outbox publisher when the lease runs out, so
+delivery stays at-least-once, and the LocalDelivery seq mark drops topic repeats. Ordering
+holds because one task commits and delivers batch after batch: a session's rows leave in seq
+order, and a receipt row (written by `mark`, published by the publisher) is held back by
+the claim's per-session prefix rule until the messages before it are marked sent.
+
+With several instances (RabbitMQ) delivery stays with the publisher, whose claim keeps the
+per-session order across instances; the batching still applies.
+
+Delivery can never fall behind acceptance: the next batch is not taken before the last one
+was delivered. What bounds the latency of an accepted send is the queue: past
+`max_queued` waiting sends, a send is refused at once (`Unavailable`, 503 with Retry-After
+over REST, an error with ``retryAfter`` over STOMP) instead of waiting without bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Final
+
+import trio
+
+from chatd.domain.errors import ChatError, Unavailable
+from chatd.domain.models import OutboxRow
+from chatd.outbox.sink import OutboxSink
+from chatd.storage.base import Appended, AppendResult, NewMessage, Store
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+#: Messages stored per transaction at most.
+DEFAULT_MAX_BATCH: Final = 128
+#: Sends waiting for their batch before new ones are refused.
+DEFAULT_MAX_QUEUED: Final = 256
+#: Seconds a refused sender is told to wait (Retry-After).
+BUSY_RETRY_AFTER: Final = 1.0
+#: Seconds between attempts to mark delivered rows sent while the store is down.
+MARK_RETRY: Final = 1.0
+BUSY_MESSAGE: Final = "server busy: too many messages waiting to be stored; retry shortly"
+
+
+class _Waiter:
+    """One queued send and, once its batch committed, its result."""
+
+    __slots__ = ("done", "item", "result")
+
+    def __init__(self, item: NewMessage) -> None:
+        self.item = item
+        self.result: AppendResult | None = None
+        self.done = trio.Event()
+
+    def settle(self, result: AppendResult) -> None:
+        self.result = result
+        self.done.set()
+
+
+class SendCommitter:
+    """Queues sends, commits them in batches, and (with `sink`) delivers them at once.
+
+    A supervisor part: `run` until cancelled. `append` is what the chat service calls per
+    send. Counters for metrics: `batches`, `committed` (messages), `published` (outbox rows
+    the sink accepted), `refused`, and `queued` (waiting now).
+    """
+
+    def __init__(self, store: Store, *, sink: OutboxSink | None = None,
+                 lease_seconds: float = 30.0, max_batch: int = DEFAULT_MAX_BATCH,
+                 max_queued: int = DEFAULT_MAX_QUEUED, clock: Clock) -> None:
+        self._store = store
+        #: Where rows go right after the commit (None: leave them to the outbox publisher).
+        self.sink = sink
+        self._lease = timedelta(seconds=lease_seconds)
+        self.max_batch = max_batch
+        self.max_queued = max_queued
+        self._clock = clock
+        self._queue: list[_Waiter] = []
+        self._wake = trio.Event()
+        self._delivered: list[int] = []  # outbox ids delivered and not yet marked sent
+        self._running = False
+        self._stopping = False
+        self.batches = 0
+        self.committed = 0
+        self.published = 0
+        self.refused = 0
+        #: Told, per delivery, each row's seconds from its commit to the sink (metrics).
+        self.on_published: Callable[[list[float]], None] | None = None
+        #: Called after delivered rows were marked sent (the publisher may claim what waited
+        #: behind them: receipts of the same sessions).
+        self.on_marked: Callable[[], None] | None = None
+
+    def stop(self) -> None:
+        """Let `run` store what is queued, mark what it delivered, and return; sends from now
+        on are refused (Unavailable)."""
+        self._stopping = True
+        self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        """Sends waiting for their batch now."""
+        return len(self._queue)
+
+    async def append(self, item: NewMessage) -> Appended:
+        """Store `item` with the next batch; its `Appended`. Raises what the store said of it
+        (NotFound, Forbidden), Unavailable when the store is down, the committer is not
+        running, or too many sends wait already (then at once, with `retry_after`)."""
+        if not self._running or self._stopping:
+            raise Unavailable("server shutting down" if self._stopping else "store unavailable")
+        if len(self._queue) >= self.max_queued:
+            self.refused += 1
+            raise Unavailable(BUSY_MESSAGE, retry_after=BUSY_RETRY_AFTER)
+        waiter = _Waiter(item)
+        self._queue.append(waiter)
+        self._wake.set()
+        # Cancelled here, the message may still be stored with the batch: a client that
+        # retries with the same clientMessageId gets the original, never a second copy.
+        await waiter.done.wait()
+        result = waiter.result
+        if isinstance(result, ChatError):
+            raise result
+        assert result is not None
+        return result
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Commit (and deliver) batches until cancelled; sends still queued then are answered
+        Unavailable. A store outage fails the batch in hand (its senders get Unavailable) and
+        never ends the task."""
+        self._running = True
+        task_status.started()
+        try:
+            while True:
+                if not self._queue:
+                    if self._delivered and await self._mark_delivered():
+                        continue
+                    if self._stopping:
+                        return
+                    # while a mark waits for the store to come back, retry now and then
+                    with trio.move_on_after(MARK_RETRY if self._delivered else math.inf):
+                        await self._wake.wait()
+                    if self._wake.is_set():
+                        self._wake = trio.Event()
+                    continue
+                batch = self._queue[:self.max_batch]
+                del self._queue[:len(batch)]
+                await self._commit(batch)
+        finally:
+            self._running = False
+            for waiter in self._queue:
+                waiter.settle(Unavailable("server shutting down"))
+            self._queue.clear()
+
+    async def _commit(self, batch: list[_Waiter]) -> None:
+        now = self._clock()
+        direct = self.sink is not None
+        marks, self._delivered = self._delivered, []
+        try:
+            results = await self._store.append_messages(
+                [w.item for w in batch], lease_until=now + self._lease if direct else None,
+                sent=marks, now=now)
+        except BaseException as exc:
+            self._delivered = marks + self._delivered  # still leased: try again later
+            error = exc if isinstance(exc, Unavailable) else Unavailable("store unavailable")
+            if not isinstance(exc, Unavailable | trio.Cancelled):
+                log.exception("storing a batch of %d messages failed", len(batch))
+            for waiter in batch:
+                waiter.settle(error)
+            if isinstance(exc, Exception):
+                return
+            raise
+        self.batches += 1
+        if marks and self.on_marked is not None:
+            self.on_marked()
+        rows: list[OutboxRow] = []
+        for waiter, result in zip(batch, results, strict=True):
+            if isinstance(result, Appended) and result.created:
+                self.committed += 1
+                rows.extend(result.outbox)
+            waiter.settle(result)
+        if rows and self.sink is not None:
+            await self._deliver(sorted(rows, key=lambda r: r.id))
+
+    async def _deliver(self, rows: Sequence[OutboxRow]) -> None:
+        assert self.sink is not None
+        try:
+            await self.sink.publish(rows)
+        except Exception as exc:  # the rows stay leased: the publisher takes them later
+            log.warning("delivering %d outbox rows right after commit failed (%r); the "
+                        "outbox publisher sends them when their lease ends", len(rows), exc)
+            return
+        self._delivered.extend(r.id for r in rows)
+        self.published += len(rows)
+        if self.on_published is not None:
+            now = self._clock()
+            self.on_published([(now - r.created_at).total_seconds() for r in rows])
+
+    async def _mark_delivered(self) -> bool:
+        """Mark what was delivered sent, on its own (no batch to carry it); False when the
+        store is down (the rows stay leased, and are marked with a later batch or retry)."""
+        ids, self._delivered = self._delivered, []
+        try:
+            await self._store.mark_outbox_sent(ids, now=self._clock())
+        except Unavailable:
+            self._delivered = ids + self._delivered
+            return False
+        if self.on_marked is not None:
+            self.on_marked()
+        return True

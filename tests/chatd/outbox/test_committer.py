@@ -1,0 +1,156 @@
+"""The send committer against every storage backend, delivering into a recording sink.
+
+Each test states one promise of `chatd.services.committer.SendCommitter`: concurrent sends are
+stored together in per-session seq order and delivered right after their commit, a full queue
+refuses at once instead of waiting, delivered rows are marked sent (so the outbox publisher
+never sends them again), rows the sink refused are left to the publisher, and what waited
+behind delivered rows (a receipt) goes out as soon as they are marked.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+import trio
+
+from chatd.domain.errors import NotFound, Unavailable
+from chatd.domain.models import EVENT_RECEIPT
+from chatd.outbox import OutboxPublisher
+from chatd.services.committer import BUSY_RETRY_AFTER, SendCommitter
+from chatd.storage import Store
+from chatd.storage.base import Appended, NewMessage
+
+from .conftest import (
+    ANN,
+    RecordingSink,
+    assert_session_order,
+    config,
+    no_jitter,
+    running,
+    sessions,
+    wait_until,
+)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@asynccontextmanager
+async def committing(committer: SendCommitter) -> AsyncIterator[SendCommitter]:
+    """Run `committer` for the block, then stop it and wait until it returned."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        try:
+            yield committer
+        finally:
+            committer.stop()
+
+
+async def test_concurrent_sends_share_a_transaction_and_are_delivered_in_order(
+    store: Store,
+) -> None:
+    pairs = await sessions(store, 4)
+    sink = RecordingSink()
+    results: list[Appended] = []
+
+    async def sender(session_id: uuid.UUID, i: int) -> None:
+        results.append(await committer.append(
+            NewMessage(session_id, ANN, f"m{i}", f"{session_id}-{i}", utc_now())))
+
+    committer = SendCommitter(store, sink=sink, max_batch=40, clock=utc_now)
+    async with committing(committer), trio.open_nursery() as nursery:
+        for i in range(25):
+            for session, _ in pairs:
+                nursery.start_soon(sender, session.id, i)
+    assert len(results) == 100 and all(r.created for r in results)
+    # 100 concurrent sends: a few transactions of at most 40, not 100
+    assert 3 <= committer.batches <= 10, committer.batches
+    for session, _ in pairs:  # gap-free seqs per session
+        seqs = sorted(r.message.seq for r in results if r.message.session_id == session.id)
+        assert seqs == list(range(1, 26))
+    # delivered right after the commit, every row once, per-session order kept
+    assert len(sink.accepted) == 300 and len(set(sink.ids)) == 300
+    assert_session_order(sink.accepted)
+    # ...and marked sent when the committer went idle: nothing is left for the publisher
+    await wait_until(lambda: not committer._delivered, within=5)
+    assert await store.outbox_stats() == (0, 0)
+    assert committer.published == 300
+
+
+async def test_a_full_queue_refuses_at_once_with_retry_after(store: Store) -> None:
+    [(session, _)] = await sessions(store, 1)
+    committer = SendCommitter(store, sink=RecordingSink(), max_queued=2, clock=utc_now)
+    outcomes: list[object] = []
+
+    async def send(i: int) -> None:
+        try:
+            outcomes.append(await committer.append(
+                NewMessage(session.id, ANN, "x", f"busy-{i}", utc_now())))
+        except Unavailable as exc:
+            outcomes.append(exc)
+
+    async with committing(committer), trio.open_nursery() as nursery:
+        for i in range(3):  # queued before the committer gets to run: the third is one too many
+            nursery.start_soon(send, i)
+    refused = [o for o in outcomes if isinstance(o, Unavailable)]
+    assert len(refused) == 1 and refused[0].retry_after == BUSY_RETRY_AFTER
+    assert "busy" in refused[0].message
+    assert committer.refused == 1
+    assert len(await store.messages_after(session.id, 0, 10)) == 2
+
+
+async def test_a_bad_message_fails_alone(store: Store) -> None:
+    [(session, _)] = await sessions(store, 1)
+    committer = SendCommitter(store, sink=RecordingSink(), clock=utc_now)
+    outcomes: list[object] = []
+
+    async def send(session_id: uuid.UUID, tag: str) -> None:
+        try:
+            outcomes.append(await committer.append(
+                NewMessage(session_id, ANN, "x", tag, utc_now())))
+        except NotFound as exc:
+            outcomes.append(exc)
+
+    async with committing(committer), trio.open_nursery() as nursery:
+        nursery.start_soon(send, uuid.uuid4(), "ghost")
+        nursery.start_soon(send, session.id, "real")
+    assert sorted(type(o).__name__ for o in outcomes) == ["Appended", "NotFound"]
+
+
+async def test_rows_the_sink_refused_are_left_to_the_publisher(store: Store) -> None:
+    [(session, _)] = await sessions(store, 1)
+    broken = RecordingSink(refuse=lambda rows: True)
+    committer = SendCommitter(store, sink=broken, lease_seconds=1.0, clock=utc_now)
+    async with committing(committer):
+        await committer.append(NewMessage(session.id, ANN, "x", "lost?", utc_now()))
+    assert broken.accepted == [] and committer.published == 0
+    # leased to the committer, so the publisher leaves them alone until the lease ends...
+    assert await store.claim_outbox(limit=10, lease_seconds=5, now=utc_now()) == []
+    # ...and then sends them: nothing acknowledged is lost
+    later = utc_now() + timedelta(seconds=2)
+    assert len(await store.claim_outbox(limit=10, lease_seconds=5, now=later)) == 3
+
+
+async def test_a_receipt_behind_delivered_rows_goes_out_when_they_are_marked(
+    store: Store,
+) -> None:
+    """A receipt row (the publisher's) waits behind the leased rows of the messages before it
+    (the per-session order), and the committer's mark wakes the publisher: no poll wait."""
+    [(session, other)] = await sessions(store, 1)
+    sink = RecordingSink(delay=0.5)  # the receipt is written while the message is delivered
+    committer = SendCommitter(store, sink=sink, clock=utc_now)
+    publisher = OutboxPublisher(store, sink, config(poll_interval=5.0), random=no_jitter)
+    committer.on_marked = publisher.nudge
+    async with running(publisher), committing(committer):
+        await trio.sleep(0.3)  # the publisher is idle, waiting for a signal or its 5 s poll
+        await committer.append(NewMessage(session.id, ANN, "hi", "r-1", utc_now()))
+        await store.mark(session.id, other.email, "seen", up_to_seq=1, at=utc_now())
+        took = await wait_until(
+            lambda: any(r.event == EVENT_RECEIPT for r in sink.accepted), within=4)
+        assert took < 2.0  # woken by the mark, not by the 5 s poll
+    assert [r.event for r in sink.accepted][-1] == EVENT_RECEIPT
+    assert_session_order(sink.accepted)
