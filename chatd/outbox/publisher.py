@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import random as _random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,7 +57,8 @@ Clock = Callable[[], datetime]
 Random = Callable[[], float]
 
 SINK_SHARE = 0.5  # of the lease: the sink's time budget per round
-FINAL_FLUSH_TIMEOUT = 2.0  # seconds a cancelled round may spend recording what it did
+FINAL_FLUSH_TIMEOUT = 2.0
+BLOCKED_WINDOW = 2.0  # seconds a signalled row may wait behind the committer's leased rows  # seconds a cancelled round may spend recording what it did
 
 
 def utc_now() -> datetime:
@@ -105,9 +107,10 @@ class OutboxPublisher:
         self._random = random
         self._stopping = False
         self._pause_scope: trio.CancelScope | None = None
-        # a claim found nothing right after new rows were signalled: they may wait behind rows
-        # leased elsewhere in this process (the send committer's), which `nudge` announces
-        self._maybe_blocked = False
+        # Until when a claim that found nothing right after new rows were signalled may have
+        # left them waiting behind rows leased elsewhere in this process (the send
+        # committer's, marked sent within a batch or two), which `nudge` announces.
+        self._maybe_blocked_until = -math.inf
         self._signalled = False
         self._retry_due: datetime | None = None
         self._sink_down = False
@@ -126,7 +129,8 @@ class OutboxPublisher:
     def nudge(self) -> None:
         """Rows leased to another part of this process were marked sent: claim again now if
         rows signalled earlier found nothing to claim (they may have waited behind those)."""
-        if self._maybe_blocked and self._pause_scope is not None and not self._stopping:
+        if (trio.current_time() < self._maybe_blocked_until and self._pause_scope is not None
+                and not self._stopping):
             self._pause_scope.cancel()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -164,7 +168,9 @@ class OutboxPublisher:
         rows = await self._store.claim_outbox(
             limit=self._config.batch_size, lease_seconds=self._config.lease_seconds, now=now
         )
-        self._maybe_blocked = not rows and self._signalled
+        if not rows and self._signalled:
+            self._maybe_blocked_until = trio.current_time() + BLOCKED_WINDOW
+        self._signalled = False
         if not rows:
             return False
         rows = sorted(rows, key=lambda r: r.id)
@@ -311,7 +317,6 @@ class OutboxPublisher:
     async def _pause(self, seconds: float, *, wake: bool) -> None:
         """Sleep up to `seconds`; `wake` also returns when the store signals new rows. `stop()`
         ends the pause at once."""
-        self._signalled = self._maybe_blocked  # still worth claiming when nudged
         with trio.move_on_after(seconds) as scope:
             self._pause_scope = scope
             try:
