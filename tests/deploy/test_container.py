@@ -1,8 +1,9 @@
 """The image, built and run here (podman; scripts/container-image builds it offline): `chatd
 migrate` from the image prepares a fresh PostgreSQL database, two `chatd serve` containers on
-it and a fresh RabbitMQ vhost relay a message from one's REST API to the other's `/ws`, run as
-the image's non-root user, and stop on SIGTERM within the compose grace period with the
-WebSocket closed 1001. The image holds no keys, tests, compilers or caches.
+it and a fresh RabbitMQ vhost (one on a read-only root filesystem) relay a message from one's
+REST API to the other's `/ws`, run as the image's non-root user, pass the image's HEALTHCHECK,
+and stop on SIGTERM within the compose grace period with the WebSocket closed 1001. The image
+holds no keys, tests, compilers or caches.
 
 Where podman cannot work these tests skip, and fail under CI=true (`unavailable`).
 """
@@ -120,9 +121,9 @@ class Container:
         self.port = free_port()
         self.http = f"http://127.0.0.1:{self.port}"
 
-    async def start(self, image: str, env: dict[str, str], key: Path) -> None:
+    async def start(self, image: str, env: dict[str, str], key: Path, *options: str) -> None:
         env = {**env, "CHATD_BIND": f"127.0.0.1:{self.port}"}
-        await apodman(*RUN, "--detach", "--name", self.name,
+        await apodman(*RUN, "--detach", "--name", self.name, *options,
                       *(f"--env={k}={v}" for k, v in env.items()),
                       "--volume", f"{key}:{KEY_IN_CONTAINER}:ro", image)
 
@@ -164,8 +165,9 @@ async def test_migrate_then_two_instances_relay_and_stop_on_sigterm(
     containers = a, b = [Container(f"chatd-test-{RUN_ID}-{n}") for n in ("a", "b")]
     async with httpx.AsyncClient(timeout=10) as client:
         try:
-            for container in containers:
-                await container.start(image, env, public)
+            # A runs on a read-only root filesystem, as the Kubernetes pods do (/tmp excepted)
+            await a.start(image, env, public, "--read-only")
+            await b.start(image, env, public)
             for container in containers:
                 answer = await container.ready(client)
                 assert answer.status_code == 200, (answer.text, await container.logs())
