@@ -1,4 +1,4 @@
-"""Shared fixtures: real services, one database per test run.
+"""Shared fixtures: real services, a fresh database and vhost per test run or per test.
 
 Under CI=true a service that is not reachable fails the test; elsewhere it skips it.
 """
