@@ -56,3 +56,13 @@ ensure_chromium() {
         apt-get update -qq && apt-get install -y -qq chromium >/dev/null
     fi
 }
+
+# The container test builds and runs the image with Debian's podman (runc, because crun
+# refuses hybrid cgroups) and makes its base with debootstrap where no registry is reachable.
+ensure_podman() {
+    if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null \
+            || ! command -v runc >/dev/null; then
+        log "podman/debootstrap/runc missing: installing Debian's packages"
+        apt-get update -qq && apt-get install -y -qq podman debootstrap runc >/dev/null
+    fi
+}

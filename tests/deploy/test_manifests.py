@@ -65,8 +65,12 @@ def load_with_env(toml_text: str, env: dict[str, str], tmp_path: Path) -> Config
 
 
 def dockerfile() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of the final stage, continuation lines joined."""
+    """(INSTRUCTION, arguments) of the final stage, continuation lines joined; a FROM naming a
+    build argument (`${BASE}`) is replaced by the argument's default."""
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    defaults = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
+    text = re.sub(r"^FROM \$\{(\w+)\}", lambda m: f"FROM {defaults[m.group(1)]}", text,
+                  flags=re.M)
     lines = [line.strip() for line in text.splitlines()]
     out = [tuple(line.split(None, 1)) for line in lines if line and not line.startswith("#")]
     stages = [i for i, (op, _) in enumerate(out) if op.upper() == "FROM"]
@@ -89,7 +93,8 @@ def test_dockerfile_runs_chatd_serve_as_non_root_with_a_healthcheck(tmp_path: Pa
     port = parse_bind(config.server.bind)[1]
     assert ops["EXPOSE"] == str(port)
     health = ops["HEALTHCHECK"]
-    assert f"http://127.0.0.1:{port}/health/live" in health
+    assert "http://127.0.0.1:{port}/health/live" in health
+    assert f"os.environ.get('CHATD_BIND', ':{port}')" in health  # the port follows the bind
     assert (f"COPY deploy/chatd.toml {CONFIG_IN_IMAGE}") in [f"COPY {r}" for o, r in final
                                                           if o == "COPY"]
     assert config.logging.format == "json"

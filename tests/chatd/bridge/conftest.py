@@ -10,8 +10,7 @@ import re
 import signal
 import subprocess
 import sys
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,49 +26,13 @@ from chatd.auth.tokens import mint_token
 from stomp import Frame
 from stomp.trio import websocket_stream
 
-from ...conftest import PG_ADMIN_URL, require_service
+from ...conftest import admin_sql as admin_sql
+from ...conftest import rabbitmqctl as rabbitmqctl
 from ...stomp.stomp_peer import Peer
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 READY = re.compile(r"chatd ready .*?\bhttp=http://([\d.]+):(\d+)")
 START_TIMEOUT = 30.0
-
-
-def admin_sql(sql: str, url: str = PG_ADMIN_URL) -> None:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(sql.encode())
-
-
-@pytest.fixture
-def database_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for one test."""
-    require_service("PostgreSQL", ("127.0.0.1", 5432))
-    name = f"chatd_bridge_{uuid.uuid4().hex[:10]}"
-    admin_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def rabbitmqctl(*args: str, node: str | None = None) -> str:
-    cmd = ["rabbitmqctl", *(["-n", node] if node else []), *args]
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60).stdout
-
-
-@pytest.fixture
-def vhost() -> Iterator[str]:
-    """A fresh vhost on the shared RabbitMQ (guest has every right); its name."""
-    require_service("RabbitMQ", ("127.0.0.1", 5672))
-    name = f"chatd_bridge_{uuid.uuid4().hex[:10]}"
-    rabbitmqctl("add_vhost", name)
-    rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-    try:
-        yield name
-    finally:
-        subprocess.run(["rabbitmqctl", "delete_vhost", name], capture_output=True, check=False)
 
 
 def bindings(vhost: str, node: str | None = None) -> set[str]:
