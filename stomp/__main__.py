@@ -66,8 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ws-path", default="/ws", help="WebSocket path (default /ws)")
     parser.add_argument("--binary", action="store_true",
                         help="send WebSocket binary messages instead of text")
-    parser.add_argument("--heartbeat", type=_heartbeat, default=None, metavar="SEND,RECV",
-                        help="heart-beats the server offers, in ms (default 10000,10000)")
+    parser.add_argument("--heartbeat", type=_heartbeat, default=DEFAULT_HEARTBEAT,
+                        metavar="SEND,RECV",
+                        help="fastest heart-beats the server sends and expects, in ms; a client "
+                        "asking for slower ones gets what it asks for (0: off; default "
+                        "{},{})".format(*DEFAULT_HEARTBEAT))
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-pending-frames", type=int, default=DEFAULT_MAX_PENDING_FRAMES,
                         help="frames queued for one session before it is a slow consumer")
@@ -98,7 +101,7 @@ def _runtime(args: argparse.Namespace) -> BrokerRuntime:
                     max_queue_backlog=args.max_queue_backlog)
     return BrokerRuntime(
         Broker(limits=limits),
-        heartbeat=args.heartbeat or DEFAULT_HEARTBEAT,
+        heartbeat=args.heartbeat,
         max_pending_frames=args.max_pending_frames,
         max_pending_bytes=args.max_pending_bytes,
         max_frame_size=args.max_frame_size,
