@@ -180,11 +180,9 @@ class ServerConnection:
                 raise RemoteProtocolError("missing header", "UNSUBSCRIBE requires 'id'")
             return Unsubscribe(frame, sub_id)
         if command in (Command.ACK, Command.NACK):
-            if command is Command.NACK and self.version == "1.0":
-                raise RemoteProtocolError("unexpected frame", "NACK does not exist in STOMP 1.0")
             if self.version == "1.2":
                 ack_id = _required(frame, ID)
-            else:
+            else:  # STOMP 1.0 has no NACK, but takes 1.1's, as RabbitMQ and ActiveMQ do
                 ack_id = _required(frame, MESSAGE_ID)
                 if self.version == "1.1":
                     _required(frame, SUBSCRIPTION)
