@@ -1,4 +1,8 @@
-"""`python -m stomp`: run the broker alone, over raw TCP and/or WebSocket, with no auth.
+"""`python -m stomp`: run the broker alone, over raw TCP and/or WebSocket.
+
+Open to any client unless credentials are given (`--login` and `--passcode`, `--users FILE`):
+a CONNECT must then carry one of those login/passcode pairs, or it is refused with an ERROR
+("access refused") and closed, as RabbitMQ refuses an unknown user.
 
 Logs one ready line, which scripts and tests parse, once every listener is bound:
 
@@ -20,7 +24,7 @@ from collections.abc import Sequence
 
 import trio
 
-from . import DEFAULT_HEARTBEAT, DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_FRAME_SIZE
+from . import DEFAULT_HEARTBEAT, DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_FRAME_SIZE, Users
 from .broker import (
     DEFAULT_MAX_QUEUE_BACKLOG,
     DEFAULT_MAX_SUBSCRIPTIONS,
@@ -34,6 +38,7 @@ from .trio import (
     DEFAULT_MAX_PENDING_FRAMES,
     DEFAULT_SHUTDOWN_TIMEOUT,
     BrokerRuntime,
+    CheckPasswords,
     serve_tcp,
     serve_websocket,
 )
@@ -71,6 +76,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="fastest heart-beats the server sends and expects, in ms; a client "
                         "asking for slower ones gets what it asks for (0: off; default "
                         "{},{})".format(*DEFAULT_HEARTBEAT))
+    access = parser.add_argument_group(
+        "credentials", "without any, every client may connect; with some, CONNECT must carry "
+        "one of the login/passcode pairs given")
+    access.add_argument("--login", metavar="USER", help="a user name (needs --passcode)")
+    access.add_argument("--passcode", metavar="PASS",
+                        help="that user's password (other local users may see it in the "
+                        "process list: prefer --users)")
+    access.add_argument("--users", type=argparse.FileType("r", encoding="utf-8"), metavar="FILE",
+                        help="a file of users, one user:password a line ('#' comments)")
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-pending-frames", type=int, default=DEFAULT_MAX_PENDING_FRAMES,
                         help="frames queued for one session before it is a slow consumer")
@@ -96,11 +110,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _users(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Users | None:
+    """The credentials the flags give (None: none, the broker is open); exits on bad ones."""
+    if (args.login is None) != (args.passcode is None):
+        parser.error("--login and --passcode go together")
+    if args.login is None and args.users is None:
+        return None
+    try:
+        users = Users()
+        if args.users is not None:
+            with args.users:
+                users = Users.parse(args.users.read(), args.users.name)
+        if args.login is not None:
+            users.add(args.login, args.passcode)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not users:
+        parser.error(f"no users in {args.users.name}")
+    return users
+
+
 def _runtime(args: argparse.Namespace) -> BrokerRuntime:
     limits = Limits(max_subscriptions=args.max_subscriptions, max_unacked=args.max_unacked,
                     max_queue_backlog=args.max_queue_backlog)
     return BrokerRuntime(
         Broker(limits=limits),
+        hooks=CheckPasswords(args.credentials) if args.credentials is not None else None,
         heartbeat=args.heartbeat,
         max_pending_frames=args.max_pending_frames,
         max_pending_bytes=args.max_pending_bytes,
@@ -139,7 +174,9 @@ def _hostport(host: str, port: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run the broker, return the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    args.credentials = _users(parser, args)
     if args.tcp is None and args.ws is None:
         args.tcp = _address(DEFAULT_TCP)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,

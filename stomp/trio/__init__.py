@@ -7,6 +7,7 @@ adapts any message-based WebSocket (e.g. Quart's) to the session pump.
 
 from ._hooks import AllowAll as AllowAll
 from ._hooks import Authenticated as Authenticated
+from ._hooks import CheckPasswords as CheckPasswords
 from ._hooks import Hooks as Hooks
 from ._hooks import Principal as Principal
 from ._hooks import Refused as Refused
@@ -49,6 +50,7 @@ __all__ = [
     "AllowAll",
     "Authenticated",
     "BrokerRuntime",
+    "CheckPasswords",
     "Hooks",
     "MessageStream",
     "Principal",
