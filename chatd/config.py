@@ -100,6 +100,7 @@ class ServerConfig:
     heartbeat_send_ms: int = _opt(1_000, lo=0, hi=3_600_000)
     heartbeat_receive_ms: int = _opt(1_000, lo=0, hi=3_600_000)
     drain_delay: float = _opt(0.0, lo=0, hi=600)
+    ws_one_frame_per_message: bool = False
     sockjs_enabled: bool = True
     sockjs_websocket: bool = True
     sockjs_heartbeat_seconds: float = _opt(25.0, lo=0.05, hi=3600)

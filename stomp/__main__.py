@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ws-path", default="/ws", help="WebSocket path (default /ws)")
     parser.add_argument("--binary", action="store_true",
                         help="send WebSocket binary messages instead of text")
+    parser.add_argument("--one-frame-per-message", action="store_true",
+                        help="send each frame (and heart-beat) in a WebSocket message of its own, "
+                        "for clients that parse one frame per message (default: what is queued "
+                        "goes in one message)")
     parser.add_argument("--heartbeat", type=_heartbeat, default=DEFAULT_HEARTBEAT,
                         metavar="SEND,RECV",
                         help="fastest heart-beats the server sends and expects, in ms; a client "
@@ -156,7 +160,8 @@ async def serve(args: argparse.Namespace) -> None:
                 parts.append(f"tcp={_hostport(host, port)}")
             if args.ws is not None:
                 host, port = await nursery.start(functools.partial(
-                    serve_websocket, runtime, *args.ws, path=args.ws_path, binary=args.binary))
+                    serve_websocket, runtime, *args.ws, path=args.ws_path, binary=args.binary,
+                    one_frame_per_message=args.one_frame_per_message))
                 parts.append(f"ws=ws://{_hostport(host, port)}{args.ws_path}")
             log.info("stomp broker ready %s", " ".join(parts))
             async for signum in signals:

@@ -82,7 +82,8 @@ def create_app(
     if runtime is not None:
         from chatd.http.ws import ws_blueprint
 
-        app.register_blueprint(ws_blueprint(runtime, metrics))
+        app.register_blueprint(ws_blueprint(
+            runtime, metrics, one_frame_per_message=config.server.ws_one_frame_per_message))
         if config.server.sockjs_enabled:
             from chatd.http.sockjs_routes import install_sockjs
 

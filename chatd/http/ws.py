@@ -38,8 +38,10 @@ def transport_info(kind: str, handshake: BaseRequestWebsocket,
     )
 
 
-def ws_blueprint(runtime: BrokerRuntime, metrics: Metrics | None = None) -> Blueprint:
-    """The WebSocket routes bound to `runtime`; `metrics` counts the connections open."""
+def ws_blueprint(runtime: BrokerRuntime, metrics: Metrics | None = None, *,
+                 one_frame_per_message: bool = False) -> Blueprint:
+    """The WebSocket routes bound to `runtime`; `metrics` counts the connections open;
+    `one_frame_per_message` sends each frame in a message of its own (`MessageStream`)."""
     bp = Blueprint("ws", __name__)
 
     async def stomp_over_websocket() -> None:
@@ -48,7 +50,8 @@ def ws_blueprint(runtime: BrokerRuntime, metrics: Metrics | None = None) -> Blue
         subprotocol = choose_subprotocol(websocket.requested_subprotocols)
         await websocket.accept(subprotocol=subprotocol)
         info = transport_info("websocket", websocket, subprotocol)
-        stream = MessageStream(websocket.receive, websocket.send, websocket.close)
+        stream = MessageStream(websocket.receive, websocket.send, websocket.close,
+                               one_frame_per_message=one_frame_per_message)
         if metrics is None:
             await serve_stream(runtime, stream, info)
             return

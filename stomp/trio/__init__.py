@@ -24,6 +24,7 @@ from ._runtime import SLOW_CONSUMER_MESSAGE as SLOW_CONSUMER_MESSAGE
 from ._runtime import BrokerRuntime as BrokerRuntime
 from ._session import CLOSE_GOING_AWAY as CLOSE_GOING_AWAY
 from ._session import CLOSE_NORMAL as CLOSE_NORMAL
+from ._session import OneFramePerMessage as OneFramePerMessage
 from ._session import Stream as Stream
 from ._session import serve_stream as serve_stream
 from ._stats import RuntimeStats as RuntimeStats
@@ -53,6 +54,7 @@ __all__ = [
     "CheckPasswords",
     "Hooks",
     "MessageStream",
+    "OneFramePerMessage",
     "Principal",
     "Refused",
     "RuntimeStats",

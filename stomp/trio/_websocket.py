@@ -4,7 +4,8 @@ WebSocket look like a byte stream for the session pump.
 STOMP over WebSocket is a byte stream cut into messages at the sender's whim: one message may
 hold several frames, or a frame and heart-beat newlines, and a frame may span messages. So the
 adapter concatenates incoming messages and decodes the result as a stream, and sends one message
-per writer flush. The same `MessageStream` serves chatd's Quart/Hypercorn `/ws` route.
+per writer flush (or one per frame, with `one_frame_per_message`, for clients that parse exactly
+one frame per message). The same `MessageStream` serves chatd's Quart/Hypercorn `/ws` route.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class MessageStream:
     A received `None` is an empty message (Hypercorn) and is skipped. Outgoing bytes go as a
     text message when they are valid UTF-8 (STOMP's NUL included) unless `binary` is set, and
     as a binary message otherwise; `close_code` is what `aclose` sends (the pump sets 1001 on a
-    server shutdown).
+    server shutdown). `one_frame_per_message` asks the session pump to send every frame, and
+    every heart-beat newline, as a message of its own (`OneFramePerMessage`).
     """
 
     def __init__(
@@ -48,12 +50,14 @@ class MessageStream:
         close: Callable[[int, str], Awaitable[object]] | None = None,
         *,
         binary: bool = False,
+        one_frame_per_message: bool = False,
         closed_errors: tuple[type[BaseException], ...] = (),
     ) -> None:
         self._receive = receive
         self._send = send
         self._close = close
         self.binary = binary
+        self.one_frame_per_message = one_frame_per_message
         self._closed_errors = closed_errors
         self._pending = b""
         self._closed = False
@@ -104,10 +108,11 @@ class MessageStream:
 
 
 def websocket_stream(connection: trio_websocket.WebSocketConnection, *,
-                     binary: bool = False) -> MessageStream:
+                     binary: bool = False, one_frame_per_message: bool = False) -> MessageStream:
     """A `MessageStream` over a trio-websocket connection."""
     return MessageStream(connection.get_message, connection.send_message, connection.aclose,
-                         binary=binary, closed_errors=(trio_websocket.ConnectionClosed,))
+                         binary=binary, one_frame_per_message=one_frame_per_message,
+                         closed_errors=(trio_websocket.ConnectionClosed,))
 
 
 def choose_subprotocol(offered: tuple[str, ...] | list[str]) -> str | None:
@@ -129,6 +134,7 @@ async def serve_websocket(
     *,
     path: str = "/ws",
     binary: bool = False,
+    one_frame_per_message: bool = False,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept STOMP over WebSocket at `ws://host:port{path}` (port 0: any free port) until
@@ -137,7 +143,8 @@ async def serve_websocket(
     Handshakes to any other path are answered 404. The subprotocol is negotiated as in
     `choose_subprotocol`; the handshake's query string, headers and peer address reach the
     `authenticate` hook through `TransportInfo`. Outgoing frames go as text messages, or binary
-    ones with `binary=True`. Reports the bound `(host, port)` through `task_status.started()`.
+    ones with `binary=True`; what is queued goes in one message, or each frame in its own with
+    `one_frame_per_message`. Reports the bound `(host, port)` through `task_status.started()`.
     Raises OSError if the address cannot be bound.
     """
 
@@ -166,7 +173,9 @@ async def serve_websocket(
             headers=headers,
             subprotocol=subprotocol,
         )
-        await serve_stream(runtime, websocket_stream(connection, binary=binary), info)
+        stream = websocket_stream(connection, binary=binary,
+                                  one_frame_per_message=one_frame_per_message)
+        await serve_stream(runtime, stream, info)
 
     serve = partial(trio_websocket.serve_websocket, handle, host, port, None,
                     max_message_size=runtime.max_frame_size,
