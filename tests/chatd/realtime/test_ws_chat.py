@@ -183,3 +183,21 @@ async def test_ws_one_frame_per_message(nursery: trio.Nursery, tmp_path: Path,
         assert list(map(len, messages)) == shape
         await ws.aclose()
     chat.scope.cancel()
+
+
+@pytest.mark.parametrize(("asked", "answered"), [
+    ("1000,1000", "1000,1000"),  # honoured, as stompjs asks for 1 s to notice a dead server
+    ("500,250", "1000,1000"),  # never faster than the [server] limit (1000 ms by default)
+    ("20000,0", "0,20000"),
+    ("0,0", "0,0"),
+])
+async def test_connect_gets_the_heartbeats_it_asks_for(nursery: trio.Nursery, sqlite_chat: Chat,
+                                                       asked: str, answered: str) -> None:
+    ws = await trio_websocket.connect_websocket(nursery, "127.0.0.1", sqlite_chat.port, "/ws",
+                                                use_ssl=False, subprotocols=["v12.stomp"])
+    connect = Frame(Command.CONNECT, (("accept-version", "1.2"), ("heart-beat", asked),
+                                      ("Authorization", f"Bearer {sqlite_chat.token(ALICE)}")))
+    await ws.send_message(encode_frame(connect))
+    [[connected]] = await frames_per_message(ws.get_message, 1)
+    assert connected.get("heart-beat") == answered
+    await ws.aclose()
