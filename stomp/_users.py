@@ -27,7 +27,8 @@ class Users:
     """The accepted (login, passcode) pairs."""
 
     def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
-        """Raises ValueError for an empty login or password (a CONNECT may always omit them)."""
+        """Raises ValueError for an empty login or password: a CONNECT without a passcode is
+        checked as an empty one, which must never match."""
         self._digests: dict[str, bytes] = {}
         for login, password in pairs:
             self.add(login, password)

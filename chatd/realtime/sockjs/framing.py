@@ -148,9 +148,9 @@ def htmlfile_prelude(callback: str) -> str:
     return head + " " * max(0, 1024 - len(head)) + "\r\n"
 
 
-#: sockjs-node's current page: the client first, then its bootstrap. (The older layout, which
-#: set `_sockjs_onload` for the client to call once loaded, is not bootstrapped by sockjs-client
-#: 1.x, so its iframe transports never opened.)
+#: sockjs-node's current page, which SockJS protocol suites check: the client first, then its
+#: bootstrap. (The older page set `_sockjs_onload` for the client to call once loaded, a hook
+#: sockjs-client keeps only for old servers.)
 IFRAME_HTML: Final = """<!DOCTYPE html>
 <html>
 <head>
