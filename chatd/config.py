@@ -97,9 +97,10 @@ class ServerConfig:
     shutdown_grace: float = _opt(10.0, lo=0, hi=3600)
     keepalive_timeout: float = _opt(5.0, lo=0.1, hi=3600)
     stomp_tcp_bind: str | None = _opt(None, check=_check_bind)
-    heartbeat_send_ms: int = _opt(10_000, lo=0, hi=3_600_000)
-    heartbeat_receive_ms: int = _opt(10_000, lo=0, hi=3_600_000)
+    heartbeat_send_ms: int = _opt(1_000, lo=0, hi=3_600_000)
+    heartbeat_receive_ms: int = _opt(1_000, lo=0, hi=3_600_000)
     drain_delay: float = _opt(0.0, lo=0, hi=600)
+    ws_one_frame_per_message: bool = False
     sockjs_enabled: bool = True
     sockjs_websocket: bool = True
     sockjs_heartbeat_seconds: float = _opt(25.0, lo=0.05, hi=3600)

@@ -242,7 +242,9 @@ def http_part(components: Components) -> Part:
     async def run(*, task_status: trio.TaskStatus[str]) -> None:
         async with trio.open_nursery() as nursery:
             serve = functools.partial(serve_http, app, c.config, shutdown_trigger=shutdown_trigger,
-                                      websocket=websocket_handler(c.runtime, c.metrics))
+                                      websocket=websocket_handler(
+                                          c.runtime, c.metrics, one_frame_per_message=(
+                                              c.config.server.ws_one_frame_per_message)))
             binds: list[str] = await nursery.start(serve)
             task_status.started("http=" + ",".join(binds))
 

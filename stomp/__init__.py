@@ -36,8 +36,11 @@ from ._frames import Command as Command
 from ._frames import Frame as Frame
 from ._frames import escape as escape
 from ._frames import unescape as unescape
+from ._users import ACCESS_REFUSED as ACCESS_REFUSED
+from ._users import Users as Users
 
 __all__ = [
+    "ACCESS_REFUSED",
     "CLIENT_COMMANDS",
     "DEFAULT_HEARTBEAT",
     "DEFAULT_MAX_BODY_SIZE",
@@ -68,6 +71,7 @@ __all__ = [
     "State",
     "Subscribe",
     "Unsubscribe",
+    "Users",
     "Violation",
     "encode_frame",
     "escape",

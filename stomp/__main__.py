@@ -1,4 +1,8 @@
-"""`python -m stomp`: run the broker alone, over raw TCP and/or WebSocket, with no auth.
+"""`python -m stomp`: run the broker alone, over raw TCP and/or WebSocket.
+
+Open to any client unless credentials are given (`--login` and `--passcode`, `--users FILE`):
+a CONNECT must then carry one of those login/passcode pairs, or it is refused with an ERROR
+("access refused") and closed, as RabbitMQ refuses an unknown user.
 
 Logs one ready line, which scripts and tests parse, once every listener is bound:
 
@@ -20,7 +24,7 @@ from collections.abc import Sequence
 
 import trio
 
-from . import DEFAULT_HEARTBEAT, DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_FRAME_SIZE
+from . import DEFAULT_HEARTBEAT, DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_FRAME_SIZE, Users
 from .broker import (
     DEFAULT_MAX_QUEUE_BACKLOG,
     DEFAULT_MAX_SUBSCRIPTIONS,
@@ -34,6 +38,7 @@ from .trio import (
     DEFAULT_MAX_PENDING_FRAMES,
     DEFAULT_SHUTDOWN_TIMEOUT,
     BrokerRuntime,
+    CheckPasswords,
     serve_tcp,
     serve_websocket,
 )
@@ -66,8 +71,24 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ws-path", default="/ws", help="WebSocket path (default /ws)")
     parser.add_argument("--binary", action="store_true",
                         help="send WebSocket binary messages instead of text")
-    parser.add_argument("--heartbeat", type=_heartbeat, default=None, metavar="SEND,RECV",
-                        help="heart-beats the server offers, in ms (default 10000,10000)")
+    parser.add_argument("--one-frame-per-message", action="store_true",
+                        help="send each frame (and heart-beat) in a WebSocket message of its own, "
+                        "for clients that parse one frame per message (default: what is queued "
+                        "goes in one message)")
+    parser.add_argument("--heartbeat", type=_heartbeat, default=DEFAULT_HEARTBEAT,
+                        metavar="SEND,RECV",
+                        help="fastest heart-beats the server sends and expects, in ms; a client "
+                        "asking for slower ones gets what it asks for (0: off; default "
+                        "{},{})".format(*DEFAULT_HEARTBEAT))
+    access = parser.add_argument_group(
+        "credentials", "without any, every client may connect; with some, CONNECT must carry "
+        "one of the login/passcode pairs given")
+    access.add_argument("--login", metavar="USER", help="a user name (needs --passcode)")
+    access.add_argument("--passcode", metavar="PASS",
+                        help="that user's password (other local users may see it in the "
+                        "process list: prefer --users)")
+    access.add_argument("--users", type=argparse.FileType("r", encoding="utf-8"), metavar="FILE",
+                        help="a file of users, one user:password a line ('#' comments)")
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-pending-frames", type=int, default=DEFAULT_MAX_PENDING_FRAMES,
                         help="frames queued for one session before it is a slow consumer")
@@ -93,12 +114,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _users(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Users | None:
+    """The credentials the flags give (None: none, the broker is open); exits on bad ones."""
+    if (args.login is None) != (args.passcode is None):
+        parser.error("--login and --passcode go together")
+    if args.login is None and args.users is None:
+        return None
+    try:
+        users = Users()
+        if args.users is not None:
+            with args.users:
+                users = Users.parse(args.users.read(), args.users.name)
+        if args.login is not None:
+            users.add(args.login, args.passcode)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not users:
+        parser.error(f"no users in {args.users.name}")
+    return users
+
+
 def _runtime(args: argparse.Namespace) -> BrokerRuntime:
     limits = Limits(max_subscriptions=args.max_subscriptions, max_unacked=args.max_unacked,
                     max_queue_backlog=args.max_queue_backlog)
     return BrokerRuntime(
         Broker(limits=limits),
-        heartbeat=args.heartbeat or DEFAULT_HEARTBEAT,
+        hooks=CheckPasswords(args.credentials) if args.credentials is not None else None,
+        heartbeat=args.heartbeat,
         max_pending_frames=args.max_pending_frames,
         max_pending_bytes=args.max_pending_bytes,
         max_frame_size=args.max_frame_size,
@@ -118,7 +160,8 @@ async def serve(args: argparse.Namespace) -> None:
                 parts.append(f"tcp={_hostport(host, port)}")
             if args.ws is not None:
                 host, port = await nursery.start(functools.partial(
-                    serve_websocket, runtime, *args.ws, path=args.ws_path, binary=args.binary))
+                    serve_websocket, runtime, *args.ws, path=args.ws_path, binary=args.binary,
+                    one_frame_per_message=args.one_frame_per_message))
                 parts.append(f"ws=ws://{_hostport(host, port)}{args.ws_path}")
             log.info("stomp broker ready %s", " ".join(parts))
             async for signum in signals:
@@ -136,7 +179,9 @@ def _hostport(host: str, port: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run the broker, return the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    args.credentials = _users(parser, args)
     if args.tcp is None and args.ws is None:
         args.tcp = _address(DEFAULT_TCP)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,

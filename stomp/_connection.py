@@ -45,7 +45,10 @@ from ._frames import (
 )
 
 SUPPORTED_VERSIONS = ("1.0", "1.1", "1.2")
-DEFAULT_HEARTBEAT = (10_000, 10_000)
+#: The server's heart-beat limit, in ms: it never sends, nor asks for, beats faster than this
+#: (send, expect); a client asking for slower beats gets what it asks for. 0 turns a direction
+#: off. One second is RabbitMQ's floor too.
+DEFAULT_HEARTBEAT = (1_000, 1_000)
 
 
 class State(enum.Enum):
@@ -70,7 +73,13 @@ _BODY_ALLOWED = frozenset({Command.SEND, Command.CONNECT, Command.STOMP})
 
 
 def negotiate_heartbeat(client: tuple[int, int], server: tuple[int, int]) -> tuple[int, int]:
-    """STOMP 1.2 §heart-beating: (server sends every N ms, server expects every N ms); 0 = off."""
+    """(server sends every N ms, server expects every N ms) for a CONNECT's `client` heart-beat
+    (client sends, client wants) under the server's limit `server` (send, expect); 0 = off.
+
+    STOMP 1.2's rule, which RabbitMQ follows with a one-second limit: each direction runs at the
+    slower of what its sender can do and what its receiver wants, so a client is honoured down
+    to the server's limit and is never beaten faster than it asked; 0 on either side is none.
+    """
     client_sends, client_wants = client
     server_sends, server_wants = server
     send = max(server_sends, client_wants) if server_sends and client_wants else 0
@@ -171,11 +180,9 @@ class ServerConnection:
                 raise RemoteProtocolError("missing header", "UNSUBSCRIBE requires 'id'")
             return Unsubscribe(frame, sub_id)
         if command in (Command.ACK, Command.NACK):
-            if command is Command.NACK and self.version == "1.0":
-                raise RemoteProtocolError("unexpected frame", "NACK does not exist in STOMP 1.0")
             if self.version == "1.2":
                 ack_id = _required(frame, ID)
-            else:
+            else:  # STOMP 1.0 has no NACK, but takes 1.1's, as RabbitMQ and ActiveMQ do
                 ack_id = _required(frame, MESSAGE_ID)
                 if self.version == "1.1":
                     _required(frame, SUBSCRIPTION)

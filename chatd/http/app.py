@@ -65,6 +65,9 @@ def create_app(
         metrics.attach_store(services.store)
 
     app = QuartTrio(__name__, static_folder=None)
+    # A path with an empty segment (`/ws//xhr`) is none of ours: 404, as SockJS expects, not a
+    # redirect to the path with the slashes merged. Set before any route is added.
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = max_body_size(config.limits)
     # Our routes answer JSON in contract order; never let Quart re-sort or pretty-print.
     app.config["JSON_SORT_KEYS"] = False
@@ -82,7 +85,8 @@ def create_app(
     if runtime is not None:
         from chatd.http.ws import ws_blueprint
 
-        app.register_blueprint(ws_blueprint(runtime, metrics))
+        app.register_blueprint(ws_blueprint(
+            runtime, metrics, one_frame_per_message=config.server.ws_one_frame_per_message))
         if config.server.sockjs_enabled:
             from chatd.http.sockjs_routes import install_sockjs
 

@@ -48,7 +48,8 @@ PREFIX = "/ws"
 #: Where the iframe page loads sockjs-client from: the copy the demo page vendors. Only the
 #: iframe-based transports (old browsers without CORS) load it.
 DEFAULT_SOCKJS_URL = "/demo/static/vendor/sockjs.min.js"
-NO_CACHE = "no-store, no-cache, must-revalidate, max-age=0"
+#: The SockJS protocol's value (sockjs-node's) for everything that must not be cached.
+NO_CACHE = "no-store, no-cache, no-transform, must-revalidate, max-age=0"
 ONE_YEAR = 31_536_000
 _IFRAME = re.compile(r"^iframe[0-9a-z._-]*\.html$")
 

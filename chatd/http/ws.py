@@ -53,8 +53,10 @@ def transport_info(kind: str, handshake: BaseRequestWebsocket,
     )
 
 
-def ws_blueprint(runtime: BrokerRuntime, metrics: Metrics | None = None) -> Blueprint:
-    """The WebSocket routes bound to `runtime`; `metrics` counts the connections open."""
+def ws_blueprint(runtime: BrokerRuntime, metrics: Metrics | None = None, *,
+                 one_frame_per_message: bool = False) -> Blueprint:
+    """The WebSocket routes bound to `runtime`; `metrics` counts the connections open;
+    `one_frame_per_message` sends each frame in a message of its own (`MessageStream`)."""
     bp = Blueprint("ws", __name__)
 
     async def stomp_over_websocket() -> None:
@@ -63,7 +65,8 @@ def ws_blueprint(runtime: BrokerRuntime, metrics: Metrics | None = None) -> Blue
         subprotocol = choose_subprotocol(websocket.requested_subprotocols)
         await websocket.accept(subprotocol=subprotocol)
         info = transport_info("websocket", websocket, subprotocol)
-        stream = MessageStream(websocket.receive, websocket.send, websocket.close)
+        stream = MessageStream(websocket.receive, websocket.send, websocket.close,
+                               one_frame_per_message=one_frame_per_message)
         if metrics is None:
             await serve_stream(runtime, stream, info)
             return
@@ -78,11 +81,13 @@ def ws_blueprint(runtime: BrokerRuntime, metrics: Metrics | None = None) -> Blue
     return bp
 
 
-def websocket_handler(runtime: BrokerRuntime, metrics: Metrics | None = None
+def websocket_handler(runtime: BrokerRuntime, metrics: Metrics | None = None, *,
+                      one_frame_per_message: bool = False,
                       ) -> Callable[[trio.SocketStream, bytes], Awaitable[None]]:
     """The `chatd.http.server.WebSocketHandler` for connections that open with a ``/ws``
     upgrade: the handshake's request id for the session's logs, the metrics gauge, then the
-    session on the broker's WebSocket transport."""
+    session on the broker's WebSocket transport (`one_frame_per_message` as in
+    `ws_blueprint`)."""
 
     def opened(info: TransportInfo) -> None:
         request_id.set(request_id_from(info.header(REQUEST_ID_HEADER) or ""))
@@ -91,8 +96,9 @@ def websocket_handler(runtime: BrokerRuntime, metrics: Metrics | None = None
         if metrics is not None:
             metrics.websocket_sessions.inc()
         try:
-            await serve_websocket_connection(runtime, stream, paths=WS_PATHS, initial=head,
-                                             on_open=opened)
+            await serve_websocket_connection(
+                runtime, stream, paths=WS_PATHS, initial=head, on_open=opened,
+                one_frame_per_message=one_frame_per_message)
         finally:
             if metrics is not None:
                 metrics.websocket_sessions.dec()

@@ -57,8 +57,8 @@ Clock = Callable[[], datetime]
 Random = Callable[[], float]
 
 SINK_SHARE = 0.5  # of the lease: the sink's time budget per round
-FINAL_FLUSH_TIMEOUT = 2.0
-BLOCKED_WINDOW = 2.0  # seconds a signalled row may wait behind the committer's leased rows  # seconds a cancelled round may spend recording what it did
+FINAL_FLUSH_TIMEOUT = 2.0  # seconds a cancelled round may spend recording what it did
+BLOCKED_WINDOW = 2.0  # seconds a signalled row may wait behind the committer's leased rows
 
 
 def utc_now() -> datetime:

@@ -8,6 +8,7 @@ over anything stream-shaped; `serve_tcp` and `serve_websocket` accept peers, and
 
 from ._hooks import AllowAll as AllowAll
 from ._hooks import Authenticated as Authenticated
+from ._hooks import CheckPasswords as CheckPasswords
 from ._hooks import Hooks as Hooks
 from ._hooks import Principal as Principal
 from ._hooks import Refused as Refused
@@ -24,6 +25,7 @@ from ._runtime import SLOW_CONSUMER_MESSAGE as SLOW_CONSUMER_MESSAGE
 from ._runtime import BrokerRuntime as BrokerRuntime
 from ._session import CLOSE_GOING_AWAY as CLOSE_GOING_AWAY
 from ._session import CLOSE_NORMAL as CLOSE_NORMAL
+from ._session import OneFramePerMessage as OneFramePerMessage
 from ._session import Stream as Stream
 from ._session import serve_stream as serve_stream
 from ._stats import RuntimeStats as RuntimeStats
@@ -51,8 +53,10 @@ __all__ = [
     "AllowAll",
     "Authenticated",
     "BrokerRuntime",
+    "CheckPasswords",
     "Hooks",
     "MessageStream",
+    "OneFramePerMessage",
     "Principal",
     "Refused",
     "RuntimeStats",

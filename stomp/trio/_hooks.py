@@ -23,6 +23,7 @@ from typing import Protocol
 from urllib.parse import parse_qs
 
 from .._events import Connect, Send, Subscribe
+from .._users import ACCESS_REFUSED, Users
 from ..broker import SessionId
 
 #: Who a session acts for (a user name or e-mail); None is an anonymous session.
@@ -150,3 +151,19 @@ class AllowAll:
         self, session: SessionId, principal: Principal | None, event: Send
     ) -> bool:
         return False
+
+
+class CheckPasswords(AllowAll):
+    """`AllowAll`, except that a CONNECT must carry a login and passcode that `users` knows
+    (else ERROR "access refused", and the session closes); the session then acts for its login,
+    so its `/user/...` destinations are its own."""
+
+    def __init__(self, users: Users) -> None:
+        self.users = users
+
+    async def authenticate(
+        self, event: Connect, transport: TransportInfo
+    ) -> Principal | Authenticated | None:
+        if not self.users.check(event.login, event.passcode):
+            raise Refused(ACCESS_REFUSED, "wrong or missing login and passcode")
+        return event.login

@@ -142,7 +142,8 @@ class BrokerRuntime:
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         session_ids: Iterator[str] | None = None,
     ) -> None:
-        """`heartbeat` is what this server offers (send every N ms, expect every N ms);
+        """`heartbeat` is the server's heart-beat limit (`negotiate_heartbeat`: it sends and
+        expects beats at what each client asks for, never faster than this, in ms; 0: off);
         `on_destination_active(key, active)` is called, synchronously, when a destination gains
         its first subscriber or loses its last (it must not block: a relay queues the change)."""
         self.broker = broker if broker is not None else Broker()

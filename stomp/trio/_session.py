@@ -19,10 +19,12 @@ transport is closed, shielded but bounded. Nothing a peer does escapes as an exc
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Final, Protocol, runtime_checkable
 
 import trio
 
+from .._codec import HEARTBEAT
 from .._errors import ProtocolError
 from .._events import ClientEvent, Connect, Send, Subscribe, Violation
 from ._hooks import Authenticated, Refused, TransportInfo
@@ -56,6 +58,34 @@ class HasCloseCode(Protocol):
     """A transport whose close carries a code (WebSocket): the pump sets it before `aclose`."""
 
     close_code: int
+
+
+@runtime_checkable
+class OneFramePerMessage(Protocol):
+    """A message transport (WebSocket) that can carry each frame in a message of its own.
+
+    When `one_frame_per_message` is set, the writer sends each frame, and each heart-beat
+    newline, with its own `send_all`, for clients that parse exactly one frame per message;
+    otherwise it sends all it has queued at once (fewer, larger messages: cheaper).
+    """
+
+    one_frame_per_message: bool
+
+
+def frames_of(chunks: list[bytes]) -> Iterator[bytes]:
+    """The frames, and heart-beat newlines, that `chunks` (an outbox's content) hold, one by one.
+
+    A chunk is a whole frame, a heart-beat newline, or the head of a MESSAGE (which ends with a
+    header line's newline) followed by its shared tail: so a frame ends with each chunk that
+    ends with NUL, and no parsing is needed to find where.
+    """
+    start = 0
+    for end, chunk in enumerate(chunks, 1):
+        if chunk.endswith(b"\0") or chunk == HEARTBEAT:
+            yield chunk if end - start == 1 else b"".join(chunks[start:end])
+            start = end
+    if start < len(chunks):  # never: every frame ends with NUL; sent rather than lost
+        yield b"".join(chunks[start:])
 
 
 async def serve_stream(runtime: BrokerRuntime, stream: Stream,
@@ -107,6 +137,8 @@ class _Pump:
         self.expires_at: float | None = None
         #: Cancelled to make the timer task recompute its deadlines (after CONNECT).
         self.timer_wake = trio.CancelScope()
+        self.one_frame_per_message = (isinstance(stream, OneFramePerMessage)
+                                      and stream.one_frame_per_message)
 
     # -- reader --------------------------------------------------------------------------------
 
@@ -163,7 +195,10 @@ class _Pump:
         outbox.sending = True
         try:
             chunks = outbox.take()
-            await self.stream.send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            if self.one_frame_per_message:
+                await self._send_frames(chunks)
+            else:
+                await self.stream.send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
             self.last_write = trio.current_time()
         finally:
             outbox.sending = False
@@ -253,12 +288,19 @@ class _Pump:
                 await outbox.wait()
             elif outbox.chunks:
                 chunks = outbox.take()
-                await send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                if self.one_frame_per_message:
+                    await self._send_frames(chunks)
+                else:
+                    await send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
                 self.last_write = current_time()
             elif outbox.closing:
                 return
             else:
                 await outbox.wait()
+
+    async def _send_frames(self, chunks: list[bytes]) -> None:
+        for frame in frames_of(chunks):
+            await self.stream.send_all(frame)
 
     # -- timers --------------------------------------------------------------------------------
 

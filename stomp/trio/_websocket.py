@@ -4,7 +4,8 @@ adapter that makes any other message-based WebSocket look like a byte stream for
 STOMP over WebSocket is a byte stream cut into messages at the sender's whim: one message may
 hold several frames, or a frame and heart-beat newlines, and a frame may span messages. So the
 adapter concatenates incoming messages and decodes the result as a stream, and sends one message
-per writer flush. `MessageStream` serves other WebSocket libraries (trio-websocket, Quart).
+per writer flush (or one per frame, with `one_frame_per_message`, for clients that parse exactly
+one frame per message). `MessageStream` serves other WebSocket libraries (trio-websocket, Quart).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class MessageStream:
     A received `None` is an empty message (Hypercorn) and is skipped. Outgoing bytes go as a
     text message when they are valid UTF-8 (STOMP's NUL included) unless `binary` is set, and
     as a binary message otherwise; `close_code` is what `aclose` sends (the pump sets 1001 on a
-    server shutdown).
+    server shutdown). `one_frame_per_message` asks the session pump to send every frame, and
+    every heart-beat newline, as a message of its own (`OneFramePerMessage`).
     """
 
     def __init__(
@@ -49,12 +51,14 @@ class MessageStream:
         close: Callable[[int, str], Awaitable[object]] | None = None,
         *,
         binary: bool = False,
+        one_frame_per_message: bool = False,
         closed_errors: tuple[type[BaseException], ...] = (),
     ) -> None:
         self._receive = receive
         self._send = send
         self._close = close
         self.binary = binary
+        self.one_frame_per_message = one_frame_per_message
         self._closed_errors = closed_errors
         self._pending = b""
         self._closed = False
@@ -105,10 +109,11 @@ class MessageStream:
 
 
 def websocket_stream(connection: trio_websocket.WebSocketConnection, *,
-                     binary: bool = False) -> MessageStream:
+                     binary: bool = False, one_frame_per_message: bool = False) -> MessageStream:
     """A `MessageStream` over a trio-websocket connection."""
     return MessageStream(connection.get_message, connection.send_message, connection.aclose,
-                         binary=binary, closed_errors=(trio_websocket.ConnectionClosed,))
+                         binary=binary, one_frame_per_message=one_frame_per_message,
+                         closed_errors=(trio_websocket.ConnectionClosed,))
 
 
 def choose_subprotocol(offered: tuple[str, ...] | list[str]) -> str | None:
@@ -130,6 +135,7 @@ async def serve_websocket(
     *,
     path: str = "/ws",
     binary: bool = False,
+    one_frame_per_message: bool = False,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept STOMP over WebSocket at `ws://host:port{path}` (port 0: any free port) until
@@ -138,13 +144,15 @@ async def serve_websocket(
     Handshakes to any other path are answered 404. The subprotocol is negotiated as in
     `choose_subprotocol`; the handshake's query string, headers and peer address reach the
     `authenticate` hook through `TransportInfo`. Outgoing frames go as text messages, or binary
-    ones with `binary=True`. Reports the bound `(host, port)` through `task_status.started()`.
+    ones with `binary=True`; what is queued goes in one message, or each frame in its own with
+    `one_frame_per_message`. Reports the bound `(host, port)` through `task_status.started()`.
     Raises OSError if the address cannot be bound.
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
 
     async def handle(stream: trio.SocketStream) -> None:
-        await serve_websocket_connection(runtime, stream, paths=(path,), binary=binary)
+        await serve_websocket_connection(runtime, stream, paths=(path,), binary=binary,
+                                         one_frame_per_message=one_frame_per_message)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, handle, listeners)
@@ -160,13 +168,15 @@ async def serve_websocket_connection(
     paths: tuple[str, ...] = ("/ws",),
     initial: bytes = b"",
     binary: bool = False,
+    one_frame_per_message: bool = False,
     transport: str = "websocket",
     on_open: Callable[[TransportInfo], object] | None = None,
 ) -> None:
     """Run one STOMP-over-WebSocket connection on an accepted socket: the handshake (after
     `initial`, bytes already read from it), then the session, then the close.
 
-    A handshake to a path not in `paths` is answered 404; a malformed one 400. `on_open` is
+    A handshake to a path not in `paths` is answered 404; a malformed one 400. `binary` and
+    `one_frame_per_message` are as in `serve_websocket`. `on_open` is
     called with the session's `TransportInfo` once the WebSocket is open (an application's
     per-connection set-up, e.g. its request id). Never raises for anything the peer does.
     """
@@ -178,7 +188,8 @@ async def serve_websocket_connection(
                 await stream.aclose()
                 return
             subprotocol = choose_subprotocol(handshake.subprotocols)
-            websocket = await accept(stream, ws, subprotocol, binary=binary)
+            websocket = await accept(stream, ws, subprotocol, binary=binary,
+                                     one_frame_per_message=one_frame_per_message)
     except (HandshakeError, trio.TooSlowError, trio.BrokenResourceError,
             trio.ClosedResourceError, OSError) as exc:
         log.debug("websocket handshake failed: %r", exc)

@@ -142,10 +142,12 @@ async def reject(stream: trio.abc.Stream, ws: WSConnection, status: int, body: b
 
 
 async def accept(stream: trio.abc.Stream, ws: WSConnection, subprotocol: str | None,
-                 *, binary: bool = False) -> WebSocketStream:
+                 *, binary: bool = False, one_frame_per_message: bool = False,
+                 ) -> WebSocketStream:
     """Accept the handshake read by `read_handshake`; the connection as a byte stream."""
     await stream.send_all(ws.send(AcceptConnection(subprotocol=subprotocol)))
-    return WebSocketStream(stream, ws, binary=binary)
+    return WebSocketStream(stream, ws, binary=binary,
+                           one_frame_per_message=one_frame_per_message)
 
 
 class WebSocketStream:
@@ -154,14 +156,16 @@ class WebSocketStream:
     One task may read while another writes (the session pump's reader and writer). Control
     frames the reader owes (a pong, the close reply) are written by the reader when no write
     is under way, else by the writer right after its data frame: never interleaved with one.
-    `close_code` and `close_reason` are what `aclose` sends (the pump sets 1001 on shutdown).
+    `close_code` and `close_reason` are what `aclose` sends (the pump sets 1001 on shutdown);
+    `one_frame_per_message` asks the pump for one `send_all` per frame (`OneFramePerMessage`).
     """
 
-    def __init__(self, stream: trio.abc.Stream, ws: WSConnection, *, binary: bool = False
-                 ) -> None:
+    def __init__(self, stream: trio.abc.Stream, ws: WSConnection, *, binary: bool = False,
+                 one_frame_per_message: bool = False) -> None:
         self._stream = stream
         self._ws = ws
         self.binary = binary
+        self.one_frame_per_message = one_frame_per_message
         self.close_code = CLOSE_NORMAL
         self.close_reason = ""
         self._sending = False

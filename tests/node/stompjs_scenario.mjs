@@ -7,7 +7,9 @@
 //                               "port": 61613, "destination": "/queue/x"}'
 //
 // Scenarios: basic (connect, subscribe with a watched receipt, send with a receipt, receive),
-// binary (Uint8Array bodies with NUL bytes), heartbeat (short heart-beats, then silence).
+// binary (Uint8Array bodies with NUL bytes), heartbeat (short heart-beats, then silence),
+// deadServer (once heart-beats flow, SIGSTOP the broker, process `pausePid`, and time how long
+// the client takes to notice; SIGCONT it after).
 // A step that does not happen in time ends the run with {"fatal": …} and exit status 1, still
 // with everything observed so far.
 import { Client } from '@stomp/stompjs';
@@ -92,11 +94,16 @@ const client = new Client({
 client.onStompError = frame => out.stompErrors.push({ headers: frame.headers, body: frame.body });
 client.onWebSocketError = event => out.socketErrors.push(String(event?.message ?? event?.type));
 client.onWebSocketClose = event => out.socketCloses.push({ code: event?.code, reason: event?.reason });
+// Steps may wait for the next heart-beat received or lost.
+let onBeat = null;
+let onLost = null;
 client.onHeartbeatReceived = () => {
   out.heartbeatsReceived += 1;
+  onBeat?.();
 };
 client.onHeartbeatLost = () => {
   out.heartbeatsLost += 1;
+  onLost?.();
 };
 
 const connected = new Promise(resolve => {
@@ -163,6 +170,21 @@ const scenarios = {
     await publish({ destination, body: 'still here' }, 'hb-1');
     await nextMessage('MESSAGE after silence');
   },
+
+  // Ends the connection itself (stompjs closes the socket when it declares the server dead).
+  async deadServer() {
+    await within(new Promise(resolve => { onBeat = resolve; }), 'a server heart-beat');
+    const lost = new Promise(resolve => { onLost = resolve; });
+    process.kill(options.pausePid, 'SIGSTOP');
+    const pausedAt = performance.now();
+    try {
+      await within(lost, 'the client to notice the paused server');
+      out.lostAfterMs = Math.round(performance.now() - pausedAt);
+    } finally {
+      process.kill(options.pausePid, 'SIGCONT');
+    }
+    return 'ended';
+  },
 };
 
 async function main() {
@@ -170,7 +192,12 @@ async function main() {
   if (!scenario) throw new Error(`unknown scenario ${options.scenario}`);
   client.activate();
   await within(connected, 'CONNECTED');
-  await scenario(options.destination);
+  if ((await scenario(options.destination)) === 'ended') {
+    await client.deactivate();
+    out.ok = true;
+    finish(0);
+    return;
+  }
   const closed = new Promise(resolve => {
     const previous = client.onWebSocketClose;
     client.onWebSocketClose = event => {

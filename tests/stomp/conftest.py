@@ -124,7 +124,7 @@ def stop_broker(broker: BrokerProcess) -> None:
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[BrokerProcess]:
-    """The broker with its default settings (server heart-beat 10000,10000)."""
+    """The broker with its default settings (heart-beat limit 1000,1000)."""
     running = start_broker()
     try:
         yield running

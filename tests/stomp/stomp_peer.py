@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import trio
 
 from stomp import Command, Frame, FrameDecoder, encode_frame
@@ -69,3 +71,27 @@ class Peer:
 
 def _encode(command: str, headers: dict[str, str] | None, body: bytes) -> bytes:
     return encode_frame(Frame(Command(command), tuple((headers or {}).items()), body))
+
+
+def receipt_burst(count: int) -> bytes:
+    """`count` BEGIN frames asking for receipts, in one write: frames no hook awaits on, so the
+    broker queues every RECEIPT before it writes any (the case where it batches them)."""
+    return b"".join(_encode("BEGIN", {"transaction": f"t{n}", "receipt": f"r{n}"}, b"")
+                    for n in range(count))
+
+
+async def frames_per_message(get_message: Callable[[], Awaitable[str | bytes]],
+                             count: int) -> list[list[Frame]]:
+    """Read WebSocket messages until `count` frames came; returns the frames of each message
+    (heart-beat newlines are not frames). Fails if a message ends inside a frame."""
+    messages: list[list[Frame]] = []
+    while sum(map(len, messages)) < count:
+        message = await get_message()
+        decoder = FrameDecoder()
+        decoder.feed(message.encode() if isinstance(message, str) else message)
+        frames = []
+        while (frame := decoder.next_frame()) is not None:
+            frames.append(frame)
+        assert decoder.buffered == 0, f"a message ends inside a frame: {message!r}"
+        messages.append(frames)
+    return messages

@@ -9,6 +9,8 @@ JSON; the assertions are all here.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 from typing import Any
 
@@ -16,7 +18,7 @@ import pytest
 
 from tests.node_support import NODE_DIR, require_node
 
-from .conftest import FAST_HEARTBEAT, BrokerProcess
+from .conftest import FAST_HEARTBEAT, BrokerProcess, start_broker, stop_broker
 
 SCRIPT = NODE_DIR / "stompjs_scenario.mjs"
 RUN_TIMEOUT = 30
@@ -122,3 +124,21 @@ def test_heartbeats_keep_a_silent_connection_up(node: str, fast_heartbeat_broker
     assert result["socketOpenAfterQuiet"] is True
     [message] = result["messages"]
     assert bytes(message["bytes"]) == b"still here"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_client_asking_one_second_notices_a_dead_server_within_three(
+        node: str, transport: str, unique: str) -> None:
+    """Against the default settings, a client asking for 1 000 ms beats gets them (not the
+    server's own pace), so it tells a paused server from a quiet one in about 3 s (stompjs
+    declares it dead after two missed intervals, checked once an interval)."""
+    broker = start_broker()  # its own: the test pauses it (SIGSTOP, SIGCONT)
+    try:
+        result = run_scenario(node, broker, transport, "deadServer", f"/queue/dead-{unique}",
+                              heartbeat=1000, pausePid=broker.process.pid)
+    finally:
+        os.kill(broker.process.pid, signal.SIGCONT)
+        stop_broker(broker)
+    assert result["connected"]["headers"]["heart-beat"] == "1000,1000"
+    assert result["heartbeatsLost"] == 1
+    assert 1000 < result["lostAfterMs"] < 3500, result

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stomp import (
     Ack,
@@ -59,6 +61,51 @@ def test_unsupported_version_lists_supported() -> None:
 )
 def test_heartbeat_negotiation(client: tuple[int, int], server: tuple[int, int], expected: tuple[int, int]) -> None:
     assert negotiate_heartbeat(client, server) == expected
+
+
+#: (client heart-beat in CONNECT, the server's limit) -> (server sends, server expects), ms.
+#: The first rows are what RabbitMQ answers with its one-second limit.
+RABBITMQ_LIKE = [
+    ((1000, 1000), (1000, 1000), (1000, 1000)),
+    ((10_000, 10_000), (1000, 1000), (10_000, 10_000)),
+    ((500, 250), (1000, 1000), (1000, 1000)),
+    ((0, 0), (1000, 1000), (0, 0)),
+    ((4000, 0), (1000, 1000), (0, 4000)),
+    ((0, 3000), (1000, 1000), (3000, 0)),
+    ((1000, 1000), (10_000, 10_000), (10_000, 10_000)),
+    ((1000, 1000), (0, 0), (0, 0)),
+]
+
+
+@pytest.mark.parametrize(("client", "server", "expected"), RABBITMQ_LIKE)
+def test_heartbeat_honours_the_client_down_to_the_limit(
+        client: tuple[int, int], server: tuple[int, int], expected: tuple[int, int]) -> None:
+    assert negotiate_heartbeat(client, server) == expected
+
+
+_ms = st.integers(min_value=0, max_value=3_600_000)
+
+
+@given(client=st.tuples(_ms, _ms), server=st.tuples(_ms, _ms))
+def test_heartbeat_negotiation_properties(client: tuple[int, int],
+                                          server: tuple[int, int]) -> None:
+    send, expect = negotiate_heartbeat(client, server)
+    client_sends, client_wants = client
+    for got, asked, limit in ((send, client_wants, server[0]), (expect, client_sends, server[1])):
+        if asked == 0 or limit == 0:
+            assert got == 0  # either side off: no beats that way
+        else:
+            assert got == max(asked, limit)  # what was asked, never below the limit
+    # The header we answer makes the client compute the same intervals (STOMP 1.2's rule
+    # applied on its side to our CONNECTED).
+    assert negotiate_heartbeat((send, expect), (client_sends, client_wants)) == (expect, send)
+
+
+def test_default_limit_is_one_second() -> None:
+    conn = ServerConnection()
+    [event] = conn.receive_data(frame("CONNECT", accept_version="1.2", heart_beat="1000,1000"))
+    assert isinstance(event, Connect)
+    assert event.heartbeat == conn.heartbeat == (1000, 1000)
 
 
 def test_connect_reports_negotiated_heartbeat() -> None:
@@ -126,8 +173,13 @@ def test_ack_id_header_depends_on_version() -> None:
     assert ack.id == "7"
     [bad] = connected("1.1").receive_data(frame("ACK", message_id="7"))
     assert isinstance(bad, Violation)
+    # STOMP 1.0 has no NACK, but 1.0 clients send 1.1's (RabbitMQ and ActiveMQ take it), by
+    # message-id as 1.0's ACK.
     [nack] = connected("1.0").receive_data(frame("NACK", message_id="7"))
-    assert isinstance(nack, Violation)
+    assert isinstance(nack, Nack)
+    assert nack.id == "7"
+    [bad] = connected("1.0").receive_data(frame("NACK", id="7"))
+    assert isinstance(bad, Violation)
     [nack] = connected("1.2").receive_data(frame("NACK", id="7", transaction="t"))
     assert isinstance(nack, Nack)
     assert nack.transaction == "t"

@@ -16,7 +16,8 @@ import trio_websocket
 from stomp import Frame, FrameDecoder
 from stomp.trio import BrokerRuntime, MessageStream, serve_tcp, serve_websocket
 
-from .stomp_peer import Peer, _encode
+from .conftest import start_broker, stop_broker
+from .stomp_peer import Peer, _encode, frames_per_message, receipt_burst
 
 TOPIC = "/topic/t"
 CONNECT = _encode("CONNECT", {"accept-version": "1.2", "host": "localhost"}, b"")
@@ -55,8 +56,9 @@ async def test_misbehaving_peers_do_not_stop_the_servers(nursery: trio.Nursery) 
 
 
 async def ws_server(nursery: trio.Nursery, runtime: BrokerRuntime,
-                    binary: bool = False) -> tuple[str, int]:
-    start = functools.partial(serve_websocket, runtime, "127.0.0.1", 0, binary=binary)
+                    binary: bool = False, **options: bool) -> tuple[str, int]:
+    start = functools.partial(serve_websocket, runtime, "127.0.0.1", 0, binary=binary,
+                              **options)
     address: tuple[str, int] = await nursery.start(start)
     return address
 
@@ -109,6 +111,37 @@ async def test_websocket_frame_split_across_messages(nursery: trio.Nursery) -> N
         assert [(await peer.frame()).command for _ in range(2)] == ["CONNECTED", "RECEIPT"]
         assert (await peer.frame()).body == b"\xff\x00split"
         assert all(isinstance(m, bytes) for m in peer.messages)  # --binary
+
+
+@pytest.mark.parametrize(("one_frame_per_message", "shape"), [
+    (False, [10]),  # the default: what is queued goes in one message
+    (True, [1] * 10),
+])
+async def test_websocket_frames_per_message(nursery: trio.Nursery, one_frame_per_message: bool,
+                                            shape: list[int]) -> None:
+    runtime = BrokerRuntime()
+    host, port = await ws_server(nursery, runtime, one_frame_per_message=one_frame_per_message)
+    async with trio_websocket.open_websocket(host, port, "/ws", use_ssl=False) as ws:
+        await ws.send_message(CONNECT)
+        [[connected]] = await frames_per_message(ws.get_message, 1)
+        assert connected.command == "CONNECTED"
+        await ws.send_message(receipt_burst(10))
+        messages = await frames_per_message(ws.get_message, 10)
+        assert list(map(len, messages)) == shape
+        assert [f.get("receipt-id") for m in messages for f in m] == [f"r{n}" for n in range(10)]
+
+
+async def test_python_m_stomp_one_frame_per_message() -> None:
+    broker = await trio.to_thread.run_sync(start_broker, "--one-frame-per-message")
+    try:
+        async with trio_websocket.open_websocket_url(broker.ws_url) as ws:
+            await ws.send_message(CONNECT)
+            await frames_per_message(ws.get_message, 1)
+            await ws.send_message(receipt_burst(10))
+            messages = await frames_per_message(ws.get_message, 10)
+            assert list(map(len, messages)) == [1] * 10
+    finally:
+        await trio.to_thread.run_sync(stop_broker, broker)
 
 
 async def test_websocket_other_path_is_404(nursery: trio.Nursery) -> None:

@@ -148,16 +148,19 @@ def htmlfile_prelude(callback: str) -> str:
     return head + " " * max(0, 1024 - len(head)) + "\r\n"
 
 
+#: sockjs-node's current page, which SockJS protocol suites check: the client first, then its
+#: bootstrap. (The older page set `_sockjs_onload` for the client to call once loaded, a hook
+#: sockjs-client keeps only for old servers.)
 IFRAME_HTML: Final = """<!DOCTYPE html>
 <html>
 <head>
   <meta http-equiv="X-UA-Compatible" content="IE=edge" />
   <meta http-equiv="Content-Type" content="text/html; charset=UTF-8" />
+  <script src="{sockjs_url}"></script>
   <script>
     document.domain = document.domain;
-    _sockjs_onload = function(){{SockJS.bootstrap_iframe();}};
+    SockJS.bootstrap_iframe();
   </script>
-  <script src="{sockjs_url}"></script>
 </head>
 <body>
   <h2>Don't panic!</h2>

@@ -66,14 +66,16 @@ async def test_concurrent_sends_share_a_transaction_and_are_delivered_in_order(
         for i in range(25):
             for session, _ in pairs:
                 nursery.start_soon(sender, session.id, i)
-    assert len(results) == 100 and all(r.created for r in results)
+    assert len(results) == 100
+    assert all(r.created for r in results)
     # 100 concurrent sends: a few transactions of at most 40, not 100
     assert 3 <= committer.batches <= 10, committer.batches
     for session, _ in pairs:  # gap-free seqs per session
         seqs = sorted(r.message.seq for r in results if r.message.session_id == session.id)
         assert seqs == list(range(1, 26))
     # delivered right after the commit, every row once, per-session order kept
-    assert len(sink.accepted) == 300 and len(set(sink.ids)) == 300
+    assert len(sink.accepted) == 300
+    assert len(set(sink.ids)) == 300
     assert_session_order(sink.accepted)
     # ...and marked sent when the committer went idle: nothing is left for the publisher
     await wait_until(lambda: not committer._delivered, within=5)
@@ -97,7 +99,8 @@ async def test_a_full_queue_refuses_at_once_with_retry_after(store: Store) -> No
         for i in range(3):  # queued before the committer gets to run: the third is one too many
             nursery.start_soon(send, i)
     refused = [o for o in outcomes if isinstance(o, Unavailable)]
-    assert len(refused) == 1 and refused[0].retry_after == BUSY_RETRY_AFTER
+    assert len(refused) == 1
+    assert refused[0].retry_after == BUSY_RETRY_AFTER
     assert "busy" in refused[0].message
     assert committer.refused == 1
     assert len(await store.messages_after(session.id, 0, 10)) == 2
@@ -127,7 +130,8 @@ async def test_rows_the_sink_refused_are_left_to_the_publisher(store: Store) -> 
     committer = SendCommitter(store, sink=broken, lease_seconds=1.0, clock=utc_now)
     async with committing(committer):
         await committer.append(NewMessage(session.id, ANN, "x", "lost?", utc_now()))
-    assert broken.accepted == [] and committer.published == 0
+    assert broken.accepted == []
+    assert committer.published == 0
     # leased to the committer, so the publisher leaves them alone until the lease ends...
     assert await store.claim_outbox(limit=10, lease_seconds=5, now=utc_now()) == []
     # ...and then sends them: nothing acknowledged is lost

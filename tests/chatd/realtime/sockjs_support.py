@@ -17,7 +17,7 @@ from .conftest import ALICE, Chat, chat_config, start_chat
 DISCONNECT_DELAY = 0.5
 HEARTBEAT = 1.0
 RESPONSE_LIMIT = 4096
-NO_CACHE = "no-store, no-cache, must-revalidate, max-age=0"
+NO_CACHE = "no-store, no-cache, no-transform, must-revalidate, max-age=0"
 NUL = "\x00"
 
 

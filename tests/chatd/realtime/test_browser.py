@@ -203,6 +203,21 @@ async def test_demo_page_over_a_plain_websocket(node: str, embedded_chat: Chat,
 
 @pytest.mark.node
 @pytest.mark.timeout(120)
+async def test_demo_page_over_a_sockjs_iframe_transport(node: str, embedded_chat: Chat,
+                                                        request: pytest.FixtureRequest) -> None:
+    # sockjs-client runs iframe transports inside /ws/iframe.html, which must load the client
+    # and bootstrap itself (what browsers without CORS use).
+    result, artifacts = await browse(node, embedded_chat, request,
+                                     query="?transports=iframe-eventsource")
+    for name in ("alice", "bob"):
+        assert result["users"][name]["transport"] == "iframe-eventsource"
+    check_chat(result, embedded_chat)
+    await check_stored(embedded_chat, result["sessionId"])
+    check_screenshots(result, artifacts)
+
+
+@pytest.mark.node
+@pytest.mark.timeout(120)
 async def test_a_refused_token_returns_to_the_sign_in_form(node: str, embedded_chat: Chat,
                                                          request: pytest.FixtureRequest) -> None:
     forged = mint_token(generate_private_key(), ALICE)  # right shape, wrong key

@@ -102,6 +102,51 @@ async def test_iframe_page_is_cacheable_with_etag(chat: Chat) -> None:
     assert (await chat.client.get("/ws/iframe-/.html")).status_code == 404
 
 
+#: The iframe page's layout in the SockJS protocol suite and sockjs-node now: the client's
+#: script first, then one that bootstraps it (no `_sockjs_onload` hook for the client to call).
+IFRAME_PAGE = re.compile(r"""^<!DOCTYPE html>\n<html>\n<head>\n.*
+  <script src="(?P<sockjs_url>[^"]+)"></script>
+  <script>
+    document\.domain = document\.domain;
+    SockJS\.bootstrap_iframe\(\);
+  </script>
+</head>
+<body>.*</body>
+</html>$""", re.DOTALL)
+
+
+async def test_iframe_page_has_the_current_sockjs_layout(chat: Chat) -> None:
+    for name in ("iframe.html", "iframe-a.html", "iframe-0.1.2.html",
+                 "iframe-0.1.2abc-dirty.2144.html"):
+        for params in ({}, {"t": "1234"}):
+            answer = await chat.client.get(f"/ws/{name}", params=params)
+            assert answer.status_code == 200, name
+            page = IFRAME_PAGE.match(answer.text)
+            assert page is not None, answer.text
+            library = await chat.client.get(page["sockjs_url"])
+            assert library.status_code == 200
+            etag = answer.headers["etag"]
+            cached = await chat.client.get(f"/ws/{name}", params=params,
+                                           headers={"If-None-Match": etag})
+            assert (cached.status_code, cached.content) == (304, b"")
+
+
+async def test_info_is_never_cached(chat: Chat) -> None:
+    answer = await chat.client.get("/ws/info")
+    assert answer.headers["cache-control"] == (
+        "no-store, no-cache, no-transform, must-revalidate, max-age=0")
+
+
+@pytest.mark.parametrize("path", ["/ws//xhr", "/ws//", "/ws///", "/ws//info", "/ws//iframe.html",
+                                  "/ws/a/a//xhr", "/ws//a/xhr", "/ws/a//xhr_send",
+                                  "/ws//websocket"])
+async def test_paths_with_empty_segments_are_404_not_redirects(chat: Chat, path: str) -> None:
+    for method in ("GET", "POST"):
+        answer = await chat.client.request(method, path)
+        assert answer.status_code == 404, (method, path, answer.headers.get("location"))
+        assert answer.json()["status"] == "NOT_FOUND"
+
+
 # -- session URLs and errors ------------------------------------------------------------------
 
 

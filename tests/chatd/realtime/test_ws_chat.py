@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import trio
+import trio_websocket
 
-from .conftest import ALICE, BOB, Chat, StompPy, run, stomppy_client
+from stomp import Command, Frame, encode_frame
+
+from ...stomp.stomp_peer import frames_per_message, receipt_burst
+from .conftest import ALICE, BOB, Chat, StompPy, chat_config, run, start_chat, stomppy_client
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -150,3 +156,48 @@ async def test_ping_answers_on_pong_and_passcode_and_query_tokens_work(sqlite_ch
             assert body == {"n": who}
         finally:
             await run(client.close)
+
+
+@pytest.mark.parametrize(("one_frame_per_message", "shape"), [
+    (False, [10]),  # the default: what is queued for the session goes in one message
+    (True, [1] * 10),
+])
+@pytest.mark.parametrize("path", ["/ws", "/ws/websocket"])
+async def test_ws_one_frame_per_message(nursery: trio.Nursery, tmp_path: Path,
+                                        key_pair: tuple[bytes, Path], path: str,
+                                        one_frame_per_message: bool, shape: list[int]) -> None:
+    """`[server] ws_one_frame_per_message`, for clients that parse one frame per message."""
+    config = chat_config(tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}", key_pair[1],
+                         ws_one_frame_per_message=one_frame_per_message)
+    chat = await start_chat(nursery, config, key_pair[0])
+    async with chat.client:
+        ws = await trio_websocket.connect_websocket(nursery, "127.0.0.1", chat.port, path,
+                                                    use_ssl=False, subprotocols=["v12.stomp"])
+        connect = Frame(Command.CONNECT, (("accept-version", "1.2"), ("host", "localhost"),
+                                          ("Authorization", f"Bearer {chat.token(ALICE)}")))
+        await ws.send_message(encode_frame(connect))
+        [[connected]] = await frames_per_message(ws.get_message, 1)
+        assert connected.get("user-name") == ALICE
+        await ws.send_message(receipt_burst(10))
+        messages = await frames_per_message(ws.get_message, 10)
+        assert list(map(len, messages)) == shape
+        await ws.aclose()
+    chat.scope.cancel()
+
+
+@pytest.mark.parametrize(("asked", "answered"), [
+    ("1000,1000", "1000,1000"),  # honoured, as stompjs asks for 1 s to notice a dead server
+    ("500,250", "1000,1000"),  # never faster than the [server] limit (1000 ms by default)
+    ("20000,0", "0,20000"),
+    ("0,0", "0,0"),
+])
+async def test_connect_gets_the_heartbeats_it_asks_for(nursery: trio.Nursery, sqlite_chat: Chat,
+                                                       asked: str, answered: str) -> None:
+    ws = await trio_websocket.connect_websocket(nursery, "127.0.0.1", sqlite_chat.port, "/ws",
+                                                use_ssl=False, subprotocols=["v12.stomp"])
+    connect = Frame(Command.CONNECT, (("accept-version", "1.2"), ("heart-beat", asked),
+                                      ("Authorization", f"Bearer {sqlite_chat.token(ALICE)}")))
+    await ws.send_message(encode_frame(connect))
+    [[connected]] = await frames_per_message(ws.get_message, 1)
+    assert connected.get("heart-beat") == answered
+    await ws.aclose()
