@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from chatd.storage.base import Store, open_store
+from chatd.storage.base import OpenError, Store, open_store
 
 # importing the submodule here, before `def migrate` below rebinds the name, keeps the
 # function as the package attribute for good
-from chatd.storage.migrate import SchemaError
+from chatd.storage.migrate import MigrationError, SchemaError, UnknownMigrations
 
-__all__ = ["SchemaError", "Store", "migrate", "open_store", "store_from_config"]
+__all__ = ["MigrationError", "OpenError", "SchemaError", "Store", "UnknownMigrations", "migrate",
+           "open_store", "store_from_config"]
 
 
 class _DatabaseSettings(Protocol):

@@ -39,6 +39,7 @@ from chatd.storage.base import (
     DEFAULT_POOL_SIZE,
     DEFAULT_POOL_TIMEOUT,
     DEFAULT_STATEMENT_TIMEOUT,
+    OpenError,
     OutboxBuilder,
     to_micros,
 )
@@ -139,7 +140,8 @@ class SqliteStore:
             await trio.to_thread.run_sync(start)
         except (sqlite3.Error, OSError) as exc:
             await self.aclose()
-            raise Unavailable("store unavailable") from exc
+            cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise OpenError(cause, reason="file") from exc
 
     async def aclose(self) -> None:
         """Close every connection; idempotent. Waits for running transactions to finish."""
