@@ -64,6 +64,8 @@ async def probe_database(config: Config) -> Probe:
     """Connect once (no start-up wait) and compare the schema with this build's migrations."""
     database = config.database
     where = database_where(database)
+    if database.sqlite_path is not None and not database.sqlite_path.exists():
+        return Probe("database", where, "no file yet: `chatd serve` creates it")  # not we
     store = store_from_config(database)
     try:
         await store.open()

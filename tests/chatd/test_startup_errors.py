@@ -76,20 +76,6 @@ def closed_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-@pytest.fixture
-def private_db() -> Iterator[str]:
-    """A uniquely named empty PostgreSQL database, dropped afterwards."""
-    require_service("PostgreSQL", ("127.0.0.1", 5432))
-    name = f"chatd_startup_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 # -- listeners -----------------------------------------------------------------------------
 
 def test_port_in_use(tmp_path: Path, taken_port: int) -> None:
@@ -272,7 +258,7 @@ def test_schema_newer_than_the_code(tmp_path: Path, private_db: str) -> None:
     with psycopg.connect(private_db, autocommit=True) as conn:
         conn.execute("INSERT INTO schema_migrations (version, name) VALUES (9999, '9999_later')")
     result = serve(tmp_path, env={"CHATD_DATABASE_URL": private_db})
-    one_line(result, 1, r"cannot use the database at 127\.0\.0\.1:5432/chatd_startup_\w+: "
+    one_line(result, 1, r"cannot use the database at 127\.0\.0\.1:5432/chatd_private_\w+: "
                         r"database has migrations this chatd does not know: 9999 \(9999_later\) "
                         r"\(it was migrated by a newer chatd: run that release or a later one, "
                         r"or restore a backup\)")
@@ -288,7 +274,7 @@ def test_migration_failing_half_way_applies_nothing(
         url = request.getfixturevalue("private_db")
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE TABLE chat_messages (x int)")
-        where = r"127\.0\.0\.1:5432/chatd_startup_\w+"
+        where = r"127\.0\.0\.1:5432/chatd_private_\w+"
         cause = r"relation \"chat_messages\" already exists"
     else:
         path = tmp_path / "chat.sqlite3"
