@@ -29,11 +29,11 @@ ADDR = r"127\.0\.0\.1:\d+"
 
 
 def chatd(*args: str, cwd: Path, env: dict[str, str] | None = None,
-          timeout: float = 60) -> subprocess.CompletedProcess[str]:
+          timeout: float = 60, wrapper: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     """`python -m chatd ARGS` with a clean CHATD_* environment and text logs."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
     return subprocess.run(
-        [sys.executable, "-m", "chatd", *args], cwd=cwd,
+        [*wrapper, sys.executable, "-m", "chatd", *args], cwd=cwd,
         env={**base, "CHATD_LOG_FORMAT": "text", **(env or {})},
         capture_output=True, text=True, timeout=timeout,
     )
@@ -90,6 +90,19 @@ def test_address_not_on_this_host(tmp_path: Path) -> None:
     result = chatd("serve", "--bind", "192.0.2.1:8080", "--data-dir", "d", cwd=tmp_path)
     one_line(result, 2, r"cannot listen on 192\.0\.2\.1:8080: cannot assign requested address "
                         r"\(this host has no such address: set --bind or CHATD_BIND to .*\)")
+
+
+def test_port_not_permitted(tmp_path: Path) -> None:
+    # Tests run as root: take away the one capability that lets root bind ports below 1024.
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    drop = (setpriv, "--bounding-set=-net_bind_service", "--inh-caps=-net_bind_service")
+    result = chatd("serve", "--bind", "127.0.0.1:1", "--data-dir", "d", cwd=tmp_path,
+                   wrapper=drop)
+    one_line(result, 2, r"cannot listen on 127\.0\.0\.1:1: permission denied \(ports below 1024 "
+                        r"need root or CAP_NET_BIND_SERVICE: set --bind or CHATD_BIND to a port "
+                        r"above 1023\)")
 
 
 def test_raw_stomp_port_in_use(tmp_path: Path, taken_port: int) -> None:
@@ -168,6 +181,24 @@ def test_database_unreachable_waits_then_one_line(tmp_path: Path, closed_port: i
     assert len(tries) >= 2, result.stderr  # one line per retry: host, port, cause, next try
     assert all(re.search(rf"database at 127\.0\.0\.1:{closed_port}/chatd not reachable: "
                          r"connection refused; next try in \d+\.\d s", line) for line in tries)
+
+
+def test_database_wait_lines_are_json_events_with_json_logs(tmp_path: Path,
+                                                            closed_port: int) -> None:
+    url = f"postgresql://postgres@127.0.0.1:{closed_port}/chatd"
+    result = serve(tmp_path, env={"CHATD_DATABASE_URL": url, "CHATD_LOG_FORMAT": "json",
+                                  "CHATD_DATABASE__STARTUP_TIMEOUT": "0.6"})
+    assert result.returncode == 1
+    events = [json.loads(line) for line in result.stderr.strip().splitlines()]
+    tries = [e for e in events if e["level"] == "WARNING" and e["logger"] == "chatd.startup"]
+    assert tries, events
+    for event in tries:
+        assert event["part"] == "database"
+        assert event["address"] == f"127.0.0.1:{closed_port}/chatd"
+        assert event["cause"] == "connection refused"
+        assert 0 < event["retry_in"] <= 0.6
+    assert events[-1]["event"].startswith(f"cannot connect to the database at 127.0.0.1:"
+                                          f"{closed_port}/chatd: connection refused")
 
 
 def test_migrate_unreachable_tries_once_with_timeout_zero(tmp_path: Path,
