@@ -74,7 +74,6 @@ GIL_SWITCH_INTERVAL = 0.0005  # seconds; see `cmd_serve`
 def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Run the server until SIGINT/SIGTERM."""
     config = _load(args, env)
-
     from chatd.observability.logs import configure_logging
 
     # Before anything logs: with JSON logs, every line on stderr must be one JSON object.
