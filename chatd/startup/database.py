@@ -84,6 +84,13 @@ async def open_store(config: Config) -> Store:
             delay = min(2 * delay, MAX_RETRY)
 
 
+def lost_database(exc: Unavailable, database: DatabaseConfig) -> StartupError:
+    """The line for a database that went away after the connect."""
+    cause = sentence(str(exc.__cause__ or exc.message).splitlines()[0])
+    return StartupError("database", "lost the database at", database_where(database), cause,
+                        "try again once it is back")
+
+
 def newer_schema(exc: UnknownMigrations, database: DatabaseConfig) -> StartupError:
     """The line for a database that a newer chatd migrated."""
     return StartupError("database", "cannot use the database at", database_where(database),
@@ -104,10 +111,8 @@ async def migrate_store(store: Store, database: DatabaseConfig) -> list[str]:
                            "nothing was applied, the run is one transaction: fix what the "
                            "migration trips on, then start again") from exc
     except Unavailable as exc:
-        raise StartupError("database", "lost the database at", where,
-                           sentence(str(exc.__cause__ or exc.message).splitlines()[0]),
-                           "start again once it is back") from exc
+        raise lost_database(exc, database) from exc
 
 
-__all__ = ["DATABASE_SETTING", "database_where", "migrate_store", "newer_schema", "open_failed",
-           "open_store"]
+__all__ = ["DATABASE_SETTING", "database_where", "lost_database", "migrate_store", "newer_schema",
+           "open_failed", "open_store"]

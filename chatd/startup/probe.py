@@ -17,8 +17,9 @@ from chatd.auth.keys import KeyFileError, load_public_key
 from chatd.auth.service import ServiceTokens
 from chatd.auth.tokens import fetch_jwks
 from chatd.config import Config, RabbitMQConfig
+from chatd.domain.errors import Unavailable
 from chatd.startup import StartupError, sentence
-from chatd.startup.database import database_where, newer_schema, open_failed
+from chatd.startup.database import database_where, lost_database, newer_schema, open_failed
 from chatd.startup.local import key_error
 from chatd.storage import OpenError, SchemaError, UnknownMigrations, store_from_config
 
@@ -65,7 +66,7 @@ async def probe_database(config: Config) -> Probe:
     database = config.database
     where = database_where(database)
     if database.sqlite_path is not None and not database.sqlite_path.exists():
-        return Probe("database", where, "no file yet: `chatd serve` creates it")  # not we
+        return Probe("database", where, "no file yet: `chatd serve` creates it")  # nor do we
     store = store_from_config(database)
     try:
         await store.open()
@@ -79,6 +80,8 @@ async def probe_database(config: Config) -> Probe:
     except SchemaError as exc:
         state = exc.message.partition(":")[0].removeprefix("database ")
         detail = f"{state}: `chatd migrate` or `chatd serve` applies the migrations"
+    except Unavailable as exc:  # gone between the connect and the query
+        return Probe("database", where, error=lost_database(exc, database))
     finally:
         await store.aclose()
     return Probe("database", where, detail)
@@ -118,7 +121,8 @@ async def probe_profiles(config: Config) -> Probe:
                                             headers={"Authorization": tokens.authorization()})
     except (httpx.HTTPError, trio.TooSlowError) as exc:
         slow = isinstance(exc, trio.TooSlowError | httpx.TimeoutException)
-        cause = f"no answer within {p.timeout:g} s" if slow else _http_cause(exc)
+        cause = f"no answer within {p.timeout:g} s" if slow else sentence(
+            str(exc) or type(exc).__name__)
         error = StartupError("profiles", "cannot reach the profile service at", where, cause, hint)
         return Probe("profiles", where, error=error)
     status = response.status_code
@@ -130,10 +134,6 @@ async def probe_profiles(config: Config) -> Probe:
     error = StartupError("profiles", "the profile service refused a look-up at", where,
                          f"HTTP {status}", hint)
     return Probe("profiles", where, error=error)
-
-
-def _http_cause(exc: BaseException) -> str:
-    return sentence(str(exc) or type(exc).__name__)
 
 
 async def probe_token_keys(config: Config) -> Probe:
