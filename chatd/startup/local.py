@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,8 +43,11 @@ def listening(part: str, address: str, setting: str) -> Iterator[None]:
         os_error = _first_os_error(exc)
         if os_error is None:
             raise
-        code, hint = _LISTEN_HINTS.get(
-            os_error.errno or 0, (EXIT_UNAVAILABLE, "check {setting}"))
+        if isinstance(os_error, socket.gaierror):  # a host name that does not resolve
+            code, hint = EXIT_CONFIG, "set {setting} to an address or a name this host resolves"
+        else:
+            code, hint = _LISTEN_HINTS.get(
+                os_error.errno or 0, (EXIT_UNAVAILABLE, "check {setting}"))
         cause = sentence(os_error.strerror or str(os_error))
         raise StartupError(part, "cannot listen on", address, cause,
                            hint.format(setting=setting), exit_code=code) from os_error

@@ -92,6 +92,13 @@ def test_address_not_on_this_host(tmp_path: Path) -> None:
                         r"\(this host has no such address: set --bind or CHATD_BIND to .*\)")
 
 
+def test_bind_host_that_does_not_resolve(tmp_path: Path) -> None:
+    result = chatd("serve", "--bind", "no-such-host.invalid:8080", "--data-dir", "d",
+                   cwd=tmp_path)
+    one_line(result, 2, r"cannot listen on no-such-host\.invalid:8080: .+ \(set --bind or "
+                        r"CHATD_BIND to an address or a name this host resolves\)")
+
+
 def test_port_not_permitted(tmp_path: Path) -> None:
     # Tests run as root: take away the one capability that lets root bind ports below 1024.
     setpriv = shutil.which("setpriv")
