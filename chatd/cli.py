@@ -1,7 +1,10 @@
 """The `chatd` command (DESIGN §9): serve, migrate, check-config, keys, token.
 
 Operator mistakes (a bad config, a missing key file) print one ``chatd: error: ...`` line on
-stderr and exit 2, like argparse's own usage errors; a traceback is reserved for bugs. The
+stderr and exit 2, like argparse's own usage errors. Whatever else keeps `serve` or `migrate`
+from starting is a `StartupError` (`chatd.startup`), reported once by `_fail`: one
+``chatd: ...`` line, or one JSON event with JSON logs, and exit 2 or 1; its traceback only
+with ``--debug`` (or ``logging.level = "DEBUG"``). A traceback without it means a bug. The
 server and storage modules are imported inside their commands, so the light commands work
 (and start fast) without the web stack or a database driver.
 """
@@ -9,16 +12,15 @@ server and storage modules are imported inside their commands, so the light comm
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from chatd.config import Config, ConfigError, load_config, redact_url
+from chatd.startup import EXIT_CONFIG, StartupError
 
-EXIT_USAGE = 2
+EXIT_USAGE = EXIT_CONFIG
 DEFAULT_TOKEN_TTL = 3600
 
 
@@ -32,6 +34,8 @@ def _load(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
         overrides["server.bind"] = args.bind
     if getattr(args, "data_dir", None):
         overrides["server.data_dir"] = args.data_dir
+    if getattr(args, "debug", False):
+        overrides["logging.level"] = "DEBUG"
     config_path = Path(args.config) if getattr(args, "config", None) else None
     return load_config(config_path, env, overrides=overrides)
 
@@ -40,57 +44,106 @@ def _note(message: str) -> None:
     print(f"chatd: {message}", file=sys.stderr)
 
 
+def _fail(error: StartupError, config: Config) -> int:
+    """Report why chatd cannot start, once; return the exit status.
+
+    With JSON logs stderr carries only JSON objects, so the report is one ERROR event with
+    the line as ``event`` and its parts as fields; otherwise the plain ``chatd: ...`` line.
+    """
+    import logging
+
+    from chatd.observability.logs import choose_format
+
+    debug = config.logging.level == "DEBUG"
+    if choose_format(config.logging.format) == "json":
+        logger = logging.getLogger("chatd")
+        level = max(logging.ERROR, logger.getEffectiveLevel())  # never filtered out
+        logger.log(level, str(error), extra=error.fields, exc_info=error if debug else None)
+    else:
+        if debug:
+            import traceback
+
+            traceback.print_exception(error, file=sys.stderr)
+        _note(str(error))
+    return error.exit_code
+
+
 GIL_SWITCH_INTERVAL = 0.0005  # seconds; see `cmd_serve`
 
 
 def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Run the server until SIGINT/SIGTERM."""
     config = _load(args, env)
-    import logging
-
     from chatd.observability.logs import configure_logging
 
     # Before anything logs: with JSON logs, every line on stderr must be one JSON object.
     configure_logging(config.logging)
-    # Dev keys must exist before the port opens, so the first client can already be verified.
-    if config.auth.uses_dev_keys:
-        from chatd.auth.keys import ensure_dev_keys
-
-        private_path, _, created = ensure_dev_keys(config.server.data_dir)
-        if created:
-            logging.getLogger("chatd").info(
-                "generated dev signing keys in %s (embedded default)", private_path.parent)
-
-    import trio
-
-    from chatd.supervisor import serve
-
-    # The event loop shares the GIL with the database worker threads. With the default 5 ms
-    # switch interval a worker running Python keeps the loop waiting up to 5 ms at every
-    # handoff (after each socket send, each thread result); 0.5 ms cut the end-to-end p50 at
-    # 50 msg/s from ~160 ms to ~27 ms on the benchmark machine (bench e2e).
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     try:
+        _prepare_files(config)
+
+        import trio
+
+        from chatd.supervisor import serve
+
+        # The event loop shares the GIL with the database worker threads. With the default
+        # 5 ms switch interval a worker running Python keeps the loop waiting up to 5 ms at
+        # every handoff (after each socket send, each thread result); 0.5 ms cut the
+        # end-to-end p50 at 50 msg/s from ~160 ms to ~27 ms on the benchmark machine.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         trio.run(serve, config)
+    except StartupError as exc:
+        return _fail(exc, config)
     except KeyboardInterrupt:
         return 130
     return 0
 
 
+def _prepare_files(config: Config) -> None:
+    """Check the folders chatd writes to, then make the dev keys if used: they must exist
+    before the port opens, so the first client can already be verified."""
+    import logging
+
+    from chatd.startup.local import check_data_dirs, key_error
+
+    check_data_dirs(config)
+    if config.auth.uses_dev_keys:
+        from chatd.auth.keys import KeyFileError, ensure_dev_keys
+
+        try:
+            private_path, _, created = ensure_dev_keys(config.server.data_dir)
+        except KeyFileError as exc:
+            raise key_error(exc, config) from exc
+        if created:
+            logging.getLogger("chatd").info(
+                "generated dev signing keys in %s (embedded default)", private_path.parent)
+
+
 def cmd_migrate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Apply pending schema migrations to the configured database and exit."""
     config = _load(args, env)
-    from chatd.storage import migrate
+    import trio
 
-    result = migrate(config)
-    if inspect.isawaitable(result):
-        import trio
+    from chatd.observability.logs import configure_logging
+    from chatd.startup.database import migrate_store, open_store
+    from chatd.startup.local import check_data_dirs
 
-        async def wait() -> Any:
-            return await result
+    configure_logging(config.logging)  # the start-up wait logs its tries
 
-        result = trio.run(wait)
-    applied = list(result) if result else []
+    async def run() -> list[str]:
+        store = await open_store(config)
+        try:
+            return await migrate_store(store, config.database)
+        finally:
+            await store.aclose()
+
+    try:
+        if config.database.sqlite_path is not None:
+            check_data_dirs(config)
+        applied = trio.run(run)
+    except StartupError as exc:
+        return _fail(exc, config)
+    except KeyboardInterrupt:
+        return 130
     target = redact_url(config.database.url)
     print(f"{target}: applied {len(applied)} migration(s)" + "".join(f"\n  {m}" for m in applied))
     return 0
@@ -103,7 +156,18 @@ def cmd_check_config(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     print(f"{args.file}: OK")
     for line in describe(config):
         print(f"  {line}")
-    return 0
+    if not args.connect:
+        return 0
+    import trio
+
+    from chatd.startup import EXIT_UNAVAILABLE
+    from chatd.startup.probe import probe_all
+
+    print("connect:", flush=True)
+    probes = trio.run(probe_all, config)
+    for probe in probes:
+        print(f"  {probe.line()}")
+    return 0 if all(probe.ok for probe in probes) else EXIT_UNAVAILABLE
 
 
 def cmd_keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -192,12 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="FILE", help=config_help)
     serve.add_argument("--bind", metavar="HOST:PORT", help="listen address (server.bind)")
     serve.add_argument("--data-dir", metavar="DIR", help="data directory (server.data_dir)")
+    debug_help = "log at DEBUG level; a start-up error also prints its traceback"
+    serve.add_argument("--debug", action="store_true", help=debug_help)
 
     migrate = add("migrate", cmd_migrate)
     migrate.add_argument("--config", metavar="FILE", help=config_help)
+    migrate.add_argument("--debug", action="store_true", help=debug_help)
 
     check = add("check-config", cmd_check_config)
     check.add_argument("file", metavar="FILE")
+    check.add_argument("--connect", action="store_true",
+                       help="also try each configured dependency (database, RabbitMQ, profile "
+                            "service, JWKS) once; exit 1 if one fails")
 
     keys = add("keys", cmd_keys)
     keys.add_argument("--out", metavar="DIR", default=".", help="output directory (default: .)")

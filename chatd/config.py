@@ -127,6 +127,7 @@ class DatabaseConfig:
     connect_timeout: float = _opt(5.0, lo=0.1, hi=600)
     pool_timeout: float = _opt(10.0, lo=0.1, hi=600)
     statement_timeout: float = _opt(30.0, lo=0, hi=3600)
+    startup_timeout: float = _opt(30.0, lo=0, hi=3600)
 
     @property
     def backend(self) -> Literal["postgres", "sqlite"]:
@@ -287,6 +288,7 @@ ENV_ALIASES: dict[str, str] = {
     "CHATD_PROFILE_SERVICE_URL": "profiles.url",
     "CHATD_SERVICE_PRIVATE_KEY": "profiles.service_private_key_file",
     "CHATD_LOG_FORMAT": "logging.format",
+    "CHATD_LOG_LEVEL": "logging.level",
 }
 
 

@@ -34,7 +34,7 @@ from datetime import timedelta
 
 import trio
 
-from chatd.auth.keys import demo_token_key
+from chatd.auth.keys import KeyFileError, demo_token_key
 from chatd.auth.service import ServiceTokens
 from chatd.auth.tokens import TokenVerifier, verifier_from_config
 from chatd.bridge import RabbitBridge
@@ -54,7 +54,10 @@ from chatd.profiles import (
 from chatd.realtime import ChatHooks, LocalDelivery, build_runtime
 from chatd.services import ChatService, Readiness
 from chatd.services.committer import SendCommitter
-from chatd.storage import Store, open_store
+from chatd.startup import StartupError, only_startup_errors
+from chatd.startup.database import migrate_store, open_store
+from chatd.startup.local import key_error, listening
+from chatd.storage import Store
 from stomp.trio import DEFAULT_SHUTDOWN_TIMEOUT, BrokerRuntime, serve_tcp
 
 log = logging.getLogger("chatd")
@@ -102,10 +105,6 @@ class Components:
     bridge: RabbitBridge | None = None
 
 
-class StartupError(Exception):
-    """The configuration asks for something this build cannot start."""
-
-
 def build_profiles(config: Config) -> ProfileProvider:
     """The profile provider `[profiles]` asks for: local, or the profile service behind a cache
     and a circuit breaker. Raises `KeyFileError` when the service key cannot be loaded."""
@@ -113,9 +112,7 @@ def build_profiles(config: Config) -> ProfileProvider:
     if p.provider == "local":
         return LocalProfileProvider()
     assert p.url is not None
-    assert p.service_private_key_file is not None
-    tokens = ServiceTokens(p.service_private_key_file, issuer=p.service_name,
-                           audience=p.audience, kid=p.kid, ttl=p.service_token_ttl)
+    tokens = ServiceTokens.from_config(p)
     remote = RemoteProfileProvider(p.url, tokens, timeout=p.timeout,
                                    max_connections=p.max_connections)
     breaker = CircuitBreaker(min_failures=p.breaker_failures, failure_rate=p.breaker_failure_rate,
@@ -144,9 +141,15 @@ def profiles_part(components: Components) -> Part:
 
 async def build_components(config: Config, store: Store) -> Components:
     """Everything the parts need, around an opened store; blocking set-up runs in a thread."""
-    verifier = await trio.to_thread.run_sync(verifier_from_config, config)  # may fetch JWKS
+    try:
+        verifier = await trio.to_thread.run_sync(verifier_from_config, config)  # may fetch JWKS
+    except KeyFileError as exc:
+        raise key_error(exc, config) from exc
     limiter = SendRateLimiter.from_limits(config.limits)
-    profiles = build_profiles(config)
+    try:
+        profiles = build_profiles(config)
+    except KeyFileError as exc:
+        raise key_error(exc, config, service_key=True) from exc
     metrics = Metrics()
     committer = SendCommitter(store, lease_seconds=config.outbox.lease_seconds,
                               max_queued=config.limits.max_queued_sends, clock=utc_now)
@@ -214,7 +217,10 @@ def stomp_tcp_part(components: Components) -> Part:
 
     async def run(*, task_status: trio.TaskStatus[str]) -> None:
         async with trio.open_nursery() as nursery:
-            host, port = await nursery.start(serve_tcp, c.runtime, address[0], address[1])
+            bind = c.config.server.stomp_tcp_bind or ""
+            with listening("stomp-tcp", bind,
+                                   "[server] stomp_tcp_bind or CHATD_SERVER__STOMP_TCP_BIND"):
+                host, port = await nursery.start(serve_tcp, c.runtime, address[0], address[1])
             task_status.started(f"stomp=tcp://{host}:{port}")
             await stopping.wait()
             await c.runtime.shutdown(session_grace(c.config))
@@ -231,8 +237,12 @@ def http_part(components: Components) -> Part:
     from chatd.http.ws import websocket_handler
 
     c = components
+    try:
+        demo_key = demo_token_key(c.config)
+    except KeyFileError as exc:
+        raise key_error(exc, c.config) from exc
     app = create_app(c.services, c.verifier, c.config, readiness=c.readiness, runtime=c.runtime,
-                     metrics=c.metrics, demo_token_key=demo_token_key(c.config))
+                     metrics=c.metrics, demo_token_key=demo_key)
     stopping = trio.Event()
 
     async def shutdown_trigger() -> None:
@@ -245,7 +255,8 @@ def http_part(components: Components) -> Part:
                                       websocket=websocket_handler(
                                           c.runtime, c.metrics, one_frame_per_message=(
                                               c.config.server.ws_one_frame_per_message)))
-            binds: list[str] = await nursery.start(serve)
+            with listening("http", c.config.server.bind, "--bind or CHATD_BIND"):
+                binds: list[str] = await nursery.start(serve)
             task_status.started("http=" + ",".join(binds))
 
     return Part("http", run, stop=stopping.set)
@@ -372,20 +383,13 @@ async def serve(
 
     Reports ``task_status.started(summaries)`` — e.g. ``["http=http://127.0.0.1:41234",
     ...]`` — after logging the ready line, so tests can serve on port 0 in-process. Raises
-    `Unavailable` when the store cannot be opened, `StartupError`/`KeyFileError` for set-up
-    that cannot work. `handle_signals` False leaves signal handling to the caller.
+    `StartupError` (unwrapped from the nursery's exception group) for anything that keeps
+    it from starting. `handle_signals` False leaves signal handling to the caller.
     """
     _configure_logging(config)
-    store = open_store(
-        config.database.url,
-        pool_size=config.database.pool_size,
-        connect_timeout=config.database.connect_timeout,
-        pool_timeout=config.database.pool_timeout,
-        statement_timeout=config.database.statement_timeout,
-    )
-    await store.open()
+    store = await open_store(config)
     try:
-        applied = await store.migrate()
+        applied = await migrate_store(store, config.database)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
         components = await build_components(config, store)
@@ -412,6 +416,10 @@ async def serve(
                 await _drain_delay(config.server.drain_delay)
             await _shutdown(parts, config.server.shutdown_grace)
             nursery.cancel_scope.cancel()  # the signal watcher, if still waiting
+    except BaseExceptionGroup as group:  # a part failed to start: say what, not how nested
+        if (error := only_startup_errors(group)) is None:
+            raise
+        raise error from error.__cause__
     finally:
         # Shielded: a cancelled serve (tests, Ctrl-C twice) must still release connections.
         with trio.CancelScope(shield=True):

@@ -27,7 +27,16 @@ DEV_PUBLIC_KEY_NAME = "dev-jwt-public.pem"
 
 
 class KeyFileError(Exception):
-    """A key file is missing, unreadable, not PEM, not RSA, or already exists; names the path."""
+    """A key file is missing, unreadable, not PEM, not RSA, or already exists; names the path.
+
+    `where` (the file, folder or URL) and `problem` are kept apart so start-up can say which
+    setting to fix (`chatd.startup`); ``str()`` is ``"where: problem"``.
+    """
+
+    def __init__(self, where: object, problem: str) -> None:
+        super().__init__(f"{where}: {problem}")
+        self.where = str(where)
+        self.problem = problem
 
 
 def generate_private_key(bits: int = DEFAULT_KEY_BITS) -> rsa.RSAPrivateKey:
@@ -85,15 +94,15 @@ def write_key_pair(
     private_path, public_path = out_dir / private_name, out_dir / public_name
     for path in (private_path, public_path):
         if path.exists():
-            raise KeyFileError(f"{path}: already exists; remove it first or choose another --out")
+            raise KeyFileError(path, "already exists; remove it first or choose another --out")
     try:
         out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = generate_private_key(bits)
         if not _publish(private_path, private_pem(key), 0o600):
-            raise KeyFileError(f"{private_path}: already exists")
+            raise KeyFileError(private_path, "already exists")
         _publish(public_path, public_pem(key.public_key()), 0o644)
     except OSError as exc:
-        raise KeyFileError(f"{exc.filename or out_dir}: cannot write key: {exc.strerror}") from None
+        raise KeyFileError(exc.filename or out_dir, f"cannot write key: {exc.strerror}") from None
     return private_path, public_path
 
 
@@ -101,7 +110,7 @@ def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror}") from None
+        raise KeyFileError(path, f"cannot read key file: {exc.strerror}") from None
 
 
 def load_private_key(source: Path | bytes | str | rsa.RSAPrivateKey) -> rsa.RSAPrivateKey:
@@ -115,9 +124,9 @@ def load_private_key(source: Path | bytes | str | rsa.RSAPrivateKey) -> rsa.RSAP
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"{where}: not a PEM private key ({exc})") from None
+        raise KeyFileError(where, f"not a PEM private key ({exc})") from None
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise KeyFileError(f"{where}: not an RSA key (RS256 needs RSA)")
+        raise KeyFileError(where, "not an RSA key (RS256 needs RSA)")
     return key
 
 
@@ -135,9 +144,9 @@ def load_public_key(source: Path | bytes | str | rsa.RSAPublicKey) -> rsa.RSAPub
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"{where}: not a PEM public key ({exc})") from None
+        raise KeyFileError(where, f"not a PEM public key ({exc})") from None
     if not isinstance(key, rsa.RSAPublicKey):
-        raise KeyFileError(f"{where}: not an RSA key (RS256 needs RSA)")
+        raise KeyFileError(where, "not an RSA key (RS256 needs RSA)")
     return key
 
 
@@ -167,7 +176,7 @@ def ensure_dev_keys(data_dir: Path) -> tuple[Path, Path, bool]:
             _publish(public_path, public_pem(public), 0o644)
     except OSError as exc:
         where = exc.filename or data_dir
-        raise KeyFileError(f"{where}: cannot write dev key: {exc.strerror}") from None
+        raise KeyFileError(where, f"cannot write dev key: {exc.strerror}") from None
     return private_path, public_path, created
 
 
@@ -197,7 +206,7 @@ def dev_signing_key(config: Config) -> tuple[Path, bool]:
         return config.auth.dev_private_key_file, False
     if not config.auth.uses_dev_keys:
         raise KeyFileError(
-            "auth: tokens are verified with an external key; set [auth] dev_private_key_file "
+            "auth", "tokens are verified with an external key; set [auth] dev_private_key_file "
             "to the matching private key to mint tokens"
         )
     private_path, _, created = ensure_dev_keys(config.server.data_dir)

@@ -13,12 +13,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from chatd.auth.keys import load_private_key
 from chatd.auth.tokens import mint_token
+
+if TYPE_CHECKING:
+    from chatd.config import ProfilesConfig
 
 #: The longest lifetime a service token may have (the profile service refuses longer ones).
 MAX_SERVICE_TOKEN_TTL: Final = 120
@@ -55,6 +58,14 @@ class ServiceTokens:
         self._token = ""
         self._expires = 0.0
         self.minted = 0
+
+    @classmethod
+    def from_config(cls, profiles: ProfilesConfig) -> ServiceTokens:
+        """The tokens ``[profiles]`` describes; raises `KeyFileError` when its key cannot be
+        loaded."""
+        assert profiles.service_private_key_file is not None
+        return cls(profiles.service_private_key_file, issuer=profiles.service_name,
+                   audience=profiles.audience, kid=profiles.kid, ttl=profiles.service_token_ttl)
 
     def token(self) -> str:
         """A valid token with at least `renew_before` seconds left (minted when needed)."""

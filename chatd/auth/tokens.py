@@ -115,7 +115,7 @@ def fetch_jwks(
             response.raise_for_status()
             return KeySet.from_jwks(response.json())
     except (httpx.HTTPError, ValueError, jwt.PyJWKError) as exc:
-        raise KeyFileError(f"{url}: cannot load JWKS: {exc}") from None
+        raise KeyFileError(url, f"cannot load JWKS: {exc}") from None
 
 
 class TokenVerifier:

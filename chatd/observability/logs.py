@@ -29,7 +29,7 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 #: leak). `user` and `content` are further gated by the config.
 FIELDS = ("request_id", "method", "path", "status",
           "duration_ms", "remote", "user", "content", "chat_session", "seq", "destination",
-          "error")
+          "error", "part", "address", "cause", "hint", "retry_in")
 PRIVATE_FIELDS = {"user": "include_user", "content": "include_content"}
 REDACTED = "[redacted]"
 # A JWT (three base64url parts, the first starting "eyJ" = '{"') or an Authorization value.
@@ -83,8 +83,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
-#: Fields an access-log line already says in its text; the text format leaves them out.
-_IN_ACCESS_TEXT = frozenset({"method", "path", "status", "duration_ms"})
+#: Fields an access-log or start-up line already says in its text; the text format leaves
+#: them out.
+_IN_TEXT = frozenset({"method", "path", "status", "duration_ms",
+                      "part", "address", "cause", "hint", "retry_in"})
 
 
 class TextFormatter(logging.Formatter):
@@ -101,7 +103,7 @@ class TextFormatter(logging.Formatter):
         if rid is not None and "request_id" not in record.__dict__:
             extras.append(f"request_id={rid}")
         for key in FIELDS:
-            if key in record.__dict__ and key not in _IN_ACCESS_TEXT:
+            if key in record.__dict__ and key not in _IN_TEXT:
                 gate = PRIVATE_FIELDS.get(key)
                 if gate is None or self.allowed[gate]:
                     extras.append(f"{key}={record.__dict__[key]}")

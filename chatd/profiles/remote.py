@@ -59,8 +59,7 @@ class RemoteProfileProvider:
 
     def url_for(self, email: str, intent: str) -> str:
         """The profile URL, with `email` and `intent` percent-encoded as path segments."""
-        path = PROFILE_PATH.format(email=quote(email, safe="@"), intent=quote(intent, safe=""))
-        return self.base_url + path
+        return profile_url(self.base_url, email, intent)
 
     async def lookup(self, email: str, intent: str) -> Profile:
         """The profile of `email` in `intent`.
@@ -96,6 +95,12 @@ class RemoteProfileProvider:
         await self._client.aclose()
 
 
+def profile_url(base_url: str, email: str, intent: str) -> str:
+    """The profile URL under `base_url`, `email` and `intent` percent-encoded as segments."""
+    path = PROFILE_PATH.format(email=quote(email, safe="@"), intent=quote(intent, safe=""))
+    return base_url.rstrip("/") + path
+
+
 def _parse(response: httpx.Response, url: str) -> Profile:
     try:
         data: Any = response.json()
@@ -110,4 +115,4 @@ def _parse(response: httpx.Response, url: str) -> Profile:
     raise Unavailable(f"{UNAVAILABLE_MESSAGE} (malformed answer)", DEFAULT_RETRY_AFTER)
 
 
-__all__ = ["PROFILE_PATH", "UNAVAILABLE_MESSAGE", "RemoteProfileProvider"]
+__all__ = ["PROFILE_PATH", "UNAVAILABLE_MESSAGE", "RemoteProfileProvider", "profile_url"]

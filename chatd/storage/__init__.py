@@ -1,25 +1,20 @@
 """Storage: the `Store` protocol, its PostgreSQL and SQLite backends, schema migrations.
 
-`open_store(url)` picks the backend by URL scheme; `store_from_config` reads ``[database]``;
-`migrate(config)` is what ``chatd migrate`` runs. Backends are imported lazily so the SQLite
-path never loads psycopg.
-
-Note: the `migrate` *function* below shadows the `chatd.storage.migrate` submodule as an
-attribute of this package; import from the submodule with ``from chatd.storage.migrate import
-...`` (which always resolves the module), never ``import chatd.storage.migrate as m``.
+`open_store(url)` picks the backend by URL scheme; `store_from_config` reads ``[database]``.
+Backends are imported lazily so the SQLite path never loads psycopg. ``chatd migrate`` and
+the start of ``chatd serve`` open and migrate the store through `chatd.startup.database`,
+which turns the errors below into the line an operator reads.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
-from chatd.storage.base import Store, open_store
+from chatd.storage.base import OpenError, Store, open_store
+from chatd.storage.migrate import MigrationError, SchemaError, UnknownMigrations
 
-# importing the submodule here, before `def migrate` below rebinds the name, keeps the
-# function as the package attribute for good
-from chatd.storage.migrate import SchemaError
-
-__all__ = ["SchemaError", "Store", "migrate", "open_store", "store_from_config"]
+__all__ = ["MigrationError", "OpenError", "SchemaError", "Store", "UnknownMigrations",
+           "open_store", "store_from_config"]
 
 
 class _DatabaseSettings(Protocol):
@@ -41,11 +36,6 @@ class _DatabaseSettings(Protocol):
     def statement_timeout(self) -> float: ...
 
 
-class _HasDatabase(Protocol):
-    @property
-    def database(self) -> _DatabaseSettings: ...
-
-
 def store_from_config(database: _DatabaseSettings) -> Store:
     """A not-yet-opened store for a ``[database]`` section."""
     return open_store(
@@ -55,17 +45,4 @@ def store_from_config(database: _DatabaseSettings) -> Store:
         pool_timeout=database.pool_timeout,
         statement_timeout=database.statement_timeout,
     )
-
-
-async def migrate(config: _HasDatabase | str, **opts: Any) -> list[str]:
-    """Open the configured database (a Config or a URL), apply pending migrations, close it.
-
-    Returns the names of the migrations applied; raises Unavailable if the database is down and
-    SchemaError if it was migrated by a newer chatd.
-    """
-    store = open_store(config, **opts) if isinstance(config, str) else store_from_config(
-        config.database
-    )
-    async with store:
-        return await store.migrate()
 

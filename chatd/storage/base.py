@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Literal, Protocol, Self
 
-from chatd.domain.errors import BadRequest, ChatError
+from chatd.domain.errors import BadRequest, ChatError, Unavailable
 from chatd.domain.models import (
     EVENT_MESSAGE,
     EVENT_RECEIPT,
@@ -43,7 +43,25 @@ OUTBOX_CHANNEL = "chatd_outbox"
 MAX_ERROR_TEXT = 2000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-OutboxBuilder = Callable[[ChatSession, Message], list[OutboxEntry]]
+
+OpenFailure = Literal["unreachable", "login", "no-database", "file"]
+
+
+class OpenError(Unavailable):
+    """`open()` failed. `cause` is why, as the server or the OS put it; `reason` the kind of
+    failure, from which start-up names the setting to fix: ``unreachable`` (down, starting,
+    full: waiting may help), ``login`` (user or password refused), ``no-database``, ``file``
+    (the SQLite file or its folder cannot be created or opened)."""
+
+    def __init__(self, cause: str, *, reason: OpenFailure) -> None:
+        super().__init__("store unavailable")
+        self.cause = cause
+        self.reason: OpenFailure = reason
+
+    @property
+    def transient(self) -> bool:
+        """True when trying again later may succeed."""
+        return self.reason == "unreachable"
 
 
 @dataclass(frozen=True, slots=True)

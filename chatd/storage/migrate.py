@@ -28,6 +28,14 @@ class SchemaError(Unavailable):
     """
 
 
+class UnknownMigrations(SchemaError):
+    """The database holds migrations this build does not know: a newer chatd migrated it."""
+
+
+class MigrationError(Unavailable):
+    """A migration failed; nothing of this run is kept (it is one transaction)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One migration file: `version` from its number, `name` its file stem."""
@@ -74,27 +82,33 @@ def available(backend: Backend) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-def _unknown(applied: dict[int, str], shipped: list[Migration]) -> list[str]:
+def _refuse_unknown(applied: dict[int, str], shipped: list[Migration]) -> None:
     known = {m.version for m in shipped}
-    return [f"{v:04d} ({name})" for v, name in sorted(applied.items()) if v not in known]
+    unknown = [f"{v:04d} ({name})" for v, name in sorted(applied.items()) if v not in known]
+    if unknown:
+        raise UnknownMigrations(
+            f"database has migrations this chatd does not know: {', '.join(unknown)}")
 
 
 def apply_migrations(target: MigrationTarget, backend: Backend) -> list[str]:
     """Apply every pending migration through `target`; return the names applied, in order.
 
     Idempotent: an up-to-date database gets nothing. Raises SchemaError when the database holds
-    migrations this build does not know (it was migrated by a newer chatd).
+    migrations this build does not know (it was migrated by a newer chatd), MigrationError
+    naming the migration whose SQL failed (the caller's transaction then rolls it all back).
     """
     shipped = available(backend)
     target.ensure_table()
     applied = target.applied() or {}
-    unknown = _unknown(applied, shipped)
-    if unknown:
-        raise SchemaError(f"database has migrations this chatd does not know: {', '.join(unknown)}")
+    _refuse_unknown(applied, shipped)
     names = []
     for migration in shipped:
         if migration.version not in applied:
-            target.run(migration)
+            try:
+                target.run(migration)
+            except Exception as exc:  # the driver's error, whatever the backend
+                first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+                raise MigrationError(f"migration {migration.name} failed: {first_line}") from exc
             names.append(migration.name)
     return names
 
@@ -105,9 +119,7 @@ def check_current(target: MigrationTarget, backend: Backend) -> None:
     applied = target.applied()
     if applied is None:
         raise SchemaError("database schema is missing: run `chatd migrate`")
-    unknown = _unknown(applied, shipped)
-    if unknown:
-        raise SchemaError(f"database has migrations this chatd does not know: {', '.join(unknown)}")
+    _refuse_unknown(applied, shipped)
     pending = [m.name for m in shipped if m.version not in applied]
     if pending:
         raise SchemaError(f"database schema is not current, pending: {', '.join(pending)}; "

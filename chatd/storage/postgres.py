@@ -50,6 +50,7 @@ from chatd.storage.base import (
     Appended,
     AppendResult,
     NewMessage,
+    OpenError,
 )
 from chatd.storage.migrate import Migration, apply_migrations, check_current
 
@@ -166,13 +167,21 @@ class PostgresStore:
         )
 
         def start() -> None:
+            # One plain connection first: it fails with the server's own reason (refused,
+            # wrong password, no such database), where the pool would only log warnings
+            # and time out.
+            try:
+                psycopg.connect(self._url, **self._connect_kwargs).close()
+            except psycopg.Error as exc:
+                raise _open_error(exc) from exc
             pool.open(wait=False)
             try:
                 with pool.connection(timeout=self._connect_timeout):
                     pass
             except PoolTimeout:
                 pool.close(timeout=0)
-                raise Unavailable("store unavailable") from None
+                raise OpenError(f"no pooled connection within {self._connect_timeout:g} s",
+                                reason="unreachable") from None
 
         await trio.to_thread.run_sync(start)
         self._pool = pool
@@ -472,6 +481,19 @@ class PostgresStore:
         if conn is not None and not conn.closed:
             trio.lowlevel.notify_closing(conn.fileno())
             conn.close()
+
+
+def _open_error(exc: psycopg.Error) -> OpenError:
+    """Classify a failed connect. libpq says only text (no SQLSTATE before the session
+    exists): ``connection to server at "h", port p failed: FATAL:  <reason>``."""
+    text = str(exc).strip().rpartition(" failed: ")[2]
+    cause = text.splitlines()[0].removeprefix("FATAL:").strip() if text else type(exc).__name__
+    if any(s in cause.lower() for s in ("authentication failed", "pg_hba.conf", "role ",
+                                        "permission denied")):
+        return OpenError(cause, reason="login")
+    if cause.startswith("database ") and cause.endswith("does not exist"):
+        return OpenError(cause, reason="no-database")
+    return OpenError(cause, reason="unreachable")
 
 
 def _options(url: str, statement_timeout: float) -> str:

@@ -42,6 +42,7 @@ from chatd.storage.base import (
     Appended,
     AppendResult,
     NewMessage,
+    OpenError,
     to_micros,
 )
 from chatd.storage.migrate import Migration, apply_migrations, check_current
@@ -141,7 +142,8 @@ class SqliteStore:
             await trio.to_thread.run_sync(start)
         except (sqlite3.Error, OSError) as exc:
             await self.aclose()
-            raise Unavailable("store unavailable") from exc
+            cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise OpenError(cause, reason="file") from exc
 
     async def aclose(self) -> None:
         """Close every connection; idempotent. Waits for running transactions to finish."""

@@ -7,7 +7,8 @@ The storage contract suite runs once per backend: PostgreSQL on the run's fresh 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -15,6 +16,7 @@ import pytest
 import trio
 
 from chatd.storage import Store, open_store
+from tests.conftest import PG_ADMIN_URL, require_service
 
 BACKENDS = ["postgres", "sqlite"]
 _TABLES = "chat_message_outbox, chat_messages, chat_sessions"
@@ -37,6 +39,23 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         _empty_postgres(url)
         return url
     return f"sqlite:///{tmp_path / 'chatd.sqlite3'}"
+
+
+@pytest.fixture
+def private_db() -> Iterator[str]:
+    """A uniquely named empty PostgreSQL database of one test (which may break it at will),
+    dropped afterwards."""
+    import psycopg
+
+    require_service("PostgreSQL", ("127.0.0.1", 5432))
+    name = f"chatd_private_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

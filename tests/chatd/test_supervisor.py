@@ -18,7 +18,7 @@ import trio
 from chatd.auth.keys import dev_signing_key
 from chatd.auth.tokens import mint_token
 from chatd.config import Config, DatabaseConfig, OutboxConfig, ServerConfig
-from chatd.domain.errors import Unavailable
+from chatd.startup import StartupError
 from chatd.storage import open_store
 from chatd.supervisor import build_components, build_parts, serve
 
@@ -26,7 +26,8 @@ READY = re.compile(r"chatd ready http=(http://\S+)")
 
 
 def _config(tmp_path: Path, url: str | None = None, **server: object) -> Config:
-    database = DatabaseConfig(url=url, connect_timeout=1) if url else DatabaseConfig()
+    database = (DatabaseConfig(url=url, connect_timeout=1, startup_timeout=0) if url
+                else DatabaseConfig())
     options = {"bind": "127.0.0.1:0", "data_dir": tmp_path, "shutdown_grace": 2.0} | server
     return Config(server=ServerConfig(**options), database=database)  # type: ignore[arg-type]
 
@@ -88,8 +89,27 @@ async def test_sigterm_drains_and_returns(tmp_path: Path) -> None:
 async def test_unreachable_database_fails_start_up(tmp_path: Path) -> None:
     with socket_closed_port() as port:
         config = _config(tmp_path, f"postgresql://nobody@127.0.0.1:{port}/none")
-        with trio.fail_after(20), pytest.raises(Unavailable):
+        with trio.fail_after(20), pytest.raises(StartupError) as raised:
             await serve(config, handle_signals=False)
+    assert raised.value.part == "database"
+    assert raised.value.exit_code == 1
+    assert raised.value.cause == "connection refused"
+
+
+async def test_a_part_that_cannot_start_raises_its_startup_error_unwrapped(
+    tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = _config(tmp_path, bind=f"127.0.0.1:{port}")
+        with trio.fail_after(20), pytest.raises(StartupError) as raised:  # not a group
+            await serve(config, handle_signals=False)
+    assert str(raised.value) == (f"cannot listen on 127.0.0.1:{port}: address already in use "
+                                 "(is another chatd running? set --bind or CHATD_BIND)")
 
 
 class socket_closed_port:

@@ -112,11 +112,18 @@ class PrivatePostgres:
     port: int
 
     @classmethod
-    def create(cls, root: Path) -> PrivatePostgres:
+    def create(cls, root: Path, *, password: str | None = None) -> PrivatePostgres:
+        """With `password`, TCP logins need it (SCRAM); the local socket stays trusted."""
         root.mkdir(parents=True)
         _chown(root, "postgres")
         pg = cls(root, free_port())
-        pg._as_postgres(str(PG_BIN / "initdb"), "-D", str(root / "data"), "-A", "trust",
+        auth = ["-A", "trust"]
+        if password is not None:
+            pwfile = root / "pwfile"
+            pwfile.write_text(password + "\n")
+            shutil.chown(pwfile, "postgres", "postgres")
+            auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
+        pg._as_postgres(str(PG_BIN / "initdb"), "-D", str(root / "data"), *auth,
                         "-U", "postgres", "--no-sync")
         return pg
 
