@@ -72,12 +72,13 @@ TRANSPORTS: dict[str, str] = {
 
 
 def _cors() -> dict[str, str]:
+    # The Origin is echoed, `null` too (file:// pages, sandboxed iframes), with credentials
+    # (the session cookies), as sockjs-node does. Browsers refuse credentials with `*`, so a
+    # request without an Origin (not a browser's CORS request) gets `*` and no credentials.
     origin = request.headers.get("Origin")
-    headers = {
-        "Access-Control-Allow-Origin": origin if origin and origin != "null" else "*",
-        "Access-Control-Allow-Credentials": "true",
-        "Vary": "Origin",
-    }
+    headers = {"Access-Control-Allow-Origin": origin or "*", "Vary": "Origin"}
+    if origin:
+        headers["Access-Control-Allow-Credentials"] = "true"
     wanted = request.headers.get("Access-Control-Request-Headers")
     if wanted:
         headers["Access-Control-Allow-Headers"] = wanted

@@ -80,6 +80,16 @@ async def test_options_preflight_is_cacheable(chat: Chat, path: str, methods: st
     assert_cors(answer, origin)
 
 
+async def test_origin_null_is_echoed_never_star_with_credentials(chat: Chat) -> None:
+    # file:// pages and sandboxed iframes send `Origin: null`; `*` with credentials would make
+    # browsers refuse every XHR transport for them.
+    for answer in (await chat.client.options("/ws/info", headers={"Origin": "null"}),
+                   await chat.client.get("/ws/info", headers={"Origin": "null"}),
+                   await chat.client.post(session_url() + "/xhr", headers={"Origin": "null"})):
+        assert answer.headers["access-control-allow-origin"] == "null"
+        assert answer.headers["access-control-allow-credentials"] == "true"
+
+
 async def test_iframe_page_is_cacheable_with_etag(chat: Chat) -> None:
     for name in ("iframe.html", "iframe-a.html", "iframe-0.1.2.html",
                  "iframe-0.1.2abc-dirty.2144.html"):
