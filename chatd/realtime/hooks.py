@@ -8,8 +8,9 @@ ERROR frame whose `message` names the reason and the destination, then the sessi
 Subscriptions: `/topic/session.{id}` for its participants (optionally replaying history, see
 `chatd.realtime.replay`), and the caller's own `/user/queue/{messages,ack,error,receipts,pong}`
 — the broker keys those by the session's principal, so naming another user's queue is
-impossible, and `/user/{someone}/...` spellings are refused outright. SEND: `/app/...` only;
-a client publishing to a topic or a user queue could impersonate the server.
+impossible, and `/user/{someone}/...` spellings are refused outright. SEND: `/app/...` only,
+and outside STOMP transactions; a client publishing to a topic or a user queue could
+impersonate the server.
 
 Several instances (DESIGN §7): with a `Binder` (the RabbitMQ bridge) set, an allowed SUBSCRIBE
 first waits until this instance receives the destination from RabbitMQ, then replays; so the
@@ -147,11 +148,21 @@ class ChatHooks:
             self.binder.release(destination, subscribed=True)
 
     async def authorize_send(self, principal: Principal | None, event: Send) -> None:
-        """Only the `/app/...` destinations chatd handles; refuse the rest, naming it."""
+        """Only the `/app/...` destinations chatd handles, outside transactions; refuse the
+        rest, naming it.
+
+        An `/app` SEND acts at once (stored, acknowledged, published): it cannot wait for a
+        COMMIT or be undone by an ABORT, so a `transaction` header on it (a known transaction
+        or not) is refused rather than silently ignored.
+        """
         _require(principal)
         if not self.handlers.knows(event.destination):
             allowed = ", ".join(sorted(self.handlers.routes))
             raise Refused(f"cannot send to {event.destination}", f"allowed: {allowed}")
+        if event.transaction is not None:
+            raise Refused(f"cannot send to {event.destination} in a transaction",
+                          f"{APP_PREFIX}... destinations act at once and take no part in STOMP "
+                          "transactions: send without the transaction header")
 
     async def on_app_send(
         self, session: SessionId, principal: Principal | None, event: Send

@@ -3,6 +3,7 @@ over `/ws`)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -121,3 +122,23 @@ async def test_header_limit_comes_from_the_config(
         error = await run(alice.error)
         assert error.headers["message"] == "too many headers"
     chat.scope.cancel()
+
+
+@pytest.mark.parametrize("begin", [True, False], ids=["begun", "unknown transaction"])
+async def test_an_app_send_in_a_transaction_is_refused_and_not_stored(
+        sqlite_chat: Chat, begin: bool) -> None:
+    # /app SENDs act at once: they would ignore a later ABORT, so they are refused instead.
+    chat = sqlite_chat
+    sid = await chat.init()
+    alice = await stomppy_client(chat, ALICE)
+    if begin:
+        await run(alice.conn.begin, "t1")
+    body = json.dumps({"sessionId": sid, "content": "in a transaction", "clientMessageId": "t"})
+    await run(alice.conn.send, "/app/chat.send", body, content_type="application/json",
+              transaction="t1")
+    if begin:
+        await run(alice.conn.abort, "t1")
+    error = await run(alice.error)
+    assert error.headers["message"] == "cannot send to /app/chat.send in a transaction"
+    assert "transaction header" in error.body
+    assert await chat.history(sid) == []
