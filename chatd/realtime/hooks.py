@@ -27,6 +27,7 @@ from typing import Final, Protocol
 from chatd.auth.tokens import TokenVerifier, bearer_token
 from chatd.config import Config
 from chatd.domain.errors import ChatError, Unauthenticated, view
+from chatd.domain.rules import max_body_size
 from chatd.realtime.delivery import TOPIC_PREFIX, LocalDelivery
 from chatd.realtime.handlers import APP_PREFIX, AppHandlers
 from chatd.realtime.replay import DEFAULT_MAX_REPLAY, replay, since_seq
@@ -38,6 +39,8 @@ from stomp.trio import Authenticated, BrokerRuntime, Principal, Refused, Transpo
 log = logging.getLogger(__name__)
 
 UNAUTHENTICATED: Final = "unauthenticated"
+#: Bytes for an `/app` SEND's command and headers on top of its body.
+FRAME_HEAD_ROOM: Final = 1024
 #: The per-user queues a client may subscribe to (as `/user/queue/{name}`).
 USER_QUEUES: Final = frozenset(
     f"/user/queue/{name}" for name in ("messages", "ack", "error", "receipts", "pong")
@@ -189,12 +192,16 @@ def build_runtime(
     the `LocalDelivery` the outbox publisher feeds it through."""
     limits = config.limits
     broker = Broker(limits=Limits(max_subscriptions=limits.stomp_max_subscriptions))
+    # A frame limit below what a message within `max_content_length` needs is raised to it:
+    # a text REST accepts is accepted over STOMP too, however its JSON escapes it.
+    frame_size = max(limits.stomp_max_frame_size,
+                     max_body_size(limits.max_content_length) + FRAME_HEAD_ROOM)
     runtime = BrokerRuntime(
         broker,
         heartbeat=(config.server.heartbeat_send_ms, config.server.heartbeat_receive_ms),
         max_pending_frames=limits.stomp_max_pending_frames,
-        max_frame_size=limits.stomp_max_frame_size,
-        max_body_size=limits.stomp_max_frame_size,
+        max_frame_size=frame_size,
+        max_body_size=frame_size,
         max_header_count=limits.stomp_max_headers,
     )
     delivery = LocalDelivery(runtime)

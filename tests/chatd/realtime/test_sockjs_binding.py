@@ -32,8 +32,10 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def send_frame(sid: str, content: str) -> str:
+    """A chat.send of `content`, with a receipt (answered once the message is stored)."""
     body = json.dumps({"sessionId": sid, "content": content, "clientMessageId": content})
-    return f"SEND\ndestination:/app/chat.send\ncontent-type:application/json\n\n{body}{NUL}"
+    return (f"SEND\ndestination:/app/chat.send\ncontent-type:application/json\n"
+            f"receipt:{content}\n\n{body}{NUL}")
 
 
 @pytest.fixture
@@ -90,8 +92,9 @@ async def test_a_stranger_with_the_url_of_a_connect_authenticated_session_is_ref
             assert not text.startswith("c"), text
     assert (await xhr_send(chat.client, url, send_frame(sid, "from alice"))).status_code == 204
     with trio.fail_after(10):
-        while len(stored := await chat.history(sid)) < 2:
-            await trio.sleep(0.05)
+        while "receipt-id:from alice" not in (text := (await chat.client.post(url + "/xhr")).text):
+            assert not text.startswith("c"), text
+    stored = await chat.history(sid)
     assert sorted((m["senderEmail"], m["content"]) for m in stored) == [
         (ALICE, "from alice"), (BOB, "secret for alice")]
 
