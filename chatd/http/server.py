@@ -16,6 +16,7 @@ import trio
 from quart_trio import QuartTrio
 
 from chatd.config import Config
+from chatd.http.keepalive import lock_connection_close
 
 
 def hypercorn_config(config: Config) -> hypercorn.config.Config:
@@ -47,6 +48,7 @@ async def serve_http(
     After the trigger, no new connection is accepted, idle keep-alive connections close at
     once and in-flight requests get until the grace deadline.
     """
+    lock_connection_close()
     await hypercorn.trio.serve(
         app, hypercorn_config(config), shutdown_trigger=shutdown_trigger, task_status=task_status
     )
