@@ -115,9 +115,13 @@ def _query_token() -> str | None:
 def _set_session_cookie(response: Response, secret: str) -> None:
     """Hand the opener of a session its secret: a cookie scoped to the session's own URLs
     (``/ws/{server}/{session}``, under which every transport lives), so the browser returns
-    it on each later request of that session and on nothing else. Cross-site pages need
-    ``SameSite=None``, which browsers accept only on https."""
-    https = request.scheme == "https"
+    it on each later request of that session and on nothing else.
+
+    Cross-site pages need ``SameSite=None``, which browsers accept only with ``Secure``, so
+    only over https: a request over TLS, or from an https page (``Origin``), which can reach
+    us only over https (browsers block mixed content) even where a proxy ends TLS.
+    """
+    https = request.scheme == "https" or request.headers.get("Origin", "").startswith("https://")
     response.set_cookie(SESSION_COOKIE, secret, path=request.path.rsplit("/", 1)[0],
                         httponly=True, secure=https, samesite="None" if https else "Lax")
 

@@ -117,6 +117,15 @@ async def test_the_opening_response_sets_a_cookie_scoped_to_the_session(chat: Ch
     assert SimpleCookie(other.headers["set-cookie"])["chatd_sockjs"].value != cookie.value
 
 
+async def test_an_https_page_gets_a_cookie_usable_cross_site(chat: Chat) -> None:
+    # The page is on https (so the browser reached us over https, TLS ending at a proxy in
+    # front): SameSite=None lets a cross-site page's XHRs carry it, and needs Secure.
+    opened = await chat.client.post(session_url() + "/xhr",
+                                    headers={"Origin": "https://app.example"})
+    cookie = SimpleCookie(opened.headers["set-cookie"])["chatd_sockjs"]
+    assert (cookie["samesite"], cookie["secure"], cookie["httponly"]) == ("None", True, True)
+
+
 async def test_a_cookie_of_another_session_is_refused(chat: Chat,
                                                       stranger: httpx.AsyncClient) -> None:
     mine, theirs = session_url(), session_url()
