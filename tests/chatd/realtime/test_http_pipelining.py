@@ -15,6 +15,8 @@ import uuid
 import pytest
 import trio
 
+from tests.chatd.raw_http import read_response
+
 from .conftest import Chat
 from .sockjs_support import sockjs_chat_fixture  # noqa: F401 - `chat` here: SockJS-tuned
 
@@ -35,23 +37,6 @@ def open_request() -> bytes:
 #: while the app's answer is being written, and closes the connection.
 BAD_BODY = (b"POST /ws/000/bad/xhr HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"zz\r\n")
-
-
-async def read_response(stream: trio.SocketStream, buffer: bytearray) -> bytes:
-    """One response with a Content-Length body; what follows it stays in `buffer`."""
-    while b"\r\n\r\n" not in buffer:
-        chunk = await stream.receive_some(65536)
-        assert chunk, f"closed before a full response: {bytes(buffer)!r}"
-        buffer += chunk
-    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
-    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
-    while len(rest) < length:
-        chunk = await stream.receive_some(65536)
-        assert chunk, "closed in the middle of a body"
-        rest += chunk
-    buffer[:] = rest[length:]
-    return head + b"\r\n\r\n" + rest[:length]
 
 
 def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
