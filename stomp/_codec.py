@@ -1,7 +1,8 @@
 """Incremental STOMP 1.2 decoder and the encoder (sans-IO: bytes in, frames out).
 
 The decoder accepts LF or CRLF line ends, EOLs between frames (heart-beats), escaped headers,
-repeated headers, `content-length` bodies that contain NUL, and UTF-8 headers. Every limit is a
+repeated headers, `content-length` bodies that contain NUL, and UTF-8 headers; it refuses NUL
+in a header (no escape exists for it). Every limit is a
 keyword argument; crossing one, or any malformed input, raises `RemoteProtocolError` — never
 another exception — and leaves the decoder failed, since the stream can no longer be trusted.
 """
@@ -129,6 +130,10 @@ class FrameDecoder:
     def _add_header(self, line: bytes) -> None:
         if len(self._headers) >= self.max_header_count:
             raise RemoteProtocolError("too many headers", f"limit {self.max_header_count}")
+        if b"\0" in line:
+            # STOMP has no escape for NUL: relayed raw, it would end the frame early for the
+            # receiver, and what follows would read as a second, forged frame.
+            raise RemoteProtocolError("malformed header", "NUL in a header line")
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:

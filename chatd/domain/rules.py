@@ -30,6 +30,11 @@ DEFAULT_RATE_LIMIT_USERS = 100_000
 DEFAULT_HISTORY_LIMIT = 50
 DEFAULT_HISTORY_MAX = 200
 MAX_CLIENT_MESSAGE_ID_LENGTH = 100
+#: Bytes one character of a text may take in JSON: a character outside the BMP written as two
+#: ``\uXXXX`` escapes (``\ud83d\ude00``: Python's `json.dumps` default).
+MAX_JSON_BYTES_PER_CHAR = 12
+#: Room for the rest of a body around the text: keys, ids, `clientMessageId`.
+BODY_OVERHEAD = 16 * 1024
 MAX_EMAIL_LENGTH = 254
 
 # RFC 5321 "atext" for the local part, minus "/" (and of course ":" and whitespace, which are not
@@ -69,6 +74,13 @@ class SendLimits(Protocol):
 
     @property
     def rate_limit_users(self) -> int: ...
+
+
+def max_body_size(max_content_length: int) -> int:
+    """The body limit in bytes (REST requests, STOMP `/app` frames) derived from the text
+    limit in characters: a message within `max_content_length` fits however its JSON escapes
+    it, and anything bigger is refused before it is read into memory."""
+    return MAX_JSON_BYTES_PER_CHAR * max_content_length + BODY_OVERHEAD
 
 
 @dataclass(frozen=True, slots=True)

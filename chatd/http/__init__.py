@@ -1,5 +1,5 @@
 """HTTP surface: the Quart-Trio app (``/api/chat/*``, ``/health/*``) and its error mapping."""
 
-from chatd.http.app import create_app, max_body_size
+from chatd.http.app import create_app
 
-__all__ = ["create_app", "max_body_size"]
+__all__ = ["create_app"]

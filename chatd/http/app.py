@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 from quart_trio import QuartTrio
 
 from chatd.auth.tokens import TokenVerifier
-from chatd.config import Config, LimitsConfig
+from chatd.config import Config
+from chatd.domain.rules import max_body_size
 from chatd.http.chat_routes import chat_blueprint
 from chatd.http.context import authenticate
 from chatd.http.errors import register_error_handlers
@@ -26,19 +27,6 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     from stomp.trio import BrokerRuntime
-
-# Room for the JSON around the content: ids, keys, and escapes of a long text.
-BODY_OVERHEAD = 16 * 1024
-
-
-def max_body_size(limits: LimitsConfig) -> int:
-    """The request body limit in bytes (413 above it), derived from the content limit.
-
-    A character may take up to 6 bytes as a JSON ``\\uXXXX`` escape, so a valid message always
-    fits; anything bigger is refused before it is read into memory.
-    """
-    return 6 * limits.max_content_length + BODY_OVERHEAD
-
 
 def create_app(
     services: ChatService,
@@ -68,7 +56,7 @@ def create_app(
     # A path with an empty segment (`/ws//xhr`) is none of ours: 404, as SockJS expects, not a
     # redirect to the path with the slashes merged. Set before any route is added.
     app.url_map.merge_slashes = False
-    app.config["MAX_CONTENT_LENGTH"] = max_body_size(config.limits)
+    app.config["MAX_CONTENT_LENGTH"] = max_body_size(config.limits.max_content_length)
     # Our routes answer JSON in contract order; never let Quart re-sort or pretty-print.
     app.config["JSON_SORT_KEYS"] = False
 

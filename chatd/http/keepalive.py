@@ -15,15 +15,24 @@ socket's ``send_eof``) raises `trio.Cancelled` and neither the timer nor the clo
 Fix: shield the final ``send()`` of each HTTP response. The bookkeeping then runs to the end;
 Quart's cancellation lands right after it, where it was meant to. Hypercorn already shields
 its socket writes, so the shield adds no new way to hang on a slow client. The raw-socket
-regression test in ``tests/chatd/test_http_keepalive.py`` fails without this module.
+regression test in ``tests/chatd/api/test_http_keepalive.py`` fails without this module.
+
+A second bug of the same worker, fixed by `lock_connection_close`: a connection's EOF
+(``TCPServer._close`` -> ``send_eof``) is sent without the connection's send lock, so it can
+overlap a response another task is writing, and trio raises `trio.BusyResourceError` in
+whichever comes second. Pipelining shows it: in a request it is an "Error in ASGI Framework";
+in hypercorn's reader (answering a malformed pipelined request) it escapes the connection and
+stops the whole server. ``tests/chatd/realtime/test_http_pipelining.py`` reproduces both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
+from importlib.metadata import version
 from typing import Any
 
 import trio
+from hypercorn.trio.tcp_server import TCPServer
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -54,3 +63,32 @@ class ShieldFinalSend:
                 await send(message)
 
         await self.app(scope, receive, guarded_send)
+
+
+_HYPERCORN_CLOSE_BUG = "0.18."
+
+
+async def _close_under_send_lock(self: TCPServer) -> None:
+    # The EOF is sent holding the send lock, so no write can start during it; if a write is
+    # in progress the EOF is skipped, and closing the socket ends that write (what hypercorn
+    # meant by catching BusyResourceError here, which only covered the EOF's own side).
+    try:
+        self.send_lock.acquire_nowait()
+    except trio.WouldBlock:
+        pass
+    else:
+        try:
+            await self.stream.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, AttributeError):
+            pass  # already gone, or a TLS stream (no half-close)
+        finally:
+            self.send_lock.release()
+    await self.stream.aclose()
+
+
+def lock_connection_close() -> None:
+    """Make hypercorn's trio connections send their EOF under their send lock (see the module
+    docstring). Only hypercorn 0.18 is patched: another version's internals may differ, and
+    the pipelining regression test says whether it needs this. Idempotent."""
+    if version("hypercorn").startswith(_HYPERCORN_CLOSE_BUG):
+        TCPServer._close = _close_under_send_lock  # type: ignore[method-assign]

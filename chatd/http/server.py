@@ -33,6 +33,7 @@ from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wra
 from quart_trio import QuartTrio
 
 from chatd.config import Config
+from chatd.http.keepalive import lock_connection_close
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ async def serve_http(
     (and WebSocket sessions) get until the grace deadline. Raises OSError if the address
     cannot be bound.
     """
+    lock_connection_close()
     hconfig = hypercorn_config(config)
     wrapped = wrap_app(app, hconfig.wsgi_max_body_size, "asgi")
     state: LifespanState = {}

@@ -20,7 +20,7 @@ from email.utils import formatdate
 from urllib.parse import parse_qs
 
 import trio
-from quart import Blueprint, Response, current_app, request, websocket
+from quart import Blueprint, Response, after_this_request, current_app, request, websocket
 from quart_trio import QuartTrio
 
 from chatd.config import ServerConfig
@@ -53,6 +53,9 @@ NO_CACHE = "no-store, no-cache, no-transform, must-revalidate, max-age=0"
 ONE_YEAR = 31_536_000
 _IFRAME = re.compile(r"^iframe[0-9a-z._-]*\.html$")
 
+#: The cookie that binds an HTTP-transport session to the client that opened it.
+SESSION_COOKIE = "chatd_sockjs"
+
 JS = "application/javascript; charset=UTF-8"
 TEXT = "text/plain; charset=UTF-8"
 HTML = "text/html; charset=UTF-8"
@@ -70,12 +73,13 @@ TRANSPORTS: dict[str, str] = {
 
 
 def _cors() -> dict[str, str]:
+    # The Origin is echoed, `null` too (file:// pages, sandboxed iframes), with credentials
+    # (the session cookies), as sockjs-node does. Browsers refuse credentials with `*`, so a
+    # request without an Origin (not a browser's CORS request) gets `*` and no credentials.
     origin = request.headers.get("Origin")
-    headers = {
-        "Access-Control-Allow-Origin": origin if origin and origin != "null" else "*",
-        "Access-Control-Allow-Credentials": "true",
-        "Vary": "Origin",
-    }
+    headers = {"Access-Control-Allow-Origin": origin or "*", "Vary": "Origin"}
+    if origin:
+        headers["Access-Control-Allow-Credentials"] = "true"
     wanted = request.headers.get("Access-Control-Request-Headers")
     if wanted:
         headers["Access-Control-Allow-Headers"] = wanted
@@ -107,6 +111,20 @@ def _text(body: str, status: int = 200, content_type: str = TEXT,
 
 def _query_token() -> str | None:
     return request.args.get("access_token")
+
+
+def _set_session_cookie(response: Response, secret: str) -> None:
+    """Hand the opener of a session its secret: a cookie scoped to the session's own URLs
+    (``/ws/{server}/{session}``, under which every transport lives), so the browser returns
+    it on each later request of that session and on nothing else.
+
+    Cross-site pages need ``SameSite=None``, which browsers accept only with ``Secure``, so
+    only over https: a request over TLS, or from an https page (``Origin``), which can reach
+    us only over https (browsers block mixed content) even where a proxy ends TLS.
+    """
+    https = request.scheme == "https" or request.headers.get("Origin", "").startswith("https://")
+    response.set_cookie(SESSION_COOKIE, secret, path=request.path.rsplit("/", 1)[0],
+                        httponly=True, secure=https, samesite="None" if https else "Lax")
 
 
 def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCKJS_URL
@@ -199,15 +217,13 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
                         headers={"Cache-Control": NO_CACHE} | _cors())
 
     def _known(session_id: str) -> SockJSSession | None:
-        """The session, if this request may use it.
-
-        A session id travels in URLs (and so in proxies' logs); when the session was opened
-        with a token in the query (``?access_token=``, which sockjs-client repeats on every
-        request), a request must carry the same token, so that knowing the id alone is not
-        enough to speak in, or listen to, somebody else's STOMP session.
-        """
+        """The session, if this request comes from its opener (`SockJSSession.admits`): it
+        carries the session's cookie, or the ``access_token`` the session was opened with
+        (sockjs-client repeats the SockJS URL's query on every request; clients without a
+        cookie jar rely on it)."""
         session = sessions.lookup(session_id)
-        if session is None or session.bound_token != _query_token():
+        if session is None or not session.admits(request.cookies.getlist(SESSION_COOKIE),
+                                                 _query_token()):
             return None
         return session
 
@@ -219,8 +235,15 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
                                       headers={"Retry-After": "5"})
             nursery: trio.Nursery = current_app.nursery  # type: ignore[attr-defined]
             info = transport_info(f"sockjs-{kind}", request)
-            session = sessions.create(session_id, info, nursery)
-            session.bound_token = _query_token()
+            session = sessions.create(session_id, info, nursery, bound_token=_query_token())
+            assert session.secret is not None
+            secret = session.secret
+
+            @after_this_request
+            async def _bind(response: Response) -> Response:
+                _set_session_cookie(response, secret)
+                return response
+
             return session
         return _known(session_id) or error_response(404, f"no SockJS session {session_id}")
 

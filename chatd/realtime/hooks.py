@@ -8,8 +8,9 @@ ERROR frame whose `message` names the reason and the destination, then the sessi
 Subscriptions: `/topic/session.{id}` for its participants (optionally replaying history, see
 `chatd.realtime.replay`), and the caller's own `/user/queue/{messages,ack,error,receipts,pong}`
 — the broker keys those by the session's principal, so naming another user's queue is
-impossible, and `/user/{someone}/...` spellings are refused outright. SEND: `/app/...` only;
-a client publishing to a topic or a user queue could impersonate the server.
+impossible, and `/user/{someone}/...` spellings are refused outright. SEND: `/app/...` only,
+and outside STOMP transactions; a client publishing to a topic or a user queue could
+impersonate the server.
 
 Several instances (DESIGN §7): with a `Binder` (the RabbitMQ bridge) set, an allowed SUBSCRIBE
 first waits until this instance receives the destination from RabbitMQ, then replays; so the
@@ -26,6 +27,7 @@ from typing import Final, Protocol
 from chatd.auth.tokens import TokenVerifier, bearer_token
 from chatd.config import Config
 from chatd.domain.errors import ChatError, Unauthenticated, view
+from chatd.domain.rules import max_body_size
 from chatd.realtime.delivery import TOPIC_PREFIX, LocalDelivery
 from chatd.realtime.handlers import APP_PREFIX, AppHandlers
 from chatd.realtime.replay import DEFAULT_MAX_REPLAY, replay, since_seq
@@ -37,6 +39,8 @@ from stomp.trio import Authenticated, BrokerRuntime, Principal, Refused, Transpo
 log = logging.getLogger(__name__)
 
 UNAUTHENTICATED: Final = "unauthenticated"
+#: Bytes for an `/app` SEND's command and headers on top of its body.
+FRAME_HEAD_ROOM: Final = 1024
 #: The per-user queues a client may subscribe to (as `/user/queue/{name}`).
 USER_QUEUES: Final = frozenset(
     f"/user/queue/{name}" for name in ("messages", "ack", "error", "receipts", "pong")
@@ -147,11 +151,21 @@ class ChatHooks:
             self.binder.release(destination, subscribed=True)
 
     async def authorize_send(self, principal: Principal | None, event: Send) -> None:
-        """Only the `/app/...` destinations chatd handles; refuse the rest, naming it."""
+        """Only the `/app/...` destinations chatd handles, outside transactions; refuse the
+        rest, naming it.
+
+        An `/app` SEND acts at once (stored, acknowledged, published): it cannot wait for a
+        COMMIT or be undone by an ABORT, so a `transaction` header on it (a known transaction
+        or not) is refused rather than silently ignored.
+        """
         _require(principal)
         if not self.handlers.knows(event.destination):
             allowed = ", ".join(sorted(self.handlers.routes))
             raise Refused(f"cannot send to {event.destination}", f"allowed: {allowed}")
+        if event.transaction is not None:
+            raise Refused(f"cannot send to {event.destination} in a transaction",
+                          f"{APP_PREFIX}... destinations act at once and take no part in STOMP "
+                          "transactions: send without the transaction header")
 
     async def on_app_send(
         self, session: SessionId, principal: Principal | None, event: Send
@@ -178,12 +192,16 @@ def build_runtime(
     the `LocalDelivery` the outbox publisher feeds it through."""
     limits = config.limits
     broker = Broker(limits=Limits(max_subscriptions=limits.stomp_max_subscriptions))
+    # A frame limit below what a message within `max_content_length` needs is raised to it:
+    # a text REST accepts is accepted over STOMP too, however its JSON escapes it.
+    frame_size = max(limits.stomp_max_frame_size,
+                     max_body_size(limits.max_content_length) + FRAME_HEAD_ROOM)
     runtime = BrokerRuntime(
         broker,
         heartbeat=(config.server.heartbeat_send_ms, config.server.heartbeat_receive_ms),
         max_pending_frames=limits.stomp_max_pending_frames,
-        max_frame_size=limits.stomp_max_frame_size,
-        max_body_size=limits.stomp_max_frame_size,
+        max_frame_size=frame_size,
+        max_body_size=frame_size,
         max_header_count=limits.stomp_max_headers,
     )
     delivery = LocalDelivery(runtime)

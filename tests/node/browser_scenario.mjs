@@ -15,6 +15,11 @@
 // {"scenario": "refused-token", "token": "…"} instead pastes a token the server must refuse;
 // {"scenario": "restart"} restarts the server mid-chat (see restart() below);
 // {"scenario": "refused-send", "tooLong": "…"} sends a text the server refuses.
+// {"scenario": "bound-session", "transports": ["xhr-polling", …]}: over each SockJS transport in
+// turn, alice's page authenticates in the CONNECT frame (no access_token in the SockJS URL), so
+// only its cookie binds the session to her; a stranger (a browser context without her cookies)
+// who knows the session URL tries every HTTP transport on it, then alice sends and must still
+// see her message stored.
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import { createInterface } from 'node:readline';
@@ -63,7 +68,10 @@ async function step(label, fn) {
   }
 }
 
-async function signIn(name, email) {
+// A SockJS session's base path (/ws/{server}/{session}) from one of its request URLs.
+const SOCKJS_SESSION = /^(\/ws\/[^/]+\/[^/]+)\/(xhr|xhr_send|xhr_streaming|eventsource|htmlfile|jsonp|jsonp_send)$/;
+
+async function signIn(name, email, query = options.query ?? '') {
   const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
   if (noWebSocket.has(name)) {
     await context.addInitScript(() => { delete window.WebSocket; });
@@ -72,7 +80,13 @@ async function signIn(name, email) {
   page.setDefaultTimeout(STEP_TIMEOUT);
   const seen = { email, consoleErrors: [], pageErrors: [], failedRequests: [], errorResponses: [] };
   out.users[name] = seen;
-  page.on('request', request => origins.add(new URL(request.url()).origin));
+  const sockjsSessions = new Set();
+  page.on('request', request => {
+    const url = new URL(request.url());
+    origins.add(url.origin);
+    const session = SOCKJS_SESSION.exec(url.pathname);
+    if (session) sockjsSessions.add(session[1]);
+  });
   page.on('console', message => {
     // A failed load is logged too: it is recorded once, with its URL, as an errorResponse.
     if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) {
@@ -89,8 +103,8 @@ async function signIn(name, email) {
     // Long-lived SockJS/XHR requests are aborted when the page closes: not an error.
     if (!request.url().includes('/ws/')) seen.failedRequests.push(request.url());
   });
-  users[name] = { page, email };
-  await page.goto(`${base}/${options.query ?? ''}`);
+  users[name] = { page, email, context, sockjsSessions };
+  await page.goto(`${base}/${query}`);
   seen.appVisibleBeforeSignIn = await page.isVisible('#app');
   await page.fill('#email', email);
   await page.click('#sign-in-form button');
@@ -315,5 +329,69 @@ async function refusedSend() {
   await finish(0);
 }
 
-const scenarios = { chat: run, 'refused-token': refusedToken, restart, 'refused-send': refusedSend };
+// What a stranger who knows the SockJS session URL `path` gets from each HTTP transport.
+async function strangerTries(api, path) {
+  const frame = JSON.stringify(['SEND\ndestination:/app/chat.send\n\n{}\u0000']);
+  // A receiving transport that let the stranger in would stream on: give up after 3 s.
+  const timeout = 3000;
+  const url = `${base}${path}`;
+  const tries = {
+    xhr: () => api.post(`${url}/xhr`, { timeout }),
+    xhr_streaming: () => api.post(`${url}/xhr_streaming`, { timeout }),
+    eventsource: () => api.get(`${url}/eventsource`, { timeout }),
+    htmlfile: () => api.get(`${url}/htmlfile?c=cb`, { timeout }),
+    jsonp: () => api.get(`${url}/jsonp?c=cb`, { timeout }),
+    xhr_send: () => api.post(`${url}/xhr_send`, { data: frame, timeout }),
+    jsonp_send: () => api.post(`${url}/jsonp_send?c=cb`, { form: { d: frame }, timeout }),
+  };
+  const statuses = {};
+  for (const [transport, attempt] of Object.entries(tries)) {
+    statuses[transport] = await attempt().then(r => r.status(), err => `failed: ${err.message}`);
+  }
+  return statuses;
+}
+
+async function boundSession() {
+  browser = await launch();
+  const stranger = await browser.newContext();
+  const api = stranger.request; // shares the stranger's (empty) cookie jar
+  out.transports = {};
+  for (const transport of options.transports) {
+    const name = `alice-${transport}`;
+    const alice = await step(`${name} signs in`,
+      () => signIn(name, 'alice@example.com', `?transports=${transport}`));
+    const seen = out.users[name];
+    const sessions = [...alice.sockjsSessions];
+    const cookies = await alice.context.cookies();
+    seen.sessionCookies = cookies.filter(c => c.name === 'chatd_sockjs')
+      .map(c => ({ path: c.path, httpOnly: c.httpOnly, sameSite: c.sameSite }));
+    seen.cookieVisibleToScripts = (await alice.page.evaluate(() => document.cookie))
+      .includes('chatd_sockjs');
+    seen.sockjsSessions = sessions;
+    seen.strangers = {};
+    for (const path of sessions) {
+      seen.strangers[path] = await step(`a stranger tries ${name}'s session`,
+        () => strangerTries(api, path));
+    }
+    await step(`${name} sends over ${transport} and sees it stored`, async () => {
+      await alice.page.fill('#peer-email', 'bob@example.com');
+      await alice.page.click('#open-form button');
+      await alice.page.waitForSelector('#chat:not([data-session=""])');
+      await alice.page.fill('#text', `over ${transport}`);
+      await alice.page.press('#text', 'Enter');
+      await alice.page.waitForSelector(
+        `#messages li.mine[data-status="sent"]:has-text("over ${transport}")`);
+    });
+    out.sessionId = await alice.page.getAttribute('#chat', 'data-session');
+    seen.transportAtEnd = await alice.page.getAttribute('#connection', 'data-transport');
+    out.transports[transport] = seen;
+  }
+  await screenshots('');
+  await finish(0);
+}
+
+const scenarios = {
+  chat: run, 'refused-token': refusedToken, restart, 'refused-send': refusedSend,
+  'bound-session': boundSession,
+};
 (scenarios[options.scenario ?? 'chat'])().catch(fail);

@@ -7,9 +7,11 @@
 //                              "sessionId": "…", "tokens": {"alice": "…", "bob": "…"},
 //                              "heartbeatMs": 200, "idleMs": 1500}'
 //
-// alice (token in the CONNECT Authorization header) and bob (token as `access_token` in the
-// SockJS URL, as a browser would) subscribe with receipts; alice sends through /app/chat.send;
-// bob receives it on the session topic and alice gets the ack. Then both stay idle for idleMs
+// alice (token in the CONNECT Authorization header) and bob (token only as `access_token` in
+// the SockJS URL) subscribe with receipts. Both URLs carry `access_token`: it is what binds an
+// HTTP-transport session to its opener here, since sockjs-client under Node keeps no cookies
+// (a browser gets the session's cookie instead; test_browser.py). alice sends through
+// /app/chat.send; bob receives it on the session topic and alice gets the ack. Then both stay idle for idleMs
 // with STOMP heart-beats on, and alice sends again: the message still arrives. A step that does
 // not happen in time ends the run with {"fatal": …} and exit status 1.
 import { Client } from '@stomp/stompjs';
@@ -92,7 +94,10 @@ function makeClient(name, { url, headers }) {
 
 async function main() {
   const sid = options.sessionId;
-  const alice = makeClient('alice', { url: base, headers: { Authorization: `Bearer ${options.tokens.alice}` } });
+  const alice = makeClient('alice', {
+    url: `${base}?access_token=${options.tokens.alice}`,
+    headers: { Authorization: `Bearer ${options.tokens.alice}` },
+  });
   const bob = makeClient('bob', { url: `${base}?access_token=${options.tokens.bob}` });
   await alice.start();
   await bob.start();

@@ -50,6 +50,12 @@ BAD = [
     ("negative content-length", b"SEND\ncontent-length:-1\n\n\0", {}, "invalid content-length"),
     ("no NUL after content-length", b"SEND\ncontent-length:1\n\nab\0", {}, "not terminated by NUL"),
     ("invalid utf-8", b"SEND\nx:\xff\n\n\0", {}, "not valid UTF-8"),
+    ("NUL in a header value", b"SEND\ndestination:/q\nx-evil:a\0MESSAGE\nx:y\n\nhi\0", {},
+     "NUL in a header"),
+    ("NUL in a header name", b"SEND\nx\0y:1\n\n\0", {}, "NUL in a header"),
+    ("NUL in a CONNECT header", b"CONNECT\nlogin:a\0b\n\n\0", {}, "NUL in a header"),
+    ("NUL in a header, with content-length", b"SEND\ncontent-length:1\nx:\0\n\na\0", {},
+     "NUL in a header"),
     ("too many headers", b"SEND\na:1\nb:2\nc:3\n\n\0", {"max_header_count": 2}, "too many headers"),
     ("header line too long", b"SEND\nx:" + b"a" * 100 + b"\n\n\0", {"max_header_line": 50}, "header line too long"),
     ("unterminated long line", b"SEND\nx:" + b"a" * 100, {"max_header_line": 50}, "header line too long"),
@@ -95,7 +101,9 @@ def test_encode_escapes_except_connect() -> None:
 
 # -- properties -------------------------------------------------------------------------------
 
-header_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+# STOMP cannot carry NUL in a header (no escape exists): see test_nul_in_any_header_is_refused.
+header_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
+                      max_size=20)
 header_name = header_text.filter(bool)
 commands = st.sampled_from([c for c in Command if c not in (Command.CONNECT, Command.STOMP, Command.CONNECTED)])
 
@@ -154,3 +162,19 @@ def test_random_bytes_never_raise_anything_else(data: bytes) -> None:
             pass
     except RemoteProtocolError:
         pass
+
+
+@given(frames(), st.data())
+def test_nul_in_any_header_is_refused(frame: Frame, data: st.DataObject) -> None:
+    # A raw NUL anywhere in any header line (name or value): the decoder fails, whatever came
+    # before it, rather than hand on a header a receiver would split into two frames.
+    encoded = encode_frame(frame)
+    head_end = encoded.index(b"\n\n")
+    first_header = encoded.index(b"\n") + 1
+    at = data.draw(st.integers(first_header, head_end - 1))
+    if encoded[at:at + 1] == b"\n":
+        at += 1  # inside the next line rather than between two lines
+    poisoned = encoded[:at] + b"\0" + encoded[at:]
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_all(poisoned)
+    assert info.value.detail == "NUL in a header line"

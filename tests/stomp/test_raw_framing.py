@@ -395,6 +395,31 @@ def test_overlong_header_line_is_an_error_then_close(raw: RawClient, unique: str
     raw.expect_error_then_close()
 
 
+def test_nul_in_a_header_is_an_error_then_close_and_never_relayed(
+        broker: BrokerProcess, raw: RawClient, unique: str) -> None:
+    destination = f"/topic/nul-header-{unique}"
+    subscriber = RawClient(broker.tcp)
+    try:
+        subscriber.connect()
+        _subscribe(subscriber, destination)
+        raw.connect()
+        forged = f"a\x00MESSAGE\ndestination:{destination}\nsubscription:s1\n\nforged"
+        raw.send(f"SEND\ndestination:{destination}\nx-evil:{forged}\n\nreal\x00".encode())
+        error = raw.expect_error_then_close()
+        assert "NUL" in (error.get("message") or "") + error.body.decode()
+        # Nothing reached the subscriber: a real frame sent afterwards is the next it sees.
+        publisher = RawClient(broker.tcp)
+        try:
+            publisher.connect()
+            publisher.send(f"SEND\ndestination:{destination}\n\nafter\x00".encode())
+            message = subscriber.expect("MESSAGE")
+            assert message.body == b"after"
+        finally:
+            publisher.close()
+    finally:
+        subscriber.close()
+
+
 def test_disconnect_with_receipt_then_close(raw: RawClient) -> None:
     raw.connect()
     raw.send(b"DISCONNECT\nreceipt:77\n\n\x00")

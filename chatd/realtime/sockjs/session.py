@@ -17,6 +17,7 @@ own task (`run_session`) and the requests only feed its inbox or drain its outbo
 from __future__ import annotations
 
 import enum
+import hmac
 import logging
 from typing import Final
 
@@ -55,11 +56,26 @@ class SockJSSession:
         self._changed = trio.Event()
         self._inbox_send, self._inbox = trio.open_memory_channel[bytes](INBOX_SIZE)
         self._partial = b""
-        #: The ``access_token`` query parameter the session was opened with: every request
-        #: to it must carry the same (None: none).
+        #: Who may use the session (HTTP transports): the holder of `secret`, which the server
+        #: sets as a cookie on the request that opened it, or of `bound_token`, the
+        #: ``access_token`` query parameter it was opened with (None: none).
+        self.secret: str | None = None
         self.bound_token: str | None = None
         #: Cancels the session's task (`run_session` runs inside it; `close_all` cancels it).
         self.scope = trio.CancelScope()
+
+    def admits(self, cookies: list[str], token: str | None) -> bool:
+        """Whether a request carrying the cookie values `cookies` and the query token `token`
+        comes from the client that opened the session.
+
+        A session id travels in URLs (proxies' logs, browser history, Referer headers): knowing
+        it must not be enough to listen to, or speak in, somebody else's STOMP session.
+        """
+        if self.secret is not None and any(
+                hmac.compare_digest(given.encode(), self.secret.encode()) for given in cookies):
+            return True
+        return (self.bound_token is not None and token is not None
+                and hmac.compare_digest(token.encode(), self.bound_token.encode()))
 
     # -- the receiving side (HTTP requests, the WebSocket) -------------------------------------
 

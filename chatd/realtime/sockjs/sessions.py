@@ -10,6 +10,7 @@ frames, with the one-receiver rule and the response limit of streaming transport
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Final
@@ -75,11 +76,14 @@ class SockJSSessions:
         """Whether the table holds ``max_sessions`` sessions (no new one may be created)."""
         return len(self._sessions) >= self.settings.max_sessions
 
-    def create(self, session_id: str, transport: TransportInfo,
-               nursery: trio.Nursery) -> SockJSSession:
+    def create(self, session_id: str, transport: TransportInfo, nursery: trio.Nursery, *,
+               bound_token: str | None = None) -> SockJSSession:
         """A new session `session_id`, its STOMP session started in `nursery` (the caller
-        checks `full` first)."""
+        checks `full` first), with a fresh `secret` for its opener (see `SockJSSession.admits`)
+        and bound to `bound_token` too if given."""
         session = self.new_session(session_id)
+        session.secret = secrets.token_urlsafe(32)
+        session.bound_token = bound_token
         self._sessions[session_id] = session
         nursery.start_soon(self._run, session, transport)
         return session

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
 
 from chatd.auth.keys import generate_private_key
 from chatd.auth.tokens import mint_token
-from chatd.http import max_body_size
+from chatd.domain.rules import max_body_size
 from tests.chatd.api.conftest import ALICE, BOB, CAROL, assert_error, init_session, send
 
 # Every session-scoped route: (method, path template, JSON body).
@@ -116,7 +117,7 @@ async def test_malformed_bodies(sqlite_server, auth, content, headers, status) -
 
 
 async def test_body_over_the_limit_is_413(sqlite_server, auth) -> None:
-    limit = max_body_size(sqlite_server.config.limits)
+    limit = max_body_size(sqlite_server.config.limits.max_content_length)
     content = b'{"content": "' + b"x" * limit + b'"}'
     answer = await sqlite_server.client.post(
         "/api/chat/message", content=content,
@@ -133,6 +134,25 @@ async def test_body_over_the_limit_is_413(sqlite_server, auth) -> None:
         headers={"Content-Type": "application/json"} | auth(ALICE),
     )
     assert_error(streamed, 413)
+
+
+async def test_a_text_within_the_character_limit_fits_the_body_limit_however_escaped(
+        sqlite_server, auth) -> None:
+    # 4000 emoji as json.dumps writes them by default (\\ud83d\\ude00: 12 bytes each) are 48 KB:
+    # still one message within the 4000-character limit, so not a 413 for the body's size.
+    limit = sqlite_server.config.limits.max_content_length
+    sid = await init_session(sqlite_server, auth)
+    headers = {"Content-Type": "application/json"} | auth(ALICE)
+    for n, status in ((limit, 201), (limit + 1, 413)):
+        body = json.dumps({"sessionId": sid, "content": "\U0001F600" * n,
+                           "clientMessageId": f"emoji-{n}"})
+        assert len(body) > 12 * n
+        answer = await sqlite_server.client.post("/api/chat/message", content=body,
+                                                 headers=headers)
+        assert answer.status_code == status, answer.text
+    # Over the limit: the length is what is refused, not the body's bytes.
+    assert answer.json()["errorMsg"] == (
+        f"content is {limit + 1} characters long; the limit is {limit}")
 
 
 async def test_framework_errors_are_json(sqlite_server, auth) -> None:

@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from tests.chatd.api.conftest import Server, start_server
+from tests.chatd.raw_http import read_response
 
 KEEPALIVE = 0.5
 SLACK = 1.0
@@ -26,23 +27,6 @@ async def short_keepalive_server(
                                 keepalive_timeout=KEEPALIVE)
     yield server
     server.stop.set()
-
-
-async def _read_response(stream: trio.SocketStream, buffer: bytearray) -> bytes:
-    """Read one response with a Content-Length body; leave anything after it in `buffer`."""
-    while b"\r\n\r\n" not in buffer:
-        chunk = await stream.receive_some(65536)
-        assert chunk, f"closed before a full response: {bytes(buffer)!r}"
-        buffer += chunk
-    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
-    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
-    while len(rest) < length:
-        chunk = await stream.receive_some(65536)
-        assert chunk, "closed in the middle of a body"
-        rest += chunk
-    buffer[:] = rest[length:]
-    return head + b"\r\n\r\n" + rest[:length]
 
 
 async def _seconds_until_closed(stream: trio.SocketStream, limit: float) -> float:
@@ -61,7 +45,7 @@ async def test_idle_keepalive_connection_is_closed_after_the_timeout(
         buffer = bytearray()
         for _ in range(2):  # the connection is reused while it is busy...
             await stream.send_all(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
-            assert (await _read_response(stream, buffer)).startswith(b"HTTP/1.1 200")
+            assert (await read_response(stream, buffer)).startswith(b"HTTP/1.1 200")
         # ...and closed once idle for keepalive_timeout.
         waited = await _seconds_until_closed(stream, KEEPALIVE + SLACK)
         assert waited >= KEEPALIVE * 0.8
@@ -82,7 +66,7 @@ async def test_close_requests_are_closed_at_once(short_keepalive_server, request
     async with await trio.open_tcp_stream(host, port) as stream:
         await stream.send_all(request_bytes)
         buffer = bytearray()
-        assert (await _read_response(stream, buffer)).startswith(b"HTTP/1.1 ")
+        assert (await read_response(stream, buffer)).startswith(b"HTTP/1.1 ")
         assert await _seconds_until_closed(stream, KEEPALIVE / 2) < KEEPALIVE / 2
 
 
@@ -95,7 +79,7 @@ async def test_many_idle_connections_are_all_reaped(short_keepalive_server) -> N
         with trio.fail_after(KEEPALIVE + SLACK):
             for stream in streams:
                 buffer = bytearray()
-                await _read_response(stream, buffer)
+                await read_response(stream, buffer)
                 while await stream.receive_some(65536):
                     pass
     finally:

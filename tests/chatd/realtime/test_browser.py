@@ -6,7 +6,8 @@ Two browser contexts, alice and bob, sign in through the page (the demo token en
 embedded default) and chat: message, delivered and seen ticks, unread badges, typing, history
 scrolling -- over SockJS's websocket transport (SQLite), with bob's WebSocket deleted so that
 SockJS falls back to xhr-streaming (PostgreSQL), and over a plain WebSocket. Then: a refused
-token, and a server that dies mid-chat and comes back. Screenshots go to
+token, a server that dies mid-chat and comes back, and a stranger who knows the URL of a page's
+SockJS session (on every HTTP transport sockjs-client has). Screenshots go to
 ``test-artifacts/browser/<test>/`` (git-ignored). Each browser test takes a few seconds.
 """
 
@@ -230,6 +231,32 @@ async def test_a_refused_token_returns_to_the_sign_in_form(node: str, embedded_c
     assert result["meAfterSignIn"] == "mallory@example.com"
     assert result["signInErrorAfterSignIn"] == ""
     assert [Path(p).parent for p in result["users"]["mallory"]["screenshots"]] == [artifacts] * 2
+
+
+BOUND_TRANSPORTS = ["xhr-streaming", "xhr-polling", "eventsource", "htmlfile", "jsonp-polling"]
+HTTP_TRANSPORTS = ["xhr", "xhr_streaming", "eventsource", "htmlfile", "jsonp", "xhr_send",
+                   "jsonp_send"]
+
+
+@pytest.mark.node
+@pytest.mark.timeout(120)
+async def test_a_stranger_with_the_url_cannot_use_a_page_s_sockjs_session(
+        node: str, embedded_chat: Chat, request: pytest.FixtureRequest) -> None:
+    # The page authenticates in the CONNECT frame, with no access_token in the SockJS URL:
+    # only the session's cookie, which the browser keeps and returns, says who opened it.
+    result, _ = await browse(node, embedded_chat, request, scenario="bound-session",
+                             transports=BOUND_TRANSPORTS)
+    assert list(result["transports"]) == BOUND_TRANSPORTS
+    for transport, seen in result["transports"].items():
+        assert (seen["transport"], seen["transportAtEnd"]) == (transport, transport)
+        assert seen["pageErrors"] == seen["consoleErrors"] == seen["errorResponses"] == []
+        [path] = seen["sockjsSessions"]
+        assert seen["strangers"] == {path: dict.fromkeys(HTTP_TRANSPORTS, 404)}, transport
+        assert seen["sessionCookies"] == [{"path": path, "httpOnly": True, "sameSite": "Lax"}]
+        assert seen["cookieVisibleToScripts"] is False
+    stored = sorted(await embedded_chat.history(result["sessionId"]), key=lambda m: m["seq"])
+    assert [(m["senderEmail"], m["content"]) for m in stored] == [
+        (ALICE, f"over {transport}") for transport in BOUND_TRANSPORTS]
 
 
 class Lines:

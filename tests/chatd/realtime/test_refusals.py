@@ -3,6 +3,7 @@ over `/ws`)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -120,4 +121,52 @@ async def test_header_limit_comes_from_the_config(
         await run(alice.subscribe, f"/topic/session.{sid}", wait=False, **many)
         error = await run(alice.error)
         assert error.headers["message"] == "too many headers"
+    chat.scope.cancel()
+
+
+@pytest.mark.parametrize("begin", [True, False], ids=["begun", "unknown transaction"])
+async def test_an_app_send_in_a_transaction_is_refused_and_not_stored(
+        sqlite_chat: Chat, begin: bool) -> None:
+    # /app SENDs act at once: they would ignore a later ABORT, so they are refused instead.
+    chat = sqlite_chat
+    sid = await chat.init()
+    alice = await stomppy_client(chat, ALICE)
+    if begin:
+        await run(alice.conn.begin, "t1")
+    body = json.dumps({"sessionId": sid, "content": "in a transaction", "clientMessageId": "t"})
+    await run(alice.conn.send, "/app/chat.send", body, content_type="application/json",
+              transaction="t1")
+    if begin:
+        await run(alice.conn.abort, "t1")
+    error = await run(alice.error)
+    assert error.headers["message"] == "cannot send to /app/chat.send in a transaction"
+    assert "transaction header" in error.body
+    assert await chat.history(sid) == []
+
+
+async def test_a_text_within_the_character_limit_fits_the_stomp_frame_limit(
+        nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]) -> None:
+    # 6000 emoji escaped by json.dumps (stomp.py's client here) are 72 KB, more than the
+    # configured 64 KiB frame limit: the frame limit is raised to fit any text the character
+    # limit allows, as the REST body limit is; one character more is refused for its length.
+    base = chat_config(tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}", key_pair[1])
+    limit = 6000
+    config = replace(base, limits=replace(base.limits, max_content_length=limit,
+                                          stomp_max_frame_size=65_536))
+    chat = await start_chat(nursery, config, key_pair[0])
+    async with chat.client:
+        sid = await chat.init()
+        alice = await stomppy_client(chat, ALICE)
+        ack = await run(alice.subscribe, "/user/queue/ack")
+        errors = await run(alice.subscribe, "/user/queue/error")
+        for n, cmid in ((limit, "fits"), (limit + 1, "too long")):
+            await run(alice.send, "/app/chat.send",
+                      {"sessionId": sid, "content": "\U0001F600" * n, "clientMessageId": cmid})
+        _, stored = await run(alice.json, ack)
+        assert (stored["clientMessageId"], len(stored["content"])) == ("fits", limit)
+        _, refused = await run(alice.json, errors)
+        assert refused == {"clientMessageId": "too long", "status": "REQUEST_ENTITY_TOO_LARGE",
+                           "errorMsg": f"content is {limit + 1} characters long; the limit is "
+                                       f"{limit}"}
+        await run(alice.close)
     chat.scope.cancel()

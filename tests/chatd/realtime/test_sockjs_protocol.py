@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 import trio_websocket
@@ -77,6 +78,16 @@ async def test_options_preflight_is_cacheable(chat: Chat, path: str, methods: st
     assert int(answer.headers["access-control-max-age"]) > 1_000_000
     assert answer.headers["access-control-allow-methods"] == methods
     assert_cors(answer, origin)
+
+
+async def test_origin_null_is_echoed_never_star_with_credentials(chat: Chat) -> None:
+    # file:// pages and sandboxed iframes send `Origin: null`; `*` with credentials would make
+    # browsers refuse every XHR transport for them.
+    for answer in (await chat.client.options("/ws/info", headers={"Origin": "null"}),
+                   await chat.client.get("/ws/info", headers={"Origin": "null"}),
+                   await chat.client.post(session_url() + "/xhr", headers={"Origin": "null"})):
+        assert answer.headers["access-control-allow-origin"] == "null"
+        assert answer.headers["access-control-allow-credentials"] == "true"
 
 
 async def test_iframe_page_is_cacheable_with_etag(chat: Chat) -> None:
@@ -202,8 +213,10 @@ async def test_xhr_polling_carries_stomp(chat: Chat) -> None:
     assert sent.headers["cache-control"] == NO_CACHE
     assert_cors(sent)
 
-    # The server id is ignored: the session is found by its id alone.
-    polled = await chat.client.post(url.replace("/000/", "/999/") + "/xhr")
+    # The server id is ignored: the session is found by its id alone (with the opener's
+    # cookie, which is scoped to the URL it was set on: sockjs-client never changes it).
+    cookie = {"Cookie": f"chatd_sockjs={chat.client.cookies['chatd_sockjs']}"}
+    polled = await chat.client.post(url.replace("/000/", "/999/") + "/xhr", headers=cookie)
     assert polled.text.endswith("\n")
     frames = stomp_frames(polled.text.rstrip("\n"))
     while len(frames) < 2:
@@ -336,6 +349,7 @@ async def test_session_opened_with_a_query_token_needs_it_on_every_request(chat:
     mine = {"access_token": chat.token(ALICE)}
     theirs = {"access_token": chat.token(BOB)}
     assert (await chat.client.post(url + "/xhr", params=mine)).text == "o\n"
+    chat.client.cookies.clear()  # a client without a cookie jar (sockjs-client under Node)
     connect = json.dumps([connect_frame(None)])  # the token in the query authenticates
     for params in ({}, theirs):  # knowing the session id is not enough
         assert (await chat.client.post(url + "/xhr_send", content=connect,
@@ -378,21 +392,26 @@ async def test_cookie_needed_sets_jsessionid_on_session_urls(
         assert info.json()["cookie_needed"] is True
         assert "set-cookie" not in info.headers
         opened = await sticky.client.post(session_url() + "/xhr")
-        assert opened.headers["set-cookie"].split(";")[0] == "JSESSIONID=dummy"
-        assert "path=/" in opened.headers["set-cookie"].lower()
+        [jsessionid] = jsessionid_cookies(opened)
+        assert jsessionid.split(";")[0] == "JSESSIONID=dummy"
+        assert "path=/;" in jsessionid.lower() + ";"
         sticky.client.cookies.clear()
         sticky.client.cookies.set("JSESSIONID", "abcdef")  # a balancer's own value is kept
         url_ = session_url()
         echoed = await sticky.client.post(url_ + "/xhr")
-        assert echoed.headers["set-cookie"].split(";")[0] == "JSESSIONID=abcdef"
+        assert [c.split(";")[0] for c in jsessionid_cookies(echoed)] == ["JSESSIONID=abcdef"]
         sent = await sticky.client.post(url_ + "/xhr_send", content=json.dumps(["x"]))
-        assert sent.headers["set-cookie"].split(";")[0] == "JSESSIONID=abcdef"
+        assert [c.split(";")[0] for c in jsessionid_cookies(sent)] == ["JSESSIONID=abcdef"]
     sticky.scope.cancel()
 
 
-async def test_no_cookie_by_default(chat: Chat) -> None:
+def jsessionid_cookies(response: httpx.Response) -> list[str]:
+    return [c for c in response.headers.get_list("set-cookie") if c.startswith("JSESSIONID=")]
+
+
+async def test_no_jsessionid_by_default(chat: Chat) -> None:
     assert (await chat.client.get("/ws/info")).json()["cookie_needed"] is False
-    assert "set-cookie" not in (await chat.client.post(session_url() + "/xhr")).headers
+    assert jsessionid_cookies(await chat.client.post(session_url() + "/xhr")) == []
 
 
 async def test_expiring_token_closes_the_sockjs_session(chat: Chat) -> None:

@@ -232,8 +232,10 @@ async def test_http10_client(chat: Chat) -> None:
         assert json.loads(body)["websocket"] is True
 
     url = session_url()
+    # Bound to a (bad) query token: this raw socket keeps no cookie for the client below.
     head, body, stream = await http10(
-        chat, f"POST {url}/xhr_streaming HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+        chat, f"POST {url}/xhr_streaming?access_token=bad HTTP/1.0\r\n"
+              "Connection: Keep-Alive\r\n\r\n")
     async with stream:
         assert " 200" in head.split("\r\n")[0]
         assert "transfer-encoding" not in head
@@ -242,7 +244,9 @@ async def test_http10_client(chat: Chat) -> None:
             while "o\n" not in body:
                 body += (await stream.receive_some(65536)).decode()
         assert body == PRELUDE + "\n" + "o\n"
-        await xhr_send(chat.client, url, connect_frame(None))  # refused: ERROR, then close
+        sent = await chat.client.post(url + "/xhr_send", params={"access_token": "bad"},
+                                      content=json.dumps([connect_frame(None)]))
+        assert sent.status_code == 204  # refused: ERROR, then close
         rest = await read_to_eof(stream, "")
     frames = rest.rstrip("\n").split("\n")
     assert stomp_frames(frames[0])[0].startswith("ERROR\n")
