@@ -78,6 +78,15 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     # Before anything logs: with JSON logs, every line on stderr must be one JSON object.
     configure_logging(config.logging)
+    if args.workers > 1:
+        from chatd.workers import check_workers, run_workers
+
+        try:
+            check_workers(config, args.workers)
+            _prepare_files(config)  # once, before the workers race to make the dev keys
+        except StartupError as exc:
+            return _fail(exc, config)
+        return run_workers(args.argv, args.workers, env, config.server.shutdown_grace)
     try:
         _prepare_files(config)
 
@@ -258,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", metavar="DIR", help="data directory (server.data_dir)")
     debug_help = "log at DEBUG level; a start-up error also prints its traceback"
     serve.add_argument("--debug", action="store_true", help=debug_help)
+    serve.add_argument("--workers", type=_positive, default=1, metavar="N",
+                       help="run N processes on the one port (SO_REUSEPORT; needs RabbitMQ "
+                            "and PostgreSQL, and SockJS off); default 1")
 
     migrate = add("migrate", cmd_migrate)
     migrate.add_argument("--config", metavar="FILE", help=config_help)
@@ -288,11 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Entry point of the `chatd` console script; returns the exit status."""
     from chatd.auth.keys import KeyFileError
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args, os.environ if env is None else env))
     except (ConfigError, KeyFileError, CommandError) as exc:

@@ -108,6 +108,7 @@ class ServerConfig:
     sockjs_response_limit: int = _opt(128 * 1024, lo=1024, hi=1 << 30)
     sockjs_max_sessions: int = _opt(10_000, lo=1, hi=10_000_000)
     sockjs_cookie_needed: bool = False
+    reuse_port: bool = False
 
     @property
     def bind_address(self) -> tuple[str, int]:

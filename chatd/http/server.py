@@ -51,7 +51,8 @@ HEAD_TIMEOUT: Final = 10.0
 
 
 def hypercorn_config(config: Config) -> hypercorn.config.Config:
-    """Hypercorn settings for `config`: bind, keep-alive timeout, drain time, our loggers."""
+    """Hypercorn settings for `config`: bind, keep-alive timeout, drain time, our loggers,
+    SO_REUSEPORT (``[server] reuse_port``: the workers of ``chatd serve --workers``)."""
     host, port = config.server.bind_address
     hconfig = hypercorn.config.Config()
     hconfig.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -63,6 +64,8 @@ def hypercorn_config(config: Config) -> hypercorn.config.Config:
     error_logger.setLevel(max(logging.WARNING, logging.getLogger("chatd").getEffectiveLevel()))
     hconfig.errorlog = error_logger
     hconfig.include_server_header = False
+    if config.server.reuse_port:
+        hconfig.workers = 2  # what makes Hypercorn's create_sockets set SO_REUSEPORT
     return hconfig
 
 
