@@ -41,7 +41,8 @@ EVENT_PONG: Final = "pong"
 #: Seconds one `/app` frame may hold up its session's reader.
 DEFAULT_HANDLER_TIMEOUT: Final = 10.0
 
-Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
+#: (session, caller, body): what one `/app` destination does with a SEND.
+Handler = Callable[[SessionId, str, dict[str, Any]], Awaitable[None]]
 #: (destination key, event, body): forwards an ephemeral publish to other instances.
 Relay = Callable[[str, str, bytes], None]
 
@@ -74,7 +75,7 @@ class AppHandlers:
         try:
             body = parse_body(event.frame.body)
             with trio.move_on_after(self.timeout) as scope:
-                await self.routes[event.destination](caller, body)
+                await self.routes[event.destination](session, caller, body)
             if scope.cancelled_caught:
                 raise Unavailable(f"{event.destination} timed out")
         except ChatError as exc:
@@ -87,31 +88,35 @@ class AppHandlers:
 
     # -- handlers ------------------------------------------------------------------------------
 
-    async def chat_send(self, caller: str, body: dict[str, Any]) -> None:
-        """Store a message like REST does; the message JSON goes to `/user/queue/ack`."""
+    async def chat_send(self, session: SessionId, caller: str, body: dict[str, Any]) -> None:
+        """Store a message like REST does; the message JSON goes to `/user/queue/ack`. The
+        send's wait is counted from when its frame was read, so a flood pipelined on one
+        connection is refused (busy, `retryAfter`) rather than stored ever later."""
         message, _ = await self.services.send(
             caller, body.get("sessionId"), body.get("content"), body.get("clientMessageId"),
-            path="stomp",
+            path="stomp", received_at=self.runtime.received_at(session),
         )
         self.reply(caller, "/queue/ack", message.to_json(), EVENT_MESSAGE)
 
-    async def chat_delivered(self, caller: str, body: dict[str, Any]) -> None:
+    async def chat_delivered(self, session: SessionId, caller: str, body: dict[str, Any]
+                             ) -> None:
         """Mark others' messages delivered; the store writes the receipt's outbox rows."""
         await self.services.mark(caller, body.get("sessionId"), "delivered",
                                  up_to_seq=body.get("upToSeq"))
 
-    async def chat_seen(self, caller: str, body: dict[str, Any]) -> None:
+    async def chat_seen(self, session: SessionId, caller: str, body: dict[str, Any]) -> None:
         """Mark others' messages seen (and delivered); receipts go out through the outbox."""
         await self.services.mark(caller, body.get("sessionId"), "seen",
                                  up_to_seq=body.get("upToSeq"))
 
-    async def chat_typing(self, caller: str, body: dict[str, Any]) -> None:
+    async def chat_typing(self, session: SessionId, caller: str, body: dict[str, Any]
+                          ) -> None:
         """Tell the session topic the caller is typing; ephemeral, never stored."""
         chat = await self.services.require_participant(caller, body.get("sessionId"))
         payload = {"sessionId": str(chat.id), "email": caller}
         self.publish(topic_destination(chat.id), dumps(payload).encode(), EVENT_TYPING)
 
-    async def ping(self, caller: str, body: dict[str, Any]) -> None:
+    async def ping(self, session: SessionId, caller: str, body: dict[str, Any]) -> None:
         """Echo the body (a client's correlation data) on `/user/queue/pong`."""
         self.reply(caller, "/queue/pong", body, EVENT_PONG)
 

@@ -178,8 +178,13 @@ class ChatService:
         client_message_id: object,
         *,
         path: SendPath = "rest",
+        received_at: float | None = None,
     ) -> tuple[Message, bool]:
         """Store a message from the caller; return (message, created).
+
+        `received_at` (trio time; default now) is when the send arrived: with a committer,
+        one not stored within ``[limits] max_send_wait_ms`` of it is refused (Unavailable,
+        busy) rather than stored late.
 
         A `client_message_id` the caller already used in this session returns the original
         with created False — before the rate limit, so a client retrying after a lost answer
@@ -205,7 +210,9 @@ class ChatService:
         assert sender is not None  # require_participant checked it
         item = NewMessage(sid, sender, text, cmid, now)
         if self.committer is not None:
-            appended = await self.committer.append(item)
+            start = trio.current_time() if received_at is None else received_at
+            appended = await self.committer.append(
+                item, deadline=start + self.limits.max_send_wait_ms / 1000)
             message, created = appended.message, appended.created
         else:
             message, created = await self.store.append_message(sid, sender, text, cmid, now)

@@ -23,7 +23,9 @@ per-session order across instances; the batching still applies.
 Delivery can never fall behind acceptance: the next batch is not taken before the last one
 was delivered. What bounds the latency of an accepted send is the queue: past
 `max_queued` waiting sends, a send is refused at once (`Unavailable`, 503 with Retry-After
-over REST, an error with ``retryAfter`` over STOMP) instead of waiting without bound.
+over REST, an error with ``retryAfter`` over STOMP) instead of waiting without bound, and a
+send whose deadline (``[limits] max_send_wait_ms`` after it was received) passed before its
+batch started is refused the same way rather than stored late.
 """
 
 from __future__ import annotations
@@ -59,10 +61,11 @@ BUSY_MESSAGE: Final = "server busy: too many messages waiting to be stored; retr
 class _Waiter:
     """One queued send and, once its batch committed, its result."""
 
-    __slots__ = ("done", "item", "result")
+    __slots__ = ("deadline", "done", "item", "result")
 
-    def __init__(self, item: NewMessage) -> None:
+    def __init__(self, item: NewMessage, deadline: float) -> None:
         self.item = item
+        self.deadline = deadline
         self.result: AppendResult | None = None
         self.done = trio.Event()
 
@@ -115,16 +118,18 @@ class SendCommitter:
         """Sends waiting for their batch now."""
         return len(self._queue)
 
-    async def append(self, item: NewMessage) -> Appended:
+    async def append(self, item: NewMessage, *, deadline: float = math.inf) -> Appended:
         """Store `item` with the next batch; its `Appended`. Raises what the store said of it
         (NotFound, Forbidden), Unavailable when the store is down, the committer is not
-        running, or too many sends wait already (then at once, with `retry_after`)."""
+        running, too many sends wait already (then at once), or the batch that would take it
+        starts after `deadline` (trio time: the send waited too long, behind others of its
+        connection or in this queue) — the busy ones with `retry_after`."""
         if not self._running or self._stopping:
             raise Unavailable("server shutting down" if self._stopping else "store unavailable")
         if len(self._queue) >= self.max_queued:
             self.refused += 1
             raise Unavailable(BUSY_MESSAGE, retry_after=BUSY_RETRY_AFTER)
-        waiter = _Waiter(item)
+        waiter = _Waiter(item, deadline)
         self._queue.append(waiter)
         self._wake.set()
         # Cancelled here, the message may still be stored with the batch: a client that
@@ -165,6 +170,15 @@ class SendCommitter:
             self._queue.clear()
 
     async def _commit(self, batch: list[_Waiter]) -> None:
+        late = trio.current_time()
+        if any(w.deadline < late for w in batch):
+            for waiter in batch:
+                if waiter.deadline < late:
+                    self.refused += 1
+                    waiter.settle(Unavailable(BUSY_MESSAGE, retry_after=BUSY_RETRY_AFTER))
+            batch = [w for w in batch if w.deadline >= late]
+            if not batch:
+                return
         now = self._clock()
         direct = self.sink is not None
         marks, self._delivered = self._delivered, []

@@ -63,7 +63,8 @@ class Outbox:
     """
 
     __slots__ = ("chunks", "closing", "connection", "deferred", "frames", "id", "lot", "parked",
-                 "principal", "scope", "send_interval", "sending", "size", "slow", "transport")
+                 "principal", "received_at", "scope", "send_interval", "sending", "size",
+                 "slow", "transport")
 
     def __init__(self, session: SessionId, connection: ServerConnection,
                  transport: TransportInfo) -> None:
@@ -86,6 +87,8 @@ class Outbox:
         self.parked = False
         self.deferred = False
         self.sending = False
+        #: trio time at which the bytes of the frames being handled were read.
+        self.received_at = 0.0
 
     def take(self) -> list[bytes]:
         """Everything queued, leaving the outbox empty."""
@@ -176,6 +179,14 @@ class BrokerRuntime:
     @property
     def shutting_down(self) -> bool:
         return self._shutting_down
+
+    def received_at(self, session: SessionId) -> float | None:
+        """The trio time at which the frame `session` is handling was read from its
+        transport (None: unknown session). Frames read together share it, so a hook can tell
+        how long a frame waited behind the ones before it, and refuse work that came too late
+        instead of letting a flooding peer's backlog grow."""
+        outbox = self._sessions.get(session)
+        return outbox.received_at if outbox else None
 
     def principal(self, session: SessionId) -> Principal | None:
         """Who `session` authenticated as (None: anonymous or unknown)."""

@@ -168,6 +168,7 @@ class _Pump:
             self.receiving_since = None
             if not data:
                 return
+            outbox.received_at = current_time()
             outbox.deferred = True
             try:
                 for event in connection.receive_data(bytes(data)):

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import trio
 
 from chatd.domain.errors import NotFound, Unavailable
@@ -158,3 +159,18 @@ async def test_a_receipt_behind_delivered_rows_goes_out_when_they_are_marked(
         assert took < 2.0  # woken by the mark, not by the 5 s poll
     assert [r.event for r in sink.accepted][-1] == EVENT_RECEIPT
     assert_session_order(sink.accepted)
+
+
+async def test_a_send_whose_deadline_passed_is_refused_not_stored_late(store: Store) -> None:
+    [(session, _)] = await sessions(store, 1)
+    committer = SendCommitter(store, sink=RecordingSink(), clock=utc_now)
+    async with committing(committer):
+        with pytest.raises(Unavailable) as refused:
+            await committer.append(NewMessage(session.id, ANN, "x", "late", utc_now()),
+                                   deadline=trio.current_time() - 0.001)
+        fresh = await committer.append(NewMessage(session.id, ANN, "y", "fresh", utc_now()),
+                                       deadline=trio.current_time() + 10)
+    assert refused.value.retry_after == BUSY_RETRY_AFTER
+    assert committer.refused == 1
+    assert [m.client_message_id for m in await store.messages_after(session.id, 0, 10)] == [
+        fresh.message.client_message_id]
