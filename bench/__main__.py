@@ -30,7 +30,7 @@ from bench.targets import ChatdBroker, Target, pin_self, rabbitmq, raise_fd_limi
 Result = dict[str, Any]
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_SCENARIOS = ["fanout", "topics", "overload", "latency", "pingpong", "idle"]
-ALL = [*BROKER_SCENARIOS, "send", "e2e", "e2e-stomp", "instances"]
+ALL = [*BROKER_SCENARIOS, "send", "e2e", "e2e-stomp", "workers", "instances"]
 RABBITMQ_IDLE = 600  # RabbitMQ's open-file limit of 1024 leaves ~830 sockets
 NOISY = 50.0  # % of a core used by other processes during a run: run it once more
 
@@ -239,6 +239,24 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             traceback.print_exc()
             report_data["e2e-stomp"] = {"error": repr(exc)[:300]}
+
+    if "workers" in names:
+        from bench.chatd_serve import fresh_vhost
+        from bench.e2e import e2e_benchmark
+
+        say("workers (issue 11): chatd serve --workers 1 vs 2 through RabbitMQ, STOMP sends")
+        runs = {}
+        for count in (1, 2):
+            try:
+                with fresh_vhost() as url:
+                    runs[str(count)] = e2e_benchmark(
+                        out / f"workers-{count}", pairs=50, rates=[1000.0, 2000.0],
+                        seconds=plan.scaled(10, 3), rabbitmq_url=url, via="stomp",
+                        workers=count, say=say)
+            except Exception as exc:
+                traceback.print_exc()
+                runs[str(count)] = {"error": repr(exc)[:300]}
+        report_data["workers"] = runs
 
     if "instances" in names:
         from bench.chatd_serve import fresh_vhost

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -68,9 +70,13 @@ def fresh_database(prefix: str = "chatd_bench") -> Iterator[str]:
 
 @contextmanager
 def chatd_deployment(workdir: Path, *, instances: int = 1, rabbitmq_url: str | None = None,
-                     env: dict[str, str] | None = None,
+                     env: dict[str, str] | None = None, workers: int = 1,
                      say: Callable[[str], None] = print) -> Iterator[Deployment]:
-    """`instances` ``chatd serve`` processes on one fresh database; stopped on exit."""
+    """`instances` ``chatd serve`` processes on one fresh database; stopped on exit.
+
+    With `workers` > 1, one ``chatd serve --workers N`` on a fixed port, not pinned (its
+    workers use every core, the generator's too); each worker is an `Instance` (same port,
+    its own pid, for the CPU figures)."""
     from chatd.auth.keys import ensure_dev_keys
 
     if instances > 1 and rabbitmq_url is None:
@@ -95,6 +101,20 @@ def chatd_deployment(workdir: Path, *, instances: int = 1, rabbitmq_url: str | N
             base["CHATD_RABBITMQ_URL"] = rabbitmq_url
         chatd = str(Path(sys.executable).with_name("chatd"))
         running: list[Instance] = []
+        if workers > 1:
+            port = _free_port()
+            base["CHATD_SERVER__SOCKJS_ENABLED"] = "false"
+            cmd = [chatd, "serve", "--workers", str(workers), "--bind", f"127.0.0.1:{port}",
+                   "--data-dir", str(data_dir)]
+            say(f"  starting chatd serve --workers {workers} on {url.rsplit('/', 1)[1]}")
+            log = workdir / "chatd-serve-workers.log"
+            proc, _ = start_process(cmd, log, re.compile(
+                "(?s)" + ".*".join([_READY.pattern] * workers)), env=base)
+            stack.callback(stop_process, proc)
+            pids = sorted(int(p) for p in subprocess.run(
+                ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split())
+            yield Deployment([Instance("127.0.0.1", port, pid) for pid in pids], url, data_dir)
+            return
         for i in range(instances):
             cmd = pinned([chatd, "serve", "--bind", "127.0.0.1:0", "--data-dir",
                           str(data_dir)], BROKER_CORE)
@@ -104,6 +124,12 @@ def chatd_deployment(workdir: Path, *, instances: int = 1, rabbitmq_url: str | N
             stack.callback(stop_process, proc)
             running.append(Instance(match.group(1), int(match.group(2)), proc.pid))
         yield Deployment(running, url, data_dir)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @contextmanager

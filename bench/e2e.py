@@ -301,10 +301,11 @@ async def _one_rate(deployment: Deployment, rate: float, seconds: float, ledger:
 
 def e2e_benchmark(workdir: Path, *, pairs: int, rates: list[float], seconds: float,
                   instances: int = 1, rabbitmq_url: str | None = None, via: str = "rest",
-                  say: Callable[[str], None] = print) -> Result:
+                  workers: int = 1, say: Callable[[str], None] = print) -> Result:
     """The end-to-end runs at each rate, on a fresh database (and server) of their own."""
     with chatd_deployment(workdir, instances=instances, rabbitmq_url=rabbitmq_url,
-                          say=say) as deployment:
+                          workers=workers, say=say) as deployment:
         say(f"  rates {', '.join(f'{r:g}' for r in rates)} msg/s, {seconds:g} s each")
         cost, runs = trio.run(_run, deployment, pairs, rates, seconds, say, via)
-    return {"pairs": pairs, "instances": instances, "via": via, "cost": cost, "runs": runs}
+    return {"pairs": pairs, "instances": len(deployment.instances), "via": via, "cost": cost,
+            "runs": runs, "workers": workers}

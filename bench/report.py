@@ -177,6 +177,15 @@ def render(report: Result) -> str:
         parts += ["", "## End to end (issue 4)", "", e2e_table(report["e2e"])]
     if report.get("e2e-stomp"):
         parts += ["", "## End to end over STOMP (issue 11)", "", e2e_table(report["e2e-stomp"])]
+    if report.get("workers"):
+        parts += ["", "## Workers (issue 11)", ""]
+        for label, run in report["workers"].items():
+            parts += [f"**--workers {label}**", "", e2e_table(run), ""]
+        parts.append("The same STOMP load through RabbitMQ (confirms): `--workers 1` is one "
+                     "process pinned to core 0; `--workers 2` is two worker processes, not "
+                     "pinned, so they share both cores with the load generator: the figure "
+                     "shows what a second core adds on this 2-core machine, minus what the "
+                     "generator takes of it.")
     if report.get("instances"):
         parts += ["", "## Several instances (issue 5)", ""]
         for label, run in report["instances"].items():
