@@ -1,4 +1,5 @@
-"""The `/app/...` destinations: what a client's SEND asks chatd to do (DESIGN §5).
+"""The `/app/...` destinations: what a client's SEND asks chatd to do
+(docs/architecture.md, Wire contracts).
 
 They run in the session's reader, inside the `on_app_send` hook, so the session's next frame
 waits for them: each is bounded by `timeout`. Answers go to the caller's own user queues —
