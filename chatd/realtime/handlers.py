@@ -129,7 +129,7 @@ class AppHandlers:
             self.relay(key, event, body)
 
     def error(self, caller: str, client_message_id: object, exc: BaseException) -> None:
-        """`{clientMessageId, status, errorMsg}` (plus `retryAfter` when rate limited)."""
+        """`{clientMessageId, status, errorMsg}` (plus `retryAfter` when rate limited or busy)."""
         shown = view(exc)
         payload: dict[str, Any] = {
             "clientMessageId": client_message_id if isinstance(client_message_id, str) else None,
