@@ -1,4 +1,4 @@
-"""The `chatd` command (DESIGN §9): serve, migrate, check-config, keys, token.
+"""The `chatd` command: serve, migrate, check-config, keys, token.
 
 Operator mistakes (a bad config, a missing key file) print one ``chatd: error: ...`` line on
 stderr and exit 2, like argparse's own usage errors. Whatever else keeps `serve` or `migrate`

@@ -201,7 +201,7 @@ class RabbitMQConfig:
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    """``[limits]``: message rules, rate limits (DESIGN §4) and STOMP session limits."""
+    """``[limits]``: message rules, rate limits and STOMP session limits."""
 
     max_content_length: int = _opt(rules.DEFAULT_MAX_CONTENT_LENGTH, lo=1, hi=1_000_000)
     allow_control_chars: bool = rules.DEFAULT_ALLOW_CONTROL_CHARS
@@ -279,7 +279,8 @@ class Config:
         object.__setattr__(self, "database", replace(self.database, url=url))
 
 
-# Named variables of DESIGN §9; any other key is CHATD_<SECTION>__<KEY>.
+# Named variables (docs/architecture.md, Operator interface); any other key is
+# CHATD_<SECTION>__<KEY>.
 ENV_ALIASES: dict[str, str] = {
     "CHATD_BIND": "server.bind",
     "CHATD_DATA_DIR": "server.data_dir",

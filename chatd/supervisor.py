@@ -1,8 +1,9 @@
 """The composition root: builds every part from the config and runs them in one nursery.
 
-Start order (DESIGN §1): store (open + migrate) -> [JWKS refresher] -> broker runtime ->
-profiles -> [RabbitMQ bridge] -> outbox publisher -> [outbox purger] -> HTTP server (REST,
-``/ws``, SockJS, demo page) -> [raw STOMP TCP listener, if ``server.stomp_tcp_bind``].
+Start order (docs/architecture.md, Parts and start order): store (open + migrate) -> [JWKS
+refresher] -> broker runtime -> profiles -> [RabbitMQ bridge] -> outbox publisher -> send
+committer -> [outbox purger] -> HTTP server (REST, ``/ws``, SockJS, demo page) -> [raw STOMP
+TCP listener, if ``server.stomp_tcp_bind``].
 Bracketed parts depend on the config; each is a `Part` in the list `build_parts` returns,
 at its place in that order, and needs no other change here. Every part's ``run`` calls
 ``task_status.started(summary)`` once it is up; the summaries make the one ready line.
@@ -268,7 +269,7 @@ def bridge_part(bridge: RabbitBridge) -> Part:
 
 
 def outbox_part(components: Components, sink: OutboxSink) -> Part:
-    """The outbox publisher feeding `sink` (the local broker's delivery, later the RabbitMQ
+    """The outbox publisher feeding `sink` (the local broker's delivery, or the RabbitMQ
     bridge); `stop` lets the batch in hand finish. Never add it without a real sink: the
     publisher marks every row the sink accepts as delivered."""
     publisher = OutboxPublisher(components.store, sink, components.config.outbox)

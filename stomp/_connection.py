@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from ._codec import FrameDecoder, encode_frame
+from ._codec import FrameDecoder
 from ._errors import RemoteProtocolError
 from ._events import (
     Abort,
@@ -123,14 +123,6 @@ class ServerConnection:
     @property
     def closed(self) -> bool:
         return self.state is State.CLOSED
-
-    def encode(self, frame: Frame) -> bytes:
-        """Serialize a frame for this peer (no header escaping for STOMP 1.0)."""
-        return encode_frame(frame, escaping=self.version != "1.0")
-
-    @property
-    def escaping(self) -> bool:
-        return self.version != "1.0"
 
     def _fail(self, message: str, detail: str = "", receipt: str | None = None,
               headers: tuple[tuple[str, str], ...] = ()) -> Violation:

@@ -93,13 +93,6 @@ class Frame:
                 return value
         return default
 
-    def header_dict(self) -> dict[str, str]:
-        """Headers as a dict where the first occurrence of each name wins."""
-        result: dict[str, str] = {}
-        for key, value in self.headers:
-            result.setdefault(key, value)
-        return result
-
 
 _ESCAPES = {"\\": "\\\\", "\r": "\\r", "\n": "\\n", ":": "\\c"}
 _UNESCAPES = {"\\": "\\", "r": "\r", "n": "\n", "c": ":"}

@@ -1,4 +1,4 @@
-"""The RabbitMQ bridge (DESIGN §7): the only package that imports pika.
+"""The RabbitMQ bridge: the only package that imports pika.
 
 `RabbitBridge` is the outbox sink and relay between instances; `chatd.bridge.keys` derives
 routing keys and drops duplicates; `chatd.bridge.amqp` is the pika thread.

@@ -1,4 +1,4 @@
-"""The bridge thread: the only code that talks to pika (DESIGN §2, shared NOTES "pika from trio").
+"""The bridge thread: the only code that talks to pika.
 
 Why a thread and a `SelectConnection`: pika is not trio-aware, and `BlockingConnection` allows
 one pending publisher confirm at a time (~2k msg/s). A `SelectConnection` driven by its own

@@ -1,4 +1,4 @@
-"""Routing keys and duplicate detection for the RabbitMQ bridge (DESIGN §7).
+"""Routing keys and duplicate detection for the RabbitMQ bridge.
 
 Why escaping: AMQP topic routing keys are dot-separated words, and in a *binding* key `*` and
 `#` are wildcards. Destinations contain user names and session ids that a client chose (an

@@ -1,6 +1,6 @@
-"""`RabbitBridge`: the trio side of the RabbitMQ bridge (DESIGN §7).
+"""`RabbitBridge`: the trio side of the RabbitMQ bridge (docs/architecture.md, Two instances).
 
-Three jobs, one object:
+Four jobs, one object:
 
 * **Outbox sink.** `publish` turns rows into AMQP messages (routing key from the destination,
   `chatd.bridge.keys`), hands them to the bridge thread in one hop and returns once RabbitMQ

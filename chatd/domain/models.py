@@ -1,8 +1,9 @@
 """Domain models shared by storage, services and the realtime layer.
 
 Pure values: frozen, slotted dataclasses with no I/O. The JSON shapes produced here are the wire
-contract of DESIGN §4 (REST answers) and §5 (STOMP bodies), so the REST handler, the STOMP ack
-and the outbox payload written by the store all serialize a message the same way.
+contract (REST answers and STOMP bodies, docs/architecture.md, Wire contracts), so the REST
+handler, the STOMP ack and the outbox payload written by the store all serialize a message the
+same way.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class Message:
     seen_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The message object of DESIGN §4, keys in contract order."""
+        """The message JSON of REST and STOMP, keys in contract order."""
         return {
             "messageId": str(self.message_id),
             "sessionId": str(self.session_id),

@@ -1,4 +1,4 @@
-"""``/api/chat/*`` (DESIGN §4): thin adapters from HTTP to `ChatService`.
+"""``/api/chat/*``: thin adapters from HTTP to `ChatService` (docs/architecture.md, Wire contracts).
 
 Each route only moves values between the request and the service and shapes the answer;
 every rule (validation, participation, idempotency, rate limits) lives in the service so that
@@ -64,7 +64,7 @@ def chat_blueprint(service: ChatService) -> Blueprint:
 
     @bp.get("/unread/<session_id>/<email>")
     async def unread_alias(session_id: str, email: str) -> Response:
-        # Kept for old clients; the path email may only ever name the caller (DESIGN §8).
+        # Kept for old clients; the path email may only ever name the caller.
         if normalize_email(email) != caller():
             raise Forbidden("the email in the path must be the authenticated user")
         return await unread(session_id)

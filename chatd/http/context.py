@@ -1,8 +1,9 @@
 """Per-request helpers: who the caller is, and the JSON object a request carries.
 
 The caller is established once, before any ``/api`` route runs, from the bearer token alone
-(DESIGN §3): routes read `caller()` and never an email from the body. Doing it before routing
-also means an unauthenticated client learns nothing, not even which ``/api`` paths exist.
+(docs/architecture.md, Identity and authentication): routes read `caller()` and never an email
+from the body. Doing it before routing also means an unauthenticated client learns nothing, not
+even which ``/api`` paths exist.
 """
 
 from __future__ import annotations

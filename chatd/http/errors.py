@@ -1,4 +1,4 @@
-"""Every 4xx/5xx answer as ``{uid, status, timestamp, errorMsg}`` (DESIGN §4).
+"""Every 4xx/5xx answer as ``{uid, status, timestamp, errorMsg}``.
 
 Domain errors map through `chatd.domain.errors.view`, the one table shared with STOMP;
 Quart's and werkzeug's own errors (unknown route 404, 405, 413 body too large) get the same

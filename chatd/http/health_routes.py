@@ -1,4 +1,4 @@
-"""``/health/live`` and ``/health/ready`` (DESIGN §4, §9); no authentication.
+"""``/health/live`` and ``/health/ready`` ; no authentication.
 
 Liveness only says the process answers HTTP. Readiness asks `Readiness`: 503 while starting,
 while draining after SIGTERM, or when a dependency (the store) does not answer — the body is

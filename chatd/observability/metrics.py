@@ -6,11 +6,11 @@ Two kinds of source:
   limit, an outbox row published, an HTTP request answered): counters and histograms owned by
   `Metrics`, bumped through its small methods;
 - state that components already keep as plain attributes (the STOMP runtime's `stats`, the
-  store's pool, the outbox publisher's counts, and — wired at merge — the profile cache and
-  breaker, the RabbitMQ bridge, SockJS sessions): read at scrape time by one custom collector,
-  so those components need no prometheus import and no hot-path work. Each ``attach_*``
-  registers one component; a component that is not configured is simply never attached and
-  its series are absent.
+  store's pool, readiness, the counts of the outbox publisher, send committer and purger, the
+  profile cache and breaker, the RabbitMQ bridge, SockJS sessions): read at scrape time by one
+  custom collector, so those components need no prometheus import and no hot-path work. Each
+  ``attach_*`` registers one component; a component that is not configured is simply never
+  attached and its series are absent.
 
 One `CollectorRegistry` per `Metrics` (never the process-global one): several servers in one
 test process each export their own numbers. Values that need a store round trip (outbox

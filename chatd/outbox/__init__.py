@@ -1,4 +1,4 @@
-"""The outbox publisher (DESIGN §6): committed outbox rows → an `OutboxSink`, in order, at
+"""The outbox publisher: committed outbox rows → an `OutboxSink`, in order, at
 least once, with retries, backoff and a dead state.
 
 `OutboxPublisher` is the supervisor part; `OutboxSink` the protocol its deliveries implement

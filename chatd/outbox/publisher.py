@@ -3,7 +3,7 @@
 Why an outbox at all: a message and its outbox rows commit in one transaction, so once a send
 is acknowledged nothing can lose its delivery — not a crash, not a broker restart. This task
 then moves the rows to an `OutboxSink` *at least once* and in order. It is a sibling task in
-the supervisor (DESIGN §6), one per process; several processes may run one each on a database.
+the supervisor, one per process; several processes may run one each on a database.
 
 One round: claim a batch (a lease, `[outbox] lease_seconds`) → hand it to the sink → record the
 outcome (sent, failed with a backoff or dead, or given back). Between rounds it sleeps until

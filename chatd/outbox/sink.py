@@ -1,9 +1,10 @@
 """The one thing the outbox publisher needs from whatever delivers its rows.
 
-The publisher is written against this protocol, not against a concrete delivery, because two
-very different sinks sit behind it: `chatd.realtime.delivery.LocalDelivery` (the embedded broker's
-subscribers in this process) and, later, a RabbitMQ bridge whose `publish` returns only once the
-broker confirmed every message. Keeping the contract this small is what lets either be swapped in
+The publisher (and the send committer, which delivers right after its commit on one instance)
+is written against this protocol, not against a concrete delivery, because two very different
+sinks sit behind it: `chatd.realtime.delivery.LocalDelivery` (the embedded broker's subscribers
+in this process) and `chatd.bridge.RabbitBridge`, whose `publish` returns only once RabbitMQ
+confirmed every message. Keeping the contract this small is what lets either be swapped in
 without the publisher knowing.
 
 The contract, which the publisher's correctness rests on:
@@ -22,8 +23,8 @@ The contract, which the publisher's correctness rests on:
 * `publish` may be cancelled (shutdown, or the publisher's time budget of half a lease); the
   rows then count as not accepted.
 
-This module is deliberately tiny (it is a seam between two engineers' code, not a feature), so
-it stays below the usual module size.
+This module is deliberately tiny (it is a seam between the outbox and its sinks, not a
+feature), so it stays below the usual module size.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The profile provider contract: `{id, displayName}` per email and intent (DESIGN §3).
+"""The profile provider contract: `{id, displayName}` per email and intent.
 
 Services depend on this protocol only; the embedded default plugs in `LocalProfileProvider`,
 a deployment the remote profile-service client (cached, with a circuit breaker). "Unknown user"

@@ -1,5 +1,6 @@
-"""`LocalDelivery`: the sink the outbox publisher hands claimed rows to, for this process's
-STOMP sessions.
+"""`LocalDelivery`: the sink that hands outbox rows to this process's STOMP sessions (from the
+send committer right after its commit, from the outbox publisher, or from the RabbitMQ
+bridge's consumer).
 
 Besides publishing, it remembers per session the highest message seq it published to the
 session topic. Gap replay (`chatd.realtime.replay`) needs that mark: every message at or below

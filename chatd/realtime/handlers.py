@@ -1,4 +1,5 @@
-"""The `/app/...` destinations: what a client's SEND asks chatd to do (DESIGN §5).
+"""The `/app/...` destinations: what a client's SEND asks chatd to do
+(docs/architecture.md, Wire contracts).
 
 They run in the session's reader, inside the `on_app_send` hook, so the session's next frame
 waits for them: each is bounded by `timeout`. Answers go to the caller's own user queues —
@@ -133,7 +134,7 @@ class AppHandlers:
             self.relay(key, event, body)
 
     def error(self, caller: str, client_message_id: object, exc: BaseException) -> None:
-        """`{clientMessageId, status, errorMsg}` (plus `retryAfter` when rate limited)."""
+        """`{clientMessageId, status, errorMsg}` (plus `retryAfter` when rate limited or busy)."""
         shown = view(exc)
         payload: dict[str, Any] = {
             "clientMessageId": client_message_id if isinstance(client_message_id, str) else None,

@@ -1,6 +1,6 @@
 """chatd's say in every STOMP session: who connects, what they may subscribe and send to.
 
-Authentication (DESIGN §5): `Authorization: Bearer <jwt>` on CONNECT, else the token as
+Authentication: `Authorization: Bearer <jwt>` on CONNECT, else the token as
 `passcode`, else `access_token` in the WebSocket handshake query (browsers cannot set
 handshake headers). The STOMP principal is the token's email. Whatever is refused gets an
 ERROR frame whose `message` names the reason and the destination, then the session closes.
@@ -12,9 +12,10 @@ impossible, and `/user/{someone}/...` spellings are refused outright. SEND: `/ap
 and outside STOMP transactions; a client publishing to a topic or a user queue could
 impersonate the server.
 
-Several instances (DESIGN §7): with a `Binder` (the RabbitMQ bridge) set, an allowed SUBSCRIBE
-first waits until this instance receives the destination from RabbitMQ, then replays; so the
-RECEIPT, written after the hook, means nothing published from then on can be missed.
+Several instances (docs/architecture.md, Two instances): with a `Binder` (the RabbitMQ bridge)
+set, an allowed SUBSCRIBE first waits until this instance receives the destination from
+RabbitMQ, then replays; so the RECEIPT, written after the hook, means nothing published from
+then on can be missed.
 """
 
 from __future__ import annotations

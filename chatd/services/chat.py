@@ -1,4 +1,4 @@
-"""The chat use-cases (DESIGN §4): init, send, history, unread, receipts, session lists.
+"""The chat use-cases: init, send, history, unread, receipts, session lists.
 
 One service object serves REST and STOMP alike, so both surfaces share every rule: the caller
 is always the authenticated email (never a body field), the caller must be a participant of any
@@ -234,7 +234,7 @@ class ChatService:
         self, caller: str, session_id: object, *, limit: object = None, before: object = None,
         after: object = None,
     ) -> list[Message]:
-        """A page of the session's messages, newest first (DESIGN §4 cursors).
+        """A page of the session's messages, newest first.
 
         `before=N`: seq < N; `after=N`: the `limit` messages right after N; both: the range.
         """

@@ -1,4 +1,4 @@
-"""Readiness: whether this instance should receive traffic (``/health/ready``, DESIGN §9).
+"""Readiness: whether this instance should receive traffic (``/health/ready``).
 
 Ready means: every part the supervisor started reported itself up, the instance is not
 draining, and the store answers a ping now. The supervisor flips the flags; later parts (the

@@ -24,7 +24,7 @@ _INTENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 
 
 def parse_session_id(value: object) -> uuid.UUID:
-    """The session id as a UUID; `BadRequest` when it is missing or not a UUID (DESIGN §4)."""
+    """The session id as a UUID; `BadRequest` when it is missing or not a UUID."""
     if isinstance(value, uuid.UUID):
         return value
     if not isinstance(value, str) or not value.strip():

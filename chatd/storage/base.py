@@ -4,10 +4,11 @@ Services talk to storage only through `Store`. Every method is a trio coroutine 
 work in ONE worker-thread hop per transaction (the database drivers are synchronous), and maps
 "the database is not reachable" to `Unavailable("store unavailable")`.
 
-Outbox format (DESIGN §5, §6): each row has an ``event`` column — the STOMP ``event`` header,
-``"message"`` or ``"receipt"`` — and a ``payload`` column holding exactly the JSON body to
-publish (the message JSON of §4, or ``{sessionId, readerEmail, status, upToSeq, at}``). The
-``destination`` is ``/topic/session.{id}`` or ``user:{email}:/queue/{messages|receipts}``.
+Outbox format (docs/architecture.md, Storage and the outbox): each row has an ``event``
+column — the STOMP ``event`` header, ``"message"`` or ``"receipt"`` — and a ``payload`` column
+holding exactly the JSON body to publish (the message JSON, `Message.to_json`, or
+``{sessionId, readerEmail, status, upToSeq, at}``). The ``destination`` is
+``/topic/session.{id}`` or ``user:{email}:/queue/{messages|receipts}``.
 `message_outbox` and `receipt_outbox` below are the single place these rows are built.
 """
 

@@ -29,7 +29,7 @@ class Close:
 class DestinationActive:
     """A destination gained its first subscriber (`active`) or lost its last one.
 
-    A relay to other brokers binds and unbinds on these (DESIGN §7).
+    A relay to other brokers binds and unbinds on these.
     """
 
     destination: str

@@ -1,6 +1,6 @@
 """Fixtures for the STOMP conformance suite: the broker as a real process, `python -m stomp`.
 
-The broker runs exactly as an operator runs it (DESIGN §9) and logs one ready line on stderr:
+The broker runs exactly as an operator runs it and logs one ready line on stderr:
 `stomp broker ready tcp=HOST:PORT ws=ws://HOST:PORT/ws`. Every client under test — stomp.py,
 @stomp/stompjs, raw sockets — talks to it over real sockets, so nothing here knows the broker's
 internals.

@@ -1,4 +1,4 @@
-"""Two real ``chatd serve`` processes relaying through RabbitMQ (DESIGN §7): a user on A and a
+"""Two real ``chatd serve`` processes relaying through RabbitMQ (docs/architecture.md, Two instances): a user on A and a
 user on B chat over REST and ``/app/chat.send`` and both receive everything, on the session
 topic and on their user queues; receipts cross instances; bindings follow local subscribers."""
 

@@ -1,4 +1,4 @@
--- chatd schema 1 (DESIGN §6). Applied in one transaction by chatd.storage.migrate.
+-- chatd schema 1 (docs/architecture.md, Storage and the outbox). Applied in one transaction by chatd.storage.migrate.
 
 CREATE TABLE chat_sessions (
     id               uuid PRIMARY KEY,

@@ -1,4 +1,4 @@
--- chatd schema 1 (DESIGN §6), SQLite flavour. Applied in one transaction by chatd.storage.migrate.
+-- chatd schema 1 (docs/architecture.md, Storage and the outbox), SQLite flavour. Applied in one transaction by chatd.storage.migrate.
 -- Timestamps are integer microseconds since the Unix epoch (UTC); uuids are canonical text;
 -- booleans are 0/1.
 
