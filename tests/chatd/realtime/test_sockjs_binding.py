@@ -67,7 +67,8 @@ async def test_a_stranger_with_the_url_of_a_connect_authenticated_session_is_ref
         chat: Chat, stranger: httpx.AsyncClient) -> None:
     sid = await chat.init(ALICE, BOB)
     url = session_url()
-    # alice: no token in the URL, the token in the CONNECT frame (DESIGN §5).
+    # alice: no token in the URL, the token in the CONNECT frame (docs/architecture.md,
+    # "Identity and authentication").
     opened = await chat.client.post(url + "/xhr")
     assert opened.text == "o\n"
     subscribe = (f"SUBSCRIBE\nid:1\ndestination:/user/queue/messages\nreceipt:r1\n\n{NUL}")
