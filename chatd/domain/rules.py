@@ -16,9 +16,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cachetools import LRUCache
-
 from chatd.domain.errors import BadRequest, PayloadTooLarge, RateLimited
+from chatd.domain.lru import Lru
 
 DEFAULT_MAX_CONTENT_LENGTH = 4000
 DEFAULT_ALLOW_CONTROL_CHARS = False
@@ -218,7 +217,7 @@ class SendRateLimiter:
         self.sends_per_second = sends_per_second
         self.identical_content = identical_content
         self.identical_window_seconds = identical_window_seconds
-        self._users: LRUCache[str, _UserState] = LRUCache(maxsize=max_users)
+        self._users: Lru[str, _UserState] = Lru(max_users)
 
     @classmethod
     def from_limits(cls, limits: SendLimits) -> SendRateLimiter:
@@ -242,10 +241,10 @@ class SendRateLimiter:
         the same text was already accepted `identical_content` times within the window. An
         idempotent repeat must not be counted: `refund` it.
         """
-        state = self._users.get(user)
+        state = self._users.get(user)  # marks the user most recently used
         if state is None:
             state = _UserState(tokens=float(self.send_burst), updated=now)
-        self._users[user] = state  # (re)insert: marks the user most recently used
+            self._users.put(user, state)
 
         elapsed = max(0.0, now - state.updated)
         state.tokens = min(float(self.send_burst), state.tokens + elapsed * self.sends_per_second)

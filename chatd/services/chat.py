@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 import trio
-from cachetools import LRUCache
 
 from chatd.config import LimitsConfig
 from chatd.domain.errors import BadRequest, Forbidden, NotFound, RateLimited
+from chatd.domain.lru import Lru
 from chatd.domain.models import ChatSession, Message, Participant, ReceiptUpdate, SessionSummary
 from chatd.domain.rules import (
     SendRateLimiter,
@@ -94,7 +94,7 @@ class ChatService:
         self.clock = clock
         # A session never changes once created (participants, intent), so a found one can be
         # kept: every send and read checks participation, and this saves a store hop each time.
-        self._sessions: LRUCache[uuid.UUID, ChatSession] = LRUCache(maxsize=SESSION_CACHE_SIZE)
+        self._sessions: Lru[uuid.UUID, ChatSession] = Lru(SESSION_CACHE_SIZE)
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -153,7 +153,7 @@ class ChatService:
             session = await self.store.get_session(sid)
             if session is None:
                 raise NotFound(f"session {sid} not found")
-            self._sessions[sid] = session
+            self._sessions.put(sid, session)
         if not session.is_participant(caller):
             raise Forbidden("not a participant of this session")
         return session

@@ -305,7 +305,8 @@ class PostgresStore:
         rows). The session row locks taken by the bumps (in session id order) order concurrent
         writers, so seqs and outbox ids of a session are both gap-free and ordered. A repeat
         that commits elsewhere while we run makes the whole batch start over once."""
-        batch = [replace(m, sent_at=base.require_aware(m.sent_at)) for m in batch]
+        batch = [m if m.sent_at.tzinfo is UTC else replace(m, sent_at=base.require_aware(m.sent_at))
+                 for m in batch]
         lease = None if lease_until is None else base.require_aware(lease_until)
         marked = base.require_aware(now) if now is not None else None
 

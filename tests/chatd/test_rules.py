@@ -197,7 +197,8 @@ def test_memory_is_bounded() -> None:
     limiter = SendRateLimiter(send_burst=10, sends_per_second=10, identical_window_seconds=1)
     for i in range(10_000):
         limiter.check("a@x.io", f"text {i}", i * 0.1)
-    state = limiter._users["a@x.io"]
+    state = limiter._users.get("a@x.io")
+    assert state is not None
     assert len(state.recent) <= 11
     assert len(state.counts) <= 11
 
