@@ -524,13 +524,29 @@ def _append_batch(conn: Conn, batch: Sequence[NewMessage], lease: datetime | Non
     groups = base.group_by_session([batch[i] for i in fresh])
     messages: list[Message] = []
     entries: list[OutboxEntry] = []
+    # One statement locks every session of the batch, in id order (so two batches never wait
+    # on each other in a cycle), one more moves all their next_seq: a batch costs the same
+    # few round trips whatever its size.
+    locked = {row[0]: base.session_from_row(row) for row in conn.execute(
+        queries.LOCK_SESSIONS, (list(groups),)).fetchall()}
+    bumps: list[tuple[uuid.UUID, int, datetime]] = []
     for session_id, positions in groups.items():
+        session = locked.get(session_id)
         indexes = [fresh[p] for p in positions]
-        session, indexes = _bump(conn, batch, session_id, indexes, results)
         if session is None:
+            for i in indexes:
+                results[i] = NotFound("unknown session")
             continue
-        first_seq = session.last_seq - len(indexes) + 1
-        for offset, index in enumerate(indexes):
+        allowed = []
+        for i in indexes:  # never refused here by the service, which checks first
+            if session.is_participant(batch[i].sender.email):
+                allowed.append(i)
+            else:
+                results[i] = Forbidden("not a participant of this session")
+        if not allowed:
+            continue
+        first_seq = session.last_seq + 1
+        for offset, index in enumerate(allowed):
             item = batch[index]
             message = Message(uuid.uuid4(), session_id, first_seq + offset,
                               item.sender.profile_id, item.sender.email,
@@ -539,6 +555,10 @@ def _append_batch(conn: Conn, batch: Sequence[NewMessage], lease: datetime | Non
             messages.append(message)
             entries.extend(base.message_outbox(session, message))
             results[index] = Appended(message, True)
+        bumps.append((session_id, first_seq + len(allowed),
+                      max(batch[i].sent_at for i in allowed)))
+    if bumps:
+        conn.execute(queries.BUMP_SESSIONS, [list(col) for col in zip(*bumps, strict=True)])
     if messages:
         inserted = conn.execute(queries.INSERT_MESSAGES, _columns(
             messages, "message_id", "session_id", "seq", "sender_id", "sender_email",
@@ -559,31 +579,6 @@ def _append_batch(conn: Conn, batch: Sequence[NewMessage], lease: datetime | Non
             results[index] = (Appended(first.message, False) if isinstance(first, Appended)
                               else first)
     return [r for r in results if r is not None]
-
-
-def _bump(conn: Conn, batch: Sequence[NewMessage], session_id: uuid.UUID, indexes: list[int],
-          results: list[AppendResult | None]) -> tuple[ChatSession | None, list[int]]:
-    """Take `len(indexes)` seqs of a session; the session and the indexes that got them. A
-    refusal (unknown session, a sender not taking part) is recorded in `results`, per message."""
-    senders = sorted({batch[i].sender.email for i in indexes})
-    at = max(batch[i].sent_at for i in indexes)
-    params = {"n": len(indexes), "at": at, "s": session_id, "senders": senders}
-    row = conn.execute(queries.BUMP_SEQ_BY, params).fetchone()
-    if row is not None:
-        return base.session_from_row(row), indexes
-    # Slow path, never taken by the service (it checks participation first): say why.
-    existing = conn.execute(queries.SESSION_BY_ID, (session_id,)).fetchone()
-    if existing is None:
-        for i in indexes:
-            results[i] = NotFound("unknown session")
-        return None, []
-    session = base.session_from_row(existing)
-    allowed = [i for i in indexes if session.is_participant(batch[i].sender.email)]
-    for i in set(indexes) - set(allowed):
-        results[i] = Forbidden("not a participant of this session")
-    if not allowed:
-        return None, []
-    return _bump(conn, batch, session_id, allowed, results)
 
 
 def _columns(items: Sequence[Any], *names: str) -> list[list[Any]]:

@@ -28,11 +28,13 @@ SESSION_BY_PAIR = (
 )
 SESSION_BY_ID = f"SELECT {SESSION} FROM chat_sessions WHERE id = %s"
 LOCK_SESSION = "SELECT next_seq FROM chat_sessions WHERE id = %s FOR UPDATE"
-# A batch's bump for one session: `n` messages at once, only if every sender takes part.
-BUMP_SEQ_BY = f"""
-UPDATE chat_sessions SET next_seq = next_seq + %(n)s,
-                         last_activity_at = GREATEST(last_activity_at, %(at)s)
-WHERE id = %(s)s AND %(senders)s::text[] <@ ARRAY[email_lo, email_hi] RETURNING {SESSION}"""
+# A batch's sessions, locked in id order; then their next_seq moved past the batch's messages.
+LOCK_SESSIONS = f"SELECT {SESSION} FROM chat_sessions WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+BUMP_SESSIONS = """
+UPDATE chat_sessions s SET next_seq = v.next_seq,
+                           last_activity_at = GREATEST(s.last_activity_at, v.at)
+FROM unnest(%s::uuid[], %s::bigint[], %s::timestamptz[]) AS v(id, next_seq, at)
+WHERE s.id = v.id"""
 # The batch's repeats: messages its senders already stored under the same client ids.
 REPEATS = f"""
 SELECT {MESSAGE} FROM chat_messages
