@@ -313,11 +313,16 @@ class PostgresStore:
         def work(conn: Conn) -> list[AppendResult]:
             for attempt in (1, 2):
                 try:
-                    with conn.transaction():
+                    # Pipeline mode: statements go out without waiting for each answer; the
+                    # thread waits (and takes the GIL back from the event loop) only where a
+                    # result is needed: three times per batch instead of once per statement.
+                    with conn.pipeline(), conn.transaction():
                         if sent:
                             conn.execute(queries.SENT, (marked or datetime.now(UTC), list(sent)))
                         return _append_batch(conn, batch, lease)
-                except _Duplicate:
+                except (_Duplicate, psycopg.errors.ForeignKeyViolation):
+                    # a client id another writer committed since REPEATS: its message was
+                    # not inserted (so neither could its outbox rows be); start over once
                     if attempt == 2:
                         raise
             raise AssertionError("unreachable")
@@ -509,8 +514,13 @@ def _append_batch(conn: Conn, batch: Sequence[NewMessage], lease: datetime | Non
     """The statements of `PostgresStore.append_messages`, inside its transaction."""
     results: list[AppendResult | None] = [None] * len(batch)
     keys = [(m.sender.email, m.client_message_id) for m in batch]
-    found = {(r[4], r[7]): base.message_from_row(r) for r in conn.execute(
-        queries.REPEATS, ([k[0] for k in keys], [k[1] for k in keys])).fetchall()}
+    repeats = conn.execute(queries.REPEATS, ([k[0] for k in keys], [k[1] for k in keys]))
+    # One statement locks every session of the batch, in id order (so two batches never wait
+    # on each other in a cycle), one more moves all their next_seq: a batch costs the same
+    # few round trips whatever its size.
+    lock = conn.execute(queries.LOCK_SESSIONS, (sorted({m.session_id for m in batch}),))
+    found = {(r[4], r[7]): base.message_from_row(r) for r in repeats.fetchall()}
+    locked = {row[0]: base.session_from_row(row) for row in lock.fetchall()}
     first_use: dict[tuple[str, str], int] = {}
     fresh: list[int] = []
     for index, key in enumerate(keys):
@@ -524,11 +534,6 @@ def _append_batch(conn: Conn, batch: Sequence[NewMessage], lease: datetime | Non
     groups = base.group_by_session([batch[i] for i in fresh])
     messages: list[Message] = []
     entries: list[OutboxEntry] = []
-    # One statement locks every session of the batch, in id order (so two batches never wait
-    # on each other in a cycle), one more moves all their next_seq: a batch costs the same
-    # few round trips whatever its size.
-    locked = {row[0]: base.session_from_row(row) for row in conn.execute(
-        queries.LOCK_SESSIONS, (list(groups),)).fetchall()}
     bumps: list[tuple[uuid.UUID, int, datetime]] = []
     for session_id, positions in groups.items():
         session = locked.get(session_id)
@@ -560,12 +565,12 @@ def _append_batch(conn: Conn, batch: Sequence[NewMessage], lease: datetime | Non
     if bumps:
         conn.execute(queries.BUMP_SESSIONS, [list(col) for col in zip(*bumps, strict=True)])
     if messages:
-        inserted = conn.execute(queries.INSERT_MESSAGES, _columns(
+        inserting = conn.execute(queries.INSERT_MESSAGES, _columns(
             messages, "message_id", "session_id", "seq", "sender_id", "sender_email",
-            "sender_display_name", "content", "client_message_id", "sent_at")).fetchall()
-        if len(inserted) != len(messages):
-            raise _Duplicate  # a client id committed by another writer since REPEATS
+            "sender_display_name", "content", "client_message_id", "sent_at"))
         rows = _insert_outbox_rows(conn, entries, max(m.sent_at for m in messages), lease)
+        if len(inserting.fetchall()) != len(messages):
+            raise _Duplicate  # a client id committed by another writer since REPEATS
         by_message: dict[uuid.UUID | None, list[OutboxRow]] = {}
         for row in rows:
             by_message.setdefault(row.message_id, []).append(row)
@@ -592,10 +597,10 @@ def _insert_outbox_rows(conn: Conn, entries: list[OutboxEntry], now: datetime,
     caller until `lease`; the rows as stored, in id order."""
     params = [lease or now, now, *_columns(entries, "message_id", "session_id", "seq", "event",
                                            "destination", "payload")]
-    rows = [base.outbox_from_row(r) for r in conn.execute(queries.INSERT_OUTBOX_ROWS, params)]
+    inserting = conn.execute(queries.INSERT_OUTBOX_ROWS, params)
     if lease is None:
         conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
-    return sorted(rows, key=lambda r: r.id)
+    return sorted((base.outbox_from_row(r) for r in inserting.fetchall()), key=lambda r: r.id)
 
 
 def _insert_outbox(conn: Conn, entries: list[OutboxEntry], now: datetime) -> None:
