@@ -5,37 +5,35 @@ transaction (~15 % of the trio thread at 300 msg/s, plus a commit per message), 
 waited for the outbox publisher's claim and mark round trips, which starved under load: past
 ~350 msg/s chatd accepted messages faster than it delivered them.
 
-Now concurrent sends (REST and STOMP alike) queue here and are stored in batches
-(`Store.append_messages`: one hop, one transaction, a handful of statements whatever the
-batch size), up to `max_in_flight` batches at once on disjoint sets of sessions. With direct
-delivery (a `sink`: one instance, no RabbitMQ bridge) a batch's outbox rows are written
-already leased to this committer, handed to the sink (the local broker) right after their
-commit, and marked sent in a later batch's transaction (or on their own when none follows).
-The outbox stays the safety net: rows whose delivery or mark did not happen (a crash, a sink
-error) are published by the outbox publisher when the lease runs out, so delivery stays
-at-least-once, and the LocalDelivery seq mark drops topic repeats. Ordering holds because
-batches in flight never share a session (a session's sends wait, in order, for the batch
-holding it) and each batch is delivered right after its own commit: a session's rows leave in
-seq order. A receipt row (written by `mark`, published by the publisher) is held back by the
-claim's per-session prefix rule until the messages before it are marked sent.
+Now concurrent sends (REST and STOMP alike) queue here and one task stores whatever is
+waiting as ONE batch (`Store.append_messages`: one hop, one transaction, a handful of
+statements whatever the batch size). Several batches committing at once on disjoint sessions
+was tried and measured worse (smaller batches, more CPU per message, p99 at 500 msg/s 72 ms
+against 20 ms): the commit's disk wait is shared by the messages of one batch instead. With `direct` delivery (one instance: no RabbitMQ bridge) the batch's outbox
+rows are written already leased to this task, handed to the sink (the local broker) right
+after the commit, and marked sent in the next batch's transaction (or on their own when no
+batch follows). The outbox stays the safety net: rows whose delivery or mark did not happen
+(a crash, a sink error) are published by the outbox publisher when the lease runs out, so
+delivery stays at-least-once, and the LocalDelivery seq mark drops topic repeats. Ordering
+holds because one task commits and delivers batch after batch: a session's rows leave in seq
+order, and a receipt row (written by `mark`, published by the publisher) is held back by
+the claim's per-session prefix rule until the messages before it are marked sent.
 
 With several instances (RabbitMQ) delivery stays with the publisher, whose claim keeps the
 per-session order across instances; the batching still applies.
 
-Delivery can never fall behind acceptance: a batch's sessions take no new batch before it
-was delivered, and at most `max_in_flight` batches are under way. What bounds the latency
-of an accepted send is the queue: past `max_queued` waiting sends, a send is refused at once
-(`Unavailable`, 503 with Retry-After over REST, an error with ``retryAfter`` over STOMP)
-instead of waiting without bound, and a send whose deadline (``[limits] max_send_wait_ms``
-after it was received) passed before its batch started is refused the same way rather than
-stored late.
+Delivery can never fall behind acceptance: the next batch is not taken before the last one
+was delivered. What bounds the latency of an accepted send is the queue: past
+`max_queued` waiting sends, a send is refused at once (`Unavailable`, 503 with Retry-After
+over REST, an error with ``retryAfter`` over STOMP) instead of waiting without bound, and a
+send whose deadline (``[limits] max_send_wait_ms`` after it was received) passed before its
+batch started is refused the same way rather than stored late.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Final
@@ -53,10 +51,6 @@ Clock = Callable[[], datetime]
 
 #: Messages stored per transaction at most.
 DEFAULT_MAX_BATCH: Final = 128
-#: Batches committed at once. The time of a batch is mostly the commit's wait for the disk,
-#: which PostgreSQL shares among concurrent commits: measured at 1 000 msg/s over STOMP, one
-#: batch at a time spent ~9 ms a batch in the store and capped the rate near 1 000/s.
-DEFAULT_MAX_IN_FLIGHT: Final = 4
 #: Sends waiting for their batch before new ones are refused.
 DEFAULT_MAX_QUEUED: Final = 256
 #: Seconds a refused sender is told to wait (Retry-After).
@@ -92,8 +86,7 @@ class SendCommitter:
 
     def __init__(self, store: Store, *, sink: OutboxSink | None = None,
                  lease_seconds: float = 30.0, max_batch: int = DEFAULT_MAX_BATCH,
-                 max_queued: int = DEFAULT_MAX_QUEUED,
-                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, clock: Clock) -> None:
+                 max_queued: int = DEFAULT_MAX_QUEUED, clock: Clock) -> None:
         self._store = store
         #: Where rows go right after the commit (None: leave them to the outbox publisher).
         self.sink = sink
@@ -103,10 +96,6 @@ class SendCommitter:
         self._clock = clock
         self._queue: list[_Waiter] = []
         self._wake = trio.Event()
-        #: Batches committing at once (separate transactions), and the sessions they hold.
-        self.max_in_flight = max_in_flight
-        self._in_flight = 0
-        self._busy: set[uuid.UUID] = set()
         self._delivered: list[int] = []  # outbox ids delivered and not yet marked sent
         self._running = False
         self._stopping = False
@@ -161,55 +150,28 @@ class SendCommitter:
         self._running = True
         task_status.started()
         try:
-            async with trio.open_nursery() as nursery:
-                while True:
-                    if self._in_flight < self.max_in_flight and (batch := self._take()):
-                        self._in_flight += 1
-                        nursery.start_soon(self._commit, batch)
+            while True:
+                if not self._queue:
+                    if self._delivered and await self._mark_delivered():
                         continue
-                    if not self._queue and not self._in_flight:
-                        if self._delivered and await self._mark_delivered():
-                            continue
-                        if self._stopping:
-                            return
+                    if self._stopping:
+                        return
                     # while a mark waits for the store to come back, retry now and then
                     with trio.move_on_after(MARK_RETRY if self._delivered else math.inf):
                         await self._wake.wait()
                     if self._wake.is_set():
                         self._wake = trio.Event()
+                    continue
+                batch = self._queue[:self.max_batch]
+                del self._queue[:len(batch)]
+                await self._commit(batch)
         finally:
             self._running = False
             for waiter in self._queue:
                 waiter.settle(Unavailable("server shutting down"))
             self._queue.clear()
 
-    def _take(self) -> list[_Waiter]:
-        """The next batch: queued sends in order, none of a session a batch in flight holds
-        (nor any behind such a one: a session's sends stay in order), at most `max_batch`."""
-        busy = self._busy
-        batch: list[_Waiter] = []
-        rest: list[_Waiter] = []
-        held: set[uuid.UUID] = set()
-        for waiter in self._queue:
-            sid = waiter.item.session_id
-            if len(batch) < self.max_batch and sid not in busy and sid not in held:
-                batch.append(waiter)
-            else:
-                held.add(sid)
-                rest.append(waiter)
-        self._queue = rest
-        busy.update(w.item.session_id for w in batch)
-        return batch
-
     async def _commit(self, batch: list[_Waiter]) -> None:
-        try:
-            await self._commit_and_deliver(batch)
-        finally:
-            self._in_flight -= 1
-            self._busy.difference_update(w.item.session_id for w in batch)
-            self._wake.set()
-
-    async def _commit_and_deliver(self, batch: list[_Waiter]) -> None:
         late = trio.current_time()
         if any(w.deadline < late for w in batch):
             for waiter in batch:
