@@ -9,10 +9,12 @@ Now concurrent sends (REST and STOMP alike) queue here and one task stores whate
 waiting as ONE batch (`Store.append_messages`: one hop, one transaction, a handful of
 statements whatever the batch size). Several batches committing at once on disjoint sessions
 was tried and measured worse (smaller batches, more CPU per message, p99 at 500 msg/s 72 ms
-against 20 ms): the commit's disk wait is shared by the messages of one batch instead. With `direct` delivery (one instance: no RabbitMQ bridge) the batch's outbox
-rows are written already leased to this task, handed to the sink (the local broker) right
-after the commit, and marked sent in the next batch's transaction (or on their own when no
-batch follows). The outbox stays the safety net: rows whose delivery or mark did not happen
+against 20 ms): the commit's disk wait is shared by the messages of one batch instead.
+
+With direct delivery (a `sink`: one instance, no RabbitMQ bridge) the batch's outbox rows are
+written already leased to this task, handed to the sink (the local broker) right after the
+commit, and marked sent in the next batch's transaction (or on their own when no batch
+follows). The outbox stays the safety net: rows whose delivery or mark did not happen
 (a crash, a sink error) are published by the outbox publisher when the lease runs out, so
 delivery stays at-least-once, and the LocalDelivery seq mark drops topic repeats. Ordering
 holds because one task commits and delivers batch after batch: a session's rows leave in seq
