@@ -256,9 +256,10 @@ class WebSocketStream:
             self._peer_closed = True
             self._control.append(ws.send(event.response()))  # echoes the peer's code
         elif ws.state is ConnectionState.OPEN:
-            # A frame wsproto could not parse; it chose the code (1002, 1007 for bad UTF-8).
+            # A frame wsproto could not parse; it chose the code (1002, 1007 for bad UTF-8)
+            # and says what was wrong in the reason.
             self._failed = True
-            self._control.append(ws.send(CloseConnection(code=event.code)))
+            self._control.append(ws.send(CloseConnection(code=event.code, reason=event.reason)))
         if self._control and not self._sending:
             await self._send_control()
 
@@ -302,14 +303,17 @@ class WebSocketStream:
             self._idle.unpark_all()
 
     async def aclose(self) -> None:
-        """Send the close frame (`close_code`) if still open, wait briefly for the peer's
-        reply, and close the socket; idempotent. The caller bounds the time (the pump does)."""
+        """Send the close frame (`close_code`, or the reply to the peer's) if still owed, wait
+        briefly for the peer's reply to ours, and close the socket; idempotent. The caller
+        bounds the time (the pump does)."""
         if self._closed:
             return
         self._closed = True
         ws = self._ws
         try:
-            if ws.state is ConnectionState.OPEN:
+            if self._close is not None:  # the reader stopped before it answered the peer's close
+                await self._answer_close(self._close)
+            elif ws.state is ConnectionState.OPEN:
                 self._control.append(ws.send(
                     CloseConnection(code=self.close_code, reason=self.close_reason or None)))
             if self._control and not self._sending:

@@ -63,7 +63,7 @@ class Received:
         return code
 
 
-class WsPeer:
+class RawWsClient:
     """The client side of one connection: `handshake`, `send`, `frame`, `eof`."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
