@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
@@ -50,6 +51,9 @@ MAX_HANDSHAKE_SIZE: Final = 16 * 1024
 CLOSE_REPLY_TIMEOUT: Final = 1.0
 _OP_TEXT: Final = 0x1
 _OP_BINARY: Final = 0x2
+#: Data may go out until our close frame has: also after the peer's, while what it sent before
+#: is answered (RFC 6455 §5.5.1 lets the reply wait for the current message).
+_SENDING_STATES: Final = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)
 
 
 class HandshakeError(Exception):
@@ -158,6 +162,7 @@ class WebSocketStream:
     is under way, else by the writer right after its data frame: never interleaved with one.
     `close_code` and `close_reason` are what `aclose` sends (the pump sets 1001 on shutdown);
     `one_frame_per_message` asks the pump for one `send_all` per frame (`OneFramePerMessage`).
+    `receive_message` and `send_message` keep message boundaries instead (an echo app's needs).
     """
 
     def __init__(self, stream: trio.abc.Stream, ws: WSConnection, *, binary: bool = False,
@@ -171,54 +176,111 @@ class WebSocketStream:
         self._sending = False
         self._idle = trio.lowlevel.ParkingLot()  # writers waiting for the reader's control write
         self._control: list[bytes] = []
+        #: Pieces of data frames received and not yet returned, in order.
+        self._data: deque[TextMessage | BytesMessage] = deque()
+        #: The peer's close (or wsproto's verdict on a frame it could not parse), answered only
+        #: once the data that came before it was returned: replies to it may still go out.
+        self._close: CloseConnection | None = None
         self._peer_closed = False
+        #: We failed the connection (RFC 6455 §7.1.7): wsproto parses nothing after that.
+        self._failed = False
         self._closed = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        """The next payload bytes of the peer's data frames; b"" once it closed."""
-        ws = self._ws
+        """The next payload bytes of the peer's data frames; b"" once it closed (only then: an
+        empty message is skipped)."""
+        data = self._data
         while True:
-            chunks: list[bytes] = []
+            if not data and not await self._receive():
+                return b""
+            if len(data) == 1:
+                received = _payload(data.popleft())
+            else:
+                received = b"".join([_payload(piece) for piece in data])
+                data.clear()
+            if received:
+                return received
+
+    async def receive_message(self) -> tuple[bytes, bool] | None:
+        """The peer's next complete message as `(payload, is_text)`; None once it closed.
+
+        Fragments are joined, without a size limit: meant for echo apps and tests, the STOMP
+        hot path uses `receive_some`.
+        """
+        data = self._data
+        pieces: list[TextMessage | BytesMessage] = []
+        while True:
+            if not data and not await self._receive():
+                return None
+            piece = data.popleft()
+            pieces.append(piece)
+            if piece.message_finished:
+                break
+        is_text = isinstance(pieces[0], TextMessage)
+        return b"".join(_payload(piece) for piece in pieces), is_text
+
+    async def _receive(self) -> bool:
+        """Read until some data-frame payload is queued in `_data`; False once the peer closed
+        (its close answered) or failed. Pings are answered on the way."""
+        ws = self._ws
+        while not self._data:
+            if self._close is not None:
+                await self._answer_close(self._close)
+                return False
+            if self._peer_closed or self._failed or ws.state is ConnectionState.CLOSED:
+                return False
+            try:
+                received = await self._stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, OSError):
+                received = b""
+            if not received:
+                self._peer_closed = True
+                return False
+            ws.receive_data(bytes(received))
             for event in ws.events():
-                if isinstance(event, TextMessage):
-                    chunks.append(event.data.encode())
-                elif isinstance(event, BytesMessage):
-                    chunks.append(bytes(event.data))
+                if isinstance(event, (TextMessage, BytesMessage)):
+                    self._data.append(event)
                 elif isinstance(event, Ping):
                     if ws.state is ConnectionState.OPEN:
                         self._control.append(ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
-                    self._peer_closed = True
-                    if ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-                        # OPEN: a frame we could not parse (wsproto chose the code)
-                        self._control.append(ws.send(
-                            event.response() if ws.state is ConnectionState.REMOTE_CLOSING
-                            else CloseConnection(code=event.code, reason=event.reason)))
+                    self._close = event  # the last event: wsproto parses nothing after it
             if self._control and not self._sending:
                 await self._send_control()
-            if chunks:
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            if self._peer_closed or ws.state is ConnectionState.CLOSED:
-                return b""
-            try:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, OSError):
-                data = b""
-            if not data:
-                self._peer_closed = True
-                return b""
-            ws.receive_data(bytes(data))
+        return True
+
+    async def _answer_close(self, event: CloseConnection) -> None:
+        self._close = None
+        ws = self._ws
+        if ws.state is ConnectionState.REMOTE_CLOSING:
+            self._peer_closed = True
+            self._control.append(ws.send(event.response()))  # echoes the peer's code
+        elif ws.state is ConnectionState.OPEN:
+            # A frame wsproto could not parse; it chose the code (1002, 1007 for bad UTF-8)
+            # and says what was wrong in the reason.
+            self._failed = True
+            self._control.append(ws.send(CloseConnection(code=event.code, reason=event.reason)))
+        if self._control and not self._sending:
+            await self._send_control()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Send `data` as one WebSocket message (a single frame)."""
+        """Send `data` as one WebSocket message (a single frame): text if it is valid UTF-8
+        and `binary` is not set."""
+        payload = bytes(data)
+        await self._send_frame(
+            _OP_BINARY if self.binary or not _is_text(payload) else _OP_TEXT, payload)
+
+    async def send_message(self, data: bytes, *, text: bool) -> None:
+        """Send `data` as one text (`text=True`, `data` then UTF-8) or binary message."""
+        await self._send_frame(_OP_TEXT if text else _OP_BINARY, data)
+
+    async def _send_frame(self, opcode: int, payload: bytes) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the WebSocket stream was closed")
         while self._sending:  # rare: the reader is writing a control frame
             await self._idle.park()
-        if self._ws.state is not ConnectionState.OPEN:
+        if self._ws.state not in _SENDING_STATES:
             raise trio.BrokenResourceError("the WebSocket is closing")
-        payload = bytes(data)
-        opcode = _OP_BINARY if self.binary or not _is_text(payload) else _OP_TEXT
         self._sending = True
         try:
             await self._stream.send_all(frame_header(opcode, len(payload)) + payload)
@@ -241,18 +303,25 @@ class WebSocketStream:
             self._idle.unpark_all()
 
     async def aclose(self) -> None:
-        """Send the close frame (`close_code`) if still open, wait briefly for the peer's
-        reply, and close the socket; idempotent. The caller bounds the time (the pump does)."""
+        """Send the close frame (`close_code`, or the reply to the peer's) if still owed, wait
+        briefly for the peer's reply to ours, and close the socket; idempotent. The caller
+        bounds the time (the pump does)."""
         if self._closed:
             return
         self._closed = True
         ws = self._ws
         try:
-            if ws.state is ConnectionState.OPEN:
-                await self._stream.send_all(ws.send(
+            if self._close is not None:  # the reader stopped before it answered the peer's close
+                await self._answer_close(self._close)
+            elif ws.state is ConnectionState.OPEN:
+                self._control.append(ws.send(
                     CloseConnection(code=self.close_code, reason=self.close_reason or None)))
+            if self._control and not self._sending:
+                await self._send_control()
             with trio.move_on_after(CLOSE_REPLY_TIMEOUT):
-                while ws.state is ConnectionState.LOCAL_CLOSING:
+                if self._failed:
+                    await self._drain()
+                while ws.state is ConnectionState.LOCAL_CLOSING and not self._peer_closed:
                     data = await self._stream.receive_some(RECEIVE_SIZE)
                     if not data:
                         break
@@ -264,3 +333,18 @@ class WebSocketStream:
             pass
         finally:
             await self._stream.aclose()
+
+    async def _drain(self) -> None:
+        """After failing the connection: half-close, then read what the peer still sends until
+        it closes too. Closing with unread bytes would reset the connection, and a reset can
+        destroy our close frame before the peer reads it."""
+        stream = self._stream
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+        while not self._peer_closed and await stream.receive_some(RECEIVE_SIZE):
+            pass
+        self._peer_closed = True
+
+
+def _payload(piece: TextMessage | BytesMessage) -> bytes:
+    return piece.data.encode() if isinstance(piece, TextMessage) else bytes(piece.data)
