@@ -24,7 +24,7 @@ from typing import Any, Final
 import trio
 
 from chatd.domain.errors import BadRequest, ChatError, Unavailable, view
-from chatd.domain.models import EVENT_MESSAGE
+from chatd.domain.models import EVENT_MESSAGE, Message
 from chatd.realtime.delivery import event_headers
 from chatd.services import ChatService
 from chatd.storage.base import dumps, topic_destination
@@ -42,8 +42,9 @@ EVENT_PONG: Final = "pong"
 #: Seconds one `/app` frame may hold up its session's reader.
 DEFAULT_HANDLER_TIMEOUT: Final = 10.0
 
-#: (session, caller, body): what one `/app` destination does with a SEND.
-Handler = Callable[[SessionId, str, dict[str, Any]], Awaitable[None]]
+#: (session, caller, body, receipt id): what one `/app` destination does with a SEND; True
+#: when it answers later (then it owns the receipt), False when it is done.
+Handler = Callable[[SessionId, str, dict[str, Any], str | None], Awaitable[bool]]
 #: (destination key, event, body): forwards an ephemeral publish to other instances.
 Relay = Callable[[str, str, bytes], None]
 
@@ -73,10 +74,12 @@ class AppHandlers:
         """Run the handler of `event.destination`, answer errors on `/user/queue/error`, then
         the frame's receipt. Never raises for anything the client sent."""
         body: dict[str, Any] = {}
+        later = False
         try:
             body = parse_body(event.frame.body)
             with trio.move_on_after(self.timeout) as scope:
-                await self.routes[event.destination](session, caller, body)
+                later = await self.routes[event.destination](session, caller, body,
+                                                             event.receipt)
             if scope.cancelled_caught:
                 raise Unavailable(f"{event.destination} timed out")
         except ChatError as exc:
@@ -84,42 +87,60 @@ class AppHandlers:
         except Exception as exc:  # a bug of ours: the caller gets a 500 body, we a traceback
             log.exception("%s from %s failed", event.destination, caller)
             self.error(caller, body.get("clientMessageId"), exc)
-        if event.receipt is not None:
+        if event.receipt is not None and not later:
             self.runtime.receipt(session, event.receipt)
 
     # -- handlers ------------------------------------------------------------------------------
 
-    async def chat_send(self, session: SessionId, caller: str, body: dict[str, Any]) -> None:
-        """Store a message like REST does; the message JSON goes to `/user/queue/ack`. The
-        send's wait is counted from when its frame was read, so a flood pipelined on one
-        connection is refused (busy, `retryAfter`) rather than stored ever later."""
-        message, _ = await self.services.send(
-            caller, body.get("sessionId"), body.get("content"), body.get("clientMessageId"),
-            path="stomp", received_at=self.runtime.received_at(session),
-        )
-        self.reply(caller, "/queue/ack", message.to_json(), EVENT_MESSAGE)
+    async def chat_send(self, session: SessionId, caller: str, body: dict[str, Any],
+                        receipt: str | None) -> bool:
+        """Store a message like REST does; the message JSON goes to `/user/queue/ack`, then
+        the receipt, once its batch committed. The frame's reader goes on meanwhile (so a
+        client that pipelines sends gets them stored together), and the send's wait is
+        counted from when its frame was read: a flood is refused (busy, `retryAfter`) rather
+        than stored ever later. Answers keep the order of the sends."""
+        cmid = body.get("clientMessageId")
 
-    async def chat_delivered(self, session: SessionId, caller: str, body: dict[str, Any]
-                             ) -> None:
+        def stored(result: Message | ChatError, created: bool) -> None:
+            if isinstance(result, ChatError):
+                self.error(caller, cmid, result)
+            else:
+                self.reply(caller, "/queue/ack", result.to_json(), EVENT_MESSAGE)
+            if receipt is not None:
+                self.runtime.receipt(session, receipt)
+
+        await self.services.submit(
+            caller, body.get("sessionId"), body.get("content"), cmid, stored,
+            path="stomp", received_at=self.runtime.received_at(session))
+        return True
+
+    async def chat_delivered(self, session: SessionId, caller: str, body: dict[str, Any],
+                             receipt: str | None) -> bool:
         """Mark others' messages delivered; the store writes the receipt's outbox rows."""
         await self.services.mark(caller, body.get("sessionId"), "delivered",
                                  up_to_seq=body.get("upToSeq"))
+        return False
 
-    async def chat_seen(self, session: SessionId, caller: str, body: dict[str, Any]) -> None:
+    async def chat_seen(self, session: SessionId, caller: str, body: dict[str, Any],
+                        receipt: str | None) -> bool:
         """Mark others' messages seen (and delivered); receipts go out through the outbox."""
         await self.services.mark(caller, body.get("sessionId"), "seen",
                                  up_to_seq=body.get("upToSeq"))
+        return False
 
-    async def chat_typing(self, session: SessionId, caller: str, body: dict[str, Any]
-                          ) -> None:
+    async def chat_typing(self, session: SessionId, caller: str, body: dict[str, Any],
+                          receipt: str | None) -> bool:
         """Tell the session topic the caller is typing; ephemeral, never stored."""
         chat = await self.services.require_participant(caller, body.get("sessionId"))
         payload = {"sessionId": str(chat.id), "email": caller}
         self.publish(topic_destination(chat.id), dumps(payload).encode(), EVENT_TYPING)
+        return False
 
-    async def ping(self, session: SessionId, caller: str, body: dict[str, Any]) -> None:
+    async def ping(self, session: SessionId, caller: str, body: dict[str, Any],
+                   receipt: str | None) -> bool:
         """Echo the body (a client's correlation data) on `/user/queue/pong`."""
         self.reply(caller, "/queue/pong", body, EVENT_PONG)
+        return False
 
     # -- answers -------------------------------------------------------------------------------
 

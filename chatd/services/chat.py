@@ -19,7 +19,7 @@ from typing import Literal, Protocol
 import trio
 
 from chatd.config import LimitsConfig
-from chatd.domain.errors import BadRequest, Forbidden, NotFound, RateLimited
+from chatd.domain.errors import BadRequest, ChatError, Forbidden, NotFound, RateLimited
 from chatd.domain.lru import Lru
 from chatd.domain.models import ChatSession, Message, Participant, ReceiptUpdate, SessionSummary
 from chatd.domain.rules import (
@@ -37,11 +37,13 @@ from chatd.services.inputs import (
     parse_session_id,
     validate_intent,
 )
-from chatd.storage.base import NewMessage, Store
+from chatd.storage.base import AppendResult, NewMessage, Store
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+#: Told a submitted send's outcome: (message, created), or (the error, False).
+SendCallback = Callable[["Message | ChatError", bool], None]
 SendPath = Literal["rest", "stomp"]
 ReceiptKind = Literal["delivered", "seen"]
 
@@ -192,6 +194,67 @@ class ChatService:
         `PayloadTooLarge` for too long a text and `RateLimited` (with `retry_after`).
         """
         started = time.perf_counter()
+        prepared = await self._prepare(caller, session_id, content, client_message_id, path)
+        if isinstance(prepared, Message):
+            return prepared, False
+        if self.committer is not None:
+            appended = await self.committer.append(prepared, deadline=self._deadline(received_at))
+        else:
+            [result] = await self.store.append_messages([prepared])
+            if isinstance(result, ChatError):
+                raise result
+            appended = result
+        return self._stored(caller, prepared, appended.message, appended.created, path,
+                            started)
+
+    async def submit(
+        self,
+        caller: str,
+        session_id: object,
+        content: object,
+        client_message_id: object,
+        on_done: SendCallback,
+        *,
+        path: SendPath = "stomp",
+        received_at: float | None = None,
+    ) -> None:
+        """`send` without waiting for the commit: return once the message is queued (or
+        answered), and call `on_done(message, created)` — or `on_done(error, False)` — when
+        its batch committed. Messages submitted one after the other are stored in that
+        order. Raises what `send` raises before storing (invalid input, rate limit, 404,
+        403); with no committer, waits for the store like `send`.
+
+        Why: a STOMP connection's next frame waits for this call, so waiting for the commit
+        capped a pipelining client at one message per batch; `on_done` is called in the
+        committer's task and must not block.
+        """
+        started = time.perf_counter()
+        prepared = await self._prepare(caller, session_id, content, client_message_id, path)
+        if isinstance(prepared, Message):
+            on_done(prepared, False)
+            return
+        def stored(result: AppendResult) -> None:
+            if isinstance(result, ChatError):
+                on_done(result, False)
+                return
+            try:
+                message, created = self._stored(caller, prepared, result.message,
+                                                result.created, path, started)
+            except ChatError as exc:
+                on_done(exc, False)
+                return
+            on_done(message, created)
+
+        if self.committer is not None:
+            self.committer.submit(prepared, stored, deadline=self._deadline(received_at))
+        else:
+            [result] = await self.store.append_messages([prepared])
+            stored(result)
+
+    async def _prepare(self, caller: str, session_id: object, content: object,
+                       client_message_id: object, path: SendPath) -> NewMessage | Message:
+        """The checks before storing: the message to store, or the original when a
+        rate-limited send turns out to repeat a stored one (see `send`)."""
         sid = parse_session_id(session_id)
         cmid = validate_client_message_id(client_message_id)
         text = validate_content(content, self.limits)
@@ -205,21 +268,23 @@ class ChatService:
                 if self.observer is not None:
                     self.observer.send_refused(path)
                 raise
-            return self._repeat(original, sid), False
+            return self._repeat(original, sid)
         sender = session.participant(caller)
         assert sender is not None  # require_participant checked it
-        item = NewMessage(sid, sender, text, cmid, now)
-        if self.committer is not None:
-            start = trio.current_time() if received_at is None else received_at
-            appended = await self.committer.append(
-                item, deadline=start + self.limits.max_send_wait_ms / 1000)
-            message, created = appended.message, appended.created
-        else:
-            message, created = await self.store.append_message(sid, sender, text, cmid, now)
-        if not created:  # a repeat: answered with the original, and not counted
-            self.limiter.refund(caller, text)
-            return self._repeat(message, sid), False
-        log.debug("message stored session=%s seq=%d via %s", sid, message.seq, path)
+        return NewMessage(sid, sender, text, cmid, now)
+
+    def _deadline(self, received_at: float | None) -> float:
+        start = trio.current_time() if received_at is None else received_at
+        return start + self.limits.max_send_wait_ms / 1000
+
+    def _stored(self, caller: str, item: NewMessage, message: Message, created: bool,
+                path: SendPath, started: float) -> tuple[Message, bool]:
+        """After the store: a repeat is answered with the original and not counted."""
+        if not created:
+            self.limiter.refund(caller, item.content)
+            return self._repeat(message, item.session_id), False
+        log.debug("message stored session=%s seq=%d via %s", item.session_id, message.seq,
+                  path)
         if self.observer is not None:
             self.observer.message_sent(path, time.perf_counter() - started)
         return message, True

@@ -63,19 +63,26 @@ BUSY_MESSAGE: Final = "server busy: too many messages waiting to be stored; retr
 
 
 class _Waiter:
-    """One queued send and, once its batch committed, its result."""
+    """One queued send and, once its batch committed, its result (told to `on_done` too)."""
 
-    __slots__ = ("deadline", "done", "item", "result")
+    __slots__ = ("deadline", "done", "item", "on_done", "result")
 
-    def __init__(self, item: NewMessage, deadline: float) -> None:
+    def __init__(self, item: NewMessage, deadline: float,
+                 on_done: Callable[[AppendResult], None] | None) -> None:
         self.item = item
         self.deadline = deadline
+        self.on_done = on_done
         self.result: AppendResult | None = None
         self.done = trio.Event()
 
     def settle(self, result: AppendResult) -> None:
         self.result = result
         self.done.set()
+        if self.on_done is not None:
+            try:
+                self.on_done(result)
+            except Exception:  # a bug in a callback must not stop the batches
+                log.exception("a send's completion callback failed")
 
 
 class SendCommitter:
@@ -128,14 +135,7 @@ class SendCommitter:
         running, too many sends wait already (then at once), or the batch that would take it
         starts after `deadline` (trio time: the send waited too long, behind others of its
         connection or in this queue) — the busy ones with `retry_after`."""
-        if not self._running or self._stopping:
-            raise Unavailable("server shutting down" if self._stopping else "store unavailable")
-        if len(self._queue) >= self.max_queued:
-            self.refused += 1
-            raise Unavailable(BUSY_MESSAGE, retry_after=BUSY_RETRY_AFTER)
-        waiter = _Waiter(item, deadline)
-        self._queue.append(waiter)
-        self._wake.set()
+        waiter = self._enqueue(item, deadline, None)
         # Cancelled here, the message may still be stored with the batch: a client that
         # retries with the same clientMessageId gets the original, never a second copy.
         await waiter.done.wait()
@@ -144,6 +144,25 @@ class SendCommitter:
             raise result
         assert result is not None
         return result
+
+    def submit(self, item: NewMessage, on_done: Callable[[AppendResult], None], *,
+               deadline: float = math.inf) -> None:
+        """`append` without waiting: queue `item` (in order with every other send) and call
+        `on_done` with its result from this committer's task once its batch committed (or
+        failed). `on_done` must not block. Raises Unavailable at once as `append` does."""
+        self._enqueue(item, deadline, on_done)
+
+    def _enqueue(self, item: NewMessage, deadline: float,
+                 on_done: Callable[[AppendResult], None] | None) -> _Waiter:
+        if not self._running or self._stopping:
+            raise Unavailable("server shutting down" if self._stopping else "store unavailable")
+        if len(self._queue) >= self.max_queued:
+            self.refused += 1
+            raise Unavailable(BUSY_MESSAGE, retry_after=BUSY_RETRY_AFTER)
+        waiter = _Waiter(item, deadline, on_done)
+        self._queue.append(waiter)
+        self._wake.set()
+        return waiter
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Commit (and deliver) batches until cancelled; sends still queued then are answered

@@ -6,6 +6,7 @@ stored once and delivered in order."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -67,3 +68,43 @@ async def test_a_flood_on_one_connection_is_partly_refused_and_the_rest_delivere
             assert stored == acked
         assert not set(acked) & {r["clientMessageId"] for r in refused}
     chat.scope.cancel()
+
+
+async def _batches(chat: object) -> float:
+    answer = await chat.client.get("/metrics")  # type: ignore[attr-defined]
+    match = re.search(r"^chatd_send_batches_total (\S+)$", answer.text, re.MULTILINE)
+    assert match, answer.text[:500]
+    return float(match.group(1))
+
+
+async def test_sends_pipelined_on_one_connection_are_stored_together_and_answered_in_order(
+    nursery: trio.Nursery, sqlite_chat: object,
+) -> None:
+    chat = sqlite_chat
+    sid = await chat.init()  # type: ignore[attr-defined]
+    ws = await trio_websocket.connect_websocket(
+        nursery, "127.0.0.1", chat.port, "/ws", use_ssl=False,  # type: ignore[attr-defined]
+        subprotocols=["v12.stomp"])
+    peer = Peer(websocket_stream(ws))  # type: ignore[arg-type]
+    await peer.connect(Authorization=f"Bearer {chat.token(ALICE)}")  # type: ignore[attr-defined]
+    await peer.subscribe("/user/queue/ack", "0")
+    before = await _batches(chat)
+    count = 200
+    await peer.send_many([
+        ("SEND", {"destination": "/app/chat.send", "content-type": "application/json",
+                  "receipt": f"r{i}"},
+         json.dumps({"sessionId": sid, "content": f"m{i}", "clientMessageId": f"p{i}"}).encode())
+        for i in range(count)])
+    seen: list[str] = []
+    with trio.fail_after(30):
+        while len(seen) < 2 * count:
+            frame = await peer.frame()
+            if frame.command == "MESSAGE":
+                seen.append("ack " + json.loads(frame.body)["clientMessageId"][1:])
+            else:
+                assert frame.command == "RECEIPT", frame
+                seen.append("receipt " + (frame.get("receipt-id") or "")[1:])
+    # each send's ack, then its receipt, in the order sent
+    assert seen == [f"{kind} {i}" for i in range(count) for kind in ("ack", "receipt")]
+    # the connection did not wait for each commit before reading its next frame
+    assert await _batches(chat) - before < count / 4
