@@ -218,6 +218,7 @@ class LimitsConfig:
     stomp_max_pending_frames: int = _opt(1000, lo=1, hi=1_000_000)
     max_queued_sends: int = _opt(256, lo=1, hi=1_000_000)
     max_send_wait_ms: int = _opt(100, lo=1, hi=3_600_000)
+    max_delivery_backlog: int = _opt(3000, lo=1, hi=100_000_000)
 
 
 @dataclass(frozen=True, slots=True)

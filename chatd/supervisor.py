@@ -153,7 +153,8 @@ async def build_components(config: Config, store: Store) -> Components:
         raise key_error(exc, config, service_key=True) from exc
     metrics = Metrics()
     committer = SendCommitter(store, lease_seconds=config.outbox.lease_seconds,
-                              max_queued=config.limits.max_queued_sends, clock=utc_now)
+                              max_queued=config.limits.max_queued_sends,
+                              max_backlog=config.limits.max_delivery_backlog, clock=utc_now)
     services = ChatService(store, profiles, limiter, limits=config.limits, observer=metrics,
                            committer=committer)
     readiness = Readiness()
@@ -276,6 +277,11 @@ def outbox_part(components: Components, sink: OutboxSink) -> Part:
     publisher.on_published = components.metrics.outbox_published
     components.committer.on_published = components.metrics.outbox_published
     components.metrics.attach_publisher(publisher, components.committer)
+    committer = components.committer
+    # what this process wrote and neither it nor its publisher delivered yet (with several
+    # instances publishers also take each other's rows: an estimate, close in aggregate)
+    committer.backlog = lambda: max(0, committer.rows_written - committer.published
+                                    - publisher.published)
     # rows the committer delivered were leased; once marked, what waited behind them may go
     components.committer.on_marked = publisher.nudge
     return Part("outbox", publisher.run, stop=publisher.stop)

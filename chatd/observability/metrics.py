@@ -242,6 +242,12 @@ class Metrics:
             yield GaugeMetricFamily(_name("send_queue_limit"),
                                     "Sends that may wait before new ones are refused (503).",
                                     value=committer.max_queued)
+            yield GaugeMetricFamily(_name("delivery_backlog"),
+                                    "Outbox rows this instance wrote and has not delivered yet.",
+                                    value=committer.backlog())
+            yield GaugeMetricFamily(_name("delivery_backlog_limit"),
+                                    "Delivery backlog past which sends are refused (503).",
+                                    value=committer.max_backlog)
             yield CounterMetricFamily(_name("send_batches"),
                                       "Transactions that stored a batch of sends.",
                                       value=committer.batches)

@@ -29,7 +29,9 @@ was delivered. What bounds the latency of an accepted send is the queue: past
 `max_queued` waiting sends, a send is refused at once (`Unavailable`, 503 with Retry-After
 over REST, an error with ``retryAfter`` over STOMP) instead of waiting without bound, and a
 send whose deadline (``[limits] max_send_wait_ms`` after it was received) passed before its
-batch started is refused the same way rather than stored late.
+batch started is refused the same way rather than stored late. So is every send while more
+than `max_backlog` outbox rows this process wrote wait for delivery (with RabbitMQ, for the
+outbox publisher): acceptance never runs ahead of delivery by more than that.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ Clock = Callable[[], datetime]
 DEFAULT_MAX_BATCH: Final = 128
 #: Sends waiting for their batch before new ones are refused.
 DEFAULT_MAX_QUEUED: Final = 256
+#: Outbox rows written and not yet delivered (`backlog`) past which sends are refused: with
+#: RabbitMQ the publisher delivers, and without this bound the committer accepted ~1 000
+#: msg/s while the relay delivered ~400 (bench workers), a backlog growing without end.
+DEFAULT_MAX_BACKLOG: Final = 3000
 #: Seconds a refused sender is told to wait (Retry-After).
 BUSY_RETRY_AFTER: Final = 1.0
 #: Seconds between attempts to mark delivered rows sent while the store is down.
@@ -95,7 +101,8 @@ class SendCommitter:
 
     def __init__(self, store: Store, *, sink: OutboxSink | None = None,
                  lease_seconds: float = 30.0, max_batch: int = DEFAULT_MAX_BATCH,
-                 max_queued: int = DEFAULT_MAX_QUEUED, clock: Clock) -> None:
+                 max_queued: int = DEFAULT_MAX_QUEUED,
+                 max_backlog: int = DEFAULT_MAX_BACKLOG, clock: Clock) -> None:
         self._store = store
         #: Where rows go right after the commit (None: leave them to the outbox publisher).
         self.sink = sink
@@ -110,7 +117,12 @@ class SendCommitter:
         self._stopping = False
         self.batches = 0
         self.committed = 0
+        self.rows_written = 0
         self.published = 0
+        #: Outbox rows this process wrote and has not delivered yet; with RabbitMQ the outbox
+        #: publisher delivers them, so the supervisor points this at its count too.
+        self.backlog: Callable[[], int] = lambda: self.rows_written - self.published
+        self.max_backlog = max_backlog
         self.refused = 0
         #: Told, per delivery, each row's seconds from its commit to the sink (metrics).
         self.on_published: Callable[[list[float]], None] | None = None
@@ -156,7 +168,7 @@ class SendCommitter:
                  on_done: Callable[[AppendResult], None] | None) -> _Waiter:
         if not self._running or self._stopping:
             raise Unavailable("server shutting down" if self._stopping else "store unavailable")
-        if len(self._queue) >= self.max_queued:
+        if len(self._queue) >= self.max_queued or self.backlog() >= self.max_backlog:
             self.refused += 1
             raise Unavailable(BUSY_MESSAGE, retry_after=BUSY_RETRY_AFTER)
         waiter = _Waiter(item, deadline, on_done)
@@ -226,6 +238,7 @@ class SendCommitter:
         for waiter, result in zip(batch, results, strict=True):
             if isinstance(result, Appended) and result.created:
                 self.committed += 1
+                self.rows_written += len(result.outbox)
                 rows.extend(result.outbox)
             waiter.settle(result)
         if rows and self.sink is not None:

@@ -174,3 +174,20 @@ async def test_a_send_whose_deadline_passed_is_refused_not_stored_late(store: St
     assert committer.refused == 1
     assert [m.client_message_id for m in await store.messages_after(session.id, 0, 10)] == [
         fresh.message.client_message_id]
+
+
+async def test_sends_are_refused_while_the_delivery_backlog_is_full(store: Store) -> None:
+    """Without direct delivery (RabbitMQ: the publisher delivers), acceptance may run ahead
+    of delivery only by `max_backlog` rows; once they go out, sends are taken again."""
+    [(session, _)] = await sessions(store, 1)
+    committer = SendCommitter(store, max_backlog=3, clock=utc_now)  # one message = 3 rows
+    delivered = 0
+    committer.backlog = lambda: committer.rows_written - delivered
+    async with committing(committer):
+        await committer.append(NewMessage(session.id, ANN, "a", "b-1", utc_now()))
+        with pytest.raises(Unavailable) as refused:
+            await committer.append(NewMessage(session.id, ANN, "b", "b-2", utc_now()))
+        delivered = 3  # the publisher caught up
+        await committer.append(NewMessage(session.id, ANN, "c", "b-3", utc_now()))
+    assert refused.value.retry_after == BUSY_RETRY_AFTER
+    assert [m.content for m in await store.messages_after(session.id, 0, 10)] == ["a", "c"]
