@@ -25,7 +25,8 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ from bench.wire import (
 
 Result = dict[str, Any]
 _CONTENT = re.compile(rb'"content":\s*"e2e (\d+) (\S+?)"')
-_STATUS = re.compile(rb'"status":\s*(\d+)')
+_STATUS = re.compile(rb'"status":\s*"([A-Z_]+)"')
 SETTLE = 5.0  # seconds after the last send before an undelivered message counts as missing
 DRAIN = 30.0  # at most this long waiting for the outbox to empty between rates
 
@@ -73,8 +74,8 @@ class Ledger:
         """A STOMP send's answer: the ack (201-like) or the error (its status)."""
         status = 201
         if b"\ndestination:/user/queue/error" in frame:
-            match = _STATUS.search(frame)
-            status = int(match.group(1)) if match else 0
+            match = _STATUS.search(frame)  # the status name of the error body, e.g. 503's
+            status = HTTPStatus[match.group(1).decode()].value if match else 0
         self.statuses[status] = self.statuses.get(status, 0) + 1
 
     def arrived(self, frame: bytes, now: int) -> None:
@@ -110,9 +111,12 @@ async def _receive(conn: Conn, splitter: FrameSplitter, ledgers: list[Ledger]) -
                 raise RuntimeError(f"the server sent ERROR: {f[:300]!r}")
 
 
-async def _send(http: HttpClient, session: str, schedule: list[float], ledger: Ledger,
+Post = Callable[[bytes], Awaitable[None]]
+
+
+async def _send(post: Post, session: str, schedule: list[float], ledger: Ledger,
                 sender: int) -> None:
-    """POST at each scheduled time (or at once when running late)."""
+    """Send a message at each scheduled time (or at once when running late) with `post`."""
     for k, at in enumerate(schedule):
         now = trio.current_time()
         if at > now:
@@ -121,29 +125,28 @@ async def _send(http: HttpClient, session: str, schedule: list[float], ledger: L
         t0 = time.monotonic_ns()
         ledger.lag.append(max(0, int((trio.current_time() - at) * 1e9)))
         ledger.sent[tag] = t0
-        body = json.dumps({"sessionId": session, "content": f"e2e {t0} {tag}",
-                           "clientMessageId": tag}).encode()
-        status, _ = await http.post("/api/chat/message", body)
+        await post(json.dumps({"sessionId": session, "content": f"e2e {t0} {tag}",
+                               "clientMessageId": tag}).encode())
         ledger.answer.append(time.monotonic_ns() - t0)
+
+
+def _rest_post(http: HttpClient, ledger: Ledger) -> Post:
+    """POST /api/chat/message; the status is counted at once."""
+    async def post(body: bytes) -> None:
+        status, _ = await http.post("/api/chat/message", body)
         ledger.statuses[status] = ledger.statuses.get(status, 0) + 1
 
+    return post
 
-async def _send_stomp(conn: Conn, session: str, schedule: list[float], ledger: Ledger,
-                      sender: int) -> None:
-    """SEND /app/chat.send at each scheduled time; the answers are counted by `_receive`."""
+
+def _stomp_post(conn: Conn) -> Post:
+    """SEND /app/chat.send; the answers (ack or error) are counted by `_receive`."""
     prefix = send_prefix("/app/chat.send")
-    for k, at in enumerate(schedule):
-        now = trio.current_time()
-        if at > now:
-            await trio.sleep(at - now)
-        tag = f"{sender}-{k}-{uuid.uuid4().hex[:6]}"
-        t0 = time.monotonic_ns()
-        ledger.lag.append(max(0, int((trio.current_time() - at) * 1e9)))
-        ledger.sent[tag] = t0
-        body = json.dumps({"sessionId": session, "content": f"e2e {t0} {tag}",
-                           "clientMessageId": tag}).encode()
+
+    async def post(body: bytes) -> None:
         await conn.send(send_frame(prefix, body))
-        ledger.answer.append(time.monotonic_ns() - t0)
+
+    return post
 
 
 def _backlog(url: str) -> int:
@@ -282,11 +285,9 @@ async def _one_rate(deployment: Deployment, rate: float, seconds: float, ledger:
         nursery.start_soon(_sample_backlog, deployment.database_url, backlog)
         async with trio.open_nursery() as posting:
             for i in range(pairs):
-                if stomp_senders is not None:
-                    posting.start_soon(_send_stomp, stomp_senders[i], sessions[i], plans[i],
-                                       ledger, i)
-                else:
-                    posting.start_soon(_send, https[i], sessions[i], plans[i], ledger, i)
+                post = (_stomp_post(stomp_senders[i]) if stomp_senders is not None
+                        else _rest_post(https[i], ledger))
+                posting.start_soon(_send, post, sessions[i], plans[i], ledger, i)
         wall = time.monotonic() - t0
         used = sum(map(cpu_seconds, pids)) - c0
         cpu = {"server_cpu_s": used, "server_cpu_pct": round(100 * used / wall, 1),

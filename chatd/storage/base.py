@@ -118,7 +118,13 @@ def message_outbox(session: ChatSession, message: Message) -> list[OutboxEntry]:
 
 async def append_one(store: Store, session_id: uuid.UUID, sender: Participant, content: str,
                      client_message_id: str, sent_at: datetime) -> tuple[Message, bool]:
-    """`Store.append_message` in terms of `Store.append_messages` (both backends use it)."""
+    """Store one message (`Store.append_messages` with a batch of one); (message, created).
+
+    A `client_message_id` the sender already used returns (original, False) and writes
+    nothing — even if the original belongs to another session (callers compare
+    `session_id`). Raises NotFound for an unknown session, Forbidden when the sender is not
+    a participant.
+    """
     [result] = await store.append_messages(
         [NewMessage(session_id, sender, content, client_message_id, sent_at)])
     if isinstance(result, ChatError):
@@ -321,30 +327,13 @@ class Store(Protocol):
         """The session, or None when it does not exist."""
         ...
 
-    async def append_message(
-        self,
-        session_id: uuid.UUID,
-        sender: Participant,
-        content: str,
-        client_message_id: str,
-        sent_at: datetime,
-    ) -> tuple[Message, bool]:
-        """Store a message and its outbox rows in one transaction; return (message, created).
-
-        A `client_message_id` the sender already used returns (original, False) and writes
-        nothing — even if the original belongs to another session (callers compare
-        `session_id`). Raises NotFound for an unknown session, Forbidden when the sender is
-        not a participant. (`append_messages` for one message, see `append_one`.)
-        """
-        ...
-
     async def append_messages(
         self, batch: Sequence[NewMessage], *, lease_until: datetime | None = None,
         sent: Sequence[int] = (), now: datetime | None = None,
     ) -> list[AppendResult]:
         """Store a batch of messages in ONE transaction (group commit); one result per message,
         in order: `Appended`, or the `ChatError` that message alone got (NotFound, Forbidden)
-        while the others were stored. Each message follows `append_message`'s rules; messages
+        while the others were stored. Each message follows `append_one`'s rules; messages
         of one session get consecutive seqs in batch order, and a client message id repeated
         within the batch is a repeat of its first use.
 

@@ -284,18 +284,6 @@ class PostgresStore:
         row = await self._run(lambda c: c.execute(queries.SESSION_BY_ID, (session_id,)).fetchone())
         return None if row is None else base.session_from_row(row)
 
-    async def append_message(
-        self,
-        session_id: uuid.UUID,
-        sender: Participant,
-        content: str,
-        client_message_id: str,
-        sent_at: datetime,
-    ) -> tuple[Message, bool]:
-        """See `Store.append_message`."""
-        return await base.append_one(self, session_id, sender, content, client_message_id,
-                                     sent_at)
-
     async def append_messages(
         self, batch: Sequence[NewMessage], *, lease_until: datetime | None = None,
         sent: Sequence[int] = (), now: datetime | None = None,
@@ -380,7 +368,7 @@ class PostgresStore:
         message_ids: Sequence[uuid.UUID] | None = None,
         at: datetime,
     ) -> ReceiptUpdate:
-        """See `Store.mark`. Locks the session row first, like `append_message`, so receipt
+        """See `Store.mark`. Locks the session row first, like `append_messages`, so receipt
         outbox rows stay in commit order with the session's message rows."""
         base.check_mark_args(status, up_to_seq, message_ids)
         at = base.require_aware(at)

@@ -274,18 +274,6 @@ class SqliteStore:
                                                    ).fetchone())
         return None if row is None else _session(row)
 
-    async def append_message(
-        self,
-        session_id: uuid.UUID,
-        sender: Participant,
-        content: str,
-        client_message_id: str,
-        sent_at: datetime,
-    ) -> tuple[Message, bool]:
-        """See `Store.append_message`."""
-        return await base.append_one(self, session_id, sender, content, client_message_id,
-                                     sent_at)
-
     async def append_messages(
         self, batch: Sequence[NewMessage], *, lease_until: datetime | None = None,
         sent: Sequence[int] = (), now: datetime | None = None,

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from chatd.domain.models import Participant
 from chatd.observability.metrics import Metrics
 from chatd.storage import open_store
+from chatd.storage.base import append_one
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -78,7 +79,7 @@ async def test_outbox_gauges_keep_their_last_value_when_the_store_is_down(
     now = datetime.now(UTC)
     ann, bob = Participant("p1", "ann@example.com", "Ann"), Participant("p2", "bob@example.com", "Bob")
     session = await store.get_or_create_session("demo", ann, bob, now=now)
-    await store.append_message(session.id, ann, "hi", "c-1", now)
+    await append_one(store, session.id, ann, "hi", "c-1", now)
     await metrics.refresh()
     await store.aclose()
     await metrics.refresh()  # logged, not raised; the last known values stay

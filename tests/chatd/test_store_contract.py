@@ -20,7 +20,7 @@ import trio.lowlevel
 from chatd.domain.errors import BadRequest, Forbidden, NotFound, Unavailable
 from chatd.domain.models import ChatSession, Message, OutboxRow, Participant
 from chatd.storage import SchemaError, Store, open_store
-from chatd.storage.base import Appended, NewMessage
+from chatd.storage.base import Appended, NewMessage, append_one
 
 T0 = datetime(2026, 11, 28, 13, 0, tzinfo=UTC)
 async def test_purge_deletes_only_rows_sent_before_the_cutoff_in_batches(store: Store) -> None:
@@ -66,7 +66,7 @@ async def send(
 ) -> list[Message]:
     sent = []
     for i in range(start, start + n):
-        message, _ = await store.append_message(
+        message, _ = await append_one(store,
             session.id, sender, f"text {i}", f"{sender.email}-{i}", at(i)
         )
         sent.append(message)
@@ -109,7 +109,7 @@ async def test_concurrent_creators_get_one_session(store: Store) -> None:
 async def test_append_stores_message_and_json_shape(store: Store) -> None:
     session = await chat(store)
     sent = at(0.123456)
-    message, created = await store.append_message(session.id, ANN, "héllo", "c-1", sent)
+    message, created = await append_one(store, session.id, ANN, "héllo", "c-1", sent)
     assert created
     assert message.seq == 1
     assert message.sent_at == sent
@@ -135,23 +135,23 @@ async def test_append_stores_message_and_json_shape(store: Store) -> None:
 async def test_append_refuses_unknown_session_and_outsiders(store: Store) -> None:
     session = await chat(store)
     with pytest.raises(NotFound):
-        await store.append_message(uuid.uuid4(), ANN, "x", "c-1", T0)
+        await append_one(store, uuid.uuid4(), ANN, "x", "c-1", T0)
     with pytest.raises(Forbidden):
-        await store.append_message(session.id, CAT, "x", "c-1", T0)
+        await append_one(store, session.id, CAT, "x", "c-1", T0)
     assert await store.history(session.id, limit=10) == []
     assert (await send(store, session, ANN, 1))[0].seq == 1  # the failures left no gap
 
 
 async def test_repeated_client_message_id_returns_the_original(store: Store) -> None:
     session = await chat(store)
-    original, created = await store.append_message(session.id, ANN, "hi", "c-1", T0)
-    repeat, again = await store.append_message(session.id, ANN, "changed", "c-1", at(9))
+    original, created = await append_one(store, session.id, ANN, "hi", "c-1", T0)
+    repeat, again = await append_one(store, session.id, ANN, "changed", "c-1", at(9))
     assert created
     assert not again
     assert repeat == original
     assert await store.find_message(ANN.email, "c-1") == original
     assert await store.find_message(BOB.email, "c-1") is None
-    other, created_by_bob = await store.append_message(session.id, BOB, "hi", "c-1", T0)
+    other, created_by_bob = await append_one(store, session.id, BOB, "hi", "c-1", T0)
     assert created_by_bob
     assert other.seq == 2
     assert len(await store.history(session.id, limit=10)) == 2
@@ -163,7 +163,7 @@ async def test_concurrent_duplicates_store_one_message(store: Store) -> None:
     results: list[tuple[Message, bool]] = []
 
     async def append() -> None:
-        results.append(await store.append_message(session.id, ANN, "once", "dup", T0))
+        results.append(await append_one(store, session.id, ANN, "once", "dup", T0))
 
     async with trio.open_nursery() as nursery:
         for _ in range(20):
@@ -179,7 +179,7 @@ async def test_concurrent_senders_get_gapless_seqs(store: Store) -> None:
 
     async def sender(i: int) -> None:
         who = ANN if i % 2 else BOB
-        await store.append_message(session.id, who, f"m{i}", f"c-{i}", at(i))
+        await append_one(store, session.id, who, f"m{i}", f"c-{i}", at(i))
 
     async with trio.open_nursery() as nursery:
         for i in range(50):
@@ -353,8 +353,8 @@ async def test_sessions_for_pages_by_activity(store: Store) -> None:
     people = [person(f"u{i}", f"{500 + i}") for i in range(5)]
     sessions = [await chat(store, ANN, p) for p in people]
     for i, session in enumerate(sessions):
-        await store.append_message(session.id, people[i], f"hi {i}", f"c{i}", at(10 * i))
-    await store.append_message(sessions[1].id, ANN, "latest", "c-ann", at(100))
+        await append_one(store, session.id, people[i], f"hi {i}", f"c{i}", at(10 * i))
+    await append_one(store, sessions[1].id, ANN, "latest", "c-ann", at(100))
 
     summaries = await store.sessions_for(ANN.email, limit=2)
     pages = [summaries]
@@ -379,7 +379,7 @@ async def test_sessions_for_pages_by_activity(store: Store) -> None:
 
 async def test_outbox_rows_are_written_with_the_message(store: Store) -> None:
     session = await chat(store)
-    message, _ = await store.append_message(session.id, ANN, "hi", "c-1", T0)
+    message, _ = await append_one(store, session.id, ANN, "hi", "c-1", T0)
     rows = await store.claim_outbox(limit=10, lease_seconds=30, now=T0)
     assert [r.destination for r in rows] == [
         f"/topic/session.{session.id}",

@@ -9,6 +9,7 @@ import trio
 
 from chatd.config import LimitsConfig
 from chatd.domain.models import Participant
+from chatd.storage.base import append_one
 from tests.chatd.api.conftest import (
     ALICE,
     BOB,
@@ -180,7 +181,7 @@ async def test_history_walk_of_1000_messages_before_and_after(server, auth, cloc
     session = await server.service.require_participant(ALICE, sid)
     sender: Participant = session.participant(ALICE)
     for i in range(1000):
-        await server.store.append_message(session.id, sender, f"m{i + 1}", f"c{i}", clock())
+        await append_one(server.store, session.id, sender, f"m{i + 1}", f"c{i}", clock())
 
     seen: list[int] = []
     cursor = None

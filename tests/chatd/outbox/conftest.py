@@ -19,6 +19,7 @@ from chatd.config import OutboxConfig
 from chatd.domain.models import ChatSession, Message, OutboxRow, Participant
 from chatd.outbox import OutboxPublisher
 from chatd.storage import Store, open_store
+from chatd.storage.base import append_one
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)  # in the past: rows are due at once (sent_at)
 ANN = Participant("100", "ann@example.com", "Ann")
@@ -140,7 +141,7 @@ async def send(
     """`count` messages from `sender`, one after the other (so in seq order)."""
     sent = []
     for i in range(count):
-        message, _ = await store.append_message(
+        message, _ = await append_one(store,
             session.id, sender, f"text {i}", f"{session.id}-{tag}{i}", T0
         )
         sent.append(message)

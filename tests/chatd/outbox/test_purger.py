@@ -12,6 +12,7 @@ import trio
 from chatd.domain.models import Participant
 from chatd.outbox import OutboxPurger
 from chatd.storage import Store, open_store
+from chatd.storage.base import append_one
 
 from ..conftest import SwitchableProxy, _empty_postgres
 
@@ -23,7 +24,7 @@ BOB = Participant("p-bob", "bob@example.com", "Bob")
 async def sent_rows(store: Store, count: int, *, sent_at: datetime) -> None:
     session = await store.get_or_create_session("support", ANN, BOB, now=T0)
     for i in range(count):
-        await store.append_message(session.id, ANN, f"m{i}", f"c{i}-{sent_at}", T0)
+        await append_one(store, session.id, ANN, f"m{i}", f"c{i}-{sent_at}", T0)
     rows = await store.claim_outbox(limit=10_000, lease_seconds=30, now=sent_at)
     await store.mark_outbox_sent([r.id for r in rows], now=sent_at)
 
@@ -32,7 +33,7 @@ async def test_purges_sent_rows_older_than_the_retention_in_batches(store: Store
     await sent_rows(store, 5, sent_at=T0)  # 15 rows, 30 h before "now"
     await sent_rows(store, 2, sent_at=T0 + timedelta(hours=20))  # 6 rows, 10 h before
     session = await store.get_or_create_session("support", ANN, BOB, now=T0)
-    await store.append_message(session.id, BOB, "pending", "pending-1", T0)  # 3 pending rows
+    await append_one(store, session.id, BOB, "pending", "pending-1", T0)  # 3 pending rows
     now = T0 + timedelta(hours=30)
     purger = OutboxPurger(store, timedelta(hours=24), lambda: now, batch=4)
 
