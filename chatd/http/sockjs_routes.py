@@ -22,6 +22,7 @@ from urllib.parse import parse_qs
 import trio
 from quart import Blueprint, Response, after_this_request, current_app, request, websocket
 from quart_trio import QuartTrio
+from werkzeug.wrappers.response import Response as WerkzeugResponse
 
 from chatd.config import ServerConfig
 from chatd.http.errors import error_response, json_response
@@ -44,6 +45,8 @@ from chatd.realtime.sockjs.framing import (
 from chatd.realtime.sockjs.session import SockJSSession
 from stomp.trio import BrokerRuntime
 
+#: What Quart hands an after-request function: its own response or a plain werkzeug one.
+AnyResponse = Response | WerkzeugResponse
 PREFIX = "/ws"
 #: Where the iframe page loads sockjs-client from: the copy the demo page vendors. Only the
 #: iframe-based transports (old browsers without CORS) load it.
@@ -113,7 +116,7 @@ def _query_token() -> str | None:
     return request.args.get("access_token")
 
 
-def _set_session_cookie(response: Response, secret: str) -> None:
+def _set_session_cookie(response: AnyResponse, secret: str) -> None:
     """Hand the opener of a session its secret: a cookie scoped to the session's own URLs
     (``/ws/{server}/{session}``, under which every transport lives), so the browser returns
     it on each later request of that session and on nothing else.
@@ -240,7 +243,7 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
             secret = session.secret
 
             @after_this_request
-            async def _bind(response: Response) -> Response:
+            async def _bind(response: AnyResponse) -> AnyResponse:
                 _set_session_cookie(response, secret)
                 return response
 

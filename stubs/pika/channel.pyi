@@ -1,0 +1,36 @@
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pika import BasicProperties
+
+_Done = Callable[[Any], object] | None
+
+class Channel:
+    is_open: bool
+    def add_on_close_callback(self, callback: Callable[[Channel, Exception], object]) -> None: ...
+    def confirm_delivery(self, ack_nack_callback: Callable[[Any], object],
+                         callback: _Done = ...) -> None: ...
+    def exchange_declare(self, exchange: str, exchange_type: str = ..., passive: bool = ...,
+                         durable: bool = ..., auto_delete: bool = ..., internal: bool = ...,
+                         arguments: Mapping[str, Any] | None = ...,
+                         callback: _Done = ...) -> None: ...
+    def queue_declare(self, queue: str, passive: bool = ..., durable: bool = ...,
+                      exclusive: bool = ..., auto_delete: bool = ...,
+                      arguments: Mapping[str, Any] | None = ...,
+                      callback: _Done = ...) -> None: ...
+    def queue_bind(self, queue: str, exchange: str, routing_key: str | None = ...,
+                   arguments: Mapping[str, Any] | None = ..., callback: _Done = ...) -> None: ...
+    def queue_unbind(self, queue: str, exchange: str | None = ..., routing_key: str | None = ...,
+                     arguments: Mapping[str, Any] | None = ...,
+                     callback: _Done = ...) -> None: ...
+    def queue_delete(self, queue: str, if_unused: bool = ..., if_empty: bool = ...,
+                     callback: _Done = ...) -> None: ...
+    def basic_qos(self, prefetch_size: int = ..., prefetch_count: int = ...,
+                  global_qos: bool = ..., callback: _Done = ...) -> None: ...
+    def basic_consume(self, queue: str, on_message_callback: Callable[..., object],
+                      auto_ack: bool = ..., exclusive: bool = ..., consumer_tag: str | None = ...,
+                      arguments: Mapping[str, Any] | None = ...,
+                      callback: _Done = ...) -> str: ...
+    def basic_publish(self, exchange: str, routing_key: str, body: bytes,
+                      properties: BasicProperties | None = ..., mandatory: bool = ...) -> None: ...
+    def basic_ack(self, delivery_tag: int = ..., multiple: bool = ...) -> None: ...
