@@ -8,6 +8,7 @@ same way.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,12 @@ RECEIPT_STATUSES: tuple[ReceiptStatus, ...] = ("delivered", "seen")
 
 EVENT_MESSAGE = "message"
 EVENT_RECEIPT = "receipt"
+
+
+def compact_json(value: Any) -> str:
+    """Compact JSON text with non-ASCII kept as is: what the outbox stores, STOMP and SockJS
+    frames carry and REST answers, byte for byte the same everywhere."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def iso_utc(value: datetime) -> str:

@@ -10,11 +10,11 @@ from __future__ import annotations
 from quart import Blueprint, Response, request
 
 from chatd.domain.errors import Forbidden
-from chatd.domain.models import SessionSummary
+from chatd.domain.models import ReceiptStatus, SessionSummary
 from chatd.domain.rules import normalize_email
 from chatd.http.context import caller, json_object
 from chatd.http.errors import json_response
-from chatd.services.chat import ChatService, ReceiptKind
+from chatd.services.chat import ChatService
 from chatd.services.inputs import parse_session_id
 
 
@@ -82,7 +82,7 @@ def chat_blueprint(service: ChatService) -> Blueprint:
             "sessions": [{"sessionId": str(sid), "count": count} for sid, count in totals],
         })
 
-    async def _mark(session_id: str, status: ReceiptKind) -> Response:
+    async def _mark(session_id: str, status: ReceiptStatus) -> Response:
         body = await json_object()
         update = await service.mark(
             caller(), session_id, status, up_to_seq=body.get("upToSeq"),

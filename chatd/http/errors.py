@@ -8,7 +8,6 @@ find the traceback a caller reports.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import uuid
@@ -20,7 +19,7 @@ from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from chatd.domain.errors import ChatError, view
-from chatd.domain.models import iso_utc
+from chatd.domain.models import compact_json, iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ JSON_MIMETYPE = "application/json"
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A JSON answer with the keys in the order given (Quart's provider would sort them)."""
-    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    body = compact_json(data)
     return Response(body, status=status, headers=headers, mimetype=JSON_MIMETYPE)
 
 

@@ -24,10 +24,10 @@ from typing import Any, Final
 import trio
 
 from chatd.domain.errors import BadRequest, ChatError, Unavailable, view
-from chatd.domain.models import EVENT_MESSAGE, Message
+from chatd.domain.models import EVENT_MESSAGE, Message, compact_json
 from chatd.realtime.delivery import event_headers
 from chatd.services import ChatService
-from chatd.storage.base import dumps, topic_destination
+from chatd.storage.base import topic_destination
 from stomp import Send
 from stomp.broker import SessionId, user_key
 from stomp.trio import BrokerRuntime
@@ -133,7 +133,7 @@ class AppHandlers:
         """Tell the session topic the caller is typing; ephemeral, never stored."""
         chat = await self.services.require_participant(caller, body.get("sessionId"))
         payload = {"sessionId": str(chat.id), "email": caller}
-        self.publish(topic_destination(chat.id), dumps(payload).encode(), EVENT_TYPING)
+        self.publish(topic_destination(chat.id), compact_json(payload).encode(), EVENT_TYPING)
         return False
 
     async def ping(self, session: SessionId, caller: str, body: dict[str, Any],
@@ -146,7 +146,7 @@ class AppHandlers:
 
     def reply(self, caller: str, queue: str, payload: Any, event: str) -> None:
         """Publish JSON to every connection of `caller` subscribed to `/user{queue}`."""
-        self.publish(user_key(caller, queue), dumps(payload).encode(), event)
+        self.publish(user_key(caller, queue), compact_json(payload).encode(), event)
 
     def publish(self, key: str, body: bytes, event: str) -> None:
         """Publish an unstored event here, and through `relay` to other instances."""

@@ -16,11 +16,10 @@ then not published to the topic again (`LocalDelivery`).
 
 from __future__ import annotations
 
-import json
 from typing import Final
 
 from chatd.domain.errors import ChatError, view
-from chatd.domain.models import EVENT_MESSAGE, ChatSession, Message
+from chatd.domain.models import EVENT_MESSAGE, ChatSession, Message, compact_json
 from chatd.realtime.delivery import LocalDelivery, event_headers
 from chatd.services import ChatService
 from chatd.services.inputs import parse_seq
@@ -99,7 +98,7 @@ async def replay(
         raise Refused(f"cannot replay {event.destination}", "the session is too busy; retry")
     for message in fetched:
         if after < message.seq <= upto:
-            body = json.dumps(message.to_json(), ensure_ascii=False, separators=(",", ":"))
+            body = compact_json(message.to_json())
             runtime.deliver(session, event.id, event.destination, body.encode(),
                             event_headers(EVENT_MESSAGE, ("x-seq", str(message.seq))))
     return len(fetched)

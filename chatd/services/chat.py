@@ -21,7 +21,14 @@ import trio
 from chatd.config import LimitsConfig
 from chatd.domain.errors import BadRequest, ChatError, Forbidden, NotFound, RateLimited
 from chatd.domain.lru import Lru
-from chatd.domain.models import ChatSession, Message, Participant, ReceiptUpdate, SessionSummary
+from chatd.domain.models import (
+    ChatSession,
+    Message,
+    Participant,
+    ReceiptStatus,
+    ReceiptUpdate,
+    SessionSummary,
+)
 from chatd.domain.rules import (
     SendRateLimiter,
     parse_history_limit,
@@ -45,7 +52,6 @@ Clock = Callable[[], datetime]
 #: Told a submitted send's outcome: (message, created), or (the error, False).
 SendCallback = Callable[["Message | ChatError", bool], None]
 SendPath = Literal["rest", "stomp"]
-ReceiptKind = Literal["delivered", "seen"]
 
 
 def utc_now() -> datetime:
@@ -344,7 +350,7 @@ class ChatService:
         self,
         caller: str,
         session_id: object,
-        status: ReceiptKind,
+        status: ReceiptStatus,
         *,
         up_to_seq: object = None,
         message_ids: object = None,

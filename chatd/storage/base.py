@@ -14,7 +14,6 @@ holding exactly the JSON body to publish (the message JSON, `Message.to_json`, o
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from chatd.domain.models import (
     ReceiptStatus,
     ReceiptUpdate,
     SessionSummary,
+    compact_json,
 )
 
 DEFAULT_POOL_SIZE = 10
@@ -89,11 +89,6 @@ class Appended:
 AppendResult = Appended | ChatError
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON text, non-ASCII kept as is (what the outbox stores and publishes)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 def user_destination(email: str, queue: str) -> str:
     """The outbox destination addressing every connection of `email` (``queue`` like messages)."""
     return f"user:{email}:/queue/{queue}"
@@ -106,7 +101,7 @@ def topic_destination(session_id: uuid.UUID) -> str:
 
 def message_outbox(session: ChatSession, message: Message) -> list[OutboxEntry]:
     """The three rows a new message publishes: the session topic and both users' queues."""
-    body = dumps(message.to_json())
+    body = compact_json(message.to_json())
     destinations = [topic_destination(session.id)] + [
         user_destination(email, "messages") for email in session.emails
     ]
@@ -143,7 +138,7 @@ def group_by_session(batch: Sequence[NewMessage]) -> dict[uuid.UUID, list[int]]:
 
 def receipt_outbox(update: ReceiptUpdate, sender_emails: Iterable[str]) -> list[OutboxEntry]:
     """The rows a receipt publishes: the session topic and the queue of each affected sender."""
-    body = dumps(update.event_json())
+    body = compact_json(update.event_json())
     seq = update.up_to_seq or 0
     destinations = [topic_destination(update.session_id)] + [
         user_destination(email, "receipts") for email in sorted(set(sender_emails))
@@ -240,7 +235,7 @@ def message_from_row(row: Sequence[Any], uid: Convert = _same, ts: Convert = _sa
 
 def outbox_from_row(row: Sequence[Any], uid: Convert = _same, ts: Convert = _same) -> OutboxRow:
     """Build an OutboxRow from an `OUTBOX_COLUMNS` row; `uid`/`ts` adapt backend types."""
-    payload = row[6] if isinstance(row[6], str) else dumps(row[6])
+    payload = row[6] if isinstance(row[6], str) else compact_json(row[6])
     return OutboxRow(
         int(row[0]), None if row[1] is None else uid(row[1]), uid(row[2]), int(row[3]), row[4],
         row[5], payload, int(row[7]), ts(row[8]), row[9], ts(row[10]),

@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable
 from typing import Final
 
+from chatd.domain.models import compact_json
+
 OPEN: Final = "o"
 HEARTBEAT: Final = "h"
 
@@ -48,7 +50,7 @@ def _escape(text: str) -> str:
 def encode_json(value: object) -> str:
     """`value` as compact JSON with the characters SockJS requires escaped (non-ASCII text
     otherwise stays as is: WebSockets and XHR carry UTF-8 fine)."""
-    return _escape(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    return _escape(compact_json(value))
 
 
 def message_frame(messages: list[str]) -> str:
