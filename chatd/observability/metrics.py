@@ -38,6 +38,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from chatd.release import version
+
 log = logging.getLogger(__name__)
 
 # The ``*_created`` series (one timestamp per counter and label set) double the output and
@@ -124,7 +126,7 @@ class Metrics:
             "Time from publishing to RabbitMQ to its publisher confirm.",
             buckets=LATENCY_BUCKETS, registry=r)
         Info(_name("build"), "The chatd release and Python running this instance.",
-             registry=r).info({"version": _version(), "python": platform.python_version()})
+             registry=r).info({"version": version(), "python": platform.python_version()})
         self._components = _Components()
         r.register(self._components)
         self._outbox_source: OutboxStats | None = None
@@ -337,15 +339,6 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of everything registered."""
         return generate_latest(self.registry)
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("chatd")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "unknown"
 
 
 def _state_name(state: Any) -> str:

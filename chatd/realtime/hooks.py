@@ -32,6 +32,7 @@ from chatd.domain.rules import max_body_size
 from chatd.realtime.delivery import TOPIC_PREFIX, LocalDelivery
 from chatd.realtime.handlers import APP_PREFIX, AppHandlers
 from chatd.realtime.replay import DEFAULT_MAX_REPLAY, replay, since_seq
+from chatd.release import version
 from chatd.services import ChatService
 from stomp import Connect, Send, Subscribe
 from stomp.broker import USER_PREFIX, Broker, Limits, SessionId, user_key
@@ -192,7 +193,8 @@ def build_runtime(
     """The broker runtime with chatd's hooks and `[limits]`/`[server]` STOMP settings, and
     the `LocalDelivery` the outbox publisher feeds it through."""
     limits = config.limits
-    broker = Broker(limits=Limits(max_subscriptions=limits.stomp_max_subscriptions))
+    broker = Broker(limits=Limits(max_subscriptions=limits.stomp_max_subscriptions),
+                    server_name=f"chatd/{version()}")
     # A frame limit below what a message within `max_content_length` needs is raised to it:
     # a text REST accepts is accepted over STOMP too, however its JSON escapes it.
     frame_size = max(limits.stomp_max_frame_size,

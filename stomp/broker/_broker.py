@@ -61,7 +61,7 @@ from ._limits import Limits
 
 USER_PREFIX = "/user/"
 QUEUE_PREFIX = "/queue/"
-DEFAULT_SERVER_NAME = "chatd-stomp/0.1"
+DEFAULT_SERVER_NAME = "stomp-trio/0.1"
 #: Headers the broker sets itself on a MESSAGE; a SEND's copies of them are not passed on.
 _OWN_HEADERS = frozenset(
     {DESTINATION, TRANSACTION, RECEIPT, CONTENT_LENGTH, MESSAGE_ID, SUBSCRIPTION, ACK}

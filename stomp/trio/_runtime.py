@@ -1,12 +1,12 @@
 """The runtime: one `Broker`, the live sessions, and the code that carries out broker actions.
 
 Applying actions never blocks and never checkpoints: a `Write` appends the two parts it carries
-to the session's outbox (a plain list of chunks — the shared MESSAGE tail is never copied per
+to the session's send queue (a plain list of chunks — the shared MESSAGE tail is never copied per
 subscriber) and wakes that session's writer task, which later sends everything queued with one
 `send_all`. So a publisher fanning out to ten thousand sessions does ten thousand list appends
-and nothing else, and a stalled peer can only ever fill its own outbox.
+and nothing else, and a stalled peer can only ever fill its own send queue.
 
-Each outbox is bounded (frames and bytes). A session that would cross the bound is a slow
+Each send queue is bounded (frames and bytes). A session that would cross the bound is a slow
 consumer: the broker forgets it, an ERROR ("slow consumer") is appended past the bound, and the
 session is closed once that is flushed — or when its flush deadline passes, whichever is first.
 """
@@ -53,7 +53,7 @@ SLOW_CONSUMER_MESSAGE: Final = "slow consumer"
 CREDENTIALS_EXPIRED_MESSAGE: Final = "credentials expired"
 
 
-class Outbox:
+class SendQueue:
     """The per-session state the runtime and the session pump share.
 
     `chunks` is swapped out whole by the writer (O(1) take-all, which a deque would not give).
@@ -91,7 +91,7 @@ class Outbox:
         self.received_at = 0.0
 
     def take(self) -> list[bytes]:
-        """Everything queued, leaving the outbox empty."""
+        """Everything queued, leaving the send queue empty."""
         chunks = self.chunks
         self.chunks = []
         self.frames = 0
@@ -163,7 +163,7 @@ class BrokerRuntime:
         self.close_timeout = close_timeout
         self._ids = session_ids if session_ids is not None else (
             f"s{n}" for n in itertools.count(1))
-        self._sessions: dict[SessionId, Outbox] = {}
+        self._sessions: dict[SessionId, SendQueue] = {}
         #: Frame, ERROR and session counts, for whoever exports metrics.
         self.stats = RuntimeStats()
         self._shutting_down = False
@@ -185,13 +185,13 @@ class BrokerRuntime:
         transport (None: unknown session). Frames read together share it, so a hook can tell
         how long a frame waited behind the ones before it, and refuse work that came too late
         instead of letting a flooding peer's backlog grow."""
-        outbox = self._sessions.get(session)
-        return outbox.received_at if outbox else None
+        sendq = self._sessions.get(session)
+        return sendq.received_at if sendq else None
 
     def principal(self, session: SessionId) -> Principal | None:
         """Who `session` authenticated as (None: anonymous or unknown)."""
-        outbox = self._sessions.get(session)
-        return outbox.principal if outbox else None
+        sendq = self._sessions.get(session)
+        return sendq.principal if sendq else None
 
     # -- for application code ----------------------------------------------------------------
 
@@ -239,9 +239,9 @@ class BrokerRuntime:
         deadline = trio.current_time() + grace
         for session in list(self._sessions):
             self.refuse(session, SHUTDOWN_MESSAGE)
-            outbox = self._sessions.get(session)
-            if outbox is not None:
-                outbox.scope.deadline = min(outbox.scope.deadline, deadline)
+            sendq = self._sessions.get(session)
+            if sendq is not None:
+                sendq.scope.deadline = min(sendq.scope.deadline, deadline)
         if not self._sessions:
             return
         with trio.move_on_at(deadline + self.close_timeout):
@@ -249,27 +249,27 @@ class BrokerRuntime:
 
     # -- for the session pump ----------------------------------------------------------------
 
-    def open_session(self, transport: TransportInfo) -> Outbox:
+    def open_session(self, transport: TransportInfo) -> SendQueue:
         """Register a new transport; the caller must `close_session` it when done."""
         session = next(self._ids)
         connection = ServerConnection(heartbeat=self.heartbeat, max_frame_size=self.max_frame_size,
                                       max_body_size=self.max_body_size,
                                       max_header_count=self.max_header_count)
-        outbox = self._sessions[session] = Outbox(session, connection, transport)
+        sendq = self._sessions[session] = SendQueue(session, connection, transport)
         self.stats.sessions_opened += 1
         if self._idle.is_set():
             self._idle = trio.Event()
-        return outbox
+        return sendq
 
-    def close_session(self, outbox: Outbox) -> None:
+    def close_session(self, sendq: SendQueue) -> None:
         """The transport is gone: forget the session (its unacked messages are requeued)."""
-        outbox.closing = True
-        if self._sessions.pop(outbox.id, None) is not None:
+        sendq.closing = True
+        if self._sessions.pop(sendq.id, None) is not None:
             self.stats.sessions_closed += 1
         try:
-            self.apply(self.broker.disconnect(outbox.id))
+            self.apply(self.broker.disconnect(sendq.id))
         except Exception:
-            log.exception("releasing session %s failed", outbox.id)
+            log.exception("releasing session %s failed", sendq.id)
         if not self._sessions:
             self._idle.set()
 
@@ -279,31 +279,31 @@ class BrokerRuntime:
         stats = self.stats
         for action in actions:
             if type(action) is Write:
-                outbox = sessions.get(action.session)
-                if outbox is None or outbox.closing:
+                sendq = sessions.get(action.session)
+                if sendq is None or sendq.closing:
                     continue
                 tail = action.tail
                 size = len(action.data) + len(tail)
-                if (outbox.frames >= self.max_pending_frames
-                        or (outbox.frames and outbox.size + size > self.max_pending_bytes)
-                        ) and not outbox.slow:
-                    self._overflow(outbox)
+                if (sendq.frames >= self.max_pending_frames
+                        or (sendq.frames and sendq.size + size > self.max_pending_bytes)
+                        ) and not sendq.slow:
+                    self._overflow(sendq)
                     continue
-                outbox.chunks.append(action.data)
+                sendq.chunks.append(action.data)
                 if tail:  # only a MESSAGE has a shared tail: count it without parsing
-                    outbox.chunks.append(tail)
+                    sendq.chunks.append(tail)
                     stats.messages_out += 1
                 else:
                     stats.frame_out(action.data)
-                outbox.frames += 1
-                outbox.size += size
-                if outbox.parked and not outbox.deferred:
-                    outbox.parked = False
-                    outbox.lot.unpark_all()
+                sendq.frames += 1
+                sendq.size += size
+                if sendq.parked and not sendq.deferred:
+                    sendq.parked = False
+                    sendq.lot.unpark_all()
             elif type(action) is Close:
-                outbox = sessions.get(action.session)
-                if outbox is not None and not outbox.closing:
-                    self._begin_close(outbox)
+                sendq = sessions.get(action.session)
+                if sendq is not None and not sendq.closing:
+                    self._begin_close(sendq)
                 self.apply(self.broker.disconnect(action.session))
             elif (isinstance(action, DestinationActive)
                   and self.on_destination_active is not None):
@@ -312,17 +312,17 @@ class BrokerRuntime:
                 except Exception:
                     log.exception("on_destination_active(%r) failed", action.destination)
 
-    def _overflow(self, outbox: Outbox) -> None:
+    def _overflow(self, sendq: SendQueue) -> None:
         log.warning("session %s is a slow consumer (%d frames, %d bytes queued); closing it",
-                    outbox.id, outbox.frames, outbox.size)
-        outbox.slow = True
+                    sendq.id, sendq.frames, sendq.size)
+        sendq.slow = True
         self.stats.slow_consumers += 1
-        self.refuse(outbox.id, SLOW_CONSUMER_MESSAGE,
+        self.refuse(sendq.id, SLOW_CONSUMER_MESSAGE,
                     f"more than {self.max_pending_frames} frames or {self.max_pending_bytes} "
                     "bytes waiting to be written")
 
-    def _begin_close(self, outbox: Outbox) -> None:
-        outbox.closing = True
-        outbox.scope.deadline = min(outbox.scope.deadline,
+    def _begin_close(self, sendq: SendQueue) -> None:
+        sendq.closing = True
+        sendq.scope.deadline = min(sendq.scope.deadline,
                                     trio.current_time() + self.close_timeout)
-        outbox.wake()
+        sendq.wake()

@@ -5,7 +5,7 @@
 - the reader: `receive_some` -> `ServerConnection.receive_data` -> hooks -> broker -> actions,
   hooks awaited in frame order. What its own frames queued (a RECEIPT, the MESSAGE of a SEND
   to a destination the session subscribes to) it flushes itself when the writer sleeps;
-- the writer: sleeps until the outbox has chunks, then sends them all with one `send_all`;
+- the writer: sleeps until the send queue has chunks, then sends them all with one `send_all`;
 - the timer: the CONNECT deadline, the heart-beats we expect (any byte counts as a sign of
   life), the heart-beat newlines we owe when nothing was written for the interval, and the
   expiry of the session's credentials (`Authenticated.expires_in`).
@@ -28,7 +28,7 @@ from .._codec import HEARTBEAT
 from .._errors import ProtocolError
 from .._events import ClientEvent, Connect, Send, Subscribe, Violation
 from ._hooks import Authenticated, Refused, TransportInfo
-from ._runtime import CREDENTIALS_EXPIRED_MESSAGE, SHUTDOWN_MESSAGE, BrokerRuntime, Outbox
+from ._runtime import CREDENTIALS_EXPIRED_MESSAGE, SHUTDOWN_MESSAGE, BrokerRuntime, SendQueue
 from ._stats import INVALID_COMMAND
 
 log = logging.getLogger("stomp.trio")
@@ -73,7 +73,7 @@ class OneFramePerMessage(Protocol):
 
 
 def frames_of(chunks: list[bytes]) -> Iterator[bytes]:
-    """The frames, and heart-beat newlines, that `chunks` (an outbox's content) hold, one by one.
+    """The frames, and heart-beat newlines, that `chunks` (a send queue's content) hold, one by one.
 
     A chunk is a whole frame, a heart-beat newline, or the head of a MESSAGE (which ends with a
     header line's newline) followed by its shared tail: so a frame ends with each chunk that
@@ -95,20 +95,20 @@ async def serve_stream(runtime: BrokerRuntime, stream: Stream,
     Returns normally however the peer behaves (errors are logged); only cancellation of the
     calling task propagates.
     """
-    outbox = runtime.open_session(transport or TransportInfo())
-    pump = _Pump(runtime, stream, outbox)
+    sendq = runtime.open_session(transport or TransportInfo())
+    pump = _Pump(runtime, stream, sendq)
     try:
         if runtime.shutting_down:
-            runtime.refuse(outbox.id, SHUTDOWN_MESSAGE)
-        with outbox.scope:
+            runtime.refuse(sendq.id, SHUTDOWN_MESSAGE)
+        with sendq.scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pump.read)
                 nursery.start_soon(pump.write)
                 nursery.start_soon(pump.tick)
     except Exception:  # a bug of ours; the tasks already log what a peer can cause
-        log.exception("session %s failed", outbox.id)
+        log.exception("session %s failed", sendq.id)
     finally:
-        runtime.close_session(outbox)
+        runtime.close_session(sendq)
         if runtime.shutting_down and isinstance(stream, HasCloseCode):
             stream.close_code = CLOSE_GOING_AWAY
         with trio.move_on_after(runtime.close_timeout) as scope:
@@ -116,16 +116,16 @@ async def serve_stream(runtime: BrokerRuntime, stream: Stream,
             try:
                 await stream.aclose()
             except Exception as exc:
-                log.debug("session %s: closing the transport failed: %r", outbox.id, exc)
+                log.debug("session %s: closing the transport failed: %r", sendq.id, exc)
 
 
 class _Pump:
-    """The reader, writer and timer tasks of one session (sharing state through the outbox)."""
+    """The reader, writer and timer tasks of one session (sharing state through the send queue)."""
 
-    def __init__(self, runtime: BrokerRuntime, stream: Stream, outbox: Outbox) -> None:
+    def __init__(self, runtime: BrokerRuntime, stream: Stream, sendq: SendQueue) -> None:
         self.runtime = runtime
         self.stream = stream
-        self.outbox = outbox
+        self.sendq = sendq
         #: Seconds without any byte from the peer before it is declared dead (inf: never).
         self.expect_timeout = float("inf")
         self.connected = False
@@ -143,41 +143,41 @@ class _Pump:
     # -- reader --------------------------------------------------------------------------------
 
     async def read(self) -> None:
-        outbox = self.outbox
+        sendq = self.sendq
         runtime = self.runtime
         try:
             await self._read_loop()
         except _TRANSPORT_ERRORS as exc:
-            log.debug("session %s: transport failed while reading: %r", outbox.id, exc)
+            log.debug("session %s: transport failed while reading: %r", sendq.id, exc)
         except Exception:
-            log.exception("session %s: reader failed", outbox.id)
-            runtime.refuse(outbox.id, "internal server error")
+            log.exception("session %s: reader failed", sendq.id)
+            runtime.refuse(sendq.id, "internal server error")
         finally:
             # The peer said all it will say: flush what is queued, within the close deadline.
-            if not outbox.closing:
-                runtime.close(outbox.id, "peer closed")
+            if not sendq.closing:
+                runtime.close(sendq.id, "peer closed")
 
     async def _read_loop(self) -> None:
-        outbox = self.outbox
-        connection = outbox.connection
+        sendq = self.sendq
+        connection = sendq.connection
         receive_some = self.stream.receive_some
         current_time = trio.current_time
-        while not outbox.closing:
+        while not sendq.closing:
             self.receiving_since = current_time()
             data = await receive_some(RECEIVE_SIZE)
             self.receiving_since = None
             if not data:
                 return
-            outbox.received_at = current_time()
-            outbox.deferred = True
+            sendq.received_at = current_time()
+            sendq.deferred = True
             try:
                 for event in connection.receive_data(bytes(data)):
                     await self._dispatch(event)
-                    if outbox.closing:
+                    if sendq.closing:
                         return
             finally:
-                outbox.deferred = False
-            if outbox.chunks:
+                sendq.deferred = False
+            if sendq.chunks:
                 # A peer that stops reading is as silent as one that stops sending.
                 self.receiving_since = current_time()
                 await self._flush()
@@ -189,48 +189,48 @@ class _Pump:
         writer stays parked (`sending` keeps it from writing concurrently if it is woken) and
         is woken afterwards if more was queued meanwhile.
         """
-        outbox = self.outbox
-        if not outbox.parked:
-            outbox.wake()  # it is busy writing (or already woken) and will take these chunks
+        sendq = self.sendq
+        if not sendq.parked:
+            sendq.wake()  # it is busy writing (or already woken) and will take these chunks
             return
-        outbox.sending = True
+        sendq.sending = True
         try:
-            chunks = outbox.take()
+            chunks = sendq.take()
             if self.one_frame_per_message:
                 await self._send_frames(chunks)
             else:
                 await self.stream.send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
             self.last_write = trio.current_time()
         finally:
-            outbox.sending = False
-            if outbox.chunks or outbox.closing:
-                outbox.wake()
+            sendq.sending = False
+            if sendq.chunks or sendq.closing:
+                sendq.wake()
 
     async def _dispatch(self, event: ClientEvent | Violation) -> None:
         runtime = self.runtime
-        outbox = self.outbox
-        session = outbox.id
+        sendq = self.sendq
+        session = sendq.id
         hooks = runtime.hooks
         runtime.stats.frame_in(
             INVALID_COMMAND if isinstance(event, Violation) else event.frame.command.value)
         try:
             if isinstance(event, Send):
                 self._before_hook()
-                await hooks.authorize_send(outbox.principal, event)
-                handled = await hooks.on_app_send(session, outbox.principal, event)
-                outbox.deferred = True
+                await hooks.authorize_send(sendq.principal, event)
+                handled = await hooks.on_app_send(session, sendq.principal, event)
+                sendq.deferred = True
                 if handled:
                     return
             elif isinstance(event, Subscribe):
                 self._before_hook()
-                await hooks.authorize_subscribe(session, outbox.principal, event)
+                await hooks.authorize_subscribe(session, sendq.principal, event)
                 # No checkpoint from here to broker.handle: see the guarantee in `Hooks`.
-                outbox.deferred = True
+                sendq.deferred = True
             elif isinstance(event, Connect):
                 self._before_hook()
-                result = await hooks.authenticate(event, outbox.transport)
-                outbox.deferred = True
-                if outbox.closing:  # refused (e.g. shutdown) while the hook ran
+                result = await hooks.authenticate(event, sendq.transport)
+                sendq.deferred = True
+                if sendq.closing:  # refused (e.g. shutdown) while the hook ran
                     return
                 if isinstance(result, Authenticated):
                     principal, expires_in = result.principal, result.expires_in
@@ -238,17 +238,17 @@ class _Pump:
                     principal, expires_in = result, None
                 if expires_in is not None:
                     self.expires_at = trio.current_time() + max(0.0, expires_in)
-                outbox.principal = principal
+                sendq.principal = principal
                 runtime.apply(runtime.broker.connect(session, event, principal))
                 # Before any checkpoint: the writer, woken by CONNECTED, must see the interval.
                 send_ms, expect_ms = event.heartbeat
-                outbox.send_interval = send_ms / 1000
+                sendq.send_interval = send_ms / 1000
                 if expect_ms:
                     self.expect_timeout = expect_ms / 1000 * runtime.heartbeat_grace
                 self.connected = True
                 self.timer_wake.cancel()
                 return
-            if outbox.closing:
+            if sendq.closing:
                 return
             runtime.apply(runtime.broker.handle(session, event))
         except Refused as exc:
@@ -260,44 +260,44 @@ class _Pump:
     def _before_hook(self) -> None:
         # A hook may block (a database): what is queued must not wait for it, nor may what
         # other tasks queue for this session meanwhile.
-        outbox = self.outbox
-        outbox.deferred = False
-        if outbox.chunks:
-            outbox.wake()
+        sendq = self.sendq
+        sendq.deferred = False
+        if sendq.chunks:
+            sendq.wake()
 
     # -- writer --------------------------------------------------------------------------------
 
     async def write(self) -> None:
-        outbox = self.outbox
+        sendq = self.sendq
         try:
             await self._write_loop()
         except _TRANSPORT_ERRORS as exc:
-            log.debug("session %s: transport failed while writing: %r", outbox.id, exc)
+            log.debug("session %s: transport failed while writing: %r", sendq.id, exc)
         except Exception:
-            log.exception("session %s: writer failed", outbox.id)
+            log.exception("session %s: writer failed", sendq.id)
         finally:
-            outbox.closing = True
+            sendq.closing = True
             # Nobody can be written to any more: stop the reader too.
-            outbox.scope.cancel()
+            sendq.scope.cancel()
 
     async def _write_loop(self) -> None:
-        outbox = self.outbox
+        sendq = self.sendq
         send_all = self.stream.send_all
         current_time = trio.current_time
         while True:
-            if outbox.sending:  # the reader is flushing; it wakes us when done
-                await outbox.wait()
-            elif outbox.chunks:
-                chunks = outbox.take()
+            if sendq.sending:  # the reader is flushing; it wakes us when done
+                await sendq.wait()
+            elif sendq.chunks:
+                chunks = sendq.take()
                 if self.one_frame_per_message:
                     await self._send_frames(chunks)
                 else:
                     await send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
                 self.last_write = current_time()
-            elif outbox.closing:
+            elif sendq.closing:
                 return
             else:
-                await outbox.wait()
+                await sendq.wait()
 
     async def _send_frames(self, chunks: list[bytes]) -> None:
         for frame in frames_of(chunks):
@@ -313,15 +313,15 @@ class _Pump:
         heart-beat interval. While the reader is busy with a frame (a slow hook), the peer is
         not held responsible for the silence: its heart-beats sit unread in the transport.
         """
-        outbox = self.outbox
+        sendq = self.sendq
         runtime = self.runtime
         connect_deadline = trio.current_time() + runtime.connect_timeout
-        while not outbox.closing:
+        while not sendq.closing:
             now = trio.current_time()
             if not self.connected:
                 due = connect_deadline
                 if now >= due:
-                    runtime.refuse(outbox.id, "connect timeout",
+                    runtime.refuse(sendq.id, "connect timeout",
                                    f"no CONNECT within {runtime.connect_timeout:g} s")
                     return
             elif self.receiving_since is None:
@@ -329,22 +329,22 @@ class _Pump:
             else:
                 due = self.receiving_since + self.expect_timeout
                 if now >= due:
-                    runtime.refuse(outbox.id, "heart-beat timeout",
+                    runtime.refuse(sendq.id, "heart-beat timeout",
                                    f"nothing received for {self.expect_timeout:g} s")
                     return
             if self.expires_at is not None:
                 if now >= self.expires_at:
-                    runtime.refuse(outbox.id, CREDENTIALS_EXPIRED_MESSAGE,
+                    runtime.refuse(sendq.id, CREDENTIALS_EXPIRED_MESSAGE,
                                    "the credentials this session connected with have expired; "
                                    "connect again with fresh ones")
                     return
                 due = min(due, self.expires_at)
-            if outbox.send_interval:
-                beat = self.last_write + outbox.send_interval
+            if sendq.send_interval:
+                beat = self.last_write + sendq.send_interval
                 if now >= beat:
-                    outbox.heartbeat()
+                    sendq.heartbeat()
                     self.last_write = now
-                    beat = now + outbox.send_interval
+                    beat = now + sendq.send_interval
                 due = min(due, beat)
             self.timer_wake = trio.CancelScope(deadline=due)
             with self.timer_wake:

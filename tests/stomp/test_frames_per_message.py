@@ -1,4 +1,4 @@
-"""Cutting an outbox into frames (`one_frame_per_message`): what the broker core writes, with
+"""Cutting a send queue into frames (`one_frame_per_message`): what the broker core writes, with
 heart-beat newlines between, comes apart exactly at frame ends, without parsing."""
 
 from __future__ import annotations

@@ -200,4 +200,5 @@ async def test_connect_gets_the_heartbeats_it_asks_for(nursery: trio.Nursery, sq
     await ws.send_message(encode_frame(connect))
     [[connected]] = await frames_per_message(ws.get_message, 1)
     assert connected.get("heart-beat") == answered
+    assert (connected.get("server") or "").startswith("chatd/")  # the app names itself
     await ws.aclose()
