@@ -23,7 +23,7 @@ import trio
 
 from tests.chatd.bridge.services import PrivatePostgres, service_root
 from tests.chatd.conftest import SwitchableProxy
-from tests.conftest import PG_ADMIN_URL, require_service
+from tests.conftest import PG_ADMIN_URL, require_service, unavailable
 
 ADDR = r"127\.0\.0\.1:\d+"
 
@@ -103,7 +103,7 @@ def test_port_not_permitted(tmp_path: Path) -> None:
     # Tests run as root: take away the one capability that lets root bind ports below 1024.
     setpriv = shutil.which("setpriv")
     if setpriv is None:
-        pytest.skip("setpriv (util-linux) is not installed")
+        unavailable("setpriv (util-linux) is not installed")
     drop = (setpriv, "--bounding-set=-net_bind_service", "--inh-caps=-net_bind_service")
     result = chatd("serve", "--bind", "127.0.0.1:1", "--data-dir", "d", cwd=tmp_path,
                    wrapper=drop)
@@ -264,7 +264,7 @@ def test_missing_database(tmp_path: Path) -> None:
 def password_pg() -> Iterator[PrivatePostgres]:
     """A private cluster whose TCP logins need a password (the shared one trusts 127.0.0.1)."""
     if shutil.which("su") is None or not Path("/usr/lib/postgresql").exists():
-        pytest.skip("PostgreSQL server binaries are not installed")
+        unavailable("PostgreSQL server binaries are not installed")
     root = service_root()
     pg = PrivatePostgres.create(root / "pg", password="right-password")
     pg.start()
