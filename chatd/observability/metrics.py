@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import platform
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 import trio
@@ -69,6 +69,103 @@ class PoolUsage(Protocol):
 
 class OutboxStats(Protocol):
     async def outbox_stats(self) -> tuple[int, int]: ...
+
+
+# What each component shows metrics (read at scrape time; the components import no
+# prometheus): attributes and methods only, so any object with them will do.
+
+class Stats(Protocol):
+    """`stomp.trio.RuntimeStats`."""
+
+    @property
+    def frames_in(self) -> Mapping[str, int]: ...
+    @property
+    def frames_out(self) -> Mapping[str, int]: ...
+    @property
+    def errors(self) -> Mapping[str, int]: ...
+    @property
+    def messages_out(self) -> int: ...
+    @property
+    def sessions_open(self) -> int: ...
+    @property
+    def slow_consumers(self) -> int: ...
+
+
+class HasStats(Protocol):
+    """`stomp.trio.BrokerRuntime`."""
+
+    @property
+    def stats(self) -> Stats: ...
+
+
+class ReadinessState(Protocol):
+    """`chatd.services.health.Readiness`."""
+
+    @property
+    def started(self) -> bool: ...
+    @property
+    def draining(self) -> bool: ...
+    @property
+    def last_ready(self) -> bool | None: ...
+
+
+class StoreGauges(OutboxStats, Protocol):
+    """A `chatd.storage.Store`."""
+
+    def pool_usage(self) -> tuple[int, int]: ...
+
+
+class Publishing(Protocol):
+    """The outbox publisher or the send committer (`retried` and `dead`: the publisher's)."""
+
+    @property
+    def published(self) -> int: ...
+
+
+class Committing(Protocol):
+    """`chatd.services.committer.SendCommitter`."""
+
+    @property
+    def queued(self) -> int: ...
+    @property
+    def max_queued(self) -> int: ...
+    @property
+    def max_backlog(self) -> int: ...
+    @property
+    def batches(self) -> int: ...
+    @property
+    def refused(self) -> int: ...
+    def backlog(self) -> int: ...
+
+
+class Purging(Protocol):
+    """`chatd.outbox.OutboxPurger`."""
+
+    @property
+    def purged(self) -> int: ...
+
+
+class ProfileCounts(Protocol):
+    """`chatd.profiles.CachedProfiles` (`stale` and `rejected` when it has them)."""
+
+    @property
+    def hits(self) -> int: ...
+    @property
+    def misses(self) -> int: ...
+
+
+class HasState(Protocol):
+    """The profile circuit breaker: `state` an enum (or name) of `BREAKER_STATES`."""
+
+    @property
+    def state(self) -> object: ...
+
+
+class Bridged(Protocol):
+    """`chatd.bridge.RabbitBridge`."""
+
+    @property
+    def connected(self) -> bool: ...
 
 
 def _name(suffix: str) -> str:
@@ -157,7 +254,7 @@ class Metrics:
         """Export what `source()` yields on every scrape (replaces a source of that name)."""
         self._components.sources[name] = source
 
-    def attach_runtime(self, runtime: Any) -> None:
+    def attach_runtime(self, runtime: HasStats) -> None:
         """The STOMP runtime's `stats` (`stomp.trio.RuntimeStats`): frames, ERRORs, sessions."""
         stats = runtime.stats
 
@@ -192,7 +289,7 @@ class Metrics:
 
         self.add_source("runtime", source)
 
-    def attach_readiness(self, readiness: Any) -> None:
+    def attach_readiness(self, readiness: ReadinessState) -> None:
         """`chatd_ready`: 1 when the latest ``/health/ready`` probe answered 200 and the
         instance is not draining since (probes run the checks; a scrape only reads)."""
 
@@ -205,7 +302,7 @@ class Metrics:
 
         self.add_source("readiness", source)
 
-    def attach_store(self, store: Any) -> None:
+    def attach_store(self, store: StoreGauges) -> None:
         """The store: DB connections in use (`pool_usage()`), outbox counts via `refresh()`."""
         self._outbox_source = store
 
@@ -220,7 +317,7 @@ class Metrics:
 
         self.add_source("store", source)
 
-    def attach_publisher(self, *publishers: Any) -> None:
+    def attach_publisher(self, *publishers: Publishing) -> None:
         """The `published`, `retried` and `dead` counts of whatever publishes outbox rows (the
         outbox publisher, and the send committer delivering right after commit), summed."""
 
@@ -233,7 +330,7 @@ class Metrics:
 
         self.add_source("publisher", source)
 
-    def attach_committer(self, committer: Any) -> None:
+    def attach_committer(self, committer: Committing) -> None:
         """The send committer's queue (`queued`, `max_queued`), `batches`, `committed` and
         `refused` (sends turned away because the queue was full)."""
 
@@ -259,7 +356,7 @@ class Metrics:
 
         self.add_source("committer", source)
 
-    def attach_purger(self, purger: Any) -> None:
+    def attach_purger(self, purger: Purging) -> None:
         """The outbox purger's `purged` count."""
 
         def source() -> Iterator[Metric]:
@@ -269,7 +366,8 @@ class Metrics:
 
         self.add_source("purger", source)
 
-    def attach_profiles(self, cache: Any = None, breaker: Any = None) -> None:
+    def attach_profiles(self, cache: ProfileCounts | None = None,
+                        breaker: HasState | None = None) -> None:
         """The profile cache (`hits`, `misses`) and circuit breaker (`state`: a name or an enum
         whose value/name is one of `BREAKER_STATES`); either may be None."""
 
@@ -299,7 +397,7 @@ class Metrics:
 
         self.add_source("profiles", source)
 
-    def attach_bridge(self, bridge: Any) -> None:
+    def attach_bridge(self, bridge: Bridged) -> None:
         """The RabbitMQ bridge's `connected` flag (its confirm latency goes to
         `bridge_confirm_latency.observe`)."""
 
