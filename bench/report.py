@@ -165,6 +165,14 @@ def e2e_table(e2e: Result) -> str:
     return "\n".join(lines)
 
 
+def _runs(title: str, runs: Result, label: str, note: str) -> list[str]:
+    """A section of end-to-end tables, one per labelled run, then what they mean."""
+    parts = ["", f"## {title}", ""]
+    for name, run in runs.items():
+        parts += [label.format(name), "", e2e_table(run), ""]
+    return [*parts, note]
+
+
 def render(report: Result) -> str:
     meta = report["meta"]
     parts = [f"# chatd benchmark ({meta['mode']} run, {meta['started']})", ""]
@@ -178,24 +186,21 @@ def render(report: Result) -> str:
     if report.get("e2e-stomp"):
         parts += ["", "## End to end over STOMP (issue 11)", "", e2e_table(report["e2e-stomp"])]
     if report.get("workers"):
-        parts += ["", "## Workers (issue 11)", ""]
-        for label, run in report["workers"].items():
-            parts += [f"**--workers {label}**", "", e2e_table(run), ""]
-        parts.append("The same STOMP load through RabbitMQ (confirms): `--workers 1` is one "
-                     "process pinned to core 0; `--workers 2` is two worker processes, not "
-                     "pinned, so they share both cores with the load generator: the figure "
-                     "shows what a second core adds on this 2-core machine, minus what the "
-                     "generator takes of it.")
+        parts += _runs("Workers (issue 11)", report["workers"], "**--workers {}**",
+                       "The same STOMP load through RabbitMQ (confirms): `--workers 1` is one "
+                       "process pinned to core 0; `--workers 2` is two worker processes, not "
+                       "pinned, so they share both cores with the load generator: the figure "
+                       "shows what a second core adds on this 2-core machine, minus what the "
+                       "generator takes of it.")
     if report.get("instances"):
-        parts += ["", "## Several instances (issue 5)", ""]
-        for label, run in report["instances"].items():
-            parts += [f"**{label}**", "", e2e_table(run), ""]
-        parts.append("Same load as the end-to-end runs, at 500 msg/s: one instance in-process, "
-                     "one instance publishing through RabbitMQ (confirms) and consuming its own "
-                     "queue, two instances with the two users of each pair on different "
-                     "instances, so every message crosses RabbitMQ. Every instance is pinned to "
-                     "core 0 (the load generator has core 1): two instances share one core, "
-                     "so the figure shows the relay's cost, not added capacity.")
+        parts += _runs("Several instances (issue 5)", report["instances"], "**{}**",
+                       "Same load as the end-to-end runs, at 500 msg/s: one instance "
+                       "in-process, one instance publishing through RabbitMQ (confirms) and "
+                       "consuming its own queue, two instances with the two users of each pair "
+                       "on different instances, so every message crosses RabbitMQ. Every "
+                       "instance is pinned to core 0 (the load generator has core 1): two "
+                       "instances share one core, so the figure shows the relay's cost, not "
+                       "added capacity.")
     return "\n".join(parts) + "\n"
 
 
