@@ -23,13 +23,13 @@ from typing import Any, Final
 
 import trio
 
+from chatd.domain.destinations import UserQueue, session_topic, user_queue
 from chatd.domain.errors import BadRequest, ChatError, Unavailable, view
 from chatd.domain.models import EVENT_MESSAGE, Message, compact_json
 from chatd.realtime.delivery import event_headers
 from chatd.services import ChatService
-from chatd.storage.base import topic_destination
 from stomp import Send
-from stomp.broker import SessionId, user_key
+from stomp.broker import SessionId
 from stomp.trio import BrokerRuntime
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class AppHandlers:
             if isinstance(result, ChatError):
                 self.error(caller, cmid, result)
             else:
-                self.reply(caller, "/queue/ack", result.to_json(), EVENT_MESSAGE)
+                self.reply(caller, UserQueue.ACK, result.to_json(), EVENT_MESSAGE)
             if receipt is not None:
                 self.runtime.receipt(session, receipt)
 
@@ -133,20 +133,20 @@ class AppHandlers:
         """Tell the session topic the caller is typing; ephemeral, never stored."""
         chat = await self.services.require_participant(caller, body.get("sessionId"))
         payload = {"sessionId": str(chat.id), "email": caller}
-        self.publish(topic_destination(chat.id), compact_json(payload).encode(), EVENT_TYPING)
+        self.publish(session_topic(chat.id), compact_json(payload).encode(), EVENT_TYPING)
         return False
 
     async def ping(self, session: SessionId, caller: str, body: dict[str, Any],
                    receipt: str | None) -> bool:
         """Echo the body (a client's correlation data) on `/user/queue/pong`."""
-        self.reply(caller, "/queue/pong", body, EVENT_PONG)
+        self.reply(caller, UserQueue.PONG, body, EVENT_PONG)
         return False
 
     # -- answers -------------------------------------------------------------------------------
 
-    def reply(self, caller: str, queue: str, payload: Any, event: str) -> None:
-        """Publish JSON to every connection of `caller` subscribed to `/user{queue}`."""
-        self.publish(user_key(caller, queue), compact_json(payload).encode(), event)
+    def reply(self, caller: str, queue: UserQueue, payload: Any, event: str) -> None:
+        """Publish JSON to every connection of `caller` subscribed to `queue`."""
+        self.publish(user_queue(caller, queue), compact_json(payload).encode(), event)
 
     def publish(self, key: str, body: bytes, event: str) -> None:
         """Publish an unstored event here, and through `relay` to other instances."""
@@ -164,7 +164,7 @@ class AppHandlers:
         }
         if shown.retry_after is not None:
             payload["retryAfter"] = shown.retry_after
-        self.reply(caller, "/queue/error", payload, EVENT_ERROR)
+        self.reply(caller, UserQueue.ERROR, payload, EVENT_ERROR)
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:

@@ -7,15 +7,14 @@ work in ONE worker-thread hop per transaction (the database drivers are synchron
 Outbox format (docs/architecture.md, Storage and the outbox): each row has an ``event``
 column — the STOMP ``event`` header, ``"message"`` or ``"receipt"`` — and a ``payload`` column
 holding exactly the JSON body to publish (the message JSON, `Message.to_json`, or
-``{sessionId, readerEmail, status, upToSeq, at}``). The ``destination`` is
-``/topic/session.{id}`` or ``user:{email}:/queue/{messages|receipts}``.
-`message_outbox` and `receipt_outbox` below are the single place these rows are built.
+``{sessionId, readerEmail, status, upToSeq, at}``). Which rows an event makes, and their
+destinations, is decided in `chatd.domain.destinations`; the backends only save them.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -23,11 +22,8 @@ from typing import Any, Literal, Protocol, Self
 
 from chatd.domain.errors import BadRequest, ChatError, Unavailable
 from chatd.domain.models import (
-    EVENT_MESSAGE,
-    EVENT_RECEIPT,
     ChatSession,
     Message,
-    OutboxEntry,
     OutboxRow,
     Participant,
     ReceiptStatus,
@@ -89,28 +85,6 @@ class Appended:
 AppendResult = Appended | ChatError
 
 
-def user_destination(email: str, queue: str) -> str:
-    """The outbox destination addressing every connection of `email` (``queue`` like messages)."""
-    return f"user:{email}:/queue/{queue}"
-
-
-def topic_destination(session_id: uuid.UUID) -> str:
-    """The session topic every participant may subscribe to."""
-    return f"/topic/session.{session_id}"
-
-
-def message_outbox(session: ChatSession, message: Message) -> list[OutboxEntry]:
-    """The three rows a new message publishes: the session topic and both users' queues."""
-    body = compact_json(message.to_json())
-    destinations = [topic_destination(session.id)] + [
-        user_destination(email, "messages") for email in session.emails
-    ]
-    return [
-        OutboxEntry(EVENT_MESSAGE, d, body, session.id, message.seq, message.message_id)
-        for d in destinations
-    ]
-
-
 async def append_one(store: Store, session_id: uuid.UUID, sender: Participant, content: str,
                      client_message_id: str, sent_at: datetime) -> tuple[Message, bool]:
     """Store one message (`Store.append_messages` with a batch of one); (message, created).
@@ -134,16 +108,6 @@ def group_by_session(batch: Sequence[NewMessage]) -> dict[uuid.UUID, list[int]]:
     for index, item in enumerate(batch):
         groups.setdefault(item.session_id, []).append(index)
     return {sid: groups[sid] for sid in sorted(groups)}
-
-
-def receipt_outbox(update: ReceiptUpdate, sender_emails: Iterable[str]) -> list[OutboxEntry]:
-    """The rows a receipt publishes: the session topic and the queue of each affected sender."""
-    body = compact_json(update.event_json())
-    seq = update.up_to_seq or 0
-    destinations = [topic_destination(update.session_id)] + [
-        user_destination(email, "receipts") for email in sorted(set(sender_emails))
-    ]
-    return [OutboxEntry(EVENT_RECEIPT, d, body, update.session_id, seq) for d in destinations]
 
 
 def require_aware(value: datetime, what: str = "timestamp") -> datetime:
@@ -270,6 +234,17 @@ def check_mark_args(status: str, up_to_seq: int | None, message_ids: object) -> 
         raise BadRequest("give upToSeq or messageIds")
     if up_to_seq is not None and up_to_seq < 0:
         raise BadRequest("upToSeq must not be negative")
+
+
+def receipt_update(session_id: uuid.UUID, reader_email: str, status: ReceiptStatus, *,
+                   listed_top: int | None, up_to_seq: int | None, last_seq: int,
+                   changed: int, at: datetime) -> ReceiptUpdate:
+    """The receipt a `mark` publishes: it covers up to the highest listed message and
+    `up_to_seq` (capped at the session's last seq, so a reader cannot claim the future)."""
+    top = listed_top
+    if up_to_seq is not None:
+        top = max(top or 0, min(up_to_seq, last_seq))
+    return ReceiptUpdate(session_id, reader_email, status, top, changed, at)
 
 
 class Store(Protocol):

@@ -27,6 +27,7 @@ import trio
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from chatd.domain.destinations import message_outbox, receipt_outbox
 from chatd.domain.errors import Forbidden, NotFound, Unavailable
 from chatd.domain.models import (
     ChatSession,
@@ -385,11 +386,11 @@ class PostgresStore:
                 top = None
                 if ids:
                     top = conn.execute(queries.MAX_SEQ_OF_IDS, params).fetchone()[0]  # type: ignore[index]
-                if up_to_seq is not None:
-                    top = max(top or 0, min(up_to_seq, last_seq))
-                update = ReceiptUpdate(session_id, reader_email, status, top, len(changed), at)
+                update = base.receipt_update(
+                    session_id, reader_email, status, listed_top=top, up_to_seq=up_to_seq,
+                    last_seq=last_seq, changed=len(changed), at=at)
                 if changed:
-                    _insert_outbox(conn, base.receipt_outbox(update, {r[1] for r in changed}), at)
+                    _insert_outbox(conn, receipt_outbox(update, {r[1] for r in changed}), at)
                 return update
 
         return await self._run(work)
@@ -546,7 +547,7 @@ def _append_batch(conn: Conn, batch: Sequence[NewMessage], lease: datetime | Non
                               item.sender.display_name, item.content, item.client_message_id,
                               item.sent_at)
             messages.append(message)
-            entries.extend(base.message_outbox(session, message))
+            entries.extend(message_outbox(session, message))
             results[index] = Appended(message, True)
         bumps.append((session_id, first_seq + len(allowed),
                       max(batch[i].sent_at for i in allowed)))

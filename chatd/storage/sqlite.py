@@ -20,6 +20,7 @@ from typing import Any, Self, TypeVar
 
 import trio
 
+from chatd.domain.destinations import message_outbox, receipt_outbox
 from chatd.domain.errors import Forbidden, NotFound, Unavailable
 from chatd.domain.models import (
     ChatSession,
@@ -329,7 +330,7 @@ class SqliteStore:
         rows = [base.outbox_from_row(conn.execute(sql.INSERT_OUTBOX_ROW, (
             str(e.message_id), str(e.session_id), e.seq, e.event, e.destination, e.payload,
             lease if lease is not None else at, at)).fetchone(), _uid, base.from_micros)
-            for e in base.message_outbox(session, message)]
+            for e in message_outbox(session, message)]
         self._outbox_dirty = self._outbox_dirty or lease is None
         return Appended(message, True, tuple(rows))
 
@@ -402,11 +403,11 @@ class SqliteStore:
             if ids:
                 query, params = sql.max_seq_of_ids(str(session_id), reader_email, ids)
                 top = conn.execute(query, params).fetchone()[0]
-            if up_to_seq is not None:
-                top = max(top or 0, min(up_to_seq, last_seq))
-            update = ReceiptUpdate(session_id, reader_email, status, top, len(changed), at)
+            update = base.receipt_update(
+                session_id, reader_email, status, listed_top=top, up_to_seq=up_to_seq,
+                last_seq=last_seq, changed=len(changed), at=at)
             if changed:
-                entries = base.receipt_outbox(update, {r[1] for r in changed})
+                entries = receipt_outbox(update, {r[1] for r in changed})
                 self._insert_outbox(conn, entries, micros)
             return update
 
