@@ -117,6 +117,10 @@ class OutboxPublisher:
         self.published = 0
         self.retried = 0
         self.dead = 0
+        #: How many times it has started waiting for the store to signal new rows, and whether
+        #: it waits now: a test's condition for "idle, so the next row comes by the wake-up".
+        self.idle_waits = 0
+        self.waiting = False
         #: Told, per round, each sent row's seconds from its commit to the sink (metrics).
         self.on_published: Callable[[list[float]], None] | None = None
 
@@ -323,6 +327,8 @@ class OutboxPublisher:
                 if self._stopping:
                     scope.cancel()
                 if wake:
+                    self.idle_waits += 1
+                    self.waiting = True
                     await self._store.wait_for_outbox()
                     self._signalled = True
                 else:
@@ -331,3 +337,4 @@ class OutboxPublisher:
                 await trio.sleep_forever()  # the poll timeout still ends this pause
             finally:
                 self._pause_scope = None
+                self.waiting = False

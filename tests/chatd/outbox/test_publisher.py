@@ -59,8 +59,12 @@ async def test_a_backlog_of_1000_messages_is_delivered_in_session_order(store: S
 async def test_a_new_message_wakes_the_publisher_long_before_its_poll(store: Store) -> None:
     [(session, _)] = await sessions(store, 1)
     sink = RecordingSink()
-    async with running(OutboxPublisher(store, sink, config(poll_interval=5.0))):
-        await trio.sleep(0.5)  # past the first claims: now it is waiting (for 5 s at most)
+    publisher = OutboxPublisher(store, sink, config(poll_interval=5.0))
+    async with running(publisher):
+        # PostgreSQL's first wait only connects the store's listener; in the next one the
+        # publisher is idle (for 5 s at most) and only the wake-up can bring the row in time.
+        idle = 2 if store.backend == "postgres" else 1
+        await wait_until(lambda: publisher.waiting and publisher.idle_waits >= idle)
         await send(store, session, ANN, 1)
         took = await wait_until(lambda: len(sink.accepted) == 3, within=4)
         assert took < 1.0  # the wake-up path; a poll would take ~5 s
@@ -152,7 +156,7 @@ async def test_stop_finishes_the_batch_in_hand_then_returns(store: Store) -> Non
 async def test_stop_while_idle_returns_at_once(store: Store) -> None:
     publisher = OutboxPublisher(store, RecordingSink(), config(poll_interval=60.0))
     async with running(publisher):
-        await trio.sleep(0.2)
+        await wait_until(lambda: publisher.waiting)
         start = trio.current_time()
         publisher.stop()
     assert trio.current_time() - start < 1.0
