@@ -161,6 +161,17 @@ class HasState(Protocol):
     def state(self) -> object: ...
 
 
+class RedisState(Protocol):
+    """`chatd.redis_tier.RedisTier`."""
+
+    @property
+    def up(self) -> bool: ...
+    @property
+    def calls(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+
+
 class Bridged(Protocol):
     """`chatd.bridge.RabbitBridge`."""
 
@@ -221,6 +232,10 @@ class Metrics:
         self.bridge_confirm_latency = Histogram(
             _name("bridge_confirm_latency_seconds"),
             "Time from publishing to RabbitMQ to its publisher confirm.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.redis_latency = Histogram(
+            _name("redis_latency_seconds"),
+            "Time of one call to the Redis tier (thread hop included), answered calls only.",
             buckets=LATENCY_BUCKETS, registry=r)
         Info(_name("build"), "The chatd release and Python running this instance.",
              registry=r).info({"version": version(), "python": platform.python_version()})
@@ -407,6 +422,22 @@ class Metrics:
                                     value=1.0 if bridge.connected else 0.0)
 
         self.add_source("bridge", source)
+
+    def attach_redis(self, tier: RedisState) -> None:
+        """The Redis tier's `up` flag and its `calls` and `errors` counts (its latency goes
+        to `redis_latency.observe`)."""
+
+        def source() -> Iterator[Metric]:
+            yield GaugeMetricFamily(_name("redis_up"),
+                                    "1 while the Redis tier answers (0: features run locally).",
+                                    value=1.0 if tier.up else 0.0)
+            yield CounterMetricFamily(_name("redis_calls"), "Calls made to the Redis tier.",
+                                      value=tier.calls)
+            yield CounterMetricFamily(_name("redis_errors"),
+                                      "Calls to the Redis tier that failed or timed out.",
+                                      value=tier.errors)
+
+        self.add_source("redis", source)
 
     def attach_sockjs(self, count: Callable[[], int]) -> None:
         """SockJS sessions open now, as `count()` says."""
