@@ -51,6 +51,7 @@ from chatd.profiles import (
     LocalProfileProvider,
     ProfileProvider,
     RemoteProfileProvider,
+    SharedProfileCache,
 )
 from chatd.realtime import ChatHooks, LocalDelivery, build_runtime
 from chatd.redis_tier import RedisTier
@@ -108,9 +109,10 @@ class Components:
     redis: RedisTier | None = None
 
 
-def build_profiles(config: Config) -> ProfileProvider:
+def build_profiles(config: Config, tier: RedisTier | None = None) -> ProfileProvider:
     """The profile provider `[profiles]` asks for: local, or the profile service behind a cache
-    and a circuit breaker. Raises `KeyFileError` when the service key cannot be loaded."""
+    (with a second level in Redis when the tier is given) and a circuit breaker. Raises
+    `KeyFileError` when the service key cannot be loaded."""
     p = config.profiles
     if p.provider == "local":
         return LocalProfileProvider()
@@ -120,8 +122,9 @@ def build_profiles(config: Config) -> ProfileProvider:
                                    max_connections=p.max_connections)
     breaker = CircuitBreaker(min_failures=p.breaker_failures, failure_rate=p.breaker_failure_rate,
                              window=p.breaker_window_seconds, reset_after=p.breaker_reset_seconds)
+    shared = SharedProfileCache(tier) if tier is not None else None
     return CachedProfiles(remote, breaker, ttl=p.cache_ttl, not_found_ttl=p.cache_not_found_ttl,
-                          max_size=p.cache_size, stale_if_error=p.stale_if_error)
+                          max_size=p.cache_size, stale_if_error=p.stale_if_error, shared=shared)
 
 
 def profiles_part(components: Components) -> Part:
@@ -166,12 +169,12 @@ async def build_components(config: Config, store: Store) -> Components:
     except KeyFileError as exc:
         raise key_error(exc, config) from exc
     limiter = SendRateLimiter.from_limits(config.limits)
+    tier = build_redis(config)
     try:
-        profiles = build_profiles(config)
+        profiles = build_profiles(config, tier)
     except KeyFileError as exc:
         raise key_error(exc, config, service_key=True) from exc
     metrics = Metrics()
-    tier = build_redis(config)
     committer = SendCommitter(store, lease_seconds=config.outbox.lease_seconds,
                               max_queued=config.limits.max_queued_sends,
                               max_backlog=config.limits.max_delivery_backlog, clock=utc_now)

@@ -400,6 +400,16 @@ class Metrics:
                     if hasattr(cache, attr):
                         yield CounterMetricFamily(_name(f"profile_cache_{attr}"), text,
                                                   value=getattr(cache, attr))
+                shared = getattr(cache, "shared", None)  # the second level in Redis
+                if shared is not None:
+                    yield CounterMetricFamily(
+                        _name("profile_shared_hits"),
+                        "Local cache misses answered by the shared cache in Redis.",
+                        value=shared.hits)
+                    yield CounterMetricFamily(
+                        _name("profile_shared_misses"),
+                        "Local cache misses the shared cache could not answer (or Redis down).",
+                        value=shared.misses)
             if breaker is not None:
                 current = _state_name(breaker.state)
                 family = GaugeMetricFamily(
