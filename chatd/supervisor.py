@@ -54,7 +54,7 @@ from chatd.profiles import (
     SharedProfileCache,
 )
 from chatd.realtime import ChatHooks, LocalDelivery, build_runtime
-from chatd.redis_tier import RedisTier
+from chatd.redis_tier import RedisTier, SharedRateLimiter
 from chatd.services import ChatService, Readiness
 from chatd.services.committer import SendCommitter
 from chatd.startup import StartupError, only_startup_errors
@@ -178,8 +178,13 @@ async def build_components(config: Config, store: Store) -> Components:
     committer = SendCommitter(store, lease_seconds=config.outbox.lease_seconds,
                               max_queued=config.limits.max_queued_sends,
                               max_backlog=config.limits.max_delivery_backlog, clock=utc_now)
+    shared_limiter = None
+    if tier is not None and config.redis is not None:
+        shared_limiter = SharedRateLimiter(tier, limiter,
+                                           lease_block=config.redis.rate_lease_block,
+                                           lease_seconds=config.redis.rate_lease_seconds)
     services = ChatService(store, profiles, limiter, limits=config.limits, observer=metrics,
-                           committer=committer)
+                           committer=committer, shared_limiter=shared_limiter)
     readiness = Readiness()
     readiness.add_store(store)
     # A database migrated by a newer (or older) release than this code must not get traffic.
@@ -199,6 +204,8 @@ async def build_components(config: Config, store: Store) -> Components:
         readiness.add_check("redis", tier.check, required=False)
         tier.observe_latency = metrics.redis_latency.observe
         metrics.attach_redis(tier)
+    if shared_limiter is not None:
+        metrics.attach_shared_limits(shared_limiter)
     bridge = None
     if config.rabbitmq is not None:
         # within the publisher's budget per round (half a lease), with room to record it

@@ -174,6 +174,24 @@ def parse_history_limit(
     return min(limit, maximum)
 
 
+def text_digest(content: str) -> bytes:
+    """The 16-byte digest the identical-text rule keeps instead of the text."""
+    return hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def too_many_sends(wait: float) -> RateLimited:
+    """The refusal of a send over the token bucket (retry in `wait` seconds)."""
+    return RateLimited(f"too many messages; retry in {wait:.1f} s", retry_after=wait)
+
+
+def too_many_identical(count: int, window: float, wait: float) -> RateLimited:
+    """The refusal of a text already accepted `count` times within `window` seconds."""
+    return RateLimited(
+        f"the same message was sent {count} times in {window:g} s; retry in {wait:.1f} s",
+        retry_after=wait,
+    )
+
+
 @dataclass(slots=True)
 class _UserState:
     tokens: float
@@ -217,6 +235,7 @@ class SendRateLimiter:
         self.sends_per_second = sends_per_second
         self.identical_content = identical_content
         self.identical_window_seconds = identical_window_seconds
+        self.max_users = max_users
         self._users: Lru[str, _UserState] = Lru(max_users)
 
     @classmethod
@@ -234,8 +253,9 @@ class SendRateLimiter:
         """Number of users whose state is currently remembered."""
         return len(self._users)
 
-    def check(self, user: str, content: str, now: float) -> None:
-        """Record a send by `user` at `now`, or refuse it.
+    def check(self, user: str, content: str, now: float) -> int:
+        """Record a send by `user` at `now`, or refuse it; return how many times this text
+        was accepted within the window, this send included (1: a new text).
 
         Raises `RateLimited` (with `retry_after` in seconds, > 0) when the bucket is empty or
         the same text was already accepted `identical_content` times within the window. An
@@ -258,22 +278,18 @@ class SendRateLimiter:
                 del state.counts[old]
 
         if state.tokens < 1.0:
-            wait = (1.0 - state.tokens) / self.sends_per_second
-            raise RateLimited(f"too many messages; retry in {wait:.1f} s", retry_after=wait)
+            raise too_many_sends((1.0 - state.tokens) / self.sends_per_second)
 
-        digest = hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        digest = text_digest(content)
         if state.counts[digest] >= self.identical_content:
             oldest = next(t for t, d in state.recent if d == digest)
             wait = max(oldest + self.identical_window_seconds - now, 1e-3)
-            raise RateLimited(
-                f"the same message was sent {state.counts[digest]} times in "
-                f"{self.identical_window_seconds:g} s; retry in {wait:.1f} s",
-                retry_after=wait,
-            )
+            raise too_many_identical(state.counts[digest], self.identical_window_seconds, wait)
 
         state.tokens -= 1.0
         state.recent.append((now, digest))
         state.counts[digest] += 1
+        return state.counts[digest]
 
     def refund(self, user: str, content: str) -> None:
         """Undo one accepted `check` of `content` by `user`: the send turned out to be an
@@ -282,7 +298,7 @@ class SendRateLimiter:
         state = self._users.get(user)
         if state is None:
             return
-        digest = hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        digest = text_digest(content)
         for i in range(len(state.recent) - 1, -1, -1):
             if state.recent[i][1] == digest:
                 del state.recent[i]

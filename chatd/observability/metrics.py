@@ -172,6 +172,17 @@ class RedisState(Protocol):
     def errors(self) -> int: ...
 
 
+class SharedLimits(Protocol):
+    """`chatd.redis_tier.SharedRateLimiter`."""
+
+    @property
+    def leased(self) -> int: ...
+    @property
+    def checked(self) -> int: ...
+    @property
+    def fallbacks(self) -> int: ...
+
+
 class Bridged(Protocol):
     """`chatd.bridge.RabbitBridge`."""
 
@@ -448,6 +459,22 @@ class Metrics:
                                       value=tier.errors)
 
         self.add_source("redis", source)
+
+    def attach_shared_limits(self, limiter: SharedLimits) -> None:
+        """How the shared rate limiter decided sends: on a leased token (no I/O), with a
+        round trip to Redis, or locally because Redis was down."""
+
+        def source() -> Iterator[Metric]:
+            family = CounterMetricFamily(
+                _name("rate_limit_shared_checks"),
+                "Sends checked by the shared rate limiter, by how they were decided.",
+                labels=["how"])
+            family.add_metric(["lease"], limiter.leased)
+            family.add_metric(["redis"], limiter.checked)
+            family.add_metric(["local"], limiter.fallbacks)
+            yield family
+
+        self.add_source("shared_limits", source)
 
     def attach_sockjs(self, count: Callable[[], int]) -> None:
         """SockJS sessions open now, as `count()` says."""

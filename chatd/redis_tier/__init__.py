@@ -6,6 +6,9 @@ profile cache (`chatd.profiles.shared`) and the shared rate limiter (ratelimit.p
 package imports redis-py (import-linter contract ``redis-in-redis-tier-only``).
 """
 
-from chatd.redis_tier.client import RedisTier, RedisUnavailable
+from chatd.redis_tier.batch import Script, ScriptBatcher
+from chatd.redis_tier.client import RedisTier
+from chatd.redis_tier.errors import RedisUnavailable
+from chatd.redis_tier.ratelimit import SharedRateLimiter
 
-__all__ = ["RedisTier", "RedisUnavailable"]
+__all__ = ["RedisTier", "RedisUnavailable", "Script", "ScriptBatcher", "SharedRateLimiter"]

@@ -27,7 +27,8 @@ from typing import Final, TypeVar
 import redis
 import trio
 
-from chatd.domain.errors import Unavailable
+from chatd.redis_tier.batch import ScriptBatcher
+from chatd.redis_tier.errors import RedisUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,6 @@ DEFAULT_POOL_SIZE: Final = 8
 DEFAULT_TIMEOUT: Final = 0.25
 DEFAULT_RETRY_INITIAL: Final = 0.5
 DEFAULT_RETRY_MAX: Final = 10.0
-
-
-class RedisUnavailable(Unavailable):
-    """Redis did not answer (or the tier is down): the caller falls back to local knowledge."""
-
-    def __init__(self, message: str = "redis unavailable") -> None:
-        super().__init__(message, DEFAULT_RETRY_INITIAL)
 
 
 class RedisTier:
@@ -84,6 +78,8 @@ class RedisTier:
         self.calls = 0
         self.errors = 0
         self.observe_latency: Callable[[float], None] | None = None
+        #: Lua scripts for many tasks, one pipeline per hop (batch.py); loaded on each up.
+        self.scripts = ScriptBatcher(self)
 
     def key(self, *parts: str) -> str:
         """The prefixed key ``{prefix}{part}:{part}...``."""
@@ -133,10 +129,16 @@ class RedisTier:
             raise RedisUnavailable("redis down: features fall back to this instance") from None
 
     async def ping(self) -> bool:
-        """One PING bounded by `timeout` (whatever the state): whether Redis answered."""
+        """One PING (and the scripts loaded) bounded by `timeout`, whatever the state:
+        whether Redis answered."""
+
+        def hello() -> None:
+            self.client.ping()
+            self.scripts.load_all(self.client)
+
         try:
             with trio.fail_after(self.timeout * 2):
-                await trio.to_thread.run_sync(self.client.ping)
+                await trio.to_thread.run_sync(hello)
         except (redis.RedisError, trio.TooSlowError) as exc:
             log.debug("redis: ping failed: %r", exc)
             return False
@@ -163,25 +165,27 @@ class RedisTier:
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """The ``redis`` part: the first ping (a down Redis does not stop the start: every
-        feature works without it), then reconnect pings with backoff whenever it goes down.
-        Reports ``redis=up`` or ``redis=down``."""
+        feature works without it), the script batcher, and reconnect pings with backoff
+        whenever it goes down. Reports ``redis=up`` or ``redis=down``."""
         if await self.ping():
             self._mark_up()
         else:
             log.warning("redis: not reachable at start; running without the shared tier "
                         "until it answers")
-        task_status.started(f"redis={'up' if self.up else 'down'}")
         try:
-            delay = self.retry_initial
-            while True:
-                if self.up:
-                    await self._went_down.wait()
-                    delay = self.retry_initial
-                await trio.sleep(delay)
-                if await self.ping():
-                    self._mark_up()
-                else:
-                    delay = min(delay * 2, self.retry_max)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.scripts.run)
+                task_status.started(f"redis={'up' if self.up else 'down'}")
+                delay = self.retry_initial
+                while True:
+                    if self.up:
+                        await self._went_down.wait()
+                        delay = self.retry_initial
+                    await trio.sleep(delay)
+                    if await self.ping():
+                        self._mark_up()
+                    else:
+                        delay = min(delay * 2, self.retry_max)
         finally:
             self.up = False
             with trio.CancelScope(shield=True):

@@ -37,6 +37,7 @@ from chatd.domain.rules import (
     validate_content,
 )
 from chatd.profiles.base import Profile, ProfileProvider
+from chatd.redis_tier import SharedRateLimiter
 from chatd.services.committer import SendCommitter
 from chatd.services.inputs import (
     parse_receipt_selection,
@@ -90,15 +91,18 @@ class ChatService:
         clock: Clock = utc_now,
         observer: SendObserver | None = None,
         committer: SendCommitter | None = None,
+        shared_limiter: SharedRateLimiter | None = None,
     ) -> None:
         """With a `committer`, sends are stored in its batches (and delivered right after);
-        without, each in a transaction of its own."""
+        without, each in a transaction of its own. With a `shared_limiter` (the Redis tier,
+        wrapping `limiter`) the rate limits hold across instances."""
         self.store = store
         self.committer = committer
         self.observer = observer
         self.profiles = profiles
         self.limits = limits or LimitsConfig()
         self.limiter = limiter or SendRateLimiter.from_limits(self.limits)
+        self.shared_limiter = shared_limiter
         self.clock = clock
         # A session never changes once created (participants, intent), so a found one can be
         # kept: every send and read checks participation, and this saves a store hop each time.
@@ -267,7 +271,10 @@ class ChatService:
         session = await self.require_participant(caller, sid)
         now = self.clock()
         try:
-            self.limiter.check(caller, text, now.timestamp())
+            if self.shared_limiter is not None:
+                await self.shared_limiter.check(caller, text, now.timestamp())
+            else:
+                self.limiter.check(caller, text, now.timestamp())
         except RateLimited:
             original = await self.store.find_message(caller, cmid)
             if original is None:
@@ -287,7 +294,7 @@ class ChatService:
                 path: SendPath, started: float) -> tuple[Message, bool]:
         """After the store: a repeat is answered with the original and not counted."""
         if not created:
-            self.limiter.refund(caller, item.content)
+            (self.shared_limiter or self.limiter).refund(caller, item.content)
             return self._repeat(message, item.session_id), False
         log.debug("message stored session=%s seq=%d via %s", item.session_id, message.seq,
                   path)
