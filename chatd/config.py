@@ -219,7 +219,7 @@ class RedisConfig:
     retry_initial_seconds: float = _opt(0.5, lo=0.01, hi=600)
     retry_max_seconds: float = _opt(10.0, lo=0.01, hi=3600)
     rate_lease_block: int = _opt(10, lo=1, hi=1_000_000)
-    rate_lease_seconds: float = _opt(1.0, lo=0.01, hi=3600)
+    rate_lease_seconds: float = _opt(10.0, lo=0.01, hi=3600)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,17 +5,19 @@ round-robin load balancer a user may send N times the limit. Here the token buck
 identical-text rule live in Redis, changed atomically by one Lua script per round trip
 (`CHECK`), using the senders' clock (``now``, like the local rules).
 
-**Why not one round trip per send.** Measured on this kind of machine (2 shared cores): a
-trio -> worker-thread hop with one EVALSHA costs ~0.22 ms of CPU, over the 0.2 ms per send
-budget, and it is paid by the event loop that also runs every socket. So:
+**Why not one round trip per send.** Measured with ``python -m bench.ratelimit`` on this kind
+of machine (2 cores shared with other work, so figures are rough): a check that makes a round
+trip alone costs ~0.24 ms of chatd CPU (the trio -> worker-thread hop, not Redis), over the
+0.2 ms per send budget, and it is paid by the event loop that also runs every socket; the
+local limiter costs ~3 µs. So:
 
 - **Tokens are leased in blocks.** A round trip takes up to `lease_block` tokens from the
   user's shared bucket (one for this send); the next sends of that user on this instance
-  spend the lease locally, with no I/O, until it runs out or is `lease_seconds` old. Leased
-  tokens have left the shared bucket, so a user never gets more than the limit across all
-  instances; the price is the other way: tokens leased by one instance and not used there are
-  missing elsewhere for at most ``lease_block / sends_per_second`` seconds (they expire, the
-  bucket refills). ``lease_block = 1`` is one exact check per send.
+  spend the lease locally, with no I/O, until it runs out or is `lease_seconds` old (one user
+  sending back to back: ~0.04 ms per send). The price, both bounded by the block: a user may
+  send at most ``lease_block - 1`` more than the limit per instance (tokens leased before a
+  burst and spent in it), and tokens leased by one instance are missing on the others until
+  spent or expired. ``lease_block = 1`` is one exact check per send.
 - **Identical texts are checked in Redis.** A send spending a lease records its text's digest
   locally; the digests go to Redis with the next round trip. A text this instance has already
   accepted within the window (a repeat, what the rule is about) always makes a round trip,
@@ -24,8 +26,10 @@ budget, and it is paid by the event loop that also runs every socket. So:
   more than `identical_content` per window, and nobody else pays a round trip for it.
 - **An empty bucket is remembered** until Redis said it refills: a user over the limit is
   refused locally, without a round trip per attempt.
-- **Round trips of all users share a hop** (`ScriptBatcher`): under load one pipeline carries
-  the checks of many users (~0.02 ms of CPU each).
+- **Round trips of all users share a hop** (`ScriptBatcher`): with 64 checks in flight one
+  pipeline carries many users' checks, ~0.04 ms of chatd CPU each. Only at low load, when a
+  check has nothing to share its hop with, does one cost ~0.24 ms: when the process has CPU
+  to spare.
 
 The local limiter always runs first (it is never looser than the shared one, and it is the
 fallback): when Redis is down or slow the send is decided by it alone, at no latency, and a
@@ -55,7 +59,7 @@ from chatd.redis_tier.errors import RedisUnavailable
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE_BLOCK: Final = 10
-DEFAULT_LEASE_SECONDS: Final = 1.0
+DEFAULT_LEASE_SECONDS: Final = 10.0
 
 #: KEYS[1] the bucket; KEYS[2..n-1] texts sent on leased tokens since the last call (their
 #: times in ARGV[7..]); KEYS[n] this send's text. ARGV: burst, rate, now, want, window, limit.

@@ -88,8 +88,8 @@ async def test_leased_tokens_never_exceed_the_limit_and_save_round_trips(
     await _up(a, b)
     now = time.time()
     accepted = await _sends([a, b, b, a, a, a], 60, now)
-    # Tokens leased by one instance and unused there are missing on the other: never more
-    # than the limit, at most a lease less per other instance.
+    # With no refill (one `now`), leases never add up to more than the burst; tokens leased
+    # by one instance and unused there are missing on the other (at most a lease less).
     assert 10 - 3 <= len(accepted) <= 10
     assert a.leased + b.leased >= 4  # sends decided with no round trip
     # Once Redis said the bucket is empty, the refusals are local too: no round trip each.
