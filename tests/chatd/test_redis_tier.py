@@ -3,6 +3,7 @@ redis-server that the tests kill, pause and start again (never the shared one)."
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -15,6 +16,10 @@ from chatd.observability.metrics import Metrics
 from chatd.redis_tier import RedisTier, RedisUnavailable
 from chatd.supervisor import serve
 from tests.conftest import PrivateRedis
+
+from .realtime.conftest import CAROL, chat_config, key_pair, start_chat
+
+__all__ = ["key_pair"]  # a fixture, used by name
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -116,3 +121,35 @@ async def test_server_stays_ready_with_redis_degraded(
         assert ready.json()["checks"]["redis"].startswith("degraded")
         assert "chatd_redis_up 0.0" in (await client.get("/metrics")).text
     nursery.cancel_scope.cancel()
+
+
+async def test_sends_and_inits_keep_working_when_redis_dies(
+    nursery: trio.Nursery, tmp_path: Path, private_redis: PrivateRedis,
+    key_pair: tuple[bytes, Path],
+) -> None:
+    config = chat_config(tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}", key_pair[1])
+    config = dataclasses.replace(config, redis=RedisConfig(
+        url=private_redis.url, timeout=0.2, retry_initial_seconds=0.05,
+        retry_max_seconds=0.2))
+    chat = await start_chat(nursery, config, key_pair[0])
+    sid = await chat.init()
+    await chat.send(sid, "before", "m1")
+    private_redis.kill()
+    # Nothing fails: the send path's limiter and the profiles fall back to this instance.
+    for i in range(5):
+        await chat.send(sid, f"during {i}", f"d{i}")
+    other = await chat.init(peer=CAROL)
+    await chat.send(other, "to carol", "c1")
+    ready = await chat.client.get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["redis"].startswith("degraded")
+    private_redis.start()
+    with trio.fail_after(10):  # the reconnect pings notice it
+        while True:
+            if (await chat.client.get("/health/ready")).json()["checks"]["redis"] == "up":
+                break
+            await trio.sleep(0.05)
+    await chat.send(sid, "after", "m2")
+    assert len(await chat.history(sid)) == 7
+    await chat.client.aclose()
+    chat.scope.cancel()

@@ -12,7 +12,6 @@ import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-
 from urllib.parse import urlsplit
 
 import pytest
