@@ -78,6 +78,8 @@ class RedisTier:
         self.calls = 0
         self.errors = 0
         self.observe_latency: Callable[[float], None] | None = None
+        #: Why the latest ping failed (for ``chatd check-config --connect``).
+        self.last_error = ""
         #: Lua scripts for many tasks, one pipeline per hop (batch.py); loaded on each up.
         self.scripts = ScriptBatcher(self)
 
@@ -141,8 +143,14 @@ class RedisTier:
                 await trio.to_thread.run_sync(hello)
         except (redis.RedisError, trio.TooSlowError) as exc:
             log.debug("redis: ping failed: %r", exc)
+            self.last_error = (f"no answer within {self.timeout * 2:g} s"
+                               if isinstance(exc, trio.TooSlowError) else str(exc) or repr(exc))
             return False
         return True
+
+    async def aclose(self) -> None:
+        """Close the pool's connections (a tier that was never `run`, e.g. a probe)."""
+        await trio.to_thread.run_sync(self.client.close)
 
     def _mark_down(self, exc: BaseException) -> None:
         if self.up:
