@@ -111,6 +111,7 @@ async def test_shared_entries_keep_the_ttls_and_the_copy_expires_with_them(
     assert len(fake.calls) == 3
 
 
+@pytest.mark.faults
 async def test_a_dead_or_slow_redis_only_costs_calls_to_the_profile_service(
     instance: Instance, fake: FakeProfileService, private_redis: PrivateRedis
 ) -> None:

@@ -116,6 +116,7 @@ async def test_identical_texts_are_counted_across_instances(
     assert len(await _sends([c, d], 12, now, text=lambda i: "buy now")) <= 3 + 1
 
 
+@pytest.mark.faults
 async def test_a_dead_or_slow_redis_falls_back_to_the_local_limiter(
     instance: Instance, private_redis: PrivateRedis
 ) -> None:

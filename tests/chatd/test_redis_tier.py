@@ -49,6 +49,7 @@ async def test_calls_use_the_prefix_and_are_counted(
     assert "chatd_redis_errors_total 0.0" in text
 
 
+@pytest.mark.faults
 async def test_a_dead_redis_fails_fast_then_comes_back(
     nursery: trio.Nursery, private_redis: PrivateRedis
 ) -> None:
@@ -77,6 +78,7 @@ async def test_a_dead_redis_fails_fast_then_comes_back(
     assert await tier.call(lambda r: r.get(tier.key("k"))) is None
 
 
+@pytest.mark.faults
 async def test_a_paused_redis_is_bounded_by_the_timeout(
     nursery: trio.Nursery, private_redis: PrivateRedis
 ) -> None:
@@ -102,6 +104,7 @@ async def test_a_redis_down_at_start_does_not_stop_the_start(nursery: trio.Nurse
         await tier.call(lambda r: r.ping())
 
 
+@pytest.mark.faults
 async def test_server_stays_ready_with_redis_degraded(
     nursery: trio.Nursery, tmp_path: Path, private_redis: PrivateRedis
 ) -> None:
@@ -123,6 +126,7 @@ async def test_server_stays_ready_with_redis_degraded(
     nursery.cancel_scope.cancel()
 
 
+@pytest.mark.faults
 async def test_sends_and_inits_keep_working_when_redis_dies(
     nursery: trio.Nursery, tmp_path: Path, private_redis: PrivateRedis,
     key_pair: tuple[bytes, Path],
