@@ -157,3 +157,40 @@ async def test_sends_and_inits_keep_working_when_redis_dies(
     assert len(await chat.history(sid)) == 7
     await chat.client.aclose()
     chat.scope.cancel()
+
+
+async def test_concurrent_script_calls_share_pipelines(
+    nursery: trio.Nursery, redis_url: str, redis_prefix: str
+) -> None:
+    tier = RedisTier(redis_url, key_prefix=redis_prefix)
+    incr = tier.scripts.register("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    await _started(nursery, tier)
+    results: list[int] = []
+
+    async def one(i: int) -> None:
+        results.append(await tier.scripts.run_script(incr, [tier.key("n", str(i % 5))], [1]))
+
+    async with trio.open_nursery() as calls:
+        for i in range(100):
+            calls.start_soon(one, i)
+    assert sorted(results) == sorted(list(range(1, 21)) * 5)
+    assert tier.scripts.batched_calls == 100
+    assert tier.scripts.batches < 50  # one thread hop carried many calls
+    assert tier.calls == tier.scripts.batches
+
+
+@pytest.mark.faults
+async def test_scripts_are_loaded_again_when_redis_forgot_them(
+    nursery: trio.Nursery, private_redis: PrivateRedis
+) -> None:
+    tier = RedisTier(private_redis.url, timeout=0.5)
+    echo = tier.scripts.register("return ARGV[1]")
+    await _started(nursery, tier)
+    assert await tier.scripts.run_script(echo, [], ["a"]) == b"a"
+    await tier.call(lambda r: r.script_flush())
+    assert await tier.scripts.run_script(echo, [], ["b"]) == b"b"
+    broken = tier.scripts.register("return redis.call('NOSUCHCOMMAND')")
+    await tier.call(lambda r: r.script_load(broken.source))
+    with pytest.raises(RedisUnavailable, match="script failed"):  # a bug, not an outage
+        await tier.scripts.run_script(broken, [], [])
+    assert tier.up
