@@ -150,7 +150,8 @@ class RedisTier:
 
     async def aclose(self) -> None:
         """Close the pool's connections (a tier that was never `run`, e.g. a probe)."""
-        await trio.to_thread.run_sync(self.client.close)
+        # Redis.close() leaves a pool it was given open: disconnect it ourselves.
+        await trio.to_thread.run_sync(self.client.connection_pool.disconnect)
 
     def _mark_down(self, exc: BaseException) -> None:
         if self.up:
@@ -197,7 +198,7 @@ class RedisTier:
         finally:
             self.up = False
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.client.close)
+                await self.aclose()
 
 
 __all__ = ["RedisTier", "RedisUnavailable"]
