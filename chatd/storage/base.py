@@ -372,6 +372,13 @@ class Store(Protocol):
         the user's unread count; pass the last entry's `cursor` to get the next page."""
         ...
 
+    async def peers(
+        self, email: str, *, limit: int, among: Sequence[str] | None = None
+    ) -> list[str]:
+        """The other participants of the user's sessions (presence goes to them only), most
+        recently active first, at most `limit`; with `among`, only those listed."""
+        ...
+
     async def claim_outbox(
         self, *, limit: int, lease_seconds: float, now: datetime
     ) -> list[OutboxRow]:

@@ -403,6 +403,16 @@ class PostgresStore:
         rows = await self._run(lambda c: c.execute(sql, params).fetchall())
         return [base.summary_from_row(r) for r in rows]
 
+    async def peers(
+        self, email: str, *, limit: int, among: Sequence[str] | None = None
+    ) -> list[str]:
+        """See `Store.peers`."""
+        if among is not None and not among:
+            return []
+        sql, params = queries.peers(email, limit, among)
+        rows = await self._run(lambda c: c.execute(sql, params).fetchall())
+        return [str(r[0]) for r in rows]
+
     # -- outbox ----------------------------------------------------------------------------
 
     async def claim_outbox(

@@ -421,6 +421,16 @@ class SqliteStore:
         rows = await self._read(lambda c: c.execute(query, params).fetchall())
         return [base.summary_from_row(r, _uid, base.from_micros) for r in rows]
 
+    async def peers(
+        self, email: str, *, limit: int, among: Sequence[str] | None = None
+    ) -> list[str]:
+        """See `Store.peers`."""
+        if among is not None and not among:
+            return []
+        query, params = sql.peers(email, limit, among)
+        rows = await self._read(lambda c: c.execute(query, params).fetchall())
+        return [str(r[0]) for r in rows]
+
     # -- outbox ----------------------------------------------------------------------------
 
     async def claim_outbox(

@@ -374,6 +374,22 @@ async def test_sessions_for_pages_by_activity(store: Store) -> None:
         await store.sessions_for(ANN.email, limit=2, cursor="garbage")
 
 
+async def test_peers_are_the_other_participants_most_recent_first(store: Store) -> None:
+    people = [person(f"p{i}", f"{700 + i}") for i in range(3)]
+    sessions = [await chat(store, ANN, p) for p in people]
+    await store.get_or_create_session("other-intent", people[0], ANN, now=T0)  # same peer twice
+    for i, session in enumerate(sessions):
+        await append_one(store, session.id, ANN, f"hi {i}", f"peer-{i}", at(10 * i))
+    await chat(store, BOB, CAT)  # not Ann's: never a peer of hers
+    assert await store.peers(ANN.email, limit=10) == [p.email for p in reversed(people)]
+    assert await store.peers(ANN.email, limit=2) == [people[2].email, people[1].email]
+    assert await store.peers(people[0].email, limit=10) == [ANN.email]
+    among = [people[0].email, CAT.email, "nobody@example.com"]
+    assert await store.peers(ANN.email, limit=10, among=among) == [people[0].email]
+    assert await store.peers(ANN.email, limit=10, among=[]) == []
+    assert await store.peers("nobody@example.com", limit=10) == []
+
+
 # -- the outbox --------------------------------------------------------------------------------
 
 
