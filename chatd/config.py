@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 from urllib.parse import urlsplit, urlunsplit
 
-from chatd.domain import rules
+from chatd.domain import presence, rules
 
 
 class ConfigError(Exception):
@@ -260,6 +260,16 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PresenceConfig:
+    """``[presence]``: who of a user's peers is online, and how fast that changes."""
+
+    enabled: bool = True
+    grace_seconds: float = _opt(presence.DEFAULT_GRACE_SECONDS, lo=0, hi=3600)
+    ttl_seconds: float = _opt(presence.DEFAULT_TTL_SECONDS, lo=1, hi=86_400)
+    max_peers: int = _opt(presence.DEFAULT_MAX_PEERS, lo=1, hi=1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     """``[logging]``: format, level, and which personal data may appear in log lines."""
 
@@ -279,6 +289,7 @@ SECTIONS: dict[str, type] = {
     "redis": RedisConfig,
     "limits": LimitsConfig,
     "outbox": OutboxConfig,
+    "presence": PresenceConfig,
     "logging": LoggingConfig,
 }
 OPTIONAL_SECTIONS = frozenset({"rabbitmq", "redis"})
@@ -295,6 +306,7 @@ class Config:
     profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    presence: PresenceConfig = field(default_factory=PresenceConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     rabbitmq: RabbitMQConfig | None = None
     redis: RedisConfig | None = None

@@ -1,9 +1,9 @@
 """The composition root: builds every part from the config and runs them in one nursery.
 
 Start order (docs/architecture.md, Parts and start order): store (open + migrate) -> [JWKS
-refresher] -> broker runtime -> [Redis tier] -> profiles -> [RabbitMQ bridge] -> outbox
-publisher -> send committer -> [outbox purger] -> HTTP server (REST, ``/ws``, SockJS, demo
-page) -> [raw STOMP TCP listener, if ``server.stomp_tcp_bind``].
+refresher] -> broker runtime -> [Redis tier] -> profiles -> [RabbitMQ bridge] -> presence ->
+outbox publisher -> send committer -> [outbox purger] -> HTTP server (REST, ``/ws``, SockJS,
+demo page) -> [raw STOMP TCP listener, if ``server.stomp_tcp_bind``].
 Bracketed parts depend on the config; each is a `Part` in the list `build_parts` returns,
 at its place in that order, and needs no other change here. Every part's ``run`` calls
 ``task_status.started(summary)`` once it is up; the summaries make the one ready line.
@@ -40,11 +40,13 @@ from chatd.auth.service import ServiceTokens
 from chatd.auth.tokens import TokenVerifier, verifier_from_config
 from chatd.bridge import RabbitBridge
 from chatd.config import Config, redact_url
+from chatd.domain.presence import EVENT_PRESENCE
 from chatd.domain.rules import SendRateLimiter
 from chatd.observability.logs import configure_logging
 from chatd.observability.metrics import Metrics
 from chatd.outbox import OutboxPublisher, OutboxPurger, OutboxSink
 from chatd.outbox.publisher import utc_now
+from chatd.presence import LocalPresence, PresenceService, PresenceState
 from chatd.profiles import (
     CachedProfiles,
     CircuitBreaker,
@@ -104,6 +106,7 @@ class Components:
     runtime: BrokerRuntime
     delivery: LocalDelivery
     committer: SendCommitter
+    presence: PresenceService
     metrics: Metrics = field(default_factory=Metrics)
     bridge: RabbitBridge | None = None
     redis: RedisTier | None = None
@@ -220,10 +223,33 @@ async def build_components(config: Config, store: Store) -> Components:
         readiness.add_check("bridge", bridge.check)
         bridge.observe_confirm = metrics.bridge_confirm_latency.observe
         metrics.attach_bridge(bridge)
+    presence = build_presence(config, store, runtime)
     return Components(
         config, store, profiles, verifier, limiter, services, readiness, runtime, delivery,
-        committer, metrics, bridge, tier,
+        committer, presence, metrics, bridge, tier,
     )
+
+
+def build_presence(config: Config, store: Store, runtime: BrokerRuntime) -> PresenceService:
+    """Presence tracking on `runtime`'s sessions; its updates go out like typing notices
+    (here, and relayed to the other instances when the bridge is wired into the handlers)."""
+    p = config.presence
+    state: PresenceState = LocalPresence()
+    presence = PresenceService(store, state, enabled=p.enabled, grace=p.grace_seconds,
+                               ttl=p.ttl_seconds, max_peers=p.max_peers)
+    hooks = runtime.hooks
+    assert isinstance(hooks, ChatHooks)
+    hooks.presence = presence
+    presence.publish = lambda key, body: hooks.handlers.publish(key, body, EVENT_PRESENCE)
+    runtime.on_principal_active = presence.principal_active
+    return presence
+
+
+def presence_part(components: Components) -> Part:
+    """Presence: started before any transport (which report sessions to it), stopped after
+    them, when it lets this instance's users lapse after the grace period."""
+    presence = components.presence
+    return Part("presence", presence.run, stop=presence.stop)
 
 
 def session_grace(config: Config) -> float:
@@ -280,7 +306,7 @@ def http_part(components: Components) -> Part:
     except KeyFileError as exc:
         raise key_error(exc, c.config) from exc
     app = create_app(c.services, c.verifier, c.config, readiness=c.readiness, runtime=c.runtime,
-                     metrics=c.metrics, demo_token_key=demo_key)
+                     metrics=c.metrics, demo_token_key=demo_key, presence=c.presence)
     stopping = trio.Event()
 
     async def shutdown_trigger() -> None:
@@ -364,6 +390,7 @@ def build_parts(components: Components) -> list[Part]:
     parts.append(profiles_part(components))
     if bridge is not None:
         parts.append(bridge_part(bridge))
+    parts.append(presence_part(components))
     parts.append(outbox_part(components, bridge if bridge is not None else components.delivery))
     parts.append(committer_part(components))
     if (purge := purge_part(components)) is not None:
@@ -477,7 +504,7 @@ async def serve(
 
 __all__ = [
     "Components", "Part", "StartupError", "bridge_part", "broker_part", "build_components",
-    "build_parts", "build_profiles", "build_redis", "http_part", "jwks_part", "outbox_part",
-    "profiles_part",
-    "purge_part", "redis_part", "serve", "session_grace", "stomp_tcp_part",
+    "build_parts", "build_presence", "build_profiles", "build_redis", "http_part", "jwks_part",
+    "outbox_part", "presence_part", "profiles_part", "purge_part", "redis_part", "serve",
+    "session_grace", "stomp_tcp_part",
 ]

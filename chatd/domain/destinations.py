@@ -48,6 +48,9 @@ class UserQueue(StrEnum):
     RECEIPTS = "receipts"
     #: Echo of `/app/chat.ping` bodies.
     PONG = "pong"
+    #: Peers coming online and going offline: `{event, email, online, lastSeen}`; a snapshot
+    #: of every peer right after the SUBSCRIBE's RECEIPT (`chatd.presence`).
+    PRESENCE = "presence"
 
     @property
     def path(self) -> str:

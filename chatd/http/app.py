@@ -20,6 +20,7 @@ from chatd.http.health_routes import health_blueprint
 from chatd.http.keepalive import ShieldFinalSend
 from chatd.http.observe import install_request_tracking, observe_blueprint
 from chatd.observability.metrics import Metrics
+from chatd.presence import PresenceService
 from chatd.services.chat import ChatService
 from chatd.services.health import Readiness
 
@@ -37,13 +38,15 @@ def create_app(
     runtime: BrokerRuntime | None = None,
     metrics: Metrics | None = None,
     demo_token_key: rsa.RSAPrivateKey | None = None,
+    presence: PresenceService | None = None,
 ) -> QuartTrio:
     """The chatd HTTP app. Without `readiness`, one that probes only the services' store;
     with a broker `runtime`, STOMP over WebSocket at ``/ws`` and ``/ws/websocket``, and over
     SockJS under ``/ws`` unless ``server.sockjs_enabled`` is off; with ``server.demo_page``,
     the demo page at ``/``, and ``POST /demo/token`` signing with `demo_token_key` if given
     (`chatd.auth.keys.demo_token_key` says when it may be). Without `metrics`, ``/metrics``
-    exports a fresh set that sees the store and HTTP requests only."""
+    exports a fresh set that sees the store and HTTP requests only. Without `presence`, one
+    with no sessions to follow (``[presence]`` settings, everyone offline)."""
     if readiness is None:
         readiness = Readiness()
         readiness.add_store(services.store)
@@ -67,7 +70,10 @@ def create_app(
     async def _auth() -> None:
         await authenticate(verifier)
 
-    app.register_blueprint(chat_blueprint(services))
+    if presence is None:
+        p = config.presence
+        presence = PresenceService(services.store, enabled=p.enabled, max_peers=p.max_peers)
+    app.register_blueprint(chat_blueprint(services, presence))
     app.register_blueprint(health_blueprint(readiness))
     app.register_blueprint(observe_blueprint(metrics))
     if runtime is not None:
