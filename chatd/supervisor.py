@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import logging
 import signal
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -47,6 +48,7 @@ from chatd.observability.metrics import Metrics
 from chatd.outbox import OutboxPublisher, OutboxPurger, OutboxSink
 from chatd.outbox.publisher import utc_now
 from chatd.presence import LocalPresence, PresenceService, PresenceState
+from chatd.presence.redis_state import RedisPresence
 from chatd.profiles import (
     CachedProfiles,
     CircuitBreaker,
@@ -223,18 +225,24 @@ async def build_components(config: Config, store: Store) -> Components:
         readiness.add_check("bridge", bridge.check)
         bridge.observe_confirm = metrics.bridge_confirm_latency.observe
         metrics.attach_bridge(bridge)
-    presence = build_presence(config, store, runtime)
+    presence = build_presence(config, store, runtime, tier,
+                              bridge.instance_id if bridge is not None else None)
     return Components(
         config, store, profiles, verifier, limiter, services, readiness, runtime, delivery,
         committer, presence, metrics, bridge, tier,
     )
 
 
-def build_presence(config: Config, store: Store, runtime: BrokerRuntime) -> PresenceService:
-    """Presence tracking on `runtime`'s sessions; its updates go out like typing notices
-    (here, and relayed to the other instances when the bridge is wired into the handlers)."""
+def build_presence(config: Config, store: Store, runtime: BrokerRuntime,
+                   tier: RedisTier | None = None,
+                   instance_id: str | None = None) -> PresenceService:
+    """Presence tracking on `runtime`'s sessions, shared through Redis when the tier is on;
+    its updates go out like typing notices (here, and relayed to the other instances when the
+    bridge is wired into the handlers)."""
     p = config.presence
     state: PresenceState = LocalPresence()
+    if tier is not None:
+        state = RedisPresence(tier, instance_id or uuid.uuid4().hex, ttl=p.ttl_seconds)
     presence = PresenceService(store, state, enabled=p.enabled, grace=p.grace_seconds,
                                ttl=p.ttl_seconds, max_peers=p.max_peers)
     hooks = runtime.hooks

@@ -76,6 +76,8 @@ class PresenceService:
         #: Updates published, and steps that failed (metrics, tests).
         self.announced = 0
         self.failures = 0
+        #: True while the runner waits for work (nothing of what it was told is in hand).
+        self.idle = False
         self._wake = trio.Event()
         self._stopping = False
 
@@ -122,8 +124,10 @@ class PresenceService:
                 wake_at = next_maintain
                 if (deadline := self.tracker.next_deadline()) is not None:
                     wake_at = min(wake_at, deadline)
+                self.idle = True
                 with trio.move_on_at(wake_at):
                     await self._wake.wait()
+                self.idle = False
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await self.state.retire(self.grace)

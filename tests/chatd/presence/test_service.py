@@ -1,9 +1,11 @@
-"""`PresenceService` with the local state over a real SQLite store, on trio's MockClock: grace
-periods pass without waiting, and every update a peer would get is recorded."""
+"""`PresenceService` with the local state over a real SQLite store, on trio's MockClock moved by
+hand (`mock_clock.jump`: store threads take real time, so nothing may jump on its own): grace periods pass without waiting, and every update a peer would get is
+recorded."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,25 +53,36 @@ async def start(nursery: trio.Nursery, store: Store, **options: object) -> Runni
     return running
 
 
-async def settle() -> None:
-    await trio.testing.wait_all_tasks_blocked()
+async def settle(service: PresenceService) -> None:
+    """Return once the runner has done everything it was told and waits again (its store
+    calls run in threads, which `wait_all_tasks_blocked` does not wait for)."""
+    deadline = time.monotonic() + 30
+    while True:
+        await trio.testing.wait_all_tasks_blocked()
+        if service.idle:
+            return
+        assert time.monotonic() < deadline, "the presence runner never went idle"
+        await trio.to_thread.run_sync(lambda: None)
 
 
 async def test_peers_online_get_updates_strangers_never(
-        nursery: trio.Nursery, store: Store, autojump_clock: trio.testing.MockClock) -> None:
+        nursery: trio.Nursery, store: Store, mock_clock: trio.testing.MockClock) -> None:
     running = await start(nursery, store, grace=5)
     presence = running.service
     presence.principal_active(ANN.email, True)
-    await settle()
+    await settle(presence)
     assert running.take() == []  # Bob, Ann's only peer, is offline: nobody to tell
     presence.principal_active(BOB.email, True)
     presence.principal_active(CAT.email, True)  # Cat shares no chat with Ann or Bob
-    await settle()
+    await settle(presence)
     assert running.take() == [("user:ann@example.com:/queue/presence", BOB.email, True)]
     presence.principal_active(BOB.email, False)
-    await trio.sleep(4.9)
+    await settle(presence)
+    mock_clock.jump(4.9)
+    await settle(presence)
     assert running.take() == []
-    await trio.sleep(0.2)
+    mock_clock.jump(0.1)
+    await settle(presence)
     [(key, body)] = running.sent
     assert (key, body["email"], body["online"]) == (
         "user:ann@example.com:/queue/presence", BOB.email, False)
@@ -77,37 +90,40 @@ async def test_peers_online_get_updates_strangers_never(
 
 
 async def test_reconnect_within_grace_sends_no_offline_online_pair(
-        nursery: trio.Nursery, store: Store, autojump_clock: trio.testing.MockClock) -> None:
+        nursery: trio.Nursery, store: Store, mock_clock: trio.testing.MockClock) -> None:
     running = await start(nursery, store, grace=5)
     presence = running.service
     presence.principal_active(ANN.email, True)
     presence.principal_active(BOB.email, True)
-    await settle()
-    running.take()
+    await settle(presence)
+    assert running.take() != []
     for _ in range(3):
         presence.principal_active(BOB.email, False)
-        await trio.sleep(4)
+        await settle(presence)
+        mock_clock.jump(4.9)
+        await settle(presence)
         presence.principal_active(BOB.email, True)
-        await settle()
-    await trio.sleep(60)
+        await settle(presence)
+    mock_clock.jump(60)
+    await settle(presence)
     assert running.take() == []
     assert (await presence.of([BOB.email]))[BOB.email].online
 
 
 async def test_snapshot_and_query_answer_for_peers_only(
-        nursery: trio.Nursery, store: Store, autojump_clock: trio.testing.MockClock) -> None:
+        nursery: trio.Nursery, store: Store, mock_clock: trio.testing.MockClock) -> None:
     running = await start(nursery, store, grace=0)
     presence = running.service
     presence.principal_active(BOB.email, True)
     presence.principal_active(DAN.email, True)
-    await settle()
+    await settle(presence)
     assert [(p.email, p.online) for p in await presence.snapshot(ANN.email)] == [
         (BOB.email, True)]
     found = await presence.query(ANN.email, f"{BOB.email}, {DAN.email},nobody@example.com")
     assert [(p.email, p.online) for p in found] == [(BOB.email, True)]
     assert await presence.query(CAT.email, BOB.email) == []
     presence.principal_active(BOB.email, False)
-    await settle()
+    await settle(presence)
     [bob] = await presence.query(ANN.email, BOB.email.upper())
     assert (bob.online, bob.last_seen) == (False, T0)
 
@@ -120,12 +136,13 @@ async def test_query_refuses_malformed_lists(store: Store, emails: str | None) -
 
 
 async def test_disabled_tracks_publishes_and_answers_nothing(
-        nursery: trio.Nursery, store: Store, autojump_clock: trio.testing.MockClock) -> None:
+        nursery: trio.Nursery, store: Store, mock_clock: trio.testing.MockClock) -> None:
     running = await start(nursery, store, enabled=False)
     presence = running.service
     presence.principal_active(ANN.email, True)
     presence.principal_active(BOB.email, True)
-    await settle()
+    await trio.testing.wait_all_tasks_blocked()
+    assert presence.tracker.present() == set()
     assert running.take() == []
     assert await presence.snapshot(ANN.email) == []
     assert await presence.query(ANN.email, BOB.email) == []
