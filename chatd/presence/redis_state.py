@@ -2,10 +2,13 @@
 
 Keys (under the tier's prefix, `presence:` then):
 
-* ``instances`` — sorted set: instance id -> the time (ms) its entries lapse. Each instance
-  renews its score every TTL/3 (`maintain`); a killed instance stops renewing, and once its
-  score is past, its users count as offline for every reader at once. ``renewed`` holds when
-  each last renewed (or retired): its users' last-seen time once it is found dead.
+* ``instances`` — sorted set: instance id -> the time (ms) its entries lapse, 2/3 TTL after
+  its last renewal. Each instance renews every TTL/3 (`maintain`, so one late renewal is
+  forgiven); a killed instance stops renewing, and once its score is past, its users count as
+  offline for every reader at once. The survivors reap every TTL/3 too, so peers are told
+  within TTL of the kill: at most 2/3 TTL until the entries lapse, plus 1/3 TTL to notice.
+  ``renewed`` holds when each last renewed (or retired): its users' last-seen time once it is
+  found dead.
 * ``inst:{id}`` — set: the users online on that instance. Expires 3 x TTL after its last
   renewal (so the keys of a dead instance disappear on their own), which leaves the other
   instances at least two renewal periods to find it and announce its users offline.
@@ -61,12 +64,12 @@ local function alive(instances, holders, now, skip)
 end
 """
 
-# KEYS: instances, inst:{me}, user:{email}; ARGV: me, email, now, ttl ms, key life ms.
+# KEYS: instances, inst:{me}, user:{email}; ARGV: me, email, now, lapse ms, key life ms.
 # Returns 1 when the user was offline everywhere before.
 _ARRIVE = _ALIVE + """
-local me, email, now, ttl, life = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local me, email, now, lapse, life = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local was = alive(KEYS[1], redis.call('SMEMBERS', KEYS[3]), now, nil)
-redis.call('ZADD', KEYS[1], now + ttl, me)
+redis.call('ZADD', KEYS[1], now + lapse, me)
 redis.call('SADD', KEYS[2], email)
 redis.call('PEXPIRE', KEYS[2], life)
 redis.call('SADD', KEYS[3], me)
@@ -101,12 +104,12 @@ end
 return out
 """
 
-# KEYS: instances, inst:{me}, renewed; ARGV: me, now, ttl ms, key life ms, seen life ms, prefix,
+# KEYS: instances, inst:{me}, renewed; ARGV: me, now, lapse ms, key life ms, seen life ms, prefix,
 # then the users this instance counts as online.
 # Renews this instance, rewrites its users (Redis may have lost them), drops those it no longer
 # holds, and reaps dead instances. Returns {email, last seen ms, ...} of users now offline.
 _MAINTAIN = _ALIVE + """
-local me, now, ttl, life, seen_life, prefix =
+local me, now, lapse, life, seen_life, prefix =
   ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local now_text = ARGV[2]
 local gone = {}
@@ -119,7 +122,7 @@ local function drop(id, email, seen)
     gone[#gone + 1] = seen
   end
 end
-redis.call('ZADD', KEYS[1], now + ttl, me)
+redis.call('ZADD', KEYS[1], now + lapse, me)
 redis.call('ZADD', KEYS[3], now, me)
 local present = {}
 for i = 7, #ARGV do
@@ -138,7 +141,7 @@ end
 redis.call('PEXPIRE', KEYS[2], life)
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
   local renewed = redis.call('ZSCORE', KEYS[3], id)
-  if not renewed then renewed = tonumber(redis.call('ZSCORE', KEYS[1], id)) - tonumber(ttl) end
+  if not renewed then renewed = tonumber(redis.call('ZSCORE', KEYS[1], id)) - tonumber(lapse) end
   local last = string.format('%d', tonumber(renewed))
   redis.call('ZREM', KEYS[1], id)
   redis.call('ZREM', KEYS[3], id)
@@ -177,6 +180,8 @@ class RedisPresence:
         self.tier = tier
         self.instance_id = instance_id
         self.ttl_ms = int(ttl * 1000)
+        #: An instance's entries lapse this long after its last renewal (see the docstring).
+        self.lapse_ms = self.ttl_ms * 2 // 3
         self.clock = clock or (lambda: datetime.now(UTC))
         self.local = local if local is not None else LocalPresence()
         self._instances = tier.key("presence", "instances")
@@ -211,7 +216,7 @@ class RedisPresence:
         try:
             was_offline = await self._run(
                 self._arrive, [self._instances, self._mine, self._user(email)],
-                [self.instance_id, email, now, self.ttl_ms, self.ttl_ms * KEY_LIFE_TTLS])
+                [self.instance_id, email, now, self.lapse_ms, self.ttl_ms * KEY_LIFE_TTLS])
         except RedisUnavailable:
             self.fallbacks += 1
             return first_here
@@ -257,7 +262,7 @@ class RedisPresence:
         try:
             gone = await self._run(
                 self._maintain, [self._instances, self._mine, self._renewed],
-                [self.instance_id, _ms(now), self.ttl_ms, self.ttl_ms * KEY_LIFE_TTLS,
+                [self.instance_id, _ms(now), self.lapse_ms, self.ttl_ms * KEY_LIFE_TTLS,
                  LAST_SEEN_DAYS * 86_400_000, self._prefix, *sorted(present)])
         except RedisUnavailable:
             self.fallbacks += 1
