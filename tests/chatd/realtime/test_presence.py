@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import trio
 
-from chatd.config import PresenceConfig
+from chatd.config import PresenceConfig, RedisConfig
 from stomp import Frame
+from tests.conftest import PrivateRedis
 
 from ...stomp.stomp_peer import Peer
 from .conftest import ALICE, BOB, CAROL, Chat, chat_config, raw_ws_peer, start_chat
@@ -25,10 +26,11 @@ GRACE = 0.3
 
 
 async def running(nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path],
-                  **presence: Any) -> Chat:
+                  redis: RedisConfig | None = None, **presence: Any) -> Chat:
     config = chat_config(tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}", key_pair[1],
                          stomp_tcp_bind="127.0.0.1:0")
-    config = replace(config, presence=PresenceConfig(**{"grace_seconds": GRACE, **presence}))
+    config = replace(config, presence=PresenceConfig(**{"grace_seconds": GRACE, **presence}),
+                     redis=redis)
     return await start_chat(nursery, config, key_pair[0])
 
 
@@ -141,6 +143,29 @@ async def test_disabled_publishes_and_answers_nothing(
         assert await presence_of(chat, ALICE, BOB) == []
         listed = await chat.client.get("/api/chat/sessions", headers=chat.auth(ALICE))
         assert all("online" not in p for p in listed.json()["sessions"][0]["participants"])
+    chat.scope.cancel()
+
+
+async def test_redis_down_presence_falls_back_to_this_instance(
+        nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path],
+        private_redis: PrivateRedis) -> None:
+    redis = RedisConfig(url=private_redis.url, timeout=0.2, retry_initial_seconds=0.1)
+    chat = await running(nursery, tmp_path, key_pair, redis=redis)
+    async with chat.client:
+        sid = await chat.init(ALICE, BOB)
+        alice = await ws_user(nursery, chat, ALICE)
+        await alice.subscribe(PRESENCE)
+        assert body(await alice.frame())["online"] is False
+        private_redis.kill()  # connects, sends and presence go on without it
+        bob = await tcp_user(chat, BOB)
+        assert body(await alice.frame())["online"] is True
+        await chat.send(sid, "still here", "c1", caller=BOB)
+        assert [p["online"] for p in await presence_of(chat, ALICE, BOB)] == [True]
+        await bob.stream.aclose()
+        with trio.fail_after(GRACE + 1):
+            assert body(await alice.frame())["online"] is False
+        ready = await chat.client.get("/health/ready")
+        assert ready.status_code == 200
     chat.scope.cancel()
 
 
