@@ -487,6 +487,7 @@ async def serve(
             bridge = components.bridge
             state = "off" if bridge is None else "up" if bridge.connected else "connecting"
             extra.append(f"rabbitmq={state}")
+            extra.append(components.presence.summary)
             if components.redis is None:
                 extra.append("redis=off")
             log.info("chatd ready %s", " ".join(summaries + extra))

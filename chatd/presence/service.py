@@ -95,19 +95,23 @@ class PresenceService:
 
     # -- the runner ----------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    @property
+    def summary(self) -> str:
+        """For the ready line: ``presence=local``, ``presence=redis`` or ``presence=off``."""
+        return f"presence={self.state.kind}" if self.enabled else "presence=off"
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Apply changes as they come and grace periods as they end, and renew this instance's
         entries every TTL/3; until cancelled or `stop`ped (then this instance's users lapse
         after the grace period, see `PresenceState.retire`)."""
-        summary = f"presence={self.state.kind}" if self.enabled else "presence=off"
         if not self.enabled:
-            task_status.started(summary)
+            task_status.started()
             while not self._stopping:
                 await self._wake.wait()
                 self._wake = trio.Event()
             return
         next_maintain = trio.current_time()
-        task_status.started(summary)
+        task_status.started()
         try:
             while not self._stopping:
                 self._wake = trio.Event()

@@ -1,5 +1,5 @@
 // The chatd demo page: sign in, open chats, send and receive live over STOMP, typing, ticks,
-// unread badges and history scrolling. Plain browser JS on @stomp/stompjs (window.StompJs)
+// unread badges, peers' presence dots and history scrolling. Plain browser JS on @stomp/stompjs (window.StompJs)
 // and sockjs-client (window.SockJS), both served by chatd; no build step.
 //
 // Connection: SockJS at /ws when the server answers /ws/info (it then falls back to HTTP
@@ -19,7 +19,7 @@ import {
   loadOlder, markSeen, onChatMessage, onReceipt, onSendError, openByEmail, sendMessage,
   subscribeTopic,
 } from './demo-chat.js';
-import { markAllDelivered, refreshSessions, renderTotal } from './demo-sessions.js';
+import { markAllDelivered, onPresence, refreshSessions, renderTotal } from './demo-sessions.js';
 
 // -- sign in ---------------------------------------------------------------------------
 
@@ -56,6 +56,7 @@ function resetView() {
   state.open = null;
   state.sessions.clear();
   state.sessionItems.clear();
+  state.presence.clear();
   state.total = 0;
   renderTotal();
   $('sessions').replaceChildren();
@@ -155,6 +156,7 @@ function onConnected(frame, useSockJS) {
   c.subscribe('/user/queue/receipts', m => onReceipt(JSON.parse(m.body)));
   c.subscribe('/user/queue/ack', m => onChatMessage(JSON.parse(m.body)));
   c.subscribe('/user/queue/error', m => onSendError(JSON.parse(m.body)));
+  c.subscribe('/user/queue/presence', m => onPresence(JSON.parse(m.body)));
   if (state.open) subscribeTopic(state.open);
   refreshSessions().then(markAllDelivered).catch(err => showError('chat-error', err.message));
 }
