@@ -52,6 +52,7 @@ def chat_blueprint(service: ChatService, presence: PresenceService) -> Blueprint
         session = await service.init_session(
             caller(), body.get("toEmail"), body.get("intent"), body.get("fromEmail")
         )
+        await presence.introduce(*session.emails)  # new peers learn each other's presence
         return json_response(session.to_json())
 
     @bp.post("/message")

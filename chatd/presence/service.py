@@ -10,7 +10,7 @@ goes through `publish`, which the wiring sets to "deliver here and relay to the 
 instances" (the RabbitMQ bridge's ephemeral relay), so a peer on another instance gets it too.
 
 Readers: the SUBSCRIBE hook (`snapshot`), `GET /api/chat/presence` (`query`) and the session
-list (`of`). Only peers ever learn a user's presence: a stranger's email is left out of every
+list (`of`); opening a chat (`introduce`) tells two new peers about each other at once. Only peers ever learn a user's presence: a stranger's email is left out of every
 answer, never refused by name (docs/security.md). `enabled` False turns all of it off: no
 tracking, no publishing, empty answers.
 
@@ -171,6 +171,23 @@ class PresenceService:
         for peer in peers:
             if online[peer].online:
                 self.publish(user_queue(peer, UserQueue.PRESENCE), body)
+                self.announced += 1
+
+    async def introduce(self, first: str, second: str) -> None:
+        """Two users just became peers (a chat between them was opened): tell each, if
+        online, the other's presence, as a snapshot would have. Best effort, never raises
+        for presence (the chat is open either way)."""
+        if not self.enabled or self.publish is None:
+            return
+        try:
+            found = await self.state.lookup([first, second])
+        except Exception:
+            log.exception("presence: introducing two peers failed")
+            return
+        for to, about in ((first, second), (second, first)):
+            if found[to].online:
+                self.publish(user_key(to, PRESENCE_QUEUE),
+                             compact_json(found[about].to_json()).encode())
                 self.announced += 1
 
     # -- readers -------------------------------------------------------------------------------

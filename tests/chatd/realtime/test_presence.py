@@ -131,6 +131,22 @@ async def test_reconnect_within_grace_is_not_seen(
     chat.scope.cancel()
 
 
+async def test_opening_a_chat_introduces_the_two_peers(
+        nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]) -> None:
+    chat = await running(nursery, tmp_path, key_pair)
+    async with chat.client:
+        alice = await ws_user(nursery, chat, ALICE)
+        bob = await tcp_user(chat, BOB)
+        carol = await ws_user(nursery, chat, CAROL)
+        for peer in (alice, bob, carol):
+            await peer.subscribe(PRESENCE)  # no peers yet: an empty snapshot
+        await chat.init(ALICE, BOB)
+        assert body(await alice.frame())["email"] == BOB
+        assert body(await bob.frame())["email"] == ALICE
+        await nothing_before_a_receipt(carol)
+    chat.scope.cancel()
+
+
 async def test_disabled_publishes_and_answers_nothing(
         nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]) -> None:
     chat = await running(nursery, tmp_path, key_pair, enabled=False)
