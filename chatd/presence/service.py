@@ -10,9 +10,10 @@ goes through `publish`, which the wiring sets to "deliver here and relay to the 
 instances" (the RabbitMQ bridge's ephemeral relay), so a peer on another instance gets it too.
 
 Readers: the SUBSCRIBE hook (`snapshot`), `GET /api/chat/presence` (`query`) and the session
-list (`of`); opening a chat (`introduce`) tells two new peers about each other at once. Only peers ever learn a user's presence: a stranger's email is left out of every
-answer, never refused by name (docs/security.md). `enabled` False turns all of it off: no
-tracking, no publishing, empty answers.
+list (`of`); opening a chat (`introduce`) tells two new peers about each other at once. Only
+peers ever learn a user's presence: a stranger's email is left out of every answer, never
+refused by name (docs/security.md). `enabled` False turns all of it off: no tracking, no
+publishing, empty answers.
 
 Time: the grace period and the maintenance period run on trio's clock (tests use
 `MockClock`); `lastSeen` values come from `clock` (wall time, injectable).
