@@ -227,6 +227,7 @@ async def build_components(config: Config, store: Store) -> Components:
         metrics.attach_bridge(bridge)
     presence = build_presence(config, store, runtime, tier,
                               bridge.instance_id if bridge is not None else None)
+    metrics.attach_presence(presence)
     return Components(
         config, store, profiles, verifier, limiter, services, readiness, runtime, delivery,
         committer, presence, metrics, bridge, tier,

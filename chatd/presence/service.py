@@ -82,6 +82,11 @@ class PresenceService:
         self._wake = trio.Event()
         self._stopping = False
 
+    @property
+    def local_users(self) -> int:
+        """Users this instance counts as online (metrics)."""
+        return len(self.tracker.present())
+
     # -- input ---------------------------------------------------------------------------------
 
     def principal_active(self, email: str, active: bool) -> None:
@@ -187,7 +192,7 @@ class PresenceService:
             return
         for to, about in ((first, second), (second, first)):
             if found[to].online:
-                self.publish(user_key(to, PRESENCE_QUEUE),
+                self.publish(user_queue(to, UserQueue.PRESENCE),
                              compact_json(found[about].to_json()).encode())
                 self.announced += 1
 

@@ -106,6 +106,9 @@ async def test_peers_see_each_other_come_and_go_strangers_see_nothing(
         await nothing_before_a_receipt(carol)  # a stranger learnt nothing of Bob or Alice
         [bob_now] = await presence_of(chat, ALICE, BOB)
         assert (bob_now["online"], bob_now["lastSeen"]) == (False, gone["lastSeen"])
+        metrics = (await chat.client.get("/metrics")).text
+        assert "chatd_presence_local_users 2.0" in metrics  # alice and carol
+        assert "chatd_presence_updates_total 2.0" in metrics  # bob online, bob offline
     chat.scope.cancel()
 
 
