@@ -29,6 +29,7 @@ from typing import Any, Literal, Union
 from urllib.parse import urlsplit, urlunsplit
 
 from chatd.domain import rules
+from chatd.domain.models import ROWS_PER_MESSAGE
 
 
 class ConfigError(Exception):
@@ -219,6 +220,7 @@ class LimitsConfig:
     max_queued_sends: int = _opt(256, lo=1, hi=1_000_000)
     max_send_wait_ms: int = _opt(100, lo=1, hi=3_600_000)
     max_delivery_backlog: int = _opt(3000, lo=1, hi=100_000_000)
+    max_batch: int = _opt(rules.DEFAULT_MAX_BATCH, lo=1, hi=10_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,6 +517,14 @@ def _cross_check(config: Config, collected: _Collected) -> None:
             )
     if limits.history_default > limits.history_max:
         fail("limits.history_default", "must not exceed limits.history_max")
+    # a batch is refused whole unless each of its messages fits: a bigger one never would
+    if limits.max_batch > limits.send_burst:
+        fail("limits.max_batch", "must not exceed limits.send_burst")
+    if limits.max_batch > limits.max_queued_sends:
+        fail("limits.max_batch", "must not exceed limits.max_queued_sends")
+    if ROWS_PER_MESSAGE * (limits.max_batch - 1) >= limits.max_delivery_backlog:
+        fail("limits.max_batch", f"{ROWS_PER_MESSAGE} outbox rows per message of a batch must "
+             "fit under limits.max_delivery_backlog")
     if config.outbox.backoff_base > config.outbox.backoff_cap:
         fail("outbox.backoff_base", "must not exceed outbox.backoff_cap")
     mq = config.rabbitmq

@@ -85,8 +85,6 @@ class Appended:
 
 AppendResult = Appended | ChatError
 
-#: Outbox rows one new message writes (`message_outbox`: the topic and both users' queues).
-ROWS_PER_MESSAGE: Final = 3
 REUSED_ELSEWHERE: Final = "clientMessageId was already used in another session"
 
 

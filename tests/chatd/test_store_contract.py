@@ -587,7 +587,8 @@ async def test_a_unit_with_a_refused_message_stores_none_of_it(store: Store) -> 
     assert kinds == ["Appended", "Withheld", "Withheld", "Appended", "Withheld", "Appended",
                      "NotFound", "Forbidden"]
     assert isinstance(results[3], Appended)
-    assert results[3].message == elsewhere and not results[3].created
+    assert results[3].message == elsewhere
+    assert not results[3].created
     stored = await store.messages_after(one.id, 0, 10)
     assert [(m.content, m.seq) for m in stored] == [("single", 1), ("w-1 after all", 2)]
     assert (await store.get_session(one.id)).last_seq == 2  # type: ignore[union-attr]
