@@ -368,7 +368,7 @@ def load_config(
         built[name] = _build_section(name, cls, collected)
     config = Config(**built, source=path)
     _cross_check(config, collected)
-    return config
+    return _fit_max_batch(config, collected)
 
 
 def _read_file(path: Path, collected: _Collected) -> None:
@@ -517,19 +517,32 @@ def _cross_check(config: Config, collected: _Collected) -> None:
             )
     if limits.history_default > limits.history_max:
         fail("limits.history_default", "must not exceed limits.history_max")
-    # a batch is refused whole unless each of its messages fits: a bigger one never would
-    if limits.max_batch > limits.send_burst:
-        fail("limits.max_batch", "must not exceed limits.send_burst")
-    if limits.max_batch > limits.max_queued_sends:
-        fail("limits.max_batch", "must not exceed limits.max_queued_sends")
-    if ROWS_PER_MESSAGE * (limits.max_batch - 1) >= limits.max_delivery_backlog:
-        fail("limits.max_batch", f"{ROWS_PER_MESSAGE} outbox rows per message of a batch must "
-             "fit under limits.max_delivery_backlog")
     if config.outbox.backoff_base > config.outbox.backoff_cap:
         fail("outbox.backoff_base", "must not exceed outbox.backoff_cap")
     mq = config.rabbitmq
     if mq is not None and mq.reconnect_initial_seconds > mq.reconnect_max_seconds:
         fail("rabbitmq.reconnect_initial_seconds", "must not exceed rabbitmq.reconnect_max_seconds")
+
+
+def _fit_max_batch(config: Config, collected: _Collected) -> Config:
+    """A batch is refused whole unless each of its messages would be accepted, so a batch
+    larger than the rate limit's burst, the send queue or the delivery backlog (at
+    `ROWS_PER_MESSAGE` rows a message) allows could never pass. An explicit
+    ``limits.max_batch`` that large is an error; the default shrinks to fit, so a config
+    written before batch sends existed (a small ``send_burst``) keeps working."""
+    limits = config.limits
+    bounds = (("send_burst", limits.send_burst),
+              ("max_queued_sends", limits.max_queued_sends),
+              ("max_delivery_backlog", (limits.max_delivery_backlog - 1) // ROWS_PER_MESSAGE + 1))
+    key, room = min(bounds, key=lambda bound: bound[1])
+    if limits.max_batch <= room:
+        return config
+    raw = collected.values["limits"].get("max_batch")
+    if raw is None:
+        return replace(config, limits=replace(limits, max_batch=room))
+    raise ConfigError(f"{raw.origin.label}: limits.max_batch: {limits.max_batch} is more than "
+                      f"limits.{key} allows ({room}): a batch that big could never be "
+                      "accepted; lower it or raise the other")
 
 
 def redact_url(url: str) -> str:
