@@ -62,7 +62,8 @@ Clock = Callable[[], datetime]
 
 #: Messages stored per transaction at most.
 DEFAULT_MAX_BATCH: Final = 128
-#: Sends waiting for their batch before new ones are refused.
+#: Messages waiting for their batch before new sends are refused (a batch send counts as
+#: its messages).
 DEFAULT_MAX_QUEUED: Final = 256
 #: Outbox rows written and not yet delivered (`backlog`) past which sends are refused: with
 #: RabbitMQ the publisher delivers, and without this bound the committer accepted ~1 000
@@ -75,6 +76,7 @@ MARK_RETRY: Final = 1.0
 BUSY_MESSAGE: Final = "server busy: too many messages waiting to be stored; retry shortly"
 
 
+#: Told a queued unit's results, one per message, from the committer's task.
 UnitCallback = Callable[[list[AppendResult]], None]
 
 
@@ -108,9 +110,10 @@ class _Waiter:
 class SendCommitter:
     """Queues sends, commits them in batches, and (with `sink`) delivers them at once.
 
-    A supervisor part: `run` until cancelled. `append` is what the chat service calls per
-    send. Counters for metrics: `batches`, `committed` (messages), `published` (outbox rows
-    the sink accepted), `refused`, and `queued` (waiting now).
+    A supervisor part: `run` until cancelled. `append` / `submit` are what the chat service
+    calls per send, `append_batch` / `submit_batch` per batch send. Counters for metrics:
+    `batches`, `committed` (messages), `published` (outbox rows the sink accepted), `refused`
+    and `queued` (messages, waiting now).
     """
 
     def __init__(self, store: Store, *, sink: OutboxSink | None = None,
