@@ -58,8 +58,9 @@ def create_app(
     # redirect to the path with the slashes merged. Set before any route is added.
     app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = max_body_size(config.limits.max_content_length)
-    app.request_class = with_body_limits(app.request_class, {("POST", BATCH_PATH): batch_body_size(
-        config.limits.max_content_length, config.limits.max_batch)})
+    # a batch send's body may hold `max_batch` messages; every other route keeps the limit above
+    batch_limit = batch_body_size(config.limits.max_content_length, config.limits.max_batch)
+    app.request_class = with_body_limits(app.request_class, {("POST", BATCH_PATH): batch_limit})
     # Our routes answer JSON in contract order; never let Quart re-sort or pretty-print.
     app.config["JSON_SORT_KEYS"] = False
 
