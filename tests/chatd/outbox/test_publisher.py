@@ -8,6 +8,7 @@ dead without reordering or blocking other sessions, and shutdown leaves nothing 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ import trio
 
 from chatd.domain.models import OutboxRow
 from chatd.outbox import OutboxPublisher, SinkUnavailable
+from chatd.outbox.publisher import whole_commits
 from chatd.storage import Store
 from chatd.storage.base import NewMessage
 
@@ -234,3 +236,18 @@ async def test_a_claim_ending_inside_a_batch_send_gives_its_rows_back_to_lead_th
     assert set(sink.calls[1].ids) == unit_ids
     assert_session_order(sink.accepted)
     assert await store.outbox_stats() == (0, 0)
+
+
+def test_whole_commits_gives_back_only_a_trailing_commit_of_a_full_claim() -> None:
+    one, two = uuid.uuid4(), uuid.uuid4()
+    t1, t2 = T0, datetime(2025, 1, 1, 0, 0, 1, tzinfo=UTC)
+
+    def row(i: int, session: uuid.UUID, at: datetime) -> OutboxRow:
+        return OutboxRow(i, None, session, 1, "message", "/topic/x", "{}", 0, at, None, at)
+
+    rows = [row(1, one, t1), row(2, two, t2), row(3, one, t2), row(4, two, t2),
+            row(5, two, t2)]
+    assert whole_commits(rows, full=False) == (rows, [])  # not full: nothing was cut
+    assert whole_commits(rows, full=True) == (rows[:3], [rows[3], rows[4]])
+    assert whole_commits(rows[1:2], full=True) == (rows[1:2], [])  # one commit: keep it
+    assert whole_commits([], full=True) == ([], [])
