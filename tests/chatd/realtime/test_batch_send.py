@@ -3,6 +3,7 @@ receipt; every message still its own MESSAGE frame, in order; retries, refusals,
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -28,9 +29,10 @@ async def test_a_batch_is_acked_once_and_delivered_message_by_message_in_order(
         inbox = await run(bob.subscribe, "/user/queue/messages")
         await chat.send(sid, "first", "single-1", caller=BOB)
         cmids = [f"b-{i}" for i in range(5)]
-        # the RECEIPT comes after the commit and after the ack
+        # the RECEIPT comes after the commit and after the ack: once it is here, so is the ack
         await run(alice.send, "/app/chat.send-batch", batch(sid, *cmids), receipt=True)
-        headers, answers = await run(alice.json, ack)
+        frame = await run(alice.message, ack, 0.01)
+        headers, answers = frame.headers, json.loads(frame.body)
         assert headers["event"] == "batch"
         assert headers["content-type"] == "application/json"
         assert [a["status"] for a in answers] == [201] * 5
