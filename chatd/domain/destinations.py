@@ -23,6 +23,7 @@ from typing import Final
 from chatd.domain.models import (
     EVENT_MESSAGE,
     EVENT_RECEIPT,
+    ROWS_PER_MESSAGE,
     ChatSession,
     Message,
     OutboxEntry,
@@ -107,6 +108,7 @@ def message_outbox(session: ChatSession, message: Message) -> list[OutboxEntry]:
     destinations = [session_topic(session.id)] + [
         user_queue(email, UserQueue.MESSAGES) for email in session.emails
     ]
+    assert len(destinations) == ROWS_PER_MESSAGE
     return [
         OutboxEntry(EVENT_MESSAGE, d, body, session.id, message.seq, message.message_id)
         for d in destinations

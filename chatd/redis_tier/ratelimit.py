@@ -43,9 +43,11 @@ window).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from chatd.domain.errors import RateLimited
 from chatd.domain.lru import Lru
 from chatd.domain.rules import (
     SendRateLimiter,
@@ -136,7 +138,26 @@ class SharedRateLimiter:
 
         Raises `RateLimited` like `SendRateLimiter.check`, locally or across instances.
         """
-        count = self.local.check(user, content, now)
+        await self.check_many(user, (content,), now)
+
+    async def check_many(self, user: str, contents: Sequence[str], now: float) -> None:
+        """Record a batch of sends or refuse it whole (`SendRateLimiter.check_many` here
+        first). Across instances each text is checked as a single send would be; when one is
+        refused the whole batch is refunded locally and its texts' leased tokens are spent
+        (a refused batch may cost the user part of a lease, it never lets a text through).
+        """
+        counts = self.local.check_many(user, contents, now)
+        try:
+            for content, count in zip(contents, counts, strict=True):
+                await self._check_shared(user, content, count, now)
+        except RateLimited:
+            for content in contents:
+                self.local.refund(user, content)
+            raise
+
+    async def _check_shared(self, user: str, content: str, count: int, now: float) -> None:
+        """The shared side of one send the local limiter accepted as the `count`-th copy of
+        its text in the window; raises RateLimited (the caller refunds locally)."""
         if not self.tier.up:
             self.fallbacks += 1
             return
@@ -151,12 +172,10 @@ class SharedRateLimiter:
             self.leased += 1
             return
         if now < lease.empty_until:  # no refill before then, whoever asks
-            self.local.refund(user, content)
             raise too_many_sends(lease.empty_until - now)
-        await self._round_trip(user, content, digest, lease, now)
+        await self._round_trip(user, digest, lease, now)
 
-    async def _round_trip(self, user: str, content: str, digest: bytes, lease: _Lease,
-                          now: float) -> None:
+    async def _round_trip(self, user: str, digest: bytes, lease: _Lease, now: float) -> None:
         local = self.local
         unsynced, lease.unsynced = lease.unsynced, []
         keys = [self.tier.key("rl", user, "b")]
@@ -177,7 +196,6 @@ class SharedRateLimiter:
             lease.tokens, lease.expires = int(value) - 1, now + self.lease_seconds
             return
         lease.tokens = 0
-        local.refund(user, content)
         wait = int(retry_ms) / 1000
         if verdict == 1:
             lease.empty_until = now + wait

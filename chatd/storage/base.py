@@ -17,8 +17,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Final, Literal, Protocol, Self
 
 from chatd.domain.errors import BadRequest, ChatError, Unavailable
 from chatd.domain.models import (
@@ -83,6 +84,57 @@ class Appended:
 
 
 AppendResult = Appended | ChatError
+
+REUSED_ELSEWHERE: Final = "clientMessageId was already used in another session"
+
+
+class Withheld(ChatError):
+    """Not stored because another message of its unit was refused (`Store.append_messages`:
+    a unit is stored all or nothing). The caller reports the refused one, never this."""
+
+    status = HTTPStatus.BAD_REQUEST
+
+    def __init__(self) -> None:
+        super().__init__("not stored: another message of its batch was refused")
+
+
+def unit_spans(units: Sequence[int], size: int) -> list[range]:
+    """The index ranges of `units` (sizes of consecutive groups of a batch of `size`); no
+    units means each message alone. Raises ValueError when they do not tile the batch."""
+    if not units:
+        return [range(i, i + 1) for i in range(size)]
+    if any(n < 1 for n in units) or sum(units) != size:
+        raise ValueError(f"units {list(units)} do not split a batch of {size}")
+    spans, start = [], 0
+    for n in units:
+        spans.append(range(start, start + n))
+        start += n
+    return spans
+
+
+def refusal(item: NewMessage, result: AppendResult | None) -> ChatError | None:
+    """Why `result` refuses `item`'s unit, or None: the error it got, or a repeat of a
+    message the sender stored in another session (a client id names one message only)."""
+    if isinstance(result, ChatError):
+        return result
+    if (isinstance(result, Appended) and not result.created
+            and result.message.session_id != item.session_id):
+        return BadRequest(REUSED_ELSEWHERE)
+    return None
+
+
+def withhold_refused(batch: Sequence[NewMessage], results: list[AppendResult | None],
+                     span: range) -> bool:
+    """If a message of the unit `span` is refused (`refusal`), turn every result of the unit
+    that is pending (None) or new into `Withheld`; True when it did (then nothing of the
+    unit may be written)."""
+    if not any(refusal(batch[i], results[i]) for i in span if results[i] is not None):
+        return False
+    for i in span:
+        result = results[i]
+        if result is None or (isinstance(result, Appended) and result.created):
+            results[i] = Withheld()
+    return True
 
 
 async def append_one(store: Store, session_id: uuid.UUID, sender: Participant, content: str,
@@ -298,14 +350,21 @@ class Store(Protocol):
         ...
 
     async def append_messages(
-        self, batch: Sequence[NewMessage], *, lease_until: datetime | None = None,
-        sent: Sequence[int] = (), now: datetime | None = None,
+        self, batch: Sequence[NewMessage], *, units: Sequence[int] = (),
+        lease_until: datetime | None = None, sent: Sequence[int] = (),
+        now: datetime | None = None,
     ) -> list[AppendResult]:
         """Store a batch of messages in ONE transaction (group commit); one result per message,
         in order: `Appended`, or the `ChatError` that message alone got (NotFound, Forbidden)
         while the others were stored. Each message follows `append_one`'s rules; messages
         of one session get consecutive seqs in batch order, and a client message id repeated
         within the batch is a repeat of its first use.
+
+        `units` (sizes of consecutive groups, summing to the batch size; empty: each message
+        alone) makes each group all or nothing: when one of its messages is refused or
+        repeats a message of another session (`refusal`), none of its new messages is
+        stored and they get `Withheld` (a batch send is one unit). A unit's messages are
+        consecutive in the batch, so a unit of one session gets consecutive seqs.
 
         With `lease_until`, the new outbox rows are written already leased to the caller until
         then and no publisher is woken: the caller delivers them itself and marks them sent
@@ -317,6 +376,12 @@ class Store(Protocol):
 
     async def find_message(self, sender_email: str, client_message_id: str) -> Message | None:
         """The message this sender stored under `client_message_id`, if any."""
+        ...
+
+    async def find_messages(self, sender_email: str, client_message_ids: Sequence[str]
+                            ) -> list[Message]:
+        """The messages this sender stored under any of `client_message_ids` (one query: a
+        rate-limited batch looks for its repeats at once), in no particular order."""
         ...
 
     async def history(

@@ -80,6 +80,21 @@ async def test_one_user_is_limited_across_two_instances(
     assert a.local._users.get(USER).tokens == pytest.approx(5, abs=0.1)  # type: ignore[union-attr]
 
 
+async def test_a_batch_is_limited_across_instances_and_refused_whole(
+    instance: Instance, redis_url: str, redis_prefix: str
+) -> None:
+    a, b = instance(redis_url, redis_prefix), instance(redis_url, redis_prefix)
+    await _up(a, b)
+    now = time.time()
+    await a.check_many(USER, [f"a{i}" for i in range(6)], now)  # 6 of the shared 10
+    # b alone has 10 tokens, but the user has 4 left: a batch of 5 is refused whole...
+    with pytest.raises(RateLimited, match="too many messages"):
+        await b.check_many(USER, [f"b{i}" for i in range(5)], now)
+    assert b.local._users.get(USER).tokens == pytest.approx(10, abs=0.1)  # type: ignore[union-attr]
+    # ...though the tokens its first texts took in Redis stay spent (never one too many)
+    with pytest.raises(RateLimited, match="too many messages"):
+        await a.check_many(USER, ["c0"], now)
+
 async def test_leased_tokens_never_exceed_the_limit_and_save_round_trips(
     instance: Instance, redis_url: str, redis_prefix: str
 ) -> None:
