@@ -489,7 +489,7 @@ class Metrics:
 
     def attach_presence(self, presence: PresenceState) -> None:
         """Users online on this instance (grace periods included), presence updates sent to
-        peers, and runner steps that failed (the store or Redis away)."""
+        peers, and updates dropped because the store could not list the peers."""
 
         def source() -> Iterator[Metric]:
             yield GaugeMetricFamily(_name("presence_local_users"),
@@ -499,7 +499,7 @@ class Metrics:
                                       "Presence updates published to peers' connections.",
                                       value=presence.announced)
             yield CounterMetricFamily(_name("presence_failures"),
-                                      "Presence changes that could not be applied (retried).",
+                                      "Presence updates not sent: the store could not list peers.",
                                       value=presence.failures)
 
         self.add_source("presence", source)

@@ -166,7 +166,17 @@ class PresenceService:
 
     async def announce(self, presence: Presence) -> None:
         """Publish `presence` to the user's peers who are online (the others have nobody
-        to deliver to)."""
+        to deliver to). When the store cannot say who the peers are, this one update is
+        dropped (counted in `failures`): the runner goes on with the next change, and a
+        peer's next snapshot or look-up shows the state."""
+        try:
+            await self._announce(presence)
+        except Exception:
+            self.failures += 1
+            log.warning("presence: could not tell the peers of a user that they are %s",
+                        "online" if presence.online else "offline", exc_info=True)
+
+    async def _announce(self, presence: Presence) -> None:
         if self.publish is None:
             return
         peers = await self.store.peers(presence.email, limit=self.max_peers)

@@ -148,3 +148,18 @@ async def test_disabled_tracks_publishes_and_answers_nothing(
     assert await presence.query(ANN.email, BOB.email) == []
     assert await presence.of([BOB.email]) == {}
     presence.stop()
+
+
+async def test_a_store_outage_drops_updates_not_the_runner(
+        nursery: trio.Nursery, store: Store, mock_clock: trio.testing.MockClock) -> None:
+    running = await start(nursery, store, grace=0)
+    presence = running.service
+    presence.principal_active(ANN.email, True)
+    await settle(presence)
+    await store.aclose()  # every store call now fails: Unavailable
+    for active in (True, False):
+        presence.principal_active(BOB.email, active)
+        await settle(presence)
+    assert presence.failures == 2  # both of Bob's changes dropped, the runner still runs
+    assert running.take() == []
+    assert presence.tracker.present() == {ANN.email}
