@@ -558,6 +558,11 @@ def _cross_check(config: Config, collected: _Collected) -> None:
         fail("limits.history_default", "must not exceed limits.history_max")
     if config.outbox.backoff_base > config.outbox.backoff_cap:
         fail("outbox.backoff_base", "must not exceed outbox.backoff_cap")
+    if config.presence.max_peers * 2 > limits.stomp_max_pending_frames:
+        # a presence snapshot is one MESSAGE per peer, written at once: it must leave room
+        # in the session's send queue, or subscribing would close it as a slow consumer
+        fail("presence.max_peers", "must be at most half of limits.stomp_max_pending_frames "
+             f"({limits.stomp_max_pending_frames}): a snapshot is one frame per peer")
     mq = config.rabbitmq
     if mq is not None and mq.reconnect_initial_seconds > mq.reconnect_max_seconds:
         fail("rabbitmq.reconnect_initial_seconds", "must not exceed rabbitmq.reconnect_max_seconds")

@@ -19,8 +19,9 @@ from chatd.domain.models import iso_utc
 EVENT_PRESENCE: Final = "presence"
 DEFAULT_GRACE_SECONDS: Final = 5.0
 DEFAULT_TTL_SECONDS: Final = 30.0
-#: Peers told about one change, and answered in one snapshot (most recently active first).
-DEFAULT_MAX_PEERS: Final = 1000
+#: Peers told about one change, and answered in one snapshot (most recently active first); a
+#: snapshot is one frame per peer, so this stays well below a session's send-queue bound.
+DEFAULT_MAX_PEERS: Final = 200
 #: Emails one `GET /api/chat/presence` may ask about.
 DEFAULT_MAX_QUERY: Final = 100
 
