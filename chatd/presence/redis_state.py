@@ -200,6 +200,11 @@ class RedisPresence:
     def kind(self) -> str:
         return "redis"
 
+    @property
+    def complete(self) -> bool:
+        """While Redis answers (else lookups fall back to this instance's users)."""
+        return self.tier.up
+
     def _user(self, email: str) -> str:
         return self._prefix + "user:" + email
 

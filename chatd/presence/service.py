@@ -5,7 +5,8 @@ this instance connected, or the last one ended), handled synchronously by the pu
 `GraceTracker`. The runner task (`run`, a supervisor part) then asks the `PresenceState`
 whether that changes the user's presence anywhere and, if so, publishes
 `{"event":"presence","email","online","lastSeen"}` to the `/user/queue/presence` of each of the
-user's peers who is online (the other participants of their chats, `Store.peers`). Publishing
+user's peers (the other participants of their chats, `Store.peers`; only those online when
+the state sees every instance, i.e. Redis is up). Publishing
 goes through `publish`, which the wiring sets to "deliver here and relay to the other
 instances" (the RabbitMQ bridge's ephemeral relay), so a peer on another instance gets it too.
 
@@ -170,10 +171,11 @@ class PresenceService:
             await self.announce(presence)
 
     async def announce(self, presence: Presence) -> None:
-        """Publish `presence` to the user's peers who are online (the others have nobody
-        to deliver to). When the store cannot say who the peers are, this one update is
-        dropped (counted in `failures`): the runner goes on with the next change, and a
-        peer's next snapshot or look-up shows the state."""
+        """Publish `presence` to the user's peers; only to those online when the state sees
+        every instance (the others have nobody to deliver to). When the store cannot say
+        who the peers are, this one update is dropped (counted in `failures`): the runner
+        goes on with the next change, and a peer's next snapshot or look-up shows the
+        state."""
         try:
             await self._announce(presence)
         except Exception:
@@ -185,14 +187,13 @@ class PresenceService:
         if self.publish is None:
             return
         peers = await self.store.peers(presence.email, limit=self.max_peers)
-        if not peers:
-            return
-        online = await self.state.lookup(peers)
+        if peers and self.state.complete:  # skip peers connected nowhere
+            online = await self.state.lookup(peers)
+            peers = [peer for peer in peers if online[peer].online]
         body = compact_json(presence.to_json()).encode()
         for peer in peers:
-            if online[peer].online:
-                self.publish(user_queue(peer, UserQueue.PRESENCE), body)
-                self.announced += 1
+            self.publish(user_queue(peer, UserQueue.PRESENCE), body)
+            self.announced += 1
 
     async def introduce(self, first: str, second: str) -> None:
         """Two users just became peers (a chat between them was opened): tell each, if

@@ -32,6 +32,14 @@ class PresenceState(Protocol):
         """"local" or "redis", for the ready line."""
         ...
 
+    @property
+    def complete(self) -> bool:
+        """True while `lookup` sees every instance's users: then a peer it calls offline has
+        no connection anywhere and needs no update. False for this instance's knowledge
+        alone (other instances' users look offline: updates go to every peer, and the
+        RabbitMQ relay reaches the instances that hold them)."""
+        ...
+
     async def arrive(self, email: str) -> bool:
         """The user now has a session on this instance: True when they were offline
         everywhere before (peers should learn they are online)."""
@@ -68,6 +76,10 @@ class LocalPresence:
     @property
     def kind(self) -> str:
         return "local"
+
+    @property
+    def complete(self) -> bool:
+        return False
 
     def arrive_now(self, email: str) -> bool:
         """`arrive`, synchronously (the Redis state keeps a local mirror with it)."""

@@ -71,11 +71,14 @@ async def test_peers_online_get_updates_strangers_never(
     presence = running.service
     presence.principal_active(ANN.email, True)
     await settle(presence)
-    assert running.take() == []  # Bob, Ann's only peer, is offline: nobody to tell
+    # Bob, Ann's only peer, may be connected to another instance: this instance alone cannot
+    # know, so he is told (the local state is not `complete`).
+    assert running.take() == [("user:bob@example.com:/queue/presence", ANN.email, True)]
     presence.principal_active(BOB.email, True)
     presence.principal_active(CAT.email, True)  # Cat shares no chat with Ann or Bob
     await settle(presence)
-    assert running.take() == [("user:ann@example.com:/queue/presence", BOB.email, True)]
+    assert running.take() == [("user:ann@example.com:/queue/presence", BOB.email, True),
+                              ("user:dan@example.com:/queue/presence", CAT.email, True)]
     presence.principal_active(BOB.email, False)
     await settle(presence)
     mock_clock.jump(4.9)
@@ -156,6 +159,7 @@ async def test_a_store_outage_drops_updates_not_the_runner(
     presence = running.service
     presence.principal_active(ANN.email, True)
     await settle(presence)
+    running.take()
     await store.aclose()  # every store call now fails: Unavailable
     for active in (True, False):
         presence.principal_active(BOB.email, active)
