@@ -55,3 +55,18 @@ async def test_presence_crosses_instances_and_a_killed_instance_lapses(
                                       headers=cluster.auth(ALICE))
     assert json.loads(answer.text)["presence"] == [
         {"email": BOB, "online": False, "lastSeen": last["lastSeen"]}]
+
+
+async def test_without_redis_updates_still_cross_through_rabbitmq(
+        nursery: trio.Nursery, cluster: Cluster) -> None:
+    env = {"CHATD_PRESENCE__GRACE_SECONDS": "0.2"}
+    a = await cluster.add(**env)
+    b = await cluster.add(**env)
+    await cluster.init(a, ALICE, BOB)
+    alice = await recorder(nursery, cluster, b, ALICE)
+    await alice.subscribe(PRESENCE, "p")
+    await alice.wait(lambda: presence(alice, "p") == [(BOB, False)])
+    bob = await recorder(nursery, cluster, a, BOB)  # B cannot see A's users: A tells anyway
+    await alice.wait(lambda: presence(alice, "p") == [(BOB, False), (BOB, True)])
+    await bob.ws.aclose()
+    await alice.wait(lambda: presence(alice, "p")[-1] == (BOB, False))
