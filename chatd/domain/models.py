@@ -194,6 +194,8 @@ class OutboxEntry:
     session_id: uuid.UUID
     seq: int
     message_id: uuid.UUID | None = None
+    #: The W3C traceparent of the send that made the row (None when tracing is off).
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +213,8 @@ class OutboxRow:
     next_retry_at: datetime
     last_error: str | None
     created_at: datetime
+    #: The W3C traceparent its delivery continues (chatd.observability.tracing), or None.
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,6 +74,8 @@ class NewMessage:
     content: str
     client_message_id: str
     sent_at: datetime
+    #: The send's W3C traceparent, kept in its outbox rows (None when tracing is off).
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,14 +101,17 @@ def topic_destination(session_id: uuid.UUID) -> str:
     return f"/topic/session.{session_id}"
 
 
-def message_outbox(session: ChatSession, message: Message) -> list[OutboxEntry]:
-    """The three rows a new message publishes: the session topic and both users' queues."""
+def message_outbox(session: ChatSession, message: Message,
+                   trace_context: str | None = None) -> list[OutboxEntry]:
+    """The three rows a new message publishes: the session topic and both users' queues,
+    each carrying the send's `trace_context`."""
     body = compact_json(message.to_json())
     destinations = [topic_destination(session.id)] + [
         user_destination(email, "messages") for email in session.emails
     ]
     return [
-        OutboxEntry(EVENT_MESSAGE, d, body, session.id, message.seq, message.message_id)
+        OutboxEntry(EVENT_MESSAGE, d, body, session.id, message.seq, message.message_id,
+                    trace_context)
         for d in destinations
     ]
 
@@ -201,7 +206,7 @@ MESSAGE_COLUMNS = (
 )
 OUTBOX_COLUMNS = (
     "id", "message_id", "session_id", "seq", "event", "destination", "payload", "retry_count",
-    "next_retry_at", "last_error", "created_at",
+    "next_retry_at", "last_error", "created_at", "trace_context",
 )
 
 
@@ -238,7 +243,7 @@ def outbox_from_row(row: Sequence[Any], uid: Convert = _same, ts: Convert = _sam
     payload = row[6] if isinstance(row[6], str) else compact_json(row[6])
     return OutboxRow(
         int(row[0]), None if row[1] is None else uid(row[1]), uid(row[2]), int(row[3]), row[4],
-        row[5], payload, int(row[7]), ts(row[8]), row[9], ts(row[10]),
+        row[5], payload, int(row[7]), ts(row[8]), row[9], ts(row[10]), row[11],
     )
 
 
