@@ -9,7 +9,7 @@ span (a bounded deque: ``OTEL_BSP_MAX_QUEUE_SIZE``, default 2048, newest dropped
 warning) and a **worker thread of the SDK** ("OtelBatchSpanRecordProcessor", a daemon) exports
 them in batches over OTLP/HTTP (``requests``, in that thread: the trio thread never waits for
 a collector). `shutdown` exports what is left and joins it; it blocks, so the supervisor runs
-it in a trio worker thread at the end of ``serve``, bounded by `FLUSH_TIMEOUT`.
+it in a trio worker thread at the end of ``serve``, bounded by `tracing.FLUSH_TIMEOUT`.
 
 Context: the current span lives in OpenTelemetry's context, a context variable; trio copies
 context variables into tasks when they are started, so a span made current in a request is
@@ -42,9 +42,6 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from chatd.config import DEFAULT_OTLP_TRACES_ENDPOINT, DEFAULT_SERVICE_NAME, TracingConfig
 from chatd.observability.tracing import TRACEPARENT, Attribute, Span, SpanKind
 from chatd.release import version
-
-#: Seconds `serve` waits for the last export at shutdown before leaving it to the daemon.
-FLUSH_TIMEOUT: Final = 5.0
 
 _KINDS: Final = {
     "internal": trace.SpanKind.INTERNAL, "server": trace.SpanKind.SERVER,
@@ -81,10 +78,11 @@ class OtelSpan:
     def set(self, key: str, value: Attribute) -> None:
         self.span.set_attribute(key, value)
 
-    def fail(self, exc: BaseException) -> None:
+    def fail(self, error: BaseException | str) -> None:
         # The type only: an exception's text can quote data (a driver's error names the row).
-        self.span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-        self.span.set_attribute("error.type", type(exc).__name__)
+        kind = error if isinstance(error, str) else type(error).__name__
+        self.span.set_status(Status(StatusCode.ERROR, kind))
+        self.span.set_attribute("error.type", kind)
 
     def end(self) -> None:
         self.span.end()

@@ -39,6 +39,9 @@ from chatd.domain.models import OutboxRow
 
 #: The W3C Trace Context header: on HTTP requests, STOMP SEND frames and AMQP messages.
 TRACEPARENT: Final = "traceparent"
+#: Seconds ``serve`` waits for the last export at shutdown before leaving it to the daemon
+#: export thread (a collector that does not answer must not hold the process).
+FLUSH_TIMEOUT: Final = 5.0
 
 Attribute = str | int | float | bool
 SpanKind = Literal["internal", "server", "client", "producer", "consumer"]
@@ -56,8 +59,9 @@ class Span(Protocol):
         """Set an attribute (never message text or an email address)."""
         ...
 
-    def fail(self, exc: BaseException) -> None:
-        """Mark the span failed, naming only the exception type (its text may hold data)."""
+    def fail(self, error: BaseException | str) -> None:
+        """Mark the span failed, naming only the exception's type (its text may quote data)
+        or the given error kind (e.g. an HTTP status)."""
         ...
 
     def end(self) -> None:
@@ -148,10 +152,12 @@ class TracedRound:
     rows: Sequence[OutboxRow]
     spans: dict[str, Span]
 
-    def note(self, key: str, value: Attribute) -> None:
-        """Set an attribute on every span of the round."""
+    def span_of(self, row: OutboxRow) -> Span | None:
+        """The round span `row` (one of `rows`) points at."""
         for span in self.spans.values():
-            span.set(key, value)
+            if span.context == row.trace_context:
+                return span
+        return None
 
 
 @contextmanager

@@ -19,12 +19,14 @@ from collections.abc import Sequence
 from typing import Final
 
 from chatd.domain.models import EVENT_MESSAGE, OutboxRow
+from chatd.observability.tracing import Tracer
 from stomp.trio import BrokerRuntime
 
 log = logging.getLogger(__name__)
 
 JSON: Final = "application/json"
 TOPIC_PREFIX: Final = "/topic/session."
+USER_PREFIX: Final = "user:"
 #: Session marks kept; the least recently published are forgotten first (and re-seeded from
 #: the database when a replay needs them again).
 DEFAULT_MAX_TRACKED_SESSIONS: Final = 100_000
@@ -35,6 +37,15 @@ def event_headers(event: str, *extra: tuple[str, str]) -> tuple[tuple[str, str],
     return (("event", event), ("content-type", JSON), *extra)
 
 
+def queue_name(destination: str) -> str:
+    """What a client subscribes to for `destination`, with no email in it: a user
+    destination ``user:{email}:/queue/x`` is ``/user/queue/x`` (trace attributes and span
+    names; docs/security.md)."""
+    if destination.startswith(USER_PREFIX):
+        return "/user" + destination.rpartition(":")[2]
+    return destination
+
+
 class LocalDelivery:
     """Publishes outbox rows to this process's broker runtime; tracks per-session seq marks."""
 
@@ -43,6 +54,8 @@ class LocalDelivery:
         self.runtime = runtime
         self.max_tracked_sessions = max_tracked_sessions
         self._last: dict[uuid.UUID, int] = {}
+        #: Set when tracing is on: a row with a trace context gets a ``deliver`` span.
+        self.tracer: Tracer | None = None
 
     async def publish(self, rows: Sequence[OutboxRow]) -> None:
         """Deliver `rows`, in order, to the local subscribers of their destinations.
@@ -59,23 +72,49 @@ class LocalDelivery:
         """`publish` for one row, synchronously (no checkpoint: the seq mark and the delivery
         change together)."""
         body = row.payload.encode() if row.payload else b"{}"
-        self.deliver(row.destination, row.event, row.session_id, row.seq, body)
+        self.deliver(row.destination, row.event, row.session_id, row.seq, body,
+                     row.trace_context)
 
     def deliver(self, destination: str, event: str, session_id: uuid.UUID, seq: int,
-                body: bytes) -> None:
+                body: bytes, trace_context: str | None = None) -> None:
         """Publish one row's fields to the local subscribers of `destination` (what the
         RabbitMQ bridge calls for each consumed message); topic rows at or below the
-        session's seq mark are skipped."""
+        session's seq mark are skipped. With tracing on, a row with a `trace_context` is
+        delivered inside a ``deliver`` span, its child."""
+        if self.tracer is None or trace_context is None:
+            self._deliver(destination, event, session_id, seq, body)
+            return
+        name = queue_name(destination)
+        span = self.tracer.start(f"deliver {name.rpartition('.')[0] or name}", trace_context,
+                                 kind="producer", attributes={
+                                     "messaging.system": "stomp",
+                                     "messaging.operation.type": "send",
+                                     "messaging.destination.name": name,
+                                     "chatd.event": event, "chatd.session_id": str(session_id),
+                                     "chatd.seq": seq})
+        try:
+            if not self._deliver(destination, event, session_id, seq, body):
+                span.set("chatd.delivery.repeat", True)
+        except BaseException as exc:
+            span.fail(exc)
+            raise
+        finally:
+            span.end()
+
+    def _deliver(self, destination: str, event: str, session_id: uuid.UUID, seq: int,
+                 body: bytes) -> bool:
+        """`deliver`; False when a topic repeat was skipped."""
         topic = event == EVENT_MESSAGE and destination.startswith(TOPIC_PREFIX)
         if topic:
             last = self._last.get(session_id)
             if last is not None and seq <= last:
                 log.debug("skipping seq %d of %s: already delivered", seq, session_id)
-                return
+                return False
         self.runtime.publish(destination, body,
                              event_headers(event or "unknown", ("x-seq", str(seq))))
         if topic:
             self._mark(session_id, seq)
+        return True
 
     def forget(self, destination: str) -> None:
         """Drop the seq mark of a session topic this process stops receiving (the RabbitMQ
