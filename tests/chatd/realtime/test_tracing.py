@@ -20,13 +20,16 @@ from chatd.config import TracingConfig
 from ..tracing_support import (
     CALLER,
     CALLER_TRACE,
+    OtlpReceiver,
     WaitableExporter,
     assert_no_private_data,
+    attr,
     in_trace,
     named,
     one,
     parent_of,
     span_id,
+    trace_of,
 )
 from .conftest import ALICE, BOB, Chat, chat_config, raw_ws_peer, start_chat
 
@@ -86,28 +89,26 @@ async def test_a_rest_send_is_one_trace_from_the_callers_request_to_every_delive
     spans = await exporter.wait_for(lambda s: delivered(in_trace(s, CALLER_TRACE)))
     trace = in_trace(spans, CALLER_TRACE)
     request = one(trace, "POST /api/chat/message")
-    assert request.parent is not None and request.parent.is_remote  # the caller's span
+    assert request.parent is not None
+    assert request.parent.is_remote  # the caller's span
     assert f"{request.parent.span_id:016x}" == CALLER.split("-")[2]
-    assert request.attributes is not None
-    assert request.attributes["http.route"] == "/api/chat/message"
-    assert request.attributes["http.response.status_code"] == 201
+    assert attr(request, "http.route") == "/api/chat/message"
+    assert attr(request, "http.response.status_code") == 201
     commit = one(trace, "store commit")
     publish = one(trace, "outbox publish")
     assert parent_of(commit) == parent_of(publish) == span_id(request)
-    assert commit.attributes is not None and commit.attributes["db.system.name"] == "sqlite"
-    assert publish.attributes is not None
-    assert publish.attributes["chatd.outbox.path"] == "direct"
+    assert attr(commit, "db.system.name") == "sqlite"
+    assert attr(publish, "chatd.outbox.path") == "direct"
     deliveries = [s for name in DELIVERIES for s in named(trace, name)]
     assert {parent_of(s) for s in deliveries} == {span_id(publish)}
     topic = one(trace, "deliver /topic/session")
-    assert topic.attributes is not None
-    assert topic.attributes["messaging.destination.name"] == f"/topic/session.{sid}"
-    assert topic.attributes["chatd.seq"] == 1
+    assert attr(topic, "messaging.destination.name") == f"/topic/session.{sid}"
+    assert attr(topic, "chatd.seq") == 1
     # nothing of the trace names the text or a participant
     assert_no_private_data(trace, SECRET, ALICE, BOB)
     # the request ran inside its span's trace; other requests (init) have traces of their own
     init = one(spans, "POST /api/chat/init")
-    assert init.context is not None and f"{init.context.trace_id:032x}" != CALLER_TRACE
+    assert trace_of(init) != CALLER_TRACE
     assert init.parent is None
 
 
@@ -125,7 +126,7 @@ async def test_a_stomp_send_continues_the_traceparent_of_its_frame(
     spans = await exporter.wait_for(lambda s: delivered(in_trace(s, CALLER_TRACE)))
     trace = in_trace(spans, CALLER_TRACE)
     frame = one(trace, "SEND /app/chat.send")
-    assert f"{parent_of(frame):016x}" == CALLER.split("-")[2]
+    assert f"{parent_of(frame) or 0:016x}" == CALLER.split("-")[2]
     assert parent_of(one(trace, "store commit")) == span_id(frame)
     publish = one(trace, "outbox publish")
     assert parent_of(publish) == span_id(frame)
@@ -151,17 +152,16 @@ async def test_sends_committed_together_keep_a_trace_each_linked_to_the_batch(
     sends = named(spans, "SEND /app/chat.send")
     commits = named(spans, "store commit")
     assert len(sends) == len(commits) == 5
-    assert len({s.context.trace_id for s in sends if s.context}) == 5  # a trace per message
+    assert len({trace_of(s) for s in sends}) == 5  # a trace per message
     for send in sends:
         [commit] = [c for c in commits if parent_of(c) == span_id(send)]
-        assert commit.context is not None and send.context is not None
-        assert commit.context.trace_id == send.context.trace_id
-    batched = [c for c in commits if c.attributes and c.attributes["chatd.batch.size"] > 1]
+        assert trace_of(commit) == trace_of(send)
+    batched = [c for c in commits if attr(c, "chatd.batch.size") > 1]
     if batched:  # how many frames one batch takes depends on timing; the links do not
-        size = batched[0].attributes["chatd.batch.size"] if batched[0].attributes else 0
         leaders = [c for c in batched if not c.links]
         followers = [c for c in batched if c.links]
-        assert len(followers) >= size - 1 and leaders
+        assert leaders
+        assert len(followers) >= attr(batched[0], "chatd.batch.size") - 1
         assert {f.links[0].context.span_id for f in followers} <= {span_id(c) for c in leaders}
 
 
@@ -202,3 +202,41 @@ async def test_tracing_off_makes_no_span_and_keeps_no_trace_context(
                                 " WHERE trace_context IS NOT NULL").fetchone()
         (rows,) = db.execute("SELECT count(*) FROM chat_message_outbox").fetchone()
     assert (carried, rows) == (0, 6)
+
+
+async def test_spans_reach_a_collector_over_otlp_http_and_are_flushed_at_shutdown(
+    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The real exporter (no test exporter): protobuf over HTTP to a receiver in the test.
+    # The batch processor would wait 10 minutes: the spans arrive because shutdown exports
+    # what is queued.
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
+    receiver = OtlpReceiver()
+    await nursery.start(receiver.run)
+    url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
+    config = replace(chat_config(tmp_path, url, key_pair[1]), tracing=TracingConfig(
+        enabled=True, endpoint=receiver.url, service_name="chatd-otlp"))
+    chat = await start_chat(nursery, config, key_pair[0])
+    async with chat.client:
+        sid = await chat.init()
+        await chat.client.post(
+            "/api/chat/message", headers={**chat.auth(ALICE), "traceparent": CALLER},
+            json={"sessionId": sid, "content": SECRET, "clientMessageId": "otlp-1"})
+    assert receiver.requests == []  # still queued
+    chat.scope.cancel()
+    await chat.done.wait()
+
+    [(target, headers, _)] = receiver.requests[:1]
+    assert target == "/v1/traces"
+    assert headers["content-type"] == "application/x-protobuf"
+    received = receiver.spans()
+    ours = [(res, span) for res, span in received if span.trace_id.hex() == CALLER_TRACE]
+    names = sorted(span.name for _, span in ours)
+    assert names == sorted(["POST /api/chat/message", "store commit", "outbox publish",
+                            "deliver /topic/session", "deliver /user/queue/messages",
+                            "deliver /user/queue/messages"])
+    assert {res["service.name"] for res, _ in received} == {"chatd-otlp"}
+    request = next(span for _, span in ours if span.name == "POST /api/chat/message")
+    assert request.parent_span_id.hex() == CALLER.split("-")[2]
+    assert SECRET.encode() not in b"".join(r.SerializeToString() for _, _, r in receiver.requests)
