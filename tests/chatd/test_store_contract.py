@@ -266,7 +266,8 @@ async def test_outbox_rows_keep_the_trace_context_of_their_send(store: Store) ->
     await store.mark(session.id, BOB.email, "seen", up_to_seq=2, at=at(20))
     again = await store.claim_outbox(limit=100, lease_seconds=30, now=LATER)
     receipts = [r for r in again if r.event == "receipt"]
-    assert receipts and all(r.trace_context is None for r in receipts)
+    assert receipts
+    assert all(r.trace_context is None for r in receipts)
 
 
 async def test_history_cursors(store: Store) -> None:
