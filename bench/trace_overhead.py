@@ -77,7 +77,8 @@ class _OpcodeCounter:
 
 
 async def _run(variant: str, sends: int, endpoint: str | None,
-               counter: _OpcodeCounter | None = None) -> dict[str, Any]:
+               counter: _OpcodeCounter | None = None,
+               sample_ratio: float | None = None) -> dict[str, Any]:
     from chatd.config import (
         AuthConfig,
         Config,
@@ -102,7 +103,8 @@ async def _run(variant: str, sends: int, endpoint: str | None,
         from chatd.config import TracingConfig
         from chatd.observability.tracing import start_tracing
 
-        tracer = start_tracing(TracingConfig(enabled=True, endpoint=endpoint))
+        tracer = start_tracing(TracingConfig(enabled=True, endpoint=endpoint,
+                                             sample_ratio=sample_ratio))
     store = await open_store(config)
     await migrate_store(store, config.database)
     if tracer is not None:
@@ -153,7 +155,8 @@ async def _run(variant: str, sends: int, endpoint: str | None,
         batches = components.committer.batches
         nursery.cancel_scope.cancel()
     await store.aclose()
-    result = {"variant": variant, "sends": sends, "cpu_us_per_send": cpu / sends * 1e6,
+    result = {"variant": variant if sample_ratio is None else f"{variant}@{sample_ratio:g}",
+              "sends": sends, "cpu_us_per_send": cpu / sends * 1e6,
               "sends_per_second": sends / wall, "batches": batches}
     if counter is not None:
         result["opcodes_per_send"] = counter.count / sends
@@ -227,6 +230,7 @@ def main() -> int:
     parser.add_argument("--variant", choices=("base", "off", "on"), default="off")
     parser.add_argument("--parts", action="store_true")
     parser.add_argument("--opcodes", action="store_true")
+    parser.add_argument("--sample-ratio", type=float, help="with --variant on (default: all)")
     parser.add_argument("--sends", type=int, default=4000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -247,7 +251,7 @@ def main() -> int:
     os.environ.setdefault("OTEL_BSP_SCHEDULE_DELAY", "200")
     try:
         counter = _OpcodeCounter() if args.opcodes else None
-        result = trio.run(_run, args.variant, args.sends, endpoint, counter)
+        result = trio.run(_run, args.variant, args.sends, endpoint, counter, args.sample_ratio)
     finally:
         if receiver is not None:
             receiver.terminate()

@@ -88,6 +88,34 @@ class OtelSpan:
         self.span.end()
 
 
+class _Unsampled:
+    """The `Span` of work continuing a trace that was not sampled: nothing is recorded and
+    the parent's traceparent is handed on as it is (what the parent-based sampler decides
+    for such a child anyway, at a small fraction of the SDK's cost per span)."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, parent: str) -> None:
+        self.context = parent
+
+    def set(self, key: str, value: Attribute) -> None:
+        pass
+
+    def fail(self, error: BaseException | str) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+def _unsampled(text: str) -> bool:
+    """True for a well-formed traceparent whose sampled flag is off."""
+    try:
+        return len(text) == 55 and not int(text[53:55], 16) & 1
+    except ValueError:
+        return False
+
+
 class OtelTracer:
     """`Tracer` with its own provider, batch processor and OTLP/HTTP exporter."""
 
@@ -109,12 +137,19 @@ class OtelTracer:
             sampler = ParentBased(TraceIdRatioBased(config.sample_ratio))
         self.provider = TracerProvider(sampler=sampler, resource=resource,
                                        shutdown_on_exit=False)
+        # Children of an unsampled trace are skipped outright only when the sampler would
+        # drop them too (parent-based: the default, and `sample_ratio`).
+        self._follow_parent = isinstance(self.provider.sampler, ParentBased)
         self.provider.add_span_processor(BatchSpanProcessor(exporter))
         self._tracer = self.provider.get_tracer("chatd", version())
 
     def start(self, name: str, parent: str | None, *, kind: SpanKind = "internal",
               attributes: Mapping[str, Attribute] | None = None,
               link: str | None = None) -> Span:
+        if (parent is not None and kind != "server" and self._follow_parent
+                and _unsampled(parent)):
+            # (a server span's parent is a caller's header: always validated by the SDK)
+            return _Unsampled(parent)
         links = None
         if link is not None:
             linked = trace.get_current_span(_parent(link)).get_span_context()

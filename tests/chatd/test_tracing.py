@@ -167,3 +167,23 @@ async def test_log_lines_carry_the_ids_of_the_current_span(
     # tracing off: the formatter has no ids to ask for
     assert "trace_id" not in json.loads(JsonFormatter().format(_record()))
     await trio.to_thread.run_sync(t.shutdown)
+
+
+async def test_an_unsampled_trace_records_nothing_but_still_carries_its_context() -> None:
+    # sample_ratio 0: no new trace is sampled; a caller's sampled one still is (parent-based)
+    exporter = WaitableExporter()
+    t = start_tracing(TracingConfig(enabled=True, sample_ratio=0.0), exporter=exporter)
+    root = t.start("POST /api/chat/message", None, kind="server")
+    commit = t.start("store commit", root.context, kind="client")
+    assert commit.context == root.context  # handed on as it is: same trace, flag off
+    assert int(root.context[-2:], 16) & 1 == 0  # not sampled
+    for span in (commit, root):
+        span.end()
+    followed = t.start("SEND /app/chat.send", CALLER, kind="server")
+    child = t.start("store commit", followed.context)
+    child.end()
+    followed.end()
+    await trio.to_thread.run_sync(t.shutdown)
+    assert sorted(s.name for s in exporter.get_finished_spans()) == [
+        "SEND /app/chat.send", "store commit"]
+    assert {trace_of(s) for s in exporter.get_finished_spans()} == {CALLER_TRACE}
