@@ -30,7 +30,7 @@ from bench.targets import ChatdBroker, Target, pin_self, rabbitmq, raise_fd_limi
 Result = dict[str, Any]
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_SCENARIOS = ["fanout", "topics", "overload", "latency", "pingpong", "idle"]
-ALL = [*BROKER_SCENARIOS, "send", "e2e", "e2e-stomp", "workers", "instances"]
+ALL = [*BROKER_SCENARIOS, "send", "e2e", "e2e-stomp", "workers", "instances", "batch"]
 RABBITMQ_IDLE = 600  # RabbitMQ's open-file limit of 1024 leaves ~830 sockets
 NOISY = 50.0  # % of a core used by other processes during a run: run it once more
 
@@ -276,6 +276,18 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
                 runs[label] = {"error": repr(exc)[:300]}
         report_data["instances"] = runs
+
+    if "batch" in names:
+        from bench.batch import batch_benchmark
+
+        say("batch send (issue 17): POST /api/chat/messages, batches of 1, 10 and 100")
+        try:
+            report_data["batch"] = batch_benchmark(
+                out / "batch", clients=8, seconds=plan.scaled(8, 3), warmup=plan.scaled(2, 1),
+                say=say)
+        except Exception as exc:
+            traceback.print_exc()
+            report_data["batch"] = {"error": repr(exc)[:300]}
 
     notes.append(f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
                  f"total {time.monotonic() - t0:.0f} s")

@@ -29,6 +29,7 @@ from typing import Any, Literal, Union
 from urllib.parse import urlsplit, urlunsplit
 
 from chatd.domain import rules
+from chatd.domain.models import ROWS_PER_MESSAGE
 
 
 class ConfigError(Exception):
@@ -219,6 +220,7 @@ class LimitsConfig:
     max_queued_sends: int = _opt(256, lo=1, hi=1_000_000)
     max_send_wait_ms: int = _opt(100, lo=1, hi=3_600_000)
     max_delivery_backlog: int = _opt(3000, lo=1, hi=100_000_000)
+    max_batch: int = _opt(rules.DEFAULT_MAX_BATCH, lo=1, hi=10_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,7 +388,7 @@ def load_config(
     built["tracing"] = _tracing_from_otel_env(built["tracing"], collected, env)
     config = Config(**built, source=path)
     _cross_check(config, collected)
-    return config
+    return _fit_max_batch(config, collected)
 
 
 def _read_file(path: Path, collected: _Collected) -> None:
@@ -599,6 +601,27 @@ def _cross_check(config: Config, collected: _Collected) -> None:
     mq = config.rabbitmq
     if mq is not None and mq.reconnect_initial_seconds > mq.reconnect_max_seconds:
         fail("rabbitmq.reconnect_initial_seconds", "must not exceed rabbitmq.reconnect_max_seconds")
+
+
+def _fit_max_batch(config: Config, collected: _Collected) -> Config:
+    """A batch is refused whole unless each of its messages would be accepted, so a batch
+    larger than the rate limit's burst, the send queue or the delivery backlog (at
+    `ROWS_PER_MESSAGE` rows a message) allows could never pass. An explicit
+    ``limits.max_batch`` that large is an error; the default shrinks to fit, so a config
+    written before batch sends existed (a small ``send_burst``) keeps working."""
+    limits = config.limits
+    bounds = (("send_burst", limits.send_burst),
+              ("max_queued_sends", limits.max_queued_sends),
+              ("max_delivery_backlog", (limits.max_delivery_backlog - 1) // ROWS_PER_MESSAGE + 1))
+    key, room = min(bounds, key=lambda bound: bound[1])
+    if limits.max_batch <= room:
+        return config
+    raw = collected.values["limits"].get("max_batch")
+    if raw is None:
+        return replace(config, limits=replace(limits, max_batch=room))
+    raise ConfigError(f"{raw.origin.label}: limits.max_batch: {limits.max_batch} is more than "
+                      f"limits.{key} allows ({room}): a batch that big could never be "
+                      "accepted; lower it or raise the other")
 
 
 def redact_url(url: str) -> str:

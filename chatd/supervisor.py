@@ -41,6 +41,7 @@ from chatd.auth.service import ServiceTokens
 from chatd.auth.tokens import TokenVerifier, verifier_from_config
 from chatd.bridge import RabbitBridge
 from chatd.config import Config, redact_url
+from chatd.domain.models import ROWS_PER_MESSAGE
 from chatd.domain.rules import SendRateLimiter
 from chatd.observability.logs import configure_logging, show_trace_ids
 from chatd.observability.metrics import Metrics
@@ -286,12 +287,15 @@ def outbox_part(components: Components, sink: OutboxSink) -> Part:
     """The outbox publisher feeding `sink` (the local broker's delivery, or the RabbitMQ
     bridge); `stop` lets the batch in hand finish. Never add it without a real sink: the
     publisher marks every row the sink accepts as delivered."""
-    publisher = OutboxPublisher(components.store, sink, components.config.outbox)
+    # a claim holds at least one commit's rows of a session (a whole batch send)
+    committer = components.committer
+    largest = max(committer.max_batch, components.config.limits.max_batch)
+    publisher = OutboxPublisher(components.store, sink, components.config.outbox,
+                                min_claim=ROWS_PER_MESSAGE * largest)
     publisher.tracer = components.tracer
     publisher.on_published = components.metrics.outbox_published
     components.committer.on_published = components.metrics.outbox_published
     components.metrics.attach_publisher(publisher, components.committer)
-    committer = components.committer
     # what this process wrote and neither it nor its publisher delivered yet (with several
     # instances publishers also take each other's rows: an estimate, close in aggregate)
     committer.backlog = lambda: max(0, committer.rows_written - committer.published

@@ -37,11 +37,12 @@ import trio
 from chatd.bridge.amqp import AmqpLink, Incoming, Outgoing
 from chatd.bridge.keys import DEFAULT_DEDUPE_SIZE, Dedupe, routing_key
 from chatd.config import RabbitMQConfig, redact_url
+from chatd.domain.destinations import is_session_topic, subscription_name
 from chatd.domain.errors import Unavailable
 from chatd.domain.models import OutboxRow
 from chatd.observability.tracing import Span, Tracer
 from chatd.outbox.sink import SinkUnavailable
-from chatd.realtime.delivery import TOPIC_PREFIX, LocalDelivery, event_headers, queue_name
+from chatd.realtime.delivery import LocalDelivery, event_headers
 
 log = logging.getLogger("chatd.bridge")
 
@@ -205,7 +206,7 @@ class RabbitBridge:
                                         "messaging.operation.type": "send",
                                         "messaging.destination.name": self.config.exchange,
                                         "messaging.message.id": m.message_id,
-                                        "chatd.destination": queue_name(m.destination)})
+                                        "chatd.destination": subscription_name(m.destination)})
                 spans.append(span)
                 m = replace(m, trace_context=span.context)
             traced.append(m)
@@ -268,7 +269,7 @@ class RabbitBridge:
         self._bound.discard(key)
         if self._link is not None:
             self._link.submit(("unbind", key))
-        if destination.startswith(TOPIC_PREFIX):
+        if is_session_topic(destination):
             # Nothing reaches us for it any more: the seq mark would go stale.
             self.delivery.forget(destination)
 

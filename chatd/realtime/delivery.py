@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Final
 
+from chatd.domain.destinations import is_session_topic, subscription_name, topic_session_id
 from chatd.domain.models import EVENT_MESSAGE, OutboxRow
 from chatd.observability.tracing import Tracer
 from stomp.trio import BrokerRuntime
@@ -25,8 +26,6 @@ from stomp.trio import BrokerRuntime
 log = logging.getLogger(__name__)
 
 JSON: Final = "application/json"
-TOPIC_PREFIX: Final = "/topic/session."
-USER_PREFIX: Final = "user:"
 #: Session marks kept; the least recently published are forgotten first (and re-seeded from
 #: the database when a replay needs them again).
 DEFAULT_MAX_TRACKED_SESSIONS: Final = 100_000
@@ -35,15 +34,6 @@ DEFAULT_MAX_TRACKED_SESSIONS: Final = 100_000
 def event_headers(event: str, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
     """The headers every MESSAGE chatd sends carries: `event` and the JSON content type."""
     return (("event", event), ("content-type", JSON), *extra)
-
-
-def queue_name(destination: str) -> str:
-    """What a client subscribes to for `destination`, with no email in it: a user
-    destination ``user:{email}:/queue/x`` is ``/user/queue/x`` (trace attributes and span
-    names; docs/security.md)."""
-    if destination.startswith(USER_PREFIX):
-        return "/user" + destination.rpartition(":")[2]
-    return destination
 
 
 class LocalDelivery:
@@ -85,7 +75,7 @@ class LocalDelivery:
             self._deliver_traced(self.tracer, destination, event, session_id, seq, body,
                                  trace_context)
             return
-        topic = event == EVENT_MESSAGE and destination.startswith(TOPIC_PREFIX)
+        topic = event == EVENT_MESSAGE and is_session_topic(destination)
         if topic:
             last = self._last.get(session_id)
             if last is not None and seq <= last:
@@ -99,7 +89,7 @@ class LocalDelivery:
     def _deliver_traced(self, tracer: Tracer, destination: str, event: str,
                         session_id: uuid.UUID, seq: int, body: bytes, parent: str) -> None:
         # Apart from `deliver` so that, off, the hot path pays one test and no extra call.
-        name = queue_name(destination)
+        name = subscription_name(destination)
         span = tracer.start(f"deliver {name.rpartition('.')[0] or name}", parent,
                             kind="producer", attributes={
                                 "messaging.system": "stomp",
@@ -120,7 +110,7 @@ class LocalDelivery:
         bridge unbound it): a later subscriber re-seeds it from the store instead of trusting
         a mark that no longer follows the topic."""
         try:
-            session_id = uuid.UUID(destination.removeprefix(TOPIC_PREFIX))
+            session_id = topic_session_id(destination)
         except ValueError:
             return
         self._last.pop(session_id, None)

@@ -19,7 +19,14 @@ from typing import Literal, Protocol
 import trio
 
 from chatd.config import LimitsConfig
-from chatd.domain.errors import BadRequest, ChatError, Forbidden, NotFound, RateLimited
+from chatd.domain.errors import (
+    BadRequest,
+    ChatError,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    Unavailable,
+)
 from chatd.domain.lru import Lru
 from chatd.domain.models import (
     ChatSession,
@@ -40,18 +47,29 @@ from chatd.observability.tracing import Tracer
 from chatd.profiles.base import Profile, ProfileProvider
 from chatd.services.committer import SendCommitter
 from chatd.services.inputs import (
+    parse_batch,
     parse_receipt_selection,
     parse_seq,
     parse_session_id,
     validate_intent,
 )
-from chatd.storage.base import AppendResult, NewMessage, Store
+from chatd.storage.base import (
+    REUSED_ELSEWHERE,
+    Appended,
+    AppendResult,
+    NewMessage,
+    Store,
+    Withheld,
+    refusal,
+)
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 #: Told a submitted send's outcome: (message, created), or (the error, False).
 SendCallback = Callable[["Message | ChatError", bool], None]
+#: Told a submitted batch send's outcome: (message, created) per item, or the error.
+BatchCallback = Callable[["list[tuple[Message, bool]] | ChatError"], None]
 SendPath = Literal["rest", "stomp"]
 
 
@@ -303,8 +321,118 @@ class ChatService:
     @staticmethod
     def _repeat(original: Message, session_id: uuid.UUID) -> Message:
         if original.session_id != session_id:
-            raise BadRequest("clientMessageId was already used in another session")
+            raise BadRequest(REUSED_ELSEWHERE)
         return original
+
+    # -- batch sends ------------------------------------------------------------------------
+
+    async def send_batch(
+        self, caller: str, session_id: object, messages: object, *, path: SendPath = "rest",
+        received_at: float | None = None,
+    ) -> list[tuple[Message, bool]]:
+        """Store `messages` (``[{content, clientMessageId}, ...]``) from the caller in one
+        transaction, with consecutive seqs in array order; (message, created) per item.
+
+        All or nothing: a bad item is a `BadRequest` naming its index
+        (`inputs.parse_batch`), and so is a clientMessageId the caller used in another
+        session; then nothing is stored. Known clientMessageIds answer their originals
+        (created False) like `send`. The rate limit charges every new item and refuses the
+        whole batch (`RateLimited`) when they do not all fit; `Unavailable` as `send`.
+        """
+        started = time.perf_counter()
+        items, charged = await self._prepare_batch(caller, session_id, messages, path)
+        if self.committer is not None:
+            results = await self.committer.append_batch(items,
+                                                        deadline=self._deadline(received_at))
+        else:
+            results = await self.store.append_messages(items, units=[len(items)])
+        return self._stored_batch(caller, items, charged, results, path, started)
+
+    async def submit_batch(
+        self, caller: str, session_id: object, messages: object, on_done: BatchCallback, *,
+        path: SendPath = "stomp", received_at: float | None = None,
+    ) -> None:
+        """`send_batch` without waiting for the commit, as `submit` is to `send`: raises
+        what it raises before storing, then calls `on_done` with the answers or the error
+        from the committer's task."""
+        started = time.perf_counter()
+        items, charged = await self._prepare_batch(caller, session_id, messages, path)
+
+        def stored(results: list[AppendResult]) -> None:
+            try:
+                answers = self._stored_batch(caller, items, charged, results, path, started)
+            except ChatError as exc:
+                on_done(exc)
+                return
+            on_done(answers)
+
+        if self.committer is not None:
+            self.committer.submit_batch(items, stored, deadline=self._deadline(received_at))
+        else:
+            stored(await self.store.append_messages(items, units=[len(items)]))
+
+    async def _prepare_batch(self, caller: str, session_id: object, messages: object,
+                             path: SendPath) -> tuple[list[NewMessage], set[int]]:
+        """The checks before storing: the items, and the indexes the rate limit charged
+        (every one, or when that was refused, those not already stored)."""
+        sid = parse_session_id(session_id)
+        pairs = parse_batch(messages, max_batch=self.limits.max_batch,
+                            content_limits=self.limits)
+        session = await self.require_participant(caller, sid)
+        now = self.clock()
+        charged = set(range(len(pairs)))
+        try:
+            self.limiter.check_many(caller, [text for _, text in pairs], now.timestamp())
+        except RateLimited:
+            # a client retrying a batch whose answer it lost is not refused for its repeats
+            known = {m.client_message_id
+                     for m in await self.store.find_messages(caller, [c for c, _ in pairs])}
+            charged = {i for i, (cmid, _) in enumerate(pairs) if cmid not in known}
+            if len(charged) == len(pairs):
+                self._refused(path)
+                raise
+            try:
+                self.limiter.check_many(caller, [pairs[i][1] for i in sorted(charged)],
+                                        now.timestamp())
+            except RateLimited:
+                self._refused(path)
+                raise
+        sender = session.participant(caller)
+        assert sender is not None  # require_participant checked it
+        # one request, one trace: every message of the batch continues it
+        trace = None if self.tracer is None else self.tracer.current()
+        return [NewMessage(sid, sender, text, cmid, now, trace) for cmid, text in pairs], charged
+
+    def _refused(self, path: SendPath) -> None:
+        if self.observer is not None:
+            self.observer.send_refused(path)
+
+    def _stored_batch(self, caller: str, items: list[NewMessage], charged: set[int],
+                      results: list[AppendResult], path: SendPath, started: float,
+                      ) -> list[tuple[Message, bool]]:
+        """After the store: the answers, or the error that refused the whole batch."""
+        for index, result in enumerate(results):
+            if isinstance(result, Unavailable):  # every item's: busy, late or store down
+                raise result
+            if isinstance(result, Withheld):
+                continue
+            problem = refusal(items[index], result)
+            if problem is not None:  # nothing of the batch was stored: none counts
+                for i in charged:
+                    self.limiter.refund(caller, items[i].content)
+                raise _at_index(index, problem)
+        answers: list[tuple[Message, bool]] = []
+        elapsed = time.perf_counter() - started
+        for index, result in enumerate(results):
+            assert isinstance(result, Appended)
+            if not result.created and index in charged:
+                self.limiter.refund(caller, items[index].content)
+            elif result.created and self.observer is not None:
+                self.observer.message_sent(path, elapsed)
+            answers.append((result.message, result.created))
+        log.debug("batch of %d stored session=%s via %s", len(items), items[0].session_id,
+                  path)
+        return answers
 
     async def history(
         self, caller: str, session_id: object, *, limit: object = None, before: object = None,
@@ -370,3 +498,10 @@ class ChatService:
         return await self.store.mark(
             session.id, caller, status, up_to_seq=seq, message_ids=ids, at=self.clock()
         )
+
+
+def _at_index(index: int, error: ChatError) -> ChatError:
+    """`error` naming the batch item it is about (the wire's ``messages[i]``)."""
+    if isinstance(error, BadRequest | Forbidden | NotFound):
+        return type(error)(f"messages[{index}]: {error.message}")
+    return error

@@ -240,3 +240,29 @@ async def test_spans_reach_a_collector_over_otlp_http_and_are_flushed_at_shutdow
     request = next(span for _, span in ours if span.name == "POST /api/chat/message")
     assert request.parent_span_id.hex() == CALLER.split("-")[2]
     assert SECRET.encode() not in b"".join(r.SerializeToString() for _, _, r in receiver.requests)
+
+
+async def test_a_batch_send_is_one_trace_with_every_message_delivered_in_it(
+    traced: tuple[Chat, WaitableExporter],
+) -> None:
+    # One request, one trace: its messages share the commit and publish-round spans (one
+    # each, as they share the request's context) and each row is delivered in it.
+    chat, exporter = traced
+    sid = await chat.init()
+    answer = await chat.client.post(
+        "/api/chat/messages", headers={**chat.auth(ALICE), "traceparent": CALLER},
+        json={"sessionId": sid, "messages": [
+            {"content": f"{SECRET} {i}", "clientMessageId": f"b{i}"} for i in range(3)]})
+    assert answer.status_code == 201, answer.text
+    spans = await exporter.wait_for(
+        lambda s: len(named(in_trace(s, CALLER_TRACE), DELIVERIES[1])) == 6)
+    trace = in_trace(spans, CALLER_TRACE)
+    request = one(trace, "POST /api/chat/messages")
+    assert parent_of(one(trace, "store commit")) == span_id(request)
+    publish = one(trace, "outbox publish")
+    assert attr(publish, "chatd.outbox.round_rows") == 9
+    deliveries = [s for name in DELIVERIES for s in named(trace, name)]
+    assert len(deliveries) == 9
+    assert {parent_of(s) for s in deliveries} == {span_id(publish)}
+    assert sorted(attr(s, "chatd.seq") for s in named(trace, DELIVERIES[0])) == [1, 2, 3]
+    assert_no_private_data(trace, SECRET, ALICE, BOB)
