@@ -199,7 +199,7 @@ class RabbitBridge:
         spans: list[Span] = []
         traced = []
         for m in messages:
-            if m.trace_context is not None:
+            if m.trace_context is not None and tracer.records(m.trace_context):
                 span = tracer.start(f"publish {self.config.exchange}", m.trace_context,
                                     kind="producer", attributes={
                                         "messaging.system": "rabbitmq",
@@ -374,11 +374,12 @@ class RabbitBridge:
                         self.delivery.runtime.publish(m.destination, m.body,
                                                       event_headers(m.event))
                         continue
-                    if self.tracer is not None and m.trace_context is not None:
+                    if (self.tracer is not None and m.trace_context is not None
+                            and self.tracer.records(m.trace_context)):
                         self._deliver_traced(self.tracer, m)
                         continue
                     self.delivery.deliver(m.destination, m.event, uuid.UUID(m.session_id),
-                                          m.seq, m.body)
+                                          m.seq, m.body, m.trace_context)
                 except Exception:
                     log.exception("delivering message %s to %s failed", m.message_id,
                                   m.destination)

@@ -227,6 +227,13 @@ class OutboxRow:
     #: The W3C traceparent its delivery continues (chatd.observability.tracing), or None.
     trace_context: str | None = None
 
+    def with_trace_context(self, trace_context: str) -> OutboxRow:
+        """This row with another trace context (what `dataclasses.replace` does, at a tenth
+        of its cost: a publish round re-points every row it traces)."""
+        return OutboxRow(self.id, self.message_id, self.session_id, self.seq, self.event,
+                         self.destination, self.payload, self.retry_count, self.next_retry_at,
+                         self.last_error, self.created_at, trace_context)
+
 
 @dataclass(frozen=True, slots=True)
 class SessionSummary:

@@ -157,6 +157,9 @@ class OtelTracer:
         return OtelSpan(self._tracer.start_span(name, _parent(parent), _KINDS[kind],
                                                 attributes, links))
 
+    def records(self, parent: str) -> bool:
+        return not (self._follow_parent and _unsampled(parent))
+
     def activate(self, span: Span) -> AbstractContextManager[None]:
         assert isinstance(span, OtelSpan)
         return _active(span.span)

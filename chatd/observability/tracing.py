@@ -31,7 +31,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
 from chatd.config import TracingConfig
@@ -80,6 +80,11 @@ class Tracer(Protocol):
               link: str | None = None) -> Span:
         """Start a span, child of the `parent` traceparent (an invalid one, or None, starts
         a new trace; the current span is never used implicitly), linked to `link`."""
+        ...
+
+    def records(self, parent: str) -> bool:
+        """False when a child of `parent` would record nothing (its trace is not sampled):
+        then skip building its span and hand `parent` on as it is."""
         ...
 
     def activate(self, span: Span) -> AbstractContextManager[None]:
@@ -169,5 +174,6 @@ def publish_round(tracer: Tracer, rows: Sequence[OutboxRow], *,
     with spans_of(tracer, "outbox publish", (r.trace_context for r in rows),
                   attributes=attributes) as spans:
         traced = [r if r.trace_context is None
-                  else replace(r, trace_context=spans[r.trace_context].context) for r in rows]
+                  or (context := spans[r.trace_context].context) == r.trace_context
+                  else r.with_trace_context(context) for r in rows]
         yield TracedRound(traced, spans)

@@ -71,7 +71,8 @@ class LocalDelivery:
         RabbitMQ bridge calls for each consumed message); topic rows at or below the
         session's seq mark are skipped. With tracing on, a row with a `trace_context` is
         delivered inside a ``deliver`` span, its child."""
-        if trace_context is not None and self.tracer is not None:
+        if (trace_context is not None and self.tracer is not None
+                and self.tracer.records(trace_context)):
             self._deliver_traced(self.tracer, destination, event, session_id, seq, body,
                                  trace_context)
             return

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from chatd.config import (
     TracingConfig,
     load_config,
 )
+from chatd.domain.models import OutboxRow
 from chatd.observability.logs import JsonFormatter, TextFormatter
 from chatd.observability.tracing import Tracer, each, spans_of, start_tracing
 
@@ -187,3 +191,11 @@ async def test_an_unsampled_trace_records_nothing_but_still_carries_its_context(
     assert sorted(s.name for s in exporter.get_finished_spans()) == [
         "SEND /app/chat.send", "store commit"]
     assert {trace_of(s) for s in exporter.get_finished_spans()} == {CALLER_TRACE}
+
+
+def test_a_row_repointed_at_another_trace_context_is_otherwise_the_same() -> None:
+    # `with_trace_context` spells every field out (for speed): it must stay `replace`.
+    now = datetime.now(UTC)
+    row = OutboxRow(7, uuid.uuid4(), uuid.uuid4(), 3, "message", "/topic/session.x", "{}", 2,
+                    now, "err", now, "00-a-b-01")
+    assert row.with_trace_context(CALLER) == replace(row, trace_context=CALLER)

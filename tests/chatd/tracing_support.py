@@ -54,6 +54,18 @@ class WaitableExporter(InMemorySpanExporter):
         return spans
 
 
+def complete(trace_id: str, counts: dict[str, int]) -> Callable[[list[ReadableSpan]], bool]:
+    """A `WaitableExporter.wait_for` condition: trace `trace_id` has at least `counts` spans
+    of each name. Spans end (and are exported) in no fixed order, so a test waits for every
+    span it looks at, not only the last one it expects."""
+
+    def ready(spans: list[ReadableSpan]) -> bool:
+        trace = in_trace(spans, trace_id)
+        return all(len(named(trace, name)) >= n for name, n in counts.items())
+
+    return ready
+
+
 def in_trace(spans: Sequence[ReadableSpan], trace_id: str) -> list[ReadableSpan]:
     """The spans of one trace (hex id)."""
     return [s for s in spans if s.context is not None and f"{s.context.trace_id:032x}" == trace_id]

@@ -23,6 +23,7 @@ from ..tracing_support import (
     WaitableExporter,
     assert_no_private_data,
     attr,
+    complete,
     in_trace,
     instance_of,
     named,
@@ -69,8 +70,10 @@ async def test_one_trace_from_the_send_on_a_to_the_deliveries_on_both_instances(
     for peer in (bob, bob, alice):
         assert (await peer.frame()).command == "MESSAGE"
 
-    spans = await exporter.wait_for(
-        lambda s: len([x for x in in_trace(s, CALLER_TRACE) if x.name.startswith("deliver")]) == 3)
+    spans = await exporter.wait_for(complete(CALLER_TRACE, {
+        "POST /api/chat/message": 1, "store commit": 1, "outbox publish": 1,
+        "publish chatd.events": 3, "receive chatd.events": 3, "deliver /topic/session": 1,
+        "deliver /user/queue/messages": 2}))
     trace = in_trace(spans, CALLER_TRACE)
     request = one(trace, "POST /api/chat/message")
     on_a = instance_of(request)

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import trio
 from opentelemetry.sdk import trace as sdk_trace
-from opentelemetry.sdk.trace import ReadableSpan
 
 from chatd.config import TracingConfig
 
@@ -24,6 +23,7 @@ from ..tracing_support import (
     WaitableExporter,
     assert_no_private_data,
     attr,
+    complete,
     in_trace,
     named,
     one,
@@ -69,8 +69,10 @@ async def subscribed(nursery: trio.Nursery, chat: Chat, email: str, sid: str):  
     return peer
 
 
-def delivered(trace: list[ReadableSpan]) -> bool:
-    return len(named(trace, DELIVERIES[0])) == 1 and len(named(trace, DELIVERIES[1])) == 2
+def one_message(request: str) -> dict[str, int]:
+    """Every span of one message's trace on one instance (direct delivery)."""
+    return {request: 1, "store commit": 1, "outbox publish": 1, DELIVERIES[0]: 1,
+            DELIVERIES[1]: 2}
 
 
 async def test_a_rest_send_is_one_trace_from_the_callers_request_to_every_delivery(
@@ -86,7 +88,9 @@ async def test_a_rest_send_is_one_trace_from_the_callers_request_to_every_delive
     for _ in range(2):  # topic and inbox
         assert (await bob.frame()).command == "MESSAGE"
 
-    spans = await exporter.wait_for(lambda s: delivered(in_trace(s, CALLER_TRACE)))
+    spans = await exporter.wait_for(complete(CALLER_TRACE, one_message(
+        "POST /api/chat/message")))
+    spans = await exporter.wait_for(lambda s: bool(named(s, "POST /api/chat/init")))
     trace = in_trace(spans, CALLER_TRACE)
     request = one(trace, "POST /api/chat/message")
     assert request.parent is not None
@@ -123,7 +127,7 @@ async def test_a_stomp_send_continues_the_traceparent_of_its_frame(
                               "content-type": "application/json"},
                      json.dumps({"sessionId": sid, "content": SECRET,
                                  "clientMessageId": "s1"}).encode())
-    spans = await exporter.wait_for(lambda s: delivered(in_trace(s, CALLER_TRACE)))
+    spans = await exporter.wait_for(complete(CALLER_TRACE, one_message("SEND /app/chat.send")))
     trace = in_trace(spans, CALLER_TRACE)
     frame = one(trace, "SEND /app/chat.send")
     assert f"{parent_of(frame) or 0:016x}" == CALLER.split("-")[2]
@@ -147,8 +151,9 @@ async def test_sends_committed_together_keep_a_trace_each_linked_to_the_batch(
                json.dumps({"sessionId": sid, "content": f"m{i}",
                            "clientMessageId": f"p{i}"}).encode()) for i in range(5)]
     await alice.send_many(frames)
-    spans = await exporter.wait_for(
-        lambda s: len(named(s, "deliver /topic/session")) == 5)
+    spans = await exporter.wait_for(lambda s: all(
+        len(named(s, name)) >= 5 for name in ("SEND /app/chat.send", "store commit",
+                                              "deliver /topic/session")))
     sends = named(spans, "SEND /app/chat.send")
     commits = named(spans, "store commit")
     assert len(sends) == len(commits) == 5
@@ -254,8 +259,9 @@ async def test_a_batch_send_is_one_trace_with_every_message_delivered_in_it(
         json={"sessionId": sid, "messages": [
             {"content": f"{SECRET} {i}", "clientMessageId": f"b{i}"} for i in range(3)]})
     assert answer.status_code == 201, answer.text
-    spans = await exporter.wait_for(
-        lambda s: len(named(in_trace(s, CALLER_TRACE), DELIVERIES[1])) == 6)
+    spans = await exporter.wait_for(complete(CALLER_TRACE, {
+        "POST /api/chat/messages": 1, "store commit": 1, "outbox publish": 1, DELIVERIES[0]: 3,
+        DELIVERIES[1]: 6}))
     trace = in_trace(spans, CALLER_TRACE)
     request = one(trace, "POST /api/chat/messages")
     assert parent_of(one(trace, "store commit")) == span_id(request)
