@@ -550,7 +550,7 @@ def _tracing_from_otel_env(tracing: TracingConfig, collected: _Collected,
         enabled = exporter != "none" and (endpoint_set or exporter == "otlp")
     if not enabled:
         return replace(tracing, enabled=False)
-    if exporter not in ("", "otlp"):
+    if exporter not in ("", "otlp", "none"):  # none: only when tracing.enabled overrules it
         fail("OTEL_TRACES_EXPORTER", f"chatd exports traces over OTLP only, got {exporter!r}")
     for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
         if value(name) and value(name).lower() != _OTLP_PROTOCOL:

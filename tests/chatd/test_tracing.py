@@ -42,6 +42,7 @@ TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
     ("enabled = true", {}, True),
     ("enabled = true", {"OTEL_SDK_DISABLED": "TRUE"}, False),  # the SDK's kill switch
     ("", {ENDPOINT: "http://collector:4318", "CHATD_TRACING__ENABLED": "false"}, False),
+    ("enabled = true", {"OTEL_TRACES_EXPORTER": "none"}, True),  # chatd's key decides
 ])
 def test_when_tracing_is_on(tmp_path: Path, file: str, env: dict[str, str],
                             enabled: bool) -> None:
