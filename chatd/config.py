@@ -200,6 +200,29 @@ class RabbitMQConfig:
     dedupe_size: int = _opt(65_536, lo=1, hi=10_000_000)
 
 
+def _key_prefix(value: str) -> str | None:
+    if len(value) > 64 or not value.isprintable() or " " in value:
+        return f"expected at most 64 printable characters without spaces, got {value!r}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """``[redis]``: the optional Redis tier shared by every instance (profiles, rate limits).
+
+    Never a single point of failure: when Redis is down or slow, each feature falls back to
+    what one instance knows (chatd/redis_tier)."""
+
+    url: str = _opt(MISSING, check=_url("redis", "rediss", "unix"))
+    key_prefix: str = _opt("chatd:", check=_key_prefix)
+    pool_size: int = _opt(8, lo=1, hi=1000)
+    timeout: float = _opt(0.25, lo=0.01, hi=60)
+    retry_initial_seconds: float = _opt(0.5, lo=0.01, hi=600)
+    retry_max_seconds: float = _opt(10.0, lo=0.01, hi=3600)
+    rate_lease_block: int = _opt(10, lo=1, hi=1_000_000)
+    rate_lease_seconds: float = _opt(10.0, lo=0.01, hi=3600)
+
+
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
     """``[limits]``: message rules, rate limits and STOMP session limits."""
@@ -272,17 +295,19 @@ SECTIONS: dict[str, type] = {
     "auth": AuthConfig,
     "profiles": ProfilesConfig,
     "rabbitmq": RabbitMQConfig,
+    "redis": RedisConfig,
     "limits": LimitsConfig,
     "outbox": OutboxConfig,
     "logging": LoggingConfig,
     "tracing": TracingConfig,
 }
-OPTIONAL_SECTIONS = frozenset({"rabbitmq"})
+OPTIONAL_SECTIONS = frozenset({"rabbitmq", "redis"})
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """The whole configuration. `rabbitmq` is None for a single instance."""
+    """The whole configuration. `rabbitmq` is None for a single instance, `redis` None
+    without the shared Redis tier."""
 
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -293,6 +318,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
     rabbitmq: RabbitMQConfig | None = None
+    redis: RedisConfig | None = None
     source: Path | None = None  # the file read, if any
 
     def __post_init__(self) -> None:
@@ -308,6 +334,7 @@ ENV_ALIASES: dict[str, str] = {
     "CHATD_DATA_DIR": "server.data_dir",
     "CHATD_DATABASE_URL": "database.url",
     "CHATD_RABBITMQ_URL": "rabbitmq.url",
+    "CHATD_REDIS_URL": "redis.url",
     "CHATD_JWT_PUBLIC_KEY": "auth.public_key_file",
     "CHATD_JWKS_URL": "auth.jwks_url",
     "CHATD_PROFILE_SERVICE_URL": "profiles.url",
@@ -601,6 +628,9 @@ def _cross_check(config: Config, collected: _Collected) -> None:
     mq = config.rabbitmq
     if mq is not None and mq.reconnect_initial_seconds > mq.reconnect_max_seconds:
         fail("rabbitmq.reconnect_initial_seconds", "must not exceed rabbitmq.reconnect_max_seconds")
+    rd = config.redis
+    if rd is not None and rd.retry_initial_seconds > rd.retry_max_seconds:
+        fail("redis.retry_initial_seconds", "must not exceed redis.retry_max_seconds")
 
 
 def _fit_max_batch(config: Config, collected: _Collected) -> Config:

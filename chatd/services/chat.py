@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
@@ -45,6 +45,7 @@ from chatd.domain.rules import (
 )
 from chatd.observability.tracing import Tracer
 from chatd.profiles.base import Profile, ProfileProvider
+from chatd.redis_tier import SharedRateLimiter
 from chatd.services.committer import SendCommitter
 from chatd.services.inputs import (
     parse_batch,
@@ -109,15 +110,18 @@ class ChatService:
         clock: Clock = utc_now,
         observer: SendObserver | None = None,
         committer: SendCommitter | None = None,
+        shared_limiter: SharedRateLimiter | None = None,
     ) -> None:
         """With a `committer`, sends are stored in its batches (and delivered right after);
-        without, each in a transaction of its own."""
+        without, each in a transaction of its own. With a `shared_limiter` (the Redis tier,
+        wrapping `limiter`) the rate limits hold across instances."""
         self.store = store
         self.committer = committer
         self.observer = observer
         self.profiles = profiles
         self.limits = limits or LimitsConfig()
         self.limiter = limiter or SendRateLimiter.from_limits(self.limits)
+        self.shared_limiter = shared_limiter
         self.clock = clock
         #: Set when tracing is on: a send keeps the current span (its REST request or STOMP
         #: frame) as its trace context, which its commit and deliveries continue.
@@ -289,7 +293,7 @@ class ChatService:
         session = await self.require_participant(caller, sid)
         now = self.clock()
         try:
-            self.limiter.check(caller, text, now.timestamp())
+            await self._charge(caller, (text,), now)
         except RateLimited:
             original = await self.store.find_message(caller, cmid)
             if original is None:
@@ -310,7 +314,7 @@ class ChatService:
                 path: SendPath, started: float) -> tuple[Message, bool]:
         """After the store: a repeat is answered with the original and not counted."""
         if not created:
-            self.limiter.refund(caller, item.content)
+            (self.shared_limiter or self.limiter).refund(caller, item.content)
             return self._repeat(message, item.session_id), False
         log.debug("message stored session=%s seq=%d via %s", item.session_id, message.seq,
                   path)
@@ -371,6 +375,14 @@ class ChatService:
         else:
             stored(await self.store.append_messages(items, units=[len(items)]))
 
+    async def _charge(self, caller: str, texts: Sequence[str], now: datetime) -> None:
+        """Charge the rate limit for `texts` (one send each), all or none: across instances
+        with the Redis tier, else here. Raises RateLimited."""
+        if self.shared_limiter is not None:
+            await self.shared_limiter.check_many(caller, texts, now.timestamp())
+        else:
+            self.limiter.check_many(caller, texts, now.timestamp())
+
     async def _prepare_batch(self, caller: str, session_id: object, messages: object,
                              path: SendPath) -> tuple[list[NewMessage], set[int]]:
         """The checks before storing: the items, and the indexes the rate limit charged
@@ -382,7 +394,7 @@ class ChatService:
         now = self.clock()
         charged = set(range(len(pairs)))
         try:
-            self.limiter.check_many(caller, [text for _, text in pairs], now.timestamp())
+            await self._charge(caller, [text for _, text in pairs], now)
         except RateLimited:
             # a client retrying a batch whose answer it lost is not refused for its repeats
             known = {m.client_message_id
@@ -392,8 +404,7 @@ class ChatService:
                 self._refused(path)
                 raise
             try:
-                self.limiter.check_many(caller, [pairs[i][1] for i in sorted(charged)],
-                                        now.timestamp())
+                await self._charge(caller, [pairs[i][1] for i in sorted(charged)], now)
             except RateLimited:
                 self._refused(path)
                 raise
