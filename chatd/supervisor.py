@@ -17,7 +17,8 @@ Shutdown (SIGINT/SIGTERM, or the HTTP part ending on its own): readiness turns f
 a signal, everything keeps serving for ``server.drain_delay`` so load balancers stop routing
 here first; then parts stop in reverse order, all within ``server.shutdown_grace``: the HTTP
 server stops accepting and lets in-flight requests finish, later parts are asked to stop and
-cancelled at the deadline; the store closes last. Whichever STOMP transport stops first (TCP,
+cancelled at the deadline; the store closes last, then the tracer (with ``[tracing]`` on)
+exports its last spans. Whichever STOMP transport stops first (TCP,
 then HTTP) first shuts the broker runtime down: every STOMP session gets an ERROR ("server
 shutting down") and WebSocket close 1001, because Hypercorn would drop open WebSockets with
 1006 and no close frame. Cancelling `serve` (tests) skips the draining but still closes the
@@ -44,8 +45,9 @@ from chatd.config import Config, redact_url
 from chatd.domain.models import ROWS_PER_MESSAGE
 from chatd.domain.presence import EVENT_PRESENCE
 from chatd.domain.rules import SendRateLimiter
-from chatd.observability.logs import configure_logging
+from chatd.observability.logs import configure_logging, show_trace_ids
 from chatd.observability.metrics import Metrics
+from chatd.observability.tracing import FLUSH_TIMEOUT, Tracer, start_tracing
 from chatd.outbox import OutboxPublisher, OutboxPurger, OutboxSink
 from chatd.outbox.publisher import utc_now
 from chatd.presence import LocalPresence, PresenceService, PresenceState
@@ -96,7 +98,8 @@ class Components:
     `runtime` is the one STOMP broker runtime every transport serves; `delivery` is how rows
     reach its subscribers; `committer` stores sends in batches (and, on one instance,
     delivers them right after the commit); `bridge` (with ``[rabbitmq]``) relays rows
-    between instances and is then the outbox publisher's sink instead of `delivery`.
+    between instances and is then the outbox publisher's sink instead of `delivery`;
+    `tracer` (with ``[tracing]`` on) is handed to every traced part.
     """
 
     config: Config
@@ -113,6 +116,7 @@ class Components:
     metrics: Metrics = field(default_factory=Metrics)
     bridge: RabbitBridge | None = None
     redis: RedisTier | None = None
+    tracer: Tracer | None = None
 
 
 def build_profiles(config: Config, tier: RedisTier | None = None) -> ProfileProvider:
@@ -168,8 +172,10 @@ def redis_part(tier: RedisTier) -> Part:
     return part
 
 
-async def build_components(config: Config, store: Store) -> Components:
-    """Everything the parts need, around an opened store; blocking set-up runs in a thread."""
+async def build_components(config: Config, store: Store, *,
+                           tracer: Tracer | None = None) -> Components:
+    """Everything the parts need, around an opened store; blocking set-up runs in a thread.
+    With a `tracer`, the send path records spans (chatd.observability.tracing)."""
     try:
         verifier = await trio.to_thread.run_sync(verifier_from_config, config)  # may fetch JWKS
     except KeyFileError as exc:
@@ -218,7 +224,8 @@ async def build_components(config: Config, store: Store) -> Components:
         confirm_timeout = min(config.rabbitmq.confirm_timeout_seconds,
                               0.4 * config.outbox.lease_seconds)
         bridge = RabbitBridge(config.rabbitmq, delivery, confirm_timeout=confirm_timeout,
-                              dedupe_size=config.rabbitmq.dedupe_size)
+                              dedupe_size=config.rabbitmq.dedupe_size,
+                              instance_id=None if tracer is None else tracer.instance_id)
         runtime.on_destination_active = bridge.destination_active
         assert isinstance(runtime.hooks, ChatHooks)
         runtime.hooks.binder = bridge
@@ -226,12 +233,18 @@ async def build_components(config: Config, store: Store) -> Components:
         readiness.add_check("bridge", bridge.check)
         bridge.observe_confirm = metrics.bridge_confirm_latency.observe
         metrics.attach_bridge(bridge)
+    if tracer is not None:
+        assert isinstance(runtime.hooks, ChatHooks)
+        services.tracer = committer.tracer = delivery.tracer = tracer
+        runtime.hooks.handlers.tracer = tracer
+        if bridge is not None:
+            bridge.tracer = tracer
     presence = build_presence(config, store, runtime, tier,
                               bridge.instance_id if bridge is not None else None)
     metrics.attach_presence(presence)
     return Components(
         config, store, profiles, verifier, limiter, services, readiness, runtime, delivery,
-        committer, presence, metrics, bridge, tier,
+        committer, presence, metrics, bridge, tier, tracer,
     )
 
 
@@ -316,7 +329,8 @@ def http_part(components: Components) -> Part:
     except KeyFileError as exc:
         raise key_error(exc, c.config) from exc
     app = create_app(c.services, c.verifier, c.config, readiness=c.readiness, runtime=c.runtime,
-                     metrics=c.metrics, demo_token_key=demo_key, presence=c.presence)
+                     metrics=c.metrics, demo_token_key=demo_key, presence=c.presence,
+                     tracer=c.tracer)
     stopping = trio.Event()
 
     async def shutdown_trigger() -> None:
@@ -350,6 +364,7 @@ def outbox_part(components: Components, sink: OutboxSink) -> Part:
     largest = max(committer.max_batch, components.config.limits.max_batch)
     publisher = OutboxPublisher(components.store, sink, components.config.outbox,
                                 min_claim=ROWS_PER_MESSAGE * largest)
+    publisher.tracer = components.tracer
     publisher.on_published = components.metrics.outbox_published
     components.committer.on_published = components.metrics.outbox_published
     components.metrics.attach_publisher(publisher, components.committer)
@@ -463,6 +478,7 @@ async def serve(
     config: Config,
     *,
     handle_signals: bool = True,
+    span_exporter: object | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run chatd until SIGINT/SIGTERM (or cancellation); return once everything is closed.
@@ -471,14 +487,43 @@ async def serve(
     ...]`` — after logging the ready line, so tests can serve on port 0 in-process. Raises
     `StartupError` (unwrapped from the nursery's exception group) for anything that keeps
     it from starting. `handle_signals` False leaves signal handling to the caller.
+    `span_exporter` (tests: an OpenTelemetry in-memory exporter) replaces the OTLP exporter
+    when ``[tracing]`` is on.
     """
     _configure_logging(config)
+    tracer = None
+    if config.tracing.enabled:
+        tracer = start_tracing(config.tracing, exporter=span_exporter)
+        show_trace_ids(tracer.ids)
+        log.info("tracing on: spans of service %s (instance %s) go to %s",
+                 config.tracing.service_name, tracer.instance_id,
+                 "the given exporter" if span_exporter is not None
+                 else redact_url(config.tracing.endpoint or "the default endpoint"))
+    try:
+        await _serve(config, tracer, handle_signals=handle_signals, task_status=task_status)
+    finally:
+        if tracer is not None:
+            await _stop_tracing(tracer)
+
+
+async def _stop_tracing(tracer: Tracer) -> None:
+    """Export the last spans (shielded, at most `FLUSH_TIMEOUT`: the SDK's shutdown blocks,
+    so it runs in a worker thread, left behind if the collector does not answer in time)."""
+    show_trace_ids(None)
+    with trio.CancelScope(shield=True), trio.move_on_after(FLUSH_TIMEOUT) as waited:
+        await trio.to_thread.run_sync(tracer.shutdown, abandon_on_cancel=True)
+    if waited.cancelled_caught:
+        log.warning("tracing: the last spans were not exported within %g s", FLUSH_TIMEOUT)
+
+
+async def _serve(config: Config, tracer: Tracer | None, *, handle_signals: bool,
+                 task_status: trio.TaskStatus[list[str]]) -> None:
     store = await open_store(config)
     try:
         applied = await migrate_store(store, config.database)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
-        components = await build_components(config, store)
+        components = await build_components(config, store, tracer=tracer)
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             if handle_signals:

@@ -19,8 +19,9 @@ from chatd.http.context import authenticate
 from chatd.http.errors import register_error_handlers
 from chatd.http.health_routes import health_blueprint
 from chatd.http.keepalive import ShieldFinalSend
-from chatd.http.observe import install_request_tracking, observe_blueprint
+from chatd.http.observe import install_request_tracing, install_request_tracking, observe_blueprint
 from chatd.observability.metrics import Metrics
+from chatd.observability.tracing import Tracer
 from chatd.presence import PresenceService
 from chatd.services.chat import ChatService
 from chatd.services.health import Readiness
@@ -40,6 +41,7 @@ def create_app(
     metrics: Metrics | None = None,
     demo_token_key: rsa.RSAPrivateKey | None = None,
     presence: PresenceService | None = None,
+    tracer: Tracer | None = None,
 ) -> QuartTrio:
     """The chatd HTTP app. Without `readiness`, one that probes only the services' store;
     with a broker `runtime`, STOMP over WebSocket at ``/ws`` and ``/ws/websocket``, and over
@@ -47,7 +49,8 @@ def create_app(
     the demo page at ``/``, and ``POST /demo/token`` signing with `demo_token_key` if given
     (`chatd.auth.keys.demo_token_key` says when it may be). Without `metrics`, ``/metrics``
     exports a fresh set that sees the store and HTTP requests only. Without `presence`, one
-    with no sessions to follow (``[presence]`` settings, everyone offline)."""
+    with no sessions to follow (``[presence]`` settings, everyone offline). With a `tracer`,
+    every ``/api`` request is a span."""
     if readiness is None:
         readiness = Readiness()
         readiness.add_store(services.store)
@@ -67,7 +70,9 @@ def create_app(
     # Our routes answer JSON in contract order; never let Quart re-sort or pretty-print.
     app.config["JSON_SORT_KEYS"] = False
 
-    # First: a refused request still gets its id and its access-log line.
+    # First: a refused request still gets its span, its id and its access-log line.
+    if tracer is not None:
+        install_request_tracing(app, tracer)
     install_request_tracking(app, metrics, access_log_on=config.logging.access_log)
 
     @app.before_request

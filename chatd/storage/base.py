@@ -71,6 +71,8 @@ class NewMessage:
     content: str
     client_message_id: str
     sent_at: datetime
+    #: The send's W3C traceparent, kept in its outbox rows (None when tracing is off).
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +219,7 @@ MESSAGE_COLUMNS = (
 )
 OUTBOX_COLUMNS = (
     "id", "message_id", "session_id", "seq", "event", "destination", "payload", "retry_count",
-    "next_retry_at", "last_error", "created_at",
+    "next_retry_at", "last_error", "created_at", "trace_context",
 )
 
 
@@ -254,7 +256,7 @@ def outbox_from_row(row: Sequence[Any], uid: Convert = _same, ts: Convert = _sam
     payload = row[6] if isinstance(row[6], str) else compact_json(row[6])
     return OutboxRow(
         int(row[0]), None if row[1] is None else uid(row[1]), uid(row[2]), int(row[3]), row[4],
-        row[5], payload, int(row[7]), ts(row[8]), row[9], ts(row[10]),
+        row[5], payload, int(row[7]), ts(row[8]), row[9], ts(row[10]), row[11],
     )
 
 

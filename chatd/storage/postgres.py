@@ -568,7 +568,7 @@ def _append_batch(conn: Conn, batch: Sequence[NewMessage], spans: Sequence[range
                               item.sender.display_name, item.content, item.client_message_id,
                               item.sent_at)
             messages.append(message)
-            entries.extend(message_outbox(session, message))
+            entries.extend(message_outbox(session, message, item.trace_context))
             results[index] = Appended(message, True)
         bumps.append((session_id, first_seq + len(allowed),
                       max(batch[i].sent_at for i in allowed)))
@@ -606,7 +606,7 @@ def _insert_outbox_rows(conn: Conn, entries: list[OutboxEntry], now: datetime,
     """Write outbox rows, due at once (and NOTIFY listeners, on commit) or leased to the
     caller until `lease`; the rows as stored, in id order."""
     params = [lease or now, now, *_columns(entries, "message_id", "session_id", "seq", "event",
-                                           "destination", "payload")]
+                                           "destination", "payload", "trace_context")]
     inserting = conn.execute(queries.INSERT_OUTBOX_ROWS, params)
     if lease is None:
         conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")

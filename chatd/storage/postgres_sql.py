@@ -51,10 +51,11 @@ ON CONFLICT (sender_email, client_msg_id) DO NOTHING
 RETURNING id"""
 INSERT_OUTBOX_ROWS = f"""
 INSERT INTO chat_message_outbox (message_id, session_id, seq, event, destination, payload,
-                                 next_retry_at, created_at)
-SELECT m, s, q, e, d, p::json, %s, %s
-FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::text[])
-     AS r(m, s, q, e, d, p)
+                                 trace_context, next_retry_at, created_at)
+SELECT m, s, q, e, d, p::json, t, %s, %s
+FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::text[],
+            %s::text[])
+     AS r(m, s, q, e, d, p, t)
 RETURNING {OUTBOX}"""
 
 MESSAGE_BY_CLIENT_ID = (

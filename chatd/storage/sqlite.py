@@ -351,8 +351,9 @@ class SqliteStore:
         ))
         rows = [base.outbox_from_row(conn.execute(sql.INSERT_OUTBOX_ROW, (
             str(e.message_id), str(e.session_id), e.seq, e.event, e.destination, e.payload,
-            lease if lease is not None else at, at)).fetchone(), _uid, base.from_micros)
-            for e in message_outbox(session, message)]
+            e.trace_context, lease if lease is not None else at, at)).fetchone(), _uid,
+            base.from_micros)
+            for e in message_outbox(session, message, item.trace_context)]
         self._outbox_dirty = self._outbox_dirty or lease is None
         return Appended(message, True, tuple(rows))
 

@@ -73,7 +73,10 @@ INSERT_OUTBOX = """
 INSERT INTO chat_message_outbox (message_id, session_id, seq, event, destination, payload,
                                  next_retry_at, created_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
-INSERT_OUTBOX_ROW = INSERT_OUTBOX + f" RETURNING {OUTBOX}"
+INSERT_OUTBOX_ROW = f"""
+INSERT INTO chat_message_outbox (message_id, session_id, seq, event, destination, payload,
+                                 trace_context, next_retry_at, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {OUTBOX}"""
 _PENDING = "processed = 0 AND dead = 0"
 CLAIM_CANDIDATES = f"""
 SELECT id, session_id FROM chat_message_outbox
