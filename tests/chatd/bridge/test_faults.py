@@ -167,7 +167,17 @@ async def test_rabbitmq_unreachable_at_start_then_ready_once_it_comes(
                     return conn.execute("SELECT processed, retry_count "
                                         "FROM chat_message_outbox").fetchall()
 
-            rows = await trio.to_thread.run_sync(outbox)
+            # RabbitMQ may hand the message to A's consumer before the publisher has recorded
+            # its confirmed round: the rows are marked sent soon after, not necessarily first
+            rows: list[tuple[bool, int]] = []
+
+            async def marked() -> bool:
+                rows[:] = await trio.to_thread.run_sync(outbox)
+                return all(processed for processed, _ in rows)
+
+            with trio.fail_after(10):
+                while not await marked():  # noqa: ASYNC110 - the state is in PostgreSQL
+                    await trio.sleep(0.1)
             assert rows == [(True, 0)] * 3  # sent, and no retry was charged meanwhile
         finally:
             await trio.to_thread.run_sync(rabbit.stop)
