@@ -35,7 +35,8 @@ def chat_blueprint(service: ChatService) -> Blueprint:
     async def init() -> Response:
         body = await json_object()
         session = await service.init_session(
-            caller(), body.get("toEmail"), body.get("intent"), body.get("fromEmail")
+            caller(), body.get("toEmail"), body.get("intent"), body.get("fromEmail"),
+            body.get("encrypted"),
         )
         return json_response(session.to_json())
 

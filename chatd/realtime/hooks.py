@@ -6,7 +6,7 @@ handshake headers). The STOMP principal is the token's email. Whatever is refuse
 ERROR frame whose `message` names the reason and the destination, then the session closes.
 
 Subscriptions: `/topic/session.{id}` for its participants (optionally replaying history, see
-`chatd.realtime.replay`), and the caller's own `/user/queue/{messages,ack,error,receipts,pong}`
+`chatd.realtime.replay`), and the caller's own `/user/queue/{messages,ack,error,receipts,pong,keys}`
 — the broker keys those by the session's principal, so naming another user's queue is
 impossible, and `/user/{someone}/...` spellings are refused outright. SEND: `/app/...` only,
 and outside STOMP transactions; a client publishing to a topic or a user queue could
@@ -34,6 +34,7 @@ from chatd.realtime.handlers import APP_PREFIX, AppHandlers
 from chatd.realtime.replay import DEFAULT_MAX_REPLAY, replay, since_seq
 from chatd.release import version
 from chatd.services import ChatService
+from chatd.storage.base import KEYS_QUEUE
 from stomp import Connect, Send, Subscribe
 from stomp.broker import USER_PREFIX, Broker, Limits, SessionId, user_key
 from stomp.trio import Authenticated, BrokerRuntime, Principal, Refused, TransportInfo
@@ -43,9 +44,11 @@ log = logging.getLogger(__name__)
 UNAUTHENTICATED: Final = "unauthenticated"
 #: Bytes for an `/app` SEND's command and headers on top of its body.
 FRAME_HEAD_ROOM: Final = 1024
-#: The per-user queues a client may subscribe to (as `/user/queue/{name}`).
+#: The per-user queues a client may subscribe to (as `/user/queue/{name}`); ``keys`` carries
+#: the public-key changes of the user's peers (`chatd.storage.base.key_outbox`).
 USER_QUEUES: Final = frozenset(
-    f"/user/queue/{name}" for name in ("messages", "ack", "error", "receipts", "pong")
+    f"/user/queue/{name}" for name in ("messages", "ack", "error", "receipts", "pong",
+                                       KEYS_QUEUE)
 )
 
 
@@ -121,7 +124,7 @@ class ChatHooks:
         if not destination.startswith(TOPIC_PREFIX):
             raise Refused(f"cannot subscribe to {destination}",
                           "allowed: /topic/session.{id} and /user/queue/{messages,ack,error,"
-                          "receipts,pong}")
+                          "receipts,pong,keys}")
         try:
             sid = uuid.UUID(destination.removeprefix(TOPIC_PREFIX))
         except ValueError:

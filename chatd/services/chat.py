@@ -19,6 +19,7 @@ from typing import Literal, Protocol
 import trio
 
 from chatd.config import LimitsConfig
+from chatd.domain.envelope import validate_envelope
 from chatd.domain.errors import BadRequest, ChatError, Forbidden, NotFound, RateLimited
 from chatd.domain.lru import Lru
 from chatd.domain.models import (
@@ -39,6 +40,7 @@ from chatd.domain.rules import (
 from chatd.profiles.base import Profile, ProfileProvider
 from chatd.services.committer import SendCommitter
 from chatd.services.inputs import (
+    parse_flag,
     parse_receipt_selection,
     parse_seq,
     parse_session_id,
@@ -107,16 +109,20 @@ class ChatService:
     # -- sessions ---------------------------------------------------------------------------
 
     async def init_session(
-        self, caller: str, to_email: object, intent: object, from_email: object = None
+        self, caller: str, to_email: object, intent: object, from_email: object = None,
+        encrypted: object = None,
     ) -> ChatSession:
-        """The session of the caller and `to_email` in `intent`, created if new.
+        """The session of the caller and `to_email` in `intent`, created if new; with
+        `encrypted` true, the pair's end-to-end encrypted session of that intent (another
+        session than the plain one, taking only envelopes).
 
         Either side initiating finds the same session. Raises `BadRequest` for a malformed
-        email or intent or a chat with oneself, `Forbidden` when `from_email` is given and is
-        not the caller, `NotFound` when a profile does not exist.
+        email, intent or flag or a chat with oneself, `Forbidden` when `from_email` is given
+        and is not the caller, `NotFound` when a profile does not exist.
         """
         peer = require_email(to_email, "toEmail")
         intent = validate_intent(intent)
+        wants_encrypted = parse_flag(encrypted, "encrypted")
         if from_email is not None and require_email(from_email, "fromEmail") != caller:
             raise Forbidden("fromEmail must be the authenticated user")
         if peer == caller:
@@ -127,6 +133,7 @@ class ChatService:
             Participant(mine.id, caller, mine.display_name),
             Participant(theirs.id, peer, theirs.display_name),
             now=self.clock(),
+            encrypted=wants_encrypted,
         )
 
     async def _profiles_of(self, caller: str, peer: str, intent: str) -> tuple[Profile, Profile]:
@@ -263,8 +270,15 @@ class ChatService:
         rate-limited send turns out to repeat a stored one (see `send`)."""
         sid = parse_session_id(session_id)
         cmid = validate_client_message_id(client_message_id)
-        text = validate_content(content, self.limits)
+        if not isinstance(content, str):
+            raise BadRequest("content must be a string")
         session = await self.require_participant(caller, sid)
+        # What content may be depends on the session: an envelope (whose ciphertext the size
+        # limit applies to) in an encrypted one, text in a plain one.
+        if session.encrypted:
+            text = validate_envelope(content, self.limits)
+        else:
+            text = validate_content(content, self.limits)
         now = self.clock()
         try:
             self.limiter.check(caller, text, now.timestamp())

@@ -66,6 +66,16 @@ def validate_intent(value: object) -> str:
     return value
 
 
+def parse_flag(value: object, name: str) -> bool:
+    """An optional JSON boolean (absent or null is False); anything else is a `BadRequest`:
+    ``"false"`` or ``0`` would read as the opposite of what a client meant somewhere."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false")
+    return value
+
+
 def parse_receipt_selection(
     up_to_seq: object, message_ids: object
 ) -> tuple[int | None, list[uuid.UUID] | None]:
