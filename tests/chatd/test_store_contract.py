@@ -575,7 +575,9 @@ async def test_migration_0002_keeps_sessions_messages_and_outbox(
         assert await store.migrate() == ["0002_e2e_keys"]
         await store.check_schema()
         found = await store.get_session(sid)
-        assert found is not None and not found.encrypted and found.last_seq == 1
+        assert found is not None
+        assert not found.encrypted
+        assert found.last_seq == 1
         [message] = await store.history(sid, limit=10)
         assert (message.message_id, message.content) == (mid, "before the upgrade")
         [row] = await store.claim_outbox(limit=10, lease_seconds=30, now=LATER)
@@ -583,7 +585,8 @@ async def test_migration_0002_keeps_sessions_messages_and_outbox(
         assert (await send(store, found, BOB, 1, start=1))[0].seq == 2
         encrypted = await store.get_or_create_session("dating", BOB, ANN, now=T0,
                                                       encrypted=True)
-        assert encrypted.id != sid and encrypted.encrypted
+        assert encrypted.id != sid
+        assert encrypted.encrypted
 
 
 def _schema_one_rows(url: str, sid: uuid.UUID, mid: uuid.UUID) -> None:
@@ -625,8 +628,10 @@ async def test_encrypted_session_is_another_session_of_the_pair_and_intent(store
     plain = await chat(store)
     secret = await store.get_or_create_session("dating", BOB, ANN, now=T0, encrypted=True)
     again = await store.get_or_create_session("dating", ANN, BOB, now=LATER, encrypted=True)
-    assert secret.id != plain.id and not plain.encrypted
-    assert again == secret and secret.encrypted
+    assert secret.id != plain.id
+    assert not plain.encrypted
+    assert again == secret
+    assert secret.encrypted
     assert (await store.get_session(secret.id)) == secret
     listed = await store.sessions_for(ANN.email, limit=10)
     assert sorted(s.session.encrypted for s in listed) == [False, True]
@@ -666,7 +671,9 @@ async def test_public_keys_current_retired_and_by_id(store: Store) -> None:
     assert await store.put_public_key(second, max_keys=10) == (second, True)
     assert await store.public_key(ANN.email) == second
     old = await store.public_key(ANN.email, "k1")
-    assert old is not None and old.retired_at == at(3) and not old.current
+    assert old is not None
+    assert old.retired_at == at(3)
+    assert not old.current
     assert await store.public_key(ANN.email, "nope") is None
     assert await store.public_key(BOB.email, "k1") is None  # kids are per owner
     with pytest.raises(Conflict, match="replaced"):

@@ -52,20 +52,26 @@ async def test_publish_read_rotate_and_read_the_old_key_by_id(server, auth) -> N
                            kid=thumbprint(first))
     assert answer.status_code == 201, answer.text
     body = answer.json()
-    assert body["kid"] == thumbprint(first) and body["email"] == ALICE and body["current"]
+    assert body["kid"] == thumbprint(first)
+    assert body["email"] == ALICE
+    assert body["current"]
     assert body["agreementKey"] == {k: first[k] for k in ("crv", "kty", "x", "y")}
-    assert body["signingKey"]["x"] == signing["x"] and body["retiredAt"] is None
+    assert body["signingKey"]["x"] == signing["x"]
+    assert body["retiredAt"] is None
     again = await publish(server, auth, ALICE, first, signingKey=signing)
-    assert again.status_code == 200 and again.json() == body
+    assert again.status_code == 200
+    assert again.json() == body
     assert (await server.client.get("/api/keys/me", headers=auth(ALICE))).json() == body
     assert (await server.client.get(f"/api/keys/{ALICE}", headers=auth(ALICE))).json() == body
 
     second = public_jwk(new_key())
     assert (await publish(server, auth, ALICE, second)).status_code == 201
     current = (await server.client.get("/api/keys/me", headers=auth(ALICE))).json()
-    assert current["kid"] == thumbprint(second) and current["signingKey"] is None
+    assert current["kid"] == thumbprint(second)
+    assert current["signingKey"] is None
     old = await server.client.get(f"/api/keys/{ALICE}/{thumbprint(first)}", headers=auth(ALICE))
-    assert old.status_code == 200 and old.json()["current"] is False
+    assert old.status_code == 200
+    assert old.json()["current"] is False
     assert old.json()["retiredAt"] is not None
     body = assert_error(await publish(server, auth, ALICE, first), 409)
     assert "generate a new key" in body["errorMsg"]
@@ -158,7 +164,8 @@ async def test_a_peer_reads_keys_once_a_session_exists(server, auth) -> None:
     assert_error(await server.client.get(f"/api/keys/{ALICE}", headers=auth(BOB)), 403)
     await init_encrypted(server, auth, BOB, ALICE)  # "initiating": init first, then read
     answer = await server.client.get(f"/api/keys/{ALICE}", headers=auth(BOB))
-    assert answer.status_code == 200 and answer.json()["agreementKey"]["x"] == jwk["x"]
+    assert answer.status_code == 200
+    assert answer.json()["agreementKey"]["x"] == jwk["x"]
     by_id = await server.client.get(f"/api/keys/{ALICE}/{thumbprint(jwk)}", headers=auth(BOB))
     assert by_id.json() == answer.json()
     assert "not published" in assert_error(
@@ -182,7 +189,8 @@ async def test_encrypted_session_is_its_own_session_and_stores_envelopes_verbati
         server, auth) -> None:
     plain = await init_session(server, auth)
     sid = await init_encrypted(server, auth)
-    assert sid != plain and sid == await init_encrypted(server, auth, BOB, ALICE)
+    assert sid != plain
+    assert sid == await init_encrypted(server, auth, BOB, ALICE)
     alice, bob = new_key(), new_key()
     text = encrypt(alice, bob.public_key(), sid, "meet at noon")
     answer = await send(server, auth, sid, text, "e1")

@@ -32,13 +32,15 @@ async def test_envelopes_over_stomp_are_relayed_verbatim_and_text_is_refused(cha
                   {"sessionId": sid, "content": text, "clientMessageId": "s-1"}, receipt=True)
         assert (await run(alice.json, ack))[1]["content"] == text
         headers, body = await run(bob.json, topic)
-        assert headers["event"] == "message" and body["content"] == text
+        assert headers["event"] == "message"
+        assert body["content"] == text
 
         await run(alice.send, "/app/chat.send",
                   {"sessionId": sid, "content": "in clear", "clientMessageId": "s-2"},
                   receipt=True)
         _, error = await run(alice.json, errors)
-        assert error["clientMessageId"] == "s-2" and error["status"] == "BAD_REQUEST"
+        assert error["clientMessageId"] == "s-2"
+        assert error["status"] == "BAD_REQUEST"
         assert "envelope" in error["errorMsg"]
         await run(bob.nothing, topic)
     finally:
