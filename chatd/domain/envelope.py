@@ -47,16 +47,16 @@ def _b64_length(size: int) -> int:
     return (size * 4 + 2) // 3
 
 
-def b64url_decode(value: object, name: str) -> bytes:
-    """Strict unpadded base64url (the canonical spelling only); `BadRequest` naming `name`."""
+def b64url_decode(value: object, what: str) -> bytes:
+    """Strict unpadded base64url (the canonical spelling only); `BadRequest` naming `what`."""
     if not isinstance(value, str) or _B64URL.fullmatch(value) is None or len(value) % 4 == 1:
-        raise BadRequest(f"envelope {name} must be unpadded base64url")
+        raise BadRequest(f"{what} must be unpadded base64url")
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
     except (binascii.Error, ValueError):
-        raise BadRequest(f"envelope {name} must be unpadded base64url") from None
+        raise BadRequest(f"{what} must be unpadded base64url") from None
     if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != value:
-        raise BadRequest(f"envelope {name} is not canonical base64url")
+        raise BadRequest(f"{what} is not canonical base64url")
     return raw
 
 
@@ -98,9 +98,9 @@ def validate_envelope(content: object, limits: ContentLimits = DEFAULT_CONTENT_L
         raise BadRequest(f"envelope alg must be {ALGORITHM}")
     for name, size in (("kid", KEY_ID_BYTES), ("rkid", KEY_ID_BYTES), ("salt", SALT_BYTES),
                        ("iv", IV_BYTES)):
-        if len(b64url_decode(data[name], name)) != size:
+        if len(b64url_decode(data[name], f"envelope {name}")) != size:
             raise BadRequest(f"envelope {name} must be {size} bytes")
-    ct = b64url_decode(data["ct"], "ct")
+    ct = b64url_decode(data["ct"], "envelope ct")
     if len(ct) <= TAG_BYTES:
         raise BadRequest(f"envelope ct must hold the {TAG_BYTES}-byte tag and some ciphertext")
     if len(ct) - TAG_BYTES > limits.max_content_length:

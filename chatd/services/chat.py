@@ -3,7 +3,8 @@
 One service object serves REST and STOMP alike, so both surfaces share every rule: the caller
 is always the authenticated email (never a body field), the caller must be a participant of any
 session it touches, and checks run in a fixed order — input shape (400), session exists (404),
-caller participates (403), then the action. Storage is reached only through the `Store`
+caller participates (403), then the action. The one check that needs the session is a send's
+`content` (text in a plain session, an envelope in an encrypted one): it comes after 403. Storage is reached only through the `Store`
 protocol; time only through the injected clock, so tests control both.
 """
 

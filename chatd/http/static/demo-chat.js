@@ -46,18 +46,23 @@ export async function openChat(sessionId) {
 // The lock, the safety number of both current keys, and any key-change warning for the peer.
 export function showE2eInfo(chat) {
   $('e2e-info').hidden = !chat.encrypted;
-  const warning = e2e.warnings.get(chat.peer);
-  $('key-warning').textContent = warning ?? '';
-  $('key-warning').hidden = !chat.encrypted || !warning;
+  showKeyWarning(chat);
   if (!chat.encrypted) return;
   $('safety-number').textContent = '…';
   safetyNumber(chat.peer).then(number => {
     if (state.open !== chat) return;
     $('safety-number').textContent = number;
     $('safety-number').dataset.number = number;
+    showKeyWarning(chat);  // fetching the peer's key may have found it changed
   }).catch(err => {
     if (state.open === chat) $('safety-number').textContent = `unavailable (${err.message})`;
   });
+}
+
+function showKeyWarning(chat) {
+  const warning = chat.encrypted ? e2e.warnings.get(chat.peer) : undefined;
+  $('key-warning').textContent = warning ?? '';
+  $('key-warning').hidden = !warning;
 }
 
 export function subscribeTopic(chat) {

@@ -5,7 +5,9 @@
 // NOT extractable and lives in IndexedDB (per email, every key ever made, so old messages stay
 // readable on this device). The public key is published with PUT /api/keys/me; its id is its
 // RFC 7638 thumbprint, which this page recomputes for every key the server hands out, so a
-// server cannot swap the key behind a known id.
+// server cannot swap the key behind a known id. The id last seen of each peer's key is pinned
+// in IndexedDB too: a different one (announced live on /user/queue/keys, or found on the next
+// visit) raises a "key changed" warning.
 //
 // A message: ECDH(own private, peer public) → HKDF-SHA256 (random 16-byte salt, info
 // "chatd-e2e-v1") → AES-256-GCM (random 12-byte iv), the session id and both key ids as
@@ -62,6 +64,7 @@ function openDb() {
     request.onupgradeneeded = () => {
       request.result.createObjectStore('keys', { keyPath: ['email', 'kid'] });
       request.result.createObjectStore('current', { keyPath: 'email' });
+      request.result.createObjectStore('pinned', { keyPath: ['owner', 'email'] });
     };
     request.onsuccess = () => resolve(request.result);
     request.onerror = () => reject(request.error);
@@ -155,13 +158,28 @@ function peerKey(email, kid) {
 export function currentKid(email) {
   if (!e2e.current.has(email)) {
     const loading = api('GET', `/api/keys/${encodeURIComponent(email)}`).then(async answer => {
-      e2e.peerKeys.set(`${email} ${answer.kid}`, importChecked(answer, email, answer.kid));
+      const checked = importChecked(answer, email, answer.kid);
+      e2e.peerKeys.set(`${email} ${answer.kid}`, checked);
+      await checked;
+      await pin(email, answer.kid);
       return answer.kid;
     });
     loading.catch(() => e2e.current.delete(email));
     e2e.current.set(email, loading);
   }
   return e2e.current.get(email);
+}
+
+// Trust on first use: remember the peer's key id; a different one later is a warning.
+async function pin(email, kid) {
+  const owner = state.email;
+  const pinned = await idb('pinned', 'readonly', s => s.get([owner, email]));
+  if (pinned && pinned.kid !== kid) {
+    e2e.warnings.set(email, `${email}'s key changed: compare the safety number again`);
+  }
+  if (!pinned || pinned.kid !== kid) {
+    await idb('pinned', 'readwrite', s => s.put({ owner, email, kid }));
+  }
 }
 
 // -- messages --------------------------------------------------------------------------
@@ -236,13 +254,10 @@ export async function safetyNumber(peer) {
   return groups.join(' ');
 }
 
-// A `keys` event: forget what was cached for that user; true when it is a peer's change the
-// user should be warned about.
+// A `keys` event: forget the cached current key of that peer (the next use fetches and pins
+// the new one, which raises the warning); true for a peer's event, false for one's own.
 export function onKeyChange(event) {
   if (event.email === state.email) return false;
   e2e.current.delete(event.email);
-  if (event.previousKid) {
-    e2e.warnings.set(event.email, `${event.email}'s key changed: compare the safety number again`);
-  }
-  return Boolean(event.previousKid);
+  return true;
 }

@@ -102,7 +102,7 @@ def _off_curve():
     (_jwk(kty=None), "kty must be EC"),
     (_off_curve(), "not a point on P-256"),
     (_jwk(x=b64u(os.urandom(31))), "x must be 32 bytes"),
-    (_jwk(y=None), "y must be unpadded base64url"),
+    (_jwk(y=None), "agreementKey.y must be unpadded base64url"),
     (_jwk(x=b64u(os.urandom(32)) + "="), "x must be unpadded base64url"),
     (_jwk(x="+" * 43), "x must be unpadded base64url"),
     (_jwk(n="AQAB"), "not public EC JWK members: n"),
