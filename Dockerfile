@@ -2,7 +2,8 @@
 #   docker build -t chatd .
 #   docker run -v ./deploy/chatd.toml:/etc/chatd/chatd.toml:ro -e CHATD_DATABASE_URL=... chatd
 # The config file is read from /etc/chatd/chatd.toml; keys and URLs come from the environment
-# or files mounted beside it (see docs/operations.md).
+# or files mounted beside it (see docs/operations.md). The Redis tier is optional: set
+# CHATD_REDIS_URL to share profiles and rate limits between instances (redis-py is in the image).
 #
 # BASE is any image with Python 3.11+ and its venv module: the slim Python image by default, or
 # one built from distribution packages where no registry is reachable (scripts/container-image).

@@ -25,12 +25,13 @@ from typing import Any
 import trio
 
 from bench import broker, idle, report
+from bench.chatd_serve import BENCH_REDIS_URL
 from bench.targets import ChatdBroker, Target, pin_self, rabbitmq, raise_fd_limit
 
 Result = dict[str, Any]
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_SCENARIOS = ["fanout", "topics", "overload", "latency", "pingpong", "idle"]
-ALL = [*BROKER_SCENARIOS, "send", "e2e", "e2e-stomp", "workers", "instances"]
+ALL = [*BROKER_SCENARIOS, "send", "e2e", "e2e-stomp", "workers", "instances", "batch"]
 RABBITMQ_IDLE = 600  # RabbitMQ's open-file limit of 1024 leaves ~830 sockets
 NOISY = 50.0  # % of a core used by other processes during a run: run it once more
 
@@ -169,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"run only these ({', '.join(ALL)}); repeatable")
     parser.add_argument("--no-rabbitmq", action="store_true", help="skip RabbitMQ")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    parser.add_argument("--redis", metavar="URL",
+                        help="run chatd with the Redis tier at URL (shared profiles and rate "
+                             "limits), e.g. redis://127.0.0.1:6379/0")
     args = parser.parse_args(argv)
+    if args.redis:
+        os.environ[BENCH_REDIS_URL] = args.redis
     names = args.only or ALL
     plan = Plan(args.quick)
     started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -181,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         notes.append("single core: nothing pinned")
     notes.append(f"open-file limit of the generator: {raise_fd_limit()}")
+    notes.append(f"Redis tier: {'on, ' + args.redis if args.redis else 'off'}")
     notes.append("CPU figures: % of one core over the measured window; 'other' = every other "
                  "process on the machine meanwhile (neighbours competing for the cores)")
     report_data: Result = {"meta": {"mode": "quick" if args.quick else "full",
@@ -276,6 +283,18 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
                 runs[label] = {"error": repr(exc)[:300]}
         report_data["instances"] = runs
+
+    if "batch" in names:
+        from bench.batch import batch_benchmark
+
+        say("batch send (issue 17): POST /api/chat/messages, batches of 1, 10 and 100")
+        try:
+            report_data["batch"] = batch_benchmark(
+                out / "batch", clients=8, seconds=plan.scaled(8, 3), warmup=plan.scaled(2, 1),
+                say=say)
+        except Exception as exc:
+            traceback.print_exc()
+            report_data["batch"] = {"error": repr(exc)[:300]}
 
     notes.append(f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
                  f"total {time.monotonic() - t0:.0f} s")

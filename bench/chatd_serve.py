@@ -3,7 +3,8 @@
 Shared by the send benchmark (issue 3) and the end-to-end benchmark (issue 4). Each instance is
 a real ``chatd serve`` process pinned to the broker core, bound to a free port, with the rate
 limits lifted (a benchmark offers more than one user's fair share on purpose). With
-`rabbitmq_url` several instances share the database and relay through RabbitMQ.
+`rabbitmq_url` several instances share the database and relay through RabbitMQ; with
+``CHATD_BENCH_REDIS_URL`` set they use the Redis tier there (a fresh key prefix each).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from bench.targets import BROKER_CORE, pinned, start_process, stop_process
 PG_ADMIN_URL = os.environ.get("CHATD_BENCH_PG_ADMIN_URL",
                               "postgresql://postgres@127.0.0.1:5432/postgres")
 POOL_SIZE = 10
+#: Set (by ``python -m bench --redis URL``) to run every chatd with the Redis tier.
+BENCH_REDIS_URL = "CHATD_BENCH_REDIS_URL"
 _READY = re.compile(r"chatd ready .*?\bhttp=http://([\d.]+):(\d+)")
 
 
@@ -97,6 +100,10 @@ def chatd_deployment(workdir: Path, *, instances: int = 1, rabbitmq_url: str | N
                 **(env or {})}
         base.pop("CHATD_CONFIG", None)
         base.pop("CHATD_RABBITMQ_URL", None)
+        base.pop("CHATD_REDIS_URL", None)
+        if redis := os.environ.get(BENCH_REDIS_URL):  # `python -m bench --redis URL`
+            base["CHATD_REDIS_URL"] = redis
+            base["CHATD_REDIS__KEY_PREFIX"] = f"chatd_bench_{uuid.uuid4().hex[:10]}:"
         if rabbitmq_url is not None:
             base["CHATD_RABBITMQ_URL"] = rabbitmq_url
         chatd = str(Path(sys.executable).with_name("chatd"))

@@ -165,6 +165,26 @@ def e2e_table(e2e: Result) -> str:
     return "\n".join(lines)
 
 
+def batch_table(batch: Result) -> str:
+    """One row per batch size: messages stored and delivered per second, and their cost."""
+    if "runs" not in batch:
+        return f"batch benchmark: {batch.get('skipped') or batch.get('error')}"
+    head = ["messages / request", "senders", "requests/s", "stored msg/s", "delivered msg/s",
+            "request p50 / p99 ms", "server CPU", "server CPU us/msg", "not 2xx"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in batch["runs"]:
+        lines.append(
+            f"| {r['batch']} | {r['clients']} | {_fmt(r['requests_per_s'])} | "
+            f"{_fmt(r['stored_per_s'])} | {_fmt(r['delivered_per_s'])} | "
+            f"{r['p50_ms']} / {r['p99_ms']} | {r['server_cpu_pct']}% | "
+            f"{r['server_cpu_us_per_msg']} | "
+            f"{sum(v for k, v in r['statuses'].items() if k not in ('200', '201'))} |")
+    lines.append("\nEach sender POSTs /api/chat/messages back to back in its own session; the "
+                 "session's peer counts the MESSAGE frames on its topic WebSocket (delivered). "
+                 "chatd serve pinned to core 0 with direct delivery, the generator on core 1.")
+    return "\n".join(lines)
+
+
 def _runs(title: str, runs: Result, label: str, note: str) -> list[str]:
     """A section of end-to-end tables, one per labelled run, then what they mean."""
     parts = ["", f"## {title}", ""]
@@ -201,6 +221,8 @@ def render(report: Result) -> str:
                        "instance is pinned to core 0 (the load generator has core 1): two "
                        "instances share one core, so the figure shows the relay's cost, not "
                        "added capacity.")
+    if report.get("batch"):
+        parts += ["", "## Batch send (issue 17)", "", batch_table(report["batch"])]
     return "\n".join(parts) + "\n"
 
 

@@ -29,6 +29,7 @@ from typing import Any, Literal, Union
 from urllib.parse import urlsplit, urlunsplit
 
 from chatd.domain import jwk, rules
+from chatd.domain.models import ROWS_PER_MESSAGE
 
 
 class ConfigError(Exception):
@@ -199,6 +200,29 @@ class RabbitMQConfig:
     dedupe_size: int = _opt(65_536, lo=1, hi=10_000_000)
 
 
+def _key_prefix(value: str) -> str | None:
+    if len(value) > 64 or not value.isprintable() or " " in value:
+        return f"expected at most 64 printable characters without spaces, got {value!r}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """``[redis]``: the optional Redis tier shared by every instance (profiles, rate limits).
+
+    Never a single point of failure: when Redis is down or slow, each feature falls back to
+    what one instance knows (chatd/redis_tier)."""
+
+    url: str = _opt(MISSING, check=_url("redis", "rediss", "unix"))
+    key_prefix: str = _opt("chatd:", check=_key_prefix)
+    pool_size: int = _opt(8, lo=1, hi=1000)
+    timeout: float = _opt(0.25, lo=0.01, hi=60)
+    retry_initial_seconds: float = _opt(0.5, lo=0.01, hi=600)
+    retry_max_seconds: float = _opt(10.0, lo=0.01, hi=3600)
+    rate_lease_block: int = _opt(10, lo=1, hi=1_000_000)
+    rate_lease_seconds: float = _opt(10.0, lo=0.01, hi=3600)
+
+
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
     """``[limits]``: message rules, rate limits and STOMP session limits."""
@@ -220,6 +244,7 @@ class LimitsConfig:
     max_send_wait_ms: int = _opt(100, lo=1, hi=3_600_000)
     max_delivery_backlog: int = _opt(3000, lo=1, hi=100_000_000)
     max_public_keys: int = _opt(jwk.DEFAULT_MAX_PUBLIC_KEYS, lo=1, hi=100_000)
+    max_batch: int = _opt(rules.DEFAULT_MAX_BATCH, lo=1, hi=10_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,16 +279,18 @@ SECTIONS: dict[str, type] = {
     "auth": AuthConfig,
     "profiles": ProfilesConfig,
     "rabbitmq": RabbitMQConfig,
+    "redis": RedisConfig,
     "limits": LimitsConfig,
     "outbox": OutboxConfig,
     "logging": LoggingConfig,
 }
-OPTIONAL_SECTIONS = frozenset({"rabbitmq"})
+OPTIONAL_SECTIONS = frozenset({"rabbitmq", "redis"})
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """The whole configuration. `rabbitmq` is None for a single instance."""
+    """The whole configuration. `rabbitmq` is None for a single instance, `redis` None
+    without the shared Redis tier."""
 
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -273,6 +300,7 @@ class Config:
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     rabbitmq: RabbitMQConfig | None = None
+    redis: RedisConfig | None = None
     source: Path | None = None  # the file read, if any
 
     def __post_init__(self) -> None:
@@ -288,6 +316,7 @@ ENV_ALIASES: dict[str, str] = {
     "CHATD_DATA_DIR": "server.data_dir",
     "CHATD_DATABASE_URL": "database.url",
     "CHATD_RABBITMQ_URL": "rabbitmq.url",
+    "CHATD_REDIS_URL": "redis.url",
     "CHATD_JWT_PUBLIC_KEY": "auth.public_key_file",
     "CHATD_JWKS_URL": "auth.jwks_url",
     "CHATD_PROFILE_SERVICE_URL": "profiles.url",
@@ -367,7 +396,7 @@ def load_config(
         built[name] = _build_section(name, cls, collected)
     config = Config(**built, source=path)
     _cross_check(config, collected)
-    return config
+    return _fit_max_batch(config, collected)
 
 
 def _read_file(path: Path, collected: _Collected) -> None:
@@ -521,6 +550,30 @@ def _cross_check(config: Config, collected: _Collected) -> None:
     mq = config.rabbitmq
     if mq is not None and mq.reconnect_initial_seconds > mq.reconnect_max_seconds:
         fail("rabbitmq.reconnect_initial_seconds", "must not exceed rabbitmq.reconnect_max_seconds")
+    rd = config.redis
+    if rd is not None and rd.retry_initial_seconds > rd.retry_max_seconds:
+        fail("redis.retry_initial_seconds", "must not exceed redis.retry_max_seconds")
+
+
+def _fit_max_batch(config: Config, collected: _Collected) -> Config:
+    """A batch is refused whole unless each of its messages would be accepted, so a batch
+    larger than the rate limit's burst, the send queue or the delivery backlog (at
+    `ROWS_PER_MESSAGE` rows a message) allows could never pass. An explicit
+    ``limits.max_batch`` that large is an error; the default shrinks to fit, so a config
+    written before batch sends existed (a small ``send_burst``) keeps working."""
+    limits = config.limits
+    bounds = (("send_burst", limits.send_burst),
+              ("max_queued_sends", limits.max_queued_sends),
+              ("max_delivery_backlog", (limits.max_delivery_backlog - 1) // ROWS_PER_MESSAGE + 1))
+    key, room = min(bounds, key=lambda bound: bound[1])
+    if limits.max_batch <= room:
+        return config
+    raw = collected.values["limits"].get("max_batch")
+    if raw is None:
+        return replace(config, limits=replace(limits, max_batch=room))
+    raise ConfigError(f"{raw.origin.label}: limits.max_batch: {limits.max_batch} is more than "
+                      f"limits.{key} allows ({room}): a batch that big could never be "
+                      "accepted; lower it or raise the other")
 
 
 def redact_url(url: str) -> str:

@@ -1,9 +1,9 @@
 """The composition root: builds every part from the config and runs them in one nursery.
 
 Start order (docs/architecture.md, Parts and start order): store (open + migrate) -> [JWKS
-refresher] -> broker runtime -> profiles -> [RabbitMQ bridge] -> outbox publisher -> send
-committer -> [outbox purger] -> HTTP server (REST, ``/ws``, SockJS, demo page) -> [raw STOMP
-TCP listener, if ``server.stomp_tcp_bind``].
+refresher] -> broker runtime -> [Redis tier] -> profiles -> [RabbitMQ bridge] -> outbox
+publisher -> send committer -> [outbox purger] -> HTTP server (REST, ``/ws``, SockJS, demo
+page) -> [raw STOMP TCP listener, if ``server.stomp_tcp_bind``].
 Bracketed parts depend on the config; each is a `Part` in the list `build_parts` returns,
 at its place in that order, and needs no other change here. Every part's ``run`` calls
 ``task_status.started(summary)`` once it is up; the summaries make the one ready line.
@@ -40,6 +40,7 @@ from chatd.auth.service import ServiceTokens
 from chatd.auth.tokens import TokenVerifier, verifier_from_config
 from chatd.bridge import RabbitBridge
 from chatd.config import Config, redact_url
+from chatd.domain.models import ROWS_PER_MESSAGE
 from chatd.domain.rules import SendRateLimiter
 from chatd.observability.logs import configure_logging
 from chatd.observability.metrics import Metrics
@@ -51,8 +52,10 @@ from chatd.profiles import (
     LocalProfileProvider,
     ProfileProvider,
     RemoteProfileProvider,
+    SharedProfileCache,
 )
 from chatd.realtime import ChatHooks, LocalDelivery, build_runtime
+from chatd.redis_tier import RedisTier, SharedRateLimiter
 from chatd.services import ChatService, Readiness
 from chatd.services.committer import SendCommitter
 from chatd.startup import StartupError, only_startup_errors
@@ -104,11 +107,13 @@ class Components:
     committer: SendCommitter
     metrics: Metrics = field(default_factory=Metrics)
     bridge: RabbitBridge | None = None
+    redis: RedisTier | None = None
 
 
-def build_profiles(config: Config) -> ProfileProvider:
+def build_profiles(config: Config, tier: RedisTier | None = None) -> ProfileProvider:
     """The profile provider `[profiles]` asks for: local, or the profile service behind a cache
-    and a circuit breaker. Raises `KeyFileError` when the service key cannot be loaded."""
+    (with a second level in Redis when the tier is given) and a circuit breaker. Raises
+    `KeyFileError` when the service key cannot be loaded."""
     p = config.profiles
     if p.provider == "local":
         return LocalProfileProvider()
@@ -118,8 +123,9 @@ def build_profiles(config: Config) -> ProfileProvider:
                                    max_connections=p.max_connections)
     breaker = CircuitBreaker(min_failures=p.breaker_failures, failure_rate=p.breaker_failure_rate,
                              window=p.breaker_window_seconds, reset_after=p.breaker_reset_seconds)
+    shared = SharedProfileCache(tier) if tier is not None else None
     return CachedProfiles(remote, breaker, ttl=p.cache_ttl, not_found_ttl=p.cache_not_found_ttl,
-                          max_size=p.cache_size, stale_if_error=p.stale_if_error)
+                          max_size=p.cache_size, stale_if_error=p.stale_if_error, shared=shared)
 
 
 def profiles_part(components: Components) -> Part:
@@ -140,6 +146,23 @@ def profiles_part(components: Components) -> Part:
     return Part("profiles", run, stop=stopping.set)
 
 
+def build_redis(config: Config) -> RedisTier | None:
+    """The shared Redis tier when ``[redis]`` is set (no I/O: its part connects)."""
+    r = config.redis
+    if r is None:
+        return None
+    return RedisTier(r.url, key_prefix=r.key_prefix, pool_size=r.pool_size, timeout=r.timeout,
+                     retry_initial=r.retry_initial_seconds, retry_max=r.retry_max_seconds)
+
+
+def redis_part(tier: RedisTier) -> Part:
+    """The Redis tier: pings it at start and after it went down (a down Redis never stops
+    the start); started before the profiles and the services that use it."""
+    part = Part("redis", tier.run)
+    part.stop = part.scope.cancel  # nothing to drain: calls in flight are bounded
+    return part
+
+
 async def build_components(config: Config, store: Store) -> Components:
     """Everything the parts need, around an opened store; blocking set-up runs in a thread."""
     try:
@@ -147,16 +170,22 @@ async def build_components(config: Config, store: Store) -> Components:
     except KeyFileError as exc:
         raise key_error(exc, config) from exc
     limiter = SendRateLimiter.from_limits(config.limits)
+    tier = build_redis(config)
     try:
-        profiles = build_profiles(config)
+        profiles = build_profiles(config, tier)
     except KeyFileError as exc:
         raise key_error(exc, config, service_key=True) from exc
     metrics = Metrics()
     committer = SendCommitter(store, lease_seconds=config.outbox.lease_seconds,
                               max_queued=config.limits.max_queued_sends,
                               max_backlog=config.limits.max_delivery_backlog, clock=utc_now)
+    shared_limiter = None
+    if tier is not None and config.redis is not None:
+        shared_limiter = SharedRateLimiter(tier, limiter,
+                                           lease_block=config.redis.rate_lease_block,
+                                           lease_seconds=config.redis.rate_lease_seconds)
     services = ChatService(store, profiles, limiter, limits=config.limits, observer=metrics,
-                           committer=committer)
+                           committer=committer, shared_limiter=shared_limiter)
     readiness = Readiness()
     readiness.add_store(store)
     # A database migrated by a newer (or older) release than this code must not get traffic.
@@ -170,6 +199,14 @@ async def build_components(config: Config, store: Store) -> Components:
     metrics.attach_readiness(readiness)
     if isinstance(profiles, CachedProfiles):
         metrics.attach_profiles(profiles, profiles.breaker)
+    if tier is not None:
+        # optional: a down Redis degrades features to this instance's knowledge, never
+        # takes the instance out of the load balancer
+        readiness.add_check("redis", tier.check, required=False)
+        tier.observe_latency = metrics.redis_latency.observe
+        metrics.attach_redis(tier)
+    if shared_limiter is not None:
+        metrics.attach_shared_limits(shared_limiter)
     bridge = None
     if config.rabbitmq is not None:
         # within the publisher's budget per round (half a lease), with room to record it
@@ -186,7 +223,7 @@ async def build_components(config: Config, store: Store) -> Components:
         metrics.attach_bridge(bridge)
     return Components(
         config, store, profiles, verifier, limiter, services, readiness, runtime, delivery,
-        committer, metrics, bridge,
+        committer, metrics, bridge, tier,
     )
 
 
@@ -273,11 +310,14 @@ def outbox_part(components: Components, sink: OutboxSink) -> Part:
     """The outbox publisher feeding `sink` (the local broker's delivery, or the RabbitMQ
     bridge); `stop` lets the batch in hand finish. Never add it without a real sink: the
     publisher marks every row the sink accepts as delivered."""
-    publisher = OutboxPublisher(components.store, sink, components.config.outbox)
+    # a claim holds at least one commit's rows of a session (a whole batch send)
+    committer = components.committer
+    largest = max(committer.max_batch, components.config.limits.max_batch)
+    publisher = OutboxPublisher(components.store, sink, components.config.outbox,
+                                min_claim=ROWS_PER_MESSAGE * largest)
     publisher.on_published = components.metrics.outbox_published
     components.committer.on_published = components.metrics.outbox_published
     components.metrics.attach_publisher(publisher, components.committer)
-    committer = components.committer
     # what this process wrote and neither it nor its publisher delivered yet (with several
     # instances publishers also take each other's rows: an estimate, close in aggregate)
     committer.backlog = lambda: max(0, committer.rows_written - committer.published
@@ -322,7 +362,10 @@ def build_parts(components: Components) -> list[Part]:
     publisher (into the bridge, else straight into the local delivery), HTTP with ``/ws``,
     and the raw STOMP listener when configured; the JWKS refresher first when configured."""
     bridge = components.bridge
-    parts = [broker_part(components), profiles_part(components)]
+    parts = [broker_part(components)]
+    if components.redis is not None:
+        parts.append(redis_part(components.redis))
+    parts.append(profiles_part(components))
     if bridge is not None:
         parts.append(bridge_part(bridge))
     parts.append(outbox_part(components, bridge if bridge is not None else components.delivery))
@@ -413,6 +456,8 @@ async def serve(
             bridge = components.bridge
             state = "off" if bridge is None else "up" if bridge.connected else "connecting"
             extra.append(f"rabbitmq={state}")
+            if components.redis is None:
+                extra.append("redis=off")
             log.info("chatd ready %s", " ".join(summaries + extra))
             log.debug("database %s", redact_url(config.database.url))
             task_status.started(summaries)
@@ -436,6 +481,7 @@ async def serve(
 
 __all__ = [
     "Components", "Part", "StartupError", "bridge_part", "broker_part", "build_components",
-    "build_parts", "build_profiles", "http_part", "jwks_part", "outbox_part", "profiles_part",
-    "purge_part", "serve", "session_grace", "stomp_tcp_part",
+    "build_parts", "build_profiles", "build_redis", "http_part", "jwks_part", "outbox_part",
+    "profiles_part",
+    "purge_part", "redis_part", "serve", "session_grace", "stomp_tcp_part",
 ]

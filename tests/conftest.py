@@ -1,4 +1,5 @@
-"""Shared fixtures: real services, a fresh database and vhost per test run or per test.
+"""Shared fixtures: real services, a fresh database, vhost or Redis key prefix per test run or
+per test, and a private redis-server a test may break.
 
 Under CI=true a service that is not reachable fails the test; elsewhere it skips it.
 """
@@ -6,10 +7,14 @@ Under CI=true a service that is not reachable fails the test; elsewhere it skips
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
@@ -111,3 +116,84 @@ def rabbitmq_url() -> Iterator[str]:
         yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
     finally:
         subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
+
+
+REDIS_HOST = ("127.0.0.1", 6379)
+REDIS_SERVER = "redis-server"
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The shared Redis (tests keep to their own `redis_prefix`)."""
+    require_service("Redis", REDIS_HOST)
+    return f"redis://{REDIS_HOST[0]}:{REDIS_HOST[1]}/0"
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of one test on the shared Redis; its keys are deleted afterwards."""
+    import redis
+
+    prefix = f"chatd_test_{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class PrivateRedis:
+    """A redis-server of one test, in its own folder on a free port, that the test may kill,
+    pause (SIGSTOP: a Redis that stops answering) and start again on the same port."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which(REDIS_SERVER) or "/usr/bin/redis-server"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not _reachable(("127.0.0.1", self.port)):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"private redis-server did not start on {self.port}")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def pause(self, paused: bool) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A started `PrivateRedis`, killed afterwards."""
+    if shutil.which(REDIS_SERVER) is None and not Path("/usr/bin/redis-server").exists():
+        unavailable("redis-server is not installed (apt-get install redis-server)")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.pause(False)
+        server.kill()

@@ -21,10 +21,10 @@ from collections import OrderedDict
 from typing import Final
 from urllib.parse import quote
 
-from stomp.broker import USER_PREFIX
+from stomp.broker import USER_KEY_PREFIX, USER_PREFIX
 
-TOPIC_PREFIX: Final = "/topic/"
-USER_KEY_PREFIX: Final = "user:"
+#: Any broker topic (chatd's session topics, `chatd.domain.destinations`, are one kind).
+BROKER_TOPIC_PREFIX: Final = "/topic/"
 #: AMQP caps routing keys at 255 bytes; longer words are replaced by a digest.
 MAX_WORD: Final = 80
 DEFAULT_DEDUPE_SIZE: Final = 65_536
@@ -49,8 +49,8 @@ def routing_key(destination: str) -> str:
     rest; ``user:{name}:{path}`` (`stomp.broker.user_key`) -> ``user.{name}.{path}``; anything
     else -> ``other.{escaped}``. Raises ValueError for a user key that is not well formed.
     """
-    if destination.startswith(TOPIC_PREFIX):
-        return "topic." + escape_word(destination[len(TOPIC_PREFIX):])
+    if destination.startswith(BROKER_TOPIC_PREFIX):
+        return "topic." + escape_word(destination[len(BROKER_TOPIC_PREFIX):])
     if destination.startswith(USER_KEY_PREFIX):
         name, sep, path = destination[len(USER_KEY_PREFIX):].rpartition(":")
         if not sep or not name or not path.startswith("/"):

@@ -37,10 +37,11 @@ import trio
 from chatd.bridge.amqp import AmqpLink, Incoming, Outgoing
 from chatd.bridge.keys import DEFAULT_DEDUPE_SIZE, Dedupe, routing_key
 from chatd.config import RabbitMQConfig, redact_url
+from chatd.domain.destinations import is_session_topic
 from chatd.domain.errors import Unavailable
 from chatd.domain.models import OutboxRow
 from chatd.outbox.sink import SinkUnavailable
-from chatd.realtime.delivery import TOPIC_PREFIX, LocalDelivery, event_headers
+from chatd.realtime.delivery import LocalDelivery, event_headers
 
 log = logging.getLogger("chatd.bridge")
 
@@ -227,7 +228,7 @@ class RabbitBridge:
         self._bound.discard(key)
         if self._link is not None:
             self._link.submit(("unbind", key))
-        if destination.startswith(TOPIC_PREFIX):
+        if is_session_topic(destination):
             # Nothing reaches us for it any more: the seq mark would go stale.
             self.delivery.forget(destination)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -21,6 +22,9 @@ EVENT_MESSAGE = "message"
 EVENT_RECEIPT = "receipt"
 #: A user published a new public key (end-to-end encrypted chats, `PublicKey`).
 EVENT_KEYS = "keys"
+#: Outbox rows one new message writes (`chatd.domain.destinations.message_outbox`: the session
+#: topic and both participants' queues); the send path's backlog bound counts in rows.
+ROWS_PER_MESSAGE = 3
 
 
 def compact_json(value: Any) -> str:
@@ -148,6 +152,13 @@ class Message:
             "deliveredAt": _iso_or_none(self.delivered_at),
             "seenAt": _iso_or_none(self.seen_at),
         }
+
+
+def batch_answers_json(answers: Sequence[tuple[Message, bool]]) -> list[dict[str, Any]]:
+    """A batch send's answers, in its order: ``{status, message}`` per item, status 201 for a
+    new message and 200 for the original of a known clientMessageId (REST and STOMP alike)."""
+    return [{"status": 201 if created else 200, "message": message.to_json()}
+            for message, created in answers]
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import hashlib
 import re
 import unicodedata
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,6 +27,7 @@ DEFAULT_SENDS_PER_SECOND = 20.0
 DEFAULT_IDENTICAL_CONTENT = 20
 DEFAULT_IDENTICAL_WINDOW_SECONDS = 10.0
 DEFAULT_RATE_LIMIT_USERS = 100_000
+DEFAULT_MAX_BATCH = 100
 DEFAULT_HISTORY_LIMIT = 50
 DEFAULT_HISTORY_MAX = 200
 MAX_CLIENT_MESSAGE_ID_LENGTH = 100
@@ -80,6 +82,18 @@ def max_body_size(max_content_length: int) -> int:
     limit in characters: a message within `max_content_length` fits however its JSON escapes
     it, and anything bigger is refused before it is read into memory."""
     return MAX_JSON_BYTES_PER_CHAR * max_content_length + BODY_OVERHEAD
+
+
+#: Room per item of a batch send around its text: keys and a clientMessageId of up to 100
+#: characters, each escaped at worst.
+BATCH_ITEM_OVERHEAD = 2048
+
+
+def batch_body_size(max_content_length: int, max_batch: int) -> int:
+    """The body limit in bytes of a batch send (REST): `max_batch` items whose texts are
+    within `max_content_length`, however their JSON escapes them."""
+    per_item = MAX_JSON_BYTES_PER_CHAR * max_content_length + BATCH_ITEM_OVERHEAD
+    return max_batch * per_item + BODY_OVERHEAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +188,26 @@ def parse_history_limit(
     return min(limit, maximum)
 
 
+def text_digest(content: str) -> bytes:
+    """The 16-byte digest the identical-text rule keeps instead of the text."""
+    return hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def too_many_sends(wait: float, batch: int = 1) -> RateLimited:
+    """The refusal of a send (or a batch of `batch`) over the token bucket (retry in `wait`
+    seconds)."""
+    what = "too many messages" if batch == 1 else f"too many messages for a batch of {batch}"
+    return RateLimited(f"{what}; retry in {wait:.1f} s", retry_after=wait)
+
+
+def too_many_identical(count: int, window: float, wait: float) -> RateLimited:
+    """The refusal of a text already accepted `count` times within `window` seconds."""
+    return RateLimited(
+        f"the same message was sent {count} times in {window:g} s; retry in {wait:.1f} s",
+        retry_after=wait,
+    )
+
+
 @dataclass(slots=True)
 class _UserState:
     tokens: float
@@ -217,6 +251,7 @@ class SendRateLimiter:
         self.sends_per_second = sends_per_second
         self.identical_content = identical_content
         self.identical_window_seconds = identical_window_seconds
+        self.max_users = max_users
         self._users: Lru[str, _UserState] = Lru(max_users)
 
     @classmethod
@@ -234,13 +269,23 @@ class SendRateLimiter:
         """Number of users whose state is currently remembered."""
         return len(self._users)
 
-    def check(self, user: str, content: str, now: float) -> None:
-        """Record a send by `user` at `now`, or refuse it.
+    def check(self, user: str, content: str, now: float) -> int:
+        """Record a send by `user` at `now`, or refuse it; return how many times this text
+        was accepted within the window, this send included (1: a new text).
 
         Raises `RateLimited` (with `retry_after` in seconds, > 0) when the bucket is empty or
         the same text was already accepted `identical_content` times within the window. An
         idempotent repeat must not be counted: `refund` it.
         """
+        [count] = self.check_many(user, (content,), now)
+        return count
+
+    def check_many(self, user: str, contents: Sequence[str], now: float) -> list[int]:
+        """Record one send per text in `contents` (a batch send) at `now`, or refuse them all
+        and record nothing: the batch needs a token per text, and no text may pass the
+        identical-content cap counting the batch's own copies. `RateLimited` as `check`; a
+        batch that can never pass (more identical texts than the cap) waits the window.
+        Returns, per text, how many times it was accepted within the window up to it."""
         state = self._users.get(user)  # marks the user most recently used
         if state is None:
             state = _UserState(tokens=float(self.send_burst), updated=now)
@@ -257,23 +302,29 @@ class SendRateLimiter:
             if not state.counts[old]:
                 del state.counts[old]
 
-        if state.tokens < 1.0:
-            wait = (1.0 - state.tokens) / self.sends_per_second
-            raise RateLimited(f"too many messages; retry in {wait:.1f} s", retry_after=wait)
+        need = len(contents)
+        if state.tokens < need:
+            raise too_many_sends((need - state.tokens) / self.sends_per_second, need)
 
-        digest = hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        if state.counts[digest] >= self.identical_content:
-            oldest = next(t for t, d in state.recent if d == digest)
-            wait = max(oldest + self.identical_window_seconds - now, 1e-3)
-            raise RateLimited(
-                f"the same message was sent {state.counts[digest]} times in "
-                f"{self.identical_window_seconds:g} s; retry in {wait:.1f} s",
-                retry_after=wait,
-            )
+        digests = [text_digest(text) for text in contents]
+        for digest, copies in Counter(digests).items():
+            excess = state.counts[digest] + copies - self.identical_content
+            if excess <= 0:
+                continue
+            # room comes when the `excess` oldest accepted copies have left the window
+            times = [t for t, d in state.recent if d == digest]
+            leaves = (times[excess - 1] if excess <= len(times) else now)
+            wait = max(leaves + self.identical_window_seconds - now, 1e-3)
+            raise too_many_identical(state.counts[digest] + copies - 1,
+                                     self.identical_window_seconds, wait)
 
-        state.tokens -= 1.0
-        state.recent.append((now, digest))
-        state.counts[digest] += 1
+        state.tokens -= need
+        counts = []
+        for digest in digests:
+            state.recent.append((now, digest))
+            state.counts[digest] += 1
+            counts.append(state.counts[digest])
+        return counts
 
     def refund(self, user: str, content: str) -> None:
         """Undo one accepted `check` of `content` by `user`: the send turned out to be an
@@ -282,7 +333,7 @@ class SendRateLimiter:
         state = self._users.get(user)
         if state is None:
             return
-        digest = hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        digest = text_digest(content)
         for i in range(len(state.recent) - 1, -1, -1):
             if state.recent[i][1] == digest:
                 del state.recent[i]
@@ -291,3 +342,4 @@ class SendRateLimiter:
                     del state.counts[digest]
                 state.tokens = min(float(self.send_burst), state.tokens + 1.0)
                 return
+

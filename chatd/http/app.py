@@ -12,8 +12,9 @@ from quart_trio import QuartTrio
 
 from chatd.auth.tokens import TokenVerifier
 from chatd.config import Config
-from chatd.domain.rules import max_body_size
-from chatd.http.chat_routes import chat_blueprint
+from chatd.domain.rules import batch_body_size, max_body_size
+from chatd.http.bodies import with_body_limits
+from chatd.http.chat_routes import BATCH_PATH, chat_blueprint
 from chatd.http.context import authenticate
 from chatd.http.errors import register_error_handlers
 from chatd.http.health_routes import health_blueprint
@@ -59,6 +60,9 @@ def create_app(
     # redirect to the path with the slashes merged. Set before any route is added.
     app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = max_body_size(config.limits.max_content_length)
+    # a batch send's body may hold `max_batch` messages; every other route keeps the limit above
+    batch_limit = batch_body_size(config.limits.max_content_length, config.limits.max_batch)
+    app.request_class = with_body_limits(app.request_class, {("POST", BATCH_PATH): batch_limit})
     # Our routes answer JSON in contract order; never let Quart re-sort or pretty-print.
     app.config["JSON_SORT_KEYS"] = False
 

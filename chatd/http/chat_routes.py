@@ -10,7 +10,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, request
 
 from chatd.domain.errors import Forbidden
-from chatd.domain.models import ReceiptStatus, SessionSummary
+from chatd.domain.models import ReceiptStatus, SessionSummary, batch_answers_json
 from chatd.domain.rules import normalize_email
 from chatd.http.context import caller, json_object
 from chatd.http.errors import json_response
@@ -25,6 +25,10 @@ def _summary_json(entry: SessionSummary) -> dict[str, object]:
         "lastMessage": None if last is None else last.to_json(),
         "unreadCount": entry.unread,
     }
+
+
+#: The batch send route: its body may be `limits.max_batch` messages (`batch_body_size`).
+BATCH_PATH = "/api/chat/messages"
 
 
 def chat_blueprint(service: ChatService) -> Blueprint:
@@ -47,6 +51,13 @@ def chat_blueprint(service: ChatService) -> Blueprint:
             caller(), body.get("sessionId"), body.get("content"), body.get("clientMessageId")
         )
         return json_response(message.to_json(), 201 if created else 200)
+
+    @bp.post("/messages")
+    async def send_batch() -> Response:
+        body = await json_object()
+        answers = await service.send_batch(caller(), body.get("sessionId"), body.get("messages"))
+        created = any(new for _, new in answers)
+        return json_response({"results": batch_answers_json(answers)}, 201 if created else 200)
 
     @bp.get("/<session_id>/history")
     @bp.get("/history/<session_id>")

@@ -161,6 +161,28 @@ class HasState(Protocol):
     def state(self) -> object: ...
 
 
+class RedisState(Protocol):
+    """`chatd.redis_tier.RedisTier`."""
+
+    @property
+    def up(self) -> bool: ...
+    @property
+    def calls(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+
+
+class SharedLimits(Protocol):
+    """`chatd.redis_tier.SharedRateLimiter`."""
+
+    @property
+    def leased(self) -> int: ...
+    @property
+    def checked(self) -> int: ...
+    @property
+    def fallbacks(self) -> int: ...
+
+
 class Bridged(Protocol):
     """`chatd.bridge.RabbitBridge`."""
 
@@ -221,6 +243,10 @@ class Metrics:
         self.bridge_confirm_latency = Histogram(
             _name("bridge_confirm_latency_seconds"),
             "Time from publishing to RabbitMQ to its publisher confirm.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.redis_latency = Histogram(
+            _name("redis_latency_seconds"),
+            "Time of one call to the Redis tier (thread hop included), answered calls only.",
             buckets=LATENCY_BUCKETS, registry=r)
         Info(_name("build"), "The chatd release and Python running this instance.",
              registry=r).info({"version": version(), "python": platform.python_version()})
@@ -385,6 +411,16 @@ class Metrics:
                     if hasattr(cache, attr):
                         yield CounterMetricFamily(_name(f"profile_cache_{attr}"), text,
                                                   value=getattr(cache, attr))
+                shared = getattr(cache, "shared", None)  # the second level in Redis
+                if shared is not None:
+                    yield CounterMetricFamily(
+                        _name("profile_shared_hits"),
+                        "Local cache misses answered by the shared cache in Redis.",
+                        value=shared.hits)
+                    yield CounterMetricFamily(
+                        _name("profile_shared_misses"),
+                        "Local cache misses the shared cache could not answer (or Redis down).",
+                        value=shared.misses)
             if breaker is not None:
                 current = _state_name(breaker.state)
                 family = GaugeMetricFamily(
@@ -407,6 +443,38 @@ class Metrics:
                                     value=1.0 if bridge.connected else 0.0)
 
         self.add_source("bridge", source)
+
+    def attach_redis(self, tier: RedisState) -> None:
+        """The Redis tier's `up` flag and its `calls` and `errors` counts (its latency goes
+        to `redis_latency.observe`)."""
+
+        def source() -> Iterator[Metric]:
+            yield GaugeMetricFamily(_name("redis_up"),
+                                    "1 while the Redis tier answers (0: features run locally).",
+                                    value=1.0 if tier.up else 0.0)
+            yield CounterMetricFamily(_name("redis_calls"), "Calls made to the Redis tier.",
+                                      value=tier.calls)
+            yield CounterMetricFamily(_name("redis_errors"),
+                                      "Calls to the Redis tier that failed or timed out.",
+                                      value=tier.errors)
+
+        self.add_source("redis", source)
+
+    def attach_shared_limits(self, limiter: SharedLimits) -> None:
+        """How the shared rate limiter decided sends: on a leased token (no I/O), with a
+        round trip to Redis, or locally because Redis was down."""
+
+        def source() -> Iterator[Metric]:
+            family = CounterMetricFamily(
+                _name("rate_limit_shared_checks"),
+                "Sends checked by the shared rate limiter, by how they were decided.",
+                labels=["how"])
+            family.add_metric(["lease"], limiter.leased)
+            family.add_metric(["redis"], limiter.checked)
+            family.add_metric(["local"], limiter.fallbacks)
+            yield family
+
+        self.add_source("shared_limits", source)
 
     def attach_sockjs(self, count: Callable[[], int]) -> None:
         """SockJS sessions open now, as `count()` says."""

@@ -66,6 +66,25 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def whole_commits(rows: list[OutboxRow], *, full: bool
+                  ) -> tuple[list[OutboxRow], list[OutboxRow]]:
+    """(rows to publish now, rows to give back): a full claim may end inside the rows one
+    commit wrote for one session (a batch send, one unit), so its trailing group of rows of
+    the same session and commit time is given back to lead the next claim, and the batch
+    goes out in one round (one confirm round with RabbitMQ) — unless that group is the
+    whole claim. Order is safe: they are the tail of their session in this claim."""
+    if not full or not rows:
+        return rows, []
+    last = rows[-1]
+    cut = len(rows)
+    while cut > 0 and (rows[cut - 1].session_id, rows[cut - 1].created_at) == (
+            last.session_id, last.created_at):
+        cut -= 1
+    if cut == 0:
+        return rows, []
+    return rows[:cut], rows[cut:]
+
+
 def describe(exc: BaseException) -> str:
     """The text stored as a row's ``last_error``: the exception type and its message."""
     text = str(exc)
@@ -87,8 +106,10 @@ class OutboxPublisher:
 
     `clock` gives the aware UTC time used for leases and retry times (injectable so tests and
     the store agree on "now"); `random` returns floats in [0, 1] for the retry jitter (a constant
-    1.0 turns jitter off). Counters for metrics: `published` rows accepted by the sink,
-    `retried` failed attempts scheduled again, `dead` rows given up.
+    1.0 turns jitter off). `min_claim` raises the claim size to at least the rows of one
+    commit of a session (a batch send's rows go out in one round: see `whole_commits`).
+    Counters for metrics: `published` rows accepted by the sink, `retried` failed attempts
+    scheduled again, `dead` rows given up.
     """
 
     def __init__(
@@ -99,8 +120,10 @@ class OutboxPublisher:
         *,
         clock: Clock = utc_now,
         random: Random = _random.random,
+        min_claim: int = 0,
     ) -> None:
         self._store = store
+        self._claim = max(config.batch_size, min_claim)
         self._sink = sink
         self._config = config
         self._clock = clock
@@ -117,6 +140,10 @@ class OutboxPublisher:
         self.published = 0
         self.retried = 0
         self.dead = 0
+        #: How many times it has started waiting for the store to signal new rows, and whether
+        #: it waits now: a test's condition for "idle, so the next row comes by the wake-up".
+        self.idle_waits = 0
+        self.waiting = False
         #: Told, per round, each sent row's seconds from its commit to the sink (metrics).
         self.on_published: Callable[[list[float]], None] | None = None
 
@@ -166,20 +193,21 @@ class OutboxPublisher:
         if self._retry_due is not None and self._retry_due <= now:
             self._retry_due = None
         rows = await self._store.claim_outbox(
-            limit=self._config.batch_size, lease_seconds=self._config.lease_seconds, now=now
+            limit=self._claim, lease_seconds=self._config.lease_seconds, now=now
         )
         if not rows and self._signalled:
             self._maybe_blocked_until = trio.current_time() + BLOCKED_WINDOW
         self._signalled = False
         if not rows:
             return False
-        rows = sorted(rows, key=lambda r: r.id)
-        outcome = _Outcome()
+        full = len(rows) >= self._claim
+        rows, held_back = whole_commits(sorted(rows, key=lambda r: r.id), full=full)
+        outcome = _Outcome(released=held_back)
         try:
             await self._deliver(rows, outcome)
         except BaseException:
             with trio.CancelScope(shield=True), trio.move_on_after(FINAL_FLUSH_TIMEOUT):
-                await self._flush_cancelled(rows, outcome)
+                await self._flush_cancelled([*rows, *held_back], outcome)
             raise
         await self._settle(outcome)
         if outcome.unavailable != self._sink_down:
@@ -189,7 +217,7 @@ class OutboxPublisher:
                     else "available again")
         # a full batch means more may be waiting: go again at once, unless nothing went out
         # (a sink that is down would otherwise make us sweep the whole backlog, charging heads)
-        return len(rows) >= self._config.batch_size and bool(outcome.sent)
+        return full and bool(outcome.sent)
 
     async def _deliver(self, rows: Sequence[OutboxRow], outcome: _Outcome) -> None:
         """Hand `rows` to the sink as one call; if it fails, row by row (see the module doc)."""
@@ -323,6 +351,8 @@ class OutboxPublisher:
                 if self._stopping:
                     scope.cancel()
                 if wake:
+                    self.idle_waits += 1
+                    self.waiting = True
                     await self._store.wait_for_outbox()
                     self._signalled = True
                 else:
@@ -331,3 +361,4 @@ class OutboxPublisher:
                 await trio.sleep_forever()  # the poll timeout still ends this pause
             finally:
                 self._pause_scope = None
+                self.waiting = False

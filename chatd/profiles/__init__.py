@@ -2,7 +2,8 @@
 
 `local` derives profiles without I/O (the embedded default); `remote` asks the profile service
 (`RemoteProfileProvider`) behind a TTL cache with single-flight and a circuit breaker
-(`CachedProfiles`, `CircuitBreaker`).
+(`CachedProfiles`, `CircuitBreaker`), with an optional second level shared in Redis
+(`SharedProfileCache`).
 """
 
 from chatd.profiles.base import Profile, ProfileProvider
@@ -10,6 +11,7 @@ from chatd.profiles.breaker import BreakerState, CircuitBreaker
 from chatd.profiles.cache import CachedProfiles
 from chatd.profiles.local import LocalProfileProvider
 from chatd.profiles.remote import RemoteProfileProvider
+from chatd.profiles.shared import SharedProfileCache
 
 __all__ = [
     "BreakerState",
@@ -19,4 +21,5 @@ __all__ = [
     "Profile",
     "ProfileProvider",
     "RemoteProfileProvider",
+    "SharedProfileCache",
 ]

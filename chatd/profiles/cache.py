@@ -11,6 +11,9 @@ Why each piece:
   100 simultaneous inits for one user make one upstream call, success or failure.
 - **Circuit breaker** (`CircuitBreaker`): while open, uncached lookups fail at once with 503
   and ``Retry-After``; cached ones keep being served.
+- **Shared second level** (optional, `SharedProfileCache` in Redis): asked before the profile
+  service and told what it answered, so N instances call the service once per user and TTL.
+  Its answers enter the local cache for the time they have left there.
 - **Stale-if-error** (optional): a found profile is also kept, size-bounded, past its TTL, and
   answered when the upstream fails or the breaker is open. A display name a few minutes old
   beats a failed chat.
@@ -31,6 +34,7 @@ from chatd.domain.errors import NotFound, Unavailable
 from chatd.profiles.base import Profile, ProfileProvider
 from chatd.profiles.breaker import CircuitBreaker
 from chatd.profiles.remote import UNAVAILABLE_MESSAGE
+from chatd.profiles.shared import SharedProfileCache
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +69,17 @@ class CachedProfiles:
         not_found_ttl: float = DEFAULT_NOT_FOUND_TTL,
         max_size: int = DEFAULT_MAX_SIZE,
         stale_if_error: bool = True,
+        shared: SharedProfileCache | None = None,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
         self.upstream = upstream
+        self.shared = shared
         self.breaker = breaker if breaker is not None else CircuitBreaker(clock=clock)
         self.ttl = ttl
         self.not_found_ttl = not_found_ttl
         self.stale_if_error = stale_if_error
-        self._cache: TLRUCache[Key, Entry] = TLRUCache(
+        # (entry, seconds to live): an entry from the shared cache lives what it has left
+        self._cache: TLRUCache[Key, tuple[Entry, float]] = TLRUCache(
             maxsize=max_size, ttu=self._expires, timer=clock)
         self._stale: LRUCache[Key, Profile] = LRUCache(maxsize=max_size)
         self._flights: dict[Key, _Flight] = {}
@@ -81,14 +88,19 @@ class CachedProfiles:
         self.stale = 0
         self.rejected = 0
 
-    def _expires(self, key: Key, value: Entry, now: float) -> float:
-        return now + (self.ttl if isinstance(value, Profile) else self.not_found_ttl)
+    @staticmethod
+    def _expires(key: Key, value: tuple[Entry, float], now: float) -> float:
+        return now + value[1]
+
+    def _ttl_of(self, entry: Entry) -> float:
+        return self.ttl if isinstance(entry, Profile) else self.not_found_ttl
 
     async def lookup(self, email: str, intent: str) -> Profile:
         """The cached or fetched profile; raises `NotFound` or `Unavailable` like upstream."""
         key = (email, intent)
-        entry = self._cache.get(key)
-        if entry is not None:
+        cached = self._cache.get(key)
+        if cached is not None:
+            entry = cached[0]
             self.hits += 1
             if isinstance(entry, NotFound):
                 raise NotFound(entry.message)
@@ -115,6 +127,14 @@ class CachedProfiles:
             flight.done.set()
 
     async def _fetch(self, key: Key) -> Profile:
+        if self.shared is not None and (found := await self.shared.get(key)) is not None:
+            entry, left = found
+            self._cache[key] = (entry, min(left, self._ttl_of(entry)))
+            if isinstance(entry, NotFound):
+                raise NotFound(entry.message)
+            if self.stale_if_error:
+                self._stale[key] = entry
+            return entry
         breaker = self.breaker
         if not breaker.allow():
             self.rejected += 1
@@ -126,8 +146,10 @@ class CachedProfiles:
             outcome = True
         except NotFound as exc:
             outcome = True  # a clear answer from a healthy service
-            self._cache[key] = exc
+            self._cache[key] = (exc, self.not_found_ttl)
             self._stale.pop(key, None)
+            if self.shared is not None:
+                await self.shared.put(key, exc, self.not_found_ttl)
             raise
         except Unavailable as exc:
             outcome = False
@@ -138,9 +160,11 @@ class CachedProfiles:
                 breaker.release()  # cancelled: no outcome to learn from
             elif outcome:
                 breaker.record(True)
-        self._cache[key] = profile
+        self._cache[key] = (profile, self.ttl)
         if self.stale_if_error:
             self._stale[key] = profile
+        if self.shared is not None:
+            await self.shared.put(key, profile, self.ttl)
         return profile
 
     def _stale_or(self, key: Key, error: Unavailable) -> Profile:

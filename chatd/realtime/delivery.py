@@ -18,13 +18,13 @@ import uuid
 from collections.abc import Sequence
 from typing import Final
 
+from chatd.domain.destinations import is_session_topic, topic_session_id
 from chatd.domain.models import EVENT_MESSAGE, OutboxRow
 from stomp.trio import BrokerRuntime
 
 log = logging.getLogger(__name__)
 
 JSON: Final = "application/json"
-TOPIC_PREFIX: Final = "/topic/session."
 #: Session marks kept; the least recently published are forgotten first (and re-seeded from
 #: the database when a replay needs them again).
 DEFAULT_MAX_TRACKED_SESSIONS: Final = 100_000
@@ -66,7 +66,7 @@ class LocalDelivery:
         """Publish one row's fields to the local subscribers of `destination` (what the
         RabbitMQ bridge calls for each consumed message); topic rows at or below the
         session's seq mark are skipped."""
-        topic = event == EVENT_MESSAGE and destination.startswith(TOPIC_PREFIX)
+        topic = event == EVENT_MESSAGE and is_session_topic(destination)
         if topic:
             last = self._last.get(session_id)
             if last is not None and seq <= last:
@@ -82,7 +82,7 @@ class LocalDelivery:
         bridge unbound it): a later subscriber re-seeds it from the store instead of trusting
         a mark that no longer follows the topic."""
         try:
-            session_id = uuid.UUID(destination.removeprefix(TOPIC_PREFIX))
+            session_id = topic_session_id(destination)
         except ValueError:
             return
         self._last.pop(session_id, None)

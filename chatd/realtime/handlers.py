@@ -23,13 +23,13 @@ from typing import Any, Final
 
 import trio
 
+from chatd.domain.destinations import UserQueue, session_topic, user_queue
 from chatd.domain.errors import BadRequest, ChatError, Unavailable, view
-from chatd.domain.models import EVENT_MESSAGE, Message, compact_json
+from chatd.domain.models import EVENT_MESSAGE, Message, batch_answers_json, compact_json
 from chatd.realtime.delivery import event_headers
 from chatd.services import ChatService
-from chatd.storage.base import topic_destination
 from stomp import Send
-from stomp.broker import SessionId, user_key
+from stomp.broker import SessionId
 from stomp.trio import BrokerRuntime
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ EVENT_TYPING: Final = "typing"
 #: `event` header values of the direct answers (they are replies, not session events).
 EVENT_ERROR: Final = "error"
 EVENT_PONG: Final = "pong"
+#: `event` of a batch send's answer on `/user/queue/ack`: a JSON array, not one message.
+EVENT_BATCH: Final = "batch"
 #: Seconds one `/app` frame may hold up its session's reader.
 DEFAULT_HANDLER_TIMEOUT: Final = 10.0
 
@@ -60,6 +62,7 @@ class AppHandlers:
         self.relay: Relay | None = None
         self.routes: dict[str, Handler] = {
             "/app/chat.send": self.chat_send,
+            "/app/chat.send-batch": self.chat_send_batch,
             "/app/chat.delivered": self.chat_delivered,
             "/app/chat.seen": self.chat_seen,
             "/app/chat.typing": self.chat_typing,
@@ -105,13 +108,37 @@ class AppHandlers:
             if isinstance(result, ChatError):
                 self.error(caller, cmid, result)
             else:
-                self.reply(caller, "/queue/ack", result.to_json(), EVENT_MESSAGE)
+                self.reply(caller, UserQueue.ACK, result.to_json(), EVENT_MESSAGE)
             if receipt is not None:
                 self.runtime.receipt(session, receipt)
 
         await self.services.submit(
             caller, body.get("sessionId"), body.get("content"), cmid, stored,
             path="stomp", received_at=self.runtime.received_at(session))
+        return True
+
+    async def chat_send_batch(self, session: SessionId, caller: str, body: dict[str, Any],
+                              receipt: str | None) -> bool:
+        """Store a batch like ``POST /api/chat/messages`` (`ChatService.send_batch`, all or
+        nothing); its answers, one JSON array of ``{status, message}``, go to
+        `/user/queue/ack` (event ``batch``) or its one error to `/user/queue/error`, then the
+        receipt, once the batch committed. The reader goes on meanwhile, as for `chat_send`.
+        Each message is still published as its own MESSAGE frame, in order."""
+
+        def stored(result: list[tuple[Message, bool]] | ChatError) -> None:
+            if isinstance(result, ChatError):
+                self.error(caller, None, result, batch=body.get("messages"))
+            else:
+                self.reply(caller, UserQueue.ACK, batch_answers_json(result), EVENT_BATCH)
+            if receipt is not None:
+                self.runtime.receipt(session, receipt)
+
+        try:
+            await self.services.submit_batch(
+                caller, body.get("sessionId"), body.get("messages"), stored, path="stomp",
+                received_at=self.runtime.received_at(session))
+        except ChatError as exc:
+            stored(exc)
         return True
 
     async def chat_delivered(self, session: SessionId, caller: str, body: dict[str, Any],
@@ -133,20 +160,20 @@ class AppHandlers:
         """Tell the session topic the caller is typing; ephemeral, never stored."""
         chat = await self.services.require_participant(caller, body.get("sessionId"))
         payload = {"sessionId": str(chat.id), "email": caller}
-        self.publish(topic_destination(chat.id), compact_json(payload).encode(), EVENT_TYPING)
+        self.publish(session_topic(chat.id), compact_json(payload).encode(), EVENT_TYPING)
         return False
 
     async def ping(self, session: SessionId, caller: str, body: dict[str, Any],
                    receipt: str | None) -> bool:
         """Echo the body (a client's correlation data) on `/user/queue/pong`."""
-        self.reply(caller, "/queue/pong", body, EVENT_PONG)
+        self.reply(caller, UserQueue.PONG, body, EVENT_PONG)
         return False
 
     # -- answers -------------------------------------------------------------------------------
 
-    def reply(self, caller: str, queue: str, payload: Any, event: str) -> None:
-        """Publish JSON to every connection of `caller` subscribed to `/user{queue}`."""
-        self.publish(user_key(caller, queue), compact_json(payload).encode(), event)
+    def reply(self, caller: str, queue: UserQueue, payload: Any, event: str) -> None:
+        """Publish JSON to every connection of `caller` subscribed to `queue`."""
+        self.publish(user_queue(caller, queue), compact_json(payload).encode(), event)
 
     def publish(self, key: str, body: bytes, event: str) -> None:
         """Publish an unstored event here, and through `relay` to other instances."""
@@ -154,17 +181,24 @@ class AppHandlers:
         if self.relay is not None:
             self.relay(key, event, body)
 
-    def error(self, caller: str, client_message_id: object, exc: BaseException) -> None:
-        """`{clientMessageId, status, errorMsg}` (plus `retryAfter` when rate limited or busy)."""
+    def error(self, caller: str, client_message_id: object, exc: BaseException, *,
+              batch: object = None) -> None:
+        """`{clientMessageId, status, errorMsg}` (plus `retryAfter` when rate limited or busy);
+        for a batch send, `clientMessageId` is null and `clientMessageIds` lists the batch's
+        (those that are strings), so the client knows which batch was refused."""
         shown = view(exc)
         payload: dict[str, Any] = {
             "clientMessageId": client_message_id if isinstance(client_message_id, str) else None,
             "status": shown.code,
             "errorMsg": shown.message,
         }
+        if isinstance(batch, list):
+            payload["clientMessageIds"] = [
+                item.get("clientMessageId") for item in batch if isinstance(item, dict)
+                and isinstance(item.get("clientMessageId"), str)]
         if shown.retry_after is not None:
             payload["retryAfter"] = shown.retry_after
-        self.reply(caller, "/queue/error", payload, EVENT_ERROR)
+        self.reply(caller, UserQueue.ERROR, payload, EVENT_ERROR)
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:

@@ -22,21 +22,27 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from typing import Final, Protocol
 
 from chatd.auth.tokens import TokenVerifier, bearer_token
 from chatd.config import Config
+from chatd.domain.destinations import (
+    ALLOWED_SUBSCRIPTIONS,
+    is_session_topic,
+    session_topic,
+    subscribed_user_queue,
+    topic_session_id,
+    user_queue,
+)
 from chatd.domain.errors import ChatError, Unauthenticated, view
 from chatd.domain.rules import max_body_size
-from chatd.realtime.delivery import TOPIC_PREFIX, LocalDelivery
+from chatd.realtime.delivery import LocalDelivery
 from chatd.realtime.handlers import APP_PREFIX, AppHandlers
 from chatd.realtime.replay import DEFAULT_MAX_REPLAY, replay, since_seq
 from chatd.release import version
 from chatd.services import ChatService
-from chatd.storage.base import KEYS_QUEUE
 from stomp import Connect, Send, Subscribe
-from stomp.broker import USER_PREFIX, Broker, Limits, SessionId, user_key
+from stomp.broker import Broker, Limits, SessionId
 from stomp.trio import Authenticated, BrokerRuntime, Principal, Refused, TransportInfo
 
 log = logging.getLogger(__name__)
@@ -44,12 +50,6 @@ log = logging.getLogger(__name__)
 UNAUTHENTICATED: Final = "unauthenticated"
 #: Bytes for an `/app` SEND's command and headers on top of its body.
 FRAME_HEAD_ROOM: Final = 1024
-#: The per-user queues a client may subscribe to (as `/user/queue/{name}`); ``keys`` carries
-#: the public-key changes of the user's peers (`chatd.storage.base.key_outbox`).
-USER_QUEUES: Final = frozenset(
-    f"/user/queue/{name}" for name in ("messages", "ack", "error", "receipts", "pong",
-                                       KEYS_QUEUE)
-)
 
 
 class Binder(Protocol):
@@ -115,18 +115,18 @@ class ChatHooks:
         `x-since-seq` history last, see `replay`); refuse anything else, naming it."""
         destination = event.destination
         caller = _require(principal)
-        if destination in USER_QUEUES:
+        queue = subscribed_user_queue(destination)
+        if queue is not None:
             if self.binder is not None:
-                key = user_key(caller, destination[len(USER_PREFIX) - 1:])
+                key = user_queue(caller, queue)
                 await self.binder.ensure_bound(key)
                 self.binder.release(key, subscribed=True)
             return
-        if not destination.startswith(TOPIC_PREFIX):
+        if not is_session_topic(destination):
             raise Refused(f"cannot subscribe to {destination}",
-                          "allowed: /topic/session.{id} and /user/queue/{messages,ack,error,"
-                          "receipts,pong,keys}")
+                          f"allowed: {ALLOWED_SUBSCRIPTIONS}")
         try:
-            sid = uuid.UUID(destination.removeprefix(TOPIC_PREFIX))
+            sid = topic_session_id(destination)
         except ValueError:
             raise Refused(f"cannot subscribe to {destination}",
                           "not a session id") from None
@@ -134,7 +134,7 @@ class ChatHooks:
             chat = await self.services.require_participant(caller, sid)
         except ChatError as exc:
             raise Refused(f"cannot subscribe to {destination}", view(exc).message) from None
-        if str(chat.id) != destination.removeprefix(TOPIC_PREFIX):
+        if destination != session_topic(chat.id):
             # Another spelling of the id (upper case, braces) would be another broker topic
             # that nothing is ever published to.
             raise Refused(f"cannot subscribe to {destination}",

@@ -4,16 +4,18 @@ One service object serves REST and STOMP alike, so both surfaces share every rul
 is always the authenticated email (never a body field), the caller must be a participant of any
 session it touches, and checks run in a fixed order — input shape (400), session exists (404),
 caller participates (403), then the action. The one check that needs the session is a send's
-`content` (text in a plain session, an envelope in an encrypted one): it comes after 403. Storage is reached only through the `Store`
-protocol; time only through the injected clock, so tests control both.
+`content` (text in a plain session, an envelope in an encrypted one): it comes after 403.
+Storage is reached only through the `Store` protocol; time only through the injected clock,
+so tests control both.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
@@ -21,7 +23,14 @@ import trio
 
 from chatd.config import LimitsConfig
 from chatd.domain.envelope import validate_envelope
-from chatd.domain.errors import BadRequest, ChatError, Forbidden, NotFound, RateLimited
+from chatd.domain.errors import (
+    BadRequest,
+    ChatError,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    Unavailable,
+)
 from chatd.domain.lru import Lru
 from chatd.domain.models import (
     ChatSession,
@@ -39,21 +48,33 @@ from chatd.domain.rules import (
     validate_content,
 )
 from chatd.profiles.base import Profile, ProfileProvider
+from chatd.redis_tier import SharedRateLimiter
 from chatd.services.committer import SendCommitter
 from chatd.services.inputs import (
+    parse_batch,
     parse_flag,
     parse_receipt_selection,
     parse_seq,
     parse_session_id,
     validate_intent,
 )
-from chatd.storage.base import AppendResult, NewMessage, Store
+from chatd.storage.base import (
+    REUSED_ELSEWHERE,
+    Appended,
+    AppendResult,
+    NewMessage,
+    Store,
+    Withheld,
+    refusal,
+)
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 #: Told a submitted send's outcome: (message, created), or (the error, False).
 SendCallback = Callable[["Message | ChatError", bool], None]
+#: Told a submitted batch send's outcome: (message, created) per item, or the error.
+BatchCallback = Callable[["list[tuple[Message, bool]] | ChatError"], None]
 SendPath = Literal["rest", "stomp"]
 
 
@@ -93,15 +114,18 @@ class ChatService:
         clock: Clock = utc_now,
         observer: SendObserver | None = None,
         committer: SendCommitter | None = None,
+        shared_limiter: SharedRateLimiter | None = None,
     ) -> None:
         """With a `committer`, sends are stored in its batches (and delivered right after);
-        without, each in a transaction of its own."""
+        without, each in a transaction of its own. With a `shared_limiter` (the Redis tier,
+        wrapping `limiter`) the rate limits hold across instances."""
         self.store = store
         self.committer = committer
         self.observer = observer
         self.profiles = profiles
         self.limits = limits or LimitsConfig()
         self.limiter = limiter or SendRateLimiter.from_limits(self.limits)
+        self.shared_limiter = shared_limiter
         self.clock = clock
         # A session never changes once created (participants, intent), so a found one can be
         # kept: every send and read checks participation, and this saves a store hop each time.
@@ -274,15 +298,10 @@ class ChatService:
         if not isinstance(content, str):
             raise BadRequest("content must be a string")
         session = await self.require_participant(caller, sid)
-        # What content may be depends on the session: an envelope (whose ciphertext the size
-        # limit applies to) in an encrypted one, text in a plain one.
-        if session.encrypted:
-            text = validate_envelope(content, self.limits)
-        else:
-            text = validate_content(content, self.limits)
+        text = self._content_rule(session)(content)
         now = self.clock()
         try:
-            self.limiter.check(caller, text, now.timestamp())
+            await self._charge(caller, (text,), now)
         except RateLimited:
             original = await self.store.find_message(caller, cmid)
             if original is None:
@@ -294,6 +313,13 @@ class ChatService:
         assert sender is not None  # require_participant checked it
         return NewMessage(sid, sender, text, cmid, now)
 
+    def _content_rule(self, session: ChatSession) -> Callable[[object], str]:
+        """What `content` may be depends on the session: an envelope (whose ciphertext the
+        size limit applies to) in an encrypted one, text in a plain one."""
+        if session.encrypted:
+            return functools.partial(validate_envelope, limits=self.limits)
+        return functools.partial(validate_content, limits=self.limits)
+
     def _deadline(self, received_at: float | None) -> float:
         start = trio.current_time() if received_at is None else received_at
         return start + self.limits.max_send_wait_ms / 1000
@@ -302,7 +328,7 @@ class ChatService:
                 path: SendPath, started: float) -> tuple[Message, bool]:
         """After the store: a repeat is answered with the original and not counted."""
         if not created:
-            self.limiter.refund(caller, item.content)
+            (self.shared_limiter or self.limiter).refund(caller, item.content)
             return self._repeat(message, item.session_id), False
         log.debug("message stored session=%s seq=%d via %s", item.session_id, message.seq,
                   path)
@@ -313,8 +339,123 @@ class ChatService:
     @staticmethod
     def _repeat(original: Message, session_id: uuid.UUID) -> Message:
         if original.session_id != session_id:
-            raise BadRequest("clientMessageId was already used in another session")
+            raise BadRequest(REUSED_ELSEWHERE)
         return original
+
+    # -- batch sends ------------------------------------------------------------------------
+
+    async def send_batch(
+        self, caller: str, session_id: object, messages: object, *, path: SendPath = "rest",
+        received_at: float | None = None,
+    ) -> list[tuple[Message, bool]]:
+        """Store `messages` (``[{content, clientMessageId}, ...]``) from the caller in one
+        transaction, with consecutive seqs in array order; (message, created) per item.
+
+        All or nothing: a bad item is a `BadRequest` naming its index
+        (`inputs.parse_batch`), and so is a clientMessageId the caller used in another
+        session; then nothing is stored. Known clientMessageIds answer their originals
+        (created False) like `send`. The rate limit charges every new item and refuses the
+        whole batch (`RateLimited`) when they do not all fit; `Unavailable` as `send`.
+        """
+        started = time.perf_counter()
+        items, charged = await self._prepare_batch(caller, session_id, messages, path)
+        if self.committer is not None:
+            results = await self.committer.append_batch(items,
+                                                        deadline=self._deadline(received_at))
+        else:
+            results = await self.store.append_messages(items, units=[len(items)])
+        return self._stored_batch(caller, items, charged, results, path, started)
+
+    async def submit_batch(
+        self, caller: str, session_id: object, messages: object, on_done: BatchCallback, *,
+        path: SendPath = "stomp", received_at: float | None = None,
+    ) -> None:
+        """`send_batch` without waiting for the commit, as `submit` is to `send`: raises
+        what it raises before storing, then calls `on_done` with the answers or the error
+        from the committer's task."""
+        started = time.perf_counter()
+        items, charged = await self._prepare_batch(caller, session_id, messages, path)
+
+        def stored(results: list[AppendResult]) -> None:
+            try:
+                answers = self._stored_batch(caller, items, charged, results, path, started)
+            except ChatError as exc:
+                on_done(exc)
+                return
+            on_done(answers)
+
+        if self.committer is not None:
+            self.committer.submit_batch(items, stored, deadline=self._deadline(received_at))
+        else:
+            stored(await self.store.append_messages(items, units=[len(items)]))
+
+    async def _charge(self, caller: str, texts: Sequence[str], now: datetime) -> None:
+        """Charge the rate limit for `texts` (one send each), all or none: across instances
+        with the Redis tier, else here. Raises RateLimited."""
+        if self.shared_limiter is not None:
+            await self.shared_limiter.check_many(caller, texts, now.timestamp())
+        else:
+            self.limiter.check_many(caller, texts, now.timestamp())
+
+    async def _prepare_batch(self, caller: str, session_id: object, messages: object,
+                             path: SendPath) -> tuple[list[NewMessage], set[int]]:
+        """The checks before storing: the items, and the indexes the rate limit charged
+        (every one, or when that was refused, those not already stored)."""
+        sid = parse_session_id(session_id)
+        session = await self.require_participant(caller, sid)
+        pairs = parse_batch(messages, max_batch=self.limits.max_batch,
+                            validate=self._content_rule(session))
+        now = self.clock()
+        charged = set(range(len(pairs)))
+        try:
+            await self._charge(caller, [text for _, text in pairs], now)
+        except RateLimited:
+            # a client retrying a batch whose answer it lost is not refused for its repeats
+            known = {m.client_message_id
+                     for m in await self.store.find_messages(caller, [c for c, _ in pairs])}
+            charged = {i for i, (cmid, _) in enumerate(pairs) if cmid not in known}
+            if len(charged) == len(pairs):
+                self._refused(path)
+                raise
+            try:
+                await self._charge(caller, [pairs[i][1] for i in sorted(charged)], now)
+            except RateLimited:
+                self._refused(path)
+                raise
+        sender = session.participant(caller)
+        assert sender is not None  # require_participant checked it
+        return [NewMessage(sid, sender, text, cmid, now) for cmid, text in pairs], charged
+
+    def _refused(self, path: SendPath) -> None:
+        if self.observer is not None:
+            self.observer.send_refused(path)
+
+    def _stored_batch(self, caller: str, items: list[NewMessage], charged: set[int],
+                      results: list[AppendResult], path: SendPath, started: float,
+                      ) -> list[tuple[Message, bool]]:
+        """After the store: the answers, or the error that refused the whole batch."""
+        for index, result in enumerate(results):
+            if isinstance(result, Unavailable):  # every item's: busy, late or store down
+                raise result
+            if isinstance(result, Withheld):
+                continue
+            problem = refusal(items[index], result)
+            if problem is not None:  # nothing of the batch was stored: none counts
+                for i in charged:
+                    self.limiter.refund(caller, items[i].content)
+                raise _at_index(index, problem)
+        answers: list[tuple[Message, bool]] = []
+        elapsed = time.perf_counter() - started
+        for index, result in enumerate(results):
+            assert isinstance(result, Appended)
+            if not result.created and index in charged:
+                self.limiter.refund(caller, items[index].content)
+            elif result.created and self.observer is not None:
+                self.observer.message_sent(path, elapsed)
+            answers.append((result.message, result.created))
+        log.debug("batch of %d stored session=%s via %s", len(items), items[0].session_id,
+                  path)
+        return answers
 
     async def history(
         self, caller: str, session_id: object, *, limit: object = None, before: object = None,
@@ -380,3 +521,10 @@ class ChatService:
         return await self.store.mark(
             session.id, caller, status, up_to_seq=seq, message_ids=ids, at=self.clock()
         )
+
+
+def _at_index(index: int, error: ChatError) -> ChatError:
+    """`error` naming the batch item it is about (the wire's ``messages[i]``)."""
+    if isinstance(error, BadRequest | Forbidden | NotFound):
+        return type(error)(f"messages[{index}]: {error.message}")
+    return error

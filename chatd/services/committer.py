@@ -32,6 +32,13 @@ send whose deadline (``[limits] max_send_wait_ms`` after it was received) passed
 batch started is refused the same way rather than stored late. So is every send while more
 than `max_backlog` outbox rows this process wrote wait for delivery (with RabbitMQ, for the
 outbox publisher): acceptance never runs ahead of delivery by more than that.
+
+A batch send (`append_batch`, `submit_batch`) is one unit: it is queued whole or refused
+whole, counts as its messages against `max_queued` and (at `ROWS_PER_MESSAGE` rows each)
+against `max_backlog`, is never split across commits (a unit larger than `max_batch` commits
+alone) and reaches the store as one `units` entry, so its messages are stored all or none,
+with consecutive seqs that no other send of the session, from this or another instance, can
+come between: the session's row lock orders whole transactions.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from typing import Final
 import trio
 
 from chatd.domain.errors import ChatError, Unavailable
-from chatd.domain.models import OutboxRow
+from chatd.domain.models import ROWS_PER_MESSAGE, OutboxRow
 from chatd.outbox.sink import OutboxSink
 from chatd.storage.base import Appended, AppendResult, NewMessage, Store
 
@@ -55,7 +62,8 @@ Clock = Callable[[], datetime]
 
 #: Messages stored per transaction at most.
 DEFAULT_MAX_BATCH: Final = 128
-#: Sends waiting for their batch before new ones are refused.
+#: Messages waiting for their batch before new sends are refused (a batch send counts as
+#: its messages).
 DEFAULT_MAX_QUEUED: Final = 256
 #: Outbox rows written and not yet delivered (`backlog`) past which sends are refused: with
 #: RabbitMQ the publisher delivers, and without this bound the committer accepted ~1 000
@@ -68,35 +76,44 @@ MARK_RETRY: Final = 1.0
 BUSY_MESSAGE: Final = "server busy: too many messages waiting to be stored; retry shortly"
 
 
+#: Told a queued unit's results, one per message, from the committer's task.
+UnitCallback = Callable[[list[AppendResult]], None]
+
+
 class _Waiter:
-    """One queued send and, once its batch committed, its result (told to `on_done` too)."""
+    """One queued unit (a send, or a batch send's messages) and, once its batch committed,
+    its results (told to `on_done` too)."""
 
-    __slots__ = ("deadline", "done", "item", "on_done", "result")
+    __slots__ = ("deadline", "done", "items", "on_done", "results")
 
-    def __init__(self, item: NewMessage, deadline: float,
-                 on_done: Callable[[AppendResult], None] | None) -> None:
-        self.item = item
+    def __init__(self, items: Sequence[NewMessage], deadline: float,
+                 on_done: UnitCallback | None) -> None:
+        self.items = items
         self.deadline = deadline
         self.on_done = on_done
-        self.result: AppendResult | None = None
+        self.results: list[AppendResult] = []
         self.done = trio.Event()
 
-    def settle(self, result: AppendResult) -> None:
-        self.result = result
+    def settle(self, results: list[AppendResult]) -> None:
+        self.results = results
         self.done.set()
         if self.on_done is not None:
             try:
-                self.on_done(result)
+                self.on_done(results)
             except Exception:  # a bug in a callback must not stop the batches
                 log.exception("a send's completion callback failed")
+
+    def fail(self, error: ChatError) -> None:
+        self.settle([error] * len(self.items))
 
 
 class SendCommitter:
     """Queues sends, commits them in batches, and (with `sink`) delivers them at once.
 
-    A supervisor part: `run` until cancelled. `append` is what the chat service calls per
-    send. Counters for metrics: `batches`, `committed` (messages), `published` (outbox rows
-    the sink accepted), `refused`, and `queued` (waiting now).
+    A supervisor part: `run` until cancelled. `append` / `submit` are what the chat service
+    calls per send, `append_batch` / `submit_batch` per batch send. Counters for metrics:
+    `batches`, `committed` (messages), `published` (outbox rows the sink accepted), `refused`
+    and `queued` (messages, waiting now).
     """
 
     def __init__(self, store: Store, *, sink: OutboxSink | None = None,
@@ -111,6 +128,7 @@ class SendCommitter:
         self.max_queued = max_queued
         self._clock = clock
         self._queue: list[_Waiter] = []
+        self._queued = 0  # messages in `_queue`
         self._wake = trio.Event()
         self._delivered: list[int] = []  # outbox ids delivered and not yet marked sent
         self._running = False
@@ -138,8 +156,8 @@ class SendCommitter:
 
     @property
     def queued(self) -> int:
-        """Sends waiting for their batch now."""
-        return len(self._queue)
+        """Messages waiting for their batch now (a batch send counts as its messages)."""
+        return self._queued
 
     async def append(self, item: NewMessage, *, deadline: float = math.inf) -> Appended:
         """Store `item` with the next batch; its `Appended`. Raises what the store said of it
@@ -147,32 +165,49 @@ class SendCommitter:
         running, too many sends wait already (then at once), or the batch that would take it
         starts after `deadline` (trio time: the send waited too long, behind others of its
         connection or in this queue) — the busy ones with `retry_after`."""
-        waiter = self._enqueue(item, deadline, None)
-        # Cancelled here, the message may still be stored with the batch: a client that
-        # retries with the same clientMessageId gets the original, never a second copy.
-        await waiter.done.wait()
-        result = waiter.result
+        [result] = await self.append_batch((item,), deadline=deadline)
         if isinstance(result, ChatError):
             raise result
-        assert result is not None
         return result
+
+    async def append_batch(self, items: Sequence[NewMessage], *,
+                           deadline: float = math.inf) -> list[AppendResult]:
+        """Store `items` as one unit (all or nothing, consecutive seqs, one commit) with the
+        next batch; one result per item (`Store.append_messages` with `units`). Raises
+        Unavailable at once like `append`; a refusal after queueing (store down, deadline)
+        is every item's result."""
+        waiter = self._enqueue(items, deadline, None)
+        # Cancelled here, the messages may still be stored with the batch: a client that
+        # retries with the same clientMessageIds gets the originals, never second copies.
+        await waiter.done.wait()
+        return waiter.results
 
     def submit(self, item: NewMessage, on_done: Callable[[AppendResult], None], *,
                deadline: float = math.inf) -> None:
         """`append` without waiting: queue `item` (in order with every other send) and call
         `on_done` with its result from this committer's task once its batch committed (or
         failed). `on_done` must not block. Raises Unavailable at once as `append` does."""
-        self._enqueue(item, deadline, on_done)
+        self._enqueue((item,), deadline, lambda results: on_done(results[0]))
 
-    def _enqueue(self, item: NewMessage, deadline: float,
-                 on_done: Callable[[AppendResult], None] | None) -> _Waiter:
+    def submit_batch(self, items: Sequence[NewMessage], on_done: UnitCallback, *,
+                     deadline: float = math.inf) -> None:
+        """`append_batch` without waiting, as `submit` is to `append`."""
+        self._enqueue(items, deadline, on_done)
+
+    def _enqueue(self, items: Sequence[NewMessage], deadline: float,
+                 on_done: UnitCallback | None) -> _Waiter:
         if not self._running or self._stopping:
             raise Unavailable("server shutting down" if self._stopping else "store unavailable")
-        if len(self._queue) >= self.max_queued or self.backlog() >= self.max_backlog:
-            self.refused += 1
+        # A unit of n is admitted when each of its messages would be, queued one after the
+        # other: room for all n, and the backlog with the rows of the n-1 before the last.
+        n = len(items)
+        if (self._queued + n > self.max_queued
+                or self.backlog() + ROWS_PER_MESSAGE * (n - 1) >= self.max_backlog):
+            self.refused += n
             raise Unavailable(BUSY_MESSAGE, retry_after=BUSY_RETRY_AFTER)
-        waiter = _Waiter(item, deadline, on_done)
+        waiter = _Waiter(items, deadline, on_done)
         self._queue.append(waiter)
+        self._queued += n
         self._wake.set()
         return waiter
 
@@ -195,22 +230,35 @@ class SendCommitter:
                     if self._wake.is_set():
                         self._wake = trio.Event()
                     continue
-                batch = self._queue[:self.max_batch]
-                del self._queue[:len(batch)]
-                await self._commit(batch)
+                await self._commit(self._take())
         finally:
             self._running = False
             for waiter in self._queue:
-                waiter.settle(Unavailable("server shutting down"))
+                waiter.fail(Unavailable("server shutting down"))
             self._queue.clear()
+            self._queued = 0
+
+    def _take(self) -> list[_Waiter]:
+        """The next batch: whole units from the head of the queue, up to `max_batch`
+        messages (at least one unit, however large)."""
+        take = count = 0
+        for waiter in self._queue:
+            if take and count + len(waiter.items) > self.max_batch:
+                break
+            take += 1
+            count += len(waiter.items)
+        batch = self._queue[:take]
+        del self._queue[:take]
+        self._queued -= count
+        return batch
 
     async def _commit(self, batch: list[_Waiter]) -> None:
         late = trio.current_time()
         if any(w.deadline < late for w in batch):
             for waiter in batch:
                 if waiter.deadline < late:
-                    self.refused += 1
-                    waiter.settle(Unavailable(BUSY_MESSAGE, retry_after=BUSY_RETRY_AFTER))
+                    self.refused += len(waiter.items)
+                    waiter.fail(Unavailable(BUSY_MESSAGE, retry_after=BUSY_RETRY_AFTER))
             batch = [w for w in batch if w.deadline >= late]
             if not batch:
                 return
@@ -219,15 +267,16 @@ class SendCommitter:
         marks, self._delivered = self._delivered, []
         try:
             results = await self._store.append_messages(
-                [w.item for w in batch], lease_until=now + self._lease if direct else None,
-                sent=marks, now=now)
+                [item for w in batch for item in w.items], units=[len(w.items) for w in batch],
+                lease_until=now + self._lease if direct else None, sent=marks, now=now)
         except BaseException as exc:
             self._delivered = marks + self._delivered  # still leased: try again later
             error = exc if isinstance(exc, Unavailable) else Unavailable("store unavailable")
             if not isinstance(exc, Unavailable | trio.Cancelled):
-                log.exception("storing a batch of %d messages failed", len(batch))
+                log.exception("storing a batch of %d messages failed",
+                              sum(len(w.items) for w in batch))
             for waiter in batch:
-                waiter.settle(error)
+                waiter.fail(error)
             if isinstance(exc, Exception):
                 return
             raise
@@ -235,12 +284,17 @@ class SendCommitter:
         if marks and self.on_marked is not None:
             self.on_marked()
         rows: list[OutboxRow] = []
-        for waiter, result in zip(batch, results, strict=True):
-            if isinstance(result, Appended) and result.created:
-                self.committed += 1
-                self.rows_written += len(result.outbox)
-                rows.extend(result.outbox)
-            waiter.settle(result)
+        start = 0
+        for waiter in batch:
+            mine = results[start:start + len(waiter.items)]
+            start += len(waiter.items)
+            for result in mine:
+                if isinstance(result, Appended) and result.created:
+                    self.committed += 1
+                    self.rows_written += len(result.outbox)
+                    rows.extend(result.outbox)
+            waiter.settle(mine)
+        # every row of the batch in one call: a batch send's rows go out in one round
         if rows and self.sink is not None:
             await self._deliver(sorted(rows, key=lambda r: r.id))
 

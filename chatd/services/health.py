@@ -4,6 +4,11 @@ Ready means: every part the supervisor started reported itself up, the instance 
 draining, and the store answers a ping now. The supervisor flips the flags; later parts (the
 broker, the RabbitMQ bridge) register their own named checks, so readiness grows with them
 without the HTTP layer changing.
+
+An *optional* check (the Redis tier: every feature on it falls back to local knowledge) is
+reported as ``degraded (reason)`` when it fails and never makes the instance unready: taking
+every instance out of the load balancer because a cache is down would turn a degradation
+into an outage.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from chatd.domain.errors import ChatError
 from chatd.storage.base import Store
 
 DEFAULT_PING_TIMEOUT = 2.0
+#: How a failing optional check is reported (``"degraded (reason)"``).
+DEGRADED = "degraded"
 
 Check = Callable[[], Awaitable[None]]
 
@@ -31,10 +38,16 @@ class Readiness:
         #: scrape never runs the checks itself.
         self.last_ready: bool | None = None
         self._checks: dict[str, Check] = {}
+        self._optional: set[str] = set()
 
-    def add_check(self, name: str, check: Check) -> None:
-        """Run `check` on every readiness probe; it raises to say "not ready"."""
+    def add_check(self, name: str, check: Check, *, required: bool = True) -> None:
+        """Run `check` on every readiness probe; it raises to say "not ready" (or, when not
+        `required`, "degraded": reported, but the instance stays ready)."""
         self._checks[name] = check
+        if required:
+            self._optional.discard(name)
+        else:
+            self._optional.add(name)
 
     def add_store(self, store: Store) -> None:
         """Probe the store with one round trip (``store``)."""
@@ -52,8 +65,12 @@ class Readiness:
         elif self.draining:
             results["supervisor"] = "draining"
         for name, check in self._checks.items():
-            results[name] = await self._run(check)
-        checks_up = all(results[name] == "up" for name in self._checks)
+            result = await self._run(check)
+            if name in self._optional and result != "up":
+                result = f"{DEGRADED} ({result})"
+            results[name] = result
+        checks_up = all(results[name] == "up" for name in self._checks
+                        if name not in self._optional)
         ready = self.started and not self.draining and checks_up
         self.last_ready = ready
         return ready, results

@@ -1,5 +1,5 @@
 """Parsing of caller-supplied values shared by REST and STOMP: session ids, seq cursors,
-intents and receipt selections.
+intents, receipt selections and batch sends.
 
 They live next to the services (not in the HTTP layer) because the STOMP handlers receive the
 same fields in JSON bodies and must refuse them with the same messages. Every function raises
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from chatd.domain.errors import BadRequest
+from chatd.domain.errors import BadRequest, ChatError
+from chatd.domain.rules import validate_client_message_id
 
 MAX_INTENT_LENGTH = 64
 MAX_RECEIPT_MESSAGE_IDS = 1000
@@ -106,3 +107,38 @@ def parse_receipt_selection(
 
 def _not_a_uuid() -> uuid.UUID:
     raise ValueError("not a string")
+
+
+def parse_batch(messages: object, *, max_batch: int,
+                validate: Callable[[object], str]) -> list[tuple[str, str]]:
+    """A batch send's ``messages``: a non-empty array of at most `max_batch` objects
+    ``{content, clientMessageId}``; returns (clientMessageId, content) per item, in order.
+    `validate` is the session's content rule (`rules.validate_content` with the limits, or
+    `envelope.validate_envelope` in an encrypted session): it returns the content or raises.
+
+    All or nothing: the first bad item (missing or invalid field, too long or empty text, a
+    clientMessageId repeated within the batch) is a `BadRequest` naming its index and why,
+    e.g. ``messages[3]: content must not be empty`` (too long a text too: the batch as a
+    whole is the request, and it is not too large).
+    """
+    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+        raise BadRequest("messages must be an array of {content, clientMessageId} objects")
+    if not messages:
+        raise BadRequest("messages must not be empty")
+    if len(messages) > max_batch:
+        raise BadRequest(f"messages holds {len(messages)} items; the limit is {max_batch}")
+    items: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    for index, item in enumerate(messages):
+        try:
+            if not isinstance(item, dict):
+                raise BadRequest("must be an object {content, clientMessageId}")
+            cmid = validate_client_message_id(item.get("clientMessageId"))
+            text = validate(item.get("content"))
+        except ChatError as exc:
+            raise BadRequest(f"messages[{index}]: {exc.message}") from None
+        if cmid in seen:
+            raise BadRequest(f"messages[{index}]: clientMessageId repeats messages[{seen[cmid]}]")
+        seen[cmid] = index
+        items.append((cmid, text))
+    return items

@@ -16,7 +16,7 @@ import trio
 from chatd.auth.keys import KeyFileError, load_public_key
 from chatd.auth.service import ServiceTokens
 from chatd.auth.tokens import fetch_jwks
-from chatd.config import Config, RabbitMQConfig
+from chatd.config import Config, RabbitMQConfig, RedisConfig, redact_url
 from chatd.domain.errors import Unavailable
 from chatd.startup import StartupError, sentence
 from chatd.startup.database import database_where, lost_database, newer_schema, open_failed
@@ -54,6 +54,8 @@ async def probe_all(config: Config) -> list[Probe]:
     probes = [await probe_database(config)]
     if config.rabbitmq is not None:
         probes.append(await probe_rabbitmq(config.rabbitmq))
+    if config.redis is not None:
+        probes.append(await probe_redis(config.redis))
     if config.profiles.provider == "remote":
         probes.append(await probe_profiles(config))
     if config.auth.jwks_url is not None or config.auth.public_key_file is not None:
@@ -100,6 +102,24 @@ async def probe_rabbitmq(rabbitmq: RabbitMQConfig) -> Probe:
                              "retrying; check [rabbitmq] url or CHATD_RABBITMQ_URL")
         return Probe("rabbitmq", where, error=error)
     return Probe("rabbitmq", where, "connected")
+
+
+async def probe_redis(config: RedisConfig) -> Probe:
+    """One PING (the scripts loaded too), bounded by ``[redis] timeout``."""
+    from chatd.redis_tier import RedisTier
+
+    where = redact_url(config.url)
+    tier = RedisTier(config.url, key_prefix=config.key_prefix, pool_size=1,
+                     timeout=config.timeout)
+    try:
+        if await tier.ping():
+            return Probe("redis", where, f"answers (keys under {config.key_prefix!r})")
+    finally:
+        await tier.aclose()
+    error = StartupError("redis", "cannot reach Redis at", where, sentence(tier.last_error),
+                         "chatd serve would start without it (profiles and rate limits per "
+                         "instance) and keep retrying; check [redis] url or CHATD_REDIS_URL")
+    return Probe("redis", where, error=error)
 
 
 async def probe_profiles(config: Config) -> Probe:
@@ -153,4 +173,4 @@ async def probe_token_keys(config: Config) -> Probe:
 
 
 __all__ = ["Probe", "probe_all", "probe_database", "probe_profiles", "probe_rabbitmq",
-           "probe_token_keys"]
+           "probe_redis", "probe_token_keys"]

@@ -7,28 +7,24 @@ work in ONE worker-thread hop per transaction (the database drivers are synchron
 Outbox format (docs/architecture.md, Storage and the outbox): each row has an ``event``
 column — the STOMP ``event`` header, ``"message"`` or ``"receipt"`` — and a ``payload`` column
 holding exactly the JSON body to publish (the message JSON, `Message.to_json`, or
-``{sessionId, readerEmail, status, upToSeq, at}``). The ``destination`` is
-``/topic/session.{id}`` or ``user:{email}:/queue/{messages|receipts}``.
-`message_outbox` and `receipt_outbox` below are the single place these rows are built.
+``{sessionId, readerEmail, status, upToSeq, at}``). Which rows an event makes, and their
+destinations, is decided in `chatd.domain.destinations`; the backends only save them.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Final, Literal, Protocol, Self
 
 from chatd.domain.errors import BadRequest, ChatError, Conflict, Unavailable
 from chatd.domain.models import (
-    EVENT_KEYS,
-    EVENT_MESSAGE,
-    EVENT_RECEIPT,
     ChatSession,
     Message,
-    OutboxEntry,
     OutboxRow,
     Participant,
     PublicKey,
@@ -90,31 +86,56 @@ class Appended:
 
 AppendResult = Appended | ChatError
 
-
-#: The user queue key changes are announced on (``/user/queue/keys``).
-KEYS_QUEUE = "keys"
+REUSED_ELSEWHERE: Final = "clientMessageId was already used in another session"
 
 
-def user_destination(email: str, queue: str) -> str:
-    """The outbox destination addressing every connection of `email` (``queue`` like messages)."""
-    return f"user:{email}:/queue/{queue}"
+class Withheld(ChatError):
+    """Not stored because another message of its unit was refused (`Store.append_messages`:
+    a unit is stored all or nothing). The caller reports the refused one, never this."""
+
+    status = HTTPStatus.BAD_REQUEST
+
+    def __init__(self) -> None:
+        super().__init__("not stored: another message of its batch was refused")
 
 
-def topic_destination(session_id: uuid.UUID) -> str:
-    """The session topic every participant may subscribe to."""
-    return f"/topic/session.{session_id}"
+def unit_spans(units: Sequence[int], size: int) -> list[range]:
+    """The index ranges of `units` (sizes of consecutive groups of a batch of `size`); no
+    units means each message alone. Raises ValueError when they do not tile the batch."""
+    if not units:
+        return [range(i, i + 1) for i in range(size)]
+    if any(n < 1 for n in units) or sum(units) != size:
+        raise ValueError(f"units {list(units)} do not split a batch of {size}")
+    spans, start = [], 0
+    for n in units:
+        spans.append(range(start, start + n))
+        start += n
+    return spans
 
 
-def message_outbox(session: ChatSession, message: Message) -> list[OutboxEntry]:
-    """The three rows a new message publishes: the session topic and both users' queues."""
-    body = compact_json(message.to_json())
-    destinations = [topic_destination(session.id)] + [
-        user_destination(email, "messages") for email in session.emails
-    ]
-    return [
-        OutboxEntry(EVENT_MESSAGE, d, body, session.id, message.seq, message.message_id)
-        for d in destinations
-    ]
+def refusal(item: NewMessage, result: AppendResult | None) -> ChatError | None:
+    """Why `result` refuses `item`'s unit, or None: the error it got, or a repeat of a
+    message the sender stored in another session (a client id names one message only)."""
+    if isinstance(result, ChatError):
+        return result
+    if (isinstance(result, Appended) and not result.created
+            and result.message.session_id != item.session_id):
+        return BadRequest(REUSED_ELSEWHERE)
+    return None
+
+
+def withhold_refused(batch: Sequence[NewMessage], results: list[AppendResult | None],
+                     span: range) -> bool:
+    """If a message of the unit `span` is refused (`refusal`), turn every result of the unit
+    that is pending (None) or new into `Withheld`; True when it did (then nothing of the
+    unit may be written)."""
+    if not any(refusal(batch[i], results[i]) for i in span if results[i] is not None):
+        return False
+    for i in span:
+        result = results[i]
+        if result is None or (isinstance(result, Appended) and result.created):
+            results[i] = Withheld()
+    return True
 
 
 async def append_one(store: Store, session_id: uuid.UUID, sender: Participant, content: str,
@@ -140,35 +161,6 @@ def group_by_session(batch: Sequence[NewMessage]) -> dict[uuid.UUID, list[int]]:
     for index, item in enumerate(batch):
         groups.setdefault(item.session_id, []).append(index)
     return {sid: groups[sid] for sid in sorted(groups)}
-
-
-def receipt_outbox(update: ReceiptUpdate, sender_emails: Iterable[str]) -> list[OutboxEntry]:
-    """The rows a receipt publishes: the session topic and the queue of each affected sender."""
-    body = compact_json(update.event_json())
-    seq = update.up_to_seq or 0
-    destinations = [topic_destination(update.session_id)] + [
-        user_destination(email, "receipts") for email in sorted(set(sender_emails))
-    ]
-    return [OutboxEntry(EVENT_RECEIPT, d, body, update.session_id, seq) for d in destinations]
-
-
-def key_outbox(key: PublicKey, previous_kid: str | None,
-               sessions: Iterable[tuple[str, uuid.UUID]]) -> list[OutboxEntry]:
-    """The rows announcing a new key on ``/user/queue/keys``: one for every peer the owner
-    shares a session with, and one for the owner (their other connections), from
-    `sessions` = (peer email, session id) of each of the owner's sessions.
-
-    Each row is filed under one session the two share (the first given): the outbox needs a
-    session, and the announcement is then ordered with that session's messages. An owner
-    with no session has nobody to tell.
-    """
-    body = compact_json(key.event_json(previous_kid))
-    first: dict[str, uuid.UUID] = {}
-    for peer, session_id in sessions:
-        first.setdefault(key.email, session_id)
-        first.setdefault(peer, session_id)
-    return [OutboxEntry(EVENT_KEYS, user_destination(email, KEYS_QUEUE), body, sid, 0)
-            for email, sid in sorted(first.items())]
 
 
 def key_change(key: PublicKey, current: PublicKey | None, same_kid: PublicKey | None,
@@ -321,6 +313,17 @@ def check_mark_args(status: str, up_to_seq: int | None, message_ids: object) -> 
         raise BadRequest("upToSeq must not be negative")
 
 
+def receipt_update(session_id: uuid.UUID, reader_email: str, status: ReceiptStatus, *,
+                   listed_top: int | None, up_to_seq: int | None, last_seq: int,
+                   changed: int, at: datetime) -> ReceiptUpdate:
+    """The receipt a `mark` publishes: it covers up to the highest listed message and
+    `up_to_seq` (capped at the session's last seq, so a reader cannot claim the future)."""
+    top = listed_top
+    if up_to_seq is not None:
+        top = max(top or 0, min(up_to_seq, last_seq))
+    return ReceiptUpdate(session_id, reader_email, status, top, changed, at)
+
+
 class Store(Protocol):
     """Chat persistence. All methods are trio coroutines; they raise `Unavailable` when the
     database cannot be reached and `NotFound` for an unknown session where noted."""
@@ -377,7 +380,8 @@ class Store(Protocol):
         """Make `key` the owner's current key; return (the current key, changed).
 
         Publishing the current key again changes nothing (False). Otherwise the previous key
-        is retired at `key.created_at` and the change is announced (`key_outbox`) in the same
+        is retired at `key.created_at` and the change is announced
+        (`chatd.domain.destinations.key_outbox`) in the same
         transaction. Raises `Conflict` when the kid was published before and retired, when
         the same kid comes with another signing key, or when the owner already has
         `max_keys` keys. Concurrent publishers of one user are serialized.
@@ -394,14 +398,21 @@ class Store(Protocol):
         ...
 
     async def append_messages(
-        self, batch: Sequence[NewMessage], *, lease_until: datetime | None = None,
-        sent: Sequence[int] = (), now: datetime | None = None,
+        self, batch: Sequence[NewMessage], *, units: Sequence[int] = (),
+        lease_until: datetime | None = None, sent: Sequence[int] = (),
+        now: datetime | None = None,
     ) -> list[AppendResult]:
         """Store a batch of messages in ONE transaction (group commit); one result per message,
         in order: `Appended`, or the `ChatError` that message alone got (NotFound, Forbidden)
         while the others were stored. Each message follows `append_one`'s rules; messages
         of one session get consecutive seqs in batch order, and a client message id repeated
         within the batch is a repeat of its first use.
+
+        `units` (sizes of consecutive groups, summing to the batch size; empty: each message
+        alone) makes each group all or nothing: when one of its messages is refused or
+        repeats a message of another session (`refusal`), none of its new messages is
+        stored and they get `Withheld` (a batch send is one unit). A unit's messages are
+        consecutive in the batch, so a unit of one session gets consecutive seqs.
 
         With `lease_until`, the new outbox rows are written already leased to the caller until
         then and no publisher is woken: the caller delivers them itself and marks them sent
@@ -413,6 +424,12 @@ class Store(Protocol):
 
     async def find_message(self, sender_email: str, client_message_id: str) -> Message | None:
         """The message this sender stored under `client_message_id`, if any."""
+        ...
+
+    async def find_messages(self, sender_email: str, client_message_ids: Sequence[str]
+                            ) -> list[Message]:
+        """The messages this sender stored under any of `client_message_ids` (one query: a
+        rate-limited batch looks for its repeats at once), in no particular order."""
         ...
 
     async def history(

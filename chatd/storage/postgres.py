@@ -27,7 +27,8 @@ import trio
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from chatd.domain.errors import Forbidden, NotFound, Unavailable
+from chatd.domain.destinations import key_outbox, message_outbox, receipt_outbox
+from chatd.domain.errors import ChatError, Forbidden, NotFound, Unavailable
 from chatd.domain.models import (
     ChatSession,
     Message,
@@ -309,7 +310,7 @@ class PostgresStore:
                 conn.execute(queries.INSERT_KEY, (key.email, key.kid, key.agreement,
                                                   key.signing, created))
                 peers = conn.execute(queries.PEER_SESSIONS, (key.email,) * 3).fetchall()
-                _insert_outbox(conn, base.key_outbox(
+                _insert_outbox(conn, key_outbox(
                     key, None if current is None else current.kid, peers), created)
                 return key, True
 
@@ -328,16 +329,19 @@ class PostgresStore:
         return None if row is None else base.session_from_row(row)
 
     async def append_messages(
-        self, batch: Sequence[NewMessage], *, lease_until: datetime | None = None,
-        sent: Sequence[int] = (), now: datetime | None = None,
+        self, batch: Sequence[NewMessage], *, units: Sequence[int] = (),
+        lease_until: datetime | None = None, sent: Sequence[int] = (),
+        now: datetime | None = None,
     ) -> list[AppendResult]:
         """See `Store.append_messages`: one hop, one transaction, a handful of statements
         whatever the batch size (repeats, one bump per session, the messages, the outbox
         rows). The session row locks taken by the bumps (in session id order) order concurrent
         writers, so seqs and outbox ids of a session are both gap-free and ordered. A repeat
-        that commits elsewhere while we run makes the whole batch start over once."""
+        that commits elsewhere while we run makes the whole batch start over once. Every
+        refusal is known before anything is written, so a refused unit is simply left out."""
         batch = [m if m.sent_at.tzinfo is UTC else replace(m, sent_at=base.require_aware(m.sent_at))
                  for m in batch]
+        spans = base.unit_spans(units, len(batch))
         lease = None if lease_until is None else base.require_aware(lease_until)
         marked = base.require_aware(now) if now is not None else None
 
@@ -350,7 +354,7 @@ class PostgresStore:
                     with conn.pipeline(), conn.transaction():
                         if sent:
                             conn.execute(queries.SENT, (marked or datetime.now(UTC), list(sent)))
-                        return _append_batch(conn, batch, lease)
+                        return _append_batch(conn, batch, spans, lease)
                 except (_Duplicate, psycopg.errors.ForeignKeyViolation):
                     # a client id another writer committed since REPEATS: its message was
                     # not inserted (so neither could its outbox rows be); start over once
@@ -365,6 +369,12 @@ class PostgresStore:
         row = await self._run(lambda c: c.execute(
             queries.MESSAGE_BY_CLIENT_ID, (sender_email, client_message_id)).fetchone())
         return None if row is None else base.message_from_row(row)
+
+    async def find_messages(self, sender_email: str, client_message_ids: Sequence[str]
+                            ) -> list[Message]:
+        """See `Store.find_messages`."""
+        return await self._messages(queries.MESSAGES_BY_CLIENT_IDS,
+                                    (sender_email, list(client_message_ids)))
 
     async def _messages(self, sql: str, params: Sequence[Any]) -> list[Message]:
         rows = await self._run(lambda c: c.execute(sql, params).fetchall())
@@ -428,11 +438,11 @@ class PostgresStore:
                 top = None
                 if ids:
                     top = conn.execute(queries.MAX_SEQ_OF_IDS, params).fetchone()[0]  # type: ignore[index]
-                if up_to_seq is not None:
-                    top = max(top or 0, min(up_to_seq, last_seq))
-                update = ReceiptUpdate(session_id, reader_email, status, top, len(changed), at)
+                update = base.receipt_update(
+                    session_id, reader_email, status, listed_top=top, up_to_seq=up_to_seq,
+                    last_seq=last_seq, changed=len(changed), at=at)
                 if changed:
-                    _insert_outbox(conn, base.receipt_outbox(update, {r[1] for r in changed}), at)
+                    _insert_outbox(conn, receipt_outbox(update, {r[1] for r in changed}), at)
                 return update
 
         return await self._run(work)
@@ -540,8 +550,8 @@ def _options(url: str, statement_timeout: float) -> str:
     return f"{theirs} {ours}" if theirs else ours
 
 
-def _append_batch(conn: Conn, batch: Sequence[NewMessage], lease: datetime | None
-                  ) -> list[AppendResult]:
+def _append_batch(conn: Conn, batch: Sequence[NewMessage], spans: Sequence[range],
+                  lease: datetime | None) -> list[AppendResult]:
     """The statements of `PostgresStore.append_messages`, inside its transaction."""
     results: list[AppendResult | None] = [None] * len(batch)
     keys = [(m.sender.email, m.client_message_id) for m in batch]
@@ -553,34 +563,36 @@ def _append_batch(conn: Conn, batch: Sequence[NewMessage], lease: datetime | Non
     found = {(r[4], r[7]): base.message_from_row(r) for r in repeats.fetchall()}
     locked = {row[0]: base.session_from_row(row) for row in lock.fetchall()}
     first_use: dict[tuple[str, str], int] = {}
-    fresh: list[int] = []
-    for index, key in enumerate(keys):
-        if key in found:
-            results[index] = Appended(found[key], False)
-        elif key in first_use:
-            continue  # a repeat within the batch: answered below with the first one
-        else:
-            first_use[key] = index
-            fresh.append(index)
+    for span in spans:
+        claimed = []
+        for index in span:
+            key = keys[index]
+            if key in found:
+                results[index] = Appended(found[key], False)
+            elif key in first_use:  # a repeat within the batch: answered as its first use
+                first = results[first_use[key]]
+                if isinstance(first, ChatError):
+                    results[index] = first  # else filled in once the first one is stored
+            else:
+                first_use[key] = index
+                claimed.append(key)
+                session = locked.get(batch[index].session_id)
+                if session is None:
+                    results[index] = NotFound("unknown session")
+                elif not session.is_participant(batch[index].sender.email):
+                    # never refused here by the service, which checks first
+                    results[index] = Forbidden("not a participant of this session")
+        if len(span) > 1 and base.withhold_refused(batch, results, span):
+            for key in claimed:  # not stored: a later use of the id is a first use
+                del first_use[key]
+    fresh = [i for i in first_use.values() if results[i] is None]
     groups = base.group_by_session([batch[i] for i in fresh])
     messages: list[Message] = []
     entries: list[OutboxEntry] = []
     bumps: list[tuple[uuid.UUID, int, datetime]] = []
     for session_id, positions in groups.items():
-        session = locked.get(session_id)
-        indexes = [fresh[p] for p in positions]
-        if session is None:
-            for i in indexes:
-                results[i] = NotFound("unknown session")
-            continue
-        allowed = []
-        for i in indexes:  # never refused here by the service, which checks first
-            if session.is_participant(batch[i].sender.email):
-                allowed.append(i)
-            else:
-                results[i] = Forbidden("not a participant of this session")
-        if not allowed:
-            continue
+        session = locked[session_id]
+        allowed = [fresh[p] for p in positions]
         first_seq = session.last_seq + 1
         for offset, index in enumerate(allowed):
             item = batch[index]
@@ -589,7 +601,7 @@ def _append_batch(conn: Conn, batch: Sequence[NewMessage], lease: datetime | Non
                               item.sender.display_name, item.content, item.client_message_id,
                               item.sent_at)
             messages.append(message)
-            entries.extend(base.message_outbox(session, message))
+            entries.extend(message_outbox(session, message))
             results[index] = Appended(message, True)
         bumps.append((session_id, first_seq + len(allowed),
                       max(batch[i].sent_at for i in allowed)))

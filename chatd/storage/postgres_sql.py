@@ -81,6 +81,9 @@ RETURNING {OUTBOX}"""
 MESSAGE_BY_CLIENT_ID = (
     f"SELECT {MESSAGE} FROM chat_messages WHERE sender_email = %s AND client_msg_id = %s"
 )
+MESSAGES_BY_CLIENT_IDS = (
+    f"SELECT {MESSAGE} FROM chat_messages WHERE sender_email = %s AND client_msg_id = ANY(%s)"
+)
 MESSAGES_AFTER = (
     f"SELECT {MESSAGE} FROM chat_messages WHERE session_id = %s AND seq > %s ORDER BY seq LIMIT %s"
 )

@@ -20,6 +20,7 @@ from typing import Any, Self, TypeVar
 
 import trio
 
+from chatd.domain.destinations import key_outbox, message_outbox, receipt_outbox
 from chatd.domain.errors import Forbidden, NotFound, Unavailable
 from chatd.domain.models import (
     ChatSession,
@@ -321,7 +322,7 @@ class SqliteStore:
                                           created))
             peers = [(peer, _uid(sid)) for peer, sid in
                      conn.execute(sql.PEER_SESSIONS, (key.email,) * 3).fetchall()]
-            self._insert_outbox(conn, base.key_outbox(
+            self._insert_outbox(conn, key_outbox(
                 key, None if current is None else current.kid, peers), created)
             return key, True
 
@@ -340,30 +341,52 @@ class SqliteStore:
         return None if row is None else _session(row)
 
     async def append_messages(
-        self, batch: Sequence[NewMessage], *, lease_until: datetime | None = None,
-        sent: Sequence[int] = (), now: datetime | None = None,
+        self, batch: Sequence[NewMessage], *, units: Sequence[int] = (),
+        lease_until: datetime | None = None, sent: Sequence[int] = (),
+        now: datetime | None = None,
     ) -> list[AppendResult]:
         """See `Store.append_messages`: one write transaction; the write lock makes each
-        check-then-insert race-free, so no repeat can appear meanwhile."""
+        check-then-insert race-free, so no repeat can appear meanwhile. A unit of several
+        messages runs inside a savepoint, rolled back when one of them is refused."""
         lease = None if lease_until is None else to_micros(lease_until)
         marked = to_micros(now if now is not None else datetime.now(UTC))
+        spans = base.unit_spans(units, len(batch))
 
         def work(conn: sqlite3.Connection) -> list[AppendResult]:
             if sent:
                 query, params = sql.with_ids(sql.SENT, [marked], sent)
                 conn.execute(query, params)
-            results: list[AppendResult] = []
+            results: list[AppendResult | None] = [None] * len(batch)
             first: dict[tuple[str, str], AppendResult] = {}
-            for item in batch:
-                key = (item.sender.email, item.client_message_id)
-                if key in first:  # repeated within the batch: a repeat of its first use
-                    earlier = first[key]
-                    results.append(Appended(earlier.message, False)
-                                   if isinstance(earlier, Appended) else earlier)
-                    continue
-                first[key] = result = self._append(conn, item, lease)
-                results.append(result)
-            return results
+            for span in spans:
+                whole = len(span) > 1
+                if whole:
+                    conn.execute("SAVEPOINT unit")
+                claimed = []
+                for index in span:
+                    item = batch[index]
+                    key = (item.sender.email, item.client_message_id)
+                    if key in first:  # repeated within the batch: a repeat of its first use
+                        earlier = first[key]
+                        if not isinstance(earlier, Appended):
+                            results[index] = earlier
+                        elif not earlier.created:
+                            results[index] = Appended(earlier.message, False)
+                        continue  # a new first use: answered below, if its unit stands
+                    first[key] = results[index] = self._append(conn, item, lease)
+                    claimed.append(key)
+                if whole:
+                    if base.withhold_refused(batch, results, span):
+                        conn.execute("ROLLBACK TO unit")
+                        for key in claimed:  # not stored: a later use is a first use
+                            del first[key]
+                    conn.execute("RELEASE unit")
+            for index, item in enumerate(batch):
+                if results[index] is None:
+                    earlier = first[(item.sender.email, item.client_message_id)]
+                    assert isinstance(earlier, Appended)
+                    results[index] = Appended(earlier.message, False)
+            return [r for r in results if r is not None]
 
         return await self._write(work)
 
@@ -394,7 +417,7 @@ class SqliteStore:
         rows = [base.outbox_from_row(conn.execute(sql.INSERT_OUTBOX_ROW, (
             str(e.message_id), str(e.session_id), e.seq, e.event, e.destination, e.payload,
             lease if lease is not None else at, at)).fetchone(), _uid, base.from_micros)
-            for e in base.message_outbox(session, message)]
+            for e in message_outbox(session, message)]
         self._outbox_dirty = self._outbox_dirty or lease is None
         return Appended(message, True, tuple(rows))
 
@@ -403,6 +426,15 @@ class SqliteStore:
         row = await self._read(lambda c: c.execute(
             sql.MESSAGE_BY_CLIENT_ID, (sender_email, client_message_id)).fetchone())
         return None if row is None else _message(row)
+
+    async def find_messages(self, sender_email: str, client_message_ids: Sequence[str]
+                            ) -> list[Message]:
+        """See `Store.find_messages`."""
+        if not client_message_ids:
+            return []
+        query, params = sql.with_ids(sql.MESSAGES_BY_CLIENT_IDS, [sender_email],
+                                     client_message_ids)
+        return await self._messages(query, params)
 
     async def _messages(self, query: str, params: Sequence[Any]) -> list[Message]:
         rows = await self._read(lambda c: c.execute(query, params).fetchall())
@@ -467,11 +499,11 @@ class SqliteStore:
             if ids:
                 query, params = sql.max_seq_of_ids(str(session_id), reader_email, ids)
                 top = conn.execute(query, params).fetchone()[0]
-            if up_to_seq is not None:
-                top = max(top or 0, min(up_to_seq, last_seq))
-            update = ReceiptUpdate(session_id, reader_email, status, top, len(changed), at)
+            update = base.receipt_update(
+                session_id, reader_email, status, listed_top=top, up_to_seq=up_to_seq,
+                last_seq=last_seq, changed=len(changed), at=at)
             if changed:
-                entries = base.receipt_outbox(update, {r[1] for r in changed})
+                entries = receipt_outbox(update, {r[1] for r in changed})
                 self._insert_outbox(conn, entries, micros)
             return update
 

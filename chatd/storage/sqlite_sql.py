@@ -66,6 +66,9 @@ WHERE id = ? RETURNING {SESSION}"""
 MESSAGE_BY_CLIENT_ID = (
     f"SELECT {MESSAGE} FROM chat_messages WHERE sender_email = ? AND client_msg_id = ?"
 )
+MESSAGES_BY_CLIENT_IDS = (
+    f"SELECT {MESSAGE} FROM chat_messages WHERE sender_email = ? AND client_msg_id IN ({{}})"
+)
 INSERT_MESSAGE = """
 INSERT INTO chat_messages (id, session_id, seq, sender_id, sender_email, sender_display_name,
                            content, client_msg_id, sent_at)

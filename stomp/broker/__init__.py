@@ -6,6 +6,7 @@ from ._actions import DestinationActive as DestinationActive
 from ._actions import SessionId as SessionId
 from ._actions import Write as Write
 from ._broker import QUEUE_PREFIX as QUEUE_PREFIX
+from ._broker import USER_KEY_PREFIX as USER_KEY_PREFIX
 from ._broker import USER_PREFIX as USER_PREFIX
 from ._broker import Broker as Broker
 from ._broker import user_key as user_key
@@ -23,6 +24,7 @@ __all__ = [
     "DEFAULT_MAX_TRANSACTION_FRAMES",
     "DEFAULT_MAX_UNACKED",
     "QUEUE_PREFIX",
+    "USER_KEY_PREFIX",
     "USER_PREFIX",
     "Action",
     "Broker",

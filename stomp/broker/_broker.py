@@ -61,6 +61,8 @@ from ._limits import Limits
 
 USER_PREFIX = "/user/"
 QUEUE_PREFIX = "/queue/"
+#: What every `user_key` starts with.
+USER_KEY_PREFIX = "user:"
 DEFAULT_SERVER_NAME = "stomp-trio/0.1"
 #: Headers the broker sets itself on a MESSAGE; a SEND's copies of them are not passed on.
 _OWN_HEADERS = frozenset(
@@ -70,7 +72,7 @@ _OWN_HEADERS = frozenset(
 
 def user_key(principal: str, path: str) -> str:
     """Routing key of `path` (e.g. `/queue/messages`) for one user: `user:{principal}:{path}`."""
-    return f"user:{principal}:{path}"
+    return f"{USER_KEY_PREFIX}{principal}:{path}"
 
 
 @dataclass(slots=True)

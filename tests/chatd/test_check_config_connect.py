@@ -121,3 +121,21 @@ def test_public_key_file_and_sqlite_without_a_file(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert re.search(r"  public key: FAILED: cannot load the token public key .*: not a PEM "
                      r"public key", result.stdout), result.stdout
+
+
+def test_redis_answers_or_is_one_line_with_its_fallback(tmp_path: Path, redis_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
+    config = tmp_path / "c.toml"
+    for url, code in ((redis_url, 0), (f"redis://:secret@127.0.0.1:{closed_port()}/0", 1)):
+        config.write_text(f'[redis]\nurl = "{url}"\nkey_prefix = "eu1:"\n')
+        result = subprocess.run([sys.executable, "-m", "chatd", "check-config", "--connect",
+                                 str(config)], cwd=tmp_path, env=env, capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == code, result.stdout + result.stderr
+        if code == 0:
+            assert f"  redis {redis_url}: ok, answers (keys under 'eu1:')" in result.stdout
+        else:
+            assert "secret" not in result.stdout  # the password is never printed
+            assert re.search(r"  redis: FAILED: cannot reach Redis at redis://:\*\*\*@127\.0\.0"
+                             r"\.1:\d+/0: .*connect.*chatd serve would start without it",
+                             result.stdout), result.stdout

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from chatd import config as cfg
-from chatd.config import Config, ConfigError, load_config, parse_bind
+from chatd.config import Config, ConfigError, RedisConfig, load_config, parse_bind
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "conf" / "chatd.example.toml"
@@ -276,3 +276,34 @@ def test_example_documents_every_key_with_its_default() -> None:
 
 def test_example_loads() -> None:
     assert dataclasses.replace(load_config(EXAMPLE, {}), source=None) == load_config(None, {})
+
+
+def test_max_batch_fits_the_limits_a_batch_is_charged_against(tmp_path: Path) -> None:
+    assert load_config(None, {}).limits.max_batch == 100
+    # the default shrinks to what the smallest bound allows (older configs keep working)
+    assert load_config(None, {"CHATD_LIMITS__SEND_BURST": "9"}).limits.max_batch == 9
+    assert load_config(None, {"CHATD_LIMITS__MAX_QUEUED_SENDS": "40"}).limits.max_batch == 40
+    assert load_config(None, {"CHATD_LIMITS__MAX_DELIVERY_BACKLOG": "31"}
+                       ).limits.max_batch == 11  # 3 * 10 rows before the 11th < 31
+    assert load_config(None, {"CHATD_LIMITS__MAX_BATCH": "200", "CHATD_LIMITS__SEND_BURST": "300"}
+                       ).limits.max_batch == 200
+    # an explicit one that could never be accepted is an error naming both keys
+    path = write(tmp_path, "[limits]\nmax_batch = 50\nmax_queued_sends = 20\n")
+    with pytest.raises(ConfigError, match=r"chatd\.toml: limits\.max_batch: 50 is more than "
+                                          r"limits\.max_queued_sends allows \(20\)"):
+        load_config(path, {})
+
+
+def test_redis_is_off_by_default_and_on_with_its_url(tmp_path: Path) -> None:
+    assert load_config(None, {}).redis is None
+    config = load_config(None, {"CHATD_REDIS_URL": "redis://cache:6379/0"})
+    assert config.redis is not None
+    assert (config.redis.url, config.redis.key_prefix) == ("redis://cache:6379/0", "chatd:")
+    path = write(tmp_path, '[redis]\nurl = "rediss://cache"\nkey_prefix = "eu1:chatd:"\n')
+    assert load_config(path, {}).redis == RedisConfig(url="rediss://cache", key_prefix="eu1:chatd:")
+    with pytest.raises(ConfigError, match=r"redis\.url: expected a redis://"):
+        load_config(None, {"CHATD_REDIS_URL": "http://cache"})
+    with pytest.raises(ConfigError, match=r"redis\.key_prefix: expected at most 64"):
+        load_config(None, {"CHATD_REDIS_URL": "redis://c", "CHATD_REDIS__KEY_PREFIX": "a b"})
+    with pytest.raises(ConfigError, match=r"redis\.url is required"):
+        load_config(write(tmp_path, "[redis]\npool_size = 2\n"), {})

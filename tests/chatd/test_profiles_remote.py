@@ -27,6 +27,19 @@ from .fakes import FakeProfileService
 ALICE, BOB = "alice@example.com", "bob@example.com"
 
 
+class ManualClock:
+    """The cache's and breaker's clock, moved by the test instead of waited for."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture(scope="module")
 def service_key() -> rsa.RSAPrivateKey:
     return generate_private_key()
@@ -126,7 +139,8 @@ def test_service_token_is_cached_and_renewed_before_expiry(service_key: rsa.RSAP
 async def test_cache_hits_misses_and_not_found_ttl(
     remote: RemoteProfileProvider, fake: FakeProfileService
 ) -> None:
-    cache = CachedProfiles(remote, ttl=60, not_found_ttl=0.2)
+    clock = ManualClock()
+    cache = CachedProfiles(remote, ttl=60, not_found_ttl=0.2, clock=clock)
     assert (await cache.lookup(ALICE, "buy")).display_name == "Alice A."
     assert (await cache.lookup(ALICE, "buy")).display_name == "Alice A."
     assert (await cache.lookup(ALICE, "sell")).id == f"sell:{ALICE}"
@@ -136,7 +150,7 @@ async def test_cache_hits_misses_and_not_found_ttl(
             await cache.lookup("carol@example.com", "buy")
     assert len(fake.calls) == 3  # the 404 was cached...
     fake.users["carol@example.com"] = "Carol"
-    await trio.sleep(0.25)  # ...for not_found_ttl only
+    clock.advance(0.25)  # ...for not_found_ttl only
     assert (await cache.lookup("carol@example.com", "buy")).display_name == "Carol"
     assert len(fake.calls) == 4
 
@@ -183,8 +197,10 @@ async def test_single_flight_shares_a_failure_too(
 async def test_breaker_opens_serves_cache_fails_fast_then_half_opens_and_closes(
     remote: RemoteProfileProvider, fake: FakeProfileService
 ) -> None:
-    breaker = CircuitBreaker(min_failures=3, failure_rate=0.5, window=10, reset_after=0.5)
-    cache = CachedProfiles(remote, breaker, ttl=60, stale_if_error=False)
+    clock = ManualClock()
+    breaker = CircuitBreaker(min_failures=3, failure_rate=0.5, window=10, reset_after=0.5,
+                             clock=clock)
+    cache = CachedProfiles(remote, breaker, ttl=60, stale_if_error=False, clock=clock)
     await cache.lookup(ALICE, "buy")  # cached while healthy
     fake.status = 500
     for n in range(3):
@@ -202,7 +218,7 @@ async def test_breaker_opens_serves_cache_fails_fast_then_half_opens_and_closes(
     assert len(fake.calls) == calls
 
     # Half-open after the cool-down: one probe; its failure opens the breaker again.
-    await trio.sleep(0.55)
+    clock.advance(0.55)
     assert breaker.state is BreakerState.HALF_OPEN
     with pytest.raises(Unavailable, match="profile service unavailable"):
         await cache.lookup(BOB, "buy")
@@ -211,7 +227,7 @@ async def test_breaker_opens_serves_cache_fails_fast_then_half_opens_and_closes(
 
     # The service recovers: the next probe succeeds and closes the breaker.
     fake.status = None
-    await trio.sleep(0.55)
+    clock.advance(0.55)
     assert (await cache.lookup(BOB, "buy")).display_name == "Bob"
     assert breaker.state is BreakerState.CLOSED
     assert breaker.opened == 2
@@ -220,9 +236,10 @@ async def test_breaker_opens_serves_cache_fails_fast_then_half_opens_and_closes(
 async def test_stale_profile_served_when_the_service_fails(
     remote: RemoteProfileProvider, fake: FakeProfileService
 ) -> None:
-    cache = CachedProfiles(remote, ttl=0.1, stale_if_error=True)
+    clock = ManualClock()
+    cache = CachedProfiles(remote, ttl=0.1, stale_if_error=True, clock=clock)
     await cache.lookup(ALICE, "buy")
-    await trio.sleep(0.15)
+    clock.advance(0.15)
     fake.status = 503
     assert (await cache.lookup(ALICE, "buy")).display_name == "Alice A."
     assert cache.stale == 1

@@ -229,3 +229,29 @@ def test_defaults_are_shared_with_config() -> None:
     assert limits.send_burst == rules.DEFAULT_SEND_BURST == 200
     assert limits.sends_per_second == rules.DEFAULT_SENDS_PER_SECOND == 20
     assert limits.identical_content == rules.DEFAULT_IDENTICAL_CONTENT == 20
+
+
+def test_a_batch_is_charged_per_text_and_refused_whole() -> None:
+    limiter = SendRateLimiter(send_burst=5, sends_per_second=2)
+    limiter.check_many("a@x.io", ["1", "2", "3"], 10.0)
+    with pytest.raises(RateLimited) as info:
+        limiter.check_many("a@x.io", ["4", "5", "6"], 10.0)  # 2 tokens left, 3 needed
+    assert info.value.retry_after == pytest.approx(0.5)
+    assert "batch of 3" in info.value.message
+    limiter.check_many("a@x.io", ["4", "5"], 10.0)  # the refusal consumed nothing
+    with pytest.raises(RateLimited):
+        limiter.check("a@x.io", "6", 10.0)
+
+
+def test_identical_texts_in_a_batch_count_against_the_cap() -> None:
+    limiter = SendRateLimiter(identical_content=3, identical_window_seconds=10)
+    limiter.check("a@x.io", "same", 0.0)
+    limiter.check("a@x.io", "same", 4.0)
+    with pytest.raises(RateLimited) as info:
+        limiter.check_many("a@x.io", ["same", "other", "same"], 5.0)
+    # 2 + 2 copies > 3: the oldest must leave the window first (sent at 0 s, gone at 10 s)
+    assert info.value.retry_after == pytest.approx(5.0)
+    limiter.check_many("a@x.io", ["same", "other"], 5.0)
+    with pytest.raises(RateLimited) as info:  # now 3 + 2: both older ones must go, at 14 s
+        limiter.check_many("a@x.io", ["same", "same"], 6.0)
+    assert info.value.retry_after == pytest.approx(8.0)

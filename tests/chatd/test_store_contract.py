@@ -725,3 +725,63 @@ async def test_key_of_a_user_without_sessions_is_stored_and_announced_to_nobody(
     await store.put_public_key(public_key(CAT, "k1", at(1)), max_keys=10)
     assert await store.claim_outbox(limit=100, lease_seconds=30, now=LATER) == []
     assert (await store.public_key(CAT.email)) is not None
+# -- units: a batch send is stored all or nothing ----------------------------------------------
+
+
+async def test_units_get_contiguous_seqs_between_other_sends(store: Store) -> None:
+    session = await chat(store)
+    batch = [NewMessage(session.id, BOB, "before", "u-0", at(1))]
+    batch += [NewMessage(session.id, ANN, f"unit {i}", f"u-a{i}", at(2)) for i in range(3)]
+    batch += [NewMessage(session.id, BOB, "after", "u-1", at(3))]
+    results = await store.append_messages(batch, units=[1, 3, 1])
+    assert [(r.message.content, r.message.seq) for r in results if isinstance(r, Appended)] == [
+        ("before", 1), ("unit 0", 2), ("unit 1", 3), ("unit 2", 4), ("after", 5)]
+
+
+async def test_a_unit_with_a_refused_message_stores_none_of_it(store: Store) -> None:
+    one, two = await chat(store), await chat(store, ANN, CAT)
+    [elsewhere] = await send(store, two, ANN, 1)  # its client id, reused in `one` below
+    batch = [
+        NewMessage(one.id, BOB, "single", "w-0", at(1)),
+        NewMessage(one.id, ANN, "a", "w-1", at(2)),
+        NewMessage(one.id, ANN, "a again", "w-1", at(2)),  # repeat within the unit
+        NewMessage(one.id, ANN, "b", elsewhere.client_message_id, at(2)),  # other session
+        NewMessage(one.id, ANN, "c", "w-2", at(2)),
+        NewMessage(one.id, ANN, "w-1 after all", "w-1", at(3)),  # a unit of its own
+        NewMessage(uuid.uuid4(), CAT, "x", "w-3", at(4)),  # unknown session ...
+        NewMessage(one.id, CAT, "y", "w-4", at(4)),  # ... and an outsider in one unit
+    ]
+    results = await store.append_messages(batch, units=[1, 4, 1, 2])
+    kinds = [type(r).__name__ for r in results]
+    assert kinds == ["Appended", "Withheld", "Withheld", "Appended", "Withheld", "Appended",
+                     "NotFound", "Forbidden"]
+    assert isinstance(results[3], Appended)
+    assert results[3].message == elsewhere
+    assert not results[3].created
+    stored = await store.messages_after(one.id, 0, 10)
+    assert [(m.content, m.seq) for m in stored] == [("single", 1), ("w-1 after all", 2)]
+    assert (await store.get_session(one.id)).last_seq == 2  # type: ignore[union-attr]
+    assert (await store.outbox_stats())[0] == 9  # three rows for each of the three stored
+
+
+async def test_a_unit_retried_after_commit_is_all_repeats(store: Store) -> None:
+    session = await chat(store)
+    unit = [NewMessage(session.id, ANN, f"m{i}", f"r-{i}", at(1)) for i in range(3)]
+    first = await store.append_messages(unit, units=[3])
+    again = await store.append_messages(unit, units=[3])
+    assert all(isinstance(r, Appended) and r.created for r in first)
+    assert [(r.message, r.created) for r in again if isinstance(r, Appended)] == [
+        (r.message, False) for r in first if isinstance(r, Appended)]
+    found = await store.find_messages(ANN.email, ["r-0", "r-2", "nope"])
+    assert sorted(m.client_message_id for m in found) == ["r-0", "r-2"]
+    assert await store.find_messages(BOB.email, ["r-0"]) == []
+    assert await store.find_messages(ANN.email, []) == []
+
+
+async def test_units_must_tile_the_batch(store: Store) -> None:
+    session = await chat(store)
+    batch = [NewMessage(session.id, ANN, "m", f"t-{i}", at(1)) for i in range(3)]
+    for units in ([2], [2, 2], [0, 3]):
+        with pytest.raises(ValueError, match="do not split"):
+            await store.append_messages(batch, units=units)
+    assert await store.history(session.id, limit=10) == []

@@ -12,6 +12,7 @@ import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -32,6 +33,7 @@ CONFIG_IN_IMAGE = "/etc/chatd/chatd.toml"
 PLACEHOLDERS = {  # plausible values for variables a manifest fills from a Secret
     "CHATD_DATABASE_URL": "postgresql://chatd:secret@postgres:5432/chatd",
     "CHATD_RABBITMQ_URL": "amqp://chatd:secret@rabbitmq:5672/%2F",
+    "CHATD_REDIS_URL": "redis://:secret@redis:6379/0",
 }
 
 
@@ -110,7 +112,7 @@ def compose() -> dict[str, Any]:
 
 def test_compose_has_the_services_and_two_instances_behind_a_balancer(tmp_path: Path) -> None:
     services = compose()["services"]
-    assert {"postgres", "rabbitmq", "lb"} <= set(services)
+    assert {"postgres", "rabbitmq", "redis", "lb"} <= set(services)
     instances = {name: s for name, s in services.items() if s.get("image") == "chatd:local"
                  and s["command"][0] == "serve"}
     assert len(instances) >= 2
@@ -122,6 +124,10 @@ def test_compose_has_the_services_and_two_instances_behind_a_balancer(tmp_path: 
         config = load_with_env(source.read_text(), service["environment"], tmp_path)
         assert config.database.backend == "postgres"
         assert config.rabbitmq is not None, "several instances need [rabbitmq]"
+        # The Redis tier is on, and never waited for: it is not a point of failure.
+        assert config.redis is not None
+        assert urlsplit(config.redis.url).hostname == "redis"
+        assert service["depends_on"]["redis"]["condition"] == "service_started"
         host, port = parse_bind(config.server.bind)
         assert host == "0.0.0.0"
         assert f"server {name}:{port}" in nginx, f"nginx does not balance to {name}"
@@ -145,12 +151,15 @@ def test_nginx_passes_websocket_upgrades_on_ws() -> None:
 # -- Kubernetes --------------------------------------------------------------------------------
 
 
-def k8s() -> dict[str, dict[str, Any]]:
-    """Every document under deploy/k8s by kind (one of each)."""
+def k8s(app: str = "chatd") -> dict[str, dict[str, Any]]:
+    """Every document under deploy/k8s of `app` (its ``app.kubernetes.io/name`` label) by
+    kind (one of each)."""
     found: dict[str, dict[str, Any]] = {}
     for path in sorted(K8S.glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc.get("kind") != "Kustomization":
+            if not doc or doc.get("kind") == "Kustomization":
+                continue
+            if doc["metadata"]["labels"]["app.kubernetes.io/name"] == app:
                 assert doc["kind"] not in found, f"two {doc['kind']} documents"
                 found[doc["kind"]] = doc
     return found
@@ -216,6 +225,34 @@ def test_deployment_probes_config_and_graceful_termination(tmp_path: Path) -> No
     assert int(annotations["prometheus.io/port"]) == port
 
 
+def test_the_optional_redis_tier_is_wired_to_its_server() -> None:
+    chatd, redis = k8s(), k8s("redis")
+    secret = chatd["Secret"]
+    container = _container(chatd["Deployment"]["spec"]["template"]["spec"])
+    (ref,) = [item["valueFrom"]["secretKeyRef"] for item in container["env"]
+              if item["name"] == "CHATD_REDIS_URL"]
+    assert ref["optional"] is True  # a Secret without redis-url runs without the tier
+    url = urlsplit(secret["stringData"][ref["key"]])
+    assert url.scheme == "redis"
+    service = redis["Service"]
+    assert url.hostname == service["metadata"]["name"]
+    (port,) = service["spec"]["ports"]
+    assert url.port == port["port"]
+    deployment = redis["Deployment"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    server = _container(deployment["spec"]["template"]["spec"])
+    assert port["targetPort"] in {p["name"] for p in server["ports"]}
+    # The server requires the password the URL carries, from the same Secret.
+    assert "--requirepass" in server["args"]
+    (password,) = [item["valueFrom"]["secretKeyRef"] for item in server["env"]
+                   if item["name"] == "REDIS_PASSWORD"]
+    assert (password["name"], password["key"]) == (secret["metadata"]["name"], "redis-password")
+    assert url.password == secret["stringData"]["redis-password"]
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
 def test_selectors_and_targets_match_the_deployment() -> None:
     objects = k8s()
     deployment = objects["Deployment"]
@@ -244,6 +281,9 @@ def exported_metric_names() -> set[str]:
     metrics.attach_publisher(SimpleNamespace(published=0, retried=0, dead=0))
     metrics.attach_profiles(SimpleNamespace(hits=0, misses=0), SimpleNamespace(state="closed"))
     metrics.attach_bridge(SimpleNamespace(connected=True))
+    metrics.attach_redis(SimpleNamespace(up=True, calls=0, errors=0))
+    metrics.attach_shared_limits(SimpleNamespace(leased=0, checked=0, fallbacks=0))
+    metrics.redis_latency.observe(0.001)
     metrics.attach_sockjs(lambda: 0)
     metrics.attach_readiness(SimpleNamespace(started=True, draining=False, last_ready=True))
     for path in ("rest", "stomp"):

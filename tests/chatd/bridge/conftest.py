@@ -29,6 +29,7 @@ from stomp.trio import websocket_stream
 from ...conftest import admin_sql as admin_sql
 from ...conftest import rabbitmqctl as rabbitmqctl
 from ...stomp.stomp_peer import Peer
+from ...waiting import wait_until
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 READY = re.compile(r"chatd ready .*?\bhttp=http://([\d.]+):(\d+)")
@@ -52,13 +53,9 @@ def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
         return subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT)
 
 
-async def eventually(predicate: Any, seconds: float = 15.0, step: float = 0.1) -> None:
-    """Poll `predicate` (for state outside trio, e.g. RabbitMQ's bindings) until it is true."""
-    for _ in range(int(seconds / step) + 1):
-        if predicate():
-            return
-        await trio.sleep(step)
-    raise AssertionError(f"still false after {seconds} s: {predicate}")
+async def eventually(predicate: Any, seconds: float = 15.0) -> None:
+    """Poll `predicate` (state outside trio, e.g. RabbitMQ's bindings) until it is true."""
+    await wait_until(predicate, within=seconds, step=0.1)
 
 
 @dataclass

@@ -21,6 +21,8 @@ from chatd.outbox import OutboxPublisher
 from chatd.storage import Store, open_store
 from chatd.storage.base import append_one
 
+from ...waiting import wait_until as wait_until
+
 T0 = datetime(2025, 1, 1, tzinfo=UTC)  # in the past: rows are due at once (sent_at)
 ANN = Participant("100", "ann@example.com", "Ann")
 
@@ -81,18 +83,6 @@ class RecordingSink:
     @property
     def ids(self) -> list[int]:
         return [r.id for r in self.accepted]
-
-
-async def wait_until(check: Callable[[], bool], within: float = 10.0) -> float:
-    """Wait until `check()` holds; return how long that took. Fails the test after `within` s.
-
-    Polls every 5 ms: the conditions span the sink and the publisher, so no one event fits.
-    """
-    start = trio.current_time()
-    with trio.fail_after(within):
-        while not check():  # noqa: ASYNC110
-            await trio.sleep(0.005)
-    return trio.current_time() - start
 
 
 @asynccontextmanager

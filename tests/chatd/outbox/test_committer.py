@@ -191,3 +191,107 @@ async def test_sends_are_refused_while_the_delivery_backlog_is_full(store: Store
         await committer.append(NewMessage(session.id, ANN, "c", "b-3", utc_now()))
     assert refused.value.retry_after == BUSY_RETRY_AFTER
     assert [m.content for m in await store.messages_after(session.id, 0, 10)] == ["a", "c"]
+
+
+# -- batch sends: one unit each ----------------------------------------------------------------
+
+
+def unit(session_id: uuid.UUID, tag: str, n: int) -> list[NewMessage]:
+    return [NewMessage(session_id, ANN, f"{tag}-{i}", f"{tag}-{i}", utc_now()) for i in range(n)]
+
+
+async def test_batches_are_never_split_nor_interleaved_even_by_two_committers(
+    store: Store,
+) -> None:
+    """Two committers (two instances) take single sends and batches of one session at once,
+    in commits of at most 8 messages: each batch lands whole in one commit, with consecutive
+    seqs, and its rows reach the sink in one call."""
+    [(session, _)] = await sessions(store, 1)
+    sinks = [RecordingSink(), RecordingSink()]
+    committers = [SendCommitter(store, sink=s, max_batch=8, clock=utc_now) for s in sinks]
+    batches: dict[str, list[Appended]] = {}
+
+    async def batch(k: int) -> None:
+        results = await committers[k % 2].append_batch(unit(session.id, f"b{k}", 3 + k % 6))
+        assert all(isinstance(r, Appended) and r.created for r in results)
+        batches[f"b{k}"] = [r for r in results if isinstance(r, Appended)]
+
+    async def single(k: int) -> None:
+        await committers[k % 2].append(NewMessage(session.id, ANN, "s", f"s{k}", utc_now()))
+
+    async with committing(committers[0]), committing(committers[1]), \
+            trio.open_nursery() as nursery:
+        for k in range(12):
+            nursery.start_soon(batch, k)
+            nursery.start_soon(single, k)
+            nursery.start_soon(single, k + 100)
+    stored = await store.messages_after(session.id, 0, 500)
+    assert [m.seq for m in stored] == list(range(1, len(stored) + 1))
+    assert len(stored) == 24 + sum(3 + k % 6 for k in range(12))
+    for tag, results in batches.items():
+        seqs = [r.message.seq for r in results]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), tag  # contiguous, in order
+        ids = {row.id for r in results for row in r.outbox}
+        calls = [c for s in sinks for c in s.calls if ids & set(c.ids)]
+        assert len(calls) == 1, tag  # one publish round
+        assert ids <= set(calls[0].ids)
+    for sink in sinks:
+        assert_session_order(sink.accepted)
+
+
+async def test_a_batch_larger_than_a_commit_commits_alone_and_whole(store: Store) -> None:
+    [(session, _)] = await sessions(store, 1)
+    sink = RecordingSink()
+    committer = SendCommitter(store, sink=sink, max_batch=4, clock=utc_now)
+    done = trio.Event()
+    async with committing(committer):
+        # queued in this order before the committer gets to run
+        committer.submit(NewMessage(session.id, ANN, "a", "a", utc_now()), lambda r: None)
+        committer.submit_batch(unit(session.id, "big", 10), lambda results: None)
+        committer.submit(NewMessage(session.id, ANN, "z", "z", utc_now()),
+                         lambda r: done.set())
+        await done.wait()
+    assert committer.batches == 3
+    assert [len(c.ids) for c in sink.calls] == [3, 30, 3]
+    assert [m.content for m in await store.messages_after(session.id, 0, 20)] == [
+        "a", *(f"big-{i}" for i in range(10)), "z"]
+
+
+async def test_the_queue_and_backlog_bounds_count_a_batch_as_its_messages(
+    store: Store,
+) -> None:
+    [(session, _)] = await sessions(store, 1)
+    committer = SendCommitter(store, max_queued=5, max_backlog=10, clock=utc_now)
+    backlog = 0
+    committer.backlog = lambda: backlog
+    async with committing(committer):
+        # queued together before the committer runs: 4 messages, then 2 more do not fit
+        committer.submit_batch(unit(session.id, "q", 4), lambda results: None)
+        with pytest.raises(Unavailable):
+            committer.submit_batch(unit(session.id, "r", 2), lambda results: None)
+        stored = trio.Event()
+        committer.submit(NewMessage(session.id, ANN, "s", "s", utc_now()),
+                         lambda r: stored.set())
+        assert committer.queued == 5
+        assert committer.refused == 2
+        await stored.wait()
+        assert committer.queued == 0
+        # 3 rows waiting: 3 more messages fit under 10 (3 + 3 * 2), 4 would not (3 + 3 * 3)
+        backlog = 3
+        with pytest.raises(Unavailable):
+            await committer.append_batch(unit(session.id, "t", 4))
+        assert len(await committer.append_batch(unit(session.id, "u", 3))) == 3
+    assert [m.client_message_id for m in await store.messages_after(session.id, 0, 20)] == [
+        "q-0", "q-1", "q-2", "q-3", "s", "u-0", "u-1", "u-2"]
+
+
+async def test_a_late_batch_is_refused_whole(store: Store) -> None:
+    [(session, _)] = await sessions(store, 1)
+    committer = SendCommitter(store, sink=RecordingSink(), clock=utc_now)
+    async with committing(committer):
+        results = await committer.append_batch(unit(session.id, "late", 3),
+                                               deadline=trio.current_time() - 0.001)
+    assert all(isinstance(r, Unavailable) and r.retry_after == BUSY_RETRY_AFTER
+               for r in results)
+    assert committer.refused == 3
+    assert await store.messages_after(session.id, 0, 10) == []

@@ -8,15 +8,19 @@ dead without reordering or blocking other sessions, and shutdown leaves nothing 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import pytest
 import trio
 
 from chatd.domain.models import OutboxRow
 from chatd.outbox import OutboxPublisher, SinkUnavailable
+from chatd.outbox.publisher import whole_commits
 from chatd.storage import Store
+from chatd.storage.base import NewMessage
 
 from .conftest import (
     ANN,
@@ -59,8 +63,12 @@ async def test_a_backlog_of_1000_messages_is_delivered_in_session_order(store: S
 async def test_a_new_message_wakes_the_publisher_long_before_its_poll(store: Store) -> None:
     [(session, _)] = await sessions(store, 1)
     sink = RecordingSink()
-    async with running(OutboxPublisher(store, sink, config(poll_interval=5.0))):
-        await trio.sleep(0.5)  # past the first claims: now it is waiting (for 5 s at most)
+    publisher = OutboxPublisher(store, sink, config(poll_interval=5.0))
+    async with running(publisher):
+        # PostgreSQL's first wait only connects the store's listener; in the next one the
+        # publisher is idle (for 5 s at most) and only the wake-up can bring the row in time.
+        idle = 2 if store.backend == "postgres" else 1
+        await wait_until(lambda: publisher.waiting and publisher.idle_waits >= idle)
         await send(store, session, ANN, 1)
         took = await wait_until(lambda: len(sink.accepted) == 3, within=4)
         assert took < 1.0  # the wake-up path; a poll would take ~5 s
@@ -152,7 +160,7 @@ async def test_stop_finishes_the_batch_in_hand_then_returns(store: Store) -> Non
 async def test_stop_while_idle_returns_at_once(store: Store) -> None:
     publisher = OutboxPublisher(store, RecordingSink(), config(poll_interval=60.0))
     async with running(publisher):
-        await trio.sleep(0.2)
+        await wait_until(lambda: publisher.waiting)
         start = trio.current_time()
         publisher.stop()
     assert trio.current_time() - start < 1.0
@@ -206,3 +214,40 @@ async def test_an_unavailable_sink_gets_rows_back_uncharged_and_they_go_out_late
     assert_session_order(sink.accepted)
     assert await store.outbox_stats() == (0, 0)
     assert (publisher.published, publisher.retried, publisher.dead) == (18, 0, 0)
+
+
+async def test_a_claim_ending_inside_a_batch_send_gives_its_rows_back_to_lead_the_next(
+    store: Store,
+) -> None:
+    """Rows of one commit of a session (a batch send) go out in one sink call (one confirm
+    round with RabbitMQ) even when a full claim would have cut through them."""
+    (a, _), (b, _) = await sessions(store, 2)
+    await send(store, a, ANN, 2)  # 6 rows first
+    later = datetime(2025, 1, 1, 0, 0, 1, tzinfo=UTC)
+    unit = [NewMessage(b.id, ANN, f"u{i}", f"unit-{i}", later) for i in range(4)]  # 12 rows
+    await store.append_messages(unit, units=[4])
+    sink = RecordingSink()
+    publisher = OutboxPublisher(store, sink, config(batch_size=5), random=no_jitter,
+                                min_claim=12)  # claims of 12: the first ends inside the unit
+    async with running(publisher):
+        await wait_until(lambda: len(sink.accepted) == 18, within=10)
+    unit_ids = {r.id for r in sink.accepted if r.session_id == b.id}
+    assert [len(c.ids) for c in sink.calls] == [6, 12]
+    assert set(sink.calls[1].ids) == unit_ids
+    assert_session_order(sink.accepted)
+    assert await store.outbox_stats() == (0, 0)
+
+
+def test_whole_commits_gives_back_only_a_trailing_commit_of_a_full_claim() -> None:
+    one, two = uuid.uuid4(), uuid.uuid4()
+    t1, t2 = T0, datetime(2025, 1, 1, 0, 0, 1, tzinfo=UTC)
+
+    def row(i: int, session: uuid.UUID, at: datetime) -> OutboxRow:
+        return OutboxRow(i, None, session, 1, "message", "/topic/x", "{}", 0, at, None, at)
+
+    rows = [row(1, one, t1), row(2, two, t2), row(3, one, t2), row(4, two, t2),
+            row(5, two, t2)]
+    assert whole_commits(rows, full=False) == (rows, [])  # not full: nothing was cut
+    assert whole_commits(rows, full=True) == (rows[:3], [rows[3], rows[4]])
+    assert whole_commits(rows[1:2], full=True) == (rows[1:2], [])  # one commit: keep it
+    assert whole_commits([], full=True) == ([], [])

@@ -14,8 +14,9 @@ import trio
 
 from .conftest import ALICE, Chat, chat_config, start_chat
 
-DISCONNECT_DELAY = 0.5
-HEARTBEAT = 1.0
+#: Long enough that a loaded machine's next request comes in time, short enough to wait out.
+DISCONNECT_DELAY = 1.0
+HEARTBEAT = 1.5
 RESPONSE_LIMIT = 4096
 NO_CACHE = "no-store, no-cache, no-transform, must-revalidate, max-age=0"
 NUL = "\x00"
