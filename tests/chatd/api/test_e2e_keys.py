@@ -273,3 +273,20 @@ async def test_outsiders_of_an_encrypted_session_are_refused(sqlite_server, auth
     assert_error(await send(sqlite_server, auth, sid, envelope_text(), "x", caller=CAROL), 403)
     assert_error(await send(sqlite_server, auth, str(uuid.uuid4()), envelope_text(), "y"), 404)
     assert json.loads(envelope_text())["alg"] == ALGORITHM
+
+
+async def test_batch_sends_follow_the_session_s_content_rule(sqlite_server, auth) -> None:
+    sid = await init_encrypted(sqlite_server, auth)
+    sealed = [envelope_text(), envelope_text()]
+    answer = await sqlite_server.client.post("/api/chat/messages", json={
+        "sessionId": sid, "messages": [{"content": c, "clientMessageId": f"b{i}"}
+                                       for i, c in enumerate(sealed)]}, headers=auth(ALICE))
+    assert answer.status_code == 201, answer.text
+    assert [r["message"]["content"] for r in answer.json()["results"]] == sealed
+    mixed = await sqlite_server.client.post("/api/chat/messages", json={
+        "sessionId": sid, "messages": [{"content": envelope_text(), "clientMessageId": "c0"},
+                                       {"content": "in clear", "clientMessageId": "c1"}]},
+        headers=auth(ALICE))
+    assert assert_error(mixed, 400)["errorMsg"].startswith("messages[1]: content of an encrypted")
+    history = await sqlite_server.client.get(f"/api/chat/{sid}/history", headers=auth(BOB))
+    assert len(history.json()) == 2  # all or nothing
