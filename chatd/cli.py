@@ -246,6 +246,8 @@ def describe(config: Config) -> list[str]:
         "rabbitmq: "
         + (f"{redact_url(mq.url)} exchange {mq.exchange}" if mq else "off (single instance)"),
         f"logging: {config.logging.format}, {config.logging.level}",
+        "tracing: " + (f"OTLP/HTTP to {redact_url(tr.endpoint or '')} as {tr.service_name}"
+                       if (tr := config.tracing).enabled else "off"),
     ]
 
 

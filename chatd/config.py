@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 from urllib.parse import urlsplit, urlunsplit
 
-from chatd.domain import jwk, rules
+from chatd.domain import jwk, presence, rules
 from chatd.domain.models import ROWS_PER_MESSAGE
 
 
@@ -263,6 +263,16 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PresenceConfig:
+    """``[presence]``: who of a user's peers is online, and how fast that changes."""
+
+    enabled: bool = True
+    grace_seconds: float = _opt(presence.DEFAULT_GRACE_SECONDS, lo=0, hi=3600)
+    ttl_seconds: float = _opt(presence.DEFAULT_TTL_SECONDS, lo=1, hi=86_400)
+    max_peers: int = _opt(presence.DEFAULT_MAX_PEERS, lo=1, hi=1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     """``[logging]``: format, level, and which personal data may appear in log lines."""
 
@@ -271,6 +281,23 @@ class LoggingConfig:
     include_user: bool = False
     include_content: bool = False
     access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """``[tracing]``: OpenTelemetry spans over OTLP/HTTP; off unless enabled (see `enabled`).
+
+    Off unless ``enabled = true``, or, when `enabled` is not set at all, the standard
+    environment names an OTLP endpoint; ``OTEL_SDK_DISABLED=true`` turns it off whatever else
+    says (`_tracing_from_otel_env` has the rule, docs/operations.md explains it). The loader
+    fills `endpoint` and `service_name` from the environment when they are not set here, so a
+    loaded config with tracing on always names where spans go.
+    """
+
+    enabled: bool = False
+    endpoint: str | None = _opt(None, check=_url("http", "https"))
+    service_name: str | None = None
+    sample_ratio: float | None = _opt(None, lo=0, hi=1)
 
 
 SECTIONS: dict[str, type] = {
@@ -282,7 +309,9 @@ SECTIONS: dict[str, type] = {
     "redis": RedisConfig,
     "limits": LimitsConfig,
     "outbox": OutboxConfig,
+    "presence": PresenceConfig,
     "logging": LoggingConfig,
+    "tracing": TracingConfig,
 }
 OPTIONAL_SECTIONS = frozenset({"rabbitmq", "redis"})
 
@@ -298,7 +327,9 @@ class Config:
     profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    presence: PresenceConfig = field(default_factory=PresenceConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     rabbitmq: RabbitMQConfig | None = None
     redis: RedisConfig | None = None
     source: Path | None = None  # the file read, if any
@@ -394,6 +425,7 @@ def load_config(
         if name in OPTIONAL_SECTIONS and name not in collected.enabled:
             continue
         built[name] = _build_section(name, cls, collected)
+    built["tracing"] = _tracing_from_otel_env(built["tracing"], collected, env)
     config = Config(**built, source=path)
     _cross_check(config, collected)
     return _fit_max_batch(config, collected)
@@ -522,6 +554,65 @@ def _validate(value: Any, meta: Mapping[str, Any], raw: _Raw) -> Any:
     return value
 
 
+#: Where OTLP/HTTP trace exports go when neither chatd nor the environment says.
+DEFAULT_OTLP_TRACES_ENDPOINT = "http://localhost:4318/v1/traces"
+DEFAULT_SERVICE_NAME = "chatd"
+_OTLP_PROTOCOL = "http/protobuf"
+
+
+def _tracing_from_otel_env(tracing: TracingConfig, collected: _Collected,
+                           env: Mapping[str, str]) -> TracingConfig:
+    """Apply the standard ``OTEL_*`` variables chatd reads itself (the SDK reads the others:
+    ``OTEL_TRACES_SAMPLER``/``_ARG``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_EXPORTER_OTLP_HEADERS``,
+    ``_TIMEOUT``, ``_COMPRESSION``, ``OTEL_BSP_*``).
+
+    On: ``OTEL_SDK_DISABLED=true`` → off; else `enabled` when set anywhere (file, environment
+    or command line); else on when an OTLP endpoint variable is set or
+    ``OTEL_TRACES_EXPORTER=otlp``, and off for ``OTEL_TRACES_EXPORTER=none``. Once on, a
+    traces exporter other than otlp or a protocol other than http/protobuf is a ConfigError
+    (that is all chatd ships), as is an endpoint that is not an http(s) URL.
+    """
+
+    def value(name: str) -> str:
+        return env.get(name, "").strip()
+
+    def fail(name: str, problem: str) -> typing.NoReturn:
+        raise ConfigError(f"environment variable {name}: {problem}")
+
+    exporter = value("OTEL_TRACES_EXPORTER").lower()
+    if value("OTEL_SDK_DISABLED").lower() == "true":
+        enabled = False
+    elif "enabled" in collected.values["tracing"]:
+        enabled = tracing.enabled
+    else:
+        endpoint_set = any(value(n) for n in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                                              "OTEL_EXPORTER_OTLP_ENDPOINT"))
+        enabled = exporter != "none" and (endpoint_set or exporter == "otlp")
+    if not enabled:
+        return replace(tracing, enabled=False)
+    if exporter not in ("", "otlp", "none"):  # none: only when tracing.enabled overrules it
+        fail("OTEL_TRACES_EXPORTER", f"chatd exports traces over OTLP only, got {exporter!r}")
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        if value(name) and value(name).lower() != _OTLP_PROTOCOL:
+            fail(name, f"chatd exports OTLP over {_OTLP_PROTOCOL} only, got {value(name)!r}")
+            break
+    endpoint = tracing.endpoint
+    if endpoint is None:
+        if value("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+            name, endpoint = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                              value("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        elif value("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            # the base URL: the spec appends the signal's path for OTLP/HTTP
+            name = "OTEL_EXPORTER_OTLP_ENDPOINT"
+            endpoint = value(name).rstrip("/") + "/v1/traces"
+        else:
+            name, endpoint = "", DEFAULT_OTLP_TRACES_ENDPOINT
+        if name and (problem := _url("http", "https")(endpoint)) is not None:
+            fail(name, problem)
+    service = tracing.service_name or value("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME
+    return replace(tracing, enabled=True, endpoint=endpoint, service_name=service)
+
+
 def _cross_check(config: Config, collected: _Collected) -> None:
     """Rules between keys; the error blames the key that was set last."""
 
@@ -547,6 +638,11 @@ def _cross_check(config: Config, collected: _Collected) -> None:
         fail("limits.history_default", "must not exceed limits.history_max")
     if config.outbox.backoff_base > config.outbox.backoff_cap:
         fail("outbox.backoff_base", "must not exceed outbox.backoff_cap")
+    if config.presence.max_peers * 2 > limits.stomp_max_pending_frames:
+        # a presence snapshot is one MESSAGE per peer, written at once: it must leave room
+        # in the session's send queue, or subscribing would close it as a slow consumer
+        fail("presence.max_peers", "must be at most half of limits.stomp_max_pending_frames "
+             f"({limits.stomp_max_pending_frames}): a snapshot is one frame per peer")
     mq = config.rabbitmq
     if mq is not None and mq.reconnect_initial_seconds > mq.reconnect_max_seconds:
         fail("rabbitmq.reconnect_initial_seconds", "must not exceed rabbitmq.reconnect_max_seconds")

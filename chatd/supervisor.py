@@ -1,9 +1,9 @@
 """The composition root: builds every part from the config and runs them in one nursery.
 
 Start order (docs/architecture.md, Parts and start order): store (open + migrate) -> [JWKS
-refresher] -> broker runtime -> [Redis tier] -> profiles -> [RabbitMQ bridge] -> outbox
-publisher -> send committer -> [outbox purger] -> HTTP server (REST, ``/ws``, SockJS, demo
-page) -> [raw STOMP TCP listener, if ``server.stomp_tcp_bind``].
+refresher] -> broker runtime -> [Redis tier] -> profiles -> [RabbitMQ bridge] -> presence ->
+outbox publisher -> send committer -> [outbox purger] -> HTTP server (REST, ``/ws``, SockJS,
+demo page) -> [raw STOMP TCP listener, if ``server.stomp_tcp_bind``].
 Bracketed parts depend on the config; each is a `Part` in the list `build_parts` returns,
 at its place in that order, and needs no other change here. Every part's ``run`` calls
 ``task_status.started(summary)`` once it is up; the summaries make the one ready line.
@@ -17,7 +17,8 @@ Shutdown (SIGINT/SIGTERM, or the HTTP part ending on its own): readiness turns f
 a signal, everything keeps serving for ``server.drain_delay`` so load balancers stop routing
 here first; then parts stop in reverse order, all within ``server.shutdown_grace``: the HTTP
 server stops accepting and lets in-flight requests finish, later parts are asked to stop and
-cancelled at the deadline; the store closes last. Whichever STOMP transport stops first (TCP,
+cancelled at the deadline; the store closes last, then the tracer (with ``[tracing]`` on)
+exports its last spans. Whichever STOMP transport stops first (TCP,
 then HTTP) first shuts the broker runtime down: every STOMP session gets an ERROR ("server
 shutting down") and WebSocket close 1001, because Hypercorn would drop open WebSockets with
 1006 and no close frame. Cancelling `serve` (tests) skips the draining but still closes the
@@ -29,6 +30,7 @@ from __future__ import annotations
 import functools
 import logging
 import signal
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -41,11 +43,15 @@ from chatd.auth.tokens import TokenVerifier, verifier_from_config
 from chatd.bridge import RabbitBridge
 from chatd.config import Config, redact_url
 from chatd.domain.models import ROWS_PER_MESSAGE
+from chatd.domain.presence import EVENT_PRESENCE
 from chatd.domain.rules import SendRateLimiter
-from chatd.observability.logs import configure_logging
+from chatd.observability.logs import configure_logging, show_trace_ids
 from chatd.observability.metrics import Metrics
+from chatd.observability.tracing import FLUSH_TIMEOUT, Tracer, start_tracing
 from chatd.outbox import OutboxPublisher, OutboxPurger, OutboxSink
 from chatd.outbox.publisher import utc_now
+from chatd.presence import LocalPresence, PresenceService, PresenceState
+from chatd.presence.redis_state import RedisPresence
 from chatd.profiles import (
     CachedProfiles,
     CircuitBreaker,
@@ -92,7 +98,8 @@ class Components:
     `runtime` is the one STOMP broker runtime every transport serves; `delivery` is how rows
     reach its subscribers; `committer` stores sends in batches (and, on one instance,
     delivers them right after the commit); `bridge` (with ``[rabbitmq]``) relays rows
-    between instances and is then the outbox publisher's sink instead of `delivery`.
+    between instances and is then the outbox publisher's sink instead of `delivery`;
+    `tracer` (with ``[tracing]`` on) is handed to every traced part.
     """
 
     config: Config
@@ -105,9 +112,11 @@ class Components:
     runtime: BrokerRuntime
     delivery: LocalDelivery
     committer: SendCommitter
+    presence: PresenceService
     metrics: Metrics = field(default_factory=Metrics)
     bridge: RabbitBridge | None = None
     redis: RedisTier | None = None
+    tracer: Tracer | None = None
 
 
 def build_profiles(config: Config, tier: RedisTier | None = None) -> ProfileProvider:
@@ -163,8 +172,10 @@ def redis_part(tier: RedisTier) -> Part:
     return part
 
 
-async def build_components(config: Config, store: Store) -> Components:
-    """Everything the parts need, around an opened store; blocking set-up runs in a thread."""
+async def build_components(config: Config, store: Store, *,
+                           tracer: Tracer | None = None) -> Components:
+    """Everything the parts need, around an opened store; blocking set-up runs in a thread.
+    With a `tracer`, the send path records spans (chatd.observability.tracing)."""
     try:
         verifier = await trio.to_thread.run_sync(verifier_from_config, config)  # may fetch JWKS
     except KeyFileError as exc:
@@ -213,7 +224,8 @@ async def build_components(config: Config, store: Store) -> Components:
         confirm_timeout = min(config.rabbitmq.confirm_timeout_seconds,
                               0.4 * config.outbox.lease_seconds)
         bridge = RabbitBridge(config.rabbitmq, delivery, confirm_timeout=confirm_timeout,
-                              dedupe_size=config.rabbitmq.dedupe_size)
+                              dedupe_size=config.rabbitmq.dedupe_size,
+                              instance_id=None if tracer is None else tracer.instance_id)
         runtime.on_destination_active = bridge.destination_active
         assert isinstance(runtime.hooks, ChatHooks)
         runtime.hooks.binder = bridge
@@ -221,10 +233,46 @@ async def build_components(config: Config, store: Store) -> Components:
         readiness.add_check("bridge", bridge.check)
         bridge.observe_confirm = metrics.bridge_confirm_latency.observe
         metrics.attach_bridge(bridge)
+    if tracer is not None:
+        assert isinstance(runtime.hooks, ChatHooks)
+        services.tracer = committer.tracer = delivery.tracer = tracer
+        runtime.hooks.handlers.tracer = tracer
+        if bridge is not None:
+            bridge.tracer = tracer
+    presence = build_presence(config, store, runtime, tier,
+                              bridge.instance_id if bridge is not None else None)
+    metrics.attach_presence(presence)
     return Components(
         config, store, profiles, verifier, limiter, services, readiness, runtime, delivery,
-        committer, metrics, bridge, tier,
+        committer, presence, metrics, bridge, tier, tracer,
     )
+
+
+def build_presence(config: Config, store: Store, runtime: BrokerRuntime,
+                   tier: RedisTier | None = None,
+                   instance_id: str | None = None) -> PresenceService:
+    """Presence tracking on `runtime`'s sessions, shared through Redis when the tier is on;
+    its updates go out like typing notices (here, and relayed to the other instances when the
+    bridge is wired into the handlers)."""
+    p = config.presence
+    state: PresenceState = LocalPresence()
+    if tier is not None:
+        state = RedisPresence(tier, instance_id or uuid.uuid4().hex, ttl=p.ttl_seconds)
+    presence = PresenceService(store, state, enabled=p.enabled, grace=p.grace_seconds,
+                               ttl=p.ttl_seconds, max_peers=p.max_peers)
+    hooks = runtime.hooks
+    assert isinstance(hooks, ChatHooks)
+    hooks.presence = presence
+    presence.publish = lambda key, body: hooks.handlers.publish(key, body, EVENT_PRESENCE)
+    runtime.on_principal_active = presence.principal_active
+    return presence
+
+
+def presence_part(components: Components) -> Part:
+    """Presence: started before any transport (which report sessions to it), stopped after
+    them, when it lets this instance's users lapse after the grace period."""
+    presence = components.presence
+    return Part("presence", presence.run, stop=presence.stop)
 
 
 def session_grace(config: Config) -> float:
@@ -281,7 +329,8 @@ def http_part(components: Components) -> Part:
     except KeyFileError as exc:
         raise key_error(exc, c.config) from exc
     app = create_app(c.services, c.verifier, c.config, readiness=c.readiness, runtime=c.runtime,
-                     metrics=c.metrics, demo_token_key=demo_key)
+                     metrics=c.metrics, demo_token_key=demo_key, presence=c.presence,
+                     tracer=c.tracer)
     stopping = trio.Event()
 
     async def shutdown_trigger() -> None:
@@ -315,6 +364,7 @@ def outbox_part(components: Components, sink: OutboxSink) -> Part:
     largest = max(committer.max_batch, components.config.limits.max_batch)
     publisher = OutboxPublisher(components.store, sink, components.config.outbox,
                                 min_claim=ROWS_PER_MESSAGE * largest)
+    publisher.tracer = components.tracer
     publisher.on_published = components.metrics.outbox_published
     components.committer.on_published = components.metrics.outbox_published
     components.metrics.attach_publisher(publisher, components.committer)
@@ -368,6 +418,7 @@ def build_parts(components: Components) -> list[Part]:
     parts.append(profiles_part(components))
     if bridge is not None:
         parts.append(bridge_part(bridge))
+    parts.append(presence_part(components))
     parts.append(outbox_part(components, bridge if bridge is not None else components.delivery))
     parts.append(committer_part(components))
     if (purge := purge_part(components)) is not None:
@@ -427,6 +478,7 @@ async def serve(
     config: Config,
     *,
     handle_signals: bool = True,
+    span_exporter: object | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run chatd until SIGINT/SIGTERM (or cancellation); return once everything is closed.
@@ -435,14 +487,43 @@ async def serve(
     ...]`` — after logging the ready line, so tests can serve on port 0 in-process. Raises
     `StartupError` (unwrapped from the nursery's exception group) for anything that keeps
     it from starting. `handle_signals` False leaves signal handling to the caller.
+    `span_exporter` (tests: an OpenTelemetry in-memory exporter) replaces the OTLP exporter
+    when ``[tracing]`` is on.
     """
     _configure_logging(config)
+    tracer = None
+    if config.tracing.enabled:
+        tracer = start_tracing(config.tracing, exporter=span_exporter)
+        show_trace_ids(tracer.ids)
+        log.info("tracing on: spans of service %s (instance %s) go to %s",
+                 config.tracing.service_name, tracer.instance_id,
+                 "the given exporter" if span_exporter is not None
+                 else redact_url(config.tracing.endpoint or "the default endpoint"))
+    try:
+        await _serve(config, tracer, handle_signals=handle_signals, task_status=task_status)
+    finally:
+        if tracer is not None:
+            await _stop_tracing(tracer)
+
+
+async def _stop_tracing(tracer: Tracer) -> None:
+    """Export the last spans (shielded, at most `FLUSH_TIMEOUT`: the SDK's shutdown blocks,
+    so it runs in a worker thread, left behind if the collector does not answer in time)."""
+    show_trace_ids(None)
+    with trio.CancelScope(shield=True), trio.move_on_after(FLUSH_TIMEOUT) as waited:
+        await trio.to_thread.run_sync(tracer.shutdown, abandon_on_cancel=True)
+    if waited.cancelled_caught:
+        log.warning("tracing: the last spans were not exported within %g s", FLUSH_TIMEOUT)
+
+
+async def _serve(config: Config, tracer: Tracer | None, *, handle_signals: bool,
+                 task_status: trio.TaskStatus[list[str]]) -> None:
     store = await open_store(config)
     try:
         applied = await migrate_store(store, config.database)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
-        components = await build_components(config, store)
+        components = await build_components(config, store, tracer=tracer)
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             if handle_signals:
@@ -456,6 +537,7 @@ async def serve(
             bridge = components.bridge
             state = "off" if bridge is None else "up" if bridge.connected else "connecting"
             extra.append(f"rabbitmq={state}")
+            extra.append(components.presence.summary)
             if components.redis is None:
                 extra.append("redis=off")
             log.info("chatd ready %s", " ".join(summaries + extra))
@@ -481,7 +563,7 @@ async def serve(
 
 __all__ = [
     "Components", "Part", "StartupError", "bridge_part", "broker_part", "build_components",
-    "build_parts", "build_profiles", "build_redis", "http_part", "jwks_part", "outbox_part",
-    "profiles_part",
-    "purge_part", "redis_part", "serve", "session_grace", "stomp_tcp_part",
+    "build_parts", "build_presence", "build_profiles", "build_redis", "http_part", "jwks_part",
+    "outbox_part", "presence_part", "profiles_part", "purge_part", "redis_part", "serve",
+    "session_grace", "stomp_tcp_part",
 ]

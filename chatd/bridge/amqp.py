@@ -34,6 +34,8 @@ import pika.exceptions
 import trio
 from pika.adapters.select_connection import IOLoop
 
+from chatd.observability.tracing import TRACEPARENT
+
 log = logging.getLogger("chatd.bridge")
 # pika logs every failed connection attempt at ERROR with a stack of wrappers; the bridge logs
 # one line per attempt itself, so only pika's own bugs (CRITICAL) get through.
@@ -53,6 +55,8 @@ class Outgoing:
     session_id: str
     seq: int
     body: bytes
+    #: The traceparent a consumer's spans continue (AMQP header ``traceparent``), if traced.
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,7 @@ class Incoming:
     seq: int
     body: bytes
     origin: str | None = None
+    trace_context: str | None = None
 
 
 class TrioSide(Protocol):
@@ -290,10 +295,12 @@ class AmqpLink:
             return
         self._batches[batch_id] = [len(messages), False]
         for m in messages:
+            headers = {"d": m.destination, "e": m.event, "s": m.session_id, "q": m.seq}
+            if m.trace_context is not None:
+                headers[TRACEPARENT] = m.trace_context
             props = pika.BasicProperties(
                 message_id=m.message_id, delivery_mode=PERSISTENT,
-                content_type="application/json",
-                headers={"d": m.destination, "e": m.event, "s": m.session_id, "q": m.seq})
+                content_type="application/json", headers=headers)
             self._channel.basic_publish(self.exchange, m.routing_key, m.body, props)
             self._tag += 1
             self._tags[self._tag] = batch_id
@@ -321,11 +328,12 @@ class AmqpLink:
     def _on_message(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
         headers = props.headers or {}
         try:
-            origin = headers.get("o")
+            origin, trace = headers.get("o"), headers.get(TRACEPARENT)
             self._inbox.append(Incoming(
                 str(props.message_id), _text(headers["d"]), _text(headers["e"]),
                 _text(headers["s"]), int(headers["q"]), body,
-                None if origin is None else _text(origin)))
+                None if origin is None else _text(origin),
+                None if trace is None else _text(trace)))
         except (KeyError, TypeError, ValueError):
             log.warning("dropping a malformed message (routing key %s)", method.routing_key)
         if not self._inbox and self._inbox_tag == 0:

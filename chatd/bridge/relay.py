@@ -29,7 +29,7 @@ import itertools
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import trio
@@ -37,9 +37,10 @@ import trio
 from chatd.bridge.amqp import AmqpLink, Incoming, Outgoing
 from chatd.bridge.keys import DEFAULT_DEDUPE_SIZE, Dedupe, routing_key
 from chatd.config import RabbitMQConfig, redact_url
-from chatd.domain.destinations import is_session_topic
+from chatd.domain.destinations import is_session_topic, subscription_name
 from chatd.domain.errors import Unavailable
 from chatd.domain.models import OutboxRow
+from chatd.observability.tracing import Span, Tracer
 from chatd.outbox.sink import SinkUnavailable
 from chatd.realtime.delivery import LocalDelivery, event_headers
 
@@ -89,6 +90,10 @@ class RabbitBridge:
         self.confirm_count = 0
         #: Called with each batch's publish-to-confirm seconds (metrics set it).
         self.observe_confirm: Callable[[float], None] | None = None
+        #: Set when tracing is on: a traced row's message gets a producer span (publish to
+        #: confirm) whose traceparent travels in its AMQP headers; a consumed one a consumer
+        #: span, parent of its local delivery.
+        self.tracer: Tracer | None = None
         self._link: AmqpLink | None = None
         self._active: set[str] = set()  # destination keys with local subscribers (or arriving)
         self._subscribed: set[str] = set()  # ...with local subscribers, as the broker says
@@ -171,9 +176,45 @@ class RabbitBridge:
         messages = [
             Outgoing(routing_key(row.destination), str(row.id), row.destination, row.event,
                      str(row.session_id), row.seq,
-                     row.payload.encode() if row.payload else b"{}")
+                     row.payload.encode() if row.payload else b"{}", row.trace_context)
             for row in rows
         ]
+        if self.tracer is None:
+            await self._publish(messages)
+            return
+        messages, spans = self._producer_spans(self.tracer, messages)
+        try:
+            await self._publish(messages)
+        except BaseException as exc:
+            for span in spans:
+                span.fail(exc)
+            raise
+        finally:
+            for span in spans:
+                span.end()
+
+    def _producer_spans(self, tracer: Tracer, messages: list[Outgoing]
+                        ) -> tuple[list[Outgoing], list[Span]]:
+        """A ``publish`` span per traced message, its traceparent in place of the row's."""
+        spans: list[Span] = []
+        traced = []
+        for m in messages:
+            if m.trace_context is not None and tracer.records(m.trace_context):
+                span = tracer.start(f"publish {self.config.exchange}", m.trace_context,
+                                    kind="producer", attributes={
+                                        "messaging.system": "rabbitmq",
+                                        "messaging.operation.type": "send",
+                                        "messaging.destination.name": self.config.exchange,
+                                        "messaging.message.id": m.message_id,
+                                        "chatd.destination": subscription_name(m.destination)})
+                spans.append(span)
+                m = replace(m, trace_context=span.context)
+            traced.append(m)
+        return traced, spans
+
+    async def _publish(self, messages: list[Outgoing]) -> None:
+        """`publish` of messages made from rows (see there for what it raises)."""
+        assert self._link is not None
         batch_id = next(self._ids)
         batch = self._batches[batch_id] = _Batch()
         started = trio.current_time()
@@ -194,7 +235,7 @@ class RabbitBridge:
         self.confirm_count += 1
         if self.observe_confirm is not None:
             self.observe_confirm(waited)
-        self.published += len(rows)
+        self.published += len(messages)
 
     def relay_ephemeral(self, destination: str, event: str, body: bytes) -> None:
         """Send what was just published locally to the other instances' subscribers of
@@ -303,6 +344,23 @@ class RabbitBridge:
     async def on_messages(self, batch: list[Incoming]) -> None:
         await self._inbox_send.send(batch)
 
+    def _deliver_traced(self, tracer: Tracer, m: Incoming) -> None:
+        """Deliver a consumed message inside a ``receive`` span continuing its trace."""
+        span = tracer.start(f"receive {self.config.exchange}", m.trace_context,
+                            kind="consumer", attributes={
+                                "messaging.system": "rabbitmq",
+                                "messaging.operation.type": "receive",
+                                "messaging.destination.name": self.queue,
+                                "messaging.message.id": m.message_id})
+        try:
+            self.delivery.deliver(m.destination, m.event, uuid.UUID(m.session_id), m.seq,
+                                  m.body, span.context)
+        except BaseException as exc:
+            span.fail(exc)
+            raise
+        finally:
+            span.end()
+
     async def _consume(self) -> None:
         async for batch in self._inbox_recv:
             for m in batch:
@@ -316,8 +374,12 @@ class RabbitBridge:
                         self.delivery.runtime.publish(m.destination, m.body,
                                                       event_headers(m.event))
                         continue
+                    if (self.tracer is not None and m.trace_context is not None
+                            and self.tracer.records(m.trace_context)):
+                        self._deliver_traced(self.tracer, m)
+                        continue
                     self.delivery.deliver(m.destination, m.event, uuid.UUID(m.session_id),
-                                          m.seq, m.body)
+                                          m.seq, m.body, m.trace_context)
                 except Exception:
                     log.exception("delivering message %s to %s failed", m.message_id,
                                   m.destination)

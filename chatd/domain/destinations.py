@@ -32,7 +32,7 @@ from chatd.domain.models import (
     ReceiptUpdate,
     compact_json,
 )
-from stomp.broker import QUEUE_PREFIX, USER_PREFIX, user_key
+from stomp.broker import QUEUE_PREFIX, USER_KEY_PREFIX, USER_PREFIX, user_key
 
 SESSION_TOPIC_PREFIX: Final = "/topic/session."
 
@@ -54,6 +54,9 @@ class UserQueue(StrEnum):
     #: Public-key changes of the users who share a session with the user, and the user's own
     #: (end-to-end encrypted chats): `{email, kid, previousKid, createdAt}`.
     KEYS = "keys"
+    #: Peers coming online and going offline: `{event, email, online, lastSeen}`; a snapshot
+    #: of every peer right after the SUBSCRIBE's RECEIPT (`chatd.presence`).
+    PRESENCE = "presence"
 
     @property
     def path(self) -> str:
@@ -99,20 +102,32 @@ def user_queue(email: str, queue: UserQueue) -> str:
     return user_key(email, queue.path)
 
 
+def subscription_name(destination: str) -> str:
+    """What a client subscribes to for the broker key `destination`, with nobody's email in
+    it: a user key ``user:{email}:/queue/x`` is ``/user/queue/x``, anything else itself (trace
+    span names and attributes; docs/security.md, What traces contain)."""
+    if destination.startswith(USER_KEY_PREFIX):
+        return USER_PREFIX[:-1] + destination.rpartition(":")[2]
+    return destination
+
+
 def subscribed_user_queue(destination: str) -> UserQueue | None:
     """The user queue a SUBSCRIBE `destination` names, None when it names none."""
     return _BY_SUBSCRIPTION.get(destination)
 
 
-def message_outbox(session: ChatSession, message: Message) -> list[OutboxEntry]:
-    """The rows a new message publishes: the session topic, then both users' message queues."""
+def message_outbox(session: ChatSession, message: Message,
+                   trace_context: str | None = None) -> list[OutboxEntry]:
+    """The rows a new message publishes: the session topic, then both users' message queues,
+    each carrying the send's `trace_context` (its W3C traceparent, None when not traced)."""
     body = compact_json(message.to_json())
     destinations = [session_topic(session.id)] + [
         user_queue(email, UserQueue.MESSAGES) for email in session.emails
     ]
     assert len(destinations) == ROWS_PER_MESSAGE
     return [
-        OutboxEntry(EVENT_MESSAGE, d, body, session.id, message.seq, message.message_id)
+        OutboxEntry(EVENT_MESSAGE, d, body, session.id, message.seq, message.message_id,
+                    trace_context)
         for d in destinations
     ]
 

@@ -252,6 +252,8 @@ class OutboxEntry:
     session_id: uuid.UUID
     seq: int
     message_id: uuid.UUID | None = None
+    #: The W3C traceparent of the send that made the row (None when tracing is off).
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +271,15 @@ class OutboxRow:
     next_retry_at: datetime
     last_error: str | None
     created_at: datetime
+    #: The W3C traceparent its delivery continues (chatd.observability.tracing), or None.
+    trace_context: str | None = None
+
+    def with_trace_context(self, trace_context: str) -> OutboxRow:
+        """This row with another trace context (what `dataclasses.replace` does, at a tenth
+        of its cost: a publish round re-points every row it traces)."""
+        return OutboxRow(self.id, self.message_id, self.session_id, self.seq, self.event,
+                         self.destination, self.payload, self.retry_count, self.next_retry_at,
+                         self.last_error, self.created_at, trace_context)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,10 @@ from chatd.http.errors import register_error_handlers
 from chatd.http.health_routes import health_blueprint
 from chatd.http.keepalive import ShieldFinalSend
 from chatd.http.key_routes import keys_blueprint
-from chatd.http.observe import install_request_tracking, observe_blueprint
+from chatd.http.observe import install_request_tracing, install_request_tracking, observe_blueprint
 from chatd.observability.metrics import Metrics
+from chatd.observability.tracing import Tracer
+from chatd.presence import PresenceService
 from chatd.services.chat import ChatService
 from chatd.services.health import Readiness
 from chatd.services.keys import KeyService
@@ -40,13 +42,17 @@ def create_app(
     runtime: BrokerRuntime | None = None,
     metrics: Metrics | None = None,
     demo_token_key: rsa.RSAPrivateKey | None = None,
+    presence: PresenceService | None = None,
+    tracer: Tracer | None = None,
 ) -> QuartTrio:
     """The chatd HTTP app. Without `readiness`, one that probes only the services' store;
     with a broker `runtime`, STOMP over WebSocket at ``/ws`` and ``/ws/websocket``, and over
     SockJS under ``/ws`` unless ``server.sockjs_enabled`` is off; with ``server.demo_page``,
     the demo page at ``/``, and ``POST /demo/token`` signing with `demo_token_key` if given
     (`chatd.auth.keys.demo_token_key` says when it may be). Without `metrics`, ``/metrics``
-    exports a fresh set that sees the store and HTTP requests only."""
+    exports a fresh set that sees the store and HTTP requests only. Without `presence`, one
+    with no sessions to follow (``[presence]`` settings, everyone offline). With a `tracer`,
+    every ``/api`` request is a span."""
     if readiness is None:
         readiness = Readiness()
         readiness.add_store(services.store)
@@ -66,14 +72,19 @@ def create_app(
     # Our routes answer JSON in contract order; never let Quart re-sort or pretty-print.
     app.config["JSON_SORT_KEYS"] = False
 
-    # First: a refused request still gets its id and its access-log line.
+    # First: a refused request still gets its span, its id and its access-log line.
+    if tracer is not None:
+        install_request_tracing(app, tracer)
     install_request_tracking(app, metrics, access_log_on=config.logging.access_log)
 
     @app.before_request
     async def _auth() -> None:
         await authenticate(verifier)
 
-    app.register_blueprint(chat_blueprint(services))
+    if presence is None:
+        p = config.presence
+        presence = PresenceService(services.store, enabled=p.enabled, max_peers=p.max_peers)
+    app.register_blueprint(chat_blueprint(services, presence))
     app.register_blueprint(keys_blueprint(KeyService.beside(services)))
     app.register_blueprint(health_blueprint(readiness))
     app.register_blueprint(observe_blueprint(metrics))

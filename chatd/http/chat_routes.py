@@ -11,28 +11,43 @@ from quart import Blueprint, Response, request
 
 from chatd.domain.errors import Forbidden
 from chatd.domain.models import ReceiptStatus, SessionSummary, batch_answers_json
+from chatd.domain.presence import Presence
 from chatd.domain.rules import normalize_email
 from chatd.http.context import caller, json_object
 from chatd.http.errors import json_response
+from chatd.presence import PresenceService
 from chatd.services.chat import ChatService
 from chatd.services.inputs import parse_session_id
 
 
-def _summary_json(entry: SessionSummary) -> dict[str, object]:
+def _summary_json(entry: SessionSummary, me: str,
+                  presence: dict[str, Presence]) -> dict[str, object]:
     last = entry.last_message
+    session = entry.session.to_json()
+    for participant in session["participants"]:
+        # the peer's presence, when presence is on (never the caller's own)
+        if participant["email"] != me and (known := presence.get(participant["email"])):
+            participant["online"] = known.online
+            participant["lastSeen"] = known.to_json()["lastSeen"]
     return {
-        **entry.session.to_json(),
+        **session,
         "lastMessage": None if last is None else last.to_json(),
         "unreadCount": entry.unread,
     }
+
+
+def _presence_json(presence: Presence) -> dict[str, object]:
+    body = presence.to_json()
+    del body["event"]
+    return body
 
 
 #: The batch send route: its body may be `limits.max_batch` messages (`batch_body_size`).
 BATCH_PATH = "/api/chat/messages"
 
 
-def chat_blueprint(service: ChatService) -> Blueprint:
-    """The ``/api/chat`` routes bound to `service`."""
+def chat_blueprint(service: ChatService, presence: PresenceService) -> Blueprint:
+    """The ``/api/chat`` routes bound to `service` (and `presence` for who is online)."""
     bp = Blueprint("chat", __name__, url_prefix="/api/chat")
 
     @bp.post("/init")
@@ -42,6 +57,7 @@ def chat_blueprint(service: ChatService) -> Blueprint:
             caller(), body.get("toEmail"), body.get("intent"), body.get("fromEmail"),
             body.get("encrypted"),
         )
+        await presence.introduce(*session.emails)  # new peers learn each other's presence
         return json_response(session.to_json())
 
     @bp.post("/message")
@@ -114,11 +130,21 @@ def chat_blueprint(service: ChatService) -> Blueprint:
     async def sessions() -> Response:
         args = request.args
         limit = args.get("limit")
-        entries = await service.sessions(caller(), limit=limit, cursor=args.get("cursor"))
+        me = caller()
+        entries = await service.sessions(me, limit=limit, cursor=args.get("cursor"))
         full_page = len(entries) == service.page_size(limit)
+        online = await presence.of([email for e in entries for email in e.session.emails
+                                    if email != me])
         return json_response({
-            "sessions": [_summary_json(e) for e in entries],
+            "sessions": [_summary_json(e, me, online) for e in entries],
             "nextCursor": entries[-1].cursor if entries and full_page else None,
         })
+
+    @bp.get("/presence")
+    async def presence_of() -> Response:
+        # Peers only: an email that is not the caller's peer is left out, not refused, so
+        # the answer never tells whether a stranger exists or is online.
+        found = await presence.query(caller(), request.args.get("emails"))
+        return json_response({"presence": [_presence_json(p) for p in found]})
 
     return bp

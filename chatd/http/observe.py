@@ -18,8 +18,10 @@ import uuid
 
 from quart import Blueprint, Quart, Response, g, request
 
+from chatd.http.context import API_PREFIX
 from chatd.observability.logs import request_id
 from chatd.observability.metrics import CONTENT_TYPE, Metrics
+from chatd.observability.tracing import TRACEPARENT, Tracer
 
 access_log = logging.getLogger("chatd.access")
 
@@ -92,3 +94,47 @@ def install_request_tracking(app: Quart, metrics: Metrics, *, access_log_on: boo
                        "%s %s %d %.1f ms", request.method, request.path, status,
                        elapsed * 1000, extra=fields)
         return response
+
+
+def install_request_tracing(app: Quart, tracer: Tracer) -> None:
+    """A server span per ``/api`` request (named by method and route, never the raw path,
+    which may hold an email), continuing the caller's ``traceparent`` header and current
+    while the request is served: a send's trace context is its request's span.
+
+    Call before `install_request_tracking`, so the span is current for the access-log line
+    (after-request hooks run in reverse order) and a refused request still gets one.
+    """
+
+    @app.before_request
+    async def _open_span() -> None:
+        if not request.path.startswith(API_PREFIX):
+            return
+        route = request.url_rule.rule if request.url_rule is not None else None
+        span = tracer.start(f"{request.method} {route}" if route else request.method,
+                            request.headers.get(TRACEPARENT), kind="server",
+                            attributes={"http.request.method": request.method,
+                                        "http.route": route or ""})
+        active = tracer.activate(span)
+        active.__enter__()
+        g.trace = (span, active)
+
+    def close(status: int | None) -> None:
+        trace = g.pop("trace", None)
+        if trace is None:
+            return
+        span, active = trace
+        if status is not None:
+            span.set("http.response.status_code", status)
+            if status >= 500:
+                span.fail(str(status))
+        active.__exit__(None, None, None)
+        span.end()
+
+    @app.after_request
+    async def _close_span(response: Response) -> Response:
+        close(response.status_code)
+        return response
+
+    @app.teardown_request
+    async def _close_unanswered(exc: BaseException | None) -> None:
+        close(None)  # after_request never ran (an unhandled error): end the span anyway

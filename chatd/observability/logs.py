@@ -3,7 +3,8 @@
 Every line carries ``time`` (ISO-8601 UTC), ``level``, ``logger`` and ``event`` (the message),
 plus what the code attached with ``extra=`` among `FIELDS` and the id of the request being
 served (set in the `request_id` context variable by the HTTP layer, so a line logged deep in a
-service still says which request it belongs to).
+service still says which request it belongs to). With tracing on, a line logged inside a span
+also carries ``trace_id`` and ``span_id`` (`TraceIds`: the tracer's `ids`), to find its trace.
 
 What never gets out: a bearer token or any JWT-shaped string (replaced by ``[redacted]`` in
 the event text and every field, whatever logged it), the user's email unless
@@ -19,6 +20,7 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
@@ -40,6 +42,8 @@ ENCRYPTED = "[encrypted]"
 _SECRET = re.compile(r"eyJ[\w-]*\.[\w-]+\.[\w-]*|(?i:bearer)\s+[\w.~+/=-]+")
 
 Format = Literal["json", "text"]
+#: The current span's (trace id, span id), None outside a span (`Tracer.ids`).
+TraceIds = Callable[[], tuple[str, str] | None]
 
 
 def redact(text: str) -> str:
@@ -66,9 +70,11 @@ def choose_format(configured: str, stream: TextIO | None = None) -> Format:
 class JsonFormatter(logging.Formatter):
     """One JSON object per record (see the module docstring for the fields)."""
 
-    def __init__(self, *, include_user: bool = False, include_content: bool = False) -> None:
+    def __init__(self, *, include_user: bool = False, include_content: bool = False,
+                 trace_ids: TraceIds | None = None) -> None:
         super().__init__()
         self.allowed = {"include_user": include_user, "include_content": include_content}
+        self.trace_ids = trace_ids
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -81,6 +87,8 @@ class JsonFormatter(logging.Formatter):
         rid = request_id.get()
         if rid is not None:
             out["request_id"] = rid
+        if self.trace_ids is not None and (ids := self.trace_ids()) is not None:
+            out["trace_id"], out["span_id"] = ids
         for key in FIELDS:
             if key not in record.__dict__:
                 continue
@@ -105,9 +113,11 @@ _IN_TEXT = frozenset({"method", "path", "status", "duration_ms",
 class TextFormatter(logging.Formatter):
     """``time level logger: event [key=value...]`` for people; same redaction and gates."""
 
-    def __init__(self, *, include_user: bool = False, include_content: bool = False) -> None:
+    def __init__(self, *, include_user: bool = False, include_content: bool = False,
+                 trace_ids: TraceIds | None = None) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.allowed = {"include_user": include_user, "include_content": include_content}
+        self.trace_ids = trace_ids
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -115,6 +125,8 @@ class TextFormatter(logging.Formatter):
         rid = request_id.get()
         if rid is not None and "request_id" not in record.__dict__:
             extras.append(f"request_id={rid}")
+        if self.trace_ids is not None and (ids := self.trace_ids()) is not None:
+            extras.append(f"trace_id={ids[0]}")
         for key in FIELDS:
             if key in record.__dict__ and key not in _IN_TEXT:
                 gate = PRIVATE_FIELDS.get(key)
@@ -133,6 +145,16 @@ def make_formatter(config: LoggingConfig, stream: TextIO | None = None) -> loggi
     kind = choose_format(config.format, stream)
     cls = JsonFormatter if kind == "json" else TextFormatter
     return cls(include_user=config.include_user, include_content=config.include_content)
+
+
+def show_trace_ids(trace_ids: TraceIds | None) -> None:
+    """Make chatd's formatters on the root logger add the current span's ids (None: stop).
+
+    Separate from `configure_logging` because logging is set up before anything else (the
+    CLI), and tracing only once the server starts."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, JsonFormatter | TextFormatter):
+            handler.formatter.trace_ids = trace_ids
 
 
 def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> bool:

@@ -183,6 +183,17 @@ class SharedLimits(Protocol):
     def fallbacks(self) -> int: ...
 
 
+class PresenceState(Protocol):
+    """`chatd.presence.PresenceService`."""
+
+    @property
+    def local_users(self) -> int: ...
+    @property
+    def announced(self) -> int: ...
+    @property
+    def failures(self) -> int: ...
+
+
 class Bridged(Protocol):
     """`chatd.bridge.RabbitBridge`."""
 
@@ -475,6 +486,23 @@ class Metrics:
             yield family
 
         self.add_source("shared_limits", source)
+
+    def attach_presence(self, presence: PresenceState) -> None:
+        """Users online on this instance (grace periods included), presence updates sent to
+        peers, and updates dropped because the store could not list the peers."""
+
+        def source() -> Iterator[Metric]:
+            yield GaugeMetricFamily(_name("presence_local_users"),
+                                    "Users with a STOMP session here (or in their grace period).",
+                                    value=presence.local_users)
+            yield CounterMetricFamily(_name("presence_updates"),
+                                      "Presence updates published to peers' connections.",
+                                      value=presence.announced)
+            yield CounterMetricFamily(_name("presence_failures"),
+                                      "Presence updates not sent: the store could not list peers.",
+                                      value=presence.failures)
+
+        self.add_source("presence", source)
 
     def attach_sockjs(self, count: Callable[[], int]) -> None:
         """SockJS sessions open now, as `count()` says."""

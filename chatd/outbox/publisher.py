@@ -47,6 +47,7 @@ import trio
 from chatd.config import OutboxConfig
 from chatd.domain.errors import Unavailable
 from chatd.domain.models import OutboxRow
+from chatd.observability import tracing
 from chatd.outbox.retry import backoff_delay, plan_failure
 from chatd.outbox.sink import OutboxSink, SinkUnavailable
 from chatd.storage.base import Store
@@ -146,6 +147,9 @@ class OutboxPublisher:
         self.waiting = False
         #: Told, per round, each sent row's seconds from its commit to the sink (metrics).
         self.on_published: Callable[[list[float]], None] | None = None
+        #: Set when tracing is on: each message of a round gets an ``outbox publish`` span in
+        #: its trace (from the row's trace context), parent of the sink's spans.
+        self.tracer: tracing.Tracer | None = None
 
     def stop(self) -> None:
         """Ask `run` to return after the batch in hand is published and recorded."""
@@ -204,7 +208,10 @@ class OutboxPublisher:
         rows, held_back = whole_commits(sorted(rows, key=lambda r: r.id), full=full)
         outcome = _Outcome(released=held_back)
         try:
-            await self._deliver(rows, outcome)
+            if self.tracer is None:
+                await self._deliver(rows, outcome)
+            else:
+                await self._deliver_traced(self.tracer, rows, outcome)
         except BaseException:
             with trio.CancelScope(shield=True), trio.move_on_after(FINAL_FLUSH_TIMEOUT):
                 await self._flush_cancelled([*rows, *held_back], outcome)
@@ -256,6 +263,19 @@ class OutboxPublisher:
                 held.add(row.session_id)
             else:
                 outcome.sent.append(row)
+
+    async def _deliver_traced(self, tracer: tracing.Tracer, rows: Sequence[OutboxRow],
+                              outcome: _Outcome) -> None:
+        """`_deliver` inside the round's spans; a message whose row failed or was given back
+        says so on its span."""
+        with tracing.publish_round(tracer, rows, path="publisher") as traced:
+            await self._deliver(traced.rows, outcome)
+            for row, exc in outcome.failed:
+                if (span := traced.span_of(row)) is not None:
+                    span.fail(exc)
+            for row in outcome.released:
+                if (span := traced.span_of(row)) is not None:
+                    span.set("chatd.outbox.released", True)
 
     async def _settle(self, outcome: _Outcome) -> None:
         """Record a round: sent first (unblocks sessions), then failures, then give-backs."""

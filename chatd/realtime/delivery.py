@@ -18,8 +18,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Final
 
-from chatd.domain.destinations import is_session_topic, topic_session_id
+from chatd.domain.destinations import is_session_topic, subscription_name, topic_session_id
 from chatd.domain.models import EVENT_MESSAGE, OutboxRow
+from chatd.observability.tracing import Tracer
 from stomp.trio import BrokerRuntime
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class LocalDelivery:
         self.runtime = runtime
         self.max_tracked_sessions = max_tracked_sessions
         self._last: dict[uuid.UUID, int] = {}
+        #: Set when tracing is on: a row with a trace context gets a ``deliver`` span.
+        self.tracer: Tracer | None = None
 
     async def publish(self, rows: Sequence[OutboxRow]) -> None:
         """Deliver `rows`, in order, to the local subscribers of their destinations.
@@ -59,13 +62,20 @@ class LocalDelivery:
         """`publish` for one row, synchronously (no checkpoint: the seq mark and the delivery
         change together)."""
         body = row.payload.encode() if row.payload else b"{}"
-        self.deliver(row.destination, row.event, row.session_id, row.seq, body)
+        self.deliver(row.destination, row.event, row.session_id, row.seq, body,
+                     row.trace_context)
 
     def deliver(self, destination: str, event: str, session_id: uuid.UUID, seq: int,
-                body: bytes) -> None:
+                body: bytes, trace_context: str | None = None) -> None:
         """Publish one row's fields to the local subscribers of `destination` (what the
         RabbitMQ bridge calls for each consumed message); topic rows at or below the
-        session's seq mark are skipped."""
+        session's seq mark are skipped. With tracing on, a row with a `trace_context` is
+        delivered inside a ``deliver`` span, its child."""
+        if (trace_context is not None and self.tracer is not None
+                and self.tracer.records(trace_context)):
+            self._deliver_traced(self.tracer, destination, event, session_id, seq, body,
+                                 trace_context)
+            return
         topic = event == EVENT_MESSAGE and is_session_topic(destination)
         if topic:
             last = self._last.get(session_id)
@@ -76,6 +86,25 @@ class LocalDelivery:
                              event_headers(event or "unknown", ("x-seq", str(seq))))
         if topic:
             self._mark(session_id, seq)
+
+    def _deliver_traced(self, tracer: Tracer, destination: str, event: str,
+                        session_id: uuid.UUID, seq: int, body: bytes, parent: str) -> None:
+        # Apart from `deliver` so that, off, the hot path pays one test and no extra call.
+        name = subscription_name(destination)
+        span = tracer.start(f"deliver {name.rpartition('.')[0] or name}", parent,
+                            kind="producer", attributes={
+                                "messaging.system": "stomp",
+                                "messaging.operation.type": "send",
+                                "messaging.destination.name": name,
+                                "chatd.event": event, "chatd.session_id": str(session_id),
+                                "chatd.seq": seq})
+        try:
+            self.deliver(destination, event, session_id, seq, body)
+        except BaseException as exc:
+            span.fail(exc)
+            raise
+        finally:
+            span.end()
 
     def forget(self, destination: str) -> None:
         """Drop the seq mark of a session topic this process stops receiving (the RabbitMQ

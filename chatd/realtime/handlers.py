@@ -12,6 +12,10 @@ answers and typing notices — to the caller's connections on other instances to
 
 A `receipt` header is answered once the work is done: for `chat.send`, after the message is
 stored and its ack published (or after its error, so a receipt never overtakes the answer).
+
+With tracing on, each `/app` frame is a server span (``SEND /app/...``), continuing the trace
+of a ``traceparent`` header the client sent; it covers the frame's handling up to queueing a
+send, whose commit and deliveries follow as its children in the committer's task.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import trio
 from chatd.domain.destinations import UserQueue, session_topic, user_queue
 from chatd.domain.errors import BadRequest, ChatError, Unavailable, view
 from chatd.domain.models import EVENT_MESSAGE, Message, batch_answers_json, compact_json
+from chatd.observability.tracing import TRACEPARENT, Tracer
 from chatd.realtime.delivery import event_headers
 from chatd.services import ChatService
 from stomp import Send
@@ -60,6 +65,8 @@ class AppHandlers:
         self.runtime = runtime
         self.timeout = timeout
         self.relay: Relay | None = None
+        #: Set when tracing is on (see the module docstring).
+        self.tracer: Tracer | None = None
         self.routes: dict[str, Handler] = {
             "/app/chat.send": self.chat_send,
             "/app/chat.send-batch": self.chat_send_batch,
@@ -76,6 +83,21 @@ class AppHandlers:
     async def handle(self, session: SessionId, caller: str, event: Send) -> None:
         """Run the handler of `event.destination`, answer errors on `/user/queue/error`, then
         the frame's receipt. Never raises for anything the client sent."""
+        if self.tracer is None:
+            await self._handle(session, caller, event)
+            return
+        span = self.tracer.start(f"SEND {event.destination}", event.frame.get(TRACEPARENT),
+                                 kind="server", attributes={
+                                     "messaging.system": "stomp",
+                                     "messaging.operation.type": "process",
+                                     "messaging.destination.name": event.destination})
+        try:
+            with self.tracer.activate(span):
+                await self._handle(session, caller, event)
+        finally:
+            span.end()
+
+    async def _handle(self, session: SessionId, caller: str, event: Send) -> None:
         body: dict[str, Any] = {}
         later = False
         try:

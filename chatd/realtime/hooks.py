@@ -6,16 +6,20 @@ handshake headers). The STOMP principal is the token's email. Whatever is refuse
 ERROR frame whose `message` names the reason and the destination, then the session closes.
 
 Subscriptions: `/topic/session.{id}` for its participants (optionally replaying history, see
-`chatd.realtime.replay`), and the caller's own `/user/queue/{messages,ack,error,receipts,pong,keys}`
-— the broker keys those by the session's principal, so naming another user's queue is
-impossible, and `/user/{someone}/...` spellings are refused outright. SEND: `/app/...` only,
-and outside STOMP transactions; a client publishing to a topic or a user queue could
-impersonate the server.
+`chatd.realtime.replay`), and the caller's own
+`/user/queue/{messages,ack,error,receipts,pong,presence,keys}` — the broker keys those by the
+session's principal, so naming another user's queue is impossible, and `/user/{someone}/...`
+spellings are refused outright. SEND: `/app/...` only, and outside STOMP transactions; a
+client publishing to a topic or a user queue could impersonate the server.
 
 Several instances (docs/architecture.md, Two instances): with a `Binder` (the RabbitMQ bridge)
 set, an allowed SUBSCRIBE first waits until this instance receives the destination from
 RabbitMQ, then replays; so the RECEIPT, written after the hook, means nothing published from
 then on can be missed.
+
+Presence: `/user/queue/presence` gets a snapshot of the caller's peers right after its RECEIPT
+(computed in `authorize_subscribe`, written by `subscribed` before any live update can pass
+it), then live updates (`chatd.presence`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from chatd.auth.tokens import TokenVerifier, bearer_token
 from chatd.config import Config
 from chatd.domain.destinations import (
     ALLOWED_SUBSCRIPTIONS,
+    UserQueue,
     is_session_topic,
     session_topic,
     subscribed_user_queue,
@@ -35,8 +40,11 @@ from chatd.domain.destinations import (
     user_queue,
 )
 from chatd.domain.errors import ChatError, Unauthenticated, view
+from chatd.domain.models import compact_json
+from chatd.domain.presence import EVENT_PRESENCE
 from chatd.domain.rules import max_body_size
-from chatd.realtime.delivery import LocalDelivery
+from chatd.presence import PresenceService
+from chatd.realtime.delivery import LocalDelivery, event_headers
 from chatd.realtime.handlers import APP_PREFIX, AppHandlers
 from chatd.realtime.replay import DEFAULT_MAX_REPLAY, replay, since_seq
 from chatd.release import version
@@ -80,6 +88,10 @@ class ChatHooks:
         self.handlers = handlers
         self.max_replay = max_replay
         self.binder: Binder | None = None
+        self.presence: PresenceService | None = None
+        # (session, subscription id, bodies): the snapshot `subscribed` writes next; set after
+        # the hook's last await, so nothing else can run before `subscribed` takes it.
+        self._snapshot: tuple[SessionId, str, list[bytes]] | None = None
 
     @property
     def runtime(self) -> BrokerRuntime:
@@ -121,6 +133,10 @@ class ChatHooks:
                 key = user_queue(caller, queue)
                 await self.binder.ensure_bound(key)
                 self.binder.release(key, subscribed=True)
+            if queue is UserQueue.PRESENCE and self.presence is not None:
+                peers = await self.presence.snapshot(caller)
+                bodies = [compact_json(p.to_json()).encode() for p in peers]
+                self._snapshot = (session, event.id, bodies)  # no await from here on
             return
         if not is_session_topic(destination):
             raise Refused(f"cannot subscribe to {destination}",
@@ -154,6 +170,17 @@ class ChatHooks:
             raise
         if self.binder is not None:
             self.binder.release(destination, subscribed=True)
+
+    def subscribed(self, session: SessionId, principal: Principal | None,
+                   event: Subscribe) -> None:
+        """Write the presence snapshot `authorize_subscribe` prepared, right after the
+        RECEIPT and before any live update."""
+        pending, self._snapshot = self._snapshot, None
+        if pending is None or pending[:2] != (session, event.id):
+            return
+        headers = event_headers(EVENT_PRESENCE)
+        for body in pending[2]:
+            self.runtime.deliver(session, event.id, event.destination, body, headers)
 
     async def authorize_send(self, principal: Principal | None, event: Send) -> None:
         """Only the `/app/...` destinations chatd handles, outside transactions; refuse the

@@ -47,6 +47,7 @@ from chatd.domain.rules import (
     validate_client_message_id,
     validate_content,
 )
+from chatd.observability.tracing import Tracer
 from chatd.profiles.base import Profile, ProfileProvider
 from chatd.redis_tier import SharedRateLimiter
 from chatd.services.committer import SendCommitter
@@ -127,6 +128,9 @@ class ChatService:
         self.limiter = limiter or SendRateLimiter.from_limits(self.limits)
         self.shared_limiter = shared_limiter
         self.clock = clock
+        #: Set when tracing is on: a send keeps the current span (its REST request or STOMP
+        #: frame) as its trace context, which its commit and deliveries continue.
+        self.tracer: Tracer | None = None
         # A session never changes once created (participants, intent), so a found one can be
         # kept: every send and read checks participation, and this saves a store hop each time.
         self._sessions: Lru[uuid.UUID, ChatSession] = Lru(SESSION_CACHE_SIZE)
@@ -311,7 +315,8 @@ class ChatService:
             return self._repeat(original, sid)
         sender = session.participant(caller)
         assert sender is not None  # require_participant checked it
-        return NewMessage(sid, sender, text, cmid, now)
+        trace = None if self.tracer is None else self.tracer.current()
+        return NewMessage(sid, sender, text, cmid, now, trace)
 
     def _content_rule(self, session: ChatSession) -> Callable[[object], str]:
         """What `content` may be depends on the session: an envelope (whose ciphertext the
@@ -424,7 +429,9 @@ class ChatService:
                 raise
         sender = session.participant(caller)
         assert sender is not None  # require_participant checked it
-        return [NewMessage(sid, sender, text, cmid, now) for cmid, text in pairs], charged
+        # one request, one trace: every message of the batch continues it
+        trace = None if self.tracer is None else self.tracer.current()
+        return [NewMessage(sid, sender, text, cmid, now, trace) for cmid, text in pairs], charged
 
     def _refused(self, path: SendPath) -> None:
         if self.observer is not None:

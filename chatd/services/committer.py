@@ -43,9 +43,11 @@ come between: the session's row lock orders whole transactions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -53,6 +55,7 @@ import trio
 
 from chatd.domain.errors import ChatError, Unavailable
 from chatd.domain.models import ROWS_PER_MESSAGE, OutboxRow
+from chatd.observability import tracing
 from chatd.outbox.sink import OutboxSink
 from chatd.storage.base import Appended, AppendResult, NewMessage, Store
 
@@ -74,6 +77,8 @@ BUSY_RETRY_AFTER: Final = 1.0
 #: Seconds between attempts to mark delivered rows sent while the store is down.
 MARK_RETRY: Final = 1.0
 BUSY_MESSAGE: Final = "server busy: too many messages waiting to be stored; retry shortly"
+_UNTRACED: Final = contextlib.nullcontext()
+_DB_SYSTEM: Final = {"postgres": "postgresql", "sqlite": "sqlite"}
 
 
 #: Told a queued unit's results, one per message, from the committer's task.
@@ -147,6 +152,9 @@ class SendCommitter:
         #: Called after delivered rows were marked sent (the publisher may claim what waited
         #: behind them: receipts of the same sessions).
         self.on_marked: Callable[[], None] | None = None
+        #: Set when tracing is on: each send's trace gets a span of its batch's commit (the
+        #: batch's others linked) and, with a sink, of the publish round after it.
+        self.tracer: tracing.Tracer | None = None
 
     def stop(self) -> None:
         """Let `run` store what is queued, mark what it delivered, and return; sends from now
@@ -265,10 +273,12 @@ class SendCommitter:
         now = self._clock()
         direct = self.sink is not None
         marks, self._delivered = self._delivered, []
+        items = [item for w in batch for item in w.items]
         try:
-            results = await self._store.append_messages(
-                [item for w in batch for item in w.items], units=[len(w.items) for w in batch],
-                lease_until=now + self._lease if direct else None, sent=marks, now=now)
+            with self._commit_spans(items):
+                results = await self._store.append_messages(
+                    items, units=[len(w.items) for w in batch],
+                    lease_until=now + self._lease if direct else None, sent=marks, now=now)
         except BaseException as exc:
             self._delivered = marks + self._delivered  # still leased: try again later
             error = exc if isinstance(exc, Unavailable) else Unavailable("store unavailable")
@@ -298,10 +308,25 @@ class SendCommitter:
         if rows and self.sink is not None:
             await self._deliver(sorted(rows, key=lambda r: r.id))
 
+    def _commit_spans(self, items: Sequence[NewMessage]) -> AbstractContextManager[object]:
+        """Spans ``store commit``, one per traced send of the batch (nothing when off)."""
+        if self.tracer is None:
+            return _UNTRACED
+        backend = self._store.backend
+        return tracing.spans_of(
+            self.tracer, "store commit", (i.trace_context for i in items), kind="client",
+            attributes={"db.system.name": _DB_SYSTEM.get(backend, backend),
+                        "db.operation.name": "append_messages",
+                        "chatd.batch.size": len(items)})
+
     async def _deliver(self, rows: Sequence[OutboxRow]) -> None:
         assert self.sink is not None
         try:
-            await self.sink.publish(rows)
+            if self.tracer is None:
+                await self.sink.publish(rows)
+            else:
+                with tracing.publish_round(self.tracer, rows, path="direct") as traced:
+                    await self.sink.publish(traced.rows)
         except Exception as exc:  # the rows stay leased: the publisher takes them later
             log.warning("delivering %d outbox rows right after commit failed (%r); the "
                         "outbox publisher sends them when their lease ends", len(rows), exc)

@@ -72,6 +72,8 @@ class NewMessage:
     content: str
     client_message_id: str
     sent_at: datetime
+    #: The send's W3C traceparent, kept in its outbox rows (None when tracing is off).
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +238,7 @@ MESSAGE_COLUMNS = (
 KEY_COLUMNS = ("email", "kid", "agreement_jwk", "signing_jwk", "created_at", "retired_at")
 OUTBOX_COLUMNS = (
     "id", "message_id", "session_id", "seq", "event", "destination", "payload", "retry_count",
-    "next_retry_at", "last_error", "created_at",
+    "next_retry_at", "last_error", "created_at", "trace_context",
 )
 
 
@@ -273,7 +275,7 @@ def outbox_from_row(row: Sequence[Any], uid: Convert = _same, ts: Convert = _sam
     payload = row[6] if isinstance(row[6], str) else compact_json(row[6])
     return OutboxRow(
         int(row[0]), None if row[1] is None else uid(row[1]), uid(row[2]), int(row[3]), row[4],
-        row[5], payload, int(row[7]), ts(row[8]), row[9], ts(row[10]),
+        row[5], payload, int(row[7]), ts(row[8]), row[9], ts(row[10]), row[11],
     )
 
 
@@ -483,6 +485,13 @@ class Store(Protocol):
     ) -> list[SessionSummary]:
         """The user's sessions, most recently active first, each with its last message and
         the user's unread count; pass the last entry's `cursor` to get the next page."""
+        ...
+
+    async def peers(
+        self, email: str, *, limit: int, among: Sequence[str] | None = None
+    ) -> list[str]:
+        """The other participants of the user's sessions (presence goes to them only), most
+        recently active first, at most `limit`; with `among`, only those listed."""
         ...
 
     async def claim_outbox(

@@ -455,6 +455,16 @@ class PostgresStore:
         rows = await self._run(lambda c: c.execute(sql, params).fetchall())
         return [base.summary_from_row(r) for r in rows]
 
+    async def peers(
+        self, email: str, *, limit: int, among: Sequence[str] | None = None
+    ) -> list[str]:
+        """See `Store.peers`."""
+        if among is not None and not among:
+            return []
+        sql, params = queries.peers(email, limit, among)
+        rows = await self._run(lambda c: c.execute(sql, params).fetchall())
+        return [str(r[0]) for r in rows]
+
     # -- outbox ----------------------------------------------------------------------------
 
     async def claim_outbox(
@@ -601,7 +611,7 @@ def _append_batch(conn: Conn, batch: Sequence[NewMessage], spans: Sequence[range
                               item.sender.display_name, item.content, item.client_message_id,
                               item.sent_at)
             messages.append(message)
-            entries.extend(message_outbox(session, message))
+            entries.extend(message_outbox(session, message, item.trace_context))
             results[index] = Appended(message, True)
         bumps.append((session_id, first_seq + len(allowed),
                       max(batch[i].sent_at for i in allowed)))
@@ -639,7 +649,7 @@ def _insert_outbox_rows(conn: Conn, entries: list[OutboxEntry], now: datetime,
     """Write outbox rows, due at once (and NOTIFY listeners, on commit) or leased to the
     caller until `lease`; the rows as stored, in id order."""
     params = [lease or now, now, *_columns(entries, "message_id", "session_id", "seq", "event",
-                                           "destination", "payload")]
+                                           "destination", "payload", "trace_context")]
     inserting = conn.execute(queries.INSERT_OUTBOX_ROWS, params)
     if lease is None:
         conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")

@@ -7,6 +7,7 @@ status, session cursor) are assembled here from fixed fragments only, never from
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any, cast
 
 from chatd.domain.models import ReceiptStatus
@@ -72,10 +73,11 @@ ON CONFLICT (sender_email, client_msg_id) DO NOTHING
 RETURNING id"""
 INSERT_OUTBOX_ROWS = f"""
 INSERT INTO chat_message_outbox (message_id, session_id, seq, event, destination, payload,
-                                 next_retry_at, created_at)
-SELECT m, s, q, e, d, p::json, %s, %s
-FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::text[])
-     AS r(m, s, q, e, d, p)
+                                 trace_context, next_retry_at, created_at)
+SELECT m, s, q, e, d, p::json, t, %s, %s
+FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::text[],
+            %s::text[])
+     AS r(m, s, q, e, d, p, t)
 RETURNING {OUTBOX}"""
 
 MESSAGE_BY_CLIENT_ID = (
@@ -190,3 +192,21 @@ def sessions_for(email: str, limit: int, cursor: str | None) -> tuple[str, dict[
         params["ca"], params["ci"] = base.decode_cursor(cursor)
         sql += " AND (s.last_activity_at, s.id) < (%(ca)s, %(ci)s)"
     return sql + " ORDER BY s.last_activity_at DESC, s.id DESC LIMIT %(n)s", params
+
+
+_PEERS = """
+SELECT peer FROM (
+    SELECT email_hi AS peer, last_activity_at FROM chat_sessions WHERE email_lo = %(e)s
+    UNION ALL
+    SELECT email_lo, last_activity_at FROM chat_sessions WHERE email_hi = %(e)s
+) AS mine"""
+
+
+def peers(email: str, limit: int, among: Sequence[str] | None) -> tuple[str, dict[str, Any]]:
+    """The user's chat partners, most recently active first (`Store.peers`)."""
+    params: dict[str, Any] = {"e": email, "n": limit}
+    sql = _PEERS
+    if among is not None:
+        params["among"] = list(among)
+        sql += " WHERE peer = ANY(%(among)s)"
+    return sql + " GROUP BY peer ORDER BY max(last_activity_at) DESC LIMIT %(n)s", params

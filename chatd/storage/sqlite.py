@@ -416,8 +416,9 @@ class SqliteStore:
         ))
         rows = [base.outbox_from_row(conn.execute(sql.INSERT_OUTBOX_ROW, (
             str(e.message_id), str(e.session_id), e.seq, e.event, e.destination, e.payload,
-            lease if lease is not None else at, at)).fetchone(), _uid, base.from_micros)
-            for e in message_outbox(session, message)]
+            e.trace_context, lease if lease is not None else at, at)).fetchone(), _uid,
+            base.from_micros)
+            for e in message_outbox(session, message, item.trace_context)]
         self._outbox_dirty = self._outbox_dirty or lease is None
         return Appended(message, True, tuple(rows))
 
@@ -516,6 +517,16 @@ class SqliteStore:
         query, params = sql.sessions_for(email, limit, cursor)
         rows = await self._read(lambda c: c.execute(query, params).fetchall())
         return [base.summary_from_row(r, _uid, base.from_micros) for r in rows]
+
+    async def peers(
+        self, email: str, *, limit: int, among: Sequence[str] | None = None
+    ) -> list[str]:
+        """See `Store.peers`."""
+        if among is not None and not among:
+            return []
+        query, params = sql.peers(email, limit, among)
+        rows = await self._read(lambda c: c.execute(query, params).fetchall())
+        return [str(r[0]) for r in rows]
 
     # -- outbox ----------------------------------------------------------------------------
 

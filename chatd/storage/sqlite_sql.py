@@ -95,7 +95,10 @@ INSERT_OUTBOX = """
 INSERT INTO chat_message_outbox (message_id, session_id, seq, event, destination, payload,
                                  next_retry_at, created_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
-INSERT_OUTBOX_ROW = INSERT_OUTBOX + f" RETURNING {OUTBOX}"
+INSERT_OUTBOX_ROW = f"""
+INSERT INTO chat_message_outbox (message_id, session_id, seq, event, destination, payload,
+                                 trace_context, next_retry_at, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {OUTBOX}"""
 _PENDING = "processed = 0 AND dead = 0"
 CLAIM_CANDIDATES = f"""
 SELECT id, session_id FROM chat_message_outbox
@@ -214,3 +217,20 @@ def sessions_for(email: str, limit: int, cursor: str | None) -> tuple[str, dict[
         params["ca"], params["ci"] = base.to_micros(at), str(session_id)
         query += " AND (s.last_activity_at, s.id) < (:ca, :ci)"
     return query + " ORDER BY s.last_activity_at DESC, s.id DESC LIMIT :n", params
+
+
+_PEERS = """
+SELECT peer FROM (
+    SELECT email_hi AS peer, last_activity_at FROM chat_sessions WHERE email_lo = ?
+    UNION ALL
+    SELECT email_lo, last_activity_at FROM chat_sessions WHERE email_hi = ?
+)"""
+
+
+def peers(email: str, limit: int, among: Sequence[str] | None) -> tuple[str, list[Any]]:
+    """The user's chat partners, most recently active first (`Store.peers`)."""
+    query, params = _PEERS, [email, email]
+    if among is not None:
+        query += f" WHERE peer IN ({_marks(len(among))})"
+        params += list(among)
+    return query + " GROUP BY peer ORDER BY max(last_activity_at) DESC LIMIT ?", [*params, limit]

@@ -3,6 +3,7 @@
 from ._actions import Action as Action
 from ._actions import Close as Close
 from ._actions import DestinationActive as DestinationActive
+from ._actions import PrincipalActive as PrincipalActive
 from ._actions import SessionId as SessionId
 from ._actions import Write as Write
 from ._broker import QUEUE_PREFIX as QUEUE_PREFIX
@@ -31,6 +32,7 @@ __all__ = [
     "Close",
     "DestinationActive",
     "Limits",
+    "PrincipalActive",
     "SessionId",
     "Write",
     "user_key",

@@ -36,4 +36,15 @@ class DestinationActive:
     active: bool
 
 
-Action = Write | Close | DestinationActive
+@dataclass(frozen=True, slots=True)
+class PrincipalActive:
+    """A principal's first session connected (`active`), or its last one went away.
+
+    What presence tracking follows: anonymous sessions never produce it.
+    """
+
+    principal: str
+    active: bool
+
+
+Action = Write | Close | DestinationActive | PrincipalActive

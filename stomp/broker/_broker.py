@@ -1,11 +1,11 @@
 """The broker core: pure, synchronous, no clock, no I/O.
 
 `Broker` routes validated events (from `ServerConnection`) between sessions and answers with
-actions (`Write`, `Close`, `DestinationActive`) for a runtime to carry out. Destinations under
-`/queue/` have competing consumers served round-robin, with a bounded backlog while nobody can
-take a message; every other destination fans out like a topic. `/user/...` destinations are
-rewritten to `user:{principal}:/...` keys, so a user's every session shares them and no client
-can name another user's.
+actions (`Write`, `Close`, `DestinationActive`, `PrincipalActive`) for a runtime to carry
+out. Destinations under `/queue/` have competing consumers served round-robin, with a bounded
+backlog while nobody can take a message; every other destination fans out like a topic.
+`/user/...` destinations are rewritten to `user:{principal}:/...` keys, so a user's every
+session shares them and no client can name another user's.
 
 Errors found here (unknown ack id, duplicate subscription, a crossed limit, ...) become an ERROR
 frame and a Close for that session, after its state is released, so no message is ever
@@ -56,7 +56,7 @@ from .._frames import (
     Headers,
     escape,
 )
-from ._actions import Action, Close, DestinationActive, SessionId, Write
+from ._actions import Action, Close, DestinationActive, PrincipalActive, SessionId, Write
 from ._limits import Limits
 
 USER_PREFIX = "/user/"
@@ -156,6 +156,8 @@ class Broker:
         self._sessions: dict[SessionId, _Session] = {}
         self._topics: dict[str, dict[_Subscription, None]] = {}
         self._queues: dict[str, _Queue] = {}
+        #: Connected sessions per principal: the first and the last make `PrincipalActive`.
+        self._principals: dict[str, int] = {}
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -177,6 +179,10 @@ class Broker:
         state = self._sessions.get(session)
         return state.principal if state else None
 
+    def principal_sessions(self, principal: str) -> int:
+        """Connected sessions acting for `principal`."""
+        return self._principals.get(principal, 0)
+
     # -- session lifecycle -------------------------------------------------------------------
 
     def connect(
@@ -189,10 +195,15 @@ class Broker:
         headers = [(VERSION, event.version), (SERVER, self.server_name), (SESSION, session)]
         if event.version != "1.0":
             headers.append((HEART_BEAT, f"{event.heartbeat[0]},{event.heartbeat[1]}"))
+        out: list[Action] = []
         if principal is not None:
             headers.append(("user-name", principal))
+            count = self._principals[principal] = self._principals.get(principal, 0) + 1
+            if count == 1:
+                out.append(PrincipalActive(principal, True))
         frame = Frame(Command.CONNECTED, tuple(headers))
-        return [Write(session, encode_frame(frame))]
+        out.insert(0, Write(session, encode_frame(frame)))
+        return out
 
     def handle(self, session: SessionId, event: ClientEvent | Violation) -> list[Action]:
         """Apply one event of a connected session (or a `Violation` of any session)."""
@@ -255,6 +266,13 @@ class Broker:
         state.transactions.clear()
         for subscription in list(state.subscriptions.values()):
             self._unsubscribe(state, subscription, out)
+        if state.principal is not None:
+            left = self._principals[state.principal] - 1
+            if left:
+                self._principals[state.principal] = left
+            else:
+                del self._principals[state.principal]
+                out.append(PrincipalActive(state.principal, False))
         return out
 
     # -- publishing from application code ------------------------------------------------------

@@ -10,6 +10,11 @@ writes to its own session last (`BrokerRuntime.deliver`) without awaiting after 
 therefore followed, with nothing lost and nothing repeated, by every message published to the
 destination from then on: no other task can run in between.
 
+`subscribed`, the one synchronous hook, runs right after an allowed SUBSCRIBE became active and
+its RECEIPT was queued, again with no checkpoint in between: what it writes to the session
+follows the RECEIPT and precedes every message published from then on (a snapshot of state
+the subscriber then keeps current from live messages).
+
 A hook refuses by raising `Refused(message, detail)`: the session gets an ERROR frame with that
 `message` header (and `detail` as its body) and is closed. Any other exception is a bug in the
 application: it is logged, and the session is closed with an "internal server error" ERROR, so
@@ -109,6 +114,12 @@ class Hooks(Protocol):
         """
         ...
 
+    def subscribed(self, session: SessionId, principal: Principal | None,
+                   event: Subscribe) -> None:
+        """The SUBSCRIBE `authorize_subscribe` allowed is active and its RECEIPT queued; not
+        called when the broker refused it. Synchronous: see the module docstring."""
+        ...
+
     async def authorize_send(self, principal: Principal | None, event: Send) -> None:
         """Return to allow the SEND; raise Refused to refuse it (the session closes)."""
         ...
@@ -142,6 +153,10 @@ class AllowAll:
     async def authorize_subscribe(
         self, session: SessionId, principal: Principal | None, event: Subscribe
     ) -> None:
+        return None
+
+    def subscribed(self, session: SessionId, principal: Principal | None,
+                   event: Subscribe) -> None:
         return None
 
     async def authorize_send(self, principal: Principal | None, event: Send) -> None:

@@ -28,7 +28,7 @@ from .._codec import (
 )
 from .._connection import DEFAULT_HEARTBEAT, ServerConnection
 from .._frames import Headers
-from ..broker import Action, Broker, Close, DestinationActive, SessionId, Write
+from ..broker import Action, Broker, Close, DestinationActive, PrincipalActive, SessionId, Write
 from ._hooks import AllowAll, Hooks, Principal, TransportInfo
 from ._stats import RuntimeStats
 
@@ -134,6 +134,7 @@ class BrokerRuntime:
         *,
         hooks: Hooks | None = None,
         on_destination_active: Callable[[str, bool], None] | None = None,
+        on_principal_active: Callable[[Principal, bool], None] | None = None,
         heartbeat: tuple[int, int] = DEFAULT_HEARTBEAT,
         max_pending_frames: int = DEFAULT_MAX_PENDING_FRAMES,
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
@@ -148,10 +149,13 @@ class BrokerRuntime:
         """`heartbeat` is the server's heart-beat limit (`negotiate_heartbeat`: it sends and
         expects beats at what each client asks for, never faster than this, in ms; 0: off);
         `on_destination_active(key, active)` is called, synchronously, when a destination gains
-        its first subscriber or loses its last (it must not block: a relay queues the change)."""
+        its first subscriber or loses its last (it must not block: a relay queues the change);
+        `on_principal_active(principal, active)` likewise when a principal's first session
+        connects or its last one ends (presence tracking; it must not block either)."""
         self.broker = broker if broker is not None else Broker()
         self.hooks: Hooks = hooks if hooks is not None else AllowAll()
         self.on_destination_active = on_destination_active
+        self.on_principal_active = on_principal_active
         self.heartbeat = heartbeat
         self.max_pending_frames = max_pending_frames
         self.max_pending_bytes = max_pending_bytes
@@ -311,6 +315,12 @@ class BrokerRuntime:
                     self.on_destination_active(action.destination, action.active)
                 except Exception:
                     log.exception("on_destination_active(%r) failed", action.destination)
+            elif (isinstance(action, PrincipalActive)
+                  and self.on_principal_active is not None):
+                try:
+                    self.on_principal_active(action.principal, action.active)
+                except Exception:
+                    log.exception("on_principal_active(%r) failed", action.principal)
 
     def _overflow(self, sendq: SendQueue) -> None:
         log.warning("session %s is a slow consumer (%d frames, %d bytes queued); closing it",

@@ -226,6 +226,12 @@ class _Pump:
                 await hooks.authorize_subscribe(session, sendq.principal, event)
                 # No checkpoint from here to broker.handle: see the guarantee in `Hooks`.
                 sendq.deferred = True
+                if sendq.closing:
+                    return
+                runtime.apply(runtime.broker.handle(session, event))
+                if not sendq.closing:  # the broker may still refuse it (a limit)
+                    hooks.subscribed(session, sendq.principal, event)
+                return
             elif isinstance(event, Connect):
                 self._before_hook()
                 result = await hooks.authenticate(event, sendq.transport)

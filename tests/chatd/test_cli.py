@@ -57,6 +57,16 @@ def test_check_config_hides_passwords(tmp_path: Path) -> None:
     assert "chat:***@db" in result.stdout
 
 
+def test_check_config_says_where_spans_go(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[tracing]\nservice_name = "chatd-eu"\n')
+    off = run("check-config", str(path), cwd=tmp_path, env={"OTEL_SDK_DISABLED": "true"})
+    assert "tracing: off" in off.stdout, off.stderr
+    on = run("check-config", str(path), cwd=tmp_path, env={
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://tempo:4318", "OTEL_SDK_DISABLED": ""})
+    assert "tracing: OTLP/HTTP to http://tempo:4318/v1/traces as chatd-eu" in on.stdout, on.stderr
+
+
 def test_check_config_error_is_one_line_exit_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text("[limits]\nsend_burst = -1\n")

@@ -14,6 +14,7 @@ from chatd.domain.destinations import (
     is_session_topic,
     session_topic,
     subscribed_user_queue,
+    subscription_name,
     topic_session_id,
     user_queue,
 )
@@ -46,3 +47,13 @@ def test_user_queues_are_subscribed_under_user_and_keyed_per_user() -> None:
         assert subscribed_user_queue(other) is None
     assert ALLOWED_SUBSCRIPTIONS == (
         "/topic/session.{id} and /user/queue/{messages,ack,error,receipts,pong}")
+
+
+def test_subscription_names_leave_the_user_out() -> None:
+    # what trace spans name a delivery by (docs/security.md, What traces contain)
+    sid = uuid.uuid4()
+    for queue in UserQueue:
+        key = user_queue("ann:x@example.com", queue)
+        assert subscription_name(key) == queue.subscription
+        assert "ann" not in subscription_name(key)
+    assert subscription_name(session_topic(sid)) == session_topic(sid)

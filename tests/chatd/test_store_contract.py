@@ -248,6 +248,29 @@ async def test_batch_rows_leased_to_the_caller_wait_and_sent_marks(store: Store)
     assert await store.outbox_stats() == (6, 0)  # 3 claimed above, 3 leased until 100
 
 
+async def test_outbox_rows_keep_the_trace_context_of_their_send(store: Store) -> None:
+    # The context crosses the outbox as data (chatd.observability.tracing): every row of a
+    # message carries its send's traceparent, whether delivered by the writer (leased) or
+    # claimed by a publisher; a send without one (tracing off) leaves the rows without.
+    session = await chat(store)
+    traced = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    results = await store.append_messages([
+        NewMessage(session.id, ANN, "traced", "tc-1", at(1), traced),
+        NewMessage(session.id, ANN, "untraced", "tc-2", at(2)),
+    ], lease_until=at(5))
+    appended = [r for r in results if isinstance(r, Appended)]
+    assert [[row.trace_context for row in r.outbox] for r in appended] == [
+        [traced] * 3, [None] * 3]
+    claimed = await store.claim_outbox(limit=100, lease_seconds=30, now=at(10))
+    assert [r.trace_context for r in claimed] == [traced] * 3 + [None] * 3
+    # a receipt's rows carry none (not traced)
+    await store.mark(session.id, BOB.email, "seen", up_to_seq=2, at=at(20))
+    again = await store.claim_outbox(limit=100, lease_seconds=30, now=LATER)
+    receipts = [r for r in again if r.event == "receipt"]
+    assert receipts
+    assert all(r.trace_context is None for r in receipts)
+
+
 async def test_history_cursors(store: Store) -> None:
     session = await chat(store)
     await send(store, session, ANN, 10)
@@ -373,6 +396,22 @@ async def test_sessions_for_pages_by_activity(store: Store) -> None:
     assert (await store.sessions_for(CAT.email, limit=5))[0].session == empty
     with pytest.raises(BadRequest):
         await store.sessions_for(ANN.email, limit=2, cursor="garbage")
+
+
+async def test_peers_are_the_other_participants_most_recent_first(store: Store) -> None:
+    people = [person(f"p{i}", f"{700 + i}") for i in range(3)]
+    sessions = [await chat(store, ANN, p) for p in people]
+    await store.get_or_create_session("other-intent", people[0], ANN, now=T0)  # same peer twice
+    for i, session in enumerate(sessions):
+        await append_one(store, session.id, ANN, f"hi {i}", f"peer-{i}", at(10 * i))
+    await chat(store, BOB, CAT)  # not Ann's: never a peer of hers
+    assert await store.peers(ANN.email, limit=10) == [p.email for p in reversed(people)]
+    assert await store.peers(ANN.email, limit=2) == [people[2].email, people[1].email]
+    assert await store.peers(people[0].email, limit=10) == [ANN.email]
+    among = [people[0].email, CAT.email, "nobody@example.com"]
+    assert await store.peers(ANN.email, limit=10, among=among) == [people[0].email]
+    assert await store.peers(ANN.email, limit=10, among=[]) == []
+    assert await store.peers("nobody@example.com", limit=10) == []
 
 
 # -- the outbox --------------------------------------------------------------------------------
@@ -527,7 +566,9 @@ async def test_migrations_are_idempotent_and_checked(store_url: str, tmp_path: P
         await store.ping()
         with pytest.raises(SchemaError):
             await store.check_schema()
-        assert await store.migrate() == ["0001_init", "0002_e2e_keys"]
+        # numbers may have gaps (another branch's 0002 may arrive later): applied in order
+        assert await store.migrate() == ["0001_init", "0002_e2e_keys",
+                                         "0003_outbox_trace_context"]
         assert await store.migrate() == []
         await store.check_schema()
         session = await chat(store)
@@ -572,7 +613,7 @@ async def test_migration_0002_keeps_sessions_messages_and_outbox(
         sid, mid = uuid.uuid4(), uuid.uuid4()
         _schema_one_rows(url, sid, mid)
         monkeypatch.setattr(migrate, "available", shipped)
-        assert await store.migrate() == ["0002_e2e_keys"]
+        assert await store.migrate() == ["0002_e2e_keys", "0003_outbox_trace_context"]
         await store.check_schema()
         found = await store.get_session(sid)
         assert found is not None

@@ -138,6 +138,23 @@ def test_compose_has_the_services_and_two_instances_behind_a_balancer(tmp_path: 
         check_env_name(name)
 
 
+def test_the_tracing_override_switches_every_instance_to_its_collector(tmp_path: Path) -> None:
+    base = compose()["services"]
+    override = yaml.safe_load((DEPLOY / "compose.tracing.yaml").read_text())["services"]
+    instances = [name for name, s in base.items() if s.get("command", [""])[0] == "serve"]
+    assert sorted(n for n in override if n != "jaeger") == sorted(instances)
+    for name in instances:
+        env = {**base[name]["environment"], **override[name]["environment"]}
+        source = DEPLOY / "chatd.toml"
+        tracing = load_with_env(source.read_text(), env, tmp_path).tracing
+        assert tracing.enabled
+        assert tracing.endpoint == "http://jaeger:4318/v1/traces"
+    # base compose alone: no tracing
+    plain = load_with_env((DEPLOY / "chatd.toml").read_text(), base[instances[0]]["environment"],
+                          tmp_path)
+    assert not plain.tracing.enabled
+
+
 def test_nginx_passes_websocket_upgrades_on_ws() -> None:
     nginx = (DEPLOY / "nginx.conf").read_text()
     ws = nginx[nginx.index("location /ws"):]

@@ -7,6 +7,8 @@
 //                               "count": 45}, "page": 20}'
 //
 // query: appended to the page's URL (e.g. "?transport=websocket").
+// presence: {"grace": seconds}: at the end alice sees bob's dot online, bob closes his page,
+// and alice must see his dot go offline within the server's grace period plus a second.
 // noWebSocket: those users' pages run with window.WebSocket deleted, so sockjs-client must
 // fall back to an HTTP transport. history: the test stored `count` messages from `peer` to bob
 // beforehand; bob scrolls that chat back to its first message. Every step waits for what a user
@@ -211,8 +213,27 @@ async function run() {
     out.historyAll = (await messages(bob.page)).map(m => m.seq);
     out.bobTotalAtEnd = Number(await bob.page.getAttribute('#total-unread', 'data-unread'));
   }
+  if (options.presence) await presence(alice, bob, sid);
   await screenshots('');
   await finish(0);
+}
+
+const dot = sid => `#sessions li[data-session="${sid}"] [data-testid="presence-dot"]`;
+
+async function presence(alice, bob, sid) {
+  await step('alice sees bob online', () => alice.page.waitForSelector(
+    `${dot(sid)}[data-online="true"]`));
+  out.aliceSawBobOnline = true;
+  await screenshots('-3-online');
+  const limit = (options.presence.grace + 1) * 1000;
+  await step('bob closes his page; alice sees him offline within grace + 1 s', async () => {
+    const closed = Date.now();
+    await bob.page.close();
+    delete users.bob;  // no more screenshots of a closed page
+    await alice.page.waitForSelector(`${dot(sid)}[data-online="false"]`, { timeout: limit });
+    out.bobOfflineAfterMs = Date.now() - closed;
+  });
+  out.aliceDotTitle = await alice.page.getAttribute(dot(sid), 'title');
 }
 
 // A pasted token the server refuses: the page goes back to its sign-in form and says why.

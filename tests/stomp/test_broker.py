@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from stomp import Command
-from stomp.broker import Broker, Limits
+from stomp import Command, Connect, Frame
+from stomp.broker import Broker, Limits, PrincipalActive
 from stomp.testing import Loopback, LoopbackClient
 
 
@@ -208,6 +208,21 @@ def test_user_destinations_reach_every_session_of_that_user_only() -> None:
     assert bob.take() == []
     bob.send("SEND", {"destination": "/user/alice/queue/messages"}, b"from bob")
     assert bodies(alice1) == [b"from bob"]
+
+
+def test_principal_active_on_first_connect_and_last_disconnect_only() -> None:
+    broker = Broker()
+    connect = Connect(Frame(Command.CONNECT, ()), "1.2", "x", None, None, (0, 0))
+    assert PrincipalActive("alice", True) in broker.connect("s1", connect, "alice")
+    assert not [a for a in broker.connect("s2", connect, "alice")
+                if isinstance(a, PrincipalActive)]
+    assert not [a for a in broker.connect("s3", connect) if isinstance(a, PrincipalActive)]
+    assert broker.principal_sessions("alice") == 2
+    assert not [a for a in broker.disconnect("s1") if isinstance(a, PrincipalActive)]
+    assert broker.disconnect("s1") == []  # twice: still counted once
+    assert broker.disconnect("s2") == [PrincipalActive("alice", False)]
+    assert broker.disconnect("s3") == []
+    assert broker.principal_sessions("alice") == 0
 
 
 def test_anonymous_session_cannot_use_user_destinations() -> None:

@@ -186,6 +186,7 @@ class Hooks:
 
     def __init__(self) -> None:
         self.app_sends: list[tuple[str, str | None, Send]] = []
+        self.runtime: BrokerRuntime | None = None
 
     async def authenticate(self, event: Connect, transport: TransportInfo) -> str | None:
         await trio.sleep(0.01)  # a hook may take time; frames after it must wait
@@ -200,6 +201,12 @@ class Hooks:
         await trio.sleep(0.01)
         if event.destination == "/topic/secret":
             raise Refused("forbidden", f"{principal} may not subscribe")
+
+    def subscribed(self, session: str, principal: str | None, event: Subscribe) -> None:
+        if event.destination == "/topic/greeted":  # written after the RECEIPT, before live
+            runtime = self.runtime
+            assert runtime is not None
+            runtime.deliver(session, event.id, event.destination, b"snapshot")
 
     async def authorize_send(self, principal: str | None, event: Send) -> None:
         if event.destination == "/topic/readonly":
@@ -395,6 +402,54 @@ async def test_shutdown_cuts_off_a_peer_that_never_reads(
     await runtime.shutdown(3)
     assert runtime.session_count == 0
     assert trio.current_time() - began <= 3 + 1
+
+
+async def test_principal_active_callback_follows_first_and_last_session(
+        nursery: trio.Nursery) -> None:
+    changes: list[tuple[str, bool]] = []
+    runtime = BrokerRuntime(hooks=Hooks(), on_principal_active=lambda who, active: changes.append(
+        (who, active)))
+    first, second = start(nursery, runtime), start(nursery, runtime)
+    for peer in (first, second):
+        await peer.send("CONNECT", {"accept-version": "1.2", "host": "x", "login": "alice"})
+        assert (await peer.frame()).command == "CONNECTED"
+    assert changes == [("alice", True)]
+    await first.stream.aclose()
+    await wait_until(lambda: runtime.session_count == 1)
+    assert changes == [("alice", True)]
+    await second.send("DISCONNECT", {"receipt": "bye"})
+    await wait_until(lambda: runtime.session_count == 0)
+    assert changes == [("alice", True), ("alice", False)]
+
+
+async def test_subscribed_hook_writes_after_the_receipt_before_live_messages(
+        nursery: trio.Nursery) -> None:
+    hooks = Hooks()
+    runtime = hooks.runtime = BrokerRuntime(hooks=hooks)
+    peer = start(nursery, runtime)
+    await peer.send_many([
+        ("CONNECT", {"accept-version": "1.2", "host": "x", "login": "alice"}, b""),
+        ("SUBSCRIBE", {"destination": "/topic/greeted", "id": "1", "receipt": "sub"}, b""),
+        ("SEND", {"destination": "/topic/greeted"}, b"live"),
+    ])
+    frames = [await peer.frame() for _ in range(4)]
+    assert [(f.command, f.body) for f in frames] == [
+        ("CONNECTED", b""), ("RECEIPT", b""), ("MESSAGE", b"snapshot"), ("MESSAGE", b"live")]
+
+
+async def test_subscribed_hook_not_called_for_a_subscription_the_broker_refused(
+        nursery: trio.Nursery) -> None:
+    hooks = Hooks()
+    runtime = hooks.runtime = BrokerRuntime(Broker(limits=Limits(max_subscriptions=1)),
+                                            hooks=hooks)
+    peer = start(nursery, runtime)
+    await peer.send_many([
+        ("CONNECT", {"accept-version": "1.2", "host": "x", "login": "alice"}, b""),
+        ("SUBSCRIBE", {"destination": TOPIC, "id": "1"}, b""),
+        ("SUBSCRIBE", {"destination": "/topic/greeted", "id": "2"}, b""),
+    ])
+    replies = await peer.frames_until_eof()
+    assert [frame.command for frame in replies] == ["CONNECTED", "ERROR"]
 
 
 async def wait_until(condition: Callable[[], bool]) -> None:

@@ -15,6 +15,7 @@ export const state = {
   sock: null,
   sessions: new Map(),   // sessionId -> session JSON (+ lastMessage, unreadCount)
   sessionItems: new Map(),  // sessionId -> its <li> in the session list
+  presence: new Map(),   // peer email -> {online, lastSeen} (session list, /user/queue/presence)
   open: null,            // the open chat: {id, peer, sub, bySeq: Map, oldest, newest, ...}
   total: 0,              // unread messages over all sessions (GET /api/chat/unread)
   unreadTimer: null,

@@ -1,4 +1,5 @@
-// The session list: one entry per chat with its last message and unread badge, and the total.
+// The session list: one entry per chat with its peer's presence dot, last message and unread
+// badge, and the total.
 import { $, api, el, peerOf, publish, showError, state } from './demo-common.js';
 import { openChat } from './demo-chat.js';
 
@@ -6,7 +7,13 @@ import { openChat } from './demo-chat.js';
 
 export async function refreshSessions() {
   const data = await api('GET', '/api/chat/sessions?limit=100');
-  for (const entry of data.sessions) state.sessions.set(entry.sessionId, entry);
+  for (const entry of data.sessions) {
+    state.sessions.set(entry.sessionId, entry);
+    for (const p of entry.participants) {
+      // the list is older than live updates already received: never let it overwrite them
+      if ('online' in p && !state.presence.has(p.email)) state.presence.set(p.email, p);
+    }
+  }
   renderSessions();
   scheduleUnread(0);
 }
@@ -19,6 +26,13 @@ export function markAllDelivered() {
       publish('/app/chat.delivered', { sessionId: s.sessionId, upToSeq: last.seq });
     }
   }
+}
+
+// A presence update (snapshot or live) from /user/queue/presence: the dot of every chat
+// with that peer changes at once.
+export function onPresence(update) {
+  state.presence.set(update.email, { online: update.online, lastSeen: update.lastSeen });
+  renderSessions();
 }
 
 export function scheduleUnread(delay = 150) {
@@ -60,6 +74,12 @@ export function renderSessions() {
     li.classList.toggle('open', state.open?.id === s.sessionId);
     li.dataset.encrypted = String(Boolean(s.encrypted));
     li.querySelector('.peer').textContent = `${s.encrypted ? '🔒 ' : ''}${peer} · ${s.intent}`;
+    const seen = state.presence.get(peer);
+    const dot = li.querySelector('.dot');
+    dot.dataset.online = seen ? String(seen.online) : 'unknown';
+    dot.title = !seen ? 'presence unknown' : seen.online ? 'online'
+      : seen.lastSeen ? `offline, last seen ${new Date(seen.lastSeen).toLocaleString()}`
+        : 'offline';
     // An encrypted chat's last message is ciphertext: the list never tries to show it.
     const last = s.lastMessage && s.encrypted ? 'encrypted message' : s.lastMessage?.content;
     li.querySelector('.last').textContent = last ?? 'no messages yet';
@@ -78,7 +98,11 @@ function sessionItem(session) {
     li = el('li');
     li.dataset.session = id;
     const who = el('div', 'who');
+    const dot = el('span', 'dot');
+    dot.dataset.testid = 'presence-dot';
+    dot.dataset.online = 'unknown';
     who.append(el('div', 'peer'), el('div', 'last'));
+    li.append(dot);
     const badge = el('span', 'badge');
     badge.dataset.testid = 'unread-badge';
     li.append(who, badge);

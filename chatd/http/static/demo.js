@@ -1,5 +1,5 @@
 // The chatd demo page: sign in, open chats, send and receive live over STOMP, typing, ticks,
-// unread badges and history scrolling. Plain browser JS on @stomp/stompjs (window.StompJs)
+// unread badges, peers' presence dots and history scrolling. Plain browser JS on @stomp/stompjs (window.StompJs)
 // and sockjs-client (window.SockJS), both served by chatd; no build step.
 //
 // Connection: SockJS at /ws when the server answers /ws/info (it then falls back to HTTP
@@ -20,7 +20,7 @@ import {
   showE2eInfo, subscribeTopic,
 } from './demo-chat.js';
 import { available as e2eAvailable, ensureOwnKey, onKeyChange } from './demo-e2e.js';
-import { markAllDelivered, refreshSessions, renderTotal } from './demo-sessions.js';
+import { markAllDelivered, onPresence, refreshSessions, renderTotal } from './demo-sessions.js';
 
 // -- sign in ---------------------------------------------------------------------------
 
@@ -57,6 +57,7 @@ function resetView() {
   state.open = null;
   state.sessions.clear();
   state.sessionItems.clear();
+  state.presence.clear();
   state.total = 0;
   renderTotal();
   $('sessions').replaceChildren();
@@ -156,6 +157,7 @@ function onConnected(frame, useSockJS) {
   c.subscribe('/user/queue/receipts', m => onReceipt(JSON.parse(m.body)));
   c.subscribe('/user/queue/ack', m => onChatMessage(JSON.parse(m.body)));
   c.subscribe('/user/queue/error', m => onSendError(JSON.parse(m.body)));
+  c.subscribe('/user/queue/presence', m => onPresence(JSON.parse(m.body)));
   c.subscribe('/user/queue/keys', m => onKeys(JSON.parse(m.body)));
   setUpEncryption();
   if (state.open) subscribeTopic(state.open);

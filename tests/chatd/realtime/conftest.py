@@ -114,7 +114,7 @@ def chat_config(tmp_path: Path, url: str, public_key: Path, **server: Any) -> Co
 
 
 async def start_chat(nursery: trio.Nursery, config: Config, private_key: bytes,
-                     *, handle_signals: bool = False) -> Chat:
+                     *, handle_signals: bool = False, span_exporter: object = None) -> Chat:
     """Run `serve(config)` in `nursery`; the returned Chat's scope cancels it."""
     scope = trio.CancelScope()
     done = trio.Event()
@@ -122,7 +122,8 @@ async def start_chat(nursery: trio.Nursery, config: Config, private_key: bytes,
     async def run(task_status: trio.TaskStatus[list[str]]) -> None:
         try:
             with scope:
-                await serve(config, handle_signals=handle_signals, task_status=task_status)
+                await serve(config, handle_signals=handle_signals, span_exporter=span_exporter,
+                            task_status=task_status)
         finally:
             done.set()
 

@@ -27,7 +27,14 @@ import trio
 
 from chatd.auth.keys import ensure_dev_keys, generate_private_key
 from chatd.auth.tokens import mint_token
-from chatd.config import Config, DatabaseConfig, LimitsConfig, OutboxConfig, ServerConfig
+from chatd.config import (
+    Config,
+    DatabaseConfig,
+    LimitsConfig,
+    OutboxConfig,
+    PresenceConfig,
+    ServerConfig,
+)
 from tests.node_support import NODE_DIR, require_node, run_scenario
 
 from .conftest import ALICE, BOB, CAROL, Chat, chat_config, start_chat
@@ -37,6 +44,7 @@ SCRIPT = "browser_scenario.mjs"
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 HISTORY = 45  # stored messages carol -> bob: more than two pages of the page's 20
+GRACE = 1.0  # [presence] grace_seconds of the served chatd: bob's dot must go grey within +1 s
 
 
 
@@ -53,7 +61,8 @@ def embedded_config(tmp_path: Path, database_url: str | None = None,
     """The embedded default (dev keys in the data dir, demo page on, local profiles) on an
     ephemeral port; SQLite unless `database_url` says otherwise."""
     config = Config(server=ServerConfig(bind="127.0.0.1:0", data_dir=tmp_path, shutdown_grace=2),
-                    outbox=OutboxConfig(poll_interval=0.2), limits=limits or LimitsConfig())
+                    outbox=OutboxConfig(poll_interval=0.2), limits=limits or LimitsConfig(),
+                    presence=PresenceConfig(grace_seconds=GRACE))
     if database_url is not None:
         config = replace(config, database=DatabaseConfig(url=database_url, connect_timeout=2))
     return config
@@ -142,6 +151,14 @@ async def check_stored(chat: Chat, sid: str) -> None:
         (ALICE, "hello bob", True, True), (BOB, "hi alice", True, True)]
 
 
+def check_presence(result: dict[str, Any]) -> None:
+    """Alice's page showed bob online, then offline within the grace period plus a second of
+    his closing his page."""
+    assert result["aliceSawBobOnline"] is True
+    assert result["bobOfflineAfterMs"] <= (GRACE + 1) * 1000
+    assert result["aliceDotTitle"].startswith("offline, last seen")
+
+
 def check_screenshots(result: dict[str, Any], artifacts: Path) -> None:
     for name in ("alice", "bob"):
         shots = [Path(p) for p in result["users"][name]["screenshots"]]
@@ -158,8 +175,10 @@ async def test_two_users_chat_through_the_demo_page(node: str, embedded_chat: Ch
     chat = embedded_chat
     await store_history(chat)
     result, artifacts = await browse(node, chat, request,
-                                     history={"peer": CAROL, "count": HISTORY})
+                                     history={"peer": CAROL, "count": HISTORY},
+                                     presence={"grace": GRACE})
     check_chat(result, chat)
+    check_presence(result)
     # SockJS picked its best transport for both.
     assert result["users"]["alice"]["transport"] == "websocket"
     assert result["users"]["bob"]["transport"] == "websocket"
@@ -194,10 +213,12 @@ async def test_demo_page_without_websocket_falls_back_to_xhr_streaming(
 async def test_demo_page_over_a_plain_websocket(node: str, embedded_chat: Chat,
                                                 request: pytest.FixtureRequest) -> None:
     # ?transport=websocket: STOMP straight over a WebSocket at /ws, no SockJS.
-    result, artifacts = await browse(node, embedded_chat, request, query="?transport=websocket")
+    result, artifacts = await browse(node, embedded_chat, request, query="?transport=websocket",
+                                     presence={"grace": GRACE})
     for name in ("alice", "bob"):
         assert result["users"][name]["transport"] == "raw-websocket"
     check_chat(result, embedded_chat)
+    check_presence(result)
     await check_stored(embedded_chat, result["sessionId"])
     check_screenshots(result, artifacts)
 
