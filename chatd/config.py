@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 from urllib.parse import urlsplit, urlunsplit
 
-from chatd.domain import presence, rules
+from chatd.domain import jwk, presence, rules
 from chatd.domain.models import ROWS_PER_MESSAGE
 
 
@@ -243,6 +243,7 @@ class LimitsConfig:
     max_queued_sends: int = _opt(256, lo=1, hi=1_000_000)
     max_send_wait_ms: int = _opt(100, lo=1, hi=3_600_000)
     max_delivery_backlog: int = _opt(3000, lo=1, hi=100_000_000)
+    max_public_keys: int = _opt(jwk.DEFAULT_MAX_PUBLIC_KEYS, lo=1, hi=100_000)
     max_batch: int = _opt(rules.DEFAULT_MAX_BATCH, lo=1, hi=10_000)
 
 

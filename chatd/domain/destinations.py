@@ -9,8 +9,8 @@ Two kinds of destination:
   shares it and nobody else can reach it. `UserQueue` lists the names and what each carries.
 
 The RabbitMQ bridge maps these keys to routing keys (`chatd.bridge.keys`); the outbox rows a
-new message or receipt makes are built here too (`message_outbox`, `receipt_outbox`), so the
-storage backends only save them.
+new message, receipt or key change makes are built here too (`message_outbox`,
+`receipt_outbox`, `key_outbox`), so the storage backends only save them.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from enum import StrEnum
 from typing import Final
 
 from chatd.domain.models import (
+    EVENT_KEYS,
     EVENT_MESSAGE,
     EVENT_RECEIPT,
     ROWS_PER_MESSAGE,
     ChatSession,
     Message,
     OutboxEntry,
+    PublicKey,
     ReceiptUpdate,
     compact_json,
 )
@@ -49,6 +51,9 @@ class UserQueue(StrEnum):
     RECEIPTS = "receipts"
     #: Echo of `/app/chat.ping` bodies.
     PONG = "pong"
+    #: Public-key changes of the users who share a session with the user, and the user's own
+    #: (end-to-end encrypted chats): `{email, kid, previousKid, createdAt}`.
+    KEYS = "keys"
     #: Peers coming online and going offline: `{event, email, online, lastSeen}`; a snapshot
     #: of every peer right after the SUBSCRIBE's RECEIPT (`chatd.presence`).
     PRESENCE = "presence"
@@ -136,3 +141,22 @@ def receipt_outbox(update: ReceiptUpdate, sender_emails: Iterable[str]) -> list[
         user_queue(email, UserQueue.RECEIPTS) for email in sorted(set(sender_emails))
     ]
     return [OutboxEntry(EVENT_RECEIPT, d, body, update.session_id, seq) for d in destinations]
+
+
+def key_outbox(key: PublicKey, previous_kid: str | None,
+               sessions: Iterable[tuple[str, uuid.UUID]]) -> list[OutboxEntry]:
+    """The rows announcing a new key on ``/user/queue/keys``: one for every peer the owner
+    shares a session with, and one for the owner (their other connections), from
+    `sessions` = (peer email, session id) of each of the owner's sessions.
+
+    Each row is filed under one session the two share (the first given): the outbox needs a
+    session, and the announcement is then ordered with that session's messages. An owner
+    with no session has nobody to tell.
+    """
+    body = compact_json(key.event_json(previous_kid))
+    first: dict[str, uuid.UUID] = {}
+    for peer, session_id in sessions:
+        first.setdefault(key.email, session_id)
+        first.setdefault(peer, session_id)
+    return [OutboxEntry(EVENT_KEYS, user_queue(email, UserQueue.KEYS), body, sid, 0)
+            for email, sid in sorted(first.items())]

@@ -42,6 +42,12 @@ class NotFound(ChatError):
     status = HTTPStatus.NOT_FOUND
 
 
+class Conflict(ChatError):
+    """The request contradicts what is stored (a retired public key published again)."""
+
+    status = HTTPStatus.CONFLICT
+
+
 class PayloadTooLarge(ChatError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 

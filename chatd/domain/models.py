@@ -20,6 +20,8 @@ RECEIPT_STATUSES: tuple[ReceiptStatus, ...] = ("delivered", "seen")
 
 EVENT_MESSAGE = "message"
 EVENT_RECEIPT = "receipt"
+#: A user published a new public key (end-to-end encrypted chats, `PublicKey`).
+EVENT_KEYS = "keys"
 #: Outbox rows one new message writes (`chatd.domain.destinations.message_outbox`: the session
 #: topic and both participants' queues); the send path's backlog bound counts in rows.
 ROWS_PER_MESSAGE = 3
@@ -76,7 +78,9 @@ class ChatSession:
     """A conversation between two participants in one intent.
 
     `participants` is in canonical order (see `canonical_pair`); `last_seq` is the seq of the
-    newest message (0 when there is none yet).
+    newest message (0 when there is none yet). An `encrypted` session only takes end-to-end
+    encrypted envelopes (`chatd.domain.envelope`); a pair has at most one plain and one
+    encrypted session per intent.
     """
 
     id: uuid.UUID
@@ -84,6 +88,7 @@ class ChatSession:
     participants: tuple[Participant, Participant]
     created_at: datetime
     last_seq: int = 0
+    encrypted: bool = False
 
     @property
     def emails(self) -> tuple[str, str]:
@@ -102,12 +107,13 @@ class ChatSession:
         return email in self.emails
 
     def to_json(self) -> dict[str, Any]:
-        """The init answer: ``{sessionId, intent, participants, createdAt}``."""
+        """The init answer: ``{sessionId, intent, participants, createdAt, encrypted}``."""
         return {
             "sessionId": str(self.id),
             "intent": self.intent,
             "participants": [p.to_json() for p in self.participants],
             "createdAt": iso_utc(self.created_at),
+            "encrypted": self.encrypted,
         }
 
 
@@ -188,6 +194,47 @@ class ReceiptUpdate:
             "status": self.status,
             "upToSeq": self.up_to_seq,
             "at": iso_utc(self.at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKey:
+    """A user's published public keys (one publication): the ECDH P-256 `agreement` JWK and
+    the optional ECDSA P-256 `signing` JWK, as canonical JWK text. `kid` is the agreement
+    key's RFC 7638 thumbprint; `retired_at` is set once a newer publication replaced it
+    (retired keys stay readable: old messages name them)."""
+
+    email: str
+    kid: str
+    agreement: str
+    signing: str | None
+    created_at: datetime
+    retired_at: datetime | None = None
+
+    @property
+    def current(self) -> bool:
+        """True while no newer key replaced this one."""
+        return self.retired_at is None
+
+    def to_json(self) -> dict[str, Any]:
+        """``{email, kid, agreementKey, signingKey, createdAt, retiredAt, current}``."""
+        return {
+            "email": self.email,
+            "kid": self.kid,
+            "agreementKey": json.loads(self.agreement),
+            "signingKey": None if self.signing is None else json.loads(self.signing),
+            "createdAt": iso_utc(self.created_at),
+            "retiredAt": _iso_or_none(self.retired_at),
+            "current": self.current,
+        }
+
+    def event_json(self, previous_kid: str | None) -> dict[str, Any]:
+        """The ``keys`` event body on ``/user/queue/keys``: who, which key, which it replaced."""
+        return {
+            "email": self.email,
+            "kid": self.kid,
+            "previousKid": previous_kid,
+            "createdAt": iso_utc(self.created_at),
         }
 
 

@@ -19,12 +19,14 @@ from chatd.http.context import authenticate
 from chatd.http.errors import register_error_handlers
 from chatd.http.health_routes import health_blueprint
 from chatd.http.keepalive import ShieldFinalSend
+from chatd.http.key_routes import keys_blueprint
 from chatd.http.observe import install_request_tracing, install_request_tracking, observe_blueprint
 from chatd.observability.metrics import Metrics
 from chatd.observability.tracing import Tracer
 from chatd.presence import PresenceService
 from chatd.services.chat import ChatService
 from chatd.services.health import Readiness
+from chatd.services.keys import KeyService
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -83,6 +85,7 @@ def create_app(
         p = config.presence
         presence = PresenceService(services.store, enabled=p.enabled, max_peers=p.max_peers)
     app.register_blueprint(chat_blueprint(services, presence))
+    app.register_blueprint(keys_blueprint(KeyService.beside(services)))
     app.register_blueprint(health_blueprint(readiness))
     app.register_blueprint(observe_blueprint(metrics))
     if runtime is not None:

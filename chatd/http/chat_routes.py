@@ -54,7 +54,8 @@ def chat_blueprint(service: ChatService, presence: PresenceService) -> Blueprint
     async def init() -> Response:
         body = await json_object()
         session = await service.init_session(
-            caller(), body.get("toEmail"), body.get("intent"), body.get("fromEmail")
+            caller(), body.get("toEmail"), body.get("intent"), body.get("fromEmail"),
+            body.get("encrypted"),
         )
         await presence.introduce(*session.emails)  # new peers learn each other's presence
         return json_response(session.to_json())

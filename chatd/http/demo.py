@@ -44,6 +44,7 @@ ASSETS: dict[str, str] = {
     "demo-common.js": _JS,
     "demo-sessions.js": _JS,
     "demo-chat.js": _JS,
+    "demo-e2e.js": _JS,
     "vendor/stomp.umd.min.js": _JS,
     "vendor/sockjs.min.js": _JS,
     "vendor/LICENSE.stompjs": _TEXT,

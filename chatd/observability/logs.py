@@ -8,7 +8,9 @@ also carries ``trace_id`` and ``span_id`` (`TraceIds`: the tracer's `ids`), to f
 
 What never gets out: a bearer token or any JWT-shaped string (replaced by ``[redacted]`` in
 the event text and every field, whatever logged it), the user's email unless
-``logging.include_user``, and message text unless ``logging.include_content``.
+``logging.include_user``, message text unless ``logging.include_content``, and the
+ciphertext envelope of an end-to-end encrypted message ever (`content_field` replaces it even
+with content logging on: an operator who logs content still gets nothing to collect).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 from chatd.config import LoggingConfig
+from chatd.domain.envelope import looks_like_envelope
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "chatd_request_id", default=None)
@@ -34,6 +37,7 @@ FIELDS = ("request_id", "method", "path", "status",
           "error", "part", "address", "cause", "hint", "retry_in")
 PRIVATE_FIELDS = {"user": "include_user", "content": "include_content"}
 REDACTED = "[redacted]"
+ENCRYPTED = "[encrypted]"
 # A JWT (three base64url parts, the first starting "eyJ" = '{"') or an Authorization value.
 _SECRET = re.compile(r"eyJ[\w-]*\.[\w-]+\.[\w-]*|(?i:bearer)\s+[\w.~+/=-]+")
 
@@ -45,6 +49,13 @@ TraceIds = Callable[[], tuple[str, str] | None]
 def redact(text: str) -> str:
     """`text` with every token-like string replaced by ``[redacted]``."""
     return _SECRET.sub(REDACTED, text)
+
+
+def content_field(value: object) -> object:
+    """A ``content`` field as it may be logged: an encrypted envelope never is."""
+    if isinstance(value, str) and looks_like_envelope(value):
+        return ENCRYPTED
+    return value
 
 
 def choose_format(configured: str, stream: TextIO | None = None) -> Format:
@@ -85,6 +96,8 @@ class JsonFormatter(logging.Formatter):
             if gate is not None and not self.allowed[gate]:
                 continue
             value = record.__dict__[key]
+            if key == "content":
+                value = content_field(value)
             out[key] = redact(value) if isinstance(value, str) else value
         if record.exc_info:
             out["exception"] = redact(self.formatException(record.exc_info))
@@ -118,7 +131,10 @@ class TextFormatter(logging.Formatter):
             if key in record.__dict__ and key not in _IN_TEXT:
                 gate = PRIVATE_FIELDS.get(key)
                 if gate is None or self.allowed[gate]:
-                    extras.append(f"{key}={record.__dict__[key]}")
+                    value = record.__dict__[key]
+                    if key == "content":
+                        value = content_field(value)
+                    extras.append(f"{key}={value}")
         if extras:
             line = f"{line} [{' '.join(extras)}]"
         return redact(line)

@@ -7,7 +7,7 @@ ERROR frame whose `message` names the reason and the destination, then the sessi
 
 Subscriptions: `/topic/session.{id}` for its participants (optionally replaying history, see
 `chatd.realtime.replay`), and the caller's own
-`/user/queue/{messages,ack,error,receipts,pong,presence}` — the broker keys those by the
+`/user/queue/{messages,ack,error,receipts,pong,presence,keys}` — the broker keys those by the
 session's principal, so naming another user's queue is impossible, and `/user/{someone}/...`
 spellings are refused outright. SEND: `/app/...` only, and outside STOMP transactions; a
 client publishing to a topic or a user queue could impersonate the server.

@@ -3,12 +3,15 @@
 One service object serves REST and STOMP alike, so both surfaces share every rule: the caller
 is always the authenticated email (never a body field), the caller must be a participant of any
 session it touches, and checks run in a fixed order — input shape (400), session exists (404),
-caller participates (403), then the action. Storage is reached only through the `Store`
-protocol; time only through the injected clock, so tests control both.
+caller participates (403), then the action. The one check that needs the session is a send's
+`content` (text in a plain session, an envelope in an encrypted one): it comes after 403.
+Storage is reached only through the `Store` protocol; time only through the injected clock,
+so tests control both.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -19,6 +22,7 @@ from typing import Literal, Protocol
 import trio
 
 from chatd.config import LimitsConfig
+from chatd.domain.envelope import validate_envelope
 from chatd.domain.errors import (
     BadRequest,
     ChatError,
@@ -49,6 +53,7 @@ from chatd.redis_tier import SharedRateLimiter
 from chatd.services.committer import SendCommitter
 from chatd.services.inputs import (
     parse_batch,
+    parse_flag,
     parse_receipt_selection,
     parse_seq,
     parse_session_id,
@@ -133,16 +138,20 @@ class ChatService:
     # -- sessions ---------------------------------------------------------------------------
 
     async def init_session(
-        self, caller: str, to_email: object, intent: object, from_email: object = None
+        self, caller: str, to_email: object, intent: object, from_email: object = None,
+        encrypted: object = None,
     ) -> ChatSession:
-        """The session of the caller and `to_email` in `intent`, created if new.
+        """The session of the caller and `to_email` in `intent`, created if new; with
+        `encrypted` true, the pair's end-to-end encrypted session of that intent (another
+        session than the plain one, taking only envelopes).
 
         Either side initiating finds the same session. Raises `BadRequest` for a malformed
-        email or intent or a chat with oneself, `Forbidden` when `from_email` is given and is
-        not the caller, `NotFound` when a profile does not exist.
+        email, intent or flag or a chat with oneself, `Forbidden` when `from_email` is given
+        and is not the caller, `NotFound` when a profile does not exist.
         """
         peer = require_email(to_email, "toEmail")
         intent = validate_intent(intent)
+        wants_encrypted = parse_flag(encrypted, "encrypted")
         if from_email is not None and require_email(from_email, "fromEmail") != caller:
             raise Forbidden("fromEmail must be the authenticated user")
         if peer == caller:
@@ -153,6 +162,7 @@ class ChatService:
             Participant(mine.id, caller, mine.display_name),
             Participant(theirs.id, peer, theirs.display_name),
             now=self.clock(),
+            encrypted=wants_encrypted,
         )
 
     async def _profiles_of(self, caller: str, peer: str, intent: str) -> tuple[Profile, Profile]:
@@ -289,8 +299,10 @@ class ChatService:
         rate-limited send turns out to repeat a stored one (see `send`)."""
         sid = parse_session_id(session_id)
         cmid = validate_client_message_id(client_message_id)
-        text = validate_content(content, self.limits)
+        if not isinstance(content, str):
+            raise BadRequest("content must be a string")
         session = await self.require_participant(caller, sid)
+        text = self._content_rule(session)(content)
         now = self.clock()
         try:
             await self._charge(caller, (text,), now)
@@ -305,6 +317,13 @@ class ChatService:
         assert sender is not None  # require_participant checked it
         trace = None if self.tracer is None else self.tracer.current()
         return NewMessage(sid, sender, text, cmid, now, trace)
+
+    def _content_rule(self, session: ChatSession) -> Callable[[object], str]:
+        """What `content` may be depends on the session: an envelope (whose ciphertext the
+        size limit applies to) in an encrypted one, text in a plain one."""
+        if session.encrypted:
+            return functools.partial(validate_envelope, limits=self.limits)
+        return functools.partial(validate_content, limits=self.limits)
 
     def _deadline(self, received_at: float | None) -> float:
         start = trio.current_time() if received_at is None else received_at
@@ -388,9 +407,9 @@ class ChatService:
         """The checks before storing: the items, and the indexes the rate limit charged
         (every one, or when that was refused, those not already stored)."""
         sid = parse_session_id(session_id)
-        pairs = parse_batch(messages, max_batch=self.limits.max_batch,
-                            content_limits=self.limits)
         session = await self.require_participant(caller, sid)
+        pairs = parse_batch(messages, max_batch=self.limits.max_batch,
+                            validate=self._content_rule(session))
         now = self.clock()
         charged = set(range(len(pairs)))
         try:

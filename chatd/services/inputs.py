@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from chatd.domain.errors import BadRequest, ChatError
-from chatd.domain.rules import ContentLimits, validate_client_message_id, validate_content
+from chatd.domain.rules import validate_client_message_id
 
 MAX_INTENT_LENGTH = 64
 MAX_RECEIPT_MESSAGE_IDS = 1000
@@ -67,6 +67,16 @@ def validate_intent(value: object) -> str:
     return value
 
 
+def parse_flag(value: object, name: str) -> bool:
+    """An optional JSON boolean (absent or null is False); anything else is a `BadRequest`:
+    ``"false"`` or ``0`` would read as the opposite of what a client meant somewhere."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false")
+    return value
+
+
 def parse_receipt_selection(
     up_to_seq: object, message_ids: object
 ) -> tuple[int | None, list[uuid.UUID] | None]:
@@ -100,9 +110,11 @@ def _not_a_uuid() -> uuid.UUID:
 
 
 def parse_batch(messages: object, *, max_batch: int,
-                content_limits: ContentLimits) -> list[tuple[str, str]]:
+                validate: Callable[[object], str]) -> list[tuple[str, str]]:
     """A batch send's ``messages``: a non-empty array of at most `max_batch` objects
     ``{content, clientMessageId}``; returns (clientMessageId, content) per item, in order.
+    `validate` is the session's content rule (`rules.validate_content` with the limits, or
+    `envelope.validate_envelope` in an encrypted session): it returns the content or raises.
 
     All or nothing: the first bad item (missing or invalid field, too long or empty text, a
     clientMessageId repeated within the batch) is a `BadRequest` naming its index and why,
@@ -122,7 +134,7 @@ def parse_batch(messages: object, *, max_batch: int,
             if not isinstance(item, dict):
                 raise BadRequest("must be an object {content, clientMessageId}")
             cmid = validate_client_message_id(item.get("clientMessageId"))
-            text = validate_content(item.get("content"), content_limits)
+            text = validate(item.get("content"))
         except ChatError as exc:
             raise BadRequest(f"messages[{index}]: {exc.message}") from None
         if cmid in seen:

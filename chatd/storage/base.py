@@ -21,12 +21,13 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Final, Literal, Protocol, Self
 
-from chatd.domain.errors import BadRequest, ChatError, Unavailable
+from chatd.domain.errors import BadRequest, ChatError, Conflict, Unavailable
 from chatd.domain.models import (
     ChatSession,
     Message,
     OutboxRow,
     Participant,
+    PublicKey,
     ReceiptStatus,
     ReceiptUpdate,
     SessionSummary,
@@ -164,6 +165,23 @@ def group_by_session(batch: Sequence[NewMessage]) -> dict[uuid.UUID, list[int]]:
     return {sid: groups[sid] for sid in sorted(groups)}
 
 
+def key_change(key: PublicKey, current: PublicKey | None, same_kid: PublicKey | None,
+               count: int, max_keys: int) -> tuple[PublicKey, bool] | None:
+    """The rule of `Store.put_public_key`, shared by both backends: (current, False) when
+    `key` is already current, None when it may be stored; raises `Conflict` otherwise."""
+    if same_kid is not None:
+        if not same_kid.current:
+            raise Conflict(f"key {key.kid} was replaced before and cannot be current again: "
+                           "generate a new key")
+        if same_kid.signing != key.signing:
+            raise Conflict("the signing key changes only with a new agreement key")
+        return same_kid, False
+    if count >= max_keys:
+        raise Conflict(f"this user already published {count} keys, the limit")
+    assert current is None or current.kid != key.kid
+    return None
+
+
 def require_aware(value: datetime, what: str = "timestamp") -> datetime:
     """Return `value` in UTC; raises ValueError when it is naive (its zone would be a guess)."""
     if value.tzinfo is None:
@@ -211,12 +229,13 @@ def claimable(
 
 SESSION_COLUMNS = (
     "id", "intent", "profile_lo", "email_lo", "name_lo", "profile_hi", "email_hi", "name_hi",
-    "created_at", "next_seq",
+    "created_at", "next_seq", "encrypted",
 )
 MESSAGE_COLUMNS = (
     "id", "session_id", "seq", "sender_id", "sender_email", "sender_display_name", "content",
     "client_msg_id", "sent_at", "delivered", "seen", "delivered_at", "seen_at",
 )
+KEY_COLUMNS = ("email", "kid", "agreement_jwk", "signing_jwk", "created_at", "retired_at")
 OUTBOX_COLUMNS = (
     "id", "message_id", "session_id", "seq", "event", "destination", "payload", "retry_count",
     "next_retry_at", "last_error", "created_at", "trace_context",
@@ -239,7 +258,7 @@ def session_from_row(row: Sequence[Any], uid: Convert = _same, ts: Convert = _sa
     """Build a ChatSession from a `SESSION_COLUMNS` row; `uid`/`ts` adapt backend types."""
     lo = Participant(row[2], row[3], row[4])
     hi = Participant(row[5], row[6], row[7])
-    return ChatSession(uid(row[0]), row[1], (lo, hi), ts(row[8]), int(row[9]) - 1)
+    return ChatSession(uid(row[0]), row[1], (lo, hi), ts(row[8]), int(row[9]) - 1, bool(row[10]))
 
 
 def message_from_row(row: Sequence[Any], uid: Convert = _same, ts: Convert = _same) -> Message:
@@ -258,6 +277,12 @@ def outbox_from_row(row: Sequence[Any], uid: Convert = _same, ts: Convert = _sam
         int(row[0]), None if row[1] is None else uid(row[1]), uid(row[2]), int(row[3]), row[4],
         row[5], payload, int(row[7]), ts(row[8]), row[9], ts(row[10]), row[11],
     )
+
+
+def key_from_row(row: Sequence[Any], ts: Convert = _same) -> PublicKey:
+    """Build a PublicKey from a `KEY_COLUMNS` row; `ts` adapts the backend's timestamps."""
+    return PublicKey(row[0], row[1], row[2], row[3], ts(row[4]),
+                     None if row[5] is None else ts(row[5]))
 
 
 def summary_from_row(
@@ -339,12 +364,35 @@ class Store(Protocol):
         ...
 
     async def get_or_create_session(
-        self, intent: str, a: Participant, b: Participant, *, now: datetime
+        self, intent: str, a: Participant, b: Participant, *, now: datetime,
+        encrypted: bool = False,
     ) -> ChatSession:
         """The session of this pair and intent, whichever side asks; created at `now` if new.
 
+        The encrypted session of a pair and intent is another session than the plain one.
         Race-safe: concurrent creators all get the one row.
         """
+        ...
+
+    async def shares_session(self, a: str, b: str) -> bool:
+        """True when users `a` and `b` take part in at least one session together."""
+        ...
+
+    async def put_public_key(self, key: PublicKey, *, max_keys: int) -> tuple[PublicKey, bool]:
+        """Make `key` the owner's current key; return (the current key, changed).
+
+        Publishing the current key again changes nothing (False). Otherwise the previous key
+        is retired at `key.created_at` and the change is announced
+        (`chatd.domain.destinations.key_outbox`) in the same
+        transaction. Raises `Conflict` when the kid was published before and retired, when
+        the same kid comes with another signing key, or when the owner already has
+        `max_keys` keys. Concurrent publishers of one user are serialized.
+        """
+        ...
+
+    async def public_key(self, email: str, kid: str | None = None) -> PublicKey | None:
+        """The user's key `kid` (current or retired), or the current one when `kid` is None;
+        None when there is none."""
         ...
 
     async def get_session(self, session_id: uuid.UUID) -> ChatSession | None:

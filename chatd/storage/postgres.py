@@ -27,7 +27,7 @@ import trio
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from chatd.domain.destinations import message_outbox, receipt_outbox
+from chatd.domain.destinations import key_outbox, message_outbox, receipt_outbox
 from chatd.domain.errors import ChatError, Forbidden, NotFound, Unavailable
 from chatd.domain.models import (
     ChatSession,
@@ -35,6 +35,7 @@ from chatd.domain.models import (
     OutboxEntry,
     OutboxRow,
     Participant,
+    PublicKey,
     ReceiptStatus,
     ReceiptUpdate,
     SessionSummary,
@@ -58,6 +59,7 @@ from chatd.storage.migrate import Migration, apply_migrations, check_current
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
 _MIGRATION_LOCK = 0x63686174  # "chat": serializes concurrent `chatd migrate` runs
+_KEYS_LOCK = 0x6B657973  # "keys", with the owner's hash: one key publisher per user at a time
 _LISTEN_RETRY = 1.0
 _FRESH = 2.0  # seconds a connection stays trusted after its last use (see `_check_if_idle`)
 _DOWN = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
@@ -260,7 +262,8 @@ class PostgresStore:
     # -- sessions and messages -------------------------------------------------------------
 
     async def get_or_create_session(
-        self, intent: str, a: Participant, b: Participant, *, now: datetime
+        self, intent: str, a: Participant, b: Participant, *, now: datetime,
+        encrypted: bool = False,
     ) -> ChatSession:
         """See `Store.get_or_create_session`: INSERT ... ON CONFLICT DO NOTHING, then SELECT."""
         lo, hi = canonical_pair(a, b)
@@ -270,15 +273,55 @@ class PostgresStore:
         def work(conn: Conn) -> ChatSession:
             row = conn.execute(queries.INSERT_SESSION, (
                 new_id, intent, lo.profile_id, lo.email, lo.display_name,
-                hi.profile_id, hi.email, hi.display_name, now, now,
+                hi.profile_id, hi.email, hi.display_name, now, now, encrypted,
             )).fetchone()
             if row is None:
-                row = conn.execute(queries.SESSION_BY_PAIR, (lo.profile_id, hi.profile_id, intent)
-                                   ).fetchone()
+                row = conn.execute(queries.SESSION_BY_PAIR,
+                                   (lo.profile_id, hi.profile_id, intent, encrypted)).fetchone()
             assert row is not None, "the conflicting row exists: sessions are never deleted"
             return base.session_from_row(row)
 
         return await self._run(work)
+
+    async def shares_session(self, a: str, b: str) -> bool:
+        """See `Store.shares_session`."""
+        row = await self._run(lambda c: c.execute(queries.SHARES_SESSION, (a, b, b, a)
+                                                  ).fetchone())
+        return row is not None
+
+    async def put_public_key(self, key: PublicKey, *, max_keys: int) -> tuple[PublicKey, bool]:
+        """See `Store.put_public_key`: one transaction under a per-user advisory lock."""
+        created = base.require_aware(key.created_at)
+
+        def work(conn: Conn) -> tuple[PublicKey, bool]:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                             (_KEYS_LOCK, key.email))
+                row = conn.execute(queries.CURRENT_KEY, (key.email,)).fetchone()
+                current = None if row is None else base.key_from_row(row)
+                same = conn.execute(queries.KEY, (key.email, key.kid)).fetchone()
+                count = int(conn.execute(queries.COUNT_KEYS, (key.email,)).fetchone()[0])  # type: ignore[index]
+                verdict = base.key_change(key, current,
+                                          None if same is None else base.key_from_row(same),
+                                          count, max_keys)
+                if verdict is not None:
+                    return verdict
+                conn.execute(queries.RETIRE_KEY, (created, key.email))
+                conn.execute(queries.INSERT_KEY, (key.email, key.kid, key.agreement,
+                                                  key.signing, created))
+                peers = conn.execute(queries.PEER_SESSIONS, (key.email,) * 3).fetchall()
+                _insert_outbox(conn, key_outbox(
+                    key, None if current is None else current.kid, peers), created)
+                return key, True
+
+        return await self._run(work)
+
+    async def public_key(self, email: str, kid: str | None = None) -> PublicKey | None:
+        """See `Store.public_key`."""
+        sql, params = ((queries.CURRENT_KEY, (email,)) if kid is None
+                       else (queries.KEY, (email, kid)))
+        row = await self._run(lambda c: c.execute(sql, params).fetchone())
+        return None if row is None else base.key_from_row(row)
 
     async def get_session(self, session_id: uuid.UUID) -> ChatSession | None:
         """See `Store.get_session`."""

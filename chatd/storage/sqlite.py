@@ -20,7 +20,7 @@ from typing import Any, Self, TypeVar
 
 import trio
 
-from chatd.domain.destinations import message_outbox, receipt_outbox
+from chatd.domain.destinations import key_outbox, message_outbox, receipt_outbox
 from chatd.domain.errors import Forbidden, NotFound, Unavailable
 from chatd.domain.models import (
     ChatSession,
@@ -28,6 +28,7 @@ from chatd.domain.models import (
     OutboxEntry,
     OutboxRow,
     Participant,
+    PublicKey,
     ReceiptStatus,
     ReceiptUpdate,
     SessionSummary,
@@ -46,7 +47,7 @@ from chatd.storage.base import (
     OpenError,
     to_micros,
 )
-from chatd.storage.migrate import Migration, apply_migrations, check_current
+from chatd.storage.migrate import Migration, MigrationError, apply_migrations, check_current
 
 T = TypeVar("T")
 _MAX_READERS = 4
@@ -58,6 +59,10 @@ def _uid(value: str) -> uuid.UUID:
 
 def _session(row: Sequence[Any]) -> ChatSession:
     return base.session_from_row(row, _uid, base.from_micros)
+
+
+def _key(row: Sequence[Any]) -> PublicKey:
+    return base.key_from_row(row, base.from_micros)
 
 
 def _message(row: Sequence[Any]) -> Message:
@@ -168,21 +173,31 @@ class SqliteStore:
     ) -> None:
         await self.aclose()
 
-    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` in one ``BEGIN IMMEDIATE`` transaction on the writer, in one thread hop."""
+    async def _write(self, work: Callable[[sqlite3.Connection], T], *,
+                     foreign_keys: bool = True) -> T:
+        """Run `work` in one ``BEGIN IMMEDIATE`` transaction on the writer, in one thread hop.
+
+        `foreign_keys` False turns enforcement off for this transaction (SQLite only allows
+        that outside a transaction): for migrations that rebuild a referenced table."""
 
         def hop() -> T:
             conn = self._writer
             if conn is None:
                 raise RuntimeError("store is not open")
             self._outbox_dirty = False
-            conn.execute("BEGIN IMMEDIATE")
+            if not foreign_keys:
+                conn.execute("PRAGMA foreign_keys = OFF")
             try:
-                result = work(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                if not foreign_keys:
+                    conn.execute("PRAGMA foreign_keys = ON")
             if self._outbox_dirty:
                 self._outbox_commits += 1
             return result
@@ -233,8 +248,21 @@ class SqliteStore:
         self._outbox_dirty = self._outbox_dirty or bool(entries)
 
     async def migrate(self) -> list[str]:
-        """Apply pending migrations in one write transaction; return the names applied."""
-        return await self._write(lambda conn: apply_migrations(_Target(conn), "sqlite"))
+        """Apply pending migrations in one write transaction; return the names applied.
+
+        Foreign keys are off meanwhile (a migration may rebuild a referenced table, SQLite's
+        documented way to change a constraint) and checked before COMMIT: a violation is a
+        `MigrationError` and nothing is kept."""
+
+        def work(conn: sqlite3.Connection) -> list[str]:
+            names = apply_migrations(_Target(conn), "sqlite")
+            broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise MigrationError(f"migration left {len(broken)} broken foreign keys "
+                                     f"(first in table {broken[0][0]})")
+            return names
+
+        return await self._write(work, foreign_keys=False)
 
     async def check_schema(self) -> None:
         """Raise `SchemaError` unless every migration is applied."""
@@ -252,22 +280,59 @@ class SqliteStore:
     # -- sessions and messages -------------------------------------------------------------
 
     async def get_or_create_session(
-        self, intent: str, a: Participant, b: Participant, *, now: datetime
+        self, intent: str, a: Participant, b: Participant, *, now: datetime,
+        encrypted: bool = False,
     ) -> ChatSession:
         """See `Store.get_or_create_session`."""
         lo, hi = canonical_pair(a, b)
         at = to_micros(now)
         params = (str(uuid.uuid4()), intent, lo.profile_id, lo.email, lo.display_name,
-                  hi.profile_id, hi.email, hi.display_name, at, at)
+                  hi.profile_id, hi.email, hi.display_name, at, at, int(encrypted))
 
         def work(conn: sqlite3.Connection) -> ChatSession:
             row = conn.execute(sql.INSERT_SESSION, params).fetchone()
             if row is None:
-                row = conn.execute(sql.SESSION_BY_PAIR, (lo.profile_id, hi.profile_id, intent)
+                row = conn.execute(sql.SESSION_BY_PAIR,
+                                   (lo.profile_id, hi.profile_id, intent, int(encrypted))
                                    ).fetchone()
             return _session(row)
 
         return await self._write(work)
+
+    async def shares_session(self, a: str, b: str) -> bool:
+        """See `Store.shares_session`."""
+        row = await self._read(lambda c: c.execute(sql.SHARES_SESSION, (a, b, b, a)).fetchone())
+        return row is not None
+
+    async def put_public_key(self, key: PublicKey, *, max_keys: int) -> tuple[PublicKey, bool]:
+        """See `Store.put_public_key`: one write transaction (SQLite's lock serializes)."""
+        created = to_micros(key.created_at)
+
+        def work(conn: sqlite3.Connection) -> tuple[PublicKey, bool]:
+            row = conn.execute(sql.CURRENT_KEY, (key.email,)).fetchone()
+            current = None if row is None else _key(row)
+            same = conn.execute(sql.KEY, (key.email, key.kid)).fetchone()
+            count = int(conn.execute(sql.COUNT_KEYS, (key.email,)).fetchone()[0])
+            verdict = base.key_change(key, current, None if same is None else _key(same),
+                                      count, max_keys)
+            if verdict is not None:
+                return verdict
+            conn.execute(sql.RETIRE_KEY, (created, key.email))
+            conn.execute(sql.INSERT_KEY, (key.email, key.kid, key.agreement, key.signing,
+                                          created))
+            peers = [(peer, _uid(sid)) for peer, sid in
+                     conn.execute(sql.PEER_SESSIONS, (key.email,) * 3).fetchall()]
+            self._insert_outbox(conn, key_outbox(
+                key, None if current is None else current.kid, peers), created)
+            return key, True
+
+        return await self._write(work)
+
+    async def public_key(self, email: str, kid: str | None = None) -> PublicKey | None:
+        """See `Store.public_key`."""
+        query, params = (sql.CURRENT_KEY, (email,)) if kid is None else (sql.KEY, (email, kid))
+        row = await self._read(lambda c: c.execute(query, params).fetchone())
+        return None if row is None else _key(row)
 
     async def get_session(self, session_id: uuid.UUID) -> ChatSession | None:
         """See `Store.get_session`."""

@@ -13,9 +13,16 @@ from typing import Any, cast
 
 from chatd.domain.models import ReceiptStatus
 from chatd.storage import base
-from chatd.storage.base import MESSAGE_COLUMNS, OUTBOX_COLUMNS, SESSION_COLUMNS, columns
+from chatd.storage.base import (
+    KEY_COLUMNS,
+    MESSAGE_COLUMNS,
+    OUTBOX_COLUMNS,
+    SESSION_COLUMNS,
+    columns,
+)
 
 SESSION = columns(SESSION_COLUMNS)
+KEY_COLUMNS_SQL = columns(KEY_COLUMNS)
 MESSAGE = columns(MESSAGE_COLUMNS)
 OUTBOX = columns(OUTBOX_COLUMNS)
 
@@ -28,13 +35,28 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 INSERT_SESSION = f"""
 INSERT INTO chat_sessions (id, intent, profile_lo, email_lo, name_lo, profile_hi, email_hi,
-                           name_hi, created_at, last_activity_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (profile_lo, profile_hi, intent) DO NOTHING
+                           name_hi, created_at, last_activity_at, encrypted)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (profile_lo, profile_hi, intent, encrypted) DO NOTHING
 RETURNING {SESSION}"""
-SESSION_BY_PAIR = (
-    f"SELECT {SESSION} FROM chat_sessions WHERE profile_lo = ? AND profile_hi = ? AND intent = ?"
-)
+SESSION_BY_PAIR = f"""
+SELECT {SESSION} FROM chat_sessions
+WHERE profile_lo = ? AND profile_hi = ? AND intent = ? AND encrypted = ?"""
+# (peer, session id) of each of a user's sessions: whom a key change is announced to.
+PEER_SESSIONS = """
+SELECT CASE WHEN email_lo = ? THEN email_hi ELSE email_lo END, id FROM chat_sessions
+WHERE email_lo = ? OR email_hi = ? ORDER BY id"""
+SHARES_SESSION = """
+SELECT 1 FROM chat_sessions
+WHERE (email_lo = ? AND email_hi = ?) OR (email_lo = ? AND email_hi = ?) LIMIT 1"""
+KEY = f"SELECT {KEY_COLUMNS_SQL} FROM chat_user_keys WHERE email = ? AND kid = ?"
+CURRENT_KEY = (
+    f"SELECT {KEY_COLUMNS_SQL} FROM chat_user_keys WHERE email = ? AND retired_at IS NULL")
+COUNT_KEYS = "SELECT count(*) FROM chat_user_keys WHERE email = ?"
+RETIRE_KEY = "UPDATE chat_user_keys SET retired_at = ? WHERE email = ? AND retired_at IS NULL"
+INSERT_KEY = """
+INSERT INTO chat_user_keys (email, kid, agreement_jwk, signing_jwk, created_at)
+VALUES (?, ?, ?, ?, ?)"""
 SESSION_BY_ID = f"SELECT {SESSION} FROM chat_sessions WHERE id = ?"
 NEXT_SEQ = "SELECT next_seq FROM chat_sessions WHERE id = ?"
 BUMP_SEQ = f"""

@@ -19,7 +19,7 @@ from chatd.storage import Store, open_store
 from tests.conftest import PG_ADMIN_URL, require_service
 
 BACKENDS = ["postgres", "sqlite"]
-_TABLES = "chat_message_outbox, chat_messages, chat_sessions"
+_TABLES = "chat_message_outbox, chat_messages, chat_sessions, chat_user_keys"
 
 
 def _empty_postgres(url: str) -> None:

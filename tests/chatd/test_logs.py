@@ -67,6 +67,20 @@ def test_user_and_content_only_when_configured() -> None:
     assert "hi bob" not in text
 
 
+def test_an_encrypted_envelope_is_never_logged_even_with_content_logging_on() -> None:
+    from tests.chatd.e2e_support import envelope_text
+
+    for sealed in (envelope_text(), " " + json.dumps(json.loads(envelope_text()), indent=1)):
+        record = _record("sent", content=sealed)
+        data = json.loads(JsonFormatter(include_content=True).format(record))
+        assert data["content"] == "[encrypted]"
+        text = TextFormatter(include_content=True).format(record)
+        assert "content=[encrypted]" in text
+        assert json.loads(sealed)["ct"] not in text + json.dumps(data)
+    plain = _record("sent", content='{"v": 2, "note": "a plain text that looks like JSON"}')
+    assert "plain text" in json.loads(JsonFormatter(include_content=True).format(plain))["content"]
+
+
 def test_exceptions_are_one_line_and_redacted() -> None:
     try:
         raise ValueError(f"bad token {JWT}")

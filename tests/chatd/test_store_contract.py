@@ -7,6 +7,7 @@ empty database of their own.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections import defaultdict
@@ -17,8 +18,8 @@ import pytest
 import trio
 import trio.lowlevel
 
-from chatd.domain.errors import BadRequest, Forbidden, NotFound, Unavailable
-from chatd.domain.models import ChatSession, Message, OutboxRow, Participant
+from chatd.domain.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
+from chatd.domain.models import ChatSession, Message, OutboxRow, Participant, PublicKey
 from chatd.storage import SchemaError, Store, open_store
 from chatd.storage.base import Appended, NewMessage, append_one
 
@@ -566,7 +567,8 @@ async def test_migrations_are_idempotent_and_checked(store_url: str, tmp_path: P
         with pytest.raises(SchemaError):
             await store.check_schema()
         # numbers may have gaps (another branch's 0002 may arrive later): applied in order
-        assert await store.migrate() == ["0001_init", "0003_outbox_trace_context"]
+        assert await store.migrate() == ["0001_init", "0002_e2e_keys",
+                                         "0003_outbox_trace_context"]
         assert await store.migrate() == []
         await store.check_schema()
         session = await chat(store)
@@ -596,6 +598,174 @@ def test_open_store_rejects_unknown_schemes() -> None:
         open_store("mysql://localhost/chatd")
 
 
+async def test_migration_0002_keeps_sessions_messages_and_outbox(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upgrading a schema-1 database with data: SQLite rebuilds chat_sessions, which must
+    neither cascade to the messages nor leave their references dangling."""
+    from chatd.storage import migrate
+
+    url = _fresh_database(store_url, tmp_path)
+    shipped = migrate.available
+    monkeypatch.setattr(migrate, "available", lambda backend: shipped(backend)[:1])
+    async with open_store(url) as store:
+        assert await store.migrate() == ["0001_init"]
+        sid, mid = uuid.uuid4(), uuid.uuid4()
+        _schema_one_rows(url, sid, mid)
+        monkeypatch.setattr(migrate, "available", shipped)
+        assert await store.migrate() == ["0002_e2e_keys", "0003_outbox_trace_context"]
+        await store.check_schema()
+        found = await store.get_session(sid)
+        assert found is not None
+        assert not found.encrypted
+        assert found.last_seq == 1
+        [message] = await store.history(sid, limit=10)
+        assert (message.message_id, message.content) == (mid, "before the upgrade")
+        [row] = await store.claim_outbox(limit=10, lease_seconds=30, now=LATER)
+        assert row.message_id == mid
+        assert (await send(store, found, BOB, 1, start=1))[0].seq == 2
+        encrypted = await store.get_or_create_session("dating", BOB, ANN, now=T0,
+                                                      encrypted=True)
+        assert encrypted.id != sid
+        assert encrypted.encrypted
+
+
+def _schema_one_rows(url: str, sid: uuid.UUID, mid: uuid.UUID) -> None:
+    """A session with one message and its topic outbox row, written as schema 1 had them."""
+    lo, hi = sorted([BOB, ANN], key=lambda p: p.profile_id)
+    session = (str(sid), "dating", lo.profile_id, lo.email, lo.display_name, hi.profile_id,
+               hi.email, hi.display_name)
+    if url.startswith("sqlite:"):
+        import sqlite3
+
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            conn.execute("INSERT INTO chat_sessions VALUES (?,?,?,?,?,?,?,?,2,0,0)", session)
+            conn.execute("INSERT INTO chat_messages (id, session_id, seq, sender_id, sender_email,"
+                         " sender_display_name, content, client_msg_id, sent_at) VALUES "
+                         "(?,?,1,?,?,?,'before the upgrade','c1',0)",
+                         (str(mid), str(sid), ANN.profile_id, ANN.email, ANN.display_name))
+            conn.execute("INSERT INTO chat_message_outbox (message_id, session_id, seq, event,"
+                         " destination, payload, next_retry_at, created_at) VALUES "
+                         "(?,?,1,'message','/topic/x','{}',0,0)", (str(mid), str(sid)))
+        return
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO chat_sessions VALUES (%s,%s,%s,%s,%s,%s,%s,%s,2,%s,%s)",
+                     (*session, T0, T0))
+        conn.execute("INSERT INTO chat_messages (id, session_id, seq, sender_id, sender_email,"
+                     " sender_display_name, content, client_msg_id, sent_at) VALUES "
+                     "(%s,%s,1,%s,%s,%s,'before the upgrade','c1',%s)",
+                     (mid, sid, ANN.profile_id, ANN.email, ANN.display_name, T0))
+        conn.execute("INSERT INTO chat_message_outbox (message_id, session_id, seq, event,"
+                     " destination, payload, next_retry_at, created_at) VALUES "
+                     "(%s,%s,1,'message','/topic/x','{}',%s,%s)", (mid, sid, T0, T0))
+
+
+# -- end-to-end encrypted sessions and public keys ---------------------------------------------
+
+
+async def test_encrypted_session_is_another_session_of_the_pair_and_intent(store: Store) -> None:
+    plain = await chat(store)
+    secret = await store.get_or_create_session("dating", BOB, ANN, now=T0, encrypted=True)
+    again = await store.get_or_create_session("dating", ANN, BOB, now=LATER, encrypted=True)
+    assert secret.id != plain.id
+    assert not plain.encrypted
+    assert again == secret
+    assert secret.encrypted
+    assert (await store.get_session(secret.id)) == secret
+    listed = await store.sessions_for(ANN.email, limit=10)
+    assert sorted(s.session.encrypted for s in listed) == [False, True]
+
+
+async def test_concurrent_encrypted_creators_get_one_session(store: Store) -> None:
+    found: list[ChatSession] = []
+
+    async def create() -> None:
+        found.append(await store.get_or_create_session("x", ANN, BOB, now=T0, encrypted=True))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(create)
+    assert len({s.id for s in found}) == 1
+
+
+def public_key(owner: Participant, kid: str, when: datetime,
+               signing: str | None = None) -> PublicKey:
+    return PublicKey(owner.email, kid, f'{{"kid":"{kid}"}}', signing, when)
+
+
+async def test_shares_session_in_either_direction(store: Store) -> None:
+    assert not await store.shares_session(ANN.email, BOB.email)
+    await store.get_or_create_session("dating", ANN, BOB, now=T0, encrypted=True)
+    assert await store.shares_session(ANN.email, BOB.email)
+    assert await store.shares_session(BOB.email, ANN.email)
+    assert not await store.shares_session(ANN.email, CAT.email)
+
+
+async def test_public_keys_current_retired_and_by_id(store: Store) -> None:
+    assert await store.public_key(ANN.email) is None
+    first = public_key(ANN, "k1", at(1))
+    assert await store.put_public_key(first, max_keys=10) == (first, True)
+    assert await store.put_public_key(public_key(ANN, "k1", at(2)), max_keys=10) == (first, False)
+    second = public_key(ANN, "k2", at(3), signing='{"s":1}')
+    assert await store.put_public_key(second, max_keys=10) == (second, True)
+    assert await store.public_key(ANN.email) == second
+    old = await store.public_key(ANN.email, "k1")
+    assert old is not None
+    assert old.retired_at == at(3)
+    assert not old.current
+    assert await store.public_key(ANN.email, "nope") is None
+    assert await store.public_key(BOB.email, "k1") is None  # kids are per owner
+    with pytest.raises(Conflict, match="replaced"):
+        await store.put_public_key(public_key(ANN, "k1", at(4)), max_keys=10)
+    with pytest.raises(Conflict, match="signing"):
+        await store.put_public_key(public_key(ANN, "k2", at(4)), max_keys=10)
+    with pytest.raises(Conflict, match="limit"):
+        await store.put_public_key(public_key(ANN, "k3", at(4)), max_keys=2)
+    assert await store.public_key(ANN.email) == second  # a refusal changed nothing
+
+
+async def test_concurrent_key_publishers_leave_one_current_key(store: Store) -> None:
+    async with trio.open_nursery() as nursery:
+        for i in range(6):
+            nursery.start_soon(functools.partial(
+                store.put_public_key, public_key(ANN, f"k{i}", at(i)), max_keys=100))
+    current = await store.public_key(ANN.email)
+    assert current is not None
+    retired = [await store.public_key(ANN.email, f"k{i}") for i in range(6)]
+    assert sum(1 for k in retired if k is not None and k.current) == 1
+
+
+async def test_key_change_is_announced_to_every_peer_and_the_owner(store: Store) -> None:
+    plain = await chat(store, ANN, BOB)
+    secret = await store.get_or_create_session("dating", ANN, BOB, now=T0, encrypted=True)
+    other = await store.get_or_create_session("y", CAT, ANN, now=T0)
+    await store.get_or_create_session("z", BOB, CAT, now=T0)  # not ann's: nobody told there
+    await store.put_public_key(public_key(ANN, "k1", at(1)), max_keys=10)
+    await store.put_public_key(public_key(ANN, "k2", at(2)), max_keys=10)
+    await store.put_public_key(public_key(ANN, "k2", at(3)), max_keys=10)  # no change: silent
+    rows = await store.claim_outbox(limit=100, lease_seconds=30, now=LATER)
+    assert {r.event for r in rows} == {"keys"}
+    told = defaultdict(list)
+    for row in rows:
+        told[row.destination].append(json.loads(row.payload))
+    assert set(told) == {f"user:{p.email}:/queue/keys" for p in (ANN, BOB, CAT)}
+    for events in told.values():
+        assert [(e["kid"], e["previousKid"]) for e in events] == [("k1", None), ("k2", "k1")]
+        assert all(e["email"] == ANN.email for e in events)
+    bob_rows = [r for r in rows if r.destination.startswith("user:bob@")]
+    assert {r.session_id for r in bob_rows} <= {plain.id, secret.id}
+    cat_rows = [r for r in rows if r.destination.startswith("user:cat@")]
+    assert {r.session_id for r in cat_rows} == {other.id}
+
+
+async def test_key_of_a_user_without_sessions_is_stored_and_announced_to_nobody(
+    store: Store,
+) -> None:
+    await store.put_public_key(public_key(CAT, "k1", at(1)), max_keys=10)
+    assert await store.claim_outbox(limit=100, lease_seconds=30, now=LATER) == []
+    assert (await store.public_key(CAT.email)) is not None
 # -- units: a batch send is stored all or nothing ----------------------------------------------
 
 

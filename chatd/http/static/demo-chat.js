@@ -3,9 +3,10 @@ import {
   $, PAGE, TYPING_SHOWN_MS, api, el, peerOf, publish, showError, state, uuid,
 } from './demo-common.js';
 import { refreshSessions, renderSessions, scheduleUnread } from './demo-sessions.js';
+import { decrypt, e2e, encrypt, ensureOwnKey, safetyNumber } from './demo-e2e.js';
 
-export async function openByEmail(toEmail, intent) {
-  const session = await api('POST', '/api/chat/init', { toEmail, intent });
+export async function openByEmail(toEmail, intent, encrypted = false) {
+  const session = await api('POST', '/api/chat/init', { toEmail, intent, encrypted });
   if (!state.sessions.has(session.sessionId)) {
     state.sessions.set(session.sessionId, { ...session, lastMessage: null, unreadCount: 0 });
   }
@@ -16,13 +17,16 @@ export async function openChat(sessionId) {
   const session = state.sessions.get(sessionId);
   if (state.open?.sub) state.open.sub.unsubscribe();
   const chat = {
-    id: sessionId, peer: peerOf(session), sub: null, bySeq: new Map(), pending: new Map(),
+    id: sessionId, peer: peerOf(session), encrypted: Boolean(session.encrypted),
+    sub: null, bySeq: new Map(), pending: new Map(),
     oldest: null, newest: 0, complete: false, loading: false,
     peerDelivered: 0, peerSeen: 0,
   };
   state.open = chat;
   $('chat').dataset.session = sessionId;
-  $('chat-title').textContent = `${chat.peer} · ${session.intent}`;
+  $('chat-title').textContent = `${chat.encrypted ? '🔒 ' : ''}${chat.peer} · ${session.intent}`;
+  $('chat').dataset.encrypted = String(chat.encrypted);
+  showE2eInfo(chat);
   $('messages').replaceChildren();
   $('typing').textContent = '';
   showError('chat-error', '');
@@ -37,6 +41,28 @@ export async function openChat(sessionId) {
   // Fill the view: a short first page may leave nothing to scroll.
   while (state.open === chat && !chat.complete && !scrollable()) await loadOlder(chat);
   $('text').focus();
+}
+
+// The lock, the safety number of both current keys, and any key-change warning for the peer.
+export function showE2eInfo(chat) {
+  $('e2e-info').hidden = !chat.encrypted;
+  showKeyWarning(chat);
+  if (!chat.encrypted) return;
+  $('safety-number').textContent = '…';
+  safetyNumber(chat.peer).then(number => {
+    if (state.open !== chat) return;
+    $('safety-number').textContent = number;
+    $('safety-number').dataset.number = number;
+    showKeyWarning(chat);  // fetching the peer's key may have found it changed
+  }).catch(err => {
+    if (state.open === chat) $('safety-number').textContent = `unavailable (${err.message})`;
+  });
+}
+
+function showKeyWarning(chat) {
+  const warning = chat.encrypted ? e2e.warnings.get(chat.peer) : undefined;
+  $('key-warning').textContent = warning ?? '';
+  $('key-warning').hidden = !warning;
 }
 
 export function subscribeTopic(chat) {
@@ -126,8 +152,10 @@ function render(chat, m) {
   li.classList.toggle('mine', mine);
   li.dataset.seq = String(m.seq);
   li.dataset.messageId = m.messageId;
-  li.querySelector('.text').textContent = m.content;
-  li.querySelector('.meta').textContent = new Date(m.sentAt).toLocaleTimeString();
+  if (chat.encrypted) showDecrypted(chat, li, m);
+  else li.querySelector('.text').textContent = m.content;
+  li.querySelector('.meta').textContent = new Date(m.sentAt).toLocaleTimeString()
+    + (chat.encrypted ? ' 🔒' : '');
   if (mine) {
     chat.peerDelivered = Math.max(chat.peerDelivered, m.delivered ? m.seq : 0);
     chat.peerSeen = Math.max(chat.peerSeen, m.seen ? m.seq : 0);
@@ -141,6 +169,20 @@ function render(chat, m) {
   chat.oldest = chat.oldest === null ? m.seq : Math.min(chat.oldest, m.seq);
 }
 
+// The bubble shows "decrypting…" until the text is known, or why it cannot be.
+function showDecrypted(chat, li, m) {
+  const text = li.querySelector('.text');
+  if (li.dataset.decrypt !== 'ok' || li.dataset.messageId !== m.messageId) {
+    li.dataset.decrypt = 'pending';
+    text.textContent = 'decrypting…';
+  }
+  decrypt(m, chat.peer).then(result => {
+    if (li.dataset.messageId !== m.messageId) return;
+    li.dataset.decrypt = result.ok ? 'ok' : 'failed';
+    text.textContent = result.text;
+  });
+}
+
 function setTicks(chat, entry) {
   const status = entry.seq <= chat.peerSeen ? 'seen'
     : entry.seq <= chat.peerDelivered ? 'delivered' : 'sent';
@@ -149,7 +191,7 @@ function setTicks(chat, entry) {
   entry.li.title = status;
 }
 
-export function sendMessage(content) {
+export async function sendMessage(content) {
   const chat = state.open;
   const clientMessageId = uuid();
   const li = el('li', 'mine');
@@ -160,9 +202,22 @@ export function sendMessage(content) {
   $('messages').append(li);
   scrollToBottom();
   try {
-    publish('/app/chat.send', { sessionId: chat.id, content, clientMessageId });
+    const sealed = chat.encrypted ? await seal(chat, content) : content;
+    publish('/app/chat.send', { sessionId: chat.id, content: sealed, clientMessageId });
   } catch (err) {
     failPending(clientMessageId, err.message);
+  }
+}
+
+async function seal(chat, content) {
+  await ensureOwnKey();
+  try {
+    return await encrypt(chat.id, chat.peer, content);
+  } catch (err) {
+    if (String(err.message).includes('has not published')) {
+      throw new Error(`${chat.peer} has not set up encryption yet: not sent`);
+    }
+    throw err;
   }
 }
 

@@ -72,14 +72,17 @@ export function renderSessions() {
     const peer = peerOf(s);
     li.dataset.peer = peer;
     li.classList.toggle('open', state.open?.id === s.sessionId);
-    li.querySelector('.peer').textContent = `${peer} · ${s.intent}`;
+    li.dataset.encrypted = String(Boolean(s.encrypted));
+    li.querySelector('.peer').textContent = `${s.encrypted ? '🔒 ' : ''}${peer} · ${s.intent}`;
     const seen = state.presence.get(peer);
     const dot = li.querySelector('.dot');
     dot.dataset.online = seen ? String(seen.online) : 'unknown';
     dot.title = !seen ? 'presence unknown' : seen.online ? 'online'
       : seen.lastSeen ? `offline, last seen ${new Date(seen.lastSeen).toLocaleString()}`
         : 'offline';
-    li.querySelector('.last').textContent = s.lastMessage?.content ?? 'no messages yet';
+    // An encrypted chat's last message is ciphertext: the list never tries to show it.
+    const last = s.lastMessage && s.encrypted ? 'encrypted message' : s.lastMessage?.content;
+    li.querySelector('.last').textContent = last ?? 'no messages yet';
     const badge = li.querySelector('.badge');
     badge.textContent = String(s.unreadCount ?? 0);
     badge.dataset.unread = String(s.unreadCount ?? 0);

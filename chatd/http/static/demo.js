@@ -17,8 +17,9 @@ import {
 } from './demo-common.js';
 import {
   loadOlder, markSeen, onChatMessage, onReceipt, onSendError, openByEmail, sendMessage,
-  subscribeTopic,
+  showE2eInfo, subscribeTopic,
 } from './demo-chat.js';
+import { available as e2eAvailable, ensureOwnKey, onKeyChange } from './demo-e2e.js';
 import { markAllDelivered, onPresence, refreshSessions, renderTotal } from './demo-sessions.js';
 
 // -- sign in ---------------------------------------------------------------------------
@@ -157,8 +158,29 @@ function onConnected(frame, useSockJS) {
   c.subscribe('/user/queue/ack', m => onChatMessage(JSON.parse(m.body)));
   c.subscribe('/user/queue/error', m => onSendError(JSON.parse(m.body)));
   c.subscribe('/user/queue/presence', m => onPresence(JSON.parse(m.body)));
+  c.subscribe('/user/queue/keys', m => onKeys(JSON.parse(m.body)));
+  setUpEncryption();
   if (state.open) subscribeTopic(state.open);
   refreshSessions().then(markAllDelivered).catch(err => showError('chat-error', err.message));
+}
+
+// -- end-to-end encryption -------------------------------------------------------------
+
+// The key pair is made (first use) and published on every connect, so peers can start an
+// encrypted chat; #me carries its id once it is published.
+function setUpEncryption() {
+  if (!e2eAvailable()) {
+    $('encrypted').disabled = true;
+    $('encrypted-option').title = 'encryption needs WebCrypto (HTTPS or localhost)';
+    return;
+  }
+  ensureOwnKey()
+    .then(own => { $('me').dataset.kid = own.kid; })
+    .catch(err => showError('chat-error', `encryption keys: ${err.message}`));
+}
+
+function onKeys(event) {
+  if (onKeyChange(event) && state.open?.peer === event.email) showE2eInfo(state.open);
 }
 
 // -- wiring ----------------------------------------------------------------------------
@@ -180,7 +202,7 @@ $('sign-out').addEventListener('click', signOut);
 $('open-form').addEventListener('submit', event => {
   event.preventDefault();
   showError('chat-error', '');
-  openByEmail($('peer-email').value.trim(), $('intent').value.trim())
+  openByEmail($('peer-email').value.trim(), $('intent').value.trim(), $('encrypted').checked)
     .catch(err => showError('chat-error', err.message));
 });
 
@@ -191,7 +213,7 @@ $('send-form').addEventListener('submit', event => {
   showError('chat-error', '');
   $('text').value = '';
   state.lastTypingSent = 0;
-  sendMessage(content);
+  sendMessage(content).catch(err => showError('chat-error', err.message));
 });
 
 $('text').addEventListener('input', () => {

@@ -27,8 +27,9 @@ async def test_init_same_session_both_directions_and_per_intent(server, auth) ->
     )
     assert first.status_code == 200
     body = first.json()
-    assert list(body) == ["sessionId", "intent", "participants", "createdAt"]
+    assert list(body) == ["sessionId", "intent", "participants", "createdAt", "encrypted"]
     assert body["intent"] == "buy"
+    assert body["encrypted"] is False
     assert sorted(p["email"] for p in body["participants"]) == [ALICE, BOB]
     assert all(set(p) == {"profileId", "email", "displayName"} for p in body["participants"])
 
