@@ -368,13 +368,33 @@ def outbox_part(components: Components, sink: OutboxSink) -> Part:
     publisher.on_published = components.metrics.outbox_published
     components.committer.on_published = components.metrics.outbox_published
     components.metrics.attach_publisher(publisher, components.committer)
-    # what this process wrote and neither it nor its publisher delivered yet (with several
-    # instances publishers also take each other's rows: an estimate, close in aggregate)
-    committer.backlog = lambda: max(0, committer.rows_written - committer.published
-                                    - publisher.published)
+    committer.backlog = delivery_backlog(committer, publisher,
+                                         shared=components.bridge is not None)
     # rows the committer delivered were leased; once marked, what waited behind them may go
     components.committer.on_marked = publisher.nudge
     return Part("outbox", publisher.run, stop=publisher.stop)
+
+
+def delivery_backlog(committer: SendCommitter, publisher: OutboxPublisher, *,
+                     shared: bool) -> Callable[[], int]:
+    """How many outbox rows wait for delivery, as the committer's `max_backlog` sees it.
+
+    One instance: what this process wrote and neither its committer nor its publisher
+    delivered yet. Several (`shared`, RabbitMQ): the publishers take each other's rows, so
+    that difference drifts without bound for an instance whose publisher is slower or cut off
+    (the soak saw one refuse every send with an empty outbox); it is the store's pending
+    count instead, read by the publisher every ``PENDING_REFRESH`` s, plus what this process
+    wrote since the last read."""
+    if not shared:
+        return lambda: max(0, committer.rows_written - committer.published
+                           - publisher.published)
+    read = [0, committer.rows_written]  # pending at the last read, rows written by then
+
+    def store_pending(pending: int) -> None:
+        read[:] = [pending, committer.rows_written]
+
+    publisher.on_store_pending = store_pending
+    return lambda: read[0] + committer.rows_written - read[1]
 
 
 def committer_part(components: Components) -> Part:
@@ -563,7 +583,8 @@ async def _serve(config: Config, tracer: Tracer | None, *, handle_signals: bool,
 
 __all__ = [
     "Components", "Part", "StartupError", "bridge_part", "broker_part", "build_components",
-    "build_parts", "build_presence", "build_profiles", "build_redis", "http_part", "jwks_part",
-    "outbox_part", "presence_part", "profiles_part", "purge_part", "redis_part", "serve",
+    "build_parts", "build_presence", "build_profiles", "build_redis", "delivery_backlog",
+    "http_part", "jwks_part", "outbox_part", "presence_part", "profiles_part", "purge_part",
+    "redis_part", "serve",
     "session_grace", "stomp_tcp_part",
 ]

@@ -50,7 +50,8 @@ log = logging.getLogger("chatd.bridge")
 INBOX_BATCHES: Final = 64
 #: Seconds `run` waits for the first connection before reporting started anyway.
 STARTUP_WAIT: Final = 5.0
-#: Seconds a SUBSCRIBE waits for its binding before going ahead (the bind still completes).
+#: Seconds a SUBSCRIBE waits for its binding; then a topic SUBSCRIBE is refused (the client
+#: retries) and a user queue's goes ahead (the bind still completes).
 BIND_TIMEOUT: Final = 10.0
 #: Seconds shutdown waits for the thread to close the connection.
 STOP_TIMEOUT: Final = 5.0
@@ -273,18 +274,20 @@ class RabbitBridge:
             # Nothing reaches us for it any more: the seq mark would go stale.
             self.delivery.forget(destination)
 
-    async def ensure_bound(self, destination: str) -> None:
-        """Return once `destination`'s routing key is bound to this instance's queue (at once
-        when RabbitMQ is not connected: the reconnect binds it before anything is published
-        through this instance again)."""
+    async def ensure_bound(self, destination: str) -> bool:
+        """Wait until `destination`'s routing key is bound to this instance's queue; True if
+        it is, False when RabbitMQ is not connected or the bind took more than BIND_TIMEOUT
+        (the bind is still submitted and completes later). Until it is bound, what other
+        instances publish to `destination` does not reach us: a caller that promises a
+        gap-free stream (a session topic) must not go ahead on False."""
         key = routing_key(destination)
         self._pending[destination] = self._pending.get(destination, 0) + 1
         if destination in self._active and key in self._bound:
-            return
+            return True
         self._active.add(destination)
         if not self.connected:
             self._submit_bind(destination)
-            return
+            return False
         waiter = self._bind_waiters.setdefault(key, trio.Event())
         self._submit_bind(destination)
         try:
@@ -293,6 +296,7 @@ class RabbitBridge:
         except BaseException:  # the session went away meanwhile: no release will come
             self.release(destination, subscribed=False)
             raise
+        return key in self._bound
 
     def release(self, destination: str, *, subscribed: bool) -> None:
         """After `ensure_bound`: the SUBSCRIBE was allowed, or refused (`subscribed` False),
@@ -367,7 +371,10 @@ class RabbitBridge:
                 self.consumed += 1
                 if m.origin == self.instance_id:
                     continue  # ours: delivered locally when it was made
-                if self.dedupe.seen(m.message_id) or m.destination not in self._active:
+                # Only a message delivered here is remembered: one that found no local
+                # subscriber must still be taken when it comes again (a republish after a
+                # lease expired) and someone has subscribed meanwhile.
+                if m.destination not in self._active or self.dedupe.seen(m.message_id):
                     continue
                 try:
                     if m.origin is not None:

@@ -103,19 +103,24 @@ class _Replayed:
 async def _first_request_head(stream: trio.SocketStream, idle_timeout: float) -> bytes | None:
     """What the peer sent first: enough to tell a STOMP upgrade from anything else (the whole
     head when the request line could be one). None when it sent nothing in `idle_timeout`
-    seconds or left."""
-    with trio.move_on_after(idle_timeout):
-        data = bytes(await stream.receive_some(MAX_HEAD))
-    if not data:
+    seconds, left, or reset the connection: this runs in the listener's nursery, where an
+    exception would stop the whole server (the soak's idle and reset connections did)."""
+    data = b""
+    try:
+        with trio.move_on_after(idle_timeout):
+            data = bytes(await stream.receive_some(MAX_HEAD))
+        if not data:
+            return None
+        if not (data.startswith(b"GET /ws") or b"GET /ws".startswith(data)):
+            return data
+        with trio.move_on_after(HEAD_TIMEOUT):
+            while b"\r\n\r\n" not in data and len(data) < MAX_HEAD:
+                more = await stream.receive_some(MAX_HEAD)
+                if not more:
+                    break
+                data += more
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
         return None
-    if not (data.startswith(b"GET /ws") or b"GET /ws".startswith(data)):
-        return data
-    with trio.move_on_after(HEAD_TIMEOUT):
-        while b"\r\n\r\n" not in data and len(data) < MAX_HEAD:
-            more = await stream.receive_some(MAX_HEAD)
-            if not more:
-                break
-            data += more
     return data
 
 

@@ -60,6 +60,7 @@ Random = Callable[[], float]
 SINK_SHARE = 0.5  # of the lease: the sink's time budget per round
 FINAL_FLUSH_TIMEOUT = 2.0  # seconds a cancelled round may spend recording what it did
 BLOCKED_WINDOW = 2.0  # seconds a signalled row may wait behind the committer's leased rows
+PENDING_REFRESH = 0.5  # seconds between reads of the store-wide pending count (on_store_pending)
 
 
 def utc_now() -> datetime:
@@ -150,6 +151,11 @@ class OutboxPublisher:
         #: Set when tracing is on: each message of a round gets an ``outbox publish`` span in
         #: its trace (from the row's trace context), parent of the sink's spans.
         self.tracer: tracing.Tracer | None = None
+        #: When set, told the rows pending in the whole store (every instance's) at most every
+        #: PENDING_REFRESH s: with several instances the publishers take each other's rows, so
+        #: only the store knows how far delivery is behind (the send committer's backlog).
+        self.on_store_pending: Callable[[int], None] | None = None
+        self._pending_read_at = -math.inf
 
     def stop(self) -> None:
         """Ask `run` to return after the batch in hand is published and recorded."""
@@ -193,6 +199,11 @@ class OutboxPublisher:
 
     async def _round(self) -> bool:
         """Claim, publish and record one batch; True to go again at once. Raises Unavailable."""
+        if (self.on_store_pending is not None
+                and trio.current_time() - self._pending_read_at >= PENDING_REFRESH):
+            self._pending_read_at = trio.current_time()
+            pending, _dead = await self._store.outbox_stats()
+            self.on_store_pending(pending)
         now = self._clock()
         if self._retry_due is not None and self._retry_due <= now:
             self._retry_due = None

@@ -63,9 +63,10 @@ FRAME_HEAD_ROOM: Final = 1024
 class Binder(Protocol):
     """Makes this instance receive a destination from other instances (the RabbitMQ bridge)."""
 
-    async def ensure_bound(self, destination: str) -> None:
-        """Return once messages published to the broker key `destination` reach us. Every
-        call is followed by one `release`, without a checkpoint in between on success."""
+    async def ensure_bound(self, destination: str) -> bool:
+        """Wait until messages published to the broker key `destination` reach us; False
+        when they may not yet (not connected, or the bind is slow). Every call is followed
+        by one `release`, without a checkpoint in between on success."""
         ...
 
     def release(self, destination: str, *, subscribed: bool) -> None:
@@ -156,8 +157,14 @@ class ChatHooks:
             raise Refused(f"cannot subscribe to {destination}",
                           f"use the canonical session id {chat.id}")
         after = since_seq(event)
-        if self.binder is not None:
-            await self.binder.ensure_bound(destination)  # before the replay reads its mark
+        if self.binder is not None and not await self.binder.ensure_bound(destination):
+            # Before the replay reads its mark: what other instances publish until the bind
+            # lands would pass us by, a gap behind the replay that x-since-seq then skips
+            # (found by the soak after a restart's flood of binds). The client retries.
+            self.binder.release(destination, subscribed=False)
+            raise Refused(f"cannot subscribe to {destination}",
+                          "not yet receiving it from the other instances (RabbitMQ is "
+                          "unreachable or slow); subscribe again shortly")
         try:
             if after is not None:
                 await replay(self.runtime, self.delivery, self.services, session=session,

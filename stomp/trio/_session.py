@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from typing import Final, Protocol, runtime_checkable
 
 import trio
+import trio.lowlevel
 
 from .._codec import HEARTBEAT
 from .._errors import ProtocolError
@@ -322,6 +323,7 @@ class _Pump:
         sendq = self.sendq
         runtime = self.runtime
         connect_deadline = trio.current_time() + runtime.connect_timeout
+        overdue = False
         while not sendq.closing:
             now = trio.current_time()
             if not self.connected:
@@ -335,9 +337,17 @@ class _Pump:
             else:
                 due = self.receiving_since + self.expect_timeout
                 if now >= due:
+                    if not overdue:
+                        # After a stall (SIGSTOP, a VM pause, a starved CPU) this timer and
+                        # the reader wake in one scheduling round, in either order: the
+                        # peer's bytes may be waiting unread. Let the reader run first.
+                        overdue = True
+                        await trio.lowlevel.checkpoint()
+                        continue
                     runtime.refuse(sendq.id, "heart-beat timeout",
                                    f"nothing received for {self.expect_timeout:g} s")
                     return
+            overdue = False
             if self.expires_at is not None:
                 if now >= self.expires_at:
                     runtime.refuse(sendq.id, CREDENTIALS_EXPIRED_MESSAGE,

@@ -103,6 +103,31 @@ async def test_heartbeats_from_peer_keep_session_alive(
     assert runtime.session_count == 1
 
 
+async def test_a_stalled_loop_does_not_blame_peers_whose_beats_wait_unread(
+        nursery: trio.Nursery, mock_clock: trio.testing.MockClock) -> None:
+    """Found by the soak (issue 22): after the process stalls (SIGSTOP, a VM pause, a starved
+    CPU) the timer task and the reader wake in the same scheduling round; the timer used to
+    refuse the peer ("heart-beat timeout") when it ran first, while the peer's heart-beat sat
+    in the transport, unread. trio runs a round in insertion order or reversed at random, so
+    each stall below caught the old code with probability 1/2: ten of them, 1 - 2**-10."""
+    runtime = BrokerRuntime(heartbeat=(0, 1000))  # beats expected every 1 s, 1.5 s grace
+    streams = [trio.testing.memory_stream_pair() for _ in range(4)]
+    peers = [Peer(client) for client, _ in streams]
+    for _, server in streams:
+        nursery.start_soon(serve_stream, runtime, server, TransportInfo("memory"))
+    for peer in peers:
+        await peer.connect(heartbeat="1000,0")
+    for _ in range(10):
+        await trio.testing.wait_all_tasks_blocked()
+        for _, server in streams:  # each peer's beat arrives while the process is stopped
+            server.receive_stream.put_data(b"\n")
+        mock_clock.jump(5.0)  # ... for longer than the grace
+        await trio.testing.wait_all_tasks_blocked()
+        assert runtime.session_count == len(peers)
+    for peer in peers:
+        await peer.subscribe(TOPIC)  # all still served
+
+
 async def test_connect_deadline(nursery: trio.Nursery,
                                 autojump_clock: trio.testing.MockClock) -> None:
     runtime = BrokerRuntime(connect_timeout=10)

@@ -143,8 +143,15 @@ async def test_rabbitmq_unreachable_at_start_then_ready_once_it_comes(
         assert ready.json()["checks"]["store"] == "up"
 
         sid = await cluster.init(a)
-        alice = await recorder(nursery, cluster, a, ALICE)
-        await alice.subscribe(f"/topic/session.{sid}", "t")  # answered, bound on connect
+        early = await recorder(nursery, cluster, a, ALICE)
+        # A topic cannot be bound yet: the SUBSCRIBE is refused (going ahead unbound would
+        # miss what other instances publish meanwhile), the client subscribes again later.
+        await early.peer.send("SUBSCRIBE", {"destination": f"/topic/session.{sid}",
+                                            "id": "t", "receipt": "sub-t"})
+        with trio.fail_after(15):
+            while not early.errors:
+                await early.changed.wait()
+        assert early.errors[0].get("message") == f"cannot subscribe to /topic/session.{sid}"
         sent = await cluster.send(a, sid, "while RabbitMQ was away", "early-1")
         assert sent.status_code == 201  # stored; its outbox rows wait for the bridge
         await trio.sleep(1.5)  # several publisher rounds find the sink unavailable
@@ -157,6 +164,9 @@ async def test_rabbitmq_unreachable_at_start_then_ready_once_it_comes(
                 await trio.sleep(0.2)
             else:
                 raise AssertionError("never ready after RabbitMQ came up")
+            alice = await recorder(nursery, cluster, a, ALICE)
+            await alice.peer.send("SUBSCRIBE", {"destination": f"/topic/session.{sid}",
+                                                "id": "t", "x-since-seq": "0"})
             await alice.wait(lambda: len(alice.frames.get("t", [])) == 1)
             assert alice.bodies("t")[0]["content"] == "while RabbitMQ was away"
 
@@ -167,15 +177,15 @@ async def test_rabbitmq_unreachable_at_start_then_ready_once_it_comes(
                     return conn.execute("SELECT processed, retry_count "
                                         "FROM chat_message_outbox").fetchall()
 
-            # RabbitMQ may hand the message to A's consumer before the publisher has recorded
-            # its confirmed round: the rows are marked sent soon after, not necessarily first
+            # the replay came from the store; the rows are marked sent once the bridge's
+            # confirmed round is recorded (RabbitMQ may deliver before that)
             rows: list[tuple[bool, int]] = []
 
             async def marked() -> bool:
                 rows[:] = await trio.to_thread.run_sync(outbox)
                 return all(processed for processed, _ in rows)
 
-            with trio.fail_after(10):
+            with trio.fail_after(15):
                 while not await marked():  # noqa: ASYNC110 - the state is in PostgreSQL
                     await trio.sleep(0.1)
             assert rows == [(True, 0)] * 3  # sent, and no retry was charged meanwhile

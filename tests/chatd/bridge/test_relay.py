@@ -14,6 +14,7 @@ import trio
 import trio.testing
 
 from chatd.bridge import RabbitBridge
+from chatd.bridge.amqp import Incoming
 from chatd.config import RabbitMQConfig
 from chatd.domain.models import OutboxRow
 from chatd.outbox import SinkUnavailable
@@ -92,3 +93,26 @@ async def test_a_bridge_that_is_not_connected_refuses_without_blame() -> None:
     with pytest.raises(SinkUnavailable, match="not connected"):
         await bridge.publish([row(1, 1)])
     assert bridge.published == 0
+
+
+async def test_a_message_that_found_no_subscriber_is_taken_when_it_comes_again(
+    pair: tuple[RabbitBridge, RabbitBridge, Peer],
+) -> None:
+    """Found by the soak: a row consumed while its destination had no local subscriber (the
+    binding outlives the last one until RabbitMQ applies the unbind) was remembered as seen,
+    so its republish (a lease that expired after a kill -9) was dropped for the subscriber
+    that came meanwhile."""
+    _, receiver, peer = pair
+    first = Incoming("row-9", DEST, "message", str(uuid.UUID(int=7)), 9, b'{"seq": 9}')
+    await receiver.on_messages([first])  # nobody here subscribes to DEST: skipped
+    await eventually(lambda: receiver.consumed == 1)
+    await receiver.ensure_bound(DEST)
+    receiver.release(DEST, subscribed=True)
+    await peer.subscribe(DEST)
+    await receiver.on_messages([first])  # the republish
+    with trio.fail_after(10):
+        frame = await peer.frame()
+    assert json.loads(frame.body) == {"seq": 9}
+    await receiver.on_messages([first])  # a true duplicate is still dropped...
+    await eventually(lambda: receiver.consumed == 3)
+    assert receiver.duplicates == 1

@@ -7,15 +7,20 @@ processes would; they share only the database and the recording "broker".
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 
 import pytest
 import trio
 
 from chatd.domain.errors import Unavailable
-from chatd.outbox import OutboxPublisher
+from chatd.domain.models import OutboxRow
+from chatd.outbox import OutboxPublisher, SinkUnavailable
+from chatd.services.committer import SendCommitter
 from chatd.storage import Store, open_store
+from chatd.storage.base import NewMessage
+from chatd.supervisor import delivery_backlog
 from tests.conftest import PG_ADMIN_URL
 
 from .conftest import (
@@ -61,6 +66,47 @@ async def test_two_publishers_on_one_database_publish_each_row_once(pg_url: str)
         assert sum(p.published for p in publishers) == total
         assert all(p.published > 0 for p in publishers)  # both did share the work
         assert await writer.outbox_stats() == (0, 0)
+
+
+class CutOff:
+    """The sink of an instance cut off RabbitMQ: every publish is refused as unavailable."""
+
+    async def publish(self, rows: Sequence[OutboxRow]) -> None:
+        raise SinkUnavailable("cut off")
+
+
+async def test_with_several_instances_the_delivery_backlog_is_the_stores(pg_url: str) -> None:
+    """Found by the soak (issue 22): each instance counted its backlog as the rows it wrote
+    minus the rows its own publisher sent. Publishers take each other's rows, so an instance
+    cut off RabbitMQ (or just slower) kept a backlog that never shrank once the other one had
+    delivered everything, and refused every send ("server busy") with an empty outbox."""
+    sink = RecordingSink()
+    async with AsyncExitStack() as stack:
+        store_a, store_b = [await stack.enter_async_context(open_store(pg_url, pool_size=4))
+                            for _ in range(2)]
+        [(session, _)] = await sessions(store_a, 1)
+        committer = SendCommitter(store_a, sink=None, max_backlog=100,
+                                  clock=lambda: datetime.now(UTC))
+        publisher_a = OutboxPublisher(store_a, CutOff(), config())
+        committer.backlog = delivery_backlog(committer, publisher_a, shared=True)
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        await nursery.start(committer.run)
+        stack.callback(committer.stop)
+        await stack.enter_async_context(running(publisher_a))
+        await stack.enter_async_context(
+            running(OutboxPublisher(store_b, sink, config(batch_size=100))))
+
+        def message(i: int) -> NewMessage:
+            return NewMessage(session.id, ANN, f"m{i}", f"backlog-{i}", datetime.now(UTC))
+
+        for i in range(30):  # 90 rows, all delivered by the other instance's publisher
+            await committer.append(message(i))
+        await wait_until(lambda: len(sink.accepted) == 90, within=15)
+        await wait_until(lambda: committer.backlog() == 0, within=5)
+        # ...so this instance still accepts: the rows it wrote are no longer waiting
+        for i in range(30, 60):
+            await committer.append(message(i))
+        await wait_until(lambda: len(sink.accepted) == 180, within=15)
 
 
 def _allow_connections(database: str, allow: bool) -> None:

@@ -10,14 +10,17 @@ that escaped the connection and stopped the whole server.
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 import uuid
+from pathlib import Path
 
 import pytest
 import trio
 
 from tests.chatd.raw_http import read_response
 
-from .conftest import Chat
+from .conftest import Chat, chat_config, start_chat
 from .sockjs_support import sockjs_chat_fixture  # noqa: F401 - `chat` here: SockJS-tuned
 
 pytestmark = pytest.mark.timeout(60)
@@ -86,3 +89,24 @@ async def test_a_malformed_pipelined_body_closes_its_connection_not_the_server(
     assert errors(caplog) == []
     # The server still serves.
     assert (await chat.client.get("/health/live")).status_code == 200
+
+
+async def test_a_silent_or_reset_connection_closes_alone_not_the_server(
+        nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]) -> None:
+    """Found by the soak (issue 22): a connection that sent nothing within keepalive_timeout
+    (an UnboundLocalError), or was reset before its first request (BrokenResourceError),
+    raised in the listener's nursery and stopped the whole server."""
+    config = chat_config(tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}", key_pair[1],
+                         keepalive_timeout=0.3)
+    chat = await start_chat(nursery, config, key_pair[0])
+    async with chat.client:
+        for _ in range(3):  # reset at once: RST instead of FIN
+            sock = socket.create_connection(("127.0.0.1", chat.port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        async with await trio.open_tcp_stream("127.0.0.1", chat.port) as silent:
+            with trio.fail_after(5):
+                assert await silent.receive_some(1024) == b""  # closed after the timeout
+        assert (await chat.client.get("/health/live")).status_code == 200
+        assert not chat.done.is_set()
+    chat.scope.cancel()

@@ -4,6 +4,7 @@ over `/ws`)."""
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import trio
 
 from chatd.auth.tokens import mint_token
+from chatd.config import RabbitMQConfig
 
 from .conftest import (
     ALICE,
@@ -19,6 +21,7 @@ from .conftest import (
     Chat,
     StompPy,
     chat_config,
+    raw_ws_peer,
     run,
     start_chat,
     stomppy_client,
@@ -169,4 +172,32 @@ async def test_a_text_within_the_character_limit_fits_the_stomp_frame_limit(
                            "errorMsg": f"content is {limit + 1} characters long; the limit is "
                                        f"{limit}"}
         await run(alice.close)
+    chat.scope.cancel()
+
+
+async def test_a_topic_subscribe_not_yet_bound_to_rabbitmq_is_refused(
+        nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]) -> None:
+    """Found by the soak (issue 22): a session topic SUBSCRIBE whose RabbitMQ binding was not
+    in place (RabbitMQ unreachable, or the bind slower than BIND_TIMEOUT after a restart)
+    went ahead; what the other instances published until the bind landed passed this one
+    by, a gap behind the x-since-seq replay that the client's next resume skipped. It is
+    refused now (the client subscribes again); user queues, never gap-free, still go ahead."""
+    with socket.socket() as probe:  # a port nothing listens on: RabbitMQ is unreachable
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    config = replace(chat_config(tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}",
+                                 key_pair[1]),
+                     rabbitmq=RabbitMQConfig(url=f"amqp://guest:guest@127.0.0.1:{dead}/%2F"))
+    chat = await start_chat(nursery, config, key_pair[0])
+    async with chat.client:
+        sid = await chat.init()
+        peer, _ = await raw_ws_peer(nursery, chat)
+        await peer.connect(passcode=chat.token(ALICE))
+        await peer.subscribe("/user/queue/ack", "a")  # a RECEIPT: allowed
+        await peer.send("SUBSCRIBE", {"destination": f"/topic/session.{sid}", "id": "t",
+                                      "x-since-seq": "0", "receipt": "t"})
+        refused = await peer.frame()
+        assert refused.command == "ERROR", refused
+        assert refused.get("message") == f"cannot subscribe to /topic/session.{sid}"
+        assert b"subscribe again shortly" in refused.body
     chat.scope.cancel()

@@ -1,0 +1,378 @@
+"""One soak run, start to end: private services, two chatd instances, the clients, the
+scheduler, the faults, the samplers; then the settle phase and the data the checks need."""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from bench.chatd_serve import tokens_for
+from bench.targets import cpu_seconds, rss_bytes, self_cpu
+from soak import faults as F
+from soak.client import Client, Intent, Stats
+from soak.cluster import Instance, error_lines, make_instances, redis_supported
+from soak.services import (
+    CuttableProxy,
+    PrivatePostgres,
+    PrivateRabbit,
+    PrivateRedis,
+    service_root,
+)
+from soak.transports import WS, XHR_POLLING, XHR_STREAMING
+
+SAMPLE_EVERY = 10.0
+TAIL = 20.0  # a fault starts only when the load runs this long after its hold
+SETTLE = 90.0  # at most this long, after the last send, for every client to see everything
+
+
+@dataclass
+class Options:
+    minutes: float
+    clients: int
+    rate: float
+    fault_every: float
+    hold: float
+    pause: float
+    warmup: float
+    heartbeat_ms: int
+    rest_share: float
+    sockjs_share: float
+    receipt_every: int
+    redis: str  # auto | on | off
+    workdir: Path
+    seed: int
+
+
+@dataclass
+class Sample:
+    at: float
+    instance: int
+    pid: int
+    rss: int
+    fds: int
+    cpu: float  # CPU seconds of the process so far
+    backlog: int | None  # its chatd_delivery_backlog (what its sends are refused by)
+
+
+@dataclass
+class Outcome:
+    """Everything the checks read."""
+
+    options: Options
+    redis: bool
+    clients: list[Client]
+    stats: Stats
+    faults: list[F.Fault]
+    samples: list[Sample]
+    backlog: list[tuple[float, int]]
+    rows: list[tuple[str, int, str, str]]  # session, seq, message id, client_msg_id
+    instances: list[Instance]
+    errors: list[tuple[str, float, str]]  # instance, unix time, line
+    sending_started: float
+    sending_seconds: float
+    gen_cpu: float  # the generator's CPU seconds over the sending window
+    loop_lag: list[float]
+    unsettled: int
+    notes: list[str] = field(default_factory=list)
+
+
+def say(message: str) -> None:
+    print(f"[soak {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _db(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=3) as conn:
+        cursor = conn.execute(sql.encode(), args)
+        return list(cursor.fetchall()) if cursor.description else []
+
+
+class Run:
+    def __init__(self, options: Options) -> None:
+        self.o = options
+        self.stats = Stats()
+        self.clients: list[Client] = []
+        self.faults: list[F.Fault] = []
+        self.samples: list[Sample] = []
+        self.backlog: list[tuple[float, int]] = []
+        self.loop_lag: list[float] = []
+        self.sending = True
+
+    # -- data helpers -------------------------------------------------------------------------
+
+    async def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]] | None:
+        try:
+            return await trio.to_thread.run_sync(_db, self.db_url, sql, *args)
+        except Exception:  # PostgreSQL down (a fault): no figure this time
+            return None
+
+    async def pending_before(self, when: datetime) -> int | None:
+        rows = await self.query("SELECT count(*) FROM chat_message_outbox WHERE NOT processed "
+                                "AND NOT dead AND created_at <= %s", when)
+        return None if rows is None else int(rows[0][0])
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def execute(self) -> Outcome:
+        o = self.o
+        random.seed(o.seed)
+        o.workdir.mkdir(parents=True, exist_ok=True)
+        root = service_root()
+        try:
+            return self._with_services(root)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def _with_services(self, root: Path) -> Outcome:
+        o = self.o
+        want_redis = o.redis == "on" or (o.redis == "auto" and redis_supported())
+        say("private PostgreSQL, RabbitMQ" + (", Redis" if want_redis else "") +
+            " (this run's own copies)")
+        pg = PrivatePostgres.create(root / "postgres")
+        pg.start()
+        rabbit = PrivateRabbit.create(root / "rabbitmq")
+        redis = PrivateRedis(root / "redis") if want_redis else None
+        try:
+            _db(pg.url, "CREATE DATABASE chatd_soak")
+            self.db_url = pg.url.rsplit("/", 1)[0] + "/chatd_soak"
+            rabbit.start()
+            if redis is not None:
+                redis.start()
+            return trio.run(self._main, pg, rabbit, redis)
+        finally:
+            if redis is not None:
+                redis.stop()
+            rabbit.stop()
+            try:
+                pg.stop()
+            except Exception as exc:  # already stopped by a fault that failed half-way
+                say(f"stopping PostgreSQL: {exc}")
+
+    async def _main(self, pg: PrivatePostgres, rabbit: PrivateRabbit,
+                    redis: PrivateRedis | None) -> Outcome:
+        o = self.o
+        async with trio.open_nursery() as nursery:
+            proxy = CuttableProxy(("127.0.0.1", rabbit.port))
+            await nursery.start(proxy.run)
+            proxied = f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F"
+            instances = make_instances(
+                o.workdir, count=2, database_url=self.db_url,
+                rabbitmq_urls=[rabbit.url, proxied], redis_url=redis.url if redis else None,
+                heartbeat_ms=o.heartbeat_ms)
+            try:
+                outcome = await self._drive(nursery, instances, F.Plant(
+                    instances, pg, rabbit, redis, proxy, cut_instance=1, hold=o.hold,
+                    pause=o.pause))
+            finally:
+                for inst in instances:
+                    await trio.to_thread.run_sync(inst.stop)
+            nursery.cancel_scope.cancel()
+        outcome.errors = [(inst.name, t, line) for inst in instances
+                          for t, line in error_lines(inst.log)]
+        return outcome
+
+    async def _drive(self, nursery: trio.Nursery, instances: list[Instance],
+                     plant: F.Plant) -> Outcome:
+        o = self.o
+        for inst in instances:
+            say(f"starting {inst.name} on port {inst.port}")
+            await trio.to_thread.run_sync(inst.start)
+        pairs = o.clients // 2
+        emails = [f"soak{i}-{side}@example.com" for i in range(pairs) for side in "ab"]
+        ttl = int(o.minutes * 60 + 3600)
+        say(f"minting {len(emails)} tokens")
+        tokens = await trio.to_thread.run_sync(
+            lambda: tokens_for(instances[0].data_dir, emails, ttl))
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=2000)
+        timeout = httpx.Timeout(60.0, connect=10.0)
+        async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
+            self.http = http
+            say(f"opening {pairs} chat sessions")
+            sessions = await self._sessions(http, instances[0], tokens, emails)
+            for i, (email, token) in enumerate(zip(emails, tokens, strict=True)):
+                where = i % len(instances)  # the two users of a pair on different instances
+                inst = instances[where]
+                self.clients.append(Client(
+                    i, email, token, sessions[i // 2], where, "127.0.0.1", inst.port,
+                    self._kind(i), http, self.stats, heartbeat_ms=o.heartbeat_ms,
+                    receipt_every=o.receipt_every))
+            async with trio.open_nursery() as load:
+                for c in self.clients:
+                    load.start_soon(c.run)
+                    await trio.sleep(0.002)  # no thundering herd at start
+                say(f"{len(self.clients)} clients connecting")
+                with trio.move_on_after(180):
+                    while sum(c.connected for c in self.clients) < len(self.clients):  # noqa: ASYNC110 (a count over every client)
+                        await trio.sleep(0.5)
+                connected = sum(c.connected for c in self.clients)
+                say(f"{connected}/{len(self.clients)} connected; chatting at {o.rate:g} msg/s "
+                    f"for {o.minutes:g} min, a fault every {o.fault_every:g} s")
+                load.start_soon(self._sample, instances)
+                load.start_soon(self._lag)
+                started, cpu0 = trio.current_time(), self_cpu()
+                async with trio.open_nursery() as chat:
+                    chat.start_soon(self._schedule)
+                    chat.start_soon(self._faults, plant, started, load)
+                    await trio.sleep(o.minutes * 60)
+                    chat.cancel_scope.cancel()
+                sending = trio.current_time() - started
+                gen_cpu = self_cpu() - cpu0
+                say("sending stopped; waiting for the last acks and deliveries")
+                unsettled = await self._settle()
+                rows = await self.query(
+                    "SELECT session_id::text, seq, id::text, client_msg_id FROM chat_messages")
+                outbox = await self.query(
+                    "SELECT id, session_id::text, seq, event, destination, processed, dead, "
+                    "retry_count, created_at::text, sent_at::text FROM chat_message_outbox "
+                    "ORDER BY id")
+                (o.workdir / "outbox.tsv").write_text("".join(
+                    "\t".join(map(str, r)) + "\n" for r in outbox or []))
+                load.cancel_scope.cancel()
+        return Outcome(o, plant.redis is not None, self.clients, self.stats, self.faults,
+                       self.samples, self.backlog, rows or [], instances, [], started,
+                       sending, gen_cpu, self.loop_lag, unsettled)
+
+    def _kind(self, i: int) -> str:
+        """Every (1/sockjs_share)-th client on SockJS, streaming and polling in turn."""
+        if self.o.sockjs_share <= 0:
+            return WS
+        period = max(1, round(1 / self.o.sockjs_share))
+        if i % period:
+            return WS
+        return XHR_STREAMING if (i // period) % 2 == 0 else XHR_POLLING
+
+    async def _sessions(self, http: httpx.AsyncClient, inst: Instance, tokens: list[str],
+                        emails: list[str]) -> list[str]:
+        out: list[str] = [""] * (len(tokens) // 2)
+        limiter = trio.CapacityLimiter(16)
+
+        async def one(k: int) -> None:
+            async with limiter:
+                answer = await http.post(
+                    f"{inst.base}/api/chat/init", json={"toEmail": emails[2 * k + 1],
+                                                        "intent": "soak"},
+                    headers={"Authorization": f"Bearer {tokens[2 * k]}"})
+                answer.raise_for_status()
+                out[k] = answer.json()["sessionId"]
+
+        async with trio.open_nursery() as nursery:
+            for k in range(len(out)):
+                nursery.start_soon(one, k)
+        return out
+
+    # -- load ---------------------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        """Offer `rate` messages a second over the pairs in turn, each from one side, through
+        REST for `rest_share` of them."""
+        o = self.o
+        pairs = len(self.clients) // 2
+        order = list(range(pairs))
+        random.shuffle(order)
+        start, n = trio.current_time(), 0
+        while True:
+            n += 1
+            at = start + n / o.rate
+            if at > trio.current_time():
+                await trio.sleep_until(at)
+            pair = order[n % pairs]
+            side = (n // pairs) % 2
+            client = self.clients[2 * pair + side]
+            via = "rest" if random.random() < o.rest_share else "stomp"
+            cmid = f"{client.index}-{n}"
+            if not client.offer(Intent(cmid, via, f"soak {cmid}")):
+                self.stats.skipped += 1
+
+    async def _faults(self, plant: F.Plant, started: float, recovery: trio.Nursery) -> None:
+        """Fault after fault in turn; each one's recovery is measured in `recovery` (which
+        outlives the sending window, so the last one is measured too)."""
+        o = self.o
+        names = F.schedule(plant)
+        end = started + o.minutes * 60
+        for n in range(10_000):
+            at = max(started + (n + 1) * o.fault_every, trio.current_time())
+            if at + max(o.hold, o.pause) + TAIL > end:
+                return  # no room to see it recover while the load still runs
+            await trio.sleep_until(at)
+            name = names[n % len(names)]
+            say(f"fault {n + 1}: {name}")
+            fault = await F.inflict(name, n // len(names), plant)
+            self.faults.append(fault)
+            say(f"  {fault.target} back after {fault.restored - fault.started:.1f} s")
+            recovery.start_soon(functools.partial(
+                F.measure_recovery, fault, instances=len(plant.instances),
+                acked_since=self._acked_since, backlog_before=self.pending_before,
+                limit=max(o.fault_every, 60.0)))
+
+    def _acked_since(self, instance: int, since: float) -> bool:
+        return self.stats.last_ack.get(instance, 0.0) > since
+
+    async def _settle(self) -> int:
+        """Wait (bounded) for the last intents to be acknowledged and every client to have
+        seen every stored message of its session; the clients still missing some."""
+        with trio.move_on_after(SETTLE):
+            while any(c.pending for c in self.clients):  # noqa: ASYNC110 (a poll over every client)
+                await trio.sleep(0.5)
+        missing = len(self.clients)
+        with trio.move_on_after(SETTLE):
+            while True:
+                rows = await self.query("SELECT session_id::text, max(seq) FROM chat_messages "
+                                        "GROUP BY session_id")
+                if rows is not None:
+                    top = {s: int(m) for s, m in rows}
+                    missing = sum(c.last_seq < top.get(c.session, 0) or
+                                  len(c.seen) < top.get(c.session, 0) for c in self.clients)
+                    if missing == 0:
+                        return 0
+                await trio.sleep(1)
+        return missing
+
+    # -- samplers -----------------------------------------------------------------------------
+
+    async def _sample(self, instances: list[Instance]) -> None:
+        while True:
+            now = trio.current_time()
+            for i, inst in enumerate(instances):
+                try:
+                    pid = inst.pid
+                    fds, rss = len(os.listdir(f"/proc/{pid}/fd")), rss_bytes(pid)
+                    if rss and fds:  # not a process on its way out
+                        self.samples.append(Sample(now, i, pid, rss, fds, cpu_seconds(pid),
+                                                   await self._gauge(inst)))
+                except (OSError, AssertionError):
+                    pass  # between a kill and its restart
+            pending = await self.query("SELECT count(*) FROM chat_message_outbox "
+                                       "WHERE NOT processed AND NOT dead")
+            if pending is not None:
+                self.backlog.append((now, int(pending[0][0])))
+            await trio.sleep(SAMPLE_EVERY)
+
+    async def _gauge(self, inst: Instance) -> int | None:
+        """The instance's own delivery backlog from /metrics (None when it does not answer)."""
+        try:
+            with trio.move_on_after(2):
+                answer = await self.http.get(f"{inst.base}/metrics")
+                for line in answer.text.splitlines():
+                    if line.startswith("chatd_delivery_backlog "):
+                        return int(float(line.split()[1]))
+        except (httpx.HTTPError, OSError, ValueError):
+            pass
+        return None
+
+    async def _lag(self) -> None:
+        """How late this event loop wakes up: a generator that cannot keep up shows here."""
+        while True:
+            t0 = trio.current_time()
+            await trio.sleep(0.25)
+            self.loop_lag.append(trio.current_time() - t0 - 0.25)
