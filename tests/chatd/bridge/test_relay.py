@@ -116,3 +116,22 @@ async def test_a_message_that_found_no_subscriber_is_taken_when_it_comes_again(
     await receiver.on_messages([first])  # a true duplicate is still dropped...
     await eventually(lambda: receiver.consumed == 3)
     assert receiver.duplicates == 1
+
+
+async def test_a_new_binding_forgets_a_session_topic_mark_set_before_it(
+    pair: tuple[RabbitBridge, RabbitBridge, Peer],
+) -> None:
+    """Found by the soak: rows of an older binding (its unbind not applied yet) set the seq
+    mark while a new SUBSCRIBE waited for its bind; the replay then trusted a mark past rows
+    that were published while no binding existed, and the subscriber never got them."""
+    _, receiver, _ = pair
+    sid = uuid.UUID(int=42)
+    topic = f"/topic/session.{sid}"
+    receiver.delivery.seed(sid, 68)  # what a leftover row did before the bind landed
+    assert await receiver.ensure_bound(topic)
+    receiver.release(topic, subscribed=True)
+    assert receiver.delivery.last_seq(sid) is None  # the replay seeds it from the store
+    receiver.delivery.seed(sid, 70)
+    assert await receiver.ensure_bound(topic)  # already bound: the mark is trusted
+    receiver.release(topic, subscribed=True)
+    assert receiver.delivery.last_seq(sid) == 70
