@@ -52,6 +52,7 @@ from chatd.outbox import OutboxPublisher, OutboxPurger, OutboxSink
 from chatd.outbox.publisher import utc_now
 from chatd.presence import LocalPresence, PresenceService, PresenceState
 from chatd.presence.redis_state import RedisPresence
+from chatd.presence.service import Publish
 from chatd.profiles import (
     CachedProfiles,
     CircuitBreaker,
@@ -61,6 +62,7 @@ from chatd.profiles import (
     SharedProfileCache,
 )
 from chatd.realtime import ChatHooks, LocalDelivery, build_runtime
+from chatd.realtime.handlers import AppHandlers
 from chatd.redis_tier import RedisTier, SharedRateLimiter
 from chatd.services import ChatService, Readiness
 from chatd.services.committer import SendCommitter
@@ -187,27 +189,54 @@ async def build_components(config: Config, store: Store, *,
     except KeyFileError as exc:
         raise key_error(exc, config, service_key=True) from exc
     metrics = Metrics()
+    # Built in dependency order, each part given what it needs. The one cycle: the hooks
+    # publish into the runtime that calls them, so the runtime gets them last.
+    runtime = build_runtime(config)
+    delivery = LocalDelivery(runtime, tracer=tracer)
+    direct = config.rabbitmq is None and config.outbox.direct_delivery
     committer = SendCommitter(store, lease_seconds=config.outbox.lease_seconds,
                               max_queued=config.limits.max_queued_sends,
-                              max_backlog=config.limits.max_delivery_backlog, clock=utc_now)
+                              max_backlog=config.limits.max_delivery_backlog, clock=utc_now,
+                              # one instance: deliver right after the commit
+                              sink=delivery if direct else None, tracer=tracer)
     shared_limiter = None
     if tier is not None and config.redis is not None:
         shared_limiter = SharedRateLimiter(tier, limiter,
                                            lease_block=config.redis.rate_lease_block,
                                            lease_seconds=config.redis.rate_lease_seconds)
     services = ChatService(store, profiles, limiter, limits=config.limits, observer=metrics,
-                           committer=committer, shared_limiter=shared_limiter)
+                           committer=committer, shared_limiter=shared_limiter, tracer=tracer)
     readiness = Readiness()
     readiness.add_store(store)
     # A database migrated by a newer (or older) release than this code must not get traffic.
     readiness.add_check("migrations", store.check_schema)
-    runtime, delivery = build_runtime(services, verifier, config)
-    if config.rabbitmq is None and config.outbox.direct_delivery:
-        committer.sink = delivery  # one instance: deliver right after the commit
+    bridge = None
+    if config.rabbitmq is not None:
+        # within the publisher's budget per round (half a lease), with room to record it
+        confirm_timeout = min(config.rabbitmq.confirm_timeout_seconds,
+                              0.4 * config.outbox.lease_seconds)
+        bridge = RabbitBridge(config.rabbitmq, delivery, confirm_timeout=confirm_timeout,
+                              dedupe_size=config.rabbitmq.dedupe_size,
+                              instance_id=None if tracer is None else tracer.instance_id,
+                              tracer=tracer)
+        bridge.observe_confirm = metrics.bridge_confirm_latency.observe
+        readiness.add_check("bridge", bridge.check)
+    handlers = AppHandlers(services, runtime, tracer=tracer,
+                           relay=None if bridge is None else bridge.relay_ephemeral)
+    presence = build_presence(config, store, tier,
+                              None if bridge is None else bridge.instance_id,
+                              publish=functools.partial(handlers.publish,
+                                                        event=EVENT_PRESENCE))
+    runtime.hooks = ChatHooks(services, verifier, delivery, handlers, binder=bridge,
+                              presence=presence, close_on_expiry=config.auth.close_on_expiry)
+    runtime.on_principal_active = presence.principal_active
+    if bridge is not None:
+        runtime.on_destination_active = bridge.destination_active
     metrics.attach_committer(committer)
     metrics.attach_store(store)
     metrics.attach_runtime(runtime)
     metrics.attach_readiness(readiness)
+    metrics.attach_presence(presence)
     if isinstance(profiles, CachedProfiles):
         metrics.attach_profiles(profiles, profiles.breaker)
     if tier is not None:
@@ -218,54 +247,25 @@ async def build_components(config: Config, store: Store, *,
         metrics.attach_redis(tier)
     if shared_limiter is not None:
         metrics.attach_shared_limits(shared_limiter)
-    bridge = None
-    if config.rabbitmq is not None:
-        # within the publisher's budget per round (half a lease), with room to record it
-        confirm_timeout = min(config.rabbitmq.confirm_timeout_seconds,
-                              0.4 * config.outbox.lease_seconds)
-        bridge = RabbitBridge(config.rabbitmq, delivery, confirm_timeout=confirm_timeout,
-                              dedupe_size=config.rabbitmq.dedupe_size,
-                              instance_id=None if tracer is None else tracer.instance_id)
-        runtime.on_destination_active = bridge.destination_active
-        assert isinstance(runtime.hooks, ChatHooks)
-        runtime.hooks.binder = bridge
-        runtime.hooks.handlers.relay = bridge.relay_ephemeral
-        readiness.add_check("bridge", bridge.check)
-        bridge.observe_confirm = metrics.bridge_confirm_latency.observe
+    if bridge is not None:
         metrics.attach_bridge(bridge)
-    if tracer is not None:
-        assert isinstance(runtime.hooks, ChatHooks)
-        services.tracer = committer.tracer = delivery.tracer = tracer
-        runtime.hooks.handlers.tracer = tracer
-        if bridge is not None:
-            bridge.tracer = tracer
-    presence = build_presence(config, store, runtime, tier,
-                              bridge.instance_id if bridge is not None else None)
-    metrics.attach_presence(presence)
     return Components(
         config, store, profiles, verifier, limiter, services, readiness, runtime, delivery,
         committer, presence, metrics, bridge, tier, tracer,
     )
 
 
-def build_presence(config: Config, store: Store, runtime: BrokerRuntime,
-                   tier: RedisTier | None = None,
-                   instance_id: str | None = None) -> PresenceService:
-    """Presence tracking on `runtime`'s sessions, shared through Redis when the tier is on;
-    its updates go out like typing notices (here, and relayed to the other instances when the
-    bridge is wired into the handlers)."""
+def build_presence(config: Config, store: Store, tier: RedisTier | None = None,
+                   instance_id: str | None = None, *,
+                   publish: Publish | None = None) -> PresenceService:
+    """Presence tracking, shared through Redis when the tier is on; its updates go out
+    through `publish` (like typing notices: here, and relayed to the other instances)."""
     p = config.presence
     state: PresenceState = LocalPresence()
     if tier is not None:
         state = RedisPresence(tier, instance_id or uuid.uuid4().hex, ttl=p.ttl_seconds)
-    presence = PresenceService(store, state, enabled=p.enabled, grace=p.grace_seconds,
-                               ttl=p.ttl_seconds, max_peers=p.max_peers)
-    hooks = runtime.hooks
-    assert isinstance(hooks, ChatHooks)
-    hooks.presence = presence
-    presence.publish = lambda key, body: hooks.handlers.publish(key, body, EVENT_PRESENCE)
-    runtime.on_principal_active = presence.principal_active
-    return presence
+    return PresenceService(store, state, enabled=p.enabled, grace=p.grace_seconds,
+                           ttl=p.ttl_seconds, max_peers=p.max_peers, publish=publish)
 
 
 def presence_part(components: Components) -> Part:
@@ -363,8 +363,8 @@ def outbox_part(components: Components, sink: OutboxSink) -> Part:
     committer = components.committer
     largest = max(committer.max_batch, components.config.limits.max_batch)
     publisher = OutboxPublisher(components.store, sink, components.config.outbox,
-                                min_claim=ROWS_PER_MESSAGE * largest)
-    publisher.tracer = components.tracer
+                                min_claim=ROWS_PER_MESSAGE * largest,
+                                tracer=components.tracer)
     publisher.on_published = components.metrics.outbox_published
     components.committer.on_published = components.metrics.outbox_published
     components.metrics.attach_publisher(publisher, components.committer)

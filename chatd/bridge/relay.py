@@ -73,7 +73,7 @@ class RabbitBridge:
 
     def __init__(self, config: RabbitMQConfig, delivery: LocalDelivery, *,
                  instance_id: str | None = None, confirm_timeout: float | None = None,
-                 dedupe_size: int = DEFAULT_DEDUPE_SIZE) -> None:
+                 dedupe_size: int = DEFAULT_DEDUPE_SIZE, tracer: Tracer | None = None) -> None:
         """`confirm_timeout` (default `config.confirm_timeout_seconds`) must end before the
         outbox publisher's own budget per round, or a late confirm is charged as a failure."""
         self.config = config
@@ -94,7 +94,7 @@ class RabbitBridge:
         #: Set when tracing is on: a traced row's message gets a producer span (publish to
         #: confirm) whose traceparent travels in its AMQP headers; a consumed one a consumer
         #: span, parent of its local delivery.
-        self.tracer: Tracer | None = None
+        self.tracer = tracer
         self._link: AmqpLink | None = None
         self._active: set[str] = set()  # destination keys with local subscribers (or arriving)
         self._subscribed: set[str] = set()  # ...with local subscribers, as the broker says

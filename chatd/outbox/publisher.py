@@ -123,6 +123,7 @@ class OutboxPublisher:
         clock: Clock = utc_now,
         random: Random = _random.random,
         min_claim: int = 0,
+        tracer: tracing.Tracer | None = None,
     ) -> None:
         self._store = store
         self._claim = max(config.batch_size, min_claim)
@@ -150,7 +151,7 @@ class OutboxPublisher:
         self.on_published: Callable[[list[float]], None] | None = None
         #: Set when tracing is on: each message of a round gets an ``outbox publish`` span in
         #: its trace (from the row's trace context), parent of the sink's spans.
-        self.tracer: tracing.Tracer | None = None
+        self.tracer = tracer
         #: When set, told the rows pending in the whole store (every instance's) at most every
         #: PENDING_REFRESH s: with several instances the publishers take each other's rows, so
         #: only the store knows how far delivery is behind (the send committer's backlog).

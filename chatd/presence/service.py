@@ -63,7 +63,7 @@ class PresenceService:
     def __init__(self, store: Store, state: PresenceState | None = None, *, enabled: bool = True,
                  grace: float = DEFAULT_GRACE_SECONDS, ttl: float = DEFAULT_TTL_SECONDS,
                  max_peers: int = DEFAULT_MAX_PEERS, max_query: int = DEFAULT_MAX_QUERY,
-                 clock: Clock = utc_now) -> None:
+                 clock: Clock = utc_now, publish: Publish | None = None) -> None:
         self.store = store
         self.state: PresenceState = state if state is not None else LocalPresence()
         self.enabled = enabled
@@ -74,7 +74,7 @@ class PresenceService:
         self.max_query = max_query
         self.clock = clock
         self.tracker = GraceTracker(grace)
-        self.publish: Publish | None = None
+        self.publish = publish
         #: Updates published, and steps that failed (metrics, tests).
         self.announced = 0
         self.failures = 0

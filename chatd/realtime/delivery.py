@@ -40,12 +40,13 @@ class LocalDelivery:
     """Publishes outbox rows to this process's broker runtime; tracks per-session seq marks."""
 
     def __init__(self, runtime: BrokerRuntime, *,
-                 max_tracked_sessions: int = DEFAULT_MAX_TRACKED_SESSIONS) -> None:
+                 max_tracked_sessions: int = DEFAULT_MAX_TRACKED_SESSIONS,
+                 tracer: Tracer | None = None) -> None:
         self.runtime = runtime
         self.max_tracked_sessions = max_tracked_sessions
         self._last: dict[uuid.UUID, int] = {}
-        #: Set when tracing is on: a row with a trace context gets a ``deliver`` span.
-        self.tracer: Tracer | None = None
+        #: When tracing is on: a row with a trace context gets a ``deliver`` span.
+        self.tracer = tracer
 
     async def publish(self, rows: Sequence[OutboxRow]) -> None:
         """Deliver `rows`, in order, to the local subscribers of their destinations.

@@ -60,13 +60,14 @@ class AppHandlers:
     """The `/app` destinations of one runtime; `handle` is what `on_app_send` calls."""
 
     def __init__(self, services: ChatService, runtime: BrokerRuntime, *,
-                 timeout: float = DEFAULT_HANDLER_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_HANDLER_TIMEOUT, relay: Relay | None = None,
+                 tracer: Tracer | None = None) -> None:
         self.services = services
         self.runtime = runtime
         self.timeout = timeout
-        self.relay: Relay | None = None
-        #: Set when tracing is on (see the module docstring).
-        self.tracer: Tracer | None = None
+        self.relay = relay
+        #: When tracing is on (see the module docstring).
+        self.tracer = tracer
         self.routes: dict[str, Handler] = {
             "/app/chat.send": self.chat_send,
             "/app/chat.send-batch": self.chat_send_batch,

@@ -76,20 +76,21 @@ class Binder(Protocol):
 
 
 class ChatHooks:
-    """`stomp.trio.Hooks` for chatd; `runtime` is set by `build_runtime` (the two refer to
-    each other)."""
+    """`stomp.trio.Hooks` for chatd. Built after the runtime it publishes into (through
+    `delivery` and `handlers`), then given to it: the one cycle of the wiring."""
 
     def __init__(self, services: ChatService, verifier: TokenVerifier, delivery: LocalDelivery,
                  handlers: AppHandlers, *, max_replay: int = DEFAULT_MAX_REPLAY,
-                 close_on_expiry: bool = True) -> None:
+                 close_on_expiry: bool = True, binder: Binder | None = None,
+                 presence: PresenceService | None = None) -> None:
         self.services = services
         self.verifier = verifier
         self.close_on_expiry = close_on_expiry
         self.delivery = delivery
         self.handlers = handlers
         self.max_replay = max_replay
-        self.binder: Binder | None = None
-        self.presence: PresenceService | None = None
+        self.binder = binder
+        self.presence = presence
         # (session, subscription id, bodies): the snapshot `subscribed` writes next; set after
         # the hook's last await, so nothing else can run before `subscribed` takes it.
         self._snapshot: tuple[SessionId, str, list[bytes]] | None = None
@@ -223,12 +224,9 @@ def _require(principal: Principal | None) -> str:
     return principal
 
 
-def build_runtime(
-    services: ChatService, verifier: TokenVerifier, config: Config, *,
-    max_replay: int = DEFAULT_MAX_REPLAY,
-) -> tuple[BrokerRuntime, LocalDelivery]:
-    """The broker runtime with chatd's hooks and `[limits]`/`[server]` STOMP settings, and
-    the `LocalDelivery` the outbox publisher feeds it through."""
+def build_runtime(config: Config) -> BrokerRuntime:
+    """The broker runtime with `[limits]`/`[server]` STOMP settings. Its `ChatHooks` come
+    once built (they publish into this runtime), see `chatd.supervisor.build_components`."""
     limits = config.limits
     broker = Broker(limits=Limits(max_subscriptions=limits.stomp_max_subscriptions),
                     server_name=f"chatd/{version()}")
@@ -236,7 +234,7 @@ def build_runtime(
     # a text REST accepts is accepted over STOMP too, however its JSON escapes it.
     frame_size = max(limits.stomp_max_frame_size,
                      max_body_size(limits.max_content_length) + FRAME_HEAD_ROOM)
-    runtime = BrokerRuntime(
+    return BrokerRuntime(
         broker,
         heartbeat=(config.server.heartbeat_send_ms, config.server.heartbeat_receive_ms),
         max_pending_frames=limits.stomp_max_pending_frames,
@@ -244,7 +242,3 @@ def build_runtime(
         max_body_size=frame_size,
         max_header_count=limits.stomp_max_headers,
     )
-    delivery = LocalDelivery(runtime)
-    runtime.hooks = ChatHooks(services, verifier, delivery, AppHandlers(services, runtime),
-                              max_replay=max_replay, close_on_expiry=config.auth.close_on_expiry)
-    return runtime, delivery

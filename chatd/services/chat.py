@@ -116,6 +116,7 @@ class ChatService:
         observer: SendObserver | None = None,
         committer: SendCommitter | None = None,
         shared_limiter: SharedRateLimiter | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         """With a `committer`, sends are stored in its batches (and delivered right after);
         without, each in a transaction of its own. With a `shared_limiter` (the Redis tier,
@@ -128,9 +129,9 @@ class ChatService:
         self.limiter = limiter or SendRateLimiter.from_limits(self.limits)
         self.shared_limiter = shared_limiter
         self.clock = clock
-        #: Set when tracing is on: a send keeps the current span (its REST request or STOMP
+        #: When tracing is on: a send keeps the current span (its REST request or STOMP
         #: frame) as its trace context, which its commit and deliveries continue.
-        self.tracer: Tracer | None = None
+        self.tracer = tracer
         # A session never changes once created (participants, intent), so a found one can be
         # kept: every send and read checks participation, and this saves a store hop each time.
         self._sessions: Lru[uuid.UUID, ChatSession] = Lru(SESSION_CACHE_SIZE)

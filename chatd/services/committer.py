@@ -124,7 +124,8 @@ class SendCommitter:
     def __init__(self, store: Store, *, sink: OutboxSink | None = None,
                  lease_seconds: float = 30.0, max_batch: int = DEFAULT_MAX_BATCH,
                  max_queued: int = DEFAULT_MAX_QUEUED,
-                 max_backlog: int = DEFAULT_MAX_BACKLOG, clock: Clock) -> None:
+                 max_backlog: int = DEFAULT_MAX_BACKLOG, clock: Clock,
+                 tracer: tracing.Tracer | None = None) -> None:
         self._store = store
         #: Where rows go right after the commit (None: leave them to the outbox publisher).
         self.sink = sink
@@ -152,9 +153,9 @@ class SendCommitter:
         #: Called after delivered rows were marked sent (the publisher may claim what waited
         #: behind them: receipts of the same sessions).
         self.on_marked: Callable[[], None] | None = None
-        #: Set when tracing is on: each send's trace gets a span of its batch's commit (the
+        #: When tracing is on: each send's trace gets a span of its batch's commit (the
         #: batch's others linked) and, with a sink, of the publish round after it.
-        self.tracer: tracing.Tracer | None = None
+        self.tracer = tracer
 
     def stop(self) -> None:
         """Let `run` store what is queued, mark what it delivered, and return; sends from now

@@ -17,7 +17,8 @@ from chatd.auth.tokens import TokenVerifier, mint_token
 from chatd.config import Config, LimitsConfig
 from chatd.domain.models import OutboxRow
 from chatd.profiles import LocalProfileProvider
-from chatd.realtime import LocalDelivery, build_runtime
+from chatd.realtime import ChatHooks, LocalDelivery, build_runtime
+from chatd.realtime.handlers import AppHandlers
 from chatd.services import ChatService
 from chatd.storage import Store, open_store
 from stomp import Frame
@@ -62,7 +63,10 @@ async def stack(nursery: trio.Nursery, tmp_path: Path,
         limits = LimitsConfig(send_burst=10_000, sends_per_second=10_000)
         services = ChatService(store, LocalProfileProvider(), limits=limits)
         verifier = TokenVerifier(key_pair[1].read_bytes())
-        runtime, delivery = build_runtime(services, verifier, Config(limits=limits), max_replay=5)
+        runtime = build_runtime(Config(limits=limits))
+        delivery = LocalDelivery(runtime)
+        runtime.hooks = ChatHooks(services, verifier, delivery, AppHandlers(services, runtime),
+                                  max_replay=5)
         address = await nursery.start(serve_tcp, runtime, "127.0.0.1", 0)
         yield Stack(store, services, runtime, delivery, address, key_pair[0])
         nursery.cancel_scope.cancel()
