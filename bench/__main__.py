@@ -66,23 +66,39 @@ def say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def scenario(name: str, target: Target, transport: str, plan: Plan,
-             ) -> Callable[[], Awaitable[Result]]:
+def scenario(
+    name: str,
+    target: Target,
+    transport: str,
+    plan: Plan,
+) -> Callable[[], Awaitable[Result]]:
     """The coroutine function running `name` against `target` over `transport`."""
     q = plan.scaled
     b100 = {"topics": 100, "per_topic": 8, "per_conn": 4, "publishers": 4}
     if name == "fanout":
-        return functools.partial(broker.fanout, target, transport, warmup=q(1.0, 0.5),
-                                 window=q(5.0, 2.0))
+        return functools.partial(
+            broker.fanout, target, transport, warmup=q(1.0, 0.5), window=q(5.0, 2.0)
+        )
     if name == "topics":
-        return functools.partial(broker.paced, target, transport, rate=5000.0,
-                                 duration=q(6.0, 2.0), **b100)
+        return functools.partial(
+            broker.paced, target, transport, rate=5000.0, duration=q(6.0, 2.0), **b100
+        )
     if name == "overload":
-        return functools.partial(broker.ramp, target, transport, step=q(2.5, 1.0),
-                                 factor=q(1.4, 2.0), say=say, **b100)
+        return functools.partial(
+            broker.ramp, target, transport, step=q(2.5, 1.0), factor=q(1.4, 2.0), say=say, **b100
+        )
     if name == "latency":
-        return functools.partial(broker.paced, target, transport, topics=1, per_topic=8,
-                                 per_conn=1, publishers=1, rate=1000.0, duration=q(8.0, 2.0))
+        return functools.partial(
+            broker.paced,
+            target,
+            transport,
+            topics=1,
+            per_topic=8,
+            per_conn=1,
+            publishers=1,
+            rate=1000.0,
+            duration=q(8.0, 2.0),
+        )
     if name == "pingpong":
         return functools.partial(broker.ping_pong, target, transport, window=q(5.0, 2.0))
     if name == "idle":
@@ -92,13 +108,22 @@ def scenario(name: str, target: Target, transport: str, plan: Plan,
 
 
 def summary(name: str, r: Result) -> str:
-    keys = {"fanout": ["delivered_per_s"],
-            "topics": ["sent_per_s", "delivered_per_s", "p50_ms", "p99_ms", "missing", "gaps",
-                       "reordered"],
-            "overload": ["max_clean_deliveries_per_s", "max_clean_msg_per_s"],
-            "latency": ["p50_ms", "p99_ms", "missing", "gaps", "reordered"],
-            "pingpong": ["round_trips_per_s", "p99_ms"],
-            "idle": ["connections", "kb_per_connection", "failures"]}[name]
+    keys = {
+        "fanout": ["delivered_per_s"],
+        "topics": [
+            "sent_per_s",
+            "delivered_per_s",
+            "p50_ms",
+            "p99_ms",
+            "missing",
+            "gaps",
+            "reordered",
+        ],
+        "overload": ["max_clean_deliveries_per_s", "max_clean_msg_per_s"],
+        "latency": ["p50_ms", "p99_ms", "missing", "gaps", "reordered"],
+        "pingpong": ["round_trips_per_s", "p99_ms"],
+        "idle": ["connections", "kb_per_connection", "failures"],
+    }[name]
     keys += ["gen_cpu_pct", "broker_cpu_pct", "other_cpu_pct"]
     return " ".join(f"{k}={r[k]}" for k in keys if k in r)
 
@@ -108,8 +133,9 @@ def _other(r: Result) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
-def run_one(name: str, target_name: str, transport: str, plan: Plan, rabbit: Target | None,
-            out: Path) -> Result:
+def run_one(
+    name: str, target_name: str, transport: str, plan: Plan, rabbit: Target | None, out: Path
+) -> Result:
     """One scenario run; a fresh chatd broker for each."""
     try:
         if target_name == "chatd":
@@ -147,51 +173,79 @@ def run_broker(names: list[str], plan: Plan, rabbit: Target | None, out: Path) -
 
 def generator_check(results: Result, limit: float = 85.0) -> str:
     """Which runs had the generator near a full core (so it may have been the bottleneck)."""
-    busy = [f"{name}/{target}/{transport} ({r['gen_cpu_pct']}%)"
-            for name, by_target in results.items() for target, by_transport in by_target.items()
-            for transport, r in by_transport.items()
-            if isinstance(r.get("gen_cpu_pct"), float) and r["gen_cpu_pct"] >= limit]
-    noisy = [f"{name}/{target}/{transport} ({_other(r)}%)"
-             for name, by_target in results.items() for target, by_transport in by_target.items()
-             for transport, r in by_transport.items() if _other(r) >= NOISY]
-    text = (f"generator below {limit:g}% of its core in every run: never the bottleneck"
-            if not busy else f"generator at >= {limit:g}% of its core (may have limited the "
-            "result): " + ", ".join(busy))
+    busy = [
+        f"{name}/{target}/{transport} ({r['gen_cpu_pct']}%)"
+        for name, by_target in results.items()
+        for target, by_transport in by_target.items()
+        for transport, r in by_transport.items()
+        if isinstance(r.get("gen_cpu_pct"), float) and r["gen_cpu_pct"] >= limit
+    ]
+    noisy = [
+        f"{name}/{target}/{transport} ({_other(r)}%)"
+        for name, by_target in results.items()
+        for target, by_transport in by_target.items()
+        for transport, r in by_transport.items()
+        if _other(r) >= NOISY
+    ]
+    text = (
+        f"generator below {limit:g}% of its core in every run: never the bottleneck"
+        if not busy
+        else f"generator at >= {limit:g}% of its core (may have limited the "
+        "result): " + ", ".join(busy)
+    )
     if noisy:
-        text += (f"; still disturbed by other processes (>= {NOISY:g}% of a core) after a "
-                 "second attempt: " + ", ".join(noisy))
+        text += (
+            f"; still disturbed by other processes (>= {NOISY:g}% of a core) after a "
+            "second attempt: " + ", ".join(noisy)
+        )
     return text
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds per scenario")
-    parser.add_argument("--only", action="append", choices=ALL, metavar="NAME",
-                        help=f"run only these ({', '.join(ALL)}); repeatable")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=ALL,
+        metavar="NAME",
+        help=f"run only these ({', '.join(ALL)}); repeatable",
+    )
     parser.add_argument("--no-rabbitmq", action="store_true", help="skip RabbitMQ")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
-    parser.add_argument("--redis", metavar="URL",
-                        help="run chatd with the Redis tier at URL (shared profiles and rate "
-                             "limits), e.g. redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="run chatd with the Redis tier at URL (shared profiles and rate "
+        "limits), e.g. redis://127.0.0.1:6379/0",
+    )
     args = parser.parse_args(argv)
     if args.redis:
         os.environ[BENCH_REDIS_URL] = args.redis
     names = args.only or ALL
     plan = Plan(args.quick)
     started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    notes = [f"{os.cpu_count()} cores; load average at start "
-             f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"]
+    notes = [
+        f"{os.cpu_count()} cores; load average at start "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    ]
     if pin_self():
-        notes.append("chatd (broker, and chatd serve) pinned to core 0 with taskset; "
-                     "load generator pinned to core 1")
+        notes.append(
+            "chatd (broker, and chatd serve) pinned to core 0 with taskset; "
+            "load generator pinned to core 1"
+        )
     else:
         notes.append("single core: nothing pinned")
     notes.append(f"open-file limit of the generator: {raise_fd_limit()}")
     notes.append(f"Redis tier: {'on, ' + args.redis if args.redis else 'off'}")
-    notes.append("CPU figures: % of one core over the measured window; 'other' = every other "
-                 "process on the machine meanwhile (neighbours competing for the cores)")
-    report_data: Result = {"meta": {"mode": "quick" if args.quick else "full",
-                                    "started": started}, "notes": notes}
+    notes.append(
+        "CPU figures: % of one core over the measured window; 'other' = every other "
+        "process on the machine meanwhile (neighbours competing for the cores)"
+    )
+    report_data: Result = {
+        "meta": {"mode": "quick" if args.quick else "full", "started": started},
+        "notes": notes,
+    }
     out: Path = args.out
     t0 = time.monotonic()
 
@@ -205,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"RabbitMQ skipped: {why}")
             else:
                 notes.extend(rabbit.notes)
-                notes.append(f"RabbitMQ idle connections capped at {RABBITMQ_IDLE} (its "
-                             "open-file limit is 1024); its RSS is the beam.smp process's")
+                notes.append(
+                    f"RabbitMQ idle connections capped at {RABBITMQ_IDLE} (its "
+                    "open-file limit is 1024); its RSS is the beam.smp process's"
+                )
         notes.extend(LAYOUT)
         report_data["broker"] = run_broker(broker_names, plan, rabbit, out)
         notes.append(generator_check(report_data["broker"]))
@@ -217,8 +273,12 @@ def main(argv: list[str] | None = None) -> int:
         say("send benchmark (issue 3)")
         try:
             report_data["send"] = send_benchmark(
-                out / "send", clients=int(plan.scaled(32, 16)), seconds=plan.scaled(10, 3),
-                warmup=plan.scaled(2, 1), say=say)
+                out / "send",
+                clients=int(plan.scaled(32, 16)),
+                seconds=plan.scaled(10, 3),
+                warmup=plan.scaled(2, 1),
+                say=say,
+            )
         except Exception as exc:
             traceback.print_exc()
             report_data["send"] = {"error": repr(exc)[:300]}
@@ -229,8 +289,12 @@ def main(argv: list[str] | None = None) -> int:
         say("end-to-end benchmark (issue 4): REST send -> both participants' WebSockets")
         try:
             report_data["e2e"] = e2e_benchmark(
-                out / "e2e", pairs=50, rates=[100.0, 200.0, 300.0, 500.0, 1000.0],
-                seconds=plan.scaled(10, 3), say=say)
+                out / "e2e",
+                pairs=50,
+                rates=[100.0, 200.0, 300.0, 500.0, 1000.0],
+                seconds=plan.scaled(10, 3),
+                say=say,
+            )
         except Exception as exc:
             traceback.print_exc()
             report_data["e2e"] = {"error": repr(exc)[:300]}
@@ -241,8 +305,13 @@ def main(argv: list[str] | None = None) -> int:
         say("end-to-end benchmark (issue 11): STOMP /app/chat.send -> both participants")
         try:
             report_data["e2e-stomp"] = e2e_benchmark(
-                out / "e2e-stomp", pairs=50, rates=[300.0, 500.0, 1000.0, 2000.0],
-                seconds=plan.scaled(10, 3), via="stomp", say=say)
+                out / "e2e-stomp",
+                pairs=50,
+                rates=[300.0, 500.0, 1000.0, 2000.0],
+                seconds=plan.scaled(10, 3),
+                via="stomp",
+                say=say,
+            )
         except Exception as exc:
             traceback.print_exc()
             report_data["e2e-stomp"] = {"error": repr(exc)[:300]}
@@ -257,9 +326,15 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 with fresh_vhost() as url:
                     runs[str(count)] = e2e_benchmark(
-                        out / f"workers-{count}", pairs=50, rates=[1000.0, 2000.0],
-                        seconds=plan.scaled(10, 3), rabbitmq_url=url, via="stomp",
-                        workers=count, say=say)
+                        out / f"workers-{count}",
+                        pairs=50,
+                        rates=[1000.0, 2000.0],
+                        seconds=plan.scaled(10, 3),
+                        rabbitmq_url=url,
+                        via="stomp",
+                        workers=count,
+                        say=say,
+                    )
             except Exception as exc:
                 traceback.print_exc()
                 runs[str(count)] = {"error": repr(exc)[:300]}
@@ -271,14 +346,22 @@ def main(argv: list[str] | None = None) -> int:
 
         say("several instances (issue 5): one chatd vs two relaying through RabbitMQ, 500 msg/s")
         runs: Result = {}
-        for label, count, relay in (("1", 1, False), ("1+rabbitmq", 1, True),
-                                    ("2+rabbitmq", 2, True)):
+        for label, count, relay in (
+            ("1", 1, False),
+            ("1+rabbitmq", 1, True),
+            ("2+rabbitmq", 2, True),
+        ):
             try:
                 with fresh_vhost() as url:
                     runs[label] = e2e_benchmark(
-                        out / f"instances-{label}", pairs=50, rates=[500.0],
-                        seconds=plan.scaled(10, 3), instances=count,
-                        rabbitmq_url=url if relay else None, say=say)
+                        out / f"instances-{label}",
+                        pairs=50,
+                        rates=[500.0],
+                        seconds=plan.scaled(10, 3),
+                        instances=count,
+                        rabbitmq_url=url if relay else None,
+                        say=say,
+                    )
             except Exception as exc:
                 traceback.print_exc()
                 runs[label] = {"error": repr(exc)[:300]}
@@ -290,14 +373,20 @@ def main(argv: list[str] | None = None) -> int:
         say("batch send (issue 17): POST /api/chat/messages, batches of 1, 10 and 100")
         try:
             report_data["batch"] = batch_benchmark(
-                out / "batch", clients=8, seconds=plan.scaled(8, 3), warmup=plan.scaled(2, 1),
-                say=say)
+                out / "batch",
+                clients=8,
+                seconds=plan.scaled(8, 3),
+                warmup=plan.scaled(2, 1),
+                say=say,
+            )
         except Exception as exc:
             traceback.print_exc()
             report_data["batch"] = {"error": repr(exc)[:300]}
 
-    notes.append(f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
-                 f"total {time.monotonic() - t0:.0f} s")
+    notes.append(
+        f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+        f"total {time.monotonic() - t0:.0f} s"
+    )
     path = report.write(report_data, out)
     say(f"written to {path} and {path.with_suffix('.json')}")
     # The table is the last thing printed, so a terminal (or a CI log) ends on the results.

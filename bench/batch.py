@@ -75,8 +75,9 @@ async def _sender(http: HttpClient, session: str, size: int, counts: list[Counts
             now.stored += sum(1 for r in json.loads(answer)["results"] if r["status"] == 201)
 
 
-async def _run(deployment: Deployment, clients: int, seconds: float, warmup: float,
-               say: Any) -> list[Result]:
+async def _run(
+    deployment: Deployment, clients: int, seconds: float, warmup: float, say: Any
+) -> list[Result]:
     server = deployment.instances[0]
     emails = [f"batch{i}-{side}@example.com" for i in range(clients) for side in "ab"]
     tokens = tokens_for(deployment.data_dir, emails)
@@ -87,7 +88,8 @@ async def _run(deployment: Deployment, clients: int, seconds: float, warmup: flo
     async with trio.open_nursery() as nursery:
         for i, token in enumerate(tokens[1::2]):
             conn, splitter = await stomp_connect(
-                Endpoint(server.host, server.port, "/ws", passcode=token))
+                Endpoint(server.host, server.port, "/ws", passcode=token)
+            )
             await subscribe(conn, splitter, [("t", f"/topic/session.{sessions[i]}")])
             nursery.start_soon(_receive, conn, splitter, counts)
         https = [await HttpClient.open(server.host, server.port, t) for t in senders]
@@ -106,7 +108,8 @@ async def _run(deployment: Deployment, clients: int, seconds: float, warmup: flo
                 server_cpu = cpu_seconds(server.pid) - s0
                 load.cancel_scope.cancel()
             r: Result = {
-                "batch": size, "clients": clients,
+                "batch": size,
+                "clients": clients,
                 "requests_per_s": round(window.requests / wall),
                 "stored_per_s": round(window.stored / wall),
                 "delivered_per_s": round(window.delivered / wall),
@@ -114,8 +117,10 @@ async def _run(deployment: Deployment, clients: int, seconds: float, warmup: flo
                 "statuses": {str(k): v for k, v in window.statuses.items()},
                 "server_cpu_pct": round(100 * server_cpu / wall, 1),
                 "gen_cpu_pct": round(100 * (self_cpu() - g0) / wall, 1),
-                "server_cpu_us_per_msg": (round(1e6 * server_cpu / window.stored)
-                                          if window.stored else None)}
+                "server_cpu_us_per_msg": (
+                    round(1e6 * server_cpu / window.stored) if window.stored else None
+                ),
+            }
             say("  -> " + " ".join(f"{k}={v}" for k, v in r.items()))
             results.append(r)
             # The connections were cancelled mid-request: open fresh ones for the next size.
@@ -129,11 +134,14 @@ async def _run(deployment: Deployment, clients: int, seconds: float, warmup: flo
     return results
 
 
-def batch_benchmark(workdir: Path, *, clients: int, seconds: float, warmup: float,
-                    say: Any = print) -> Result:
+def batch_benchmark(
+    workdir: Path, *, clients: int, seconds: float, warmup: float, say: Any = print
+) -> Result:
     """The batch scenario on a database created for it and dropped afterwards."""
     with chatd_deployment(workdir, env=ENV, say=say) as deployment:
-        say(f"  {clients} senders, batches of {', '.join(map(str, SIZES))}, "
-            f"{seconds:g} s each after {warmup:g} s warm-up")
+        say(
+            f"  {clients} senders, batches of {', '.join(map(str, SIZES))}, "
+            f"{seconds:g} s each after {warmup:g} s warm-up"
+        )
         runs = trio.run(_run, deployment, clients, seconds, warmup, say)
     return {"runs": runs}

@@ -51,9 +51,12 @@ class Meter:
         wall = time.monotonic() - self.t0
         gen, broker = self_cpu() - self.g0, cpu_seconds(self.pid) - self.b0
         other = max(0.0, system_busy() - self.s0 - gen - broker)
-        return {"seconds": round(wall, 2), "gen_cpu_pct": round(100 * gen / wall, 1),
-                "broker_cpu_pct": round(100 * broker / wall, 1),
-                "other_cpu_pct": round(100 * other / wall, 1)}
+        return {
+            "seconds": round(wall, 2),
+            "gen_cpu_pct": round(100 * gen / wall, 1),
+            "broker_cpu_pct": round(100 * broker / wall, 1),
+            "other_cpu_pct": round(100 * other / wall, 1),
+        }
 
 
 def percentiles(values_ns: list[int]) -> Result:
@@ -69,9 +72,11 @@ def percentiles(values_ns: list[int]) -> Result:
     return {"p50_ms": pick(0.50), "p99_ms": pick(0.99), "max_ms": round(values_ns[-1] / 1e6, 3)}
 
 
-async def open_many(ep: Endpoint, count: int,
-                    setup: Callable[[int, Conn, FrameSplitter], Awaitable[None]],
-                    ) -> list[tuple[Conn, FrameSplitter]]:
+async def open_many(
+    ep: Endpoint,
+    count: int,
+    setup: Callable[[int, Conn, FrameSplitter], Awaitable[None]],
+) -> list[tuple[Conn, FrameSplitter]]:
     """`count` CONNECTed connections, each passed through `setup(index, conn, splitter)`."""
     opened: list[tuple[Conn, FrameSplitter] | None] = [None] * count
     limiter = trio.CapacityLimiter(CONNECT_CONCURRENCY)
@@ -104,6 +109,7 @@ def _prefix(label: str) -> str:
 
 # -- a. fan-out ------------------------------------------------------------------------------
 
+
 @dataclass
 class _Flow:
     delivered: int = 0
@@ -113,16 +119,22 @@ class _Flow:
     wake: trio.Event = field(default_factory=trio.Event)
 
 
-async def fanout(target: Target, transport: str, *, subscribers: int = 100,
-                 warmup: float = 1.0, window: float = 5.0, batch: int = 50,
-                 in_flight: int = 1000) -> Result:
+async def fanout(
+    target: Target,
+    transport: str,
+    *,
+    subscribers: int = 100,
+    warmup: float = 1.0,
+    window: float = 5.0,
+    batch: int = 50,
+    in_flight: int = 1000,
+) -> Result:
     """1 topic x `subscribers`: one publisher pipelines SENDs (at most `in_flight` messages
     ahead of the subscribers); deliveries counted over `window` seconds after `warmup`."""
     ep = target.endpoint(transport)
     dest = _prefix("fan")
     flow = _Flow()
-    subs = await open_many(ep, subscribers,
-                           lambda i, c, s: subscribe_all(c, s, [("0", dest)]))
+    subs = await open_many(ep, subscribers, lambda i, c, s: subscribe_all(c, s, [("0", dest)]))
     pub, _ = await connect(ep)
     payload = b"".join(send_frame(send_prefix(dest), b"fan-out %06d" % i) for i in range(batch))
 
@@ -163,11 +175,16 @@ async def fanout(target: Target, transport: str, *, subscribers: int = 100,
     finally:
         await close_all([*subs, (pub, FrameSplitter())])
     rate = delivered / measured["seconds"]
-    return {"delivered_per_s": round(rate), "errors": flow.errors, "closed": flow.closed,
-            **measured}
+    return {
+        "delivered_per_s": round(rate),
+        "errors": flow.errors,
+        "closed": flow.closed,
+        **measured,
+    }
 
 
 # -- b, c. paced fan-out with checks ---------------------------------------------------------
+
 
 @dataclass
 class _Check:
@@ -179,9 +196,18 @@ class _Check:
     latencies: list[int] = field(default_factory=list)
 
 
-async def paced(target: Target, transport: str, *, topics: int, per_topic: int,
-                per_conn: int, publishers: int, rate: float, duration: float,
-                drain: float = 3.0) -> Result:
+async def paced(
+    target: Target,
+    transport: str,
+    *,
+    topics: int,
+    per_topic: int,
+    per_conn: int,
+    publishers: int,
+    rate: float,
+    duration: float,
+    drain: float = 3.0,
+) -> Result:
     """`topics` x `per_topic` subscriptions (`per_conn` per connection, the subscribers of a
     topic on distinct connections); `publishers` connections offer `rate` msg/s in total,
     round-robin over their topics, for `duration` seconds. Deliveries are checked for gaps
@@ -193,8 +219,11 @@ async def paced(target: Target, transport: str, *, topics: int, per_topic: int,
     def topics_of(i: int) -> list[int]:
         return [(i * per_conn + j) % topics for j in range(per_conn)]
 
-    subs = await open_many(ep, conns_needed, lambda i, c, s: subscribe_all(
-        c, s, [(str(t), f"{base}{t}") for t in topics_of(i)]))
+    subs = await open_many(
+        ep,
+        conns_needed,
+        lambda i, c, s: subscribe_all(c, s, [(str(t), f"{base}{t}") for t in topics_of(i)]),
+    )
     pubs = [(await connect(ep))[0] for _ in range(publishers)]
     check = _Check()
     sent_per_topic = [0] * topics
@@ -207,7 +236,7 @@ async def paced(target: Target, transport: str, *, topics: int, per_topic: int,
             if b"ERROR" in data:
                 check.errors += 1
             for f in splitter.feed(data):
-                body = f[f.rfind(b"\n") + 1:]
+                body = f[f.rfind(b"\n") + 1 :]
                 if not body:
                     continue
                 topic, seq_b, ts = body.split(b" ")
@@ -261,24 +290,47 @@ async def paced(target: Target, transport: str, *, topics: int, per_topic: int,
         await close_all([*subs, *[(c, FrameSplitter()) for c in pubs]])
     sent = sum(sent_per_topic)
     missing = expected - check.delivered
-    return {"offered_per_s": round(rate), "sent_per_s": round(sent / send_seconds),
-            "delivered_per_s": round(check.delivered / measured["seconds"]),
-            "delivered": check.delivered, "expected": expected, "missing": missing,
-            "gaps": check.gaps, "reordered": check.reordered, "errors": check.errors,
-            "closed": check.closed, **percentiles(latencies), **measured}
+    return {
+        "offered_per_s": round(rate),
+        "sent_per_s": round(sent / send_seconds),
+        "delivered_per_s": round(check.delivered / measured["seconds"]),
+        "delivered": check.delivered,
+        "expected": expected,
+        "missing": missing,
+        "gaps": check.gaps,
+        "reordered": check.reordered,
+        "errors": check.errors,
+        "closed": check.closed,
+        **percentiles(latencies),
+        **measured,
+    }
 
 
 def clean(result: Result, rate: float, max_p99_ms: float = 500.0) -> bool:
     """A paced run kept up: everything delivered in order, on time, at the offered rate."""
-    return (result["missing"] == 0 and result["gaps"] == 0 and result["reordered"] == 0
-            and result["errors"] == 0 and result["closed"] == 0
-            and result["sent_per_s"] >= 0.95 * rate
-            and result["p99_ms"] is not None and result["p99_ms"] <= max_p99_ms)
+    return (
+        result["missing"] == 0
+        and result["gaps"] == 0
+        and result["reordered"] == 0
+        and result["errors"] == 0
+        and result["closed"] == 0
+        and result["sent_per_s"] >= 0.95 * rate
+        and result["p99_ms"] is not None
+        and result["p99_ms"] <= max_p99_ms
+    )
 
 
-async def ramp(target: Target, transport: str, *, step: float, start: float = 1000.0,
-               factor: float = 1.4, ceiling: float = 40_000.0,
-               say: Callable[[str], None] = print, **layout: int) -> Result:
+async def ramp(
+    target: Target,
+    transport: str,
+    *,
+    step: float,
+    start: float = 1000.0,
+    factor: float = 1.4,
+    ceiling: float = 40_000.0,
+    say: Callable[[str], None] = print,
+    **layout: int,
+) -> Result:
     """Raise the offered rate by `factor` until a step is not clean; the best clean step."""
     best: Result | None = None
     failed: Result | None = None
@@ -287,9 +339,11 @@ async def ramp(target: Target, transport: str, *, step: float, start: float = 10
         result = await paced(target, transport, rate=rate, duration=step, drain=2.0, **layout)
         ok = clean(result, rate)
         verdict = "ok" if ok else "limit" if retried else "not clean, once more"
-        say(f"    ramp {rate:>8.0f} msg/s offered: delivered {result['delivered_per_s']:>7}/s "
+        say(
+            f"    ramp {rate:>8.0f} msg/s offered: delivered {result['delivered_per_s']:>7}/s "
             f"p99 {result['p99_ms']} ms missing {result['missing']} gen {result['gen_cpu_pct']}%"
-            f" broker {result['broker_cpu_pct']}% other {result['other_cpu_pct']}% -> {verdict}")
+            f" broker {result['broker_cpu_pct']}% other {result['other_cpu_pct']}% -> {verdict}"
+        )
         if not ok and not retried:  # one retry: neighbours on the machine cause blips
             retried = True
             continue
@@ -299,20 +353,24 @@ async def ramp(target: Target, transport: str, *, step: float, start: float = 10
         best, retried = result, False
         rate *= factor
     per_topic = layout["per_topic"]
-    return {"max_clean_msg_per_s": best["offered_per_s"] if best else 0,
-            "max_clean_deliveries_per_s": best["delivered_per_s"] if best else 0,
-            "max_clean_p99_ms": best["p99_ms"] if best else None,
-            "subscribers_per_topic": per_topic,
-            "gen_cpu_pct": best["gen_cpu_pct"] if best else None,
-            "broker_cpu_pct": best["broker_cpu_pct"] if best else None,
-            "other_cpu_pct": best["other_cpu_pct"] if best else None,
-            "first_failing": failed}
+    return {
+        "max_clean_msg_per_s": best["offered_per_s"] if best else 0,
+        "max_clean_deliveries_per_s": best["delivered_per_s"] if best else 0,
+        "max_clean_p99_ms": best["p99_ms"] if best else None,
+        "subscribers_per_topic": per_topic,
+        "gen_cpu_pct": best["gen_cpu_pct"] if best else None,
+        "broker_cpu_pct": best["broker_cpu_pct"] if best else None,
+        "other_cpu_pct": best["other_cpu_pct"] if best else None,
+        "first_failing": failed,
+    }
 
 
 # -- d. ping-pong ----------------------------------------------------------------------------
 
-async def ping_pong(target: Target, transport: str, *, warmup: float = 0.5,
-                    window: float = 5.0) -> Result:
+
+async def ping_pong(
+    target: Target, transport: str, *, warmup: float = 0.5, window: float = 5.0
+) -> Result:
     """One client SENDs to a topic it subscribes to and waits for the MESSAGE, repeatedly.
 
     Strictly sequential, so it runs on a blocking socket: an event loop would only add its
@@ -325,12 +383,16 @@ async def ping_pong(target: Target, transport: str, *, warmup: float = 0.5,
     finally:
         conn.close()
     measured = meter.stop()
-    return {"round_trips_per_s": round(len(rtts) / measured["seconds"]),
-            **percentiles(rtts), **measured}
+    return {
+        "round_trips_per_s": round(len(rtts) / measured["seconds"]),
+        **percentiles(rtts),
+        **measured,
+    }
 
 
-def _ping_pong(conn: BlockingConn, dest: str, meter: Meter, warmup: float,
-               window: float) -> list[int]:
+def _ping_pong(
+    conn: BlockingConn, dest: str, meter: Meter, warmup: float, window: float
+) -> list[int]:
     splitter = FrameSplitter()
 
     def until(command: bytes) -> None:

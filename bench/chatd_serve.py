@@ -22,8 +22,9 @@ from pathlib import Path
 
 from bench.targets import BROKER_CORE, pinned, start_process, stop_process
 
-PG_ADMIN_URL = os.environ.get("CHATD_BENCH_PG_ADMIN_URL",
-                              "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "CHATD_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 POOL_SIZE = 10
 #: Set (by ``python -m bench --redis URL``) to run every chatd with the Redis tier.
 BENCH_REDIS_URL = "CHATD_BENCH_REDIS_URL"
@@ -72,9 +73,15 @@ def fresh_database(prefix: str = "chatd_bench") -> Iterator[str]:
 
 
 @contextmanager
-def chatd_deployment(workdir: Path, *, instances: int = 1, rabbitmq_url: str | None = None,
-                     env: dict[str, str] | None = None, workers: int = 1,
-                     say: Callable[[str], None] = print) -> Iterator[Deployment]:
+def chatd_deployment(
+    workdir: Path,
+    *,
+    instances: int = 1,
+    rabbitmq_url: str | None = None,
+    env: dict[str, str] | None = None,
+    workers: int = 1,
+    say: Callable[[str], None] = print,
+) -> Iterator[Deployment]:
     """`instances` ``chatd serve`` processes on one fresh database; stopped on exit.
 
     With `workers` > 1, one ``chatd serve --workers N`` on a fixed port, not pinned (its
@@ -88,16 +95,19 @@ def chatd_deployment(workdir: Path, *, instances: int = 1, rabbitmq_url: str | N
     data_dir.mkdir(parents=True, exist_ok=True)
     ensure_dev_keys(data_dir)  # before the processes start, so they all share one key
     with fresh_database() as url, ExitStack() as stack:
-        base = {**os.environ, "CHATD_DATABASE_URL": url,
-                "CHATD_DATABASE__POOL_SIZE": str(POOL_SIZE),
-                "CHATD_LIMITS__SEND_BURST": "1000000",
-                "CHATD_LIMITS__SENDS_PER_SECOND": "1000000",
-                "CHATD_LIMITS__IDENTICAL_CONTENT": "1000000",
-                "CHATD_LOGGING__LEVEL": "INFO",  # the ready line is logged at INFO
-                # the generator opens its keep-alive connections before a slow set-up phase
-                # (sessions, CPU probe): the default 5 s idle reap closed them under load
-                "CHATD_SERVER__KEEPALIVE_TIMEOUT": "300",
-                **(env or {})}
+        base = {
+            **os.environ,
+            "CHATD_DATABASE_URL": url,
+            "CHATD_DATABASE__POOL_SIZE": str(POOL_SIZE),
+            "CHATD_LIMITS__SEND_BURST": "1000000",
+            "CHATD_LIMITS__SENDS_PER_SECOND": "1000000",
+            "CHATD_LIMITS__IDENTICAL_CONTENT": "1000000",
+            "CHATD_LOGGING__LEVEL": "INFO",  # the ready line is logged at INFO
+            # the generator opens its keep-alive connections before a slow set-up phase
+            # (sessions, CPU probe): the default 5 s idle reap closed them under load
+            "CHATD_SERVER__KEEPALIVE_TIMEOUT": "300",
+            **(env or {}),
+        }
         base.pop("CHATD_CONFIG", None)
         base.pop("CHATD_RABBITMQ_URL", None)
         base.pop("CHATD_REDIS_URL", None)
@@ -111,23 +121,36 @@ def chatd_deployment(workdir: Path, *, instances: int = 1, rabbitmq_url: str | N
         if workers > 1:
             port = _free_port()
             base["CHATD_SERVER__SOCKJS_ENABLED"] = "false"
-            cmd = [chatd, "serve", "--workers", str(workers), "--bind", f"127.0.0.1:{port}",
-                   "--data-dir", str(data_dir)]
+            cmd = [
+                chatd,
+                "serve",
+                "--workers",
+                str(workers),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--data-dir",
+                str(data_dir),
+            ]
             say(f"  starting chatd serve --workers {workers} on {url.rsplit('/', 1)[1]}")
             log = workdir / "chatd-serve-workers.log"
-            proc, _ = start_process(cmd, log, re.compile(
-                "(?s)" + ".*".join([_READY.pattern] * workers)), env=base)
+            proc, _ = start_process(
+                cmd, log, re.compile("(?s)" + ".*".join([_READY.pattern] * workers)), env=base
+            )
             stack.callback(stop_process, proc)
-            pids = sorted(int(p) for p in subprocess.run(
-                ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split())
+            pids = sorted(
+                int(p)
+                for p in subprocess.run(
+                    ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+                ).stdout.split()
+            )
             yield Deployment([Instance("127.0.0.1", port, pid) for pid in pids], url, data_dir)
             return
         for i in range(instances):
-            cmd = pinned([chatd, "serve", "--bind", "127.0.0.1:0", "--data-dir",
-                          str(data_dir)], BROKER_CORE)
+            cmd = pinned(
+                [chatd, "serve", "--bind", "127.0.0.1:0", "--data-dir", str(data_dir)], BROKER_CORE
+            )
             say(f"  starting chatd serve #{i + 1} on {url.rsplit('/', 1)[1]}")
-            proc, match = start_process(cmd, workdir / f"chatd-serve-{i + 1}.log", _READY,
-                                        env=base)
+            proc, match = start_process(cmd, workdir / f"chatd-serve-{i + 1}.log", _READY, env=base)
             stack.callback(stop_process, proc)
             running.append(Instance(match.group(1), int(match.group(2)), proc.pid))
         yield Deployment(running, url, data_dir)
@@ -147,8 +170,11 @@ def fresh_vhost(prefix: str = "chatd_bench") -> Iterator[str]:
     vhost = f"{prefix}_{uuid.uuid4().hex[:10]}"
     subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True)
     try:
-        subprocess.run(["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+            check=True,
+            capture_output=True,
+        )
         yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
     finally:
         subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True, check=False)

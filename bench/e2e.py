@@ -114,8 +114,9 @@ async def _receive(conn: Conn, splitter: FrameSplitter, ledgers: list[Ledger]) -
 Post = Callable[[bytes], Awaitable[None]]
 
 
-async def _send(post: Post, session: str, schedule: list[float], ledger: Ledger,
-                sender: int) -> None:
+async def _send(
+    post: Post, session: str, schedule: list[float], ledger: Ledger, sender: int
+) -> None:
     """Send a message at each scheduled time (or at once when running late) with `post`."""
     for k, at in enumerate(schedule):
         now = trio.current_time()
@@ -125,13 +126,17 @@ async def _send(post: Post, session: str, schedule: list[float], ledger: Ledger,
         t0 = time.monotonic_ns()
         ledger.lag.append(max(0, int((trio.current_time() - at) * 1e9)))
         ledger.sent[tag] = t0
-        await post(json.dumps({"sessionId": session, "content": f"e2e {t0} {tag}",
-                               "clientMessageId": tag}).encode())
+        await post(
+            json.dumps(
+                {"sessionId": session, "content": f"e2e {t0} {tag}", "clientMessageId": tag}
+            ).encode()
+        )
         ledger.answer.append(time.monotonic_ns() - t0)
 
 
 def _rest_post(http: HttpClient, ledger: Ledger) -> Post:
     """POST /api/chat/message; the status is counted at once."""
+
     async def post(body: bytes) -> None:
         status, _ = await http.post("/api/chat/message", body)
         ledger.statuses[status] = ledger.statuses.get(status, 0) + 1
@@ -153,8 +158,9 @@ def _backlog(url: str) -> int:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM chat_message_outbox "
-                           "WHERE NOT processed AND NOT dead").fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM chat_message_outbox WHERE NOT processed AND NOT dead"
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -173,22 +179,35 @@ async def _drain(url: str) -> int:
     return left
 
 
-def _summary(rate: float, seconds: float, ledger: Ledger, wall: float, backlog: list[int],
-             cpu: dict[str, float]) -> Result:
+def _summary(
+    rate: float,
+    seconds: float,
+    ledger: Ledger,
+    wall: float,
+    backlog: list[int],
+    cpu: dict[str, float],
+) -> Result:
     posted = sum(ledger.statuses.values())
     topic, user = percentiles(list(ledger.topic)), percentiles(list(ledger.user))
     lag, answer = percentiles(list(ledger.lag)), percentiles(list(ledger.answer))
     return {
-        "offered_per_s": rate, "seconds": seconds, "posted_per_s": round(posted / wall),
+        "offered_per_s": rate,
+        "seconds": seconds,
+        "posted_per_s": round(posted / wall),
         "statuses": {str(k): v for k, v in ledger.statuses.items()},
-        "post_p50_ms": answer["p50_ms"], "post_p99_ms": answer["p99_ms"],
-        "send_lag_p99_ms": lag["p99_ms"], "send_lag_max_ms": lag["max_ms"],
+        "post_p50_ms": answer["p50_ms"],
+        "post_p99_ms": answer["p99_ms"],
+        "send_lag_p99_ms": lag["p99_ms"],
+        "send_lag_max_ms": lag["max_ms"],
         "delivered_per_s": round(ledger.frames / wall),
-        "topic_p50_ms": topic["p50_ms"], "topic_p99_ms": topic["p99_ms"],
+        "topic_p50_ms": topic["p50_ms"],
+        "topic_p99_ms": topic["p99_ms"],
         "topic_max_ms": topic["max_ms"],
-        "user_p50_ms": user["p50_ms"], "user_p99_ms": user["p99_ms"],
+        "user_p50_ms": user["p50_ms"],
+        "user_p99_ms": user["p99_ms"],
         "user_max_ms": user["max_ms"],
-        "messages": len(ledger.sent), "missing": len(ledger.sent) - ledger.complete,
+        "messages": len(ledger.sent),
+        "missing": len(ledger.sent) - ledger.complete,
         "backlog_max": max(backlog, default=0),
         "backlog_p50": sorted(backlog)[len(backlog) // 2] if backlog else 0,
         # server CPU over the sending window per message sent (its 4 deliveries included)
@@ -197,8 +216,14 @@ def _summary(rate: float, seconds: float, ledger: Ledger, wall: float, backlog: 
     }
 
 
-async def _run(deployment: Deployment, pairs: int, rates: list[float], seconds: float,
-               say: Callable[[str], None], via: str) -> tuple[Result, list[Result]]:
+async def _run(
+    deployment: Deployment,
+    pairs: int,
+    rates: list[float],
+    seconds: float,
+    say: Callable[[str], None],
+    via: str,
+) -> tuple[Result, list[Result]]:
     first = deployment.instances[0]
     emails = [f"e2e{i}-{side}@example.com" for i in range(pairs) for side in "ab"]
     tokens = tokens_for(deployment.data_dir, emails)
@@ -215,26 +240,40 @@ async def _run(deployment: Deployment, pairs: int, rates: list[float], seconds: 
         for i, token in enumerate(tokens):
             where = instance(i)
             conn, splitter = await stomp_connect(
-                Endpoint(where.host, where.port, "/ws", passcode=token))
+                Endpoint(where.host, where.port, "/ws", passcode=token)
+            )
             subs = [("t", f"/topic/session.{sessions[i // 2]}"), ("u", "/user/queue/messages")]
             if via == "stomp" and i % 2 == 0:
                 subs += [("a", "/user/queue/ack"), ("e", "/user/queue/error")]
             await subscribe(conn, splitter, subs)
             conns.append(conn)
             nursery.start_soon(_receive, conn, splitter, ledgers)
-        https = [await HttpClient.open(instance(2 * i).host, instance(2 * i).port, t)
-                 for i, t in enumerate(senders)]
-        say(f"  {pairs} pairs on {len(deployment.instances)} instance(s): "
-            f"{2 * pairs} WebSockets, {pairs} HTTP senders")
+        https = [
+            await HttpClient.open(instance(2 * i).host, instance(2 * i).port, t)
+            for i, t in enumerate(senders)
+        ]
+        say(
+            f"  {pairs} pairs on {len(deployment.instances)} instance(s): "
+            f"{2 * pairs} WebSockets, {pairs} HTTP senders"
+        )
         cost = await _cost_per_request(first, https[0], sessions[0])
-        say("  server CPU per request, one at a time: " +
-            " ".join(f"{k}={v}" for k, v in cost.items()))
+        say(
+            "  server CPU per request, one at a time: "
+            + " ".join(f"{k}={v}" for k, v in cost.items())
+        )
         await _drain(deployment.database_url)
         for rate in rates:
             ledger = Ledger()
             ledgers.append(ledger)
-            r = await _one_rate(deployment, rate, seconds, ledger, https, sessions,
-                                conns[0::2] if via == "stomp" else None)
+            r = await _one_rate(
+                deployment,
+                rate,
+                seconds,
+                ledger,
+                https,
+                sessions,
+                conns[0::2] if via == "stomp" else None,
+            )
             r["backlog_left"] = await _drain(deployment.database_url)
             say("  -> " + " ".join(f"{k}={v}" for k, v in r.items() if k != "statuses"))
             results.append(r)
@@ -244,19 +283,22 @@ async def _run(deployment: Deployment, pairs: int, rates: list[float], seconds: 
     return cost, results
 
 
-async def _cost_per_request(server: Instance, http: HttpClient, session: str,
-                            count: int = 200) -> Result:
+async def _cost_per_request(
+    server: Instance, http: HttpClient, session: str, count: int = 200
+) -> Result:
     """Server CPU per request, one request at a time: ``GET /health/live`` (the HTTP stack's
     floor: Hypercorn, Quart, our middleware) beside ``POST /api/chat/message`` (everything a
     send costs, its outbox round included)."""
+
     async def live(_: int) -> None:
         status, _body = await http.request("GET", "/health/live")
         assert status == 200, status
 
     async def post(k: int) -> None:
         tag = f"cost-{k}-{uuid.uuid4().hex[:6]}"
-        body = json.dumps({"sessionId": session, "content": f"cost {tag}",
-                           "clientMessageId": tag}).encode()
+        body = json.dumps(
+            {"sessionId": session, "content": f"cost {tag}", "clientMessageId": tag}
+        ).encode()
         status, _body = await http.request("POST", "/api/chat/message", body)
         assert status == 201, status
 
@@ -269,9 +311,15 @@ async def _cost_per_request(server: Instance, http: HttpClient, session: str,
     return out
 
 
-async def _one_rate(deployment: Deployment, rate: float, seconds: float, ledger: Ledger,
-                    https: list[HttpClient], sessions: list[str],
-                    stomp_senders: list[Conn] | None = None) -> Result:
+async def _one_rate(
+    deployment: Deployment,
+    rate: float,
+    seconds: float,
+    ledger: Ledger,
+    https: list[HttpClient],
+    sessions: list[str],
+    stomp_senders: list[Conn] | None = None,
+) -> Result:
     """Offer `rate` msg/s for `seconds`, wait for stragglers, and sum up."""
     pairs = len(https)
     start = trio.current_time() + 0.2
@@ -285,13 +333,19 @@ async def _one_rate(deployment: Deployment, rate: float, seconds: float, ledger:
         nursery.start_soon(_sample_backlog, deployment.database_url, backlog)
         async with trio.open_nursery() as posting:
             for i in range(pairs):
-                post = (_stomp_post(stomp_senders[i]) if stomp_senders is not None
-                        else _rest_post(https[i], ledger))
+                post = (
+                    _stomp_post(stomp_senders[i])
+                    if stomp_senders is not None
+                    else _rest_post(https[i], ledger)
+                )
                 posting.start_soon(_send, post, sessions[i], plans[i], ledger, i)
         wall = time.monotonic() - t0
         used = sum(map(cpu_seconds, pids)) - c0
-        cpu = {"server_cpu_s": used, "server_cpu_pct": round(100 * used / wall, 1),
-               "gen_cpu_pct": round(100 * (self_cpu() - g0) / wall, 1)}
+        cpu = {
+            "server_cpu_s": used,
+            "server_cpu_pct": round(100 * used / wall, 1),
+            "gen_cpu_pct": round(100 * (self_cpu() - g0) / wall, 1),
+        }
         ledger.sending = False
         ledger.check_settled()
         with trio.move_on_after(SETTLE):
@@ -300,13 +354,29 @@ async def _one_rate(deployment: Deployment, rate: float, seconds: float, ledger:
     return _summary(rate, seconds, ledger, wall, backlog, cpu)
 
 
-def e2e_benchmark(workdir: Path, *, pairs: int, rates: list[float], seconds: float,
-                  instances: int = 1, rabbitmq_url: str | None = None, via: str = "rest",
-                  workers: int = 1, say: Callable[[str], None] = print) -> Result:
+def e2e_benchmark(
+    workdir: Path,
+    *,
+    pairs: int,
+    rates: list[float],
+    seconds: float,
+    instances: int = 1,
+    rabbitmq_url: str | None = None,
+    via: str = "rest",
+    workers: int = 1,
+    say: Callable[[str], None] = print,
+) -> Result:
     """The end-to-end runs at each rate, on a fresh database (and server) of their own."""
-    with chatd_deployment(workdir, instances=instances, rabbitmq_url=rabbitmq_url,
-                          workers=workers, say=say) as deployment:
+    with chatd_deployment(
+        workdir, instances=instances, rabbitmq_url=rabbitmq_url, workers=workers, say=say
+    ) as deployment:
         say(f"  rates {', '.join(f'{r:g}' for r in rates)} msg/s, {seconds:g} s each")
         cost, runs = trio.run(_run, deployment, pairs, rates, seconds, say, via)
-    return {"pairs": pairs, "instances": len(deployment.instances), "via": via, "cost": cost,
-            "runs": runs, "workers": workers}
+    return {
+        "pairs": pairs,
+        "instances": len(deployment.instances),
+        "via": via,
+        "cost": cost,
+        "runs": runs,
+        "workers": workers,
+    }

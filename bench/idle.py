@@ -22,8 +22,9 @@ WARM_UP = 20
 CONCURRENCY = 128
 
 
-async def _open(ep: Endpoint, count: int, offset: int, dest: str, out: list[Conn],
-                failures: list[str]) -> None:
+async def _open(
+    ep: Endpoint, count: int, offset: int, dest: str, out: list[Conn], failures: list[str]
+) -> None:
     limiter = trio.CapacityLimiter(CONCURRENCY)
 
     async def one(i: int) -> None:
@@ -44,8 +45,9 @@ async def _open(ep: Endpoint, count: int, offset: int, dest: str, out: list[Conn
             nursery.start_soon(one, i)
 
 
-async def idle_connections(target: Target, count: int, *, settle: float = 2.0,
-                           deadline: float = 180.0) -> Result:
+async def idle_connections(
+    target: Target, count: int, *, settle: float = 2.0, deadline: float = 180.0
+) -> Result:
     """Open `count` idle WebSocket STOMP sessions on `target`; its RSS growth per session."""
     limit = raise_fd_limit()
     if limit < count + WARM_UP + 100:
@@ -69,15 +71,24 @@ async def idle_connections(target: Target, count: int, *, settle: float = 2.0,
             after = rss_bytes(target.pid)
             alive = sum(1 for c in conns if not c.closed)
         if scope.cancelled_caught:
-            return {"connections": len(conns), "error": f"timed out after {deadline} s",
-                    "failures": len(failures)}
+            return {
+                "connections": len(conns),
+                "error": f"timed out after {deadline} s",
+                "failures": len(failures),
+            }
     finally:
         with trio.move_on_after(20):
             for conn in conns:
                 await conn.aclose()
     opened = max(1, alive - WARM_UP)
-    return {"connections": alive - WARM_UP, "requested": count, "failures": len(failures),
-            "first_failure": failures[0] if failures else None,
-            "rss_before_mb": round(before / 2**20, 1), "rss_after_mb": round(after / 2**20, 1),
-            "kb_per_connection": round((after - before) / opened / 1024, 1),
-            "connects_per_s": round(count / opening), **measured}
+    return {
+        "connections": alive - WARM_UP,
+        "requested": count,
+        "failures": len(failures),
+        "first_failure": failures[0] if failures else None,
+        "rss_before_mb": round(before / 2**20, 1),
+        "rss_after_mb": round(after / 2**20, 1),
+        "kb_per_connection": round((after - before) / opened / 1024, 1),
+        "connects_per_s": round(count / opening),
+        **measured,
+    }

@@ -58,23 +58,48 @@ def script() -> str:
     from chatd.storage import postgres_sql as q
     from chatd.storage.base import OUTBOX_CHANNEL
 
-    outbox = [_fill(q.INSERT_OUTBOX, ":id", _SID, _SEQ,
-                    "'message'", f":dest{k}", ":payload", "now()", "now()") + ";"
-              for k in range(3)]
-    return "\n".join([
-        r"\set cid random(1, 9000000000000000)",
-        _fill(q.MESSAGE_BY_CLIENT_ID, _EMAIL, _CLIENT_MSG_ID) + ";",
-        "BEGIN;",
-        _fill(BUMP_SEQ, "now()", _SID) + r" \gset",
-        _fill(INSERT_MESSAGE, "gen_random_uuid()", _SID, _SEQ, "'pgbench-profile'", _EMAIL,
-              "'pgbench'", ":content", _CLIENT_MSG_ID, "now()") + r" \gset",
-        r"\startpipeline",
-        *outbox,
-        r"\endpipeline",
-        f"NOTIFY {OUTBOX_CHANNEL};",
-        "COMMIT;",
-        "",
-    ])
+    outbox = [
+        _fill(
+            q.INSERT_OUTBOX,
+            ":id",
+            _SID,
+            _SEQ,
+            "'message'",
+            f":dest{k}",
+            ":payload",
+            "now()",
+            "now()",
+        )
+        + ";"
+        for k in range(3)
+    ]
+    return "\n".join(
+        [
+            r"\set cid random(1, 9000000000000000)",
+            _fill(q.MESSAGE_BY_CLIENT_ID, _EMAIL, _CLIENT_MSG_ID) + ";",
+            "BEGIN;",
+            _fill(BUMP_SEQ, "now()", _SID) + r" \gset",
+            _fill(
+                INSERT_MESSAGE,
+                "gen_random_uuid()",
+                _SID,
+                _SEQ,
+                "'pgbench-profile'",
+                _EMAIL,
+                "'pgbench'",
+                ":content",
+                _CLIENT_MSG_ID,
+                "now()",
+            )
+            + r" \gset",
+            r"\startpipeline",
+            *outbox,
+            r"\endpipeline",
+            f"NOTIFY {OUTBOX_CHANNEL};",
+            "COMMIT;",
+            "",
+        ]
+    )
 
 
 def _setup(url: str, clients: int) -> dict[str, str]:
@@ -88,11 +113,14 @@ def _setup(url: str, clients: int) -> dict[str, str]:
             " SELECT ('00000000-0000-4000-8000-' || lpad(n::text, 12, '0'))::uuid, 'pgbench',"
             " 'pgbench-profile-' || n, 'pgbench' || n || '@example.com', 'pgbench',"
             " 'peer-profile-' || n, 'peer' || n || '@example.com', 'peer', now(), now()"
-            " FROM generate_series(0, %s) AS n", (clients - 1,))
+            " FROM generate_series(0, %s) AS n",
+            (clients - 1,),
+        )
         rows = conn.execute(
             "SELECT destination, payload::text FROM chat_message_outbox"
             " WHERE message_id = (SELECT message_id FROM chat_message_outbox"
-            " WHERE message_id IS NOT NULL ORDER BY id DESC LIMIT 1) ORDER BY id").fetchall()
+            " WHERE message_id IS NOT NULL ORDER BY id DESC LIMIT 1) ORDER BY id"
+        ).fetchall()
         content = conn.execute("SELECT content FROM chat_messages LIMIT 1").fetchone()
     if len(rows) != 3:
         rows = [(f"/topic/chat.{k}", '{"seq": 1, "content": "bench message"}') for k in range(3)]
@@ -112,19 +140,45 @@ def run_pgbench(url: str, workdir: Path, *, clients: int, seconds: float) -> Res
     logs = workdir / "pgbench-log"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
-    cmd = [tool, "-n", "-M", "prepared", "-c", str(clients), "-j", "1",
-           "-T", str(max(1, round(seconds))), "-f", str(path), "-l",
-           f"--log-prefix={logs}/tx"]
+    cmd = [
+        tool,
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        str(clients),
+        "-j",
+        "1",
+        "-T",
+        str(max(1, round(seconds))),
+        "-f",
+        str(path),
+        "-l",
+        f"--log-prefix={logs}/tx",
+    ]
     for name, value in _setup(url, clients).items():
         cmd += ["-D", f"{name}={value}"]
-    done = subprocess.run([*pinned(cmd, GENERATOR_CORE), url], capture_output=True, text=True,
-                          timeout=seconds + 60, check=False)
+    done = subprocess.run(
+        [*pinned(cmd, GENERATOR_CORE), url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=False,
+    )
     (workdir / "pgbench.out").write_text(done.stdout + done.stderr)
     tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", done.stdout)
     failed = re.search(r"number of failed transactions: (\d+)", done.stdout)
     if done.returncode != 0 or tps is None:
         return {"error": (done.stderr or done.stdout).strip()[-300:]}
-    latencies = [int(line.split()[2]) * 1000 for log in logs.iterdir()
-                 for line in log.read_text().splitlines() if line.strip()]
-    return {"clients": clients, "tps": round(float(tps.group(1))),
-            "failed": int(failed.group(1)) if failed else 0, **percentiles(latencies)}
+    latencies = [
+        int(line.split()[2]) * 1000
+        for log in logs.iterdir()
+        for line in log.read_text().splitlines()
+        if line.strip()
+    ]
+    return {
+        "clients": clients,
+        "tps": round(float(tps.group(1))),
+        "failed": int(failed.group(1)) if failed else 0,
+        **percentiles(latencies),
+    }

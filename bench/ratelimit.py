@@ -37,8 +37,9 @@ def _redis_cpu(client: redis.Redis) -> float:
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
-async def _measure(check: Check, users: list[str], checks: int, concurrency: int,
-                   probe: redis.Redis) -> tuple[float, float, float]:
+async def _measure(
+    check: Check, users: list[str], checks: int, concurrency: int, probe: redis.Redis
+) -> tuple[float, float, float]:
     """(process CPU µs, wall µs, Redis CPU µs) per check."""
     now = time.time()
     queue = list(range(checks))
@@ -60,8 +61,12 @@ async def run(url: str, checks: int) -> list[tuple[str, float, float, float]]:
     prefix = f"bench_rl_{uuid.uuid4().hex[:8]}:"
     probe = redis.Redis.from_url(url)
     rows: list[tuple[str, float, float, float]] = []
-    big = {"send_burst": 1_000_000, "sends_per_second": 1_000_000.0,
-           "identical_content": 1_000_000, "max_users": 1_000_000}
+    big = {
+        "send_burst": 1_000_000,
+        "sends_per_second": 1_000_000.0,
+        "identical_content": 1_000_000,
+        "max_users": 1_000_000,
+    }
     try:
         local = SendRateLimiter(**big)  # type: ignore[arg-type]
 
@@ -73,28 +78,34 @@ async def run(url: str, checks: int) -> list[tuple[str, float, float, float]]:
             for block in (10, 1):
                 tier = RedisTier(url, key_prefix=f"{prefix}{block}:", pool_size=8)
                 await nursery.start(tier.run)
-                shared = SharedRateLimiter(tier, SendRateLimiter(**big),  # type: ignore[arg-type]
-                                           lease_block=block)
+                shared = SharedRateLimiter(
+                    tier,
+                    SendRateLimiter(**big),  # type: ignore[arg-type]
+                    lease_block=block,
+                )
                 many = [f"user{i}@example.com" for i in range(checks)]
                 for name, users, concurrency in (
-                        ("1 user, serial", ["one@example.com"], 1),
-                        (f"{checks} users, serial", many, 1),
-                        (f"{checks} users, 64 concurrent", many, 64)):
+                    ("1 user, serial", ["one@example.com"], 1),
+                    (f"{checks} users, serial", many, 1),
+                    (f"{checks} users, 64 concurrent", many, 64),
+                ):
                     label = f"shared, lease {block}: {name}"
-                    rows.append((label, *await _measure(shared.check, users, checks,
-                                                        concurrency, probe)))
+                    rows.append(
+                        (label, *await _measure(shared.check, users, checks, concurrency, probe))
+                    )
             nursery.cancel_scope.cancel()
     finally:
         keys = list(probe.scan_iter(match=f"{prefix}*", count=1000))
         for i in range(0, len(keys), 1000):
-            probe.delete(*keys[i:i + 1000])
+            probe.delete(*keys[i : i + 1000])
         probe.close()
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ratelimit",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ratelimit", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--checks", type=int, default=5000)
     args = parser.parse_args(argv)

@@ -51,7 +51,8 @@ class HttpClient:
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
         await self.stream.send_all(
             b"%s %s HTTP/1.1\r\n%sContent-Type: application/json\r\nContent-Length: %d"
-            b"\r\n\r\n%s" % (method.encode(), path.encode(), self.head, len(body), body))
+            b"\r\n\r\n%s" % (method.encode(), path.encode(), self.head, len(body), body)
+        )
         while (end := self.buf.find(b"\r\n\r\n")) < 0:
             await self._fill()
         head = self.buf[:end]
@@ -61,7 +62,7 @@ class HttpClient:
         total = end + 4 + int(match.group(1))
         while len(self.buf) < total:
             await self._fill()
-        payload, self.buf = self.buf[end + 4:total], self.buf[total:]
+        payload, self.buf = self.buf[end + 4 : total], self.buf[total:]
         return int(head[9:12]), payload
 
     async def _fill(self) -> None:
@@ -74,8 +75,16 @@ class HttpClient:
         await self.stream.aclose()
 
 
-async def _load(host: str, port: int, tokens: list[str], sessions: list[str], *,
-                warmup: float, seconds: float, server_pid: int) -> Result:
+async def _load(
+    host: str,
+    port: int,
+    tokens: list[str],
+    sessions: list[str],
+    *,
+    warmup: float,
+    seconds: float,
+    server_pid: int,
+) -> Result:
     """Every client sends back to back; counted after `warmup`, for `seconds`."""
     run = uuid.uuid4().hex[:8]
     latencies: list[int] = []
@@ -87,8 +96,13 @@ async def _load(host: str, port: int, tokens: list[str], sessions: list[str], *,
         http, session, k = clients[i], sessions[i], 0
         while True:
             k += 1
-            body = json.dumps({"sessionId": session, "content": f"bench message {i}/{k}",
-                               "clientMessageId": f"{run}-{i}-{k}"}).encode()
+            body = json.dumps(
+                {
+                    "sessionId": session,
+                    "content": f"bench message {i}/{k}",
+                    "clientMessageId": f"{run}-{i}-{k}",
+                }
+            ).encode()
             t0 = time.monotonic_ns()
             status, _ = await http.post("/api/chat/message", body)
             if measuring.is_set():
@@ -106,12 +120,15 @@ async def _load(host: str, port: int, tokens: list[str], sessions: list[str], *,
             wall = time.monotonic() - t0
             ok = statuses[201]
             result: Result = {
-                "clients": len(clients), "sends_per_s": round(ok / wall),
+                "clients": len(clients),
+                "sends_per_s": round(ok / wall),
                 "errors": sum(statuses.values()) - ok,
                 "statuses": {str(k): v for k, v in statuses.items()},
-                **percentiles(list(latencies)), "seconds": round(wall, 2),
+                **percentiles(list(latencies)),
+                "seconds": round(wall, 2),
                 "gen_cpu_pct": round(100 * (self_cpu() - g0) / wall, 1),
-                "server_cpu_pct": round(100 * (cpu_seconds(server_pid) - s0) / wall, 1)}
+                "server_cpu_pct": round(100 * (cpu_seconds(server_pid) - s0) / wall, 1),
+            }
             nursery.cancel_scope.cancel()
     finally:
         for http in clients:
@@ -119,8 +136,9 @@ async def _load(host: str, port: int, tokens: list[str], sessions: list[str], *,
     return result
 
 
-async def init_sessions(host: str, port: int, tokens: list[str], peers: list[str],
-                        intent: str = "bench") -> list[str]:
+async def init_sessions(
+    host: str, port: int, tokens: list[str], peers: list[str], intent: str = "bench"
+) -> list[str]:
     """One session per (token's user, peer), created through ``/api/chat/init``."""
     sessions: list[str] = []
     for token, peer in zip(tokens, peers, strict=True):
@@ -136,19 +154,37 @@ async def init_sessions(host: str, port: int, tokens: list[str], peers: list[str
     return sessions
 
 
-def send_benchmark(workdir: Path, *, clients: int, seconds: float, warmup: float,
-                   say: Any = print) -> Result:
+def send_benchmark(
+    workdir: Path, *, clients: int, seconds: float, warmup: float, say: Any = print
+) -> Result:
     """The whole send benchmark in a database created for it and dropped afterwards."""
     with chatd_deployment(workdir, say=say) as deployment:
         server = deployment.instances[0]
         tokens = tokens_for(deployment.data_dir, [f"bench{i}@example.com" for i in range(clients)])
-        sessions = trio.run(init_sessions, server.host, server.port, tokens,
-                            [f"peer{i}@example.com" for i in range(clients)])
+        sessions = trio.run(
+            init_sessions,
+            server.host,
+            server.port,
+            tokens,
+            [f"peer{i}@example.com" for i in range(clients)],
+        )
         say(f"  {clients} clients POST /api/chat/message for {seconds:g} s")
-        http = trio.run(lambda: _load(server.host, server.port, tokens, sessions,
-                                      warmup=warmup, seconds=seconds, server_pid=server.pid))
+        http = trio.run(
+            lambda: _load(
+                server.host,
+                server.port,
+                tokens,
+                sessions,
+                warmup=warmup,
+                seconds=seconds,
+                server_pid=server.pid,
+            )
+        )
         say(f"  pgbench: the same transaction, {POOL_SIZE} connections (chatd's pool size)")
         pg = run_pgbench(deployment.database_url, workdir, clients=POOL_SIZE, seconds=seconds)
     ratio = http["sends_per_s"] / pg["tps"] if pg.get("tps") else None
-    return {"http": http, "pgbench": pg,
-            "ratio_pct": None if ratio is None else round(100 * ratio, 1)}
+    return {
+        "http": http,
+        "pgbench": pg,
+        "ratio_pct": None if ratio is None else round(100 * ratio, 1),
+    }

@@ -90,13 +90,29 @@ class ChatdBroker:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Target:
-        cmd = [sys.executable, "-m", "stomp", "--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0",
-               "--heartbeat", "0,0", "--log-level", "INFO"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "stomp",
+            "--tcp",
+            "127.0.0.1:0",
+            "--ws",
+            "127.0.0.1:0",
+            "--heartbeat",
+            "0,0",
+            "--log-level",
+            "INFO",
+        ]
         cmd = pinned(cmd, BROKER_CORE)
         self.proc, match = start_process(cmd, self.log_path, _READY)
         host, port, ws_host, ws_port, path = match.groups()
-        return Target("chatd", self.proc.pid, Endpoint(host, int(port)),
-                      Endpoint(ws_host, int(ws_port), path), cmd[0] == "taskset")
+        return Target(
+            "chatd",
+            self.proc.pid,
+            Endpoint(host, int(port)),
+            Endpoint(ws_host, int(ws_port), path),
+            cmd[0] == "taskset",
+        )
 
     def __exit__(self, *exc: object) -> None:
         proc, self.proc = self.proc, None
@@ -111,9 +127,14 @@ def pinned(cmd: list[str], core: int) -> list[str]:
     return ["taskset", "-c", str(core), *cmd]
 
 
-def start_process(cmd: list[str], log_path: Path, ready: re.Pattern[str], *,
-                  env: dict[str, str] | None = None,
-                  timeout: float = 30.0) -> tuple[subprocess.Popen[bytes], re.Match[str]]:
+def start_process(
+    cmd: list[str],
+    log_path: Path,
+    ready: re.Pattern[str],
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> tuple[subprocess.Popen[bytes], re.Match[str]]:
     """Start `cmd` with its output in `log_path`; wait for a line matching `ready`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
@@ -176,8 +197,13 @@ def rabbitmq(say: object = print) -> tuple[Target | None, str]:
             return None, "rabbitmq-plugins not found"
         if callable(say):
             say("enabling rabbitmq_stomp and rabbitmq_web_stomp")
-        result = subprocess.run([tool, "enable", "rabbitmq_stomp", "rabbitmq_web_stomp"],
-                                capture_output=True, text=True, timeout=120, check=False)
+        result = subprocess.run(
+            [tool, "enable", "rabbitmq_stomp", "rabbitmq_web_stomp"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         if result.returncode != 0:
             return None, f"rabbitmq-plugins enable failed: {result.stderr.strip()[:200]}"
         deadline = time.monotonic() + 60
@@ -188,7 +214,12 @@ def rabbitmq(say: object = print) -> tuple[Target | None, str]:
     pid = _beam_pid()
     if pid is None:
         return None, "cannot find RabbitMQ's beam.smp process"
-    target = Target("rabbitmq", pid, Endpoint("127.0.0.1", 61613),
-                    Endpoint("127.0.0.1", 15674, "/ws"), pinned=False)
+    target = Target(
+        "rabbitmq",
+        pid,
+        Endpoint("127.0.0.1", 61613),
+        Endpoint("127.0.0.1", 15674, "/ws"),
+        pinned=False,
+    )
     target.notes.append("RabbitMQ runs as a system service: not pinned, it may use every core")
     return target, ""

@@ -76,9 +76,13 @@ class _OpcodeCounter:
         return self.trace
 
 
-async def _run(variant: str, sends: int, endpoint: str | None,
-               counter: _OpcodeCounter | None = None,
-               sample_ratio: float | None = None) -> dict[str, Any]:
+async def _run(
+    variant: str,
+    sends: int,
+    endpoint: str | None,
+    counter: _OpcodeCounter | None = None,
+    sample_ratio: float | None = None,
+) -> dict[str, Any]:
     from chatd.config import (
         AuthConfig,
         Config,
@@ -93,18 +97,25 @@ async def _run(variant: str, sends: int, endpoint: str | None,
     from chatd.auth.keys import ensure_dev_keys
 
     _, public, _ = ensure_dev_keys(folder)
-    config = Config(server=ServerConfig(data_dir=folder),
-                    database=DatabaseConfig(url=f"sqlite:///{folder / 'chat.sqlite3'}"),
-                    auth=AuthConfig(public_key_file=public),
-                    limits=LimitsConfig(send_burst=1_000_000, sends_per_second=1_000_000,
-                                        identical_content=1_000_000, max_send_wait_ms=60_000))
+    config = Config(
+        server=ServerConfig(data_dir=folder),
+        database=DatabaseConfig(url=f"sqlite:///{folder / 'chat.sqlite3'}"),
+        auth=AuthConfig(public_key_file=public),
+        limits=LimitsConfig(
+            send_burst=1_000_000,
+            sends_per_second=1_000_000,
+            identical_content=1_000_000,
+            max_send_wait_ms=60_000,
+        ),
+    )
     tracer = None
     if variant == "on":
         from chatd.config import TracingConfig
         from chatd.observability.tracing import start_tracing
 
-        tracer = start_tracing(TracingConfig(enabled=True, endpoint=endpoint,
-                                             sample_ratio=sample_ratio))
+        tracer = start_tracing(
+            TracingConfig(enabled=True, endpoint=endpoint, sample_ratio=sample_ratio)
+        )
     store = await open_store(config)
     await migrate_store(store, config.database)
     if tracer is not None:
@@ -115,8 +126,9 @@ async def _run(variant: str, sends: int, endpoint: str | None,
     senders = [f"user{i}@example.com" for i in range(CONCURRENCY)]
     async with trio.open_nursery() as nursery:
         await nursery.start(components.committer.run)
-        sessions = [(await services.init_session(s, "peer@example.com", "bench")).id
-                    for s in senders]
+        sessions = [
+            (await services.init_session(s, "peer@example.com", "bench")).id for s in senders
+        ]
 
         async def one(sender: str, sid: object, n: int) -> None:
             if tracer is None:
@@ -133,6 +145,7 @@ async def _run(variant: str, sends: int, endpoint: str | None,
             async def sender_loop(i: int) -> None:
                 for n in range(start + i, start + count, CONCURRENCY):
                     await one(senders[i], sessions[i], n)
+
             async with trio.open_nursery() as inner:
                 for i in range(CONCURRENCY):
                     inner.start_soon(sender_loop, i)
@@ -155,9 +168,13 @@ async def _run(variant: str, sends: int, endpoint: str | None,
         batches = components.committer.batches
         nursery.cancel_scope.cancel()
     await store.aclose()
-    result = {"variant": variant if sample_ratio is None else f"{variant}@{sample_ratio:g}",
-              "sends": sends, "cpu_us_per_send": cpu / sends * 1e6,
-              "sends_per_second": sends / wall, "batches": batches}
+    result = {
+        "variant": variant if sample_ratio is None else f"{variant}@{sample_ratio:g}",
+        "sends": sends,
+        "cpu_us_per_send": cpu / sends * 1e6,
+        "sends_per_second": sends / wall,
+        "batches": batches,
+    }
     if counter is not None:
         result["opcodes_per_send"] = counter.count / sends
     return result
@@ -178,10 +195,13 @@ async def _parts() -> dict[str, float]:
     from stomp.trio import BrokerRuntime
 
     folder = Path(tempfile.mkdtemp(prefix="chatd-trace-parts-"))
-    config = Config(server=ServerConfig(data_dir=folder),
-                    database=DatabaseConfig(url=f"sqlite:///{folder / 'chat.sqlite3'}"),
-                    limits=LimitsConfig(send_burst=1_000_000, sends_per_second=1_000_000,
-                                        identical_content=1_000_000))
+    config = Config(
+        server=ServerConfig(data_dir=folder),
+        database=DatabaseConfig(url=f"sqlite:///{folder / 'chat.sqlite3'}"),
+        limits=LimitsConfig(
+            send_burst=1_000_000, sends_per_second=1_000_000, identical_content=1_000_000
+        ),
+    )
     best: dict[str, float] = {}
 
     def keep(name: str, seconds: float, n: int) -> None:
@@ -191,9 +211,10 @@ async def _parts() -> dict[str, float]:
     sid = uuid.uuid4()
     now = __import__("datetime").datetime.now(__import__("datetime").UTC)
     topic = f"/topic/session.{sid}"
-    rows = [OutboxRow(i, sid, sid, 1, "message", d, '{"seq":1}', 0, now, None, now)
-            for i, d in enumerate([topic, "user:a@x.io:/queue/messages",
-                                   "user:b@x.io:/queue/messages"])]
+    rows = [
+        OutboxRow(i, sid, sid, 1, "message", d, '{"seq":1}', 0, now, None, now)
+        for i, d in enumerate([topic, "user:a@x.io:/queue/messages", "user:b@x.io:/queue/messages"])
+    ]
     for _ in range(30):
         start = time.perf_counter()
         for _ in range(2000):
@@ -236,8 +257,11 @@ def main() -> int:
     args = parser.parse_args()
     if args.parts:
         parts = trio.run(_parts)
-        print(json.dumps({"variant": args.variant, **parts}) if args.json else
-              ", ".join(f"{k} {v:.2f} us" for k, v in parts.items()))
+        print(
+            json.dumps({"variant": args.variant, **parts})
+            if args.json
+            else ", ".join(f"{k} {v:.2f} us" for k, v in parts.items())
+        )
         return 0
     endpoint = None
     receiver = None
@@ -258,11 +282,15 @@ def main() -> int:
     import chatd
 
     result["code"] = str(Path(chatd.__file__).parent.parent)
-    opcodes = (f", {result['opcodes_per_send']:.0f} opcodes/send"
-               if "opcodes_per_send" in result else "")
-    print(json.dumps(result) if args.json else
-          f"{result['variant']}: {result['cpu_us_per_send']:.0f} CPU us/send, "
-          f"{result['sends_per_second']:.0f} sends/s ({result['batches']} batches){opcodes}")
+    opcodes = (
+        f", {result['opcodes_per_send']:.0f} opcodes/send" if "opcodes_per_send" in result else ""
+    )
+    print(
+        json.dumps(result)
+        if args.json
+        else f"{result['variant']}: {result['cpu_us_per_send']:.0f} CPU us/send, "
+        f"{result['sends_per_second']:.0f} sends/s ({result['batches']} batches){opcodes}"
+    )
     return 0
 
 

@@ -51,8 +51,16 @@ def frame(command: str, headers: dict[str, str] | None = None, body: bytes = b""
 
 def connect_frame(ep: Endpoint) -> bytes:
     """CONNECT for STOMP 1.2, without heart-beats."""
-    return frame("CONNECT", {"accept-version": "1.2", "host": ep.vhost, "login": ep.login,
-                             "passcode": ep.passcode, "heart-beat": "0,0"})
+    return frame(
+        "CONNECT",
+        {
+            "accept-version": "1.2",
+            "host": ep.vhost,
+            "login": ep.login,
+            "passcode": ep.passcode,
+            "heart-beat": "0,0",
+        },
+    )
 
 
 def send_prefix(destination: str) -> bytes:
@@ -111,7 +119,7 @@ def ws_decode(raw: bytes) -> tuple[bytes, bytes, bool]:
             break
         opcode = b0 & 0x0F
         if opcode in (0, 1, 2):
-            out.append(raw[pos + head:pos + head + n])
+            out.append(raw[pos + head : pos + head + n])
         elif opcode == 8:
             return b"".join(out), b"", True
         pos += head + n
@@ -248,11 +256,14 @@ async def next_frames(conn: Conn, splitter: FrameSplitter) -> list[bytes]:
 
 async def subscribe(conn: Conn, splitter: FrameSplitter, subs: list[tuple[str, str]]) -> None:
     """SUBSCRIBE to each (id, destination), the last with a receipt, and wait for it."""
-    frames = [frame("SUBSCRIBE", {"id": sid, "destination": dest, "ack": "auto"})
-              for sid, dest in subs[:-1]]
+    frames = [
+        frame("SUBSCRIBE", {"id": sid, "destination": dest, "ack": "auto"})
+        for sid, dest in subs[:-1]
+    ]
     sid, dest = subs[-1]
-    frames.append(frame("SUBSCRIBE", {"id": sid, "destination": dest, "ack": "auto",
-                                      "receipt": f"r-{sid}"}))
+    frames.append(
+        frame("SUBSCRIBE", {"id": sid, "destination": dest, "ack": "auto", "receipt": f"r-{sid}"})
+    )
     await conn.send(b"".join(frames))
     while True:
         for f in await next_frames(conn, splitter):

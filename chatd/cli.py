@@ -124,7 +124,8 @@ def _prepare_files(config: Config) -> None:
             raise key_error(exc, config) from exc
         if created:
             logging.getLogger("chatd").info(
-                "generated dev signing keys in %s (embedded default)", private_path.parent)
+                "generated dev signing keys in %s (embedded default)", private_path.parent
+            )
 
 
 def cmd_migrate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -207,7 +208,11 @@ def cmd_token(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         _note(f"no dev keys yet: generated them in {key_path.parent}")
     auth = config.auth
     token = mint_token(
-        load_private_key(key_path), email, args.ttl, issuer=auth.issuer, audience=auth.audience,
+        load_private_key(key_path),
+        email,
+        args.ttl,
+        issuer=auth.issuer,
+        audience=auth.audience,
         kid=args.kid or auth.dev_kid,
     )
     _warn_if_unverifiable(config, token)
@@ -246,8 +251,12 @@ def describe(config: Config) -> list[str]:
         "rabbitmq: "
         + (f"{redact_url(mq.url)} exchange {mq.exchange}" if mq else "off (single instance)"),
         f"logging: {config.logging.format}, {config.logging.level}",
-        "tracing: " + (f"OTLP/HTTP to {redact_url(tr.endpoint or '')} as {tr.service_name}"
-                       if (tr := config.tracing).enabled else "off"),
+        "tracing: "
+        + (
+            f"OTLP/HTTP to {redact_url(tr.endpoint or '')} as {tr.service_name}"
+            if (tr := config.tracing).enabled
+            else "off"
+        ),
     ]
 
 
@@ -269,9 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", metavar="DIR", help="data directory (server.data_dir)")
     debug_help = "log at DEBUG level; a start-up error also prints its traceback"
     serve.add_argument("--debug", action="store_true", help=debug_help)
-    serve.add_argument("--workers", type=_positive, default=1, metavar="N",
-                       help="run N processes on the one port (SO_REUSEPORT; needs RabbitMQ "
-                            "and PostgreSQL, and SockJS off); default 1")
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="run N processes on the one port (SO_REUSEPORT; needs RabbitMQ "
+        "and PostgreSQL, and SockJS off); default 1",
+    )
 
     migrate = add("migrate", cmd_migrate)
     migrate.add_argument("--config", metavar="FILE", help=config_help)
@@ -279,9 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = add("check-config", cmd_check_config)
     check.add_argument("file", metavar="FILE")
-    check.add_argument("--connect", action="store_true",
-                       help="also try each configured dependency (database, RabbitMQ, profile "
-                            "service, JWKS) once; exit 1 if one fails")
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also try each configured dependency (database, RabbitMQ, profile "
+        "service, JWKS) once; exit 1 if one fails",
+    )
 
     keys = add("keys", cmd_keys)
     keys.add_argument("--out", metavar="DIR", default=".", help="output directory (default: .)")
@@ -297,8 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"lifetime (default {DEFAULT_TOKEN_TTL})",
     )
-    token.add_argument("--kid", metavar="KID",
-                       help="key id put in the token header (default: auth.dev_kid, else none)")
+    token.add_argument(
+        "--kid",
+        metavar="KID",
+        help="key id put in the token header (default: auth.dev_kid, else none)",
+    )
     return parser
 
 

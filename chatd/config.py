@@ -560,8 +560,9 @@ DEFAULT_SERVICE_NAME = "chatd"
 _OTLP_PROTOCOL = "http/protobuf"
 
 
-def _tracing_from_otel_env(tracing: TracingConfig, collected: _Collected,
-                           env: Mapping[str, str]) -> TracingConfig:
+def _tracing_from_otel_env(
+    tracing: TracingConfig, collected: _Collected, env: Mapping[str, str]
+) -> TracingConfig:
     """Apply the standard ``OTEL_*`` variables chatd reads itself (the SDK reads the others:
     ``OTEL_TRACES_SAMPLER``/``_ARG``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_EXPORTER_OTLP_HEADERS``,
     ``_TIMEOUT``, ``_COMPRESSION``, ``OTEL_BSP_*``).
@@ -585,8 +586,9 @@ def _tracing_from_otel_env(tracing: TracingConfig, collected: _Collected,
     elif "enabled" in collected.values["tracing"]:
         enabled = tracing.enabled
     else:
-        endpoint_set = any(value(n) for n in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                                              "OTEL_EXPORTER_OTLP_ENDPOINT"))
+        endpoint_set = any(
+            value(n) for n in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+        )
         enabled = exporter != "none" and (endpoint_set or exporter == "otlp")
     if not enabled:
         return replace(tracing, enabled=False)
@@ -599,8 +601,10 @@ def _tracing_from_otel_env(tracing: TracingConfig, collected: _Collected,
     endpoint = tracing.endpoint
     if endpoint is None:
         if value("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
-            name, endpoint = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                              value("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+            name, endpoint = (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                value("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            )
         elif value("OTEL_EXPORTER_OTLP_ENDPOINT"):
             # the base URL: the spec appends the signal's path for OTLP/HTTP
             name = "OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -641,8 +645,11 @@ def _cross_check(config: Config, collected: _Collected) -> None:
     if config.presence.max_peers * 2 > limits.stomp_max_pending_frames:
         # a presence snapshot is one MESSAGE per peer, written at once: it must leave room
         # in the session's send queue, or subscribing would close it as a slow consumer
-        fail("presence.max_peers", "must be at most half of limits.stomp_max_pending_frames "
-             f"({limits.stomp_max_pending_frames}): a snapshot is one frame per peer")
+        fail(
+            "presence.max_peers",
+            "must be at most half of limits.stomp_max_pending_frames "
+            f"({limits.stomp_max_pending_frames}): a snapshot is one frame per peer",
+        )
     mq = config.rabbitmq
     if mq is not None and mq.reconnect_initial_seconds > mq.reconnect_max_seconds:
         fail("rabbitmq.reconnect_initial_seconds", "must not exceed rabbitmq.reconnect_max_seconds")
@@ -658,18 +665,22 @@ def _fit_max_batch(config: Config, collected: _Collected) -> Config:
     ``limits.max_batch`` that large is an error; the default shrinks to fit, so a config
     written before batch sends existed (a small ``send_burst``) keeps working."""
     limits = config.limits
-    bounds = (("send_burst", limits.send_burst),
-              ("max_queued_sends", limits.max_queued_sends),
-              ("max_delivery_backlog", (limits.max_delivery_backlog - 1) // ROWS_PER_MESSAGE + 1))
+    bounds = (
+        ("send_burst", limits.send_burst),
+        ("max_queued_sends", limits.max_queued_sends),
+        ("max_delivery_backlog", (limits.max_delivery_backlog - 1) // ROWS_PER_MESSAGE + 1),
+    )
     key, room = min(bounds, key=lambda bound: bound[1])
     if limits.max_batch <= room:
         return config
     raw = collected.values["limits"].get("max_batch")
     if raw is None:
         return replace(config, limits=replace(limits, max_batch=room))
-    raise ConfigError(f"{raw.origin.label}: limits.max_batch: {limits.max_batch} is more than "
-                      f"limits.{key} allows ({room}): a batch that big could never be "
-                      "accepted; lower it or raise the other")
+    raise ConfigError(
+        f"{raw.origin.label}: limits.max_batch: {limits.max_batch} is more than "
+        f"limits.{key} allows ({room}): a batch that big could never be "
+        "accepted; lower it or raise the other"
+    )
 
 
 def redact_url(url: str) -> str:

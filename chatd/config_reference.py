@@ -72,7 +72,8 @@ def _type_name(tp: Any) -> str:
     if args and len(args) < len(typing.get_args(tp)):
         return _type_name(args[0]) + " (optional)"
     return {bool: "bool", int: "integer", float: "number", str: "string", Path: "path"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 def _default(spec: Field[Any]) -> str:
@@ -133,8 +134,10 @@ def render(example_text: str | None = None) -> str:
             out.append(doc[0].upper() + doc[1:])
         if section in OPTIONAL_SECTIONS:
             out.append("")
-            out.append(f"Optional: absent means off; naming `[{section}]` (or setting one of its "
-                       "variables) switches it on.")
+            out.append(
+                f"Optional: absent means off; naming `[{section}]` (or setting one of its "
+                "variables) switches it on."
+            )
         out.append("")
         out.append("| Key | Type | Default | Range | Environment | Description |")
         out.append("|---|---|---|---|---|---|")
@@ -144,16 +147,24 @@ def render(example_text: str | None = None) -> str:
             env = f"`CHATD_{section.upper()}__{spec.name.upper()}`"
             if dotted in aliases:
                 env = f"`{aliases[dotted]}`, {env}"
-            row = [f"`{spec.name}`", _type_name(hints[spec.name]), _default(spec), _range(spec),
-                   env, described.get(dotted, "").replace("|", "\\|")]
+            row = [
+                f"`{spec.name}`",
+                _type_name(hints[spec.name]),
+                _default(spec),
+                _range(spec),
+                env,
+                described.get(dotted, "").replace("|", "\\|"),
+            ]
             out.append("| " + " | ".join(row) + " |")
         out.append("")
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chatd.config_reference",
-                                     description="The configuration reference, from the schema.")
+    parser = argparse.ArgumentParser(
+        prog="python -m chatd.config_reference",
+        description="The configuration reference, from the schema.",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help=f"update {OUTPUT.relative_to(ROOT)}")
     mode.add_argument("--check", action="store_true", help="exit 1 if the file is out of date")

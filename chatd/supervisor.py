@@ -130,13 +130,25 @@ def build_profiles(config: Config, tier: RedisTier | None = None) -> ProfileProv
         return LocalProfileProvider()
     assert p.url is not None
     tokens = ServiceTokens.from_config(p)
-    remote = RemoteProfileProvider(p.url, tokens, timeout=p.timeout,
-                                   max_connections=p.max_connections)
-    breaker = CircuitBreaker(min_failures=p.breaker_failures, failure_rate=p.breaker_failure_rate,
-                             window=p.breaker_window_seconds, reset_after=p.breaker_reset_seconds)
+    remote = RemoteProfileProvider(
+        p.url, tokens, timeout=p.timeout, max_connections=p.max_connections
+    )
+    breaker = CircuitBreaker(
+        min_failures=p.breaker_failures,
+        failure_rate=p.breaker_failure_rate,
+        window=p.breaker_window_seconds,
+        reset_after=p.breaker_reset_seconds,
+    )
     shared = SharedProfileCache(tier) if tier is not None else None
-    return CachedProfiles(remote, breaker, ttl=p.cache_ttl, not_found_ttl=p.cache_not_found_ttl,
-                          max_size=p.cache_size, stale_if_error=p.stale_if_error, shared=shared)
+    return CachedProfiles(
+        remote,
+        breaker,
+        ttl=p.cache_ttl,
+        not_found_ttl=p.cache_not_found_ttl,
+        max_size=p.cache_size,
+        stale_if_error=p.stale_if_error,
+        shared=shared,
+    )
 
 
 def profiles_part(components: Components) -> Part:
@@ -162,8 +174,14 @@ def build_redis(config: Config) -> RedisTier | None:
     r = config.redis
     if r is None:
         return None
-    return RedisTier(r.url, key_prefix=r.key_prefix, pool_size=r.pool_size, timeout=r.timeout,
-                     retry_initial=r.retry_initial_seconds, retry_max=r.retry_max_seconds)
+    return RedisTier(
+        r.url,
+        key_prefix=r.key_prefix,
+        pool_size=r.pool_size,
+        timeout=r.timeout,
+        retry_initial=r.retry_initial_seconds,
+        retry_max=r.retry_max_seconds,
+    )
 
 
 def redis_part(tier: RedisTier) -> Part:
@@ -174,8 +192,9 @@ def redis_part(tier: RedisTier) -> Part:
     return part
 
 
-async def build_components(config: Config, store: Store, *,
-                           tracer: Tracer | None = None) -> Components:
+async def build_components(
+    config: Config, store: Store, *, tracer: Tracer | None = None
+) -> Components:
     """Everything the parts need, around an opened store; blocking set-up runs in a thread.
     With a `tracer`, the send path records spans (chatd.observability.tracing)."""
     try:
@@ -194,18 +213,34 @@ async def build_components(config: Config, store: Store, *,
     runtime = build_runtime(config)
     delivery = LocalDelivery(runtime, tracer=tracer)
     direct = config.rabbitmq is None and config.outbox.direct_delivery
-    committer = SendCommitter(store, lease_seconds=config.outbox.lease_seconds,
-                              max_queued=config.limits.max_queued_sends,
-                              max_backlog=config.limits.max_delivery_backlog, clock=utc_now,
-                              # one instance: deliver right after the commit
-                              sink=delivery if direct else None, tracer=tracer)
+    committer = SendCommitter(
+        store,
+        lease_seconds=config.outbox.lease_seconds,
+        max_queued=config.limits.max_queued_sends,
+        max_backlog=config.limits.max_delivery_backlog,
+        clock=utc_now,
+        # one instance: deliver right after the commit
+        sink=delivery if direct else None,
+        tracer=tracer,
+    )
     shared_limiter = None
     if tier is not None and config.redis is not None:
-        shared_limiter = SharedRateLimiter(tier, limiter,
-                                           lease_block=config.redis.rate_lease_block,
-                                           lease_seconds=config.redis.rate_lease_seconds)
-    services = ChatService(store, profiles, limiter, limits=config.limits, observer=metrics,
-                           committer=committer, shared_limiter=shared_limiter, tracer=tracer)
+        shared_limiter = SharedRateLimiter(
+            tier,
+            limiter,
+            lease_block=config.redis.rate_lease_block,
+            lease_seconds=config.redis.rate_lease_seconds,
+        )
+    services = ChatService(
+        store,
+        profiles,
+        limiter,
+        limits=config.limits,
+        observer=metrics,
+        committer=committer,
+        shared_limiter=shared_limiter,
+        tracer=tracer,
+    )
     readiness = Readiness()
     readiness.add_store(store)
     # A database migrated by a newer (or older) release than this code must not get traffic.
@@ -213,22 +248,38 @@ async def build_components(config: Config, store: Store, *,
     bridge = None
     if config.rabbitmq is not None:
         # within the publisher's budget per round (half a lease), with room to record it
-        confirm_timeout = min(config.rabbitmq.confirm_timeout_seconds,
-                              0.4 * config.outbox.lease_seconds)
-        bridge = RabbitBridge(config.rabbitmq, delivery, confirm_timeout=confirm_timeout,
-                              dedupe_size=config.rabbitmq.dedupe_size,
-                              instance_id=None if tracer is None else tracer.instance_id,
-                              tracer=tracer)
+        confirm_timeout = min(
+            config.rabbitmq.confirm_timeout_seconds, 0.4 * config.outbox.lease_seconds
+        )
+        bridge = RabbitBridge(
+            config.rabbitmq,
+            delivery,
+            confirm_timeout=confirm_timeout,
+            dedupe_size=config.rabbitmq.dedupe_size,
+            instance_id=None if tracer is None else tracer.instance_id,
+            tracer=tracer,
+        )
         bridge.observe_confirm = metrics.bridge_confirm_latency.observe
         readiness.add_check("bridge", bridge.check)
-    handlers = AppHandlers(services, runtime, tracer=tracer,
-                           relay=None if bridge is None else bridge.relay_ephemeral)
-    presence = build_presence(config, store, tier,
-                              None if bridge is None else bridge.instance_id,
-                              publish=functools.partial(handlers.publish,
-                                                        event=EVENT_PRESENCE))
-    runtime.hooks = ChatHooks(services, verifier, delivery, handlers, binder=bridge,
-                              presence=presence, close_on_expiry=config.auth.close_on_expiry)
+    handlers = AppHandlers(
+        services, runtime, tracer=tracer, relay=None if bridge is None else bridge.relay_ephemeral
+    )
+    presence = build_presence(
+        config,
+        store,
+        tier,
+        None if bridge is None else bridge.instance_id,
+        publish=functools.partial(handlers.publish, event=EVENT_PRESENCE),
+    )
+    runtime.hooks = ChatHooks(
+        services,
+        verifier,
+        delivery,
+        handlers,
+        binder=bridge,
+        presence=presence,
+        close_on_expiry=config.auth.close_on_expiry,
+    )
     runtime.on_principal_active = presence.principal_active
     if bridge is not None:
         runtime.on_destination_active = bridge.destination_active
@@ -250,22 +301,47 @@ async def build_components(config: Config, store: Store, *,
     if bridge is not None:
         metrics.attach_bridge(bridge)
     return Components(
-        config, store, profiles, verifier, limiter, services, readiness, runtime, delivery,
-        committer, presence, metrics, bridge, tier, tracer,
+        config,
+        store,
+        profiles,
+        verifier,
+        limiter,
+        services,
+        readiness,
+        runtime,
+        delivery,
+        committer,
+        presence,
+        metrics,
+        bridge,
+        tier,
+        tracer,
     )
 
 
-def build_presence(config: Config, store: Store, tier: RedisTier | None = None,
-                   instance_id: str | None = None, *,
-                   publish: Publish | None = None) -> PresenceService:
+def build_presence(
+    config: Config,
+    store: Store,
+    tier: RedisTier | None = None,
+    instance_id: str | None = None,
+    *,
+    publish: Publish | None = None,
+) -> PresenceService:
     """Presence tracking, shared through Redis when the tier is on; its updates go out
     through `publish` (like typing notices: here, and relayed to the other instances)."""
     p = config.presence
     state: PresenceState = LocalPresence()
     if tier is not None:
         state = RedisPresence(tier, instance_id or uuid.uuid4().hex, ttl=p.ttl_seconds)
-    return PresenceService(store, state, enabled=p.enabled, grace=p.grace_seconds,
-                           ttl=p.ttl_seconds, max_peers=p.max_peers, publish=publish)
+    return PresenceService(
+        store,
+        state,
+        enabled=p.enabled,
+        grace=p.grace_seconds,
+        ttl=p.ttl_seconds,
+        max_peers=p.max_peers,
+        publish=publish,
+    )
 
 
 def presence_part(components: Components) -> Part:
@@ -305,8 +381,9 @@ def stomp_tcp_part(components: Components) -> Part:
     async def run(*, task_status: trio.TaskStatus[str]) -> None:
         async with trio.open_nursery() as nursery:
             bind = c.config.server.stomp_tcp_bind or ""
-            with listening("stomp-tcp", bind,
-                                   "[server] stomp_tcp_bind or CHATD_SERVER__STOMP_TCP_BIND"):
+            with listening(
+                "stomp-tcp", bind, "[server] stomp_tcp_bind or CHATD_SERVER__STOMP_TCP_BIND"
+            ):
                 host, port = await nursery.start(serve_tcp, c.runtime, address[0], address[1])
             task_status.started(f"stomp=tcp://{host}:{port}")
             await stopping.wait()
@@ -328,9 +405,17 @@ def http_part(components: Components) -> Part:
         demo_key = demo_token_key(c.config)
     except KeyFileError as exc:
         raise key_error(exc, c.config) from exc
-    app = create_app(c.services, c.verifier, c.config, readiness=c.readiness, runtime=c.runtime,
-                     metrics=c.metrics, demo_token_key=demo_key, presence=c.presence,
-                     tracer=c.tracer)
+    app = create_app(
+        c.services,
+        c.verifier,
+        c.config,
+        readiness=c.readiness,
+        runtime=c.runtime,
+        metrics=c.metrics,
+        demo_token_key=demo_key,
+        presence=c.presence,
+        tracer=c.tracer,
+    )
     stopping = trio.Event()
 
     async def shutdown_trigger() -> None:
@@ -339,10 +424,17 @@ def http_part(components: Components) -> Part:
 
     async def run(*, task_status: trio.TaskStatus[str]) -> None:
         async with trio.open_nursery() as nursery:
-            serve = functools.partial(serve_http, app, c.config, shutdown_trigger=shutdown_trigger,
-                                      websocket=websocket_handler(
-                                          c.runtime, c.metrics, one_frame_per_message=(
-                                              c.config.server.ws_one_frame_per_message)))
+            serve = functools.partial(
+                serve_http,
+                app,
+                c.config,
+                shutdown_trigger=shutdown_trigger,
+                websocket=websocket_handler(
+                    c.runtime,
+                    c.metrics,
+                    one_frame_per_message=(c.config.server.ws_one_frame_per_message),
+                ),
+            )
             with listening("http", c.config.server.bind, "--bind or CHATD_BIND"):
                 binds: list[str] = await nursery.start(serve)
             task_status.started("http=" + ",".join(binds))
@@ -362,21 +454,25 @@ def outbox_part(components: Components, sink: OutboxSink) -> Part:
     # a claim holds at least one commit's rows of a session (a whole batch send)
     committer = components.committer
     largest = max(committer.max_batch, components.config.limits.max_batch)
-    publisher = OutboxPublisher(components.store, sink, components.config.outbox,
-                                min_claim=ROWS_PER_MESSAGE * largest,
-                                tracer=components.tracer)
+    publisher = OutboxPublisher(
+        components.store,
+        sink,
+        components.config.outbox,
+        min_claim=ROWS_PER_MESSAGE * largest,
+        tracer=components.tracer,
+    )
     publisher.on_published = components.metrics.outbox_published
     components.committer.on_published = components.metrics.outbox_published
     components.metrics.attach_publisher(publisher, components.committer)
-    committer.backlog = delivery_backlog(committer, publisher,
-                                         shared=components.bridge is not None)
+    committer.backlog = delivery_backlog(committer, publisher, shared=components.bridge is not None)
     # rows the committer delivered were leased; once marked, what waited behind them may go
     components.committer.on_marked = publisher.nudge
     return Part("outbox", publisher.run, stop=publisher.stop)
 
 
-def delivery_backlog(committer: SendCommitter, publisher: OutboxPublisher, *,
-                     shared: bool) -> Callable[[], int]:
+def delivery_backlog(
+    committer: SendCommitter, publisher: OutboxPublisher, *, shared: bool
+) -> Callable[[], int]:
     """How many outbox rows wait for delivery, as the committer's `max_backlog` sees it.
 
     One instance: what this process wrote and neither its committer nor its publisher
@@ -386,8 +482,7 @@ def delivery_backlog(committer: SendCommitter, publisher: OutboxPublisher, *,
     count instead, read by the publisher every ``PENDING_REFRESH`` s, plus what this process
     wrote since the last read."""
     if not shared:
-        return lambda: max(0, committer.rows_written - committer.published
-                           - publisher.published)
+        return lambda: max(0, committer.rows_written - committer.published - publisher.published)
     read = [0, committer.rows_written]  # pending at the last read, rows written by then
 
     def store_pending(pending: int) -> None:
@@ -515,10 +610,14 @@ async def serve(
     if config.tracing.enabled:
         tracer = start_tracing(config.tracing, exporter=span_exporter)
         show_trace_ids(tracer.ids)
-        log.info("tracing on: spans of service %s (instance %s) go to %s",
-                 config.tracing.service_name, tracer.instance_id,
-                 "the given exporter" if span_exporter is not None
-                 else redact_url(config.tracing.endpoint or "the default endpoint"))
+        log.info(
+            "tracing on: spans of service %s (instance %s) go to %s",
+            config.tracing.service_name,
+            tracer.instance_id,
+            "the given exporter"
+            if span_exporter is not None
+            else redact_url(config.tracing.endpoint or "the default endpoint"),
+        )
     try:
         await _serve(config, tracer, handle_signals=handle_signals, task_status=task_status)
     finally:
@@ -536,8 +635,13 @@ async def _stop_tracing(tracer: Tracer) -> None:
         log.warning("tracing: the last spans were not exported within %g s", FLUSH_TIMEOUT)
 
 
-async def _serve(config: Config, tracer: Tracer | None, *, handle_signals: bool,
-                 task_status: trio.TaskStatus[list[str]]) -> None:
+async def _serve(
+    config: Config,
+    tracer: Tracer | None,
+    *,
+    handle_signals: bool,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
     store = await open_store(config)
     try:
         applied = await migrate_store(store, config.database)
@@ -582,9 +686,25 @@ async def _serve(config: Config, tracer: Tracer | None, *, handle_signals: bool,
 
 
 __all__ = [
-    "Components", "Part", "StartupError", "bridge_part", "broker_part", "build_components",
-    "build_parts", "build_presence", "build_profiles", "build_redis", "delivery_backlog",
-    "http_part", "jwks_part", "outbox_part", "presence_part", "profiles_part", "purge_part",
-    "redis_part", "serve",
-    "session_grace", "stomp_tcp_part",
+    "Components",
+    "Part",
+    "StartupError",
+    "bridge_part",
+    "broker_part",
+    "build_components",
+    "build_parts",
+    "build_presence",
+    "build_profiles",
+    "build_redis",
+    "delivery_backlog",
+    "http_part",
+    "jwks_part",
+    "outbox_part",
+    "presence_part",
+    "profiles_part",
+    "purge_part",
+    "redis_part",
+    "serve",
+    "session_grace",
+    "stomp_tcp_part",
 ]

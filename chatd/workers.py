@@ -47,26 +47,35 @@ def check_workers(config: Config, workers: int) -> None:
         return
 
     def refuse(cause: str, hint: str) -> StartupError:
-        return StartupError("workers", "cannot run", f"{workers} workers", cause, hint,
-                            exit_code=EXIT_CONFIG)
+        return StartupError(
+            "workers", "cannot run", f"{workers} workers", cause, hint, exit_code=EXIT_CONFIG
+        )
 
     if config.rabbitmq is None:
-        raise refuse("no RabbitMQ is configured, and workers reach each other's clients "
-                     "through it", "set [rabbitmq] url or CHATD_RABBITMQ_URL, or use "
-                     "--workers 1")
+        raise refuse(
+            "no RabbitMQ is configured, and workers reach each other's clients through it",
+            "set [rabbitmq] url or CHATD_RABBITMQ_URL, or use --workers 1",
+        )
     if config.database.url.startswith("sqlite"):
         raise refuse("SQLite is one process's store", "use PostgreSQL (CHATD_DATABASE_URL)")
     if config.server.sockjs_enabled:
-        raise refuse("SockJS's HTTP transports keep a session in one process, and its "
-                     "requests may reach any worker", "set [server] sockjs_enabled = false "
-                     "(WebSocket clients are unaffected), or run one process per port behind "
-                     "a load balancer that sticks on the SockJS session path")
+        raise refuse(
+            "SockJS's HTTP transports keep a session in one process, and its "
+            "requests may reach any worker",
+            "set [server] sockjs_enabled = false "
+            "(WebSocket clients are unaffected), or run one process per port behind "
+            "a load balancer that sticks on the SockJS session path",
+        )
     if config.server.bind_address[1] == 0:
-        raise refuse("port 0 would give every worker a port of its own",
-                     "set a fixed port with --bind or CHATD_BIND")
+        raise refuse(
+            "port 0 would give every worker a port of its own",
+            "set a fixed port with --bind or CHATD_BIND",
+        )
     if config.server.stomp_tcp_bind is not None:
-        raise refuse("the raw STOMP TCP listener cannot be shared by workers yet",
-                     "remove [server] stomp_tcp_bind, or run one process per port")
+        raise refuse(
+            "the raw STOMP TCP listener cannot be shared by workers yet",
+            "remove [server] stomp_tcp_bind, or run one process per port",
+        )
 
 
 def worker_command(argv: Sequence[str]) -> list[str]:
@@ -83,8 +92,7 @@ def worker_command(argv: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "chatd", *out]
 
 
-def run_workers(argv: Sequence[str], workers: int, env: Mapping[str, str],
-                grace: float) -> int:
+def run_workers(argv: Sequence[str], workers: int, env: Mapping[str, str], grace: float) -> int:
     """Run `workers` copies of ``chatd serve`` until SIGTERM/SIGINT; the exit status.
 
     `argv` is this process's arguments after ``chatd``; `grace` how long workers get to stop
@@ -115,19 +123,24 @@ def run_workers(argv: Sequence[str], workers: int, env: Mapping[str, str],
                 if code is None or stopping:
                     continue
                 if code == EXIT_CONFIG:
-                    log.error("worker %d (pid %d) refused its configuration: stopping",
-                              index, proc.pid)
+                    log.error(
+                        "worker %d (pid %d) refused its configuration: stopping", index, proc.pid
+                    )
                     status, stopping = EXIT_CONFIG, True
                     break
                 now = time.monotonic()
                 crashes = [t for t in crashes if now - t < CRASH_WINDOW] + [now]
                 if len(crashes) > MAX_CRASHES:
-                    log.error("%d workers died within %.0f s: stopping", len(crashes),
-                              CRASH_WINDOW)
+                    log.error("%d workers died within %.0f s: stopping", len(crashes), CRASH_WINDOW)
                     status, stopping = 1, True
                     break
-                log.warning("worker %d (pid %d) exited with %d; starting it again in %.0f s",
-                            index, proc.pid, code, RESTART_DELAY)
+                log.warning(
+                    "worker %d (pid %d) exited with %d; starting it again in %.0f s",
+                    index,
+                    proc.pid,
+                    code,
+                    RESTART_DELAY,
+                )
                 time.sleep(RESTART_DELAY)
                 procs[index] = start(index)
     finally:
@@ -151,8 +164,6 @@ def _stop_all(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
         try:
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            log.error("worker pid %d did not stop within %.0f s: killing it", proc.pid,
-                      grace + 5)
+            log.error("worker pid %d did not stop within %.0f s: killing it", proc.pid, grace + 5)
             proc.kill()
             proc.wait()
-

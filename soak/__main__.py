@@ -21,37 +21,88 @@ def parse(argv: list[str]) -> Options:
     p = argparse.ArgumentParser(prog="scripts/soak", description=__doc__)
     p.add_argument("--minutes", type=float, default=20.0, help="chatting time (default 20)")
     p.add_argument("--clients", type=int, default=3000, help="clients, in pairs (default 3000)")
-    p.add_argument("--rate", type=float, default=150.0,
-                   help="messages per second offered over all pairs (default 150)")
-    p.add_argument("--fault-every", type=float, default=120.0,
-                   help="seconds between faults (default 120)")
-    p.add_argument("--hold", type=float, default=30.0,
-                   help="seconds Redis stays down and the RabbitMQ link stays cut (default 30)")
-    p.add_argument("--pause", type=float, default=10.0,
-                   help="seconds an instance stays SIGSTOPped (default 10)")
-    p.add_argument("--warmup", type=float, default=60.0,
-                   help="seconds of a process's life before its RSS and fds are judged")
-    p.add_argument("--heartbeat-ms", type=int, default=3000,
-                   help="STOMP heart-beats clients ask for both ways (default 3000; a client "
-                        "gives up after 2.5 intervals of silence)")
-    p.add_argument("--rest-share", type=float, default=0.3,
-                   help="share of sends through REST, the rest /app/chat.send (default 0.3)")
-    p.add_argument("--sockjs-share", type=float, default=0.1,
-                   help="share of clients on SockJS, half xhr-streaming, half xhr-polling")
-    p.add_argument("--receipt-every", type=int, default=4,
-                   help="a delivered receipt every N received messages, seen every 2N")
-    p.add_argument("--redis", choices=["auto", "on", "off"], default="auto",
-                   help="use a private Redis (auto: when this chatd knows [redis] url)")
-    p.add_argument("--workdir", type=Path, default=None,
-                   help="logs go here (default soak-results/<time>)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=150.0,
+        help="messages per second offered over all pairs (default 150)",
+    )
+    p.add_argument(
+        "--fault-every", type=float, default=120.0, help="seconds between faults (default 120)"
+    )
+    p.add_argument(
+        "--hold",
+        type=float,
+        default=30.0,
+        help="seconds Redis stays down and the RabbitMQ link stays cut (default 30)",
+    )
+    p.add_argument(
+        "--pause",
+        type=float,
+        default=10.0,
+        help="seconds an instance stays SIGSTOPped (default 10)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=60.0,
+        help="seconds of a process's life before its RSS and fds are judged",
+    )
+    p.add_argument(
+        "--heartbeat-ms",
+        type=int,
+        default=3000,
+        help="STOMP heart-beats clients ask for both ways (default 3000; a client "
+        "gives up after 2.5 intervals of silence)",
+    )
+    p.add_argument(
+        "--rest-share",
+        type=float,
+        default=0.3,
+        help="share of sends through REST, the rest /app/chat.send (default 0.3)",
+    )
+    p.add_argument(
+        "--sockjs-share",
+        type=float,
+        default=0.1,
+        help="share of clients on SockJS, half xhr-streaming, half xhr-polling",
+    )
+    p.add_argument(
+        "--receipt-every",
+        type=int,
+        default=4,
+        help="a delivered receipt every N received messages, seen every 2N",
+    )
+    p.add_argument(
+        "--redis",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="use a private Redis (auto: when this chatd knows [redis] url)",
+    )
+    p.add_argument(
+        "--workdir", type=Path, default=None, help="logs go here (default soak-results/<time>)"
+    )
     p.add_argument("--seed", type=int, default=22)
     a = p.parse_args(argv)
     if a.clients < 2 or a.clients % 2:
         p.error("--clients must be an even number >= 2")
     workdir = a.workdir or ROOT / "soak-results" / time.strftime("%Y%m%d-%H%M%S")
-    return Options(a.minutes, a.clients, a.rate, a.fault_every, a.hold, a.pause, a.warmup,
-                   a.heartbeat_ms, a.rest_share, a.sockjs_share, a.receipt_every, a.redis,
-                   workdir, a.seed)
+    return Options(
+        a.minutes,
+        a.clients,
+        a.rate,
+        a.fault_every,
+        a.hold,
+        a.pause,
+        a.warmup,
+        a.heartbeat_ms,
+        a.rest_share,
+        a.sockjs_share,
+        a.receipt_every,
+        a.redis,
+        workdir,
+        a.seed,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,8 +36,16 @@ class Gone(Exception):
     """The connection is over (closed, ERROR frame, heart-beat timeout)."""
 
 
-EXPECTED = (Gone, WireError, trio.TooSlowError, OSError, ConnectionError, httpx.HTTPError,
-            trio.BrokenResourceError, trio.ClosedResourceError)
+EXPECTED = (
+    Gone,
+    WireError,
+    trio.TooSlowError,
+    OSError,
+    ConnectionError,
+    httpx.HTTPError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -108,9 +116,22 @@ def parse(raw: bytes) -> tuple[str, dict[str, str], bytes]:
 class Client:
     """A user of a pair; see the module docstring."""
 
-    def __init__(self, index: int, email: str, token: str, session: str, instance: int,
-                 host: str, port: int, kind: str, http: httpx.AsyncClient, stats: Stats, *,
-                 heartbeat_ms: int, receipt_every: int) -> None:
+    def __init__(
+        self,
+        index: int,
+        email: str,
+        token: str,
+        session: str,
+        instance: int,
+        host: str,
+        port: int,
+        kind: str,
+        http: httpx.AsyncClient,
+        stats: Stats,
+        *,
+        heartbeat_ms: int,
+        receipt_every: int,
+    ) -> None:
         self.index, self.email, self.token, self.session = index, email, token, session
         self.instance, self.host, self.port, self.kind = instance, host, port, kind
         self.http, self.stats = http, stats
@@ -167,8 +188,9 @@ class Client:
     async def _open(self, nursery: trio.Nursery) -> Transport:
         if self.kind == WS:
             return await WsTransport.open(self.host, self.port)
-        return await SockJSTransport.open(self.http, f"http://{self.host}:{self.port}",
-                                          self.kind, self.token, nursery)
+        return await SockJSTransport.open(
+            self.http, f"http://{self.host}:{self.port}", self.kind, self.token, nursery
+        )
 
     async def _connection(self) -> None:
         self.attempt += 1
@@ -179,9 +201,17 @@ class Client:
                 splitter = FrameSplitter()
                 hb = self.heartbeat_ms
                 with trio.fail_after(CONNECT_TIMEOUT):
-                    await transport.send(frame("CONNECT", {
-                        "accept-version": "1.2", "host": "/", "passcode": self.token,
-                        "heart-beat": f"{hb},{hb}"}))
+                    await transport.send(
+                        frame(
+                            "CONNECT",
+                            {
+                                "accept-version": "1.2",
+                                "host": "/",
+                                "passcode": self.token,
+                                "heart-beat": f"{hb},{hb}",
+                            },
+                        )
+                    )
                     command, headers, _ = await self._first(transport, splitter)
                 if command != "CONNECTED":
                     self.stats.server_errors[headers.get("message", command)] += 1
@@ -190,21 +220,39 @@ class Client:
                 incoming = max(sx, hb) / 1000 if sx else 0.0
                 outgoing = max(sy, hb) / 1000 if sy else 0.0
                 subscribed = trio.Event()
-                await transport.send(b"".join([
-                    frame("SUBSCRIBE", {"id": "t", "destination": f"/topic/session.{self.session}",
-                                        "ack": "auto", "x-since-seq": str(self.last_seq)}),
-                    frame("SUBSCRIBE", {"id": "a", "destination": "/user/queue/ack"}),
-                    frame("SUBSCRIBE", {"id": "e", "destination": "/user/queue/error"}),
-                    frame("SUBSCRIBE", {"id": "r", "destination": "/user/queue/receipts",
-                                        "receipt": "subscribed"}),
-                ]))
+                await transport.send(
+                    b"".join(
+                        [
+                            frame(
+                                "SUBSCRIBE",
+                                {
+                                    "id": "t",
+                                    "destination": f"/topic/session.{self.session}",
+                                    "ack": "auto",
+                                    "x-since-seq": str(self.last_seq),
+                                },
+                            ),
+                            frame("SUBSCRIBE", {"id": "a", "destination": "/user/queue/ack"}),
+                            frame("SUBSCRIBE", {"id": "e", "destination": "/user/queue/error"}),
+                            frame(
+                                "SUBSCRIBE",
+                                {
+                                    "id": "r",
+                                    "destination": "/user/queue/receipts",
+                                    "receipt": "subscribed",
+                                },
+                            ),
+                        ]
+                    )
+                )
                 nursery.start_soon(self._reader, transport, splitter, incoming, subscribed)
                 with trio.fail_after(CONNECT_TIMEOUT):
                     await subscribed.wait()
                 self.connected = True
                 self.connects += 1
-                self.history.append((trio.current_time(),
-                                     f"#{self.attempt} subscribed since {self.last_seq}"))
+                self.history.append(
+                    (trio.current_time(), f"#{self.attempt} subscribed since {self.last_seq}")
+                )
                 if outgoing:
                     nursery.start_soon(self._beat, transport, outgoing)
                 nursery.start_soon(self._extras, transport)
@@ -215,8 +263,11 @@ class Client:
                     cleanup.shield = True
                     await transport.aclose()
 
-    async def _first(self, transport: Transport, splitter: FrameSplitter,
-                     ) -> tuple[str, dict[str, str], bytes]:
+    async def _first(
+        self,
+        transport: Transport,
+        splitter: FrameSplitter,
+    ) -> tuple[str, dict[str, str], bytes]:
         while True:
             data = await transport.recv()
             if not data:
@@ -233,8 +284,9 @@ class Client:
             await trio.sleep(every / 2)
             await transport.send(b"\n")
 
-    async def _reader(self, transport: Transport, splitter: FrameSplitter, incoming: float,
-                      subscribed: trio.Event) -> None:
+    async def _reader(
+        self, transport: Transport, splitter: FrameSplitter, incoming: float, subscribed: trio.Event
+    ) -> None:
         timeout = incoming * HB_TOLERANCE if incoming else float("inf")
         while True:
             with trio.move_on_after(timeout):
@@ -247,16 +299,16 @@ class Client:
                 continue
             raise Gone("heart-beat timeout")
 
-    def _frame(self, command: str, headers: dict[str, str], body: bytes,
-               subscribed: trio.Event) -> None:
+    def _frame(
+        self, command: str, headers: dict[str, str], body: bytes, subscribed: trio.Event
+    ) -> None:
         if command == "RECEIPT":
             subscribed.set()
             return
         if command == "ERROR":
             message = headers.get("message", "?")
             self.stats.server_errors[message] += 1
-            self.stats.error_frames.append((trio.current_time(), message, self.instance,
-                                            self.kind))
+            self.stats.error_frames.append((trio.current_time(), message, self.instance, self.kind))
             raise Gone("ERROR frame")
         if command != "MESSAGE":
             return
@@ -289,9 +341,16 @@ class Client:
                 status = "seen" if n % (2 * self.receipt_every) == 0 else "delivered"
                 body = json.dumps({"sessionId": self.session, "upToSeq": seq}).encode()
                 with contextlib.suppress(trio.WouldBlock):
-                    self.extras_in.send_nowait(frame(
-                        "SEND", {"destination": f"/app/chat.{status}",
-                                 "content-type": "application/json"}, body))
+                    self.extras_in.send_nowait(
+                        frame(
+                            "SEND",
+                            {
+                                "destination": f"/app/chat.{status}",
+                                "content-type": "application/json",
+                            },
+                            body,
+                        )
+                    )
 
     async def _extras(self, transport: Transport) -> None:
         """Receipts (and typing) go out here, so the reader never waits on a send."""
@@ -320,13 +379,21 @@ class Client:
                 self.pending.popleft()
                 now = trio.current_time()
                 self.stats.acks[intent.cmid] = Ack(
-                    intent.cmid, answer["messageId"], answer["sessionId"], int(answer["seq"]),
-                    self.instance, now, now - intent.first_try)
+                    intent.cmid,
+                    answer["messageId"],
+                    answer["sessionId"],
+                    int(answer["seq"]),
+                    self.instance,
+                    now,
+                    now - intent.first_try,
+                )
                 self.stats.last_ack[self.instance] = now
                 continue
             status = str(answer.get("status"))
-            if answer.get("_code") in RETRYABLE or status in ("SERVICE_UNAVAILABLE",
-                                                              "TOO_MANY_REQUESTS"):
+            if answer.get("_code") in RETRYABLE or status in (
+                "SERVICE_UNAVAILABLE",
+                "TOO_MANY_REQUESTS",
+            ):
                 self.stats.busy[status] += 1
                 await trio.sleep(float(answer.get("retryAfter") or 1) * random.uniform(0.5, 1))
                 continue
@@ -338,12 +405,27 @@ class Client:
         self.answers[intent.cmid] = event
         try:
             if random.random() < 0.3:
-                await transport.send(frame("SEND", {"destination": "/app/chat.typing"},
-                                           json.dumps({"sessionId": self.session}).encode()))
-            body = json.dumps({"sessionId": self.session, "content": intent.content,
-                               "clientMessageId": intent.cmid}).encode()
-            await transport.send(frame("SEND", {"destination": "/app/chat.send",
-                                                "content-type": "application/json"}, body))
+                await transport.send(
+                    frame(
+                        "SEND",
+                        {"destination": "/app/chat.typing"},
+                        json.dumps({"sessionId": self.session}).encode(),
+                    )
+                )
+            body = json.dumps(
+                {
+                    "sessionId": self.session,
+                    "content": intent.content,
+                    "clientMessageId": intent.cmid,
+                }
+            ).encode()
+            await transport.send(
+                frame(
+                    "SEND",
+                    {"destination": "/app/chat.send", "content-type": "application/json"},
+                    body,
+                )
+            )
             with trio.move_on_after(ACK_TIMEOUT):
                 await event[0].wait()
                 return event[1][0]
@@ -352,13 +434,18 @@ class Client:
             self.answers.pop(intent.cmid, None)
 
     async def _rest(self, intent: Intent) -> dict[str, Any] | None:
-        body = {"sessionId": self.session, "content": intent.content,
-                "clientMessageId": intent.cmid}
+        body = {
+            "sessionId": self.session,
+            "content": intent.content,
+            "clientMessageId": intent.cmid,
+        }
         try:
             with trio.fail_after(ACK_TIMEOUT):
                 response = await self.http.post(
-                    f"http://{self.host}:{self.port}/api/chat/message", json=body,
-                    headers={"Authorization": f"Bearer {self.token}"})
+                    f"http://{self.host}:{self.port}/api/chat/message",
+                    json=body,
+                    headers={"Authorization": f"Bearer {self.token}"},
+                )
         except (httpx.HTTPError, trio.TooSlowError, OSError):
             await trio.sleep(1)
             return None

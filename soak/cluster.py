@@ -46,9 +46,19 @@ class Instance:
         offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [chatd, "serve", "--bind", f"127.0.0.1:{self.port}", "--data-dir",
-                 str(self.data_dir)], stdout=out, stderr=out, env=self.env,
-                start_new_session=True)
+                [
+                    chatd,
+                    "serve",
+                    "--bind",
+                    f"127.0.0.1:{self.port}",
+                    "--data-dir",
+                    str(self.data_dir),
+                ],
+                stdout=out,
+                stderr=out,
+                env=self.env,
+                start_new_session=True,
+            )
         self.starts.append(time.monotonic())
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
@@ -94,14 +104,21 @@ def redis_supported() -> bool:
         f.write('[redis]\nurl = "redis://127.0.0.1:1/0"\n')
         f.flush()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
-        done = subprocess.run([chatd, "check-config", f.name], capture_output=True, env=env,
-                              check=False, timeout=60)
+        done = subprocess.run(
+            [chatd, "check-config", f.name], capture_output=True, env=env, check=False, timeout=60
+        )
     return done.returncode == 0
 
 
-def make_instances(workdir: Path, *, count: int, database_url: str,
-                   rabbitmq_urls: list[str], redis_url: str | None,
-                   heartbeat_ms: int) -> list[Instance]:
+def make_instances(
+    workdir: Path,
+    *,
+    count: int,
+    database_url: str,
+    rabbitmq_urls: list[str],
+    redis_url: str | None,
+    heartbeat_ms: int,
+) -> list[Instance]:
     """`count` instance definitions (not started); instance i reaches RabbitMQ through
     `rabbitmq_urls[i]` (a proxy for the one the cut-off fault isolates)."""
     from chatd.auth.keys import ensure_dev_keys
@@ -127,8 +144,9 @@ def make_instances(workdir: Path, *, count: int, database_url: str,
     out = []
     for i in range(count):
         env = base | {"CHATD_RABBITMQ_URL": rabbitmq_urls[i]}
-        out.append(Instance(f"chatd-{i + 1}", free_port(), env, data_dir,
-                            workdir / f"chatd-{i + 1}.log"))
+        out.append(
+            Instance(f"chatd-{i + 1}", free_port(), env, data_dir, workdir / f"chatd-{i + 1}.log")
+        )
     return out
 
 

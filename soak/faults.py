@@ -15,8 +15,13 @@ from soak.cluster import Instance
 from soak.services import CuttableProxy, PrivatePostgres, PrivateRabbit, PrivateRedis
 
 KILL, RABBIT, REDIS, POSTGRES, CUT, PAUSE = (
-    "kill -9 + restart", "restart RabbitMQ", "stop Redis", "restart PostgreSQL",
-    "cut off RabbitMQ", "SIGSTOP")
+    "kill -9 + restart",
+    "restart RabbitMQ",
+    "stop Redis",
+    "restart PostgreSQL",
+    "cut off RabbitMQ",
+    "SIGSTOP",
+)
 ORDER = (KILL, RABBIT, REDIS, POSTGRES, CUT, PAUSE)
 
 
@@ -66,8 +71,12 @@ async def inflict(name: str, n: int, plant: Plant) -> Fault:
     """Cause fault `name` (the n-th fault of the run, which picks the instance) and end it;
     returns once the broken part is back."""
     inst = plant.instances[n % len(plant.instances)]
-    target = {RABBIT: "rabbitmq", REDIS: "redis", POSTGRES: "postgresql",
-              CUT: plant.instances[plant.cut_instance].name}.get(name, inst.name)
+    target = {
+        RABBIT: "rabbitmq",
+        REDIS: "redis",
+        POSTGRES: "postgresql",
+        CUT: plant.instances[plant.cut_instance].name,
+    }.get(name, inst.name)
     fault = Fault(name, target, trio.current_time(), time.time())
     run = trio.to_thread.run_sync
     if name == KILL:
@@ -97,17 +106,22 @@ async def inflict(name: str, n: int, plant: Plant) -> Fault:
     return fault
 
 
-async def measure_recovery(fault: Fault, *, instances: int,
-                           acked_since: Callable[[int, float], bool],
-                           backlog_before: Callable[[datetime], Awaitable[int | None]],
-                           limit: float) -> None:
+async def measure_recovery(
+    fault: Fault,
+    *,
+    instances: int,
+    acked_since: Callable[[int, float], bool],
+    backlog_before: Callable[[datetime], Awaitable[int | None]],
+    limit: float,
+) -> None:
     """Fill in `fault.sends_ok` and `fault.drained` (None = not within `limit` seconds)."""
     assert fault.restored_at is not None
     with trio.move_on_after(limit):
         while fault.sends_ok is None or fault.drained is None:
             now = trio.current_time()
-            if fault.sends_ok is None and all(acked_since(i, fault.restored)
-                                              for i in range(instances)):
+            if fault.sends_ok is None and all(
+                acked_since(i, fault.restored) for i in range(instances)
+            ):
                 fault.sends_ok = round(now - fault.restored, 1)
             if fault.drained is None and await backlog_before(fault.restored_at) == 0:
                 fault.drained = round(now - fault.restored, 1)

@@ -41,12 +41,18 @@ def _delivery(o: Outcome) -> list[Row]:
     copies = sum(len(by_session[c.session]) for c in o.clients)
     pending = sum(len(c.pending) for c in o.clients)
     return [
-        Row("messages acknowledged", f"{len(acks)} ({len(o.rows)} stored, "
-            f"{pending} intents never acknowledged)", pending == 0),
+        Row(
+            "messages acknowledged",
+            f"{len(acks)} ({len(o.rows)} stored, {pending} intents never acknowledged)",
+            pending == 0,
+        ),
         Row("acknowledged but not stored", str(not_stored), not_stored == 0),
         Row("stored more than once (clientMessageId)", str(twice), twice == 0),
-        Row("lost: stored, not delivered to a subscriber of its session",
-            f"{lost} of {copies} deliveries", lost == 0),
+        Row(
+            "lost: stored, not delivered to a subscriber of its session",
+            f"{lost} of {copies} deliveries",
+            lost == 0,
+        ),
         Row("delivered but never stored", str(phantom), phantom == 0),
         Row("reordered (per-session order after dedupe by id)", str(reordered), reordered == 0),
         Row("duplicate frames dropped by id (replays after resume)", str(replayed), None),
@@ -57,16 +63,25 @@ def _delivery(o: Outcome) -> list[Row]:
 def _sends(o: Outcome) -> list[Row]:
     s = o.stats
     lat = sorted(a.latency for a in s.acks.values())
-    p = (lambda q: f"{lat[min(len(lat) - 1, int(q * len(lat)))] * 1000:.0f} ms") if lat else (
-        lambda q: "-")
+    p = (
+        (lambda q: f"{lat[min(len(lat) - 1, int(q * len(lat)))] * 1000:.0f} ms")
+        if lat
+        else (lambda q: "-")
+    )
     refused = sum(s.refused.values())
     return [
-        Row("send rate achieved", f"{len(s.acks) / max(1.0, o.sending_seconds):.1f} msg/s "
-            f"(offered {o.options.rate:g}; {s.skipped} offers skipped: client busy)", None),
-        Row("send to ack (retries included)", f"p50 {p(0.5)}, p99 {p(0.99)}, max {p(1.0)}",
-            None),
-        Row("refused for good (not 429/503)", f"{refused} {dict(s.refused)}" if refused
-            else "0", refused == 0),
+        Row(
+            "send rate achieved",
+            f"{len(s.acks) / max(1.0, o.sending_seconds):.1f} msg/s "
+            f"(offered {o.options.rate:g}; {s.skipped} offers skipped: client busy)",
+            None,
+        ),
+        Row("send to ack (retries included)", f"p50 {p(0.5)}, p99 {p(0.99)}, max {p(1.0)}", None),
+        Row(
+            "refused for good (not 429/503)",
+            f"{refused} {dict(s.refused)}" if refused else "0",
+            refused == 0,
+        ),
         Row("refused busy, retried (429/503)", f"{sum(s.busy.values())} {dict(s.busy)}", None),
         Row("sends repeated after no answer", str(s.resent), None),
     ]
@@ -80,9 +95,14 @@ def _faults(o: Outcome) -> list[Row]:
         took = f.restored - f.started
         sends = "never" if f.sends_ok is None else f"{f.sends_ok:.1f} s"
         drained = "never" if f.drained is None else f"{f.drained:.1f} s"
-        rows.append(Row(f"fault {n}: {f.name} ({f.target})",
-                        f"back after {took:.1f} s; then sends ok {sends}, backlog drained "
-                        f"{drained}; {f.errors_explained} ERROR lines in its window", ok))
+        rows.append(
+            Row(
+                f"fault {n}: {f.name} ({f.target})",
+                f"back after {took:.1f} s; then sends ok {sends}, backlog drained "
+                f"{drained}; {f.errors_explained} ERROR lines in its window",
+                ok,
+            )
+        )
     if not o.faults:
         rows.append(Row("faults", "none (run shorter than one fault interval)", None))
     rows.append(Row("recovery limit", f"{limit:g} s per fault", None))
@@ -95,34 +115,46 @@ def _clients(o: Outcome) -> list[Row]:
     kinds = Counter(c.kind for c in o.clients)
     reconnected = sum(c.connects > 1 for c in o.clients)
     return [
-        Row("clients", f"{len(o.clients)}: " + ", ".join(f"{k} {v}" for k, v in kinds.items()),
-            None),
+        Row(
+            "clients", f"{len(o.clients)}: " + ", ".join(f"{k} {v}" for k, v in kinds.items()), None
+        ),
         Row("connected at the end", f"{connected}/{len(o.clients)}", connected == len(o.clients)),
-        Row("clients that reconnected", f"{reconnected} ({sum(s.disconnects.values())} "
-            f"disconnects: {dict(s.disconnects)})", None),
+        Row(
+            "clients that reconnected",
+            f"{reconnected} ({sum(s.disconnects.values())} disconnects: {dict(s.disconnects)})",
+            None,
+        ),
         Row("server ERROR frames in fault windows", str(dict(_frames(o, inside=True))), None),
-        Row("server ERROR frames outside fault windows, WebSocket clients",
+        Row(
+            "server ERROR frames outside fault windows, WebSocket clients",
             str(dict(_frames(o, inside=False, sockjs=False))),
-            not _frames(o, inside=False, sockjs=False)),
+            not _frames(o, inside=False, sockjs=False),
+        ),
         # A SockJS client's heart-beat is an HTTP request of its own: on a loaded machine,
         # after a pause, it can wait behind hundreds of others for longer than the server's
         # grace (1.5 intervals). Shown, not judged.
-        Row("server ERROR frames outside fault windows, SockJS clients",
-            str(dict(_frames(o, inside=False, sockjs=True))), None),
+        Row(
+            "server ERROR frames outside fault windows, SockJS clients",
+            str(dict(_frames(o, inside=False, sockjs=True))),
+            None,
+        ),
     ]
 
 
 def _in_window(o: Outcome, at: float) -> bool:
     """Whether monotonic time `at` falls in a fault's window (start to recovery + 10 s)."""
-    return any(f.started - 1 <= at <= f.restored + max(f.sends_ok or 30.0, f.drained or 30.0)
-               + 10 for f in o.faults)
+    return any(
+        f.started - 1 <= at <= f.restored + max(f.sends_ok or 30.0, f.drained or 30.0) + 10
+        for f in o.faults
+    )
 
 
 def _frames(o: Outcome, *, inside: bool, sockjs: bool | None = None) -> Counter[str]:
-    return Counter(f"{_SESSION.sub('session.{id}', message)} (chatd-{inst + 1}, {kind})"
-                   for at, message, inst, kind
-                   in o.stats.error_frames if _in_window(o, at) == inside
-                   and (sockjs is None or (kind != WS) == sockjs))
+    return Counter(
+        f"{_SESSION.sub('session.{id}', message)} (chatd-{inst + 1}, {kind})"
+        for at, message, inst, kind in o.stats.error_frames
+        if _in_window(o, at) == inside and (sockjs is None or (kind != WS) == sockjs)
+    )
 
 
 def diagnostics(o: Outcome) -> dict[str, object]:
@@ -137,23 +169,38 @@ def diagnostics(o: Outcome) -> dict[str, object]:
     for c in o.clients:
         lost = sorted(seq for mid, seq in by_session[c.session].items() if mid not in c.seen)
         if lost:
-            missing.append({"client": c.index, "kind": c.kind, "instance": c.instance,
-                            "session": c.session, "missing_seqs": lost,
-                            "last_seq": c.last_seq, "connected": c.connected,
-                            "history": [(round(t - t0, 1), what) for t, what in c.history],
-                            "arrivals": [(round(t - t0, 2), n, seq) for t, n, seq
-                                         in c.arrivals if seq >= lost[0] - 3]})
+            missing.append(
+                {
+                    "client": c.index,
+                    "kind": c.kind,
+                    "instance": c.instance,
+                    "session": c.session,
+                    "missing_seqs": lost,
+                    "last_seq": c.last_seq,
+                    "connected": c.connected,
+                    "history": [(round(t - t0, 1), what) for t, what in c.history],
+                    "arrivals": [
+                        (round(t - t0, 2), n, seq) for t, n, seq in c.arrivals if seq >= lost[0] - 3
+                    ],
+                }
+            )
     return {
-        "faults": [(round(f.started - t0, 1), round(f.restored - t0, 1), f.name, f.target)
-                   for f in o.faults],
+        "faults": [
+            (round(f.started - t0, 1), round(f.restored - t0, 1), f.name, f.target)
+            for f in o.faults
+        ],
         "missing": missing,
         "error_frames": [(round(t - t0, 1), m, i, k) for t, m, i, k in o.stats.error_frames],
     }
 
 
 def _steady(o: Outcome, sample: Sample) -> bool:
-    return not any(f.started - 1 <= sample.at <= f.restored + STEADY_AFTER_FAULT
-                   + max(f.sends_ok or 30.0, f.drained or 30.0) for f in o.faults)
+    return not any(
+        f.started - 1
+        <= sample.at
+        <= f.restored + STEADY_AFTER_FAULT + max(f.sends_ok or 30.0, f.drained or 30.0)
+        for f in o.faults
+    )
 
 
 def _resources(o: Outcome) -> list[Row]:
@@ -166,34 +213,56 @@ def _resources(o: Outcome) -> list[Row]:
         steady = [s for s in samples if s.at >= first_at + o.options.warmup and _steady(o, s)]
         name = o.instances[inst].name
         if len(steady) < 3:
-            rows.append(Row(f"{name} pid {pid}: RSS / fds",
-                            f"{len(samples)} samples, too few steady ones after warm-up to judge "
-                            f"(RSS {samples[-1].rss / 2**20:.0f} MiB, fds {samples[-1].fds})",
-                            None))
+            rows.append(
+                Row(
+                    f"{name} pid {pid}: RSS / fds",
+                    f"{len(samples)} samples, too few steady ones after warm-up to judge "
+                    f"(RSS {samples[-1].rss / 2**20:.0f} MiB, fds {samples[-1].fds})",
+                    None,
+                )
+            )
             continue
         k = max(1, len(steady) // 4)
         rss0, rss1 = median(s.rss for s in steady[:k]), median(s.rss for s in steady[-k:])
         fd0, fd1 = median(s.fds for s in steady[:k]), median(s.fds for s in steady[-k:])
         grow_rss, grow_fd = rss1 / rss0 - 1, fd1 / fd0 - 1
-        rows.append(Row(f"{name} pid {pid}: RSS after warm-up",
-                        f"{rss0 / 2**20:.0f} -> {rss1 / 2**20:.0f} MiB ({grow_rss:+.1%}, "
-                        f"{len(steady)} steady samples)", grow_rss <= FLAT))
-        rows.append(Row(f"{name} pid {pid}: open fds after warm-up",
-                        f"{fd0:.0f} -> {fd1:.0f} ({grow_fd:+.1%})", grow_fd <= FLAT))
+        rows.append(
+            Row(
+                f"{name} pid {pid}: RSS after warm-up",
+                f"{rss0 / 2**20:.0f} -> {rss1 / 2**20:.0f} MiB ({grow_rss:+.1%}, "
+                f"{len(steady)} steady samples)",
+                grow_rss <= FLAT,
+            )
+        )
+        rows.append(
+            Row(
+                f"{name} pid {pid}: open fds after warm-up",
+                f"{fd0:.0f} -> {fd1:.0f} ({grow_fd:+.1%})",
+                grow_fd <= FLAT,
+            )
+        )
     for inst in range(len(o.instances)):
         mine = [s for s in o.samples if s.instance == inst]
-        cpu = sum(_cpu_between(a, b) for a, b in itertools.pairwise(mine)
-                  if a.pid == b.pid)
+        cpu = sum(_cpu_between(a, b) for a, b in itertools.pairwise(mine) if a.pid == b.pid)
         span = sum(b.at - a.at for a, b in itertools.pairwise(mine) if a.pid == b.pid)
         gauge = [s.backlog for s in mine if s.backlog is not None]
-        rows.append(Row(f"{o.instances[inst].name}: CPU, own delivery backlog",
-                        f"{cpu / max(span, 1e-9):.0%} of a core; chatd_delivery_backlog max "
-                        f"{max(gauge, default=0)}, last {gauge[-1] if gauge else '-'}", None))
+        rows.append(
+            Row(
+                f"{o.instances[inst].name}: CPU, own delivery backlog",
+                f"{cpu / max(span, 1e-9):.0%} of a core; chatd_delivery_backlog max "
+                f"{max(gauge, default=0)}, last {gauge[-1] if gauge else '-'}",
+                None,
+            )
+        )
     backlog = [b for _, b in o.backlog]
     if backlog:
-        rows.append(Row("outbox backlog (sampled every 10 s)",
-                        f"median {median(backlog):.0f}, max {max(backlog)}, last {backlog[-1]}",
-                        None))
+        rows.append(
+            Row(
+                "outbox backlog (sampled every 10 s)",
+                f"median {median(backlog):.0f}, max {max(backlog)}, last {backlog[-1]}",
+                None,
+            )
+        )
     return rows
 
 
@@ -204,43 +273,65 @@ def _cpu_between(a: Sample, b: Sample) -> float:
 def _logs(o: Outcome) -> list[Row]:
     unexplained = []
     for inst, when, line in o.errors:
-        fault = next((f for f in o.faults
-                      if f.started_unix - 1 <= when <= f.window_end_unix), None)
+        fault = next((f for f in o.faults if f.started_unix - 1 <= when <= f.window_end_unix), None)
         if fault is None:
             unexplained.append(f"{inst}: {line}")
         else:
             fault.errors_explained += 1
     shown = "; ".join(sorted(set(unexplained))[:5])
-    return [Row("ERROR log lines not explained by a fault",
-                f"{len(unexplained)}" + (f": {shown}" if shown else ""), not unexplained)]
+    return [
+        Row(
+            "ERROR log lines not explained by a fault",
+            f"{len(unexplained)}" + (f": {shown}" if shown else ""),
+            not unexplained,
+        )
+    ]
 
 
 def _generator(o: Outcome) -> list[Row]:
     share = o.gen_cpu / max(1.0, o.sending_seconds)
     lag = sorted(o.loop_lag)
     p99 = lag[int(0.99 * (len(lag) - 1))] * 1000 if lag else 0.0
-    return [Row("load generator CPU (one process, one core at most)",
-                f"{share:.0%} of a core; event-loop lag p99 {p99:.0f} ms, max "
-                f"{(lag[-1] * 1000 if lag else 0):.0f} ms", share < GEN_CPU_MAX)]
+    return [
+        Row(
+            "load generator CPU (one process, one core at most)",
+            f"{share:.0%} of a core; event-loop lag p99 {p99:.0f} ms, max "
+            f"{(lag[-1] * 1000 if lag else 0):.0f} ms",
+            share < GEN_CPU_MAX,
+        )
+    ]
 
 
 def checks(o: Outcome) -> tuple[list[Row], bool]:
     """Every row of the table; the second value is True when no check failed."""
     logs = _logs(o)  # first: it counts each fault's explained lines
-    rows = [*_delivery(o), *_sends(o), *_faults(o), *_clients(o), *_resources(o), *logs,
-            *_generator(o)]
+    rows = [
+        *_delivery(o),
+        *_sends(o),
+        *_faults(o),
+        *_clients(o),
+        *_resources(o),
+        *logs,
+        *_generator(o),
+    ]
     return rows, all(r.ok is not False for r in rows)
 
 
 def table(o: Outcome, rows: list[Row]) -> str:
     opt = o.options
-    head = (f"soak: {opt.clients} clients, {opt.rate:g} msg/s offered, {opt.minutes:g} min, "
-            f"a fault every {opt.fault_every:g} s (hold {opt.hold:g} s, pause {opt.pause:g} s), "
-            f"heart-beats {opt.heartbeat_ms} ms, Redis {'on' if o.redis else 'off'}, "
-            f"{len(o.instances)} instances")
+    head = (
+        f"soak: {opt.clients} clients, {opt.rate:g} msg/s offered, {opt.minutes:g} min, "
+        f"a fault every {opt.fault_every:g} s (hold {opt.hold:g} s, pause {opt.pause:g} s), "
+        f"heart-beats {opt.heartbeat_ms} ms, Redis {'on' if o.redis else 'off'}, "
+        f"{len(o.instances)} instances"
+    )
     width = max(len(r.check) for r in rows)
-    lines = [head, "", f"| {'check'.ljust(width)} | result | value |",
-             f"|{'-' * (width + 2)}|--------|-------|"]
+    lines = [
+        head,
+        "",
+        f"| {'check'.ljust(width)} | result | value |",
+        f"|{'-' * (width + 2)}|--------|-------|",
+    ]
     for r in rows:
         mark = "info" if r.ok is None else ("ok" if r.ok else "FAIL")
         lines.append(f"| {r.check.ljust(width)} | {mark:6} | {r.value} |")

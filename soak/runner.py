@@ -118,8 +118,11 @@ class Run:
             return None
 
     async def pending_before(self, when: datetime) -> int | None:
-        rows = await self.query("SELECT count(*) FROM chat_message_outbox WHERE NOT processed "
-                                "AND NOT dead AND created_at <= %s", when)
+        rows = await self.query(
+            "SELECT count(*) FROM chat_message_outbox WHERE NOT processed "
+            "AND NOT dead AND created_at <= %s",
+            when,
+        )
         return None if rows is None else int(rows[0][0])
 
     # -- the run ------------------------------------------------------------------------------
@@ -137,8 +140,11 @@ class Run:
     def _with_services(self, root: Path) -> Outcome:
         o = self.o
         want_redis = o.redis == "on" or (o.redis == "auto" and redis_supported())
-        say("private PostgreSQL, RabbitMQ" + (", Redis" if want_redis else "") +
-            " (this run's own copies)")
+        say(
+            "private PostgreSQL, RabbitMQ"
+            + (", Redis" if want_redis else "")
+            + " (this run's own copies)"
+        )
         pg = PrivatePostgres.create(root / "postgres")
         pg.start()
         rabbit = PrivateRabbit.create(root / "rabbitmq")
@@ -159,31 +165,49 @@ class Run:
             except Exception as exc:  # already stopped by a fault that failed half-way
                 say(f"stopping PostgreSQL: {exc}")
 
-    async def _main(self, pg: PrivatePostgres, rabbit: PrivateRabbit,
-                    redis: PrivateRedis | None) -> Outcome:
+    async def _main(
+        self, pg: PrivatePostgres, rabbit: PrivateRabbit, redis: PrivateRedis | None
+    ) -> Outcome:
         o = self.o
         async with trio.open_nursery() as nursery:
             proxy = CuttableProxy(("127.0.0.1", rabbit.port))
             await nursery.start(proxy.run)
             proxied = f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F"
             instances = make_instances(
-                o.workdir, count=2, database_url=self.db_url,
-                rabbitmq_urls=[rabbit.url, proxied], redis_url=redis.url if redis else None,
-                heartbeat_ms=o.heartbeat_ms)
+                o.workdir,
+                count=2,
+                database_url=self.db_url,
+                rabbitmq_urls=[rabbit.url, proxied],
+                redis_url=redis.url if redis else None,
+                heartbeat_ms=o.heartbeat_ms,
+            )
             try:
-                outcome = await self._drive(nursery, instances, F.Plant(
-                    instances, pg, rabbit, redis, proxy, cut_instance=1, hold=o.hold,
-                    pause=o.pause))
+                outcome = await self._drive(
+                    nursery,
+                    instances,
+                    F.Plant(
+                        instances,
+                        pg,
+                        rabbit,
+                        redis,
+                        proxy,
+                        cut_instance=1,
+                        hold=o.hold,
+                        pause=o.pause,
+                    ),
+                )
             finally:
                 for inst in instances:
                     await trio.to_thread.run_sync(inst.stop)
             nursery.cancel_scope.cancel()
-        outcome.errors = [(inst.name, t, line) for inst in instances
-                          for t, line in error_lines(inst.log)]
+        outcome.errors = [
+            (inst.name, t, line) for inst in instances for t, line in error_lines(inst.log)
+        ]
         return outcome
 
-    async def _drive(self, nursery: trio.Nursery, instances: list[Instance],
-                     plant: F.Plant) -> Outcome:
+    async def _drive(
+        self, nursery: trio.Nursery, instances: list[Instance], plant: F.Plant
+    ) -> Outcome:
         o = self.o
         for inst in instances:
             say(f"starting {inst.name} on port {inst.port}")
@@ -193,7 +217,8 @@ class Run:
         ttl = int(o.minutes * 60 + 3600)
         say(f"minting {len(emails)} tokens")
         tokens = await trio.to_thread.run_sync(
-            lambda: tokens_for(instances[0].data_dir, emails, ttl))
+            lambda: tokens_for(instances[0].data_dir, emails, ttl)
+        )
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=2000)
         timeout = httpx.Timeout(60.0, connect=10.0)
         async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
@@ -203,10 +228,22 @@ class Run:
             for i, (email, token) in enumerate(zip(emails, tokens, strict=True)):
                 where = i % len(instances)  # the two users of a pair on different instances
                 inst = instances[where]
-                self.clients.append(Client(
-                    i, email, token, sessions[i // 2], where, "127.0.0.1", inst.port,
-                    self._kind(i), http, self.stats, heartbeat_ms=o.heartbeat_ms,
-                    receipt_every=o.receipt_every))
+                self.clients.append(
+                    Client(
+                        i,
+                        email,
+                        token,
+                        sessions[i // 2],
+                        where,
+                        "127.0.0.1",
+                        inst.port,
+                        self._kind(i),
+                        http,
+                        self.stats,
+                        heartbeat_ms=o.heartbeat_ms,
+                        receipt_every=o.receipt_every,
+                    )
+                )
             async with trio.open_nursery() as load:
                 for c in self.clients:
                     load.start_soon(c.run)
@@ -216,8 +253,10 @@ class Run:
                     while sum(c.connected for c in self.clients) < len(self.clients):  # noqa: ASYNC110 (a count over every client)
                         await trio.sleep(0.5)
                 connected = sum(c.connected for c in self.clients)
-                say(f"{connected}/{len(self.clients)} connected; chatting at {o.rate:g} msg/s "
-                    f"for {o.minutes:g} min, a fault every {o.fault_every:g} s")
+                say(
+                    f"{connected}/{len(self.clients)} connected; chatting at {o.rate:g} msg/s "
+                    f"for {o.minutes:g} min, a fault every {o.fault_every:g} s"
+                )
                 load.start_soon(self._sample, instances)
                 load.start_soon(self._lag)
                 started, cpu0 = trio.current_time(), self_cpu()
@@ -231,17 +270,34 @@ class Run:
                 say("sending stopped; waiting for the last acks and deliveries")
                 unsettled = await self._settle()
                 rows = await self.query(
-                    "SELECT session_id::text, seq, id::text, client_msg_id FROM chat_messages")
+                    "SELECT session_id::text, seq, id::text, client_msg_id FROM chat_messages"
+                )
                 outbox = await self.query(
                     "SELECT id, session_id::text, seq, event, destination, processed, dead, "
                     "retry_count, created_at::text, sent_at::text FROM chat_message_outbox "
-                    "ORDER BY id")
-                (o.workdir / "outbox.tsv").write_text("".join(
-                    "\t".join(map(str, r)) + "\n" for r in outbox or []))
+                    "ORDER BY id"
+                )
+                (o.workdir / "outbox.tsv").write_text(
+                    "".join("\t".join(map(str, r)) + "\n" for r in outbox or [])
+                )
                 load.cancel_scope.cancel()
-        return Outcome(o, plant.redis is not None, self.clients, self.stats, self.faults,
-                       self.samples, self.backlog, rows or [], instances, [], started,
-                       sending, gen_cpu, self.loop_lag, unsettled)
+        return Outcome(
+            o,
+            plant.redis is not None,
+            self.clients,
+            self.stats,
+            self.faults,
+            self.samples,
+            self.backlog,
+            rows or [],
+            instances,
+            [],
+            started,
+            sending,
+            gen_cpu,
+            self.loop_lag,
+            unsettled,
+        )
 
     def _kind(self, i: int) -> str:
         """Every (1/sockjs_share)-th client on SockJS, streaming and polling in turn."""
@@ -252,17 +308,19 @@ class Run:
             return WS
         return XHR_STREAMING if (i // period) % 2 == 0 else XHR_POLLING
 
-    async def _sessions(self, http: httpx.AsyncClient, inst: Instance, tokens: list[str],
-                        emails: list[str]) -> list[str]:
+    async def _sessions(
+        self, http: httpx.AsyncClient, inst: Instance, tokens: list[str], emails: list[str]
+    ) -> list[str]:
         out: list[str] = [""] * (len(tokens) // 2)
         limiter = trio.CapacityLimiter(16)
 
         async def one(k: int) -> None:
             async with limiter:
                 answer = await http.post(
-                    f"{inst.base}/api/chat/init", json={"toEmail": emails[2 * k + 1],
-                                                        "intent": "soak"},
-                    headers={"Authorization": f"Bearer {tokens[2 * k]}"})
+                    f"{inst.base}/api/chat/init",
+                    json={"toEmail": emails[2 * k + 1], "intent": "soak"},
+                    headers={"Authorization": f"Bearer {tokens[2 * k]}"},
+                )
                 answer.raise_for_status()
                 out[k] = answer.json()["sessionId"]
 
@@ -310,10 +368,16 @@ class Run:
             fault = await F.inflict(name, n // len(names), plant)
             self.faults.append(fault)
             say(f"  {fault.target} back after {fault.restored - fault.started:.1f} s")
-            recovery.start_soon(functools.partial(
-                F.measure_recovery, fault, instances=len(plant.instances),
-                acked_since=self._acked_since, backlog_before=self.pending_before,
-                limit=max(o.fault_every, 60.0)))
+            recovery.start_soon(
+                functools.partial(
+                    F.measure_recovery,
+                    fault,
+                    instances=len(plant.instances),
+                    acked_since=self._acked_since,
+                    backlog_before=self.pending_before,
+                    limit=max(o.fault_every, 60.0),
+                )
+            )
 
     def _acked_since(self, instance: int, since: float) -> bool:
         return self.stats.last_ack.get(instance, 0.0) > since
@@ -327,12 +391,15 @@ class Run:
         missing = len(self.clients)
         with trio.move_on_after(SETTLE):
             while True:
-                rows = await self.query("SELECT session_id::text, max(seq) FROM chat_messages "
-                                        "GROUP BY session_id")
+                rows = await self.query(
+                    "SELECT session_id::text, max(seq) FROM chat_messages GROUP BY session_id"
+                )
                 if rows is not None:
                     top = {s: int(m) for s, m in rows}
-                    missing = sum(c.last_seq < top.get(c.session, 0) or
-                                  len(c.seen) < top.get(c.session, 0) for c in self.clients)
+                    missing = sum(
+                        c.last_seq < top.get(c.session, 0) or len(c.seen) < top.get(c.session, 0)
+                        for c in self.clients
+                    )
                     if missing == 0:
                         return 0
                 await trio.sleep(1)
@@ -348,12 +415,14 @@ class Run:
                     pid = inst.pid
                     fds, rss = len(os.listdir(f"/proc/{pid}/fd")), rss_bytes(pid)
                     if rss and fds:  # not a process on its way out
-                        self.samples.append(Sample(now, i, pid, rss, fds, cpu_seconds(pid),
-                                                   await self._gauge(inst)))
+                        self.samples.append(
+                            Sample(now, i, pid, rss, fds, cpu_seconds(pid), await self._gauge(inst))
+                        )
                 except (OSError, AssertionError):
                     pass  # between a kill and its restart
-            pending = await self.query("SELECT count(*) FROM chat_message_outbox "
-                                       "WHERE NOT processed AND NOT dead")
+            pending = await self.query(
+                "SELECT count(*) FROM chat_message_outbox WHERE NOT processed AND NOT dead"
+            )
             if pending is not None:
                 self.backlog.append((now, int(pending[0][0])))
             await trio.sleep(SAMPLE_EVERY)

@@ -68,8 +68,9 @@ class SockJSTransport:
         self.closed = False
 
     @classmethod
-    async def open(cls, http: httpx.AsyncClient, base: str, kind: str, token: str,
-                   nursery: trio.Nursery) -> SockJSTransport:
+    async def open(
+        cls, http: httpx.AsyncClient, base: str, kind: str, token: str, nursery: trio.Nursery
+    ) -> SockJSTransport:
         t = cls(http, base, kind, token)
         opened = trio.Event()
         nursery.start_soon(t._receive_loop, opened)
@@ -94,8 +95,9 @@ class SockJSTransport:
             self.inbox_in.close()
 
     async def _stream(self, opened: trio.Event) -> None:
-        async with self.http.stream("POST", f"{self.url}/xhr_streaming",
-                                    params=self.query) as response:
+        async with self.http.stream(
+            "POST", f"{self.url}/xhr_streaming", params=self.query
+        ) as response:
             if response.status_code != 200:
                 self.closed = True
                 return
@@ -141,8 +143,7 @@ class SockJSTransport:
             raise ConnectionError("SockJS session closed")
         body = json.dumps([data.decode()]).encode()
         async with self.lock:  # SockJS keeps the order of xhr_send bodies only one at a time
-            response = await self.http.post(f"{self.url}/xhr_send", params=self.query,
-                                            content=body)
+            response = await self.http.post(f"{self.url}/xhr_send", params=self.query, content=body)
         if response.status_code != 204:
             self.closed = True
             raise ConnectionError(f"xhr_send answered {response.status_code}")

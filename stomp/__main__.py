@@ -64,52 +64,113 @@ def _heartbeat(value: str) -> tuple[int, int]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stomp", description=__doc__.split("\n")[0])
-    parser.add_argument("--tcp", type=_address, metavar="HOST:PORT",
-                        help=f"raw STOMP listener (default {DEFAULT_TCP} if no --ws)")
-    parser.add_argument("--ws", type=_address, metavar="HOST:PORT",
-                        help="STOMP over WebSocket listener, at path /ws")
+    parser.add_argument(
+        "--tcp",
+        type=_address,
+        metavar="HOST:PORT",
+        help=f"raw STOMP listener (default {DEFAULT_TCP} if no --ws)",
+    )
+    parser.add_argument(
+        "--ws",
+        type=_address,
+        metavar="HOST:PORT",
+        help="STOMP over WebSocket listener, at path /ws",
+    )
     parser.add_argument("--ws-path", default="/ws", help="WebSocket path (default /ws)")
-    parser.add_argument("--binary", action="store_true",
-                        help="send WebSocket binary messages instead of text")
-    parser.add_argument("--one-frame-per-message", action="store_true",
-                        help="send each frame (and heart-beat) in a WebSocket message of its own, "
-                        "for clients that parse one frame per message (default: what is queued "
-                        "goes in one message)")
-    parser.add_argument("--heartbeat", type=_heartbeat, default=DEFAULT_HEARTBEAT,
-                        metavar="SEND,RECV",
-                        help="fastest heart-beats the server sends and expects, in ms; a client "
-                        "asking for slower ones gets what it asks for (0: off; default "
-                        "{},{})".format(*DEFAULT_HEARTBEAT))
+    parser.add_argument(
+        "--binary", action="store_true", help="send WebSocket binary messages instead of text"
+    )
+    parser.add_argument(
+        "--one-frame-per-message",
+        action="store_true",
+        help="send each frame (and heart-beat) in a WebSocket message of its own, "
+        "for clients that parse one frame per message (default: what is queued "
+        "goes in one message)",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=_heartbeat,
+        default=DEFAULT_HEARTBEAT,
+        metavar="SEND,RECV",
+        help="fastest heart-beats the server sends and expects, in ms; a client "
+        "asking for slower ones gets what it asks for (0: off; default "
+        "{},{})".format(*DEFAULT_HEARTBEAT),
+    )
     access = parser.add_argument_group(
-        "credentials", "without any, every client may connect; with some, CONNECT must carry "
-        "one of the login/passcode pairs given")
+        "credentials",
+        "without any, every client may connect; with some, CONNECT must carry "
+        "one of the login/passcode pairs given",
+    )
     access.add_argument("--login", metavar="USER", help="a user name (needs --passcode)")
-    access.add_argument("--passcode", metavar="PASS",
-                        help="that user's password (other local users may see it in the "
-                        "process list: prefer --users)")
-    access.add_argument("--users", type=argparse.FileType("r", encoding="utf-8"), metavar="FILE",
-                        help="a file of users, one user:password a line ('#' comments)")
+    access.add_argument(
+        "--passcode",
+        metavar="PASS",
+        help="that user's password (other local users may see it in the "
+        "process list: prefer --users)",
+    )
+    access.add_argument(
+        "--users",
+        type=argparse.FileType("r", encoding="utf-8"),
+        metavar="FILE",
+        help="a file of users, one user:password a line ('#' comments)",
+    )
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--max-pending-frames", type=int, default=DEFAULT_MAX_PENDING_FRAMES,
-                        help="frames queued for one session before it is a slow consumer")
-    limits.add_argument("--max-pending-bytes", type=int, default=DEFAULT_MAX_PENDING_BYTES,
-                        help="bytes queued for one session before it is a slow consumer")
-    limits.add_argument("--max-frame-size", type=int, default=DEFAULT_MAX_FRAME_SIZE,
-                        help="largest frame (and WebSocket message) accepted")
-    limits.add_argument("--max-body-size", type=int, default=DEFAULT_MAX_BODY_SIZE,
-                        help="largest frame body accepted")
-    limits.add_argument("--max-subscriptions", type=int, default=DEFAULT_MAX_SUBSCRIPTIONS,
-                        help="subscriptions per session")
-    limits.add_argument("--max-unacked", type=int, default=DEFAULT_MAX_UNACKED,
-                        help="unacknowledged client-ack deliveries per session")
-    limits.add_argument("--max-queue-backlog", type=int, default=DEFAULT_MAX_QUEUE_BACKLOG,
-                        help="undelivered messages one /queue keeps")
-    limits.add_argument("--connect-timeout", type=float,
-                        default=DEFAULT_CONNECT_TIMEOUT, metavar="SECONDS",
-                        help="time a peer has to send CONNECT")
-    limits.add_argument("--shutdown-timeout", type=float,
-                        default=DEFAULT_SHUTDOWN_TIMEOUT, metavar="SECONDS",
-                        help="time sessions get to receive their ERROR on shutdown")
+    limits.add_argument(
+        "--max-pending-frames",
+        type=int,
+        default=DEFAULT_MAX_PENDING_FRAMES,
+        help="frames queued for one session before it is a slow consumer",
+    )
+    limits.add_argument(
+        "--max-pending-bytes",
+        type=int,
+        default=DEFAULT_MAX_PENDING_BYTES,
+        help="bytes queued for one session before it is a slow consumer",
+    )
+    limits.add_argument(
+        "--max-frame-size",
+        type=int,
+        default=DEFAULT_MAX_FRAME_SIZE,
+        help="largest frame (and WebSocket message) accepted",
+    )
+    limits.add_argument(
+        "--max-body-size",
+        type=int,
+        default=DEFAULT_MAX_BODY_SIZE,
+        help="largest frame body accepted",
+    )
+    limits.add_argument(
+        "--max-subscriptions",
+        type=int,
+        default=DEFAULT_MAX_SUBSCRIPTIONS,
+        help="subscriptions per session",
+    )
+    limits.add_argument(
+        "--max-unacked",
+        type=int,
+        default=DEFAULT_MAX_UNACKED,
+        help="unacknowledged client-ack deliveries per session",
+    )
+    limits.add_argument(
+        "--max-queue-backlog",
+        type=int,
+        default=DEFAULT_MAX_QUEUE_BACKLOG,
+        help="undelivered messages one /queue keeps",
+    )
+    limits.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=DEFAULT_CONNECT_TIMEOUT,
+        metavar="SECONDS",
+        help="time a peer has to send CONNECT",
+    )
+    limits.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=DEFAULT_SHUTDOWN_TIMEOUT,
+        metavar="SECONDS",
+        help="time sessions get to receive their ERROR on shutdown",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -135,8 +196,11 @@ def _users(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Users |
 
 
 def _runtime(args: argparse.Namespace) -> BrokerRuntime:
-    limits = Limits(max_subscriptions=args.max_subscriptions, max_unacked=args.max_unacked,
-                    max_queue_backlog=args.max_queue_backlog)
+    limits = Limits(
+        max_subscriptions=args.max_subscriptions,
+        max_unacked=args.max_unacked,
+        max_queue_backlog=args.max_queue_backlog,
+    )
     return BrokerRuntime(
         Broker(limits=limits),
         hooks=CheckPasswords(args.credentials) if args.credentials is not None else None,
@@ -159,9 +223,16 @@ async def serve(args: argparse.Namespace) -> None:
                 host, port = await nursery.start(serve_tcp, runtime, *args.tcp)
                 parts.append(f"tcp={_hostport(host, port)}")
             if args.ws is not None:
-                host, port = await nursery.start(functools.partial(
-                    serve_websocket, runtime, *args.ws, path=args.ws_path, binary=args.binary,
-                    one_frame_per_message=args.one_frame_per_message))
+                host, port = await nursery.start(
+                    functools.partial(
+                        serve_websocket,
+                        runtime,
+                        *args.ws,
+                        path=args.ws_path,
+                        binary=args.binary,
+                        one_frame_per_message=args.one_frame_per_message,
+                    )
+                )
                 parts.append(f"ws=ws://{_hostport(host, port)}{args.ws_path}")
             log.info("stomp broker ready %s", " ".join(parts))
             async for signum in signals:
@@ -184,8 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.credentials = _users(parser, args)
     if args.tcp is None and args.ws is None:
         args.tcp = _address(DEFAULT_TCP)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     status = 0
     try:
         trio.run(serve, args)

@@ -57,8 +57,14 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-_CLIENT_FRAMES = frozenset(Command) - {Command.CONNECT, Command.STOMP, Command.CONNECTED,
-                                        Command.MESSAGE, Command.RECEIPT, Command.ERROR}
+_CLIENT_FRAMES = frozenset(Command) - {
+    Command.CONNECT,
+    Command.STOMP,
+    Command.CONNECTED,
+    Command.MESSAGE,
+    Command.RECEIPT,
+    Command.ERROR,
+}
 #: Which commands each state accepts, and the state that follows. Every rule lives here.
 _ALLOWED: dict[State, dict[Command, State]] = {
     State.AWAITING_CONNECT: {Command.CONNECT: State.CONNECTED, Command.STOMP: State.CONNECTED},
@@ -124,8 +130,13 @@ class ServerConnection:
     def closed(self) -> bool:
         return self.state is State.CLOSED
 
-    def _fail(self, message: str, detail: str = "", receipt: str | None = None,
-              headers: tuple[tuple[str, str], ...] = ()) -> Violation:
+    def _fail(
+        self,
+        message: str,
+        detail: str = "",
+        receipt: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> Violation:
         self.state = State.CLOSED
         return Violation(message, detail, receipt, headers)
 
@@ -197,19 +208,23 @@ class ServerConnection:
         version = common[-1]
         heartbeat = (0, 0)
         if version != "1.0":
-            heartbeat = negotiate_heartbeat(_parse_heartbeat(frame.get(HEART_BEAT, "0,0")),
-                                            self._server_heartbeat)
+            heartbeat = negotiate_heartbeat(
+                _parse_heartbeat(frame.get(HEART_BEAT, "0,0")), self._server_heartbeat
+            )
         self.version = version
         self.heartbeat = heartbeat
         self._decoder.escaping = version != "1.0"
-        return Connect(frame, version, frame.get(HOST), frame.get(LOGIN), frame.get(PASSCODE),
-                       heartbeat)
+        return Connect(
+            frame, version, frame.get(HOST), frame.get(LOGIN), frame.get(PASSCODE), heartbeat
+        )
 
 
 class _VersionError(RemoteProtocolError):
     def __init__(self, supported: str) -> None:
-        super().__init__("unsupported STOMP version",
-                         f"Supported protocol versions are {supported.replace(',', ' ')}")
+        super().__init__(
+            "unsupported STOMP version",
+            f"Supported protocol versions are {supported.replace(',', ' ')}",
+        )
         self.supported = supported
 
 

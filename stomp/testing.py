@@ -26,8 +26,9 @@ class LoopbackClient:
         self.closed = False
         self._decoder = FrameDecoder(max_frame_size=1 << 30, max_body_size=1 << 30)
 
-    def send(self, command: Command | str, headers: dict[str, str] | None = None,
-             body: bytes = b"") -> None:
+    def send(
+        self, command: Command | str, headers: dict[str, str] | None = None, body: bytes = b""
+    ) -> None:
         """Encode a frame as a client would and push it through the server connection."""
         frame = Frame(Command(command), tuple((headers or {}).items()), body)
         self.send_bytes(encode_frame(frame))
@@ -59,8 +60,9 @@ class Loopback:
         self.active: dict[str, bool] = {}
         self._sessions = itertools.count(1)
 
-    def client(self, principal: str | None = None, *, connect: bool = True,
-               version: str = "1.2") -> LoopbackClient:
+    def client(
+        self, principal: str | None = None, *, connect: bool = True, version: str = "1.2"
+    ) -> LoopbackClient:
         session = f"s{next(self._sessions)}"
         client = self.clients[session] = LoopbackClient(self, session, principal)
         if connect:

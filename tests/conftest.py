@@ -19,7 +19,9 @@ from typing import NoReturn
 
 import pytest
 
-PG_ADMIN_URL = os.environ.get("CHATD_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "CHATD_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 RABBITMQ_HOST = ("127.0.0.1", 5672)
 IN_CI = os.environ.get("CI", "").lower() == "true"
 RUN_ID = uuid.uuid4().hex[:10]
@@ -43,8 +45,9 @@ def unavailable(message: str) -> NoReturn:
 def require_service(name: str, address: tuple[str, int]) -> None:
     """Skip (locally) or fail (in CI) when a service the test needs is not reachable."""
     if not _reachable(address):
-        unavailable(f"{name} is not reachable on {address[0]}:{address[1]} "
-                    "(scripts/services starts it)")
+        unavailable(
+            f"{name} is not reachable on {address[0]}:{address[1]} (scripts/services starts it)"
+        )
 
 
 def admin_sql(sql: str, url: str = PG_ADMIN_URL) -> None:
@@ -165,9 +168,22 @@ class PrivateRedis:
     def start(self) -> None:
         binary = shutil.which(REDIS_SERVER) or "/usr/bin/redis-server"
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while not _reachable(("127.0.0.1", self.port)):
             if self.process.poll() is not None or time.monotonic() > deadline:

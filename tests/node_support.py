@@ -25,19 +25,25 @@ def require_node(*packages: str) -> str:
     return path
 
 
-async def run_scenario(node: str, script: str, argument: dict[str, Any], *, seconds: float,
-                       context: str = "") -> dict[str, Any]:
+async def run_scenario(
+    node: str, script: str, argument: dict[str, Any], *, seconds: float, context: str = ""
+) -> dict[str, Any]:
     """Run ``tests/node/<script>`` with `argument` as JSON (without blocking a server running in
     this process) and return its report; a ``fatal`` entry or a failed exit fails the test,
     with `context` (e.g. where screenshots are) in the message."""
     with trio.fail_after(seconds):
-        proc = await trio.run_process([node, str(NODE_DIR / script), json.dumps(argument)],
-                                      cwd=NODE_DIR, capture_stdout=True, capture_stderr=True,
-                                      check=False)
+        proc = await trio.run_process(
+            [node, str(NODE_DIR / script), json.dumps(argument)],
+            cwd=NODE_DIR,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
     lines = proc.stdout.decode().strip().splitlines()
     assert lines, f"no output from node (exit {proc.returncode}):\n{proc.stderr.decode()}"
     result: dict[str, Any] = json.loads(lines[-1])
     assert "fatal" not in result, (
-        f"{result['fatal']}\n{context}observed: {json.dumps(result, indent=1)}")
+        f"{result['fatal']}\n{context}observed: {json.dumps(result, indent=1)}"
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     return result

@@ -27,18 +27,28 @@ from pathlib import Path
 from types import ModuleType
 
 STOMPPY_VERSION = "9.0.0"
-STOMPPY_DIR = Path(os.environ.get("CHATD_STOMPPY_DIR", Path(__file__).parents[1] / ".venv" / "stomppy"))
+STOMPPY_DIR = Path(
+    os.environ.get("CHATD_STOMPPY_DIR", Path(__file__).parents[1] / ".venv" / "stomppy")
+)
 
 
 def _load_stomppy() -> ModuleType:
-    found = [d for d in importlib.metadata.distributions(path=[str(STOMPPY_DIR)]) if d.name == "stomp.py"]
+    found = [
+        d for d in importlib.metadata.distributions(path=[str(STOMPPY_DIR)]) if d.name == "stomp.py"
+    ]
     assert found, f"stomp.py is not installed in {STOMPPY_DIR} (scripts/test installs it)"
     dist = found[0]
     assert dist.version == STOMPPY_VERSION, f"stomp.py {dist.version} installed"
     if str(STOMPPY_DIR) not in sys.path:
-        sys.path.append(str(STOMPPY_DIR))  # its own dependencies (websocket-client, docopt-ng); last, so ours wins for `stomp`
+        sys.path.append(
+            str(STOMPPY_DIR)
+        )  # its own dependencies (websocket-client, docopt-ng); last, so ours wins for `stomp`
     init = Path(str(dist.locate_file("stomp/__init__.py")))
-    ours = {name: mod for name, mod in sys.modules.items() if name == "stomp" or name.startswith("stomp.")}
+    ours = {
+        name: mod
+        for name, mod in sys.modules.items()
+        if name == "stomp" or name.startswith("stomp.")
+    }
     for name in ours:
         del sys.modules[name]
     try:

@@ -8,8 +8,9 @@ from collections.abc import Callable
 import trio
 
 
-async def wait_until(check: Callable[[], object], within: float = 10.0,
-                     step: float = 0.005) -> float:
+async def wait_until(
+    check: Callable[[], object], within: float = 10.0, step: float = 0.005
+) -> float:
     """Wait until `check()` is true; return how long that took. Fails the test (trio's
     TooSlowError, naming `check`) after `within` seconds."""
     start = trio.current_time()

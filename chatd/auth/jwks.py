@@ -79,12 +79,17 @@ class JwksKeys:
             self.fetches += 1
             try:
                 with trio.fail_after(self.timeout):  # the whole fetch, not each phase
-                    async with httpx.AsyncClient(timeout=self.timeout,
-                                                 transport=self._transport) as client:
+                    async with httpx.AsyncClient(
+                        timeout=self.timeout, transport=self._transport
+                    ) as client:
                         keys = _parse(await client.get(self.url))
             except (httpx.HTTPError, ValueError, jwt.PyJWKError, trio.TooSlowError) as exc:
-                log.warning("JWKS refresh from %s failed (keeping %d known keys): %s",
-                            self.url, len(self.keys), exc)
+                log.warning(
+                    "JWKS refresh from %s failed (keeping %d known keys): %s",
+                    self.url,
+                    len(self.keys),
+                    exc,
+                )
                 return False
             added = sorted(set(keys.kids) - set(self.keys.kids))
             if added:

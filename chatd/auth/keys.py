@@ -206,8 +206,9 @@ def dev_signing_key(config: Config) -> tuple[Path, bool]:
         return config.auth.dev_private_key_file, False
     if not config.auth.uses_dev_keys:
         raise KeyFileError(
-            "auth", "tokens are verified with an external key; set [auth] dev_private_key_file "
-            "to the matching private key to mint tokens"
+            "auth",
+            "tokens are verified with an external key; set [auth] dev_private_key_file "
+            "to the matching private key to mint tokens",
         )
     private_path, _, created = ensure_dev_keys(config.server.data_dir)
     return private_path, created

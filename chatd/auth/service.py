@@ -64,8 +64,13 @@ class ServiceTokens:
         """The tokens ``[profiles]`` describes; raises `KeyFileError` when its key cannot be
         loaded."""
         assert profiles.service_private_key_file is not None
-        return cls(profiles.service_private_key_file, issuer=profiles.service_name,
-                   audience=profiles.audience, kid=profiles.kid, ttl=profiles.service_token_ttl)
+        return cls(
+            profiles.service_private_key_file,
+            issuer=profiles.service_name,
+            audience=profiles.audience,
+            kid=profiles.kid,
+            ttl=profiles.service_token_ttl,
+        )
 
     def token(self) -> str:
         """A valid token with at least `renew_before` seconds left (minted when needed)."""
@@ -73,8 +78,13 @@ class ServiceTokens:
         if now >= self._expires - self.renew_before:
             issued = int(now)
             self._token = mint_token(
-                self._key, self.audience, self.ttl, issuer=self.issuer, audience=self.audience,
-                kid=self.kid, now=issued,
+                self._key,
+                self.audience,
+                self.ttl,
+                issuer=self.issuer,
+                audience=self.audience,
+                kid=self.kid,
+                now=issued,
             )
             self._expires = issued + self.ttl
             self.minted += 1

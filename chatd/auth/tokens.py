@@ -280,9 +280,12 @@ def verifier_from_config(config: Config) -> TokenVerifier:
     auth = config.auth
     key: rsa.RSAPublicKey | JwksKeys
     if auth.jwks_url is not None:
-        key = JwksKeys(auth.jwks_url, cache_seconds=auth.jwks_cache_seconds,
-                       min_refresh_seconds=auth.jwks_min_refresh_seconds,
-                       timeout=auth.jwks_timeout)
+        key = JwksKeys(
+            auth.jwks_url,
+            cache_seconds=auth.jwks_cache_seconds,
+            min_refresh_seconds=auth.jwks_min_refresh_seconds,
+            timeout=auth.jwks_timeout,
+        )
         key.load()
     elif auth.public_key_file is not None:
         key = load_public_key(auth.public_key_file)

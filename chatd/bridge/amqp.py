@@ -91,9 +91,20 @@ class AmqpLink:
     """Owns the connection in the bridge thread: connect, declare, bind, publish, consume,
     reconnect with capped exponential backoff until `stop()`."""
 
-    def __init__(self, url: str, *, exchange: str, queue: str, prefetch: int, heartbeat: int,
-                 queue_expires_seconds: float, reconnect_initial: float, reconnect_max: float,
-                 side: TrioSide, trio_token: trio.lowlevel.TrioToken) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        exchange: str,
+        queue: str,
+        prefetch: int,
+        heartbeat: int,
+        queue_expires_seconds: float,
+        reconnect_initial: float,
+        reconnect_max: float,
+        side: TrioSide,
+        trio_token: trio.lowlevel.TrioToken,
+    ) -> None:
         self.params = pika.URLParameters(url)
         self.params.heartbeat = heartbeat
         self.params.connection_attempts = 1
@@ -164,16 +175,22 @@ class AmqpLink:
             self.ioloop.stop()
             return
         self._connection = pika.SelectConnection(
-            self.params, on_open_callback=self._on_open, on_open_error_callback=self._on_lost,
-            on_close_callback=self._on_lost, custom_ioloop=self.ioloop)
+            self.params,
+            on_open_callback=self._on_open,
+            on_open_error_callback=self._on_lost,
+            on_close_callback=self._on_lost,
+            custom_ioloop=self.ioloop,
+        )
 
     def _on_open(self, connection: pika.SelectConnection) -> None:
         # A resource alarm (memory, disk) blocks publishing connections: tell trio, so the
         # outbox waits uncharged instead of piling publishes into a socket nobody reads.
         connection.add_on_connection_blocked_callback(
-            lambda _c, _f: self._tell(self.side.on_blocked, True))
+            lambda _c, _f: self._tell(self.side.on_blocked, True)
+        )
         connection.add_on_connection_unblocked_callback(
-            lambda _c, _f: self._tell(self.side.on_blocked, False))
+            lambda _c, _f: self._tell(self.side.on_blocked, False)
+        )
         connection.channel(on_open_callback=self._on_channel)
 
     def _on_channel(self, channel: Any) -> None:
@@ -184,11 +201,17 @@ class AmqpLink:
 
     def _declare(self) -> None:
         ch = self._channel
-        ch.exchange_declare(exchange=self.exchange, exchange_type="topic", durable=True,
-                            callback=lambda _f: ch.queue_declare(
-                                queue=self.queue, durable=True,
-                                arguments={"x-expires": self.expires_ms},
-                                callback=lambda _f: self._rebind()))
+        ch.exchange_declare(
+            exchange=self.exchange,
+            exchange_type="topic",
+            durable=True,
+            callback=lambda _f: ch.queue_declare(
+                queue=self.queue,
+                durable=True,
+                arguments={"x-expires": self.expires_ms},
+                callback=lambda _f: self._rebind(),
+            ),
+        )
 
     def _rebind(self) -> None:
         ch = self._channel
@@ -205,8 +228,9 @@ class AmqpLink:
 
     def _consume(self, keys: list[str]) -> None:
         # exclusive: the queue is durable (see the module doc) but still this instance's alone
-        self._channel.basic_consume(queue=self.queue, on_message_callback=self._on_message,
-                                    exclusive=True)
+        self._channel.basic_consume(
+            queue=self.queue, on_message_callback=self._on_message, exclusive=True
+        )
         self._ready = True
         self._failures = 0
         log.info("rabbitmq bridge connected: queue %s, %d bindings", self.queue, len(keys))
@@ -223,8 +247,12 @@ class AmqpLink:
         self._applied &= self._desired
         for key in sorted(self._desired - self._applied):
             self._applied.add(key)
-            ch.queue_bind(queue=self.queue, exchange=self.exchange, routing_key=key,
-                          callback=lambda _f, key=key: self._tell(self.side.on_bound, key))
+            ch.queue_bind(
+                queue=self.queue,
+                exchange=self.exchange,
+                routing_key=key,
+                callback=lambda _f, key=key: self._tell(self.side.on_bound, key),
+            )
 
     def _on_channel_closed(self, channel: Any, reason: Exception) -> None:
         # A channel error (e.g. a declare refused) leaves the connection useless to us.
@@ -252,8 +280,9 @@ class AmqpLink:
         delay = min(self.reconnect_max, self.reconnect_initial * 2 ** min(self._failures, 30))
         delay *= 0.5 + random.random() / 2
         self._failures += 1
-        log.warning("rabbitmq unavailable (%s); reconnecting in %.2f s",
-                    str(reason) or repr(reason), delay)
+        log.warning(
+            "rabbitmq unavailable (%s); reconnecting in %.2f s", str(reason) or repr(reason), delay
+        )
         self.ioloop.call_later(delay, self._connect)
 
     # -- commands ----------------------------------------------------------------------------
@@ -271,21 +300,27 @@ class AmqpLink:
                     key = command[1]
                     self._applied.add(key)
                     self._channel.queue_bind(
-                        queue=self.queue, exchange=self.exchange, routing_key=key,
-                        callback=lambda _f, key=key: self._tell(self.side.on_bound, key))
+                        queue=self.queue,
+                        exchange=self.exchange,
+                        routing_key=key,
+                        callback=lambda _f, key=key: self._tell(self.side.on_bound, key),
+                    )
             elif kind == "unbind":
                 self._desired.discard(command[1])
                 if self._ready:
                     self._applied.discard(command[1])
-                    self._channel.queue_unbind(queue=self.queue, exchange=self.exchange,
-                                               routing_key=command[1])
+                    self._channel.queue_unbind(
+                        queue=self.queue, exchange=self.exchange, routing_key=command[1]
+                    )
             elif kind == "publish":
                 self._publish(command[1], command[2])
             elif kind == "ephemeral" and self._ready:
                 m = command[2]
                 props = pika.BasicProperties(
-                    message_id=m.message_id, content_type="application/json",
-                    headers={"d": m.destination, "e": m.event, "s": "", "q": 0, "o": command[1]})
+                    message_id=m.message_id,
+                    content_type="application/json",
+                    headers={"d": m.destination, "e": m.event, "s": "", "q": 0, "o": command[1]},
+                )
                 self._channel.basic_publish(self.exchange, m.routing_key, m.body, props)
                 self._tag += 1  # confirmed like any publish on this channel; nobody waits
 
@@ -299,8 +334,11 @@ class AmqpLink:
             if m.trace_context is not None:
                 headers[TRACEPARENT] = m.trace_context
             props = pika.BasicProperties(
-                message_id=m.message_id, delivery_mode=PERSISTENT,
-                content_type="application/json", headers=headers)
+                message_id=m.message_id,
+                delivery_mode=PERSISTENT,
+                content_type="application/json",
+                headers=headers,
+            )
             self._channel.basic_publish(self.exchange, m.routing_key, m.body, props)
             self._tag += 1
             self._tags[self._tag] = batch_id
@@ -329,11 +367,18 @@ class AmqpLink:
         headers = props.headers or {}
         try:
             origin, trace = headers.get("o"), headers.get(TRACEPARENT)
-            self._inbox.append(Incoming(
-                str(props.message_id), _text(headers["d"]), _text(headers["e"]),
-                _text(headers["s"]), int(headers["q"]), body,
-                None if origin is None else _text(origin),
-                None if trace is None else _text(trace)))
+            self._inbox.append(
+                Incoming(
+                    str(props.message_id),
+                    _text(headers["d"]),
+                    _text(headers["e"]),
+                    _text(headers["s"]),
+                    int(headers["q"]),
+                    body,
+                    None if origin is None else _text(origin),
+                    None if trace is None else _text(trace),
+                )
+            )
         except (KeyError, TypeError, ValueError):
             log.warning("dropping a malformed message (routing key %s)", method.routing_key)
         if not self._inbox and self._inbox_tag == 0:
@@ -352,8 +397,12 @@ class AmqpLink:
         if batch:
             try:
                 trio.from_thread.run(self.side.on_messages, batch, trio_token=self.token)
-            except (trio.RunFinishedError, trio.BrokenResourceError, trio.ClosedResourceError,
-                    trio.Cancelled):
+            except (
+                trio.RunFinishedError,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                trio.Cancelled,
+            ):
                 self._stopping = True
                 return
         if channel is not None and channel is self._channel and channel.is_open:

@@ -50,9 +50,9 @@ def routing_key(destination: str) -> str:
     else -> ``other.{escaped}``. Raises ValueError for a user key that is not well formed.
     """
     if destination.startswith(BROKER_TOPIC_PREFIX):
-        return "topic." + escape_word(destination[len(BROKER_TOPIC_PREFIX):])
+        return "topic." + escape_word(destination[len(BROKER_TOPIC_PREFIX) :])
     if destination.startswith(USER_KEY_PREFIX):
-        name, sep, path = destination[len(USER_KEY_PREFIX):].rpartition(":")
+        name, sep, path = destination[len(USER_KEY_PREFIX) :].rpartition(":")
         if not sep or not name or not path.startswith("/"):
             raise ValueError(f"not a user destination key: {destination!r}")
         return f"user.{escape_word(name)}.{escape_word(path)}"

@@ -36,7 +36,8 @@ def probe_amqp(url: str, *, timeout: float = DEFAULT_PROBE_TIMEOUT) -> None:
     except pika.exceptions.ProbableAccessDeniedError:
         raise ConnectionError(
             f"access to virtual host {params.virtual_host!r} refused (missing, or the user "
-            "has no permission)") from None
+            "has no permission)"
+        ) from None
     except (pika.exceptions.AMQPConnectionError, OSError) as exc:  # OSError: name lookup
         raise ConnectionError(_cause(exc)) from None
     connection.close()

@@ -71,14 +71,22 @@ class _Batch:
 class RabbitBridge:
     """Relays outbox rows through RabbitMQ to every instance with local subscribers."""
 
-    def __init__(self, config: RabbitMQConfig, delivery: LocalDelivery, *,
-                 instance_id: str | None = None, confirm_timeout: float | None = None,
-                 dedupe_size: int = DEFAULT_DEDUPE_SIZE, tracer: Tracer | None = None) -> None:
+    def __init__(
+        self,
+        config: RabbitMQConfig,
+        delivery: LocalDelivery,
+        *,
+        instance_id: str | None = None,
+        confirm_timeout: float | None = None,
+        dedupe_size: int = DEFAULT_DEDUPE_SIZE,
+        tracer: Tracer | None = None,
+    ) -> None:
         """`confirm_timeout` (default `config.confirm_timeout_seconds`) must end before the
         outbox publisher's own budget per round, or a late confirm is charged as a failure."""
         self.config = config
-        self.confirm_timeout = (config.confirm_timeout_seconds if confirm_timeout is None
-                                else confirm_timeout)
+        self.confirm_timeout = (
+            config.confirm_timeout_seconds if confirm_timeout is None else confirm_timeout
+        )
         self.delivery = delivery
         self.instance_id = instance_id or uuid.uuid4().hex
         self.queue = f"chatd.instance.{self.instance_id}"
@@ -105,8 +113,7 @@ class RabbitBridge:
         self._ids = itertools.count(1)
         self._connected_event = trio.Event()
         self._stopping = trio.Event()
-        self._inbox_send, self._inbox_recv = trio.open_memory_channel[list[Incoming]](
-            INBOX_BATCHES)
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel[list[Incoming]](INBOX_BATCHES)
 
     # -- metrics -----------------------------------------------------------------------------
 
@@ -130,12 +137,18 @@ class RabbitBridge:
         `STARTUP_WAIT` without (the instance still starts, not ready, and keeps retrying;
         `connected` says which)."""
         c = self.config
-        link = AmqpLink(c.url, exchange=c.exchange, queue=self.queue, prefetch=c.prefetch,
-                        heartbeat=c.heartbeat_seconds,
-                        queue_expires_seconds=c.queue_expires_seconds,
-                        reconnect_initial=c.reconnect_initial_seconds,
-                        reconnect_max=c.reconnect_max_seconds, side=self,
-                        trio_token=trio.lowlevel.current_trio_token())
+        link = AmqpLink(
+            c.url,
+            exchange=c.exchange,
+            queue=self.queue,
+            prefetch=c.prefetch,
+            heartbeat=c.heartbeat_seconds,
+            queue_expires_seconds=c.queue_expires_seconds,
+            reconnect_initial=c.reconnect_initial_seconds,
+            reconnect_max=c.reconnect_max_seconds,
+            side=self,
+            trio_token=trio.lowlevel.current_trio_token(),
+        )
         self._link = link
         try:
             async with trio.open_nursery() as nursery:
@@ -144,8 +157,9 @@ class RabbitBridge:
                 with trio.move_on_after(STARTUP_WAIT):
                     await self._connected_event.wait()
                 if not self.connected:
-                    log.warning("rabbitmq %s not reachable yet; starting, not ready",
-                                redact_url(c.url))
+                    log.warning(
+                        "rabbitmq %s not reachable yet; starting, not ready", redact_url(c.url)
+                    )
                 task_status.started()
                 await self._stopping.wait()
                 nursery.cancel_scope.cancel()
@@ -175,9 +189,16 @@ class RabbitBridge:
         if self.blocked:
             raise SinkUnavailable("RabbitMQ blocks publishing (resource alarm)")
         messages = [
-            Outgoing(routing_key(row.destination), str(row.id), row.destination, row.event,
-                     str(row.session_id), row.seq,
-                     row.payload.encode() if row.payload else b"{}", row.trace_context)
+            Outgoing(
+                routing_key(row.destination),
+                str(row.id),
+                row.destination,
+                row.event,
+                str(row.session_id),
+                row.seq,
+                row.payload.encode() if row.payload else b"{}",
+                row.trace_context,
+            )
             for row in rows
         ]
         if self.tracer is None:
@@ -194,20 +215,26 @@ class RabbitBridge:
             for span in spans:
                 span.end()
 
-    def _producer_spans(self, tracer: Tracer, messages: list[Outgoing]
-                        ) -> tuple[list[Outgoing], list[Span]]:
+    def _producer_spans(
+        self, tracer: Tracer, messages: list[Outgoing]
+    ) -> tuple[list[Outgoing], list[Span]]:
         """A ``publish`` span per traced message, its traceparent in place of the row's."""
         spans: list[Span] = []
         traced = []
         for m in messages:
             if m.trace_context is not None and tracer.records(m.trace_context):
-                span = tracer.start(f"publish {self.config.exchange}", m.trace_context,
-                                    kind="producer", attributes={
-                                        "messaging.system": "rabbitmq",
-                                        "messaging.operation.type": "send",
-                                        "messaging.destination.name": self.config.exchange,
-                                        "messaging.message.id": m.message_id,
-                                        "chatd.destination": subscription_name(m.destination)})
+                span = tracer.start(
+                    f"publish {self.config.exchange}",
+                    m.trace_context,
+                    kind="producer",
+                    attributes={
+                        "messaging.system": "rabbitmq",
+                        "messaging.operation.type": "send",
+                        "messaging.destination.name": self.config.exchange,
+                        "messaging.message.id": m.message_id,
+                        "chatd.destination": subscription_name(m.destination),
+                    },
+                )
                 spans.append(span)
                 m = replace(m, trace_context=span.context)
             traced.append(m)
@@ -244,8 +271,9 @@ class RabbitBridge:
         if not self.connected or self._link is None:
             return
         n = next(self._ids)
-        message = Outgoing(routing_key(destination), f"e-{self.instance_id}-{n}", destination,
-                           event, "", 0, body)
+        message = Outgoing(
+            routing_key(destination), f"e-{self.instance_id}-{n}", destination, event, "", 0, body
+        )
         self._link.submit(("ephemeral", self.instance_id, message))
 
     # -- bindings ----------------------------------------------------------------------------
@@ -327,8 +355,11 @@ class RabbitBridge:
         if connected:
             self._connected_event.set()
             return
-        log.log(logging.INFO if self._stopping.is_set() else logging.WARNING,
-                "rabbitmq bridge disconnected: %s", reason)
+        log.log(
+            logging.INFO if self._stopping.is_set() else logging.WARNING,
+            "rabbitmq bridge disconnected: %s",
+            reason,
+        )
         self._bound.clear()
         for waiter in self._bind_waiters.values():
             waiter.set()  # the reconnect re-binds; do not hold SUBSCRIBEs meanwhile
@@ -342,8 +373,11 @@ class RabbitBridge:
 
     def on_blocked(self, blocked: bool) -> None:
         if blocked != self.blocked:
-            log.log(logging.WARNING if blocked else logging.INFO, "rabbitmq %s publishing",
-                    "blocks" if blocked else "unblocked")
+            log.log(
+                logging.WARNING if blocked else logging.INFO,
+                "rabbitmq %s publishing",
+                "blocks" if blocked else "unblocked",
+            )
         self.blocked = blocked
 
     def on_bound(self, key: str) -> None:
@@ -357,15 +391,21 @@ class RabbitBridge:
 
     def _deliver_traced(self, tracer: Tracer, m: Incoming) -> None:
         """Deliver a consumed message inside a ``receive`` span continuing its trace."""
-        span = tracer.start(f"receive {self.config.exchange}", m.trace_context,
-                            kind="consumer", attributes={
-                                "messaging.system": "rabbitmq",
-                                "messaging.operation.type": "receive",
-                                "messaging.destination.name": self.queue,
-                                "messaging.message.id": m.message_id})
+        span = tracer.start(
+            f"receive {self.config.exchange}",
+            m.trace_context,
+            kind="consumer",
+            attributes={
+                "messaging.system": "rabbitmq",
+                "messaging.operation.type": "receive",
+                "messaging.destination.name": self.queue,
+                "messaging.message.id": m.message_id,
+            },
+        )
         try:
-            self.delivery.deliver(m.destination, m.event, uuid.UUID(m.session_id), m.seq,
-                                  m.body, span.context)
+            self.delivery.deliver(
+                m.destination, m.event, uuid.UUID(m.session_id), m.seq, m.body, span.context
+            )
         except BaseException as exc:
             span.fail(exc)
             raise
@@ -385,15 +425,22 @@ class RabbitBridge:
                     continue
                 try:
                     if m.origin is not None:
-                        self.delivery.runtime.publish(m.destination, m.body,
-                                                      event_headers(m.event))
+                        self.delivery.runtime.publish(m.destination, m.body, event_headers(m.event))
                         continue
-                    if (self.tracer is not None and m.trace_context is not None
-                            and self.tracer.records(m.trace_context)):
+                    if (
+                        self.tracer is not None
+                        and m.trace_context is not None
+                        and self.tracer.records(m.trace_context)
+                    ):
                         self._deliver_traced(self.tracer, m)
                         continue
-                    self.delivery.deliver(m.destination, m.event, uuid.UUID(m.session_id),
-                                          m.seq, m.body, m.trace_context)
+                    self.delivery.deliver(
+                        m.destination,
+                        m.event,
+                        uuid.UUID(m.session_id),
+                        m.seq,
+                        m.body,
+                        m.trace_context,
+                    )
                 except Exception:
-                    log.exception("delivering message %s to %s failed", m.message_id,
-                                  m.destination)
+                    log.exception("delivering message %s to %s failed", m.message_id, m.destination)

@@ -91,7 +91,7 @@ def topic_session_id(destination: str) -> uuid.UUID:
     """The session id of a session topic; raises ValueError for anything else."""
     try:
         if is_session_topic(destination):
-            return uuid.UUID(destination[len(SESSION_TOPIC_PREFIX):])
+            return uuid.UUID(destination[len(SESSION_TOPIC_PREFIX) :])
     except ValueError:
         pass
     raise ValueError(f"not a session topic: {destination!r}")
@@ -116,8 +116,9 @@ def subscribed_user_queue(destination: str) -> UserQueue | None:
     return _BY_SUBSCRIPTION.get(destination)
 
 
-def message_outbox(session: ChatSession, message: Message,
-                   trace_context: str | None = None) -> list[OutboxEntry]:
+def message_outbox(
+    session: ChatSession, message: Message, trace_context: str | None = None
+) -> list[OutboxEntry]:
     """The rows a new message publishes: the session topic, then both users' message queues,
     each carrying the send's `trace_context` (its W3C traceparent, None when not traced)."""
     body = compact_json(message.to_json())
@@ -126,8 +127,9 @@ def message_outbox(session: ChatSession, message: Message,
     ]
     assert len(destinations) == ROWS_PER_MESSAGE
     return [
-        OutboxEntry(EVENT_MESSAGE, d, body, session.id, message.seq, message.message_id,
-                    trace_context)
+        OutboxEntry(
+            EVENT_MESSAGE, d, body, session.id, message.seq, message.message_id, trace_context
+        )
         for d in destinations
     ]
 
@@ -143,8 +145,9 @@ def receipt_outbox(update: ReceiptUpdate, sender_emails: Iterable[str]) -> list[
     return [OutboxEntry(EVENT_RECEIPT, d, body, update.session_id, seq) for d in destinations]
 
 
-def key_outbox(key: PublicKey, previous_kid: str | None,
-               sessions: Iterable[tuple[str, uuid.UUID]]) -> list[OutboxEntry]:
+def key_outbox(
+    key: PublicKey, previous_kid: str | None, sessions: Iterable[tuple[str, uuid.UUID]]
+) -> list[OutboxEntry]:
     """The rows announcing a new key on ``/user/queue/keys``: one for every peer the owner
     shares a session with, and one for the owner (their other connections), from
     `sessions` = (peer email, session id) of each of the owner's sessions.
@@ -158,5 +161,7 @@ def key_outbox(key: PublicKey, previous_kid: str | None,
     for peer, session_id in sessions:
         first.setdefault(key.email, session_id)
         first.setdefault(peer, session_id)
-    return [OutboxEntry(EVENT_KEYS, user_queue(email, UserQueue.KEYS), body, sid, 0)
-            for email, sid in sorted(first.items())]
+    return [
+        OutboxEntry(EVENT_KEYS, user_queue(email, UserQueue.KEYS), body, sid, 0)
+        for email, sid in sorted(first.items())
+    ]

@@ -77,13 +77,17 @@ def validate_envelope(content: object, limits: ContentLimits = DEFAULT_CONTENT_L
     if not isinstance(content, str):
         raise BadRequest("content of an encrypted session must be the envelope as a JSON string")
     if len(content) > max_envelope_length(limits):
-        raise PayloadTooLarge(f"envelope is {len(content)} characters long; the limit is "
-                              f"{max_envelope_length(limits)}")
+        raise PayloadTooLarge(
+            f"envelope is {len(content)} characters long; the limit is "
+            f"{max_envelope_length(limits)}"
+        )
     try:
         data = json.loads(content, object_pairs_hook=_no_duplicates)
     except (ValueError, RecursionError):
-        raise BadRequest("content of an encrypted session must be an envelope "
-                         f"{{{', '.join(FIELDS)}}} (not JSON)") from None
+        raise BadRequest(
+            "content of an encrypted session must be an envelope "
+            f"{{{', '.join(FIELDS)}}} (not JSON)"
+        ) from None
     if not isinstance(data, dict):
         raise BadRequest("envelope must be a JSON object")
     missing = [f for f in FIELDS if f not in data]
@@ -96,16 +100,22 @@ def validate_envelope(content: object, limits: ContentLimits = DEFAULT_CONTENT_L
         raise BadRequest(f"envelope v must be {VERSION}")
     if data["alg"] != ALGORITHM:
         raise BadRequest(f"envelope alg must be {ALGORITHM}")
-    for name, size in (("kid", KEY_ID_BYTES), ("rkid", KEY_ID_BYTES), ("salt", SALT_BYTES),
-                       ("iv", IV_BYTES)):
+    for name, size in (
+        ("kid", KEY_ID_BYTES),
+        ("rkid", KEY_ID_BYTES),
+        ("salt", SALT_BYTES),
+        ("iv", IV_BYTES),
+    ):
         if len(b64url_decode(data[name], f"envelope {name}")) != size:
             raise BadRequest(f"envelope {name} must be {size} bytes")
     ct = b64url_decode(data["ct"], "envelope ct")
     if len(ct) <= TAG_BYTES:
         raise BadRequest(f"envelope ct must hold the {TAG_BYTES}-byte tag and some ciphertext")
     if len(ct) - TAG_BYTES > limits.max_content_length:
-        raise PayloadTooLarge(f"ciphertext holds {len(ct) - TAG_BYTES} bytes; the limit is "
-                              f"{limits.max_content_length}")
+        raise PayloadTooLarge(
+            f"ciphertext holds {len(ct) - TAG_BYTES} bytes; the limit is "
+            f"{limits.max_content_length}"
+        )
     return content
 
 

@@ -32,8 +32,10 @@ _PUBLIC: Final = frozenset({"kty", "crv", "x", "y"})
 #: Private members of any JWK type (RFC 7518 section 6): never accepted.
 _PRIVATE: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 #: What each use's ``key_ops`` may list when present (WebCrypto exports ``[]`` for ECDH).
-_OPS: Final = {"agreement": frozenset({"deriveKey", "deriveBits"}),
-               "signing": frozenset({"verify"})}
+_OPS: Final = {
+    "agreement": frozenset({"deriveKey", "deriveBits"}),
+    "signing": frozenset({"verify"}),
+}
 _ALG: Final = {"agreement": frozenset({"ECDH-ES"}), "signing": frozenset({"ES256"})}
 
 
@@ -61,12 +63,15 @@ def parse_public_jwk(value: object, name: str, use: str) -> PublicJwk:
         raise BadRequest(f"{name} must be a JWK object")
     private = sorted(_PRIVATE & set(value))
     if private:
-        raise BadRequest(f"{name} holds private key material ({', '.join(private)}): "
-                         "publish the public key only")
+        raise BadRequest(
+            f"{name} holds private key material ({', '.join(private)}): publish the public key only"
+        )
     unknown = sorted(set(value) - _PUBLIC - _TOLERATED)
     if unknown:
-        raise BadRequest(f"{name} has members that are not public EC JWK members: "
-                         f"{', '.join(str(u) for u in unknown)[:200]}")
+        raise BadRequest(
+            f"{name} has members that are not public EC JWK members: "
+            f"{', '.join(str(u) for u in unknown)[:200]}"
+        )
     if value.get("kty") != "EC":
         raise BadRequest(f"{name} kty must be EC")
     if value.get("crv") != CURVE:
@@ -82,8 +87,9 @@ def parse_public_jwk(value: object, name: str, use: str) -> PublicJwk:
         ec.EllipticCurvePublicNumbers(coords[0], coords[1], ec.SECP256R1()).public_key()
     except ValueError:
         raise BadRequest(f"{name} is not a point on {CURVE}") from None
-    canonical = json.dumps({"crv": CURVE, "kty": "EC", "x": value["x"], "y": value["y"]},
-                           separators=(",", ":"))
+    canonical = json.dumps(
+        {"crv": CURVE, "kty": "EC", "x": value["x"], "y": value["y"]}, separators=(",", ":")
+    )
     digest = hashlib.sha256(canonical.encode()).digest()
     thumbprint = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
     return PublicJwk(canonical, thumbprint)

@@ -157,8 +157,10 @@ class Message:
 def batch_answers_json(answers: Sequence[tuple[Message, bool]]) -> list[dict[str, Any]]:
     """A batch send's answers, in its order: ``{status, message}`` per item, status 201 for a
     new message and 200 for the original of a known clientMessageId (REST and STOMP alike)."""
-    return [{"status": 201 if created else 200, "message": message.to_json()}
-            for message, created in answers]
+    return [
+        {"status": 201 if created else 200, "message": message.to_json()}
+        for message, created in answers
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,9 +279,20 @@ class OutboxRow:
     def with_trace_context(self, trace_context: str) -> OutboxRow:
         """This row with another trace context (what `dataclasses.replace` does, at a tenth
         of its cost: a publish round re-points every row it traces)."""
-        return OutboxRow(self.id, self.message_id, self.session_id, self.seq, self.event,
-                         self.destination, self.payload, self.retry_count, self.next_retry_at,
-                         self.last_error, self.created_at, trace_context)
+        return OutboxRow(
+            self.id,
+            self.message_id,
+            self.session_id,
+            self.seq,
+            self.event,
+            self.destination,
+            self.payload,
+            self.retry_count,
+            self.next_retry_at,
+            self.last_error,
+            self.created_at,
+            trace_context,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -313,10 +313,11 @@ class SendRateLimiter:
                 continue
             # room comes when the `excess` oldest accepted copies have left the window
             times = [t for t, d in state.recent if d == digest]
-            leaves = (times[excess - 1] if excess <= len(times) else now)
+            leaves = times[excess - 1] if excess <= len(times) else now
             wait = max(leaves + self.identical_window_seconds - now, 1e-3)
-            raise too_many_identical(state.counts[digest] + copies - 1,
-                                     self.identical_window_seconds, wait)
+            raise too_many_identical(
+                state.counts[digest] + copies - 1, self.identical_window_seconds, wait
+            )
 
         state.tokens -= need
         counts = []
@@ -342,4 +343,3 @@ class SendRateLimiter:
                     del state.counts[digest]
                 state.tokens = min(float(self.send_burst), state.tokens + 1.0)
                 return
-

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from stomp.trio import BrokerRuntime
 
+
 def create_app(
     services: ChatService,
     verifier: TokenVerifier,
@@ -91,8 +92,11 @@ def create_app(
     if runtime is not None:
         from chatd.http.ws import ws_blueprint
 
-        app.register_blueprint(ws_blueprint(
-            runtime, metrics, one_frame_per_message=config.server.ws_one_frame_per_message))
+        app.register_blueprint(
+            ws_blueprint(
+                runtime, metrics, one_frame_per_message=config.server.ws_one_frame_per_message
+            )
+        )
         if config.server.sockjs_enabled:
             from chatd.http.sockjs_routes import install_sockjs
 
@@ -102,8 +106,7 @@ def create_app(
 
     app.register_blueprint(demo_blueprint(config, demo_token_key))
     register_error_handlers(app)
-    app.extensions["chatd"] = {"services": services, "readiness": readiness,
-                              "metrics": metrics}
+    app.extensions["chatd"] = {"services": services, "readiness": readiness, "metrics": metrics}
     asgi: Any = app.asgi_app
     app.asgi_app = ShieldFinalSend(asgi)  # type: ignore[method-assign, assignment]
     return app

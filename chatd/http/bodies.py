@@ -23,8 +23,15 @@ def with_body_limits(base: type[R], limits: Mapping[tuple[str, str], int]) -> ty
     limit in bytes instead of the app's."""
 
     class LimitedRequest(base):  # type: ignore[valid-type, misc]
-        def __init__(self, method: str, scheme: str, path: str, *args: Any,
-                     max_content_length: int | None = None, **kwargs: Any) -> None:
+        def __init__(
+            self,
+            method: str,
+            scheme: str,
+            path: str,
+            *args: Any,
+            max_content_length: int | None = None,
+            **kwargs: Any,
+        ) -> None:
             limit = limits.get((method, path), max_content_length)
             super().__init__(method, scheme, path, *args, max_content_length=limit, **kwargs)
             if limit != max_content_length:

@@ -20,8 +20,9 @@ from chatd.services.chat import ChatService
 from chatd.services.inputs import parse_session_id
 
 
-def _summary_json(entry: SessionSummary, me: str,
-                  presence: dict[str, Presence]) -> dict[str, object]:
+def _summary_json(
+    entry: SessionSummary, me: str, presence: dict[str, Presence]
+) -> dict[str, object]:
     last = entry.last_message
     session = entry.session.to_json()
     for participant in session["participants"]:
@@ -54,7 +55,10 @@ def chat_blueprint(service: ChatService, presence: PresenceService) -> Blueprint
     async def init() -> Response:
         body = await json_object()
         session = await service.init_session(
-            caller(), body.get("toEmail"), body.get("intent"), body.get("fromEmail"),
+            caller(),
+            body.get("toEmail"),
+            body.get("intent"),
+            body.get("fromEmail"),
             body.get("encrypted"),
         )
         await presence.introduce(*session.emails)  # new peers learn each other's presence
@@ -80,7 +84,10 @@ def chat_blueprint(service: ChatService, presence: PresenceService) -> Blueprint
     async def history(session_id: str) -> Response:
         args = request.args
         messages = await service.history(
-            caller(), session_id, limit=args.get("limit"), before=args.get("before"),
+            caller(),
+            session_id,
+            limit=args.get("limit"),
+            before=args.get("before"),
             after=args.get("after"),
         )
         return json_response([m.to_json() for m in messages])
@@ -105,15 +112,20 @@ def chat_blueprint(service: ChatService, presence: PresenceService) -> Blueprint
     @bp.get("/unread")
     async def unread_totals() -> Response:
         totals = await service.unread_totals(caller())
-        return json_response({
-            "total": sum(count for _, count in totals),
-            "sessions": [{"sessionId": str(sid), "count": count} for sid, count in totals],
-        })
+        return json_response(
+            {
+                "total": sum(count for _, count in totals),
+                "sessions": [{"sessionId": str(sid), "count": count} for sid, count in totals],
+            }
+        )
 
     async def _mark(session_id: str, status: ReceiptStatus) -> Response:
         body = await json_object()
         update = await service.mark(
-            caller(), session_id, status, up_to_seq=body.get("upToSeq"),
+            caller(),
+            session_id,
+            status,
+            up_to_seq=body.get("upToSeq"),
             message_ids=body.get("messageIds"),
         )
         return json_response(update.to_json())
@@ -133,12 +145,15 @@ def chat_blueprint(service: ChatService, presence: PresenceService) -> Blueprint
         me = caller()
         entries = await service.sessions(me, limit=limit, cursor=args.get("cursor"))
         full_page = len(entries) == service.page_size(limit)
-        online = await presence.of([email for e in entries for email in e.session.emails
-                                    if email != me])
-        return json_response({
-            "sessions": [_summary_json(e, me, online) for e in entries],
-            "nextCursor": entries[-1].cursor if entries and full_page else None,
-        })
+        online = await presence.of(
+            [email for e in entries for email in e.session.emails if email != me]
+        )
+        return json_response(
+            {
+                "sessions": [_summary_json(e, me, online) for e in entries],
+                "nextCursor": entries[-1].cursor if entries and full_page else None,
+            }
+        )
 
     @bp.get("/presence")
     async def presence_of() -> Response:

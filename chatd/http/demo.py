@@ -94,8 +94,9 @@ def demo_blueprint(config: Config, token_key: rsa.RSAPrivateKey | None) -> Bluep
     SockJS's iframe page loads sockjs-client from there whether or not the demo is on."""
     bp = Blueprint("demo", __name__)
     page = config.server.demo_page
-    assets = {name: asset for name, asset in load_assets().items()
-              if page or name.startswith(VENDOR)}
+    assets = {
+        name: asset for name, asset in load_assets().items() if page or name.startswith(VENDOR)
+    }
 
     if page:
 
@@ -117,10 +118,10 @@ def demo_blueprint(config: Config, token_key: rsa.RSAPrivateKey | None) -> Bluep
         async def token() -> Response:
             body = await json_object()
             email = require_email(body.get("email"), "email")
-            minted = mint_token(token_key, email, DEMO_TOKEN_TTL, issuer=auth.issuer,
-                                audience=auth.audience)
-            response = json_response({"email": email, "token": minted,
-                                      "expiresIn": DEMO_TOKEN_TTL})
+            minted = mint_token(
+                token_key, email, DEMO_TOKEN_TTL, issuer=auth.issuer, audience=auth.audience
+            )
+            response = json_response({"email": email, "token": minted, "expiresIn": DEMO_TOKEN_TTL})
             response.headers["Cache-Control"] = "no-store"
             return response
 

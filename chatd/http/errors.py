@@ -44,8 +44,16 @@ def error_response(
     uid = str(uuid.uuid4())
     if status >= 500:
         level = logging.ERROR if exc_info is not None else logging.WARNING
-        log.log(level, "answered %d uid=%s %s %s: %s", status, uid, request.method,
-                request.path, message, exc_info=exc_info)
+        log.log(
+            level,
+            "answered %d uid=%s %s %s: %s",
+            status,
+            uid,
+            request.method,
+            request.path,
+            message,
+            exc_info=exc_info,
+        )
     body = {
         "uid": uid,
         "status": HTTPStatus(status).name,

@@ -90,9 +90,15 @@ def install_request_tracking(app: Quart, metrics: Metrics, *, access_log_on: boo
         user = g.get("caller")
         if user is not None:
             fields["user"] = user
-        access_log.log(logging.DEBUG if quiet else logging.INFO,
-                       "%s %s %d %.1f ms", request.method, request.path, status,
-                       elapsed * 1000, extra=fields)
+        access_log.log(
+            logging.DEBUG if quiet else logging.INFO,
+            "%s %s %d %.1f ms",
+            request.method,
+            request.path,
+            status,
+            elapsed * 1000,
+            extra=fields,
+        )
         return response
 
 
@@ -110,10 +116,12 @@ def install_request_tracing(app: Quart, tracer: Tracer) -> None:
         if not request.path.startswith(API_PREFIX):
             return
         route = request.url_rule.rule if request.url_rule is not None else None
-        span = tracer.start(f"{request.method} {route}" if route else request.method,
-                            request.headers.get(TRACEPARENT), kind="server",
-                            attributes={"http.request.method": request.method,
-                                        "http.route": route or ""})
+        span = tracer.start(
+            f"{request.method} {route}" if route else request.method,
+            request.headers.get(TRACEPARENT),
+            kind="server",
+            attributes={"http.request.method": request.method, "http.route": route or ""},
+        )
         active = tracer.activate(span)
         active.__enter__()
         g.trace = (span, active)

@@ -21,7 +21,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Final
+from typing import Any, Final
 
 import hypercorn.config
 import trio
@@ -128,8 +128,11 @@ def is_stomp_upgrade(head: bytes) -> bool:
     """True for a request head that asks to upgrade ``/ws`` or ``/ws/websocket`` (any query)
     to a WebSocket."""
     end = head.find(b"\r\n\r\n")
-    return (end >= 0 and _WS_REQUEST.match(head) is not None
-            and _UPGRADE.search(head, 0, end + 2) is not None)
+    return (
+        end >= 0
+        and _WS_REQUEST.match(head) is not None
+        and _UPGRADE.search(head, 0, end + 2) is not None
+    )
 
 
 async def serve_http(
@@ -167,8 +170,8 @@ async def serve_http(
                 await websocket(stream, head)
                 return
             initial = head
-        await TCPServer(wrapped, hconfig, context, ConnectionState(state.copy()),
-                        _Replayed(stream, initial))  # type: ignore[arg-type]
+        replayed: Any = _Replayed(stream, initial)  # Hypercorn types its stream too narrowly
+        await TCPServer(wrapped, hconfig, context, ConnectionState(state.copy()), replayed)
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
@@ -186,8 +189,11 @@ async def serve_http(
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(raise_shutdown, shutdown_trigger)
                     nursery.start_soon(raise_shutdown, context.terminate.wait)
-                    nursery.start_soon(partial(trio.serve_listeners, handle, listeners,
-                                               handler_nursery=server_nursery))
+                    nursery.start_soon(
+                        partial(
+                            trio.serve_listeners, handle, listeners, handler_nursery=server_nursery
+                        )
+                    )
                     await trio.sleep_forever()
             except BaseExceptionGroup as error:
                 _, other_errors = error.split((ShutdownError, KeyboardInterrupt))
@@ -195,7 +201,8 @@ async def serve_http(
                     raise other_errors from None
             finally:
                 await context.terminated.set()
-                server_nursery.cancel_scope.deadline = (trio.current_time()
-                                                        + hconfig.graceful_timeout)
+                server_nursery.cancel_scope.deadline = (
+                    trio.current_time() + hconfig.graceful_timeout
+                )
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()

@@ -106,10 +106,15 @@ def _bare(status: int, headers: dict[str, str]) -> Response:
     return response
 
 
-def _text(body: str, status: int = 200, content_type: str = TEXT,
-          headers: dict[str, str] | None = None) -> Response:
-    return Response(body, status=status, content_type=content_type,
-                    headers={"Cache-Control": NO_CACHE} | _cors() | (headers or {}))
+def _text(
+    body: str, status: int = 200, content_type: str = TEXT, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        body,
+        status=status,
+        content_type=content_type,
+        headers={"Cache-Control": NO_CACHE} | _cors() | (headers or {}),
+    )
 
 
 def _query_token() -> str | None:
@@ -126,12 +131,19 @@ def _set_session_cookie(response: AnyResponse, secret: str) -> None:
     us only over https (browsers block mixed content) even where a proxy ends TLS.
     """
     https = request.scheme == "https" or request.headers.get("Origin", "").startswith("https://")
-    response.set_cookie(SESSION_COOKIE, secret, path=request.path.rsplit("/", 1)[0],
-                        httponly=True, secure=https, samesite="None" if https else "Lax")
+    response.set_cookie(
+        SESSION_COOKIE,
+        secret,
+        path=request.path.rsplit("/", 1)[0],
+        httponly=True,
+        secure=https,
+        samesite="None" if https else "Lax",
+    )
 
 
-def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCKJS_URL
-                     ) -> Blueprint:
+def sockjs_blueprint(
+    sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCKJS_URL
+) -> Blueprint:
     """The SockJS routes under ``/ws``, carrying STOMP sessions of `sessions`."""
     bp = Blueprint("sockjs", __name__)
     settings = sessions.settings
@@ -147,9 +159,12 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
     async def info() -> Response:
         if request.method == "OPTIONS":
             return _options("OPTIONS, GET")
-        body = {"websocket": settings.websocket, "origins": ["*:*"],
-                "cookie_needed": settings.cookie_needed,
-                "entropy": secrets.randbits(32)}
+        body = {
+            "websocket": settings.websocket,
+            "origins": ["*:*"],
+            "cookie_needed": settings.cookie_needed,
+            "entropy": secrets.randbits(32),
+        }
         response = json_response(body, headers={"Cache-Control": NO_CACHE} | _cors())
         response.headers["Content-Type"] = "application/json; charset=UTF-8"
         return response
@@ -164,14 +179,20 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
             return error_response(404, f"no route for GET {request.path}")
         if request.headers.get("If-None-Match") == iframe_etag:
             return _bare(304, {"ETag": iframe_etag})
-        return Response(iframe, content_type=HTML, headers={
-            "Cache-Control": f"public, max-age={ONE_YEAR}",
-            "Expires": formatdate(time.time() + ONE_YEAR, usegmt=True),
-            "ETag": iframe_etag,
-        })
+        return Response(
+            iframe,
+            content_type=HTML,
+            headers={
+                "Cache-Control": f"public, max-age={ONE_YEAR}",
+                "Expires": formatdate(time.time() + ONE_YEAR, usegmt=True),
+                "ETag": iframe_etag,
+            },
+        )
 
-    @bp.route(PREFIX + "/<server>/<session_id>/<transport>",
-              methods=["GET", "POST", "OPTIONS", "PUT", "DELETE", "PATCH"])
+    @bp.route(
+        PREFIX + "/<server>/<session_id>/<transport>",
+        methods=["GET", "POST", "OPTIONS", "PUT", "DELETE", "PATCH"],
+    )
     async def session_transport(server: str, session_id: str, transport: str) -> Response:
         if transport == "websocket":
             if request.method != "GET":
@@ -194,8 +215,11 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
     async def _sticky_cookie(response: Response) -> Response:
         # With `cookie_needed`, session URLs set JSESSIONID (echoing the client's), which load
         # balancers use to keep a SockJS session's requests on the one instance that holds it.
-        if (settings.cookie_needed and request.endpoint == "sockjs.session_transport"
-                and request.method != "OPTIONS"):
+        if (
+            settings.cookie_needed
+            and request.endpoint == "sockjs.session_transport"
+            and request.method != "OPTIONS"
+        ):
             value = request.cookies.get("JSESSIONID") or "dummy"
             response.set_cookie("JSESSIONID", value, path="/")
         return response
@@ -216,8 +240,9 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
         await session.feed(messages)
         if jsonp:
             return _text("ok")
-        return Response(b"", status=204, content_type=TEXT,
-                        headers={"Cache-Control": NO_CACHE} | _cors())
+        return Response(
+            b"", status=204, content_type=TEXT, headers={"Cache-Control": NO_CACHE} | _cors()
+        )
 
     def _known(session_id: str) -> SockJSSession | None:
         """The session, if this request comes from its opener (`SockJSSession.admits`): it
@@ -225,8 +250,9 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
         (sockjs-client repeats the SockJS URL's query on every request; clients without a
         cookie jar rely on it)."""
         session = sessions.lookup(session_id)
-        if session is None or not session.admits(request.cookies.getlist(SESSION_COOKIE),
-                                                 _query_token()):
+        if session is None or not session.admits(
+            request.cookies.getlist(SESSION_COOKIE), _query_token()
+        ):
             return None
         return session
 
@@ -234,8 +260,9 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
         """The session to receive from (a new one for an unknown id), or the refusal."""
         if sessions.lookup(session_id) is None:
             if sessions.full:
-                return error_response(503, "too many SockJS sessions; try again later",
-                                      headers={"Retry-After": "5"})
+                return error_response(
+                    503, "too many SockJS sessions; try again later", headers={"Retry-After": "5"}
+                )
             nursery: trio.Nursery = current_app.nursery  # type: ignore[attr-defined]
             info = transport_info(f"sockjs-{kind}", request)
             session = sessions.create(session_id, info, nursery, bound_token=_query_token())
@@ -320,8 +347,9 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(sessions.run, session, info)
                 nursery.start_soon(read)
-                async with aclosing(sessions.frames(session, streaming=True,
-                                                    limit=float("inf"))) as frames:
+                async with aclosing(
+                    sessions.frames(session, streaming=True, limit=float("inf"))
+                ) as frames:
                     async for frame in frames:
                         await websocket.send(frame)
                 nursery.cancel_scope.cancel()
@@ -329,26 +357,31 @@ def sockjs_blueprint(sessions: SockJSSessions, *, sockjs_url: str = DEFAULT_SOCK
         finally:
             session.close()
 
-    bp.add_websocket(PREFIX + "/<server>/<session_id>/websocket", view_func=sockjs_websocket,
-                     endpoint="sockjs_websocket")
+    bp.add_websocket(
+        PREFIX + "/<server>/<session_id>/websocket",
+        view_func=sockjs_websocket,
+        endpoint="sockjs_websocket",
+    )
     return bp
-
 
 
 def install_sockjs(app: QuartTrio, runtime: BrokerRuntime, server: ServerConfig) -> SockJSSessions:
     """Serve SockJS on `app` with ``[server] sockjs_*`` settings; returns the session table
     (also ``app.extensions["sockjs"]``: its `sessions_open` is for metrics). Sessions run in
     the app's nursery and are cancelled when the app stops serving."""
-    sessions = SockJSSessions(runtime, SockJSSettings(
-        heartbeat=server.sockjs_heartbeat_seconds,
-        disconnect_delay=server.sockjs_disconnect_delay,
-        response_limit=server.sockjs_response_limit,
-        websocket=server.sockjs_websocket,
-        max_sessions=server.sockjs_max_sessions,
-        cookie_needed=server.sockjs_cookie_needed,
-        # What waits for a receiver counts like what waits for a socket write.
-        max_pending_bytes=runtime.max_pending_bytes,
-    ))
+    sessions = SockJSSessions(
+        runtime,
+        SockJSSettings(
+            heartbeat=server.sockjs_heartbeat_seconds,
+            disconnect_delay=server.sockjs_disconnect_delay,
+            response_limit=server.sockjs_response_limit,
+            websocket=server.sockjs_websocket,
+            max_sessions=server.sockjs_max_sessions,
+            cookie_needed=server.sockjs_cookie_needed,
+            # What waits for a receiver counts like what waits for a socket write.
+            max_pending_bytes=runtime.max_pending_bytes,
+        ),
+    )
     app.register_blueprint(sockjs_blueprint(sessions))
 
     @app.after_serving

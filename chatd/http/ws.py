@@ -38,8 +38,9 @@ from stomp.trio import (
 WS_PATHS = ("/ws", "/ws/websocket")
 
 
-def transport_info(kind: str, handshake: BaseRequestWebsocket,
-                   subprotocol: str | None = None) -> TransportInfo:
+def transport_info(
+    kind: str, handshake: BaseRequestWebsocket, subprotocol: str | None = None
+) -> TransportInfo:
     """What the STOMP hooks learn of the request that carries a session (a WebSocket handshake,
     or a SockJS HTTP request): peer address, path, query (``access_token``) and headers."""
     remote = handshake.scope.get("client")
@@ -53,8 +54,9 @@ def transport_info(kind: str, handshake: BaseRequestWebsocket,
     )
 
 
-def ws_blueprint(runtime: BrokerRuntime, metrics: Metrics | None = None, *,
-                 one_frame_per_message: bool = False) -> Blueprint:
+def ws_blueprint(
+    runtime: BrokerRuntime, metrics: Metrics | None = None, *, one_frame_per_message: bool = False
+) -> Blueprint:
     """The WebSocket routes bound to `runtime`; `metrics` counts the connections open;
     `one_frame_per_message` sends each frame in a message of its own (`MessageStream`)."""
     bp = Blueprint("ws", __name__)
@@ -65,8 +67,12 @@ def ws_blueprint(runtime: BrokerRuntime, metrics: Metrics | None = None, *,
         subprotocol = choose_subprotocol(websocket.requested_subprotocols)
         await websocket.accept(subprotocol=subprotocol)
         info = transport_info("websocket", websocket, subprotocol)
-        stream = MessageStream(websocket.receive, websocket.send, websocket.close,
-                               one_frame_per_message=one_frame_per_message)
+        stream = MessageStream(
+            websocket.receive,
+            websocket.send,
+            websocket.close,
+            one_frame_per_message=one_frame_per_message,
+        )
         if metrics is None:
             await serve_stream(runtime, stream, info)
             return
@@ -81,9 +87,12 @@ def ws_blueprint(runtime: BrokerRuntime, metrics: Metrics | None = None, *,
     return bp
 
 
-def websocket_handler(runtime: BrokerRuntime, metrics: Metrics | None = None, *,
-                      one_frame_per_message: bool = False,
-                      ) -> Callable[[trio.SocketStream, bytes], Awaitable[None]]:
+def websocket_handler(
+    runtime: BrokerRuntime,
+    metrics: Metrics | None = None,
+    *,
+    one_frame_per_message: bool = False,
+) -> Callable[[trio.SocketStream, bytes], Awaitable[None]]:
     """The `chatd.http.server.WebSocketHandler` for connections that open with a ``/ws``
     upgrade: the handshake's request id for the session's logs, the metrics gauge, then the
     session on the broker's WebSocket transport (`one_frame_per_message` as in
@@ -97,8 +106,13 @@ def websocket_handler(runtime: BrokerRuntime, metrics: Metrics | None = None, *,
             metrics.websocket_sessions.inc()
         try:
             await serve_websocket_connection(
-                runtime, stream, paths=WS_PATHS, initial=head, on_open=opened,
-                one_frame_per_message=one_frame_per_message)
+                runtime,
+                stream,
+                paths=WS_PATHS,
+                initial=head,
+                on_open=opened,
+                one_frame_per_message=one_frame_per_message,
+            )
         finally:
             if metrics is not None:
                 metrics.websocket_sessions.dec()

@@ -28,13 +28,30 @@ from chatd.config import LoggingConfig
 from chatd.domain.envelope import looks_like_envelope
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "chatd_request_id", default=None)
+    "chatd_request_id", default=None
+)
 
 #: `extra=` keys copied into a JSON line (others are ignored, so a stray attribute cannot
 #: leak). `user` and `content` are further gated by the config.
-FIELDS = ("request_id", "method", "path", "status",
-          "duration_ms", "remote", "user", "content", "chat_session", "seq", "destination",
-          "error", "part", "address", "cause", "hint", "retry_in")
+FIELDS = (
+    "request_id",
+    "method",
+    "path",
+    "status",
+    "duration_ms",
+    "remote",
+    "user",
+    "content",
+    "chat_session",
+    "seq",
+    "destination",
+    "error",
+    "part",
+    "address",
+    "cause",
+    "hint",
+    "retry_in",
+)
 PRIVATE_FIELDS = {"user": "include_user", "content": "include_content"}
 REDACTED = "[redacted]"
 ENCRYPTED = "[encrypted]"
@@ -70,16 +87,22 @@ def choose_format(configured: str, stream: TextIO | None = None) -> Format:
 class JsonFormatter(logging.Formatter):
     """One JSON object per record (see the module docstring for the fields)."""
 
-    def __init__(self, *, include_user: bool = False, include_content: bool = False,
-                 trace_ids: TraceIds | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        include_user: bool = False,
+        include_content: bool = False,
+        trace_ids: TraceIds | None = None,
+    ) -> None:
         super().__init__()
         self.allowed = {"include_user": include_user, "include_content": include_content}
         self.trace_ids = trace_ids
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
-                timespec="milliseconds").replace("+00:00", "Z"),
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
             "event": redact(record.getMessage()),
@@ -106,15 +129,21 @@ class JsonFormatter(logging.Formatter):
 
 #: Fields an access-log or start-up line already says in its text; the text format leaves
 #: them out.
-_IN_TEXT = frozenset({"method", "path", "status", "duration_ms",
-                      "part", "address", "cause", "hint", "retry_in"})
+_IN_TEXT = frozenset(
+    {"method", "path", "status", "duration_ms", "part", "address", "cause", "hint", "retry_in"}
+)
 
 
 class TextFormatter(logging.Formatter):
     """``time level logger: event [key=value...]`` for people; same redaction and gates."""
 
-    def __init__(self, *, include_user: bool = False, include_content: bool = False,
-                 trace_ids: TraceIds | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        include_user: bool = False,
+        include_content: bool = False,
+        trace_ids: TraceIds | None = None,
+    ) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.allowed = {"include_user": include_user, "include_content": include_content}
         self.trace_ids = trace_ids

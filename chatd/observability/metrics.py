@@ -49,11 +49,40 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 PREFIX = "chatd"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 #: Seconds: sub-millisecond (SQLite, warm pool) to a few seconds (a struggling database).
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                   2.5, 5.0, 10.0)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 #: Outbox publish latency is measured from the row's commit: polling and backoff stretch it.
-PUBLISH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                   30.0, 60.0, 300.0)
+PUBLISH_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
 BREAKER_STATES = ("closed", "open", "half_open")
 #: Seconds `refresh()` waits for the store's outbox counts before exporting the last ones.
 REFRESH_TIMEOUT = 2.0
@@ -73,6 +102,7 @@ class OutboxStats(Protocol):
 
 # What each component shows metrics (read at scrape time; the components import no
 # prometheus): attributes and methods only, so any object with them will do.
+
 
 class Stats(Protocol):
     """`stomp.trio.RuntimeStats`."""
@@ -226,41 +256,63 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.messages_sent = Counter(
-            _name("messages_sent"), "Messages stored (not repeats), by how they were sent.",
-            ["path"], registry=r)
+            _name("messages_sent"),
+            "Messages stored (not repeats), by how they were sent.",
+            ["path"],
+            registry=r,
+        )
         self.send_latency = Histogram(
             _name("send_latency_seconds"),
             "Time from receiving a send to the message being committed, by path.",
-            ["path"], buckets=LATENCY_BUCKETS, registry=r)
+            ["path"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self._send_children: dict[str, tuple[Any, Any]] = {}
         self.rate_limited = Counter(
-            _name("rate_limit_refusals"), "Sends refused by the per-user rate limits, by path.",
-            ["path"], registry=r)
+            _name("rate_limit_refusals"),
+            "Sends refused by the per-user rate limits, by path.",
+            ["path"],
+            registry=r,
+        )
         self.outbox_pending = Gauge(
-            _name("outbox_pending"), "Outbox rows not yet published (and not dead).",
-            registry=r)
+            _name("outbox_pending"), "Outbox rows not yet published (and not dead).", registry=r
+        )
         self.outbox_dead = Gauge(
-            _name("outbox_dead"), "Outbox rows given up after the last retry.", registry=r)
+            _name("outbox_dead"), "Outbox rows given up after the last retry.", registry=r
+        )
         self.outbox_publish_latency = Histogram(
             _name("outbox_publish_latency_seconds"),
             "Time from an outbox row's commit to the sink accepting it.",
-            buckets=PUBLISH_BUCKETS, registry=r)
+            buckets=PUBLISH_BUCKETS,
+            registry=r,
+        )
         self.websocket_sessions = Gauge(
-            _name("websocket_sessions_open"), "STOMP-over-WebSocket connections open now.",
-            registry=r)
+            _name("websocket_sessions_open"),
+            "STOMP-over-WebSocket connections open now.",
+            registry=r,
+        )
         self.http_requests = Counter(
-            _name("http_requests"), "HTTP requests answered, by method and status code.",
-            ["method", "status"], registry=r)
+            _name("http_requests"),
+            "HTTP requests answered, by method and status code.",
+            ["method", "status"],
+            registry=r,
+        )
         self.bridge_confirm_latency = Histogram(
             _name("bridge_confirm_latency_seconds"),
             "Time from publishing to RabbitMQ to its publisher confirm.",
-            buckets=LATENCY_BUCKETS, registry=r)
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.redis_latency = Histogram(
             _name("redis_latency_seconds"),
             "Time of one call to the Redis tier (thread hop included), answered calls only.",
-            buckets=LATENCY_BUCKETS, registry=r)
-        Info(_name("build"), "The chatd release and Python running this instance.",
-             registry=r).info({"version": version(), "python": platform.python_version()})
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        Info(
+            _name("build"), "The chatd release and Python running this instance.", registry=r
+        ).info({"version": version(), "python": platform.python_version()})
         self._components = _Components()
         r.register(self._components)
         self._outbox_source: OutboxStats | None = None
@@ -272,7 +324,9 @@ class Metrics:
         children = self._send_children.get(path)
         if children is None:  # labels() looks the child up under a lock: once per path
             children = self._send_children[path] = (
-                self.messages_sent.labels(path), self.send_latency.labels(path))
+                self.messages_sent.labels(path),
+                self.send_latency.labels(path),
+            )
         children[0].inc()
         children[1].observe(seconds)
 
@@ -297,32 +351,42 @@ class Metrics:
 
         def source() -> Iterator[Metric]:
             frames_in = CounterMetricFamily(
-                _name("stomp_frames_in"), "STOMP frames received, by command.",
-                labels=["command"])
+                _name("stomp_frames_in"), "STOMP frames received, by command.", labels=["command"]
+            )
             for command, count in sorted(stats.frames_in.items()):
                 frames_in.add_metric([command], count)
             frames_out = CounterMetricFamily(
-                _name("stomp_frames_out"), "STOMP frames queued to clients, by command.",
-                labels=["command"])
+                _name("stomp_frames_out"),
+                "STOMP frames queued to clients, by command.",
+                labels=["command"],
+            )
             for command, count in sorted(stats.frames_out.items()):
                 frames_out.add_metric([command], count)
             errors = CounterMetricFamily(
-                _name("stomp_errors"), "STOMP ERROR frames sent, by their message header.",
-                labels=["reason"])
+                _name("stomp_errors"),
+                "STOMP ERROR frames sent, by their message header.",
+                labels=["reason"],
+            )
             for reason, count in sorted(stats.errors.items()):
                 errors.add_metric([reason], count)
             yield frames_in
             yield frames_out
             yield errors
             yield CounterMetricFamily(
-                _name("delivered_frames"), "MESSAGE frames queued to subscribers.",
-                value=stats.messages_out)
+                _name("delivered_frames"),
+                "MESSAGE frames queued to subscribers.",
+                value=stats.messages_out,
+            )
             yield GaugeMetricFamily(
-                _name("stomp_sessions_open"), "STOMP sessions open now, every transport.",
-                value=stats.sessions_open)
+                _name("stomp_sessions_open"),
+                "STOMP sessions open now, every transport.",
+                value=stats.sessions_open,
+            )
             yield CounterMetricFamily(
-                _name("stomp_slow_consumers"), "STOMP sessions closed for not reading.",
-                value=stats.slow_consumers)
+                _name("stomp_slow_consumers"),
+                "STOMP sessions closed for not reading.",
+                value=stats.slow_consumers,
+            )
 
         self.add_source("runtime", source)
 
@@ -331,11 +395,12 @@ class Metrics:
         instance is not draining since (probes run the checks; a scrape only reads)."""
 
         def source() -> Iterator[Metric]:
-            ready = (readiness.started and not readiness.draining
-                     and readiness.last_ready is True)
-            yield GaugeMetricFamily(_name("ready"),
-                                    "1 when the latest readiness probe passed (not draining).",
-                                    value=1.0 if ready else 0.0)
+            ready = readiness.started and not readiness.draining and readiness.last_ready is True
+            yield GaugeMetricFamily(
+                _name("ready"),
+                "1 when the latest readiness probe passed (not draining).",
+                value=1.0 if ready else 0.0,
+            )
 
         self.add_source("readiness", source)
 
@@ -345,12 +410,16 @@ class Metrics:
 
         def source() -> Iterator[Metric]:
             in_use, size = store.pool_usage()
-            yield GaugeMetricFamily(_name("db_pool_in_use"),
-                                    "Database connections (or worker slots) in use.",
-                                    value=in_use)
-            yield GaugeMetricFamily(_name("db_pool_size"),
-                                    "Database connections (or worker slots) available in all.",
-                                    value=size)
+            yield GaugeMetricFamily(
+                _name("db_pool_in_use"),
+                "Database connections (or worker slots) in use.",
+                value=in_use,
+            )
+            yield GaugeMetricFamily(
+                _name("db_pool_size"),
+                "Database connections (or worker slots) available in all.",
+                value=size,
+            )
 
         self.add_source("store", source)
 
@@ -359,11 +428,16 @@ class Metrics:
         outbox publisher, and the send committer delivering right after commit), summed."""
 
         def source() -> Iterator[Metric]:
-            for attr, text in (("published", "Outbox rows accepted by the sink."),
-                               ("retried", "Outbox publish attempts that failed and retry."),
-                               ("dead", "Outbox rows this instance gave up on.")):
-                yield CounterMetricFamily(_name(f"outbox_{attr}"), text,
-                                          value=sum(getattr(p, attr, 0) for p in publishers))
+            for attr, text in (
+                ("published", "Outbox rows accepted by the sink."),
+                ("retried", "Outbox publish attempts that failed and retry."),
+                ("dead", "Outbox rows this instance gave up on."),
+            ):
+                yield CounterMetricFamily(
+                    _name(f"outbox_{attr}"),
+                    text,
+                    value=sum(getattr(p, attr, 0) for p in publishers),
+                )
 
         self.add_source("publisher", source)
 
@@ -372,24 +446,36 @@ class Metrics:
         `refused` (sends turned away because the queue was full)."""
 
         def source() -> Iterator[Metric]:
-            yield GaugeMetricFamily(_name("send_queue"),
-                                    "Sends waiting to be stored with the next batch.",
-                                    value=committer.queued)
-            yield GaugeMetricFamily(_name("send_queue_limit"),
-                                    "Sends that may wait before new ones are refused (503).",
-                                    value=committer.max_queued)
-            yield GaugeMetricFamily(_name("delivery_backlog"),
-                                    "Outbox rows this instance wrote and has not delivered yet.",
-                                    value=committer.backlog())
-            yield GaugeMetricFamily(_name("delivery_backlog_limit"),
-                                    "Delivery backlog past which sends are refused (503).",
-                                    value=committer.max_backlog)
-            yield CounterMetricFamily(_name("send_batches"),
-                                      "Transactions that stored a batch of sends.",
-                                      value=committer.batches)
-            yield CounterMetricFamily(_name("sends_refused_busy"),
-                                      "Sends refused at once because the send queue was full.",
-                                      value=committer.refused)
+            yield GaugeMetricFamily(
+                _name("send_queue"),
+                "Sends waiting to be stored with the next batch.",
+                value=committer.queued,
+            )
+            yield GaugeMetricFamily(
+                _name("send_queue_limit"),
+                "Sends that may wait before new ones are refused (503).",
+                value=committer.max_queued,
+            )
+            yield GaugeMetricFamily(
+                _name("delivery_backlog"),
+                "Outbox rows this instance wrote and has not delivered yet.",
+                value=committer.backlog(),
+            )
+            yield GaugeMetricFamily(
+                _name("delivery_backlog_limit"),
+                "Delivery backlog past which sends are refused (503).",
+                value=committer.max_backlog,
+            )
+            yield CounterMetricFamily(
+                _name("send_batches"),
+                "Transactions that stored a batch of sends.",
+                value=committer.batches,
+            )
+            yield CounterMetricFamily(
+                _name("sends_refused_busy"),
+                "Sends refused at once because the send queue was full.",
+                value=committer.refused,
+            )
 
         self.add_source("committer", source)
 
@@ -397,47 +483,59 @@ class Metrics:
         """The outbox purger's `purged` count."""
 
         def source() -> Iterator[Metric]:
-            yield CounterMetricFamily(_name("outbox_purged"),
-                                      "Sent outbox rows deleted after the retention period.",
-                                      value=purger.purged)
+            yield CounterMetricFamily(
+                _name("outbox_purged"),
+                "Sent outbox rows deleted after the retention period.",
+                value=purger.purged,
+            )
 
         self.add_source("purger", source)
 
-    def attach_profiles(self, cache: ProfileCounts | None = None,
-                        breaker: HasState | None = None) -> None:
+    def attach_profiles(
+        self, cache: ProfileCounts | None = None, breaker: HasState | None = None
+    ) -> None:
         """The profile cache (`hits`, `misses`) and circuit breaker (`state`: a name or an enum
         whose value/name is one of `BREAKER_STATES`); either may be None."""
 
         def source() -> Iterator[Metric]:
             if cache is not None:
-                yield CounterMetricFamily(_name("profile_cache_hits"),
-                                          "Profile look-ups answered from the cache.",
-                                          value=cache.hits)
-                yield CounterMetricFamily(_name("profile_cache_misses"),
-                                          "Profile look-ups that went to the profile service.",
-                                          value=cache.misses)
+                yield CounterMetricFamily(
+                    _name("profile_cache_hits"),
+                    "Profile look-ups answered from the cache.",
+                    value=cache.hits,
+                )
+                yield CounterMetricFamily(
+                    _name("profile_cache_misses"),
+                    "Profile look-ups that went to the profile service.",
+                    value=cache.misses,
+                )
                 for attr, text in (
-                        ("stale", "Profiles served past their TTL because the service failed."),
-                        ("rejected", "Look-ups refused at once by the open breaker.")):
+                    ("stale", "Profiles served past their TTL because the service failed."),
+                    ("rejected", "Look-ups refused at once by the open breaker."),
+                ):
                     if hasattr(cache, attr):
-                        yield CounterMetricFamily(_name(f"profile_cache_{attr}"), text,
-                                                  value=getattr(cache, attr))
+                        yield CounterMetricFamily(
+                            _name(f"profile_cache_{attr}"), text, value=getattr(cache, attr)
+                        )
                 shared = getattr(cache, "shared", None)  # the second level in Redis
                 if shared is not None:
                     yield CounterMetricFamily(
                         _name("profile_shared_hits"),
                         "Local cache misses answered by the shared cache in Redis.",
-                        value=shared.hits)
+                        value=shared.hits,
+                    )
                     yield CounterMetricFamily(
                         _name("profile_shared_misses"),
                         "Local cache misses the shared cache could not answer (or Redis down).",
-                        value=shared.misses)
+                        value=shared.misses,
+                    )
             if breaker is not None:
                 current = _state_name(breaker.state)
                 family = GaugeMetricFamily(
                     _name("profile_breaker_state"),
                     "Profile service circuit breaker: 1 for the state it is in.",
-                    labels=["state"])
+                    labels=["state"],
+                )
                 for state in BREAKER_STATES:
                     family.add_metric([state], 1.0 if state == current else 0.0)
                 yield family
@@ -449,9 +547,11 @@ class Metrics:
         `bridge_confirm_latency.observe`)."""
 
         def source() -> Iterator[Metric]:
-            yield GaugeMetricFamily(_name("bridge_connected"),
-                                    "1 while the RabbitMQ bridge is connected.",
-                                    value=1.0 if bridge.connected else 0.0)
+            yield GaugeMetricFamily(
+                _name("bridge_connected"),
+                "1 while the RabbitMQ bridge is connected.",
+                value=1.0 if bridge.connected else 0.0,
+            )
 
         self.add_source("bridge", source)
 
@@ -460,14 +560,19 @@ class Metrics:
         to `redis_latency.observe`)."""
 
         def source() -> Iterator[Metric]:
-            yield GaugeMetricFamily(_name("redis_up"),
-                                    "1 while the Redis tier answers (0: features run locally).",
-                                    value=1.0 if tier.up else 0.0)
-            yield CounterMetricFamily(_name("redis_calls"), "Calls made to the Redis tier.",
-                                      value=tier.calls)
-            yield CounterMetricFamily(_name("redis_errors"),
-                                      "Calls to the Redis tier that failed or timed out.",
-                                      value=tier.errors)
+            yield GaugeMetricFamily(
+                _name("redis_up"),
+                "1 while the Redis tier answers (0: features run locally).",
+                value=1.0 if tier.up else 0.0,
+            )
+            yield CounterMetricFamily(
+                _name("redis_calls"), "Calls made to the Redis tier.", value=tier.calls
+            )
+            yield CounterMetricFamily(
+                _name("redis_errors"),
+                "Calls to the Redis tier that failed or timed out.",
+                value=tier.errors,
+            )
 
         self.add_source("redis", source)
 
@@ -479,7 +584,8 @@ class Metrics:
             family = CounterMetricFamily(
                 _name("rate_limit_shared_checks"),
                 "Sends checked by the shared rate limiter, by how they were decided.",
-                labels=["how"])
+                labels=["how"],
+            )
             family.add_metric(["lease"], limiter.leased)
             family.add_metric(["redis"], limiter.checked)
             family.add_metric(["local"], limiter.fallbacks)
@@ -492,15 +598,21 @@ class Metrics:
         peers, and updates dropped because the store could not list the peers."""
 
         def source() -> Iterator[Metric]:
-            yield GaugeMetricFamily(_name("presence_local_users"),
-                                    "Users with a STOMP session here (or in their grace period).",
-                                    value=presence.local_users)
-            yield CounterMetricFamily(_name("presence_updates"),
-                                      "Presence updates published to peers' connections.",
-                                      value=presence.announced)
-            yield CounterMetricFamily(_name("presence_failures"),
-                                      "Presence updates not sent: the store could not list peers.",
-                                      value=presence.failures)
+            yield GaugeMetricFamily(
+                _name("presence_local_users"),
+                "Users with a STOMP session here (or in their grace period).",
+                value=presence.local_users,
+            )
+            yield CounterMetricFamily(
+                _name("presence_updates"),
+                "Presence updates published to peers' connections.",
+                value=presence.announced,
+            )
+            yield CounterMetricFamily(
+                _name("presence_failures"),
+                "Presence updates not sent: the store could not list peers.",
+                value=presence.failures,
+            )
 
         self.add_source("presence", source)
 
@@ -508,8 +620,9 @@ class Metrics:
         """SockJS sessions open now, as `count()` says."""
 
         def source() -> Iterator[Metric]:
-            yield GaugeMetricFamily(_name("sockjs_sessions_open"), "SockJS sessions open now.",
-                                    value=count())
+            yield GaugeMetricFamily(
+                _name("sockjs_sessions_open"), "SockJS sessions open now.", value=count()
+            )
 
         self.add_source("sockjs", source)
 

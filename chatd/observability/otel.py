@@ -44,8 +44,10 @@ from chatd.observability.tracing import TRACEPARENT, Attribute, Span, SpanKind
 from chatd.release import version
 
 _KINDS: Final = {
-    "internal": trace.SpanKind.INTERNAL, "server": trace.SpanKind.SERVER,
-    "client": trace.SpanKind.CLIENT, "producer": trace.SpanKind.PRODUCER,
+    "internal": trace.SpanKind.INTERNAL,
+    "server": trace.SpanKind.SERVER,
+    "client": trace.SpanKind.CLIENT,
+    "producer": trace.SpanKind.PRODUCER,
     "consumer": trace.SpanKind.CONSUMER,
 }
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
@@ -119,43 +121,51 @@ def _unsampled(text: str) -> bool:
 class OtelTracer:
     """`Tracer` with its own provider, batch processor and OTLP/HTTP exporter."""
 
-    def __init__(self, config: TracingConfig, *, instance_id: str,
-                 exporter: object | None = None) -> None:
+    def __init__(
+        self, config: TracingConfig, *, instance_id: str, exporter: object | None = None
+    ) -> None:
         """`exporter` replaces the OTLP one (an SDK ``SpanExporter``, e.g. in-memory)."""
         if exporter is None:
             exporter = OTLPSpanExporter(endpoint=config.endpoint or DEFAULT_OTLP_TRACES_ENDPOINT)
         if not isinstance(exporter, SpanExporter):
             raise TypeError(f"not an OpenTelemetry SpanExporter: {exporter!r}")
         self.instance_id = instance_id
-        resource = Resource.create({
-            SERVICE_NAME: config.service_name or DEFAULT_SERVICE_NAME,
-            SERVICE_INSTANCE_ID: instance_id,
-            SERVICE_VERSION: version(),
-        })
+        resource = Resource.create(
+            {
+                SERVICE_NAME: config.service_name or DEFAULT_SERVICE_NAME,
+                SERVICE_INSTANCE_ID: instance_id,
+                SERVICE_VERSION: version(),
+            }
+        )
         sampler: Sampler | None = None  # the SDK's: OTEL_TRACES_SAMPLER, else parent-based on
         if config.sample_ratio is not None:
             sampler = ParentBased(TraceIdRatioBased(config.sample_ratio))
-        self.provider = TracerProvider(sampler=sampler, resource=resource,
-                                       shutdown_on_exit=False)
+        self.provider = TracerProvider(sampler=sampler, resource=resource, shutdown_on_exit=False)
         # Children of an unsampled trace are skipped outright only when the sampler would
         # drop them too (parent-based: the default, and `sample_ratio`).
         self._follow_parent = isinstance(self.provider.sampler, ParentBased)
         self.provider.add_span_processor(BatchSpanProcessor(exporter))
         self._tracer = self.provider.get_tracer("chatd", version())
 
-    def start(self, name: str, parent: str | None, *, kind: SpanKind = "internal",
-              attributes: Mapping[str, Attribute] | None = None,
-              link: str | None = None) -> Span:
-        if (parent is not None and kind != "server" and self._follow_parent
-                and _unsampled(parent)):
+    def start(
+        self,
+        name: str,
+        parent: str | None,
+        *,
+        kind: SpanKind = "internal",
+        attributes: Mapping[str, Attribute] | None = None,
+        link: str | None = None,
+    ) -> Span:
+        if parent is not None and kind != "server" and self._follow_parent and _unsampled(parent):
             # (a server span's parent is a caller's header: always validated by the SDK)
             return _Unsampled(parent)
         links = None
         if link is not None:
             linked = trace.get_current_span(_parent(link)).get_span_context()
             links = [Link(linked)] if linked.is_valid else None
-        return OtelSpan(self._tracer.start_span(name, _parent(parent), _KINDS[kind],
-                                                attributes, links))
+        return OtelSpan(
+            self._tracer.start_span(name, _parent(parent), _KINDS[kind], attributes, links)
+        )
 
     def records(self, parent: str) -> bool:
         return not (self._follow_parent and _unsampled(parent))

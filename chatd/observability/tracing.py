@@ -75,9 +75,15 @@ class Tracer(Protocol):
     #: This process's ``service.instance.id`` (also the RabbitMQ bridge's instance id).
     instance_id: str
 
-    def start(self, name: str, parent: str | None, *, kind: SpanKind = "internal",
-              attributes: Mapping[str, Attribute] | None = None,
-              link: str | None = None) -> Span:
+    def start(
+        self,
+        name: str,
+        parent: str | None,
+        *,
+        kind: SpanKind = "internal",
+        attributes: Mapping[str, Attribute] | None = None,
+        link: str | None = None,
+    ) -> Span:
         """Start a span, child of the `parent` traceparent (an invalid one, or None, starts
         a new trace; the current span is never used implicitly), linked to `link`."""
         ...
@@ -105,8 +111,9 @@ class Tracer(Protocol):
         ...
 
 
-def start_tracing(config: TracingConfig, *, instance_id: str | None = None,
-                  exporter: object | None = None) -> Tracer:
+def start_tracing(
+    config: TracingConfig, *, instance_id: str | None = None, exporter: object | None = None
+) -> Tracer:
     """A tracer exporting to `config.endpoint` over OTLP/HTTP, or to `exporter` (an
     OpenTelemetry ``SpanExporter``: tests pass the SDK's in-memory one). Its export thread
     runs until `Tracer.shutdown`."""
@@ -115,9 +122,14 @@ def start_tracing(config: TracingConfig, *, instance_id: str | None = None,
     return OtelTracer(config, instance_id=instance_id or uuid.uuid4().hex, exporter=exporter)
 
 
-def each(tracer: Tracer, name: str, parents: Iterable[str | None], *,
-         kind: SpanKind = "internal",
-         attributes: Mapping[str, Attribute] | None = None) -> dict[str, Span]:
+def each(
+    tracer: Tracer,
+    name: str,
+    parents: Iterable[str | None],
+    *,
+    kind: SpanKind = "internal",
+    attributes: Mapping[str, Attribute] | None = None,
+) -> dict[str, Span]:
     """One span per distinct parent (None skipped), the later ones linked to the first: what
     a step serving many messages at once (a group commit, a publish round) records in each
     message's trace. Keyed by parent."""
@@ -126,16 +138,22 @@ def each(tracer: Tracer, name: str, parents: Iterable[str | None], *,
     for parent in parents:
         if parent is None or parent in spans:
             continue
-        span = spans[parent] = tracer.start(name, parent, kind=kind, attributes=attributes,
-                                            link=first)
+        span = spans[parent] = tracer.start(
+            name, parent, kind=kind, attributes=attributes, link=first
+        )
         first = first or span.context
     return spans
 
 
 @contextmanager
-def spans_of(tracer: Tracer, name: str, parents: Iterable[str | None], *,
-             kind: SpanKind = "internal",
-             attributes: Mapping[str, Attribute] | None = None) -> Iterator[dict[str, Span]]:
+def spans_of(
+    tracer: Tracer,
+    name: str,
+    parents: Iterable[str | None],
+    *,
+    kind: SpanKind = "internal",
+    attributes: Mapping[str, Attribute] | None = None,
+) -> Iterator[dict[str, Span]]:
     """`each` for the length of a block: an exception fails every span; all end on exit."""
     started = each(tracer, name, parents, kind=kind, attributes=attributes)
     try:
@@ -166,14 +184,20 @@ class TracedRound:
 
 
 @contextmanager
-def publish_round(tracer: Tracer, rows: Sequence[OutboxRow], *,
-                  path: Literal["direct", "publisher"]) -> Iterator[TracedRound]:
+def publish_round(
+    tracer: Tracer, rows: Sequence[OutboxRow], *, path: Literal["direct", "publisher"]
+) -> Iterator[TracedRound]:
     """Spans ``outbox publish`` (one per message of the round) around handing `rows` to a
     sink; yields the rows re-pointed at them. Rows without a trace context pass unchanged."""
     attributes = {"chatd.outbox.path": path, "chatd.outbox.round_rows": len(rows)}
-    with spans_of(tracer, "outbox publish", (r.trace_context for r in rows),
-                  attributes=attributes) as spans:
-        traced = [r if r.trace_context is None
-                  or (context := spans[r.trace_context].context) == r.trace_context
-                  else r.with_trace_context(context) for r in rows]
+    with spans_of(
+        tracer, "outbox publish", (r.trace_context for r in rows), attributes=attributes
+    ) as spans:
+        traced = [
+            r
+            if r.trace_context is None
+            or (context := spans[r.trace_context].context) == r.trace_context
+            else r.with_trace_context(context)
+            for r in rows
+        ]
         yield TracedRound(traced, spans)

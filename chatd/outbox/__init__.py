@@ -12,6 +12,10 @@ from chatd.outbox.retry import backoff_delay, plan_failure
 from chatd.outbox.sink import OutboxSink, SinkUnavailable
 
 __all__ = [
-    "OutboxPublisher", "OutboxPurger", "OutboxSink", "SinkUnavailable", "backoff_delay",
+    "OutboxPublisher",
+    "OutboxPurger",
+    "OutboxSink",
+    "SinkUnavailable",
+    "backoff_delay",
     "plan_failure",
 ]

@@ -68,8 +68,7 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def whole_commits(rows: list[OutboxRow], *, full: bool
-                  ) -> tuple[list[OutboxRow], list[OutboxRow]]:
+def whole_commits(rows: list[OutboxRow], *, full: bool) -> tuple[list[OutboxRow], list[OutboxRow]]:
     """(rows to publish now, rows to give back): a full claim may end inside the rows one
     commit wrote for one session (a batch send, one unit), so its trailing group of rows of
     the same session and commit time is given back to lead the next claim, and the batch
@@ -80,7 +79,9 @@ def whole_commits(rows: list[OutboxRow], *, full: bool
     last = rows[-1]
     cut = len(rows)
     while cut > 0 and (rows[cut - 1].session_id, rows[cut - 1].created_at) == (
-            last.session_id, last.created_at):
+        last.session_id,
+        last.created_at,
+    ):
         cut -= 1
     if cut == 0:
         return rows, []
@@ -167,8 +168,11 @@ class OutboxPublisher:
     def nudge(self) -> None:
         """Rows leased to another part of this process were marked sent: claim again now if
         rows signalled earlier found nothing to claim (they may have waited behind those)."""
-        if (trio.current_time() < self._maybe_blocked_until and self._pause_scope is not None
-                and not self._stopping):
+        if (
+            trio.current_time() < self._maybe_blocked_until
+            and self._pause_scope is not None
+            and not self._stopping
+        ):
             self._pause_scope.cancel()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -193,15 +197,19 @@ class OutboxPublisher:
                 await self._pause(self._idle_timeout(), wake=not self._sink_down)
         log.info(
             "outbox publisher stopped: published=%d retried=%d dead=%d",
-            self.published, self.retried, self.dead,
+            self.published,
+            self.retried,
+            self.dead,
         )
 
     # -- one round ---------------------------------------------------------------------------
 
     async def _round(self) -> bool:
         """Claim, publish and record one batch; True to go again at once. Raises Unavailable."""
-        if (self.on_store_pending is not None
-                and trio.current_time() - self._pending_read_at >= PENDING_REFRESH):
+        if (
+            self.on_store_pending is not None
+            and trio.current_time() - self._pending_read_at >= PENDING_REFRESH
+        ):
             self._pending_read_at = trio.current_time()
             pending, _dead = await self._store.outbox_stats()
             self.on_store_pending(pending)
@@ -231,9 +239,11 @@ class OutboxPublisher:
         await self._settle(outcome)
         if outcome.unavailable != self._sink_down:
             self._sink_down = outcome.unavailable
-            log.log(logging.WARNING if outcome.unavailable else logging.INFO,
-                    "outbox: sink %s", "unavailable: rows wait" if outcome.unavailable
-                    else "available again")
+            log.log(
+                logging.WARNING if outcome.unavailable else logging.INFO,
+                "outbox: sink %s",
+                "unavailable: rows wait" if outcome.unavailable else "available again",
+            )
         # a full batch means more may be waiting: go again at once, unless nothing went out
         # (a sink that is down would otherwise make us sweep the whole backlog, charging heads)
         return full and bool(outcome.sent)
@@ -276,8 +286,9 @@ class OutboxPublisher:
             else:
                 outcome.sent.append(row)
 
-    async def _deliver_traced(self, tracer: tracing.Tracer, rows: Sequence[OutboxRow],
-                              outcome: _Outcome) -> None:
+    async def _deliver_traced(
+        self, tracer: tracing.Tracer, rows: Sequence[OutboxRow], outcome: _Outcome
+    ) -> None:
         """`_deliver` inside the round's spans; a message whose row failed or was given back
         says so on its span."""
         with tracing.publish_round(tracer, rows, path="publisher") as traced:
@@ -307,15 +318,23 @@ class OutboxPublisher:
     async def _record_failure(self, row: OutboxRow, exc: Exception, now: datetime) -> None:
         failure = plan_failure(row.retry_count, self._config, now=now, rand=self._random())
         error = describe(exc)
-        await self._persist(functools.partial(
-            self._store.mark_outbox_failed, row.id, error=error,
-            next_retry_at=failure.next_retry_at, dead=failure.dead,
-        ))
+        await self._persist(
+            functools.partial(
+                self._store.mark_outbox_failed,
+                row.id,
+                error=error,
+                next_retry_at=failure.next_retry_at,
+                dead=failure.dead,
+            )
+        )
         if failure.dead:
             self.dead += 1
             log.error(
                 "outbox: row %d to %s is dead after %d attempts; last error: %s",
-                row.id, row.destination, failure.attempts, error,
+                row.id,
+                row.destination,
+                failure.attempts,
+                error,
             )
             return
         self.retried += 1
@@ -323,8 +342,12 @@ class OutboxPublisher:
             self._retry_due = failure.next_retry_at
         log.warning(
             "outbox: row %d to %s failed (attempt %d of %d), retry at %s: %s",
-            row.id, row.destination, failure.attempts, self._config.max_attempts,
-            failure.next_retry_at.isoformat(), error,
+            row.id,
+            row.destination,
+            failure.attempts,
+            self._config.max_attempts,
+            failure.next_retry_at.isoformat(),
+            error,
         )
 
     async def _flush_cancelled(self, rows: Sequence[OutboxRow], outcome: _Outcome) -> None:
@@ -340,8 +363,9 @@ class OutboxPublisher:
             if rest:
                 await self._store.release_outbox(rest, now=now)
         except Unavailable:
-            log.warning("outbox: store unavailable at shutdown; %d rows wait for their lease",
-                        len(rows))
+            log.warning(
+                "outbox: store unavailable at shutdown; %d rows wait for their lease", len(rows)
+            )
 
     async def _persist(self, write: Callable[[], Awaitable[None]]) -> None:
         """Run a store write that records what the sink already did, retrying while the store

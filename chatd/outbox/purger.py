@@ -30,16 +30,24 @@ class OutboxPurger:
     ago. `clock` gives aware UTC datetimes (the publisher's clock); `purged` counts rows
     deleted, for metrics and logs."""
 
-    def __init__(self, store: Store, retention: timedelta, clock: Callable[[], datetime], *,
-                 interval: float | None = None, batch: int = PURGE_BATCH) -> None:
+    def __init__(
+        self,
+        store: Store,
+        retention: timedelta,
+        clock: Callable[[], datetime],
+        *,
+        interval: float | None = None,
+        batch: int = PURGE_BATCH,
+    ) -> None:
         if retention <= timedelta(0):
             raise ValueError("retention must be positive (no purger means keep forever)")
         self._store = store
         self._retention = retention
         self._clock = clock
         self._batch = batch
-        self.interval = (min(MAX_PURGE_INTERVAL, retention.total_seconds() / 4)
-                         if interval is None else interval)
+        self.interval = (
+            min(MAX_PURGE_INTERVAL, retention.total_seconds() / 4) if interval is None else interval
+        )
         self.purged = 0
 
     async def purge_once(self) -> int:
@@ -55,8 +63,7 @@ class OutboxPurger:
                 return total
             await trio.lowlevel.checkpoint()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Purge now and then every `interval` until cancelled; a store outage is logged and
         waits for the next round."""
         task_status.started()
@@ -67,6 +74,9 @@ class OutboxPurger:
                 log.warning("outbox purge skipped: %s", exc)
             else:
                 if deleted:
-                    log.info("outbox purge: deleted %d rows sent before the last %s",
-                             deleted, self._retention)
+                    log.info(
+                        "outbox purge: deleted %d rows sent before the last %s",
+                        deleted,
+                        self._retention,
+                    )
             await trio.sleep(self.interval)

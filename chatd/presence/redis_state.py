@@ -66,7 +66,9 @@ end
 
 # KEYS: instances, inst:{me}, user:{email}; ARGV: me, email, now, lapse ms, key life ms.
 # Returns 1 when the user was offline everywhere before.
-_ARRIVE = _ALIVE + """
+_ARRIVE = (
+    _ALIVE
+    + """
 local me, email, now, lapse, life = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local was = alive(KEYS[1], redis.call('SMEMBERS', KEYS[3]), now, nil)
 redis.call('ZADD', KEYS[1], now + lapse, me)
@@ -77,10 +79,13 @@ redis.call('PEXPIRE', KEYS[3], life)
 if was then return 0 end
 return 1
 """
+)
 
 # KEYS: instances, inst:{me}, user:{email}, seen:{email}; ARGV: me, email, now, seen ms,
 # seen life ms. Returns 1 when the user is now offline everywhere.
-_LEAVE = _ALIVE + """
+_LEAVE = (
+    _ALIVE
+    + """
 local me, email, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 redis.call('SREM', KEYS[2], email)
 redis.call('SREM', KEYS[3], me)
@@ -88,10 +93,13 @@ if alive(KEYS[1], redis.call('SMEMBERS', KEYS[3]), now, nil) then return 0 end
 redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[5])
 return 1
 """
+)
 
 # KEYS: instances, then user:{e}, seen:{e} per email; ARGV: now.
 # Returns per email: 1 (online), or the last-seen ms ('' when unknown).
-_LOOKUP = _ALIVE + """
+_LOOKUP = (
+    _ALIVE
+    + """
 local now = tonumber(ARGV[1])
 local out = {}
 for i = 2, #KEYS, 2 do
@@ -103,12 +111,15 @@ for i = 2, #KEYS, 2 do
 end
 return out
 """
+)
 
 # KEYS: instances, inst:{me}, renewed; ARGV: me, now, lapse ms, key life ms, seen life ms, prefix,
 # then the users this instance counts as online.
 # Renews this instance, rewrites its users (Redis may have lost them), drops those it no longer
 # holds, and reaps dead instances. Returns {email, last seen ms, ...} of users now offline.
-_MAINTAIN = _ALIVE + """
+_MAINTAIN = (
+    _ALIVE
+    + """
 local me, now, lapse, life, seen_life, prefix =
   ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local now_text = ARGV[2]
@@ -151,6 +162,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
 end
 return gone
 """
+)
 
 # KEYS: instances, renewed; ARGV: me, now, lapse ms. A stopping instance's entries lapse at
 # the given time; its users were last seen now.
@@ -174,9 +186,15 @@ def _from_ms(value: int) -> datetime:
 class RedisPresence:
     """`PresenceState` in Redis, for `instance_id`; see the module docstring."""
 
-    def __init__(self, tier: RedisTier, instance_id: str, *,
-                 ttl: float = DEFAULT_TTL_SECONDS, clock: Clock | None = None,
-                 local: LocalPresence | None = None) -> None:
+    def __init__(
+        self,
+        tier: RedisTier,
+        instance_id: str,
+        *,
+        ttl: float = DEFAULT_TTL_SECONDS,
+        clock: Clock | None = None,
+        local: LocalPresence | None = None,
+    ) -> None:
         self.tier = tier
         self.instance_id = instance_id
         self.ttl_ms = int(ttl * 1000)
@@ -220,8 +238,10 @@ class RedisPresence:
         now = _ms(self.clock())
         try:
             was_offline = await self._run(
-                self._arrive, [self._instances, self._mine, self._user(email)],
-                [self.instance_id, email, now, self.lapse_ms, self.ttl_ms * KEY_LIFE_TTLS])
+                self._arrive,
+                [self._instances, self._mine, self._user(email)],
+                [self.instance_id, email, now, self.lapse_ms, self.ttl_ms * KEY_LIFE_TTLS],
+            )
         except RedisUnavailable:
             self.fallbacks += 1
             return first_here
@@ -234,8 +254,14 @@ class RedisPresence:
             now_offline = await self._run(
                 self._leave,
                 [self._instances, self._mine, self._user(email), self._seen(email)],
-                [self.instance_id, email, _ms(self.clock()), _ms(seen_at),
-                 LAST_SEEN_DAYS * 86_400_000])
+                [
+                    self.instance_id,
+                    email,
+                    _ms(self.clock()),
+                    _ms(seen_at),
+                    LAST_SEEN_DAYS * 86_400_000,
+                ],
+            )
         except RedisUnavailable:
             self.fallbacks += 1
             return True
@@ -266,9 +292,18 @@ class RedisPresence:
         """See `PresenceState.maintain`: renew, resynchronize, reap dead instances."""
         try:
             gone = await self._run(
-                self._maintain, [self._instances, self._mine, self._renewed],
-                [self.instance_id, _ms(now), self.lapse_ms, self.ttl_ms * KEY_LIFE_TTLS,
-                 LAST_SEEN_DAYS * 86_400_000, self._prefix, *sorted(present)])
+                self._maintain,
+                [self._instances, self._mine, self._renewed],
+                [
+                    self.instance_id,
+                    _ms(now),
+                    self.lapse_ms,
+                    self.ttl_ms * KEY_LIFE_TTLS,
+                    LAST_SEEN_DAYS * 86_400_000,
+                    self._prefix,
+                    *sorted(present),
+                ],
+            )
         except RedisUnavailable:
             self.fallbacks += 1
             return []
@@ -287,5 +322,8 @@ class RedisPresence:
         instances announce whoever did not reconnect elsewhere by then."""
         with contextlib.suppress(RedisUnavailable):  # else they lapse after the TTL
             now = _ms(self.clock())
-            await self._run(self._retire, [self._instances, self._renewed],
-                            [self.instance_id, now, now + int(grace * 1000)])
+            await self._run(
+                self._retire,
+                [self._instances, self._renewed],
+                [self.instance_id, now, now + int(grace * 1000)],
+            )

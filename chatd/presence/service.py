@@ -60,10 +60,19 @@ def utc_now() -> datetime:
 class PresenceService:
     """Presence tracking and answers for one instance; see the module docstring."""
 
-    def __init__(self, store: Store, state: PresenceState | None = None, *, enabled: bool = True,
-                 grace: float = DEFAULT_GRACE_SECONDS, ttl: float = DEFAULT_TTL_SECONDS,
-                 max_peers: int = DEFAULT_MAX_PEERS, max_query: int = DEFAULT_MAX_QUERY,
-                 clock: Clock = utc_now, publish: Publish | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        state: PresenceState | None = None,
+        *,
+        enabled: bool = True,
+        grace: float = DEFAULT_GRACE_SECONDS,
+        ttl: float = DEFAULT_TTL_SECONDS,
+        max_peers: int = DEFAULT_MAX_PEERS,
+        max_query: int = DEFAULT_MAX_QUERY,
+        clock: Clock = utc_now,
+        publish: Publish | None = None,
+    ) -> None:
         self.store = store
         self.state: PresenceState = state if state is not None else LocalPresence()
         self.enabled = enabled
@@ -180,8 +189,11 @@ class PresenceService:
             await self._announce(presence)
         except Exception:
             self.failures += 1
-            log.warning("presence: could not tell the peers of a user that they are %s",
-                        "online" if presence.online else "offline", exc_info=True)
+            log.warning(
+                "presence: could not tell the peers of a user that they are %s",
+                "online" if presence.online else "offline",
+                exc_info=True,
+            )
 
     async def _announce(self, presence: Presence) -> None:
         if self.publish is None:
@@ -208,8 +220,10 @@ class PresenceService:
             return
         for to, about in ((first, second), (second, first)):
             if found[to].online:
-                self.publish(user_queue(to, UserQueue.PRESENCE),
-                             compact_json(found[about].to_json()).encode())
+                self.publish(
+                    user_queue(to, UserQueue.PRESENCE),
+                    compact_json(found[about].to_json()).encode(),
+                )
                 self.announced += 1
 
     # -- readers -------------------------------------------------------------------------------

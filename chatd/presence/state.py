@@ -29,7 +29,7 @@ class PresenceState(Protocol):
 
     @property
     def kind(self) -> str:
-        """"local" or "redis", for the ready line."""
+        """ "local" or "redis", for the ready line."""
         ...
 
     @property
@@ -96,8 +96,12 @@ class LocalPresence:
 
     def lookup_now(self, emails: Sequence[str]) -> dict[str, Presence]:
         """`lookup`, synchronously."""
-        return {e: Presence(e, True) if e in self._online
-                else Presence(e, False, self._last_seen.get(e)) for e in emails}
+        return {
+            e: Presence(e, True)
+            if e in self._online
+            else Presence(e, False, self._last_seen.get(e))
+            for e in emails
+        }
 
     def remember_seen(self, email: str, seen_at: datetime) -> None:
         """Note when a user of another instance was last seen (from Redis)."""

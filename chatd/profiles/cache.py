@@ -80,7 +80,8 @@ class CachedProfiles:
         self.stale_if_error = stale_if_error
         # (entry, seconds to live): an entry from the shared cache lives what it has left
         self._cache: TLRUCache[Key, tuple[Entry, float]] = TLRUCache(
-            maxsize=max_size, ttu=self._expires, timer=clock)
+            maxsize=max_size, ttu=self._expires, timer=clock
+        )
         self._stale: LRUCache[Key, Profile] = LRUCache(maxsize=max_size)
         self._flights: dict[Key, _Flight] = {}
         self.hits = 0
@@ -138,8 +139,12 @@ class CachedProfiles:
         breaker = self.breaker
         if not breaker.allow():
             self.rejected += 1
-            return self._stale_or(key, Unavailable(
-                f"{UNAVAILABLE_MESSAGE} (circuit open)", max(1.0, breaker.retry_after())))
+            return self._stale_or(
+                key,
+                Unavailable(
+                    f"{UNAVAILABLE_MESSAGE} (circuit open)", max(1.0, breaker.retry_after())
+                ),
+            )
         outcome: bool | None = None
         try:
             profile = await self.upstream.lookup(*key)

@@ -51,8 +51,9 @@ class RemoteProfileProvider:
         self.base_url = base_url.rstrip("/")
         self.tokens = tokens
         self.timeout = timeout
-        limits = httpx.Limits(max_connections=max_connections,
-                              max_keepalive_connections=max_connections)
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
         self._client = httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport)
         #: Requests sent (for tests and metrics).
         self.requests = 0
@@ -85,8 +86,13 @@ class RemoteProfileProvider:
             raise NotFound(f"user {email} does not exist")
         if response.status_code != 200:
             level = logging.ERROR if response.status_code in (401, 403) else logging.WARNING
-            log.log(level, "profile service answered %d for %s: %.200s",
-                    response.status_code, url, response.text)
+            log.log(
+                level,
+                "profile service answered %d for %s: %.200s",
+                response.status_code,
+                url,
+                response.text,
+            )
             raise Unavailable(UNAVAILABLE_MESSAGE, DEFAULT_RETRY_AFTER)
         return _parse(response, url)
 
@@ -108,8 +114,12 @@ def _parse(response: httpx.Response, url: str) -> Profile:
         data = None
     if isinstance(data, dict):
         pid, name = data.get("id"), data.get("displayName")
-        if isinstance(pid, str | int) and not isinstance(pid, bool) and str(pid).strip() \
-                and isinstance(name, str):
+        if (
+            isinstance(pid, str | int)
+            and not isinstance(pid, bool)
+            and str(pid).strip()
+            and isinstance(name, str)
+        ):
             return Profile(id=str(pid).strip(), display_name=name)
     log.error("profile service: malformed profile from %s: %.200s", url, response.text)
     raise Unavailable(f"{UNAVAILABLE_MESSAGE} (malformed answer)", DEFAULT_RETRY_AFTER)

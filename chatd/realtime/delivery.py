@@ -39,9 +39,13 @@ def event_headers(event: str, *extra: tuple[str, str]) -> tuple[tuple[str, str],
 class LocalDelivery:
     """Publishes outbox rows to this process's broker runtime; tracks per-session seq marks."""
 
-    def __init__(self, runtime: BrokerRuntime, *,
-                 max_tracked_sessions: int = DEFAULT_MAX_TRACKED_SESSIONS,
-                 tracer: Tracer | None = None) -> None:
+    def __init__(
+        self,
+        runtime: BrokerRuntime,
+        *,
+        max_tracked_sessions: int = DEFAULT_MAX_TRACKED_SESSIONS,
+        tracer: Tracer | None = None,
+    ) -> None:
         self.runtime = runtime
         self.max_tracked_sessions = max_tracked_sessions
         self._last: dict[uuid.UUID, int] = {}
@@ -63,19 +67,29 @@ class LocalDelivery:
         """`publish` for one row, synchronously (no checkpoint: the seq mark and the delivery
         change together)."""
         body = row.payload.encode() if row.payload else b"{}"
-        self.deliver(row.destination, row.event, row.session_id, row.seq, body,
-                     row.trace_context)
+        self.deliver(row.destination, row.event, row.session_id, row.seq, body, row.trace_context)
 
-    def deliver(self, destination: str, event: str, session_id: uuid.UUID, seq: int,
-                body: bytes, trace_context: str | None = None) -> None:
+    def deliver(
+        self,
+        destination: str,
+        event: str,
+        session_id: uuid.UUID,
+        seq: int,
+        body: bytes,
+        trace_context: str | None = None,
+    ) -> None:
         """Publish one row's fields to the local subscribers of `destination` (what the
         RabbitMQ bridge calls for each consumed message); topic rows at or below the
         session's seq mark are skipped. With tracing on, a row with a `trace_context` is
         delivered inside a ``deliver`` span, its child."""
-        if (trace_context is not None and self.tracer is not None
-                and self.tracer.records(trace_context)):
-            self._deliver_traced(self.tracer, destination, event, session_id, seq, body,
-                                 trace_context)
+        if (
+            trace_context is not None
+            and self.tracer is not None
+            and self.tracer.records(trace_context)
+        ):
+            self._deliver_traced(
+                self.tracer, destination, event, session_id, seq, body, trace_context
+            )
             return
         topic = event == EVENT_MESSAGE and is_session_topic(destination)
         if topic:
@@ -83,22 +97,37 @@ class LocalDelivery:
             if last is not None and seq <= last:
                 log.debug("skipping seq %d of %s: already delivered", seq, session_id)
                 return
-        self.runtime.publish(destination, body,
-                             event_headers(event or "unknown", ("x-seq", str(seq))))
+        self.runtime.publish(
+            destination, body, event_headers(event or "unknown", ("x-seq", str(seq)))
+        )
         if topic:
             self._mark(session_id, seq)
 
-    def _deliver_traced(self, tracer: Tracer, destination: str, event: str,
-                        session_id: uuid.UUID, seq: int, body: bytes, parent: str) -> None:
+    def _deliver_traced(
+        self,
+        tracer: Tracer,
+        destination: str,
+        event: str,
+        session_id: uuid.UUID,
+        seq: int,
+        body: bytes,
+        parent: str,
+    ) -> None:
         # Apart from `deliver` so that, off, the hot path pays one test and no extra call.
         name = subscription_name(destination)
-        span = tracer.start(f"deliver {name.rpartition('.')[0] or name}", parent,
-                            kind="producer", attributes={
-                                "messaging.system": "stomp",
-                                "messaging.operation.type": "send",
-                                "messaging.destination.name": name,
-                                "chatd.event": event, "chatd.session_id": str(session_id),
-                                "chatd.seq": seq})
+        span = tracer.start(
+            f"deliver {name.rpartition('.')[0] or name}",
+            parent,
+            kind="producer",
+            attributes={
+                "messaging.system": "stomp",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": name,
+                "chatd.event": event,
+                "chatd.session_id": str(session_id),
+                "chatd.seq": seq,
+            },
+        )
         try:
             self.deliver(destination, event, session_id, seq, body)
         except BaseException as exc:

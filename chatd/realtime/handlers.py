@@ -59,9 +59,15 @@ Relay = Callable[[str, str, bytes], None]
 class AppHandlers:
     """The `/app` destinations of one runtime; `handle` is what `on_app_send` calls."""
 
-    def __init__(self, services: ChatService, runtime: BrokerRuntime, *,
-                 timeout: float = DEFAULT_HANDLER_TIMEOUT, relay: Relay | None = None,
-                 tracer: Tracer | None = None) -> None:
+    def __init__(
+        self,
+        services: ChatService,
+        runtime: BrokerRuntime,
+        *,
+        timeout: float = DEFAULT_HANDLER_TIMEOUT,
+        relay: Relay | None = None,
+        tracer: Tracer | None = None,
+    ) -> None:
         self.services = services
         self.runtime = runtime
         self.timeout = timeout
@@ -87,11 +93,16 @@ class AppHandlers:
         if self.tracer is None:
             await self._handle(session, caller, event)
             return
-        span = self.tracer.start(f"SEND {event.destination}", event.frame.get(TRACEPARENT),
-                                 kind="server", attributes={
-                                     "messaging.system": "stomp",
-                                     "messaging.operation.type": "process",
-                                     "messaging.destination.name": event.destination})
+        span = self.tracer.start(
+            f"SEND {event.destination}",
+            event.frame.get(TRACEPARENT),
+            kind="server",
+            attributes={
+                "messaging.system": "stomp",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": event.destination,
+            },
+        )
         try:
             with self.tracer.activate(span):
                 await self._handle(session, caller, event)
@@ -104,8 +115,7 @@ class AppHandlers:
         try:
             body = parse_body(event.frame.body)
             with trio.move_on_after(self.timeout) as scope:
-                later = await self.routes[event.destination](session, caller, body,
-                                                             event.receipt)
+                later = await self.routes[event.destination](session, caller, body, event.receipt)
             if scope.cancelled_caught:
                 raise Unavailable(f"{event.destination} timed out")
         except ChatError as exc:
@@ -118,8 +128,9 @@ class AppHandlers:
 
     # -- handlers ------------------------------------------------------------------------------
 
-    async def chat_send(self, session: SessionId, caller: str, body: dict[str, Any],
-                        receipt: str | None) -> bool:
+    async def chat_send(
+        self, session: SessionId, caller: str, body: dict[str, Any], receipt: str | None
+    ) -> bool:
         """Store a message like REST does; the message JSON goes to `/user/queue/ack`, then
         the receipt, once its batch committed. The frame's reader goes on meanwhile (so a
         client that pipelines sends gets them stored together), and the send's wait is
@@ -136,12 +147,19 @@ class AppHandlers:
                 self.runtime.receipt(session, receipt)
 
         await self.services.submit(
-            caller, body.get("sessionId"), body.get("content"), cmid, stored,
-            path="stomp", received_at=self.runtime.received_at(session))
+            caller,
+            body.get("sessionId"),
+            body.get("content"),
+            cmid,
+            stored,
+            path="stomp",
+            received_at=self.runtime.received_at(session),
+        )
         return True
 
-    async def chat_send_batch(self, session: SessionId, caller: str, body: dict[str, Any],
-                              receipt: str | None) -> bool:
+    async def chat_send_batch(
+        self, session: SessionId, caller: str, body: dict[str, Any], receipt: str | None
+    ) -> bool:
         """Store a batch like ``POST /api/chat/messages`` (`ChatService.send_batch`, all or
         nothing); its answers, one JSON array of ``{status, message}``, go to
         `/user/queue/ack` (event ``batch``) or its one error to `/user/queue/error`, then the
@@ -158,36 +176,47 @@ class AppHandlers:
 
         try:
             await self.services.submit_batch(
-                caller, body.get("sessionId"), body.get("messages"), stored, path="stomp",
-                received_at=self.runtime.received_at(session))
+                caller,
+                body.get("sessionId"),
+                body.get("messages"),
+                stored,
+                path="stomp",
+                received_at=self.runtime.received_at(session),
+            )
         except ChatError as exc:
             stored(exc)
         return True
 
-    async def chat_delivered(self, session: SessionId, caller: str, body: dict[str, Any],
-                             receipt: str | None) -> bool:
+    async def chat_delivered(
+        self, session: SessionId, caller: str, body: dict[str, Any], receipt: str | None
+    ) -> bool:
         """Mark others' messages delivered; the store writes the receipt's outbox rows."""
-        await self.services.mark(caller, body.get("sessionId"), "delivered",
-                                 up_to_seq=body.get("upToSeq"))
+        await self.services.mark(
+            caller, body.get("sessionId"), "delivered", up_to_seq=body.get("upToSeq")
+        )
         return False
 
-    async def chat_seen(self, session: SessionId, caller: str, body: dict[str, Any],
-                        receipt: str | None) -> bool:
+    async def chat_seen(
+        self, session: SessionId, caller: str, body: dict[str, Any], receipt: str | None
+    ) -> bool:
         """Mark others' messages seen (and delivered); receipts go out through the outbox."""
-        await self.services.mark(caller, body.get("sessionId"), "seen",
-                                 up_to_seq=body.get("upToSeq"))
+        await self.services.mark(
+            caller, body.get("sessionId"), "seen", up_to_seq=body.get("upToSeq")
+        )
         return False
 
-    async def chat_typing(self, session: SessionId, caller: str, body: dict[str, Any],
-                          receipt: str | None) -> bool:
+    async def chat_typing(
+        self, session: SessionId, caller: str, body: dict[str, Any], receipt: str | None
+    ) -> bool:
         """Tell the session topic the caller is typing; ephemeral, never stored."""
         chat = await self.services.require_participant(caller, body.get("sessionId"))
         payload = {"sessionId": str(chat.id), "email": caller}
         self.publish(session_topic(chat.id), compact_json(payload).encode(), EVENT_TYPING)
         return False
 
-    async def ping(self, session: SessionId, caller: str, body: dict[str, Any],
-                   receipt: str | None) -> bool:
+    async def ping(
+        self, session: SessionId, caller: str, body: dict[str, Any], receipt: str | None
+    ) -> bool:
         """Echo the body (a client's correlation data) on `/user/queue/pong`."""
         self.reply(caller, UserQueue.PONG, body, EVENT_PONG)
         return False
@@ -204,8 +233,9 @@ class AppHandlers:
         if self.relay is not None:
             self.relay(key, event, body)
 
-    def error(self, caller: str, client_message_id: object, exc: BaseException, *,
-              batch: object = None) -> None:
+    def error(
+        self, caller: str, client_message_id: object, exc: BaseException, *, batch: object = None
+    ) -> None:
         """`{clientMessageId, status, errorMsg}` (plus `retryAfter` when rate limited or busy);
         for a batch send, `clientMessageId` is null and `clientMessageIds` lists the batch's
         (those that are strings), so the client knows which batch was refused."""
@@ -217,8 +247,10 @@ class AppHandlers:
         }
         if isinstance(batch, list):
             payload["clientMessageIds"] = [
-                item.get("clientMessageId") for item in batch if isinstance(item, dict)
-                and isinstance(item.get("clientMessageId"), str)]
+                item.get("clientMessageId")
+                for item in batch
+                if isinstance(item, dict) and isinstance(item.get("clientMessageId"), str)
+            ]
         if shown.retry_after is not None:
             payload["retryAfter"] = shown.retry_after
         self.reply(caller, UserQueue.ERROR, payload, EVENT_ERROR)

@@ -79,10 +79,18 @@ class ChatHooks:
     """`stomp.trio.Hooks` for chatd. Built after the runtime it publishes into (through
     `delivery` and `handlers`), then given to it: the one cycle of the wiring."""
 
-    def __init__(self, services: ChatService, verifier: TokenVerifier, delivery: LocalDelivery,
-                 handlers: AppHandlers, *, max_replay: int = DEFAULT_MAX_REPLAY,
-                 close_on_expiry: bool = True, binder: Binder | None = None,
-                 presence: PresenceService | None = None) -> None:
+    def __init__(
+        self,
+        services: ChatService,
+        verifier: TokenVerifier,
+        delivery: LocalDelivery,
+        handlers: AppHandlers,
+        *,
+        max_replay: int = DEFAULT_MAX_REPLAY,
+        close_on_expiry: bool = True,
+        binder: Binder | None = None,
+        presence: PresenceService | None = None,
+    ) -> None:
         self.services = services
         self.verifier = verifier
         self.close_on_expiry = close_on_expiry
@@ -141,13 +149,11 @@ class ChatHooks:
                 self._snapshot = (session, event.id, bodies)  # no await from here on
             return
         if not is_session_topic(destination):
-            raise Refused(f"cannot subscribe to {destination}",
-                          f"allowed: {ALLOWED_SUBSCRIPTIONS}")
+            raise Refused(f"cannot subscribe to {destination}", f"allowed: {ALLOWED_SUBSCRIPTIONS}")
         try:
             sid = topic_session_id(destination)
         except ValueError:
-            raise Refused(f"cannot subscribe to {destination}",
-                          "not a session id") from None
+            raise Refused(f"cannot subscribe to {destination}", "not a session id") from None
         try:
             chat = await self.services.require_participant(caller, sid)
         except ChatError as exc:
@@ -155,22 +161,33 @@ class ChatHooks:
         if destination != session_topic(chat.id):
             # Another spelling of the id (upper case, braces) would be another broker topic
             # that nothing is ever published to.
-            raise Refused(f"cannot subscribe to {destination}",
-                          f"use the canonical session id {chat.id}")
+            raise Refused(
+                f"cannot subscribe to {destination}", f"use the canonical session id {chat.id}"
+            )
         after = since_seq(event)
         if self.binder is not None and not await self.binder.ensure_bound(destination):
             # Before the replay reads its mark: what other instances publish until the bind
             # lands would pass us by, a gap behind the replay that x-since-seq then skips
             # (found by the soak after a restart's flood of binds). The client retries.
             self.binder.release(destination, subscribed=False)
-            raise Refused(f"cannot subscribe to {destination}",
-                          "not yet receiving it from the other instances (RabbitMQ is "
-                          "unreachable or slow); subscribe again shortly")
+            raise Refused(
+                f"cannot subscribe to {destination}",
+                "not yet receiving it from the other instances (RabbitMQ is "
+                "unreachable or slow); subscribe again shortly",
+            )
         try:
             if after is not None:
-                await replay(self.runtime, self.delivery, self.services, session=session,
-                             caller=caller, chat=chat, after=after, event=event,
-                             max_replay=self.max_replay)
+                await replay(
+                    self.runtime,
+                    self.delivery,
+                    self.services,
+                    session=session,
+                    caller=caller,
+                    chat=chat,
+                    after=after,
+                    event=event,
+                    max_replay=self.max_replay,
+                )
                 # Nothing may await after the replay: the subscription activates on return.
         except BaseException:
             if self.binder is not None:
@@ -179,8 +196,7 @@ class ChatHooks:
         if self.binder is not None:
             self.binder.release(destination, subscribed=True)
 
-    def subscribed(self, session: SessionId, principal: Principal | None,
-                   event: Subscribe) -> None:
+    def subscribed(self, session: SessionId, principal: Principal | None, event: Subscribe) -> None:
         """Write the presence snapshot `authorize_subscribe` prepared, right after the
         RECEIPT and before any live update."""
         pending, self._snapshot = self._snapshot, None
@@ -203,9 +219,11 @@ class ChatHooks:
             allowed = ", ".join(sorted(self.handlers.routes))
             raise Refused(f"cannot send to {event.destination}", f"allowed: {allowed}")
         if event.transaction is not None:
-            raise Refused(f"cannot send to {event.destination} in a transaction",
-                          f"{APP_PREFIX}... destinations act at once and take no part in STOMP "
-                          "transactions: send without the transaction header")
+            raise Refused(
+                f"cannot send to {event.destination} in a transaction",
+                f"{APP_PREFIX}... destinations act at once and take no part in STOMP "
+                "transactions: send without the transaction header",
+            )
 
     async def on_app_send(
         self, session: SessionId, principal: Principal | None, event: Send
@@ -228,12 +246,15 @@ def build_runtime(config: Config) -> BrokerRuntime:
     """The broker runtime with `[limits]`/`[server]` STOMP settings. Its `ChatHooks` come
     once built (they publish into this runtime), see `chatd.supervisor.build_components`."""
     limits = config.limits
-    broker = Broker(limits=Limits(max_subscriptions=limits.stomp_max_subscriptions),
-                    server_name=f"chatd/{version()}")
+    broker = Broker(
+        limits=Limits(max_subscriptions=limits.stomp_max_subscriptions),
+        server_name=f"chatd/{version()}",
+    )
     # A frame limit below what a message within `max_content_length` needs is raised to it:
     # a text REST accepts is accepted over STOMP too, however its JSON escapes it.
-    frame_size = max(limits.stomp_max_frame_size,
-                     max_body_size(limits.max_content_length) + FRAME_HEAD_ROOM)
+    frame_size = max(
+        limits.stomp_max_frame_size, max_body_size(limits.max_content_length) + FRAME_HEAD_ROOM
+    )
     return BrokerRuntime(
         broker,
         heartbeat=(config.server.heartbeat_send_ms, config.server.heartbeat_receive_ms),

@@ -67,8 +67,10 @@ async def replay(
     not ack-tracked), or when the store fails.
     """
     if event.ack is not AckMode.AUTO:
-        raise Refused(f"{SINCE_SEQ} needs ack:auto on {event.destination}",
-                      "replayed messages cannot be acknowledged; subscribe with ack:auto")
+        raise Refused(
+            f"{SINCE_SEQ} needs ack:auto on {event.destination}",
+            "replayed messages cannot be acknowledged; subscribe with ack:auto",
+        )
     target = delivery.last_seq(chat.id)
     if target is None:
         target = delivery.seed(chat.id, await _stored_last_seq(services, chat, event))
@@ -99,8 +101,13 @@ async def replay(
     for message in fetched:
         if after < message.seq <= upto:
             body = compact_json(message.to_json())
-            runtime.deliver(session, event.id, event.destination, body.encode(),
-                            event_headers(EVENT_MESSAGE, ("x-seq", str(message.seq))))
+            runtime.deliver(
+                session,
+                event.id,
+                event.destination,
+                body.encode(),
+                event_headers(EVENT_MESSAGE, ("x-seq", str(message.seq))),
+            )
     return len(fetched)
 
 

@@ -65,8 +65,12 @@ class RedisTier:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         pool = redis.ConnectionPool.from_url(
-            url, max_connections=pool_size, socket_timeout=timeout,
-            socket_connect_timeout=timeout, health_check_interval=0)
+            url,
+            max_connections=pool_size,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=0,
+        )
         # No retries inside redis-py (a pool's connections default to none): a failure must
         # reach us at once (we fall back), and the reconnect is paced by `run`.
         self.client = redis.Redis(connection_pool=pool)
@@ -143,8 +147,11 @@ class RedisTier:
                 await trio.to_thread.run_sync(hello)
         except (redis.RedisError, trio.TooSlowError) as exc:
             log.debug("redis: ping failed: %r", exc)
-            self.last_error = (f"no answer within {self.timeout * 2:g} s"
-                               if isinstance(exc, trio.TooSlowError) else str(exc) or repr(exc))
+            self.last_error = (
+                f"no answer within {self.timeout * 2:g} s"
+                if isinstance(exc, trio.TooSlowError)
+                else str(exc) or repr(exc)
+            )
             return False
         return True
 
@@ -179,8 +186,9 @@ class RedisTier:
         if await self.ping():
             self._mark_up()
         else:
-            log.warning("redis: not reachable at start; running without the shared tier "
-                        "until it answers")
+            log.warning(
+                "redis: not reachable at start; running without the shared tier until it answers"
+            )
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.scripts.run)

@@ -181,13 +181,17 @@ class SharedRateLimiter:
         keys = [self.tier.key("rl", user, "b")]
         keys += [self._text_key(user, d) for d, _ in unsynced]
         keys.append(self._text_key(user, digest))
-        args: list[object] = [local.send_burst, repr(local.sends_per_second), repr(now),
-                              self.lease_block, repr(local.identical_window_seconds),
-                              local.identical_content]
+        args: list[object] = [
+            local.send_burst,
+            repr(local.sends_per_second),
+            repr(now),
+            self.lease_block,
+            repr(local.identical_window_seconds),
+            local.identical_content,
+        ]
         args += [repr(t) for _, t in unsynced]
         try:
-            verdict, retry_ms, value = await self.tier.scripts.run_script(
-                self._script, keys, args)
+            verdict, retry_ms, value = await self.tier.scripts.run_script(self._script, keys, args)
         except RedisUnavailable:
             self.fallbacks += 1  # the local limiter decided; the digests are not counted
             return

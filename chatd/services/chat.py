@@ -97,6 +97,7 @@ class SendObserver(Protocol):
 #: Sessions kept in memory for participant checks (they never change once created).
 SESSION_CACHE_SIZE = 10_000
 
+
 class ChatService:
     """Every chat use-case, for one store, profile source and rate limiter.
 
@@ -139,7 +140,11 @@ class ChatService:
     # -- sessions ---------------------------------------------------------------------------
 
     async def init_session(
-        self, caller: str, to_email: object, intent: object, from_email: object = None,
+        self,
+        caller: str,
+        to_email: object,
+        intent: object,
+        from_email: object = None,
         encrypted: object = None,
     ) -> ChatSession:
         """The session of the caller and `to_email` in `intent`, created if new; with
@@ -247,8 +252,7 @@ class ChatService:
             if isinstance(result, ChatError):
                 raise result
             appended = result
-        return self._stored(caller, prepared, appended.message, appended.created, path,
-                            started)
+        return self._stored(caller, prepared, appended.message, appended.created, path, started)
 
     async def submit(
         self,
@@ -276,13 +280,15 @@ class ChatService:
         if isinstance(prepared, Message):
             on_done(prepared, False)
             return
+
         def stored(result: AppendResult) -> None:
             if isinstance(result, ChatError):
                 on_done(result, False)
                 return
             try:
-                message, created = self._stored(caller, prepared, result.message,
-                                                result.created, path, started)
+                message, created = self._stored(
+                    caller, prepared, result.message, result.created, path, started
+                )
             except ChatError as exc:
                 on_done(exc, False)
                 return
@@ -294,8 +300,14 @@ class ChatService:
             [result] = await self.store.append_messages([prepared])
             stored(result)
 
-    async def _prepare(self, caller: str, session_id: object, content: object,
-                       client_message_id: object, path: SendPath) -> NewMessage | Message:
+    async def _prepare(
+        self,
+        caller: str,
+        session_id: object,
+        content: object,
+        client_message_id: object,
+        path: SendPath,
+    ) -> NewMessage | Message:
         """The checks before storing: the message to store, or the original when a
         rate-limited send turns out to repeat a stored one (see `send`)."""
         sid = parse_session_id(session_id)
@@ -330,14 +342,20 @@ class ChatService:
         start = trio.current_time() if received_at is None else received_at
         return start + self.limits.max_send_wait_ms / 1000
 
-    def _stored(self, caller: str, item: NewMessage, message: Message, created: bool,
-                path: SendPath, started: float) -> tuple[Message, bool]:
+    def _stored(
+        self,
+        caller: str,
+        item: NewMessage,
+        message: Message,
+        created: bool,
+        path: SendPath,
+        started: float,
+    ) -> tuple[Message, bool]:
         """After the store: a repeat is answered with the original and not counted."""
         if not created:
             (self.shared_limiter or self.limiter).refund(caller, item.content)
             return self._repeat(message, item.session_id), False
-        log.debug("message stored session=%s seq=%d via %s", item.session_id, message.seq,
-                  path)
+        log.debug("message stored session=%s seq=%d via %s", item.session_id, message.seq, path)
         if self.observer is not None:
             self.observer.message_sent(path, time.perf_counter() - started)
         return message, True
@@ -351,7 +369,12 @@ class ChatService:
     # -- batch sends ------------------------------------------------------------------------
 
     async def send_batch(
-        self, caller: str, session_id: object, messages: object, *, path: SendPath = "rest",
+        self,
+        caller: str,
+        session_id: object,
+        messages: object,
+        *,
+        path: SendPath = "rest",
         received_at: float | None = None,
     ) -> list[tuple[Message, bool]]:
         """Store `messages` (``[{content, clientMessageId}, ...]``) from the caller in one
@@ -366,15 +389,20 @@ class ChatService:
         started = time.perf_counter()
         items, charged = await self._prepare_batch(caller, session_id, messages, path)
         if self.committer is not None:
-            results = await self.committer.append_batch(items,
-                                                        deadline=self._deadline(received_at))
+            results = await self.committer.append_batch(items, deadline=self._deadline(received_at))
         else:
             results = await self.store.append_messages(items, units=[len(items)])
         return self._stored_batch(caller, items, charged, results, path, started)
 
     async def submit_batch(
-        self, caller: str, session_id: object, messages: object, on_done: BatchCallback, *,
-        path: SendPath = "stomp", received_at: float | None = None,
+        self,
+        caller: str,
+        session_id: object,
+        messages: object,
+        on_done: BatchCallback,
+        *,
+        path: SendPath = "stomp",
+        received_at: float | None = None,
     ) -> None:
         """`send_batch` without waiting for the commit, as `submit` is to `send`: raises
         what it raises before storing, then calls `on_done` with the answers or the error
@@ -403,22 +431,26 @@ class ChatService:
         else:
             self.limiter.check_many(caller, texts, now.timestamp())
 
-    async def _prepare_batch(self, caller: str, session_id: object, messages: object,
-                             path: SendPath) -> tuple[list[NewMessage], set[int]]:
+    async def _prepare_batch(
+        self, caller: str, session_id: object, messages: object, path: SendPath
+    ) -> tuple[list[NewMessage], set[int]]:
         """The checks before storing: the items, and the indexes the rate limit charged
         (every one, or when that was refused, those not already stored)."""
         sid = parse_session_id(session_id)
         session = await self.require_participant(caller, sid)
-        pairs = parse_batch(messages, max_batch=self.limits.max_batch,
-                            validate=self._content_rule(session))
+        pairs = parse_batch(
+            messages, max_batch=self.limits.max_batch, validate=self._content_rule(session)
+        )
         now = self.clock()
         charged = set(range(len(pairs)))
         try:
             await self._charge(caller, [text for _, text in pairs], now)
         except RateLimited:
             # a client retrying a batch whose answer it lost is not refused for its repeats
-            known = {m.client_message_id
-                     for m in await self.store.find_messages(caller, [c for c, _ in pairs])}
+            known = {
+                m.client_message_id
+                for m in await self.store.find_messages(caller, [c for c, _ in pairs])
+            }
             charged = {i for i, (cmid, _) in enumerate(pairs) if cmid not in known}
             if len(charged) == len(pairs):
                 self._refused(path)
@@ -438,9 +470,15 @@ class ChatService:
         if self.observer is not None:
             self.observer.send_refused(path)
 
-    def _stored_batch(self, caller: str, items: list[NewMessage], charged: set[int],
-                      results: list[AppendResult], path: SendPath, started: float,
-                      ) -> list[tuple[Message, bool]]:
+    def _stored_batch(
+        self,
+        caller: str,
+        items: list[NewMessage],
+        charged: set[int],
+        results: list[AppendResult],
+        path: SendPath,
+        started: float,
+    ) -> list[tuple[Message, bool]]:
         """After the store: the answers, or the error that refused the whole batch."""
         for index, result in enumerate(results):
             if isinstance(result, Unavailable):  # every item's: busy, late or store down
@@ -461,12 +499,16 @@ class ChatService:
             elif result.created and self.observer is not None:
                 self.observer.message_sent(path, elapsed)
             answers.append((result.message, result.created))
-        log.debug("batch of %d stored session=%s via %s", len(items), items[0].session_id,
-                  path)
+        log.debug("batch of %d stored session=%s via %s", len(items), items[0].session_id, path)
         return answers
 
     async def history(
-        self, caller: str, session_id: object, *, limit: object = None, before: object = None,
+        self,
+        caller: str,
+        session_id: object,
+        *,
+        limit: object = None,
+        before: object = None,
         after: object = None,
     ) -> list[Message]:
         """A page of the session's messages, newest first.

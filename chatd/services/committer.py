@@ -91,8 +91,9 @@ class _Waiter:
 
     __slots__ = ("deadline", "done", "items", "on_done", "results")
 
-    def __init__(self, items: Sequence[NewMessage], deadline: float,
-                 on_done: UnitCallback | None) -> None:
+    def __init__(
+        self, items: Sequence[NewMessage], deadline: float, on_done: UnitCallback | None
+    ) -> None:
         self.items = items
         self.deadline = deadline
         self.on_done = on_done
@@ -121,11 +122,18 @@ class SendCommitter:
     and `queued` (messages, waiting now).
     """
 
-    def __init__(self, store: Store, *, sink: OutboxSink | None = None,
-                 lease_seconds: float = 30.0, max_batch: int = DEFAULT_MAX_BATCH,
-                 max_queued: int = DEFAULT_MAX_QUEUED,
-                 max_backlog: int = DEFAULT_MAX_BACKLOG, clock: Clock,
-                 tracer: tracing.Tracer | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        sink: OutboxSink | None = None,
+        lease_seconds: float = 30.0,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
+        clock: Clock,
+        tracer: tracing.Tracer | None = None,
+    ) -> None:
         self._store = store
         #: Where rows go right after the commit (None: leave them to the outbox publisher).
         self.sink = sink
@@ -179,8 +187,9 @@ class SendCommitter:
             raise result
         return result
 
-    async def append_batch(self, items: Sequence[NewMessage], *,
-                           deadline: float = math.inf) -> list[AppendResult]:
+    async def append_batch(
+        self, items: Sequence[NewMessage], *, deadline: float = math.inf
+    ) -> list[AppendResult]:
         """Store `items` as one unit (all or nothing, consecutive seqs, one commit) with the
         next batch; one result per item (`Store.append_messages` with `units`). Raises
         Unavailable at once like `append`; a refusal after queueing (store down, deadline)
@@ -191,27 +200,36 @@ class SendCommitter:
         await waiter.done.wait()
         return waiter.results
 
-    def submit(self, item: NewMessage, on_done: Callable[[AppendResult], None], *,
-               deadline: float = math.inf) -> None:
+    def submit(
+        self,
+        item: NewMessage,
+        on_done: Callable[[AppendResult], None],
+        *,
+        deadline: float = math.inf,
+    ) -> None:
         """`append` without waiting: queue `item` (in order with every other send) and call
         `on_done` with its result from this committer's task once its batch committed (or
         failed). `on_done` must not block. Raises Unavailable at once as `append` does."""
         self._enqueue((item,), deadline, lambda results: on_done(results[0]))
 
-    def submit_batch(self, items: Sequence[NewMessage], on_done: UnitCallback, *,
-                     deadline: float = math.inf) -> None:
+    def submit_batch(
+        self, items: Sequence[NewMessage], on_done: UnitCallback, *, deadline: float = math.inf
+    ) -> None:
         """`append_batch` without waiting, as `submit` is to `append`."""
         self._enqueue(items, deadline, on_done)
 
-    def _enqueue(self, items: Sequence[NewMessage], deadline: float,
-                 on_done: UnitCallback | None) -> _Waiter:
+    def _enqueue(
+        self, items: Sequence[NewMessage], deadline: float, on_done: UnitCallback | None
+    ) -> _Waiter:
         if not self._running or self._stopping:
             raise Unavailable("server shutting down" if self._stopping else "store unavailable")
         # A unit of n is admitted when each of its messages would be, queued one after the
         # other: room for all n, and the backlog with the rows of the n-1 before the last.
         n = len(items)
-        if (self._queued + n > self.max_queued
-                or self.backlog() + ROWS_PER_MESSAGE * (n - 1) >= self.max_backlog):
+        if (
+            self._queued + n > self.max_queued
+            or self.backlog() + ROWS_PER_MESSAGE * (n - 1) >= self.max_backlog
+        ):
             self.refused += n
             raise Unavailable(BUSY_MESSAGE, retry_after=BUSY_RETRY_AFTER)
         waiter = _Waiter(items, deadline, on_done)
@@ -278,14 +296,19 @@ class SendCommitter:
         try:
             with self._commit_spans(items):
                 results = await self._store.append_messages(
-                    items, units=[len(w.items) for w in batch],
-                    lease_until=now + self._lease if direct else None, sent=marks, now=now)
+                    items,
+                    units=[len(w.items) for w in batch],
+                    lease_until=now + self._lease if direct else None,
+                    sent=marks,
+                    now=now,
+                )
         except BaseException as exc:
             self._delivered = marks + self._delivered  # still leased: try again later
             error = exc if isinstance(exc, Unavailable) else Unavailable("store unavailable")
             if not isinstance(exc, Unavailable | trio.Cancelled):
-                log.exception("storing a batch of %d messages failed",
-                              sum(len(w.items) for w in batch))
+                log.exception(
+                    "storing a batch of %d messages failed", sum(len(w.items) for w in batch)
+                )
             for waiter in batch:
                 waiter.fail(error)
             if isinstance(exc, Exception):
@@ -297,7 +320,7 @@ class SendCommitter:
         rows: list[OutboxRow] = []
         start = 0
         for waiter in batch:
-            mine = results[start:start + len(waiter.items)]
+            mine = results[start : start + len(waiter.items)]
             start += len(waiter.items)
             for result in mine:
                 if isinstance(result, Appended) and result.created:
@@ -315,10 +338,16 @@ class SendCommitter:
             return _UNTRACED
         backend = self._store.backend
         return tracing.spans_of(
-            self.tracer, "store commit", (i.trace_context for i in items), kind="client",
-            attributes={"db.system.name": _DB_SYSTEM.get(backend, backend),
-                        "db.operation.name": "append_messages",
-                        "chatd.batch.size": len(items)})
+            self.tracer,
+            "store commit",
+            (i.trace_context for i in items),
+            kind="client",
+            attributes={
+                "db.system.name": _DB_SYSTEM.get(backend, backend),
+                "db.operation.name": "append_messages",
+                "chatd.batch.size": len(items),
+            },
+        )
 
     async def _deliver(self, rows: Sequence[OutboxRow]) -> None:
         assert self.sink is not None
@@ -329,8 +358,12 @@ class SendCommitter:
                 with tracing.publish_round(self.tracer, rows, path="direct") as traced:
                     await self.sink.publish(traced.rows)
         except Exception as exc:  # the rows stay leased: the publisher takes them later
-            log.warning("delivering %d outbox rows right after commit failed (%r); the "
-                        "outbox publisher sends them when their lease ends", len(rows), exc)
+            log.warning(
+                "delivering %d outbox rows right after commit failed (%r); the "
+                "outbox publisher sends them when their lease ends",
+                len(rows),
+                exc,
+            )
             return
         self._delivered.extend(r.id for r in rows)
         self.published += len(rows)

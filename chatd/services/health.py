@@ -69,8 +69,9 @@ class Readiness:
             if name in self._optional and result != "up":
                 result = f"{DEGRADED} ({result})"
             results[name] = result
-        checks_up = all(results[name] == "up" for name in self._checks
-                        if name not in self._optional)
+        checks_up = all(
+            results[name] == "up" for name in self._checks if name not in self._optional
+        )
         ready = self.started and not self.draining and checks_up
         self.last_ready = ready
         return ready, results

@@ -109,8 +109,9 @@ def _not_a_uuid() -> uuid.UUID:
     raise ValueError("not a string")
 
 
-def parse_batch(messages: object, *, max_batch: int,
-                validate: Callable[[object], str]) -> list[tuple[str, str]]:
+def parse_batch(
+    messages: object, *, max_batch: int, validate: Callable[[object], str]
+) -> list[tuple[str, str]]:
     """A batch send's ``messages``: a non-empty array of at most `max_batch` objects
     ``{content, clientMessageId}``; returns (clientMessageId, content) per item, in order.
     `validate` is the session's content rule (`rules.validate_content` with the limits, or

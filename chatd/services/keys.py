@@ -47,18 +47,29 @@ class KeyService:
         """
         unknown = sorted(set(body) - PUT_FIELDS)
         if unknown:
-            raise BadRequest(f"unknown members: {', '.join(unknown)[:200]}; "
-                             f"allowed: {', '.join(sorted(PUT_FIELDS))}")
+            raise BadRequest(
+                f"unknown members: {', '.join(unknown)[:200]}; "
+                f"allowed: {', '.join(sorted(PUT_FIELDS))}"
+            )
         agreement = parse_public_jwk(body.get("agreementKey"), "agreementKey", "agreement")
         signing_value = body.get("signingKey")
-        signing = (None if signing_value is None
-                   else parse_public_jwk(signing_value, "signingKey", "signing"))
+        signing = (
+            None
+            if signing_value is None
+            else parse_public_jwk(signing_value, "signingKey", "signing")
+        )
         kid = body.get("kid")
         if kid is not None and kid != agreement.thumbprint:
-            raise BadRequest("kid must be the RFC 7638 thumbprint of agreementKey "
-                             f"({agreement.thumbprint})")
-        key = PublicKey(caller, agreement.thumbprint, agreement.canonical,
-                        None if signing is None else signing.canonical, self.clock())
+            raise BadRequest(
+                f"kid must be the RFC 7638 thumbprint of agreementKey ({agreement.thumbprint})"
+            )
+        key = PublicKey(
+            caller,
+            agreement.thumbprint,
+            agreement.canonical,
+            None if signing is None else signing.canonical,
+            self.clock(),
+        )
         return await self.store.put_public_key(key, max_keys=self.max_keys)
 
     async def current(self, caller: str, email: object) -> PublicKey:

@@ -30,8 +30,16 @@ class StartupError(Exception):
     URL), `cause` (as the OS or the peer put it), `hint` (what to do); ``str()`` is the line
     an operator reads: ``cannot listen on 127.0.0.1:8080: address already in use (hint)``."""
 
-    def __init__(self, part: str, action: str, where: str, cause: str, hint: str, *,
-                 exit_code: int = EXIT_UNAVAILABLE) -> None:
+    def __init__(
+        self,
+        part: str,
+        action: str,
+        where: str,
+        cause: str,
+        hint: str,
+        *,
+        exit_code: int = EXIT_UNAVAILABLE,
+    ) -> None:
         super().__init__(f"{action} {where}: {cause} ({hint})")
         self.part, self.where, self.cause, self.hint = part, where, cause, hint
         self.exit_code = exit_code

@@ -36,23 +36,43 @@ def open_failed(exc: OpenError, database: DatabaseConfig, *, waited: bool = True
     """`exc` as the line to print; `waited` says whether ``startup_timeout`` was spent."""
     where, cause = database_where(database), sentence(exc.cause)
     if exc.reason == "login":
-        return StartupError("database", "cannot log in to the database at", where, cause,
-                            f"check the user and password in {DATABASE_SETTING}",
-                            exit_code=EXIT_CONFIG)
+        return StartupError(
+            "database",
+            "cannot log in to the database at",
+            where,
+            cause,
+            f"check the user and password in {DATABASE_SETTING}",
+            exit_code=EXIT_CONFIG,
+        )
     if exc.reason == "no-database":
         name = urlsplit(database.url).path.lstrip("/")
-        return StartupError("database", "cannot open the database at", where, cause,
-                            f"create it with createdb {name}, or fix the name in "
-                            f"{DATABASE_SETTING}", exit_code=EXIT_CONFIG)
+        return StartupError(
+            "database",
+            "cannot open the database at",
+            where,
+            cause,
+            f"create it with createdb {name}, or fix the name in {DATABASE_SETTING}",
+            exit_code=EXIT_CONFIG,
+        )
     if exc.reason == "file":
-        return StartupError("database", "cannot open the database file", where, cause,
-                            f"set --data-dir or {DATABASE_SETTING} to a writable place",
-                            exit_code=EXIT_CONFIG)
+        return StartupError(
+            "database",
+            "cannot open the database file",
+            where,
+            cause,
+            f"set --data-dir or {DATABASE_SETTING} to a writable place",
+            exit_code=EXIT_CONFIG,
+        )
     timeout = database.startup_timeout
     waited_text = f"gave up after {timeout:g} s" if waited and timeout else "tried once"
-    return StartupError("database", "cannot connect to the database at", where, cause,
-                        f"{waited_text}: is PostgreSQL running there? check {DATABASE_SETTING}"
-                        ", or raise [database] startup_timeout")
+    return StartupError(
+        "database",
+        "cannot connect to the database at",
+        where,
+        cause,
+        f"{waited_text}: is PostgreSQL running there? check {DATABASE_SETTING}"
+        ", or raise [database] startup_timeout",
+    )
 
 
 async def open_store(config: Config) -> Store:
@@ -76,10 +96,19 @@ async def open_store(config: Config) -> Store:
                 raise open_failed(exc, database) from exc
             wait = min(delay, deadline - now)
             where, cause = database_where(database), sentence(exc.cause)
-            log.warning("database at %s not reachable: %s; next try in %.1f s (giving up in "
-                        "%.0f s)", where, cause, wait, deadline - now,
-                        extra={"part": "database", "address": where, "cause": cause,
-                               "retry_in": round(wait, 3)})
+            log.warning(
+                "database at %s not reachable: %s; next try in %.1f s (giving up in %.0f s)",
+                where,
+                cause,
+                wait,
+                deadline - now,
+                extra={
+                    "part": "database",
+                    "address": where,
+                    "cause": cause,
+                    "retry_in": round(wait, 3),
+                },
+            )
             await trio.sleep(wait)
             delay = min(2 * delay, MAX_RETRY)
 
@@ -87,15 +116,24 @@ async def open_store(config: Config) -> Store:
 def lost_database(exc: Unavailable, database: DatabaseConfig) -> StartupError:
     """The line for a database that went away after the connect."""
     cause = sentence(str(exc.__cause__ or exc.message).splitlines()[0])
-    return StartupError("database", "lost the database at", database_where(database), cause,
-                        "try again once it is back")
+    return StartupError(
+        "database",
+        "lost the database at",
+        database_where(database),
+        cause,
+        "try again once it is back",
+    )
 
 
 def newer_schema(exc: UnknownMigrations, database: DatabaseConfig) -> StartupError:
     """The line for a database that a newer chatd migrated."""
-    return StartupError("database", "cannot use the database at", database_where(database),
-                        exc.message, "it was migrated by a newer chatd: run that release or "
-                        "a later one, or restore a backup")
+    return StartupError(
+        "database",
+        "cannot use the database at",
+        database_where(database),
+        exc.message,
+        "it was migrated by a newer chatd: run that release or a later one, or restore a backup",
+    )
 
 
 async def migrate_store(store: Store, database: DatabaseConfig) -> list[str]:
@@ -107,12 +145,24 @@ async def migrate_store(store: Store, database: DatabaseConfig) -> list[str]:
     except UnknownMigrations as exc:
         raise newer_schema(exc, database) from exc
     except MigrationError as exc:
-        raise StartupError("migrations", "cannot migrate the database at", where, exc.message,
-                           "nothing was applied, the run is one transaction: fix what the "
-                           "migration trips on, then start again") from exc
+        raise StartupError(
+            "migrations",
+            "cannot migrate the database at",
+            where,
+            exc.message,
+            "nothing was applied, the run is one transaction: fix what the "
+            "migration trips on, then start again",
+        ) from exc
     except Unavailable as exc:
         raise lost_database(exc, database) from exc
 
 
-__all__ = ["DATABASE_SETTING", "database_where", "lost_database", "migrate_store", "newer_schema",
-           "open_failed", "open_store"]
+__all__ = [
+    "DATABASE_SETTING",
+    "database_where",
+    "lost_database",
+    "migrate_store",
+    "newer_schema",
+    "open_failed",
+    "open_store",
+]

@@ -16,10 +16,14 @@ from chatd.startup.database import DATABASE_SETTING
 
 _LISTEN_HINTS = {
     errno.EADDRINUSE: (EXIT_UNAVAILABLE, "is another chatd running? set {setting}"),
-    errno.EADDRNOTAVAIL: (EXIT_CONFIG, "this host has no such address: set {setting} to one "
-                                       "of its addresses, or 0.0.0.0 for all"),
-    errno.EACCES: (EXIT_CONFIG, "ports below 1024 need root or CAP_NET_BIND_SERVICE: "
-                                "set {setting} to a port above 1023"),
+    errno.EADDRNOTAVAIL: (
+        EXIT_CONFIG,
+        "this host has no such address: set {setting} to one of its addresses, or 0.0.0.0 for all",
+    ),
+    errno.EACCES: (
+        EXIT_CONFIG,
+        "ports below 1024 need root or CAP_NET_BIND_SERVICE: set {setting} to a port above 1023",
+    ),
 }
 
 
@@ -47,10 +51,12 @@ def listening(part: str, address: str, setting: str) -> Iterator[None]:
             code, hint = EXIT_CONFIG, "set {setting} to an address or a name this host resolves"
         else:
             code, hint = _LISTEN_HINTS.get(
-                os_error.errno or 0, (EXIT_UNAVAILABLE, "check {setting}"))
+                os_error.errno or 0, (EXIT_UNAVAILABLE, "check {setting}")
+            )
         cause = sentence(os_error.strerror or str(os_error))
-        raise StartupError(part, "cannot listen on", address, cause,
-                           hint.format(setting=setting), exit_code=code) from os_error
+        raise StartupError(
+            part, "cannot listen on", address, cause, hint.format(setting=setting), exit_code=code
+        ) from os_error
 
 
 def _writable_dirs(config: Config) -> list[tuple[Path, str]]:
@@ -69,7 +75,7 @@ def check_data_dirs(config: Config) -> None:
     """Make sure every folder chatd will write to (dev keys, the SQLite file) exists or can
     be created and takes a new file; raise `StartupError` (exit 2) naming it otherwise."""
     for folder, what in _writable_dirs(config):
-        setting = ("--data-dir or CHATD_DATA_DIR" if what == "data dir" else DATABASE_SETTING)
+        setting = "--data-dir or CHATD_DATA_DIR" if what == "data dir" else DATABASE_SETTING
         try:
             if folder.exists() and not folder.is_dir():
                 cause = "exists and is not a folder"
@@ -80,9 +86,14 @@ def check_data_dirs(config: Config) -> None:
                 continue
         except OSError as exc:
             cause = sentence(exc.strerror or str(exc))
-        raise StartupError(what, f"cannot write to the {what}", str(folder), cause,
-                           f"set {setting} to a folder chatd may write, or fix its permissions",
-                           exit_code=EXIT_CONFIG)
+        raise StartupError(
+            what,
+            f"cannot write to the {what}",
+            str(folder),
+            cause,
+            f"set {setting} to a folder chatd may write, or fix its permissions",
+            exit_code=EXIT_CONFIG,
+        )
 
 
 def key_error(exc: KeyFileError, config: Config, *, service_key: bool = False) -> StartupError:
@@ -92,24 +103,40 @@ def key_error(exc: KeyFileError, config: Config, *, service_key: bool = False) -
     auth = config.auth
     if service_key:
         return StartupError(
-            "profiles", "cannot load the profile-service signing key", exc.where, exc.problem,
+            "profiles",
+            "cannot load the profile-service signing key",
+            exc.where,
+            exc.problem,
             "set [profiles] service_private_key_file or CHATD_SERVICE_PRIVATE_KEY to an RSA "
-            "private key in PEM", exit_code=EXIT_CONFIG)
+            "private key in PEM",
+            exit_code=EXIT_CONFIG,
+        )
     if auth.jwks_url is not None:
         return StartupError(
-            "auth", "cannot fetch the token keys from", auth.jwks_url,
+            "auth",
+            "cannot fetch the token keys from",
+            auth.jwks_url,
             sentence(exc.problem.removeprefix("cannot load JWKS: ")),
-            "is the identity provider reachable from here? check [auth] jwks_url or "
-            "CHATD_JWKS_URL")
+            "is the identity provider reachable from here? check [auth] jwks_url or CHATD_JWKS_URL",
+        )
     if auth.public_key_file is not None:
         return StartupError(
-            "auth", "cannot load the token public key", exc.where, exc.problem,
+            "auth",
+            "cannot load the token public key",
+            exc.where,
+            exc.problem,
             "set [auth] public_key_file or CHATD_JWT_PUBLIC_KEY to an RSA public key in PEM; "
-            "`chatd keys` writes a pair", exit_code=EXIT_CONFIG)
+            "`chatd keys` writes a pair",
+            exit_code=EXIT_CONFIG,
+        )
     return StartupError(
-        "auth", "cannot load the dev keys", exc.where, exc.problem,
+        "auth",
+        "cannot load the dev keys",
+        exc.where,
+        exc.problem,
         "remove the broken dev key files to have new ones made, or set --data-dir",
-        exit_code=EXIT_CONFIG)
+        exit_code=EXIT_CONFIG,
+    )
 
 
 __all__ = ["check_data_dirs", "key_error", "listening"]

@@ -97,9 +97,14 @@ async def probe_rabbitmq(rabbitmq: RabbitMQConfig) -> Probe:
     try:
         await trio.to_thread.run_sync(probe_amqp, rabbitmq.url)
     except ConnectionError as exc:
-        error = StartupError("rabbitmq", "cannot connect to RabbitMQ at", where,
-                             sentence(str(exc)), "chatd serve would start without it and keep "
-                             "retrying; check [rabbitmq] url or CHATD_RABBITMQ_URL")
+        error = StartupError(
+            "rabbitmq",
+            "cannot connect to RabbitMQ at",
+            where,
+            sentence(str(exc)),
+            "chatd serve would start without it and keep "
+            "retrying; check [rabbitmq] url or CHATD_RABBITMQ_URL",
+        )
         return Probe("rabbitmq", where, error=error)
     return Probe("rabbitmq", where, "connected")
 
@@ -109,16 +114,20 @@ async def probe_redis(config: RedisConfig) -> Probe:
     from chatd.redis_tier import RedisTier
 
     where = redact_url(config.url)
-    tier = RedisTier(config.url, key_prefix=config.key_prefix, pool_size=1,
-                     timeout=config.timeout)
+    tier = RedisTier(config.url, key_prefix=config.key_prefix, pool_size=1, timeout=config.timeout)
     try:
         if await tier.ping():
             return Probe("redis", where, f"answers (keys under {config.key_prefix!r})")
     finally:
         await tier.aclose()
-    error = StartupError("redis", "cannot reach Redis at", where, sentence(tier.last_error),
-                         "chatd serve would start without it (profiles and rate limits per "
-                         "instance) and keep retrying; check [redis] url or CHATD_REDIS_URL")
+    error = StartupError(
+        "redis",
+        "cannot reach Redis at",
+        where,
+        sentence(tier.last_error),
+        "chatd serve would start without it (profiles and rate limits per "
+        "instance) and keep retrying; check [redis] url or CHATD_REDIS_URL",
+    )
     return Probe("redis", where, error=error)
 
 
@@ -137,22 +146,30 @@ async def probe_profiles(config: Config) -> Probe:
     try:
         with trio.fail_after(p.timeout):
             async with httpx.AsyncClient(timeout=p.timeout) as client:
-                response = await client.get(profile_url(where, PROBE_EMAIL, PROBE_INTENT),
-                                            headers={"Authorization": tokens.authorization()})
+                response = await client.get(
+                    profile_url(where, PROBE_EMAIL, PROBE_INTENT),
+                    headers={"Authorization": tokens.authorization()},
+                )
     except (httpx.HTTPError, trio.TooSlowError) as exc:
         slow = isinstance(exc, trio.TooSlowError | httpx.TimeoutException)
-        cause = f"no answer within {p.timeout:g} s" if slow else sentence(
-            str(exc) or type(exc).__name__)
+        cause = (
+            f"no answer within {p.timeout:g} s"
+            if slow
+            else sentence(str(exc) or type(exc).__name__)
+        )
         error = StartupError("profiles", "cannot reach the profile service at", where, cause, hint)
         return Probe("profiles", where, error=error)
     status = response.status_code
     if status in (200, 404):
         return Probe("profiles", where, f"answers and accepts our service token (HTTP {status})")
     if status in (401, 403):
-        hint = ("check [profiles] service_private_key_file, kid, service_name and audience "
-                "against what the profile service trusts")
-    error = StartupError("profiles", "the profile service refused a look-up at", where,
-                         f"HTTP {status}", hint)
+        hint = (
+            "check [profiles] service_private_key_file, kid, service_name and audience "
+            "against what the profile service trusts"
+        )
+    error = StartupError(
+        "profiles", "the profile service refused a look-up at", where, f"HTTP {status}", hint
+    )
     return Probe("profiles", where, error=error)
 
 
@@ -162,7 +179,8 @@ async def probe_token_keys(config: Config) -> Probe:
     try:
         if auth.jwks_url is not None:
             keys = await trio.to_thread.run_sync(
-                lambda: fetch_jwks(auth.jwks_url or "", timeout=auth.jwks_timeout))
+                lambda: fetch_jwks(auth.jwks_url or "", timeout=auth.jwks_timeout)
+            )
             return Probe("jwks", auth.jwks_url, f"{len(keys)} key(s): {', '.join(keys.kids)}")
         assert auth.public_key_file is not None
         load_public_key(auth.public_key_file)
@@ -172,5 +190,12 @@ async def probe_token_keys(config: Config) -> Probe:
         return Probe(name, exc.where, error=key_error(exc, config))
 
 
-__all__ = ["Probe", "probe_all", "probe_database", "probe_profiles", "probe_rabbitmq",
-           "probe_redis", "probe_token_keys"]
+__all__ = [
+    "Probe",
+    "probe_all",
+    "probe_database",
+    "probe_profiles",
+    "probe_rabbitmq",
+    "probe_redis",
+    "probe_token_keys",
+]

@@ -13,8 +13,15 @@ from typing import Protocol
 from chatd.storage.base import OpenError, Store, open_store
 from chatd.storage.migrate import MigrationError, SchemaError, UnknownMigrations
 
-__all__ = ["MigrationError", "OpenError", "SchemaError", "Store", "UnknownMigrations",
-           "open_store", "store_from_config"]
+__all__ = [
+    "MigrationError",
+    "OpenError",
+    "SchemaError",
+    "Store",
+    "UnknownMigrations",
+    "open_store",
+    "store_from_config",
+]
 
 
 class _DatabaseSettings(Protocol):
@@ -45,4 +52,3 @@ def store_from_config(database: _DatabaseSettings) -> Store:
         pool_timeout=database.pool_timeout,
         statement_timeout=database.statement_timeout,
     )
-

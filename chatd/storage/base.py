@@ -120,14 +120,18 @@ def refusal(item: NewMessage, result: AppendResult | None) -> ChatError | None:
     message the sender stored in another session (a client id names one message only)."""
     if isinstance(result, ChatError):
         return result
-    if (isinstance(result, Appended) and not result.created
-            and result.message.session_id != item.session_id):
+    if (
+        isinstance(result, Appended)
+        and not result.created
+        and result.message.session_id != item.session_id
+    ):
         return BadRequest(REUSED_ELSEWHERE)
     return None
 
 
-def withhold_refused(batch: Sequence[NewMessage], results: list[AppendResult | None],
-                     span: range) -> bool:
+def withhold_refused(
+    batch: Sequence[NewMessage], results: list[AppendResult | None], span: range
+) -> bool:
     """If a message of the unit `span` is refused (`refusal`), turn every result of the unit
     that is pending (None) or new into `Withheld`; True when it did (then nothing of the
     unit may be written)."""
@@ -140,8 +144,14 @@ def withhold_refused(batch: Sequence[NewMessage], results: list[AppendResult | N
     return True
 
 
-async def append_one(store: Store, session_id: uuid.UUID, sender: Participant, content: str,
-                     client_message_id: str, sent_at: datetime) -> tuple[Message, bool]:
+async def append_one(
+    store: Store,
+    session_id: uuid.UUID,
+    sender: Participant,
+    content: str,
+    client_message_id: str,
+    sent_at: datetime,
+) -> tuple[Message, bool]:
     """Store one message (`Store.append_messages` with a batch of one); (message, created).
 
     A `client_message_id` the sender already used returns (original, False) and writes
@@ -150,7 +160,8 @@ async def append_one(store: Store, session_id: uuid.UUID, sender: Participant, c
     a participant.
     """
     [result] = await store.append_messages(
-        [NewMessage(session_id, sender, content, client_message_id, sent_at)])
+        [NewMessage(session_id, sender, content, client_message_id, sent_at)]
+    )
     if isinstance(result, ChatError):
         raise result
     return result.message, result.created
@@ -165,14 +176,16 @@ def group_by_session(batch: Sequence[NewMessage]) -> dict[uuid.UUID, list[int]]:
     return {sid: groups[sid] for sid in sorted(groups)}
 
 
-def key_change(key: PublicKey, current: PublicKey | None, same_kid: PublicKey | None,
-               count: int, max_keys: int) -> tuple[PublicKey, bool] | None:
+def key_change(
+    key: PublicKey, current: PublicKey | None, same_kid: PublicKey | None, count: int, max_keys: int
+) -> tuple[PublicKey, bool] | None:
     """The rule of `Store.put_public_key`, shared by both backends: (current, False) when
     `key` is already current, None when it may be stored; raises `Conflict` otherwise."""
     if same_kid is not None:
         if not same_kid.current:
-            raise Conflict(f"key {key.kid} was replaced before and cannot be current again: "
-                           "generate a new key")
+            raise Conflict(
+                f"key {key.kid} was replaced before and cannot be current again: generate a new key"
+            )
         if same_kid.signing != key.signing:
             raise Conflict("the signing key changes only with a new agreement key")
         return same_kid, False
@@ -228,17 +241,47 @@ def claimable(
 
 
 SESSION_COLUMNS = (
-    "id", "intent", "profile_lo", "email_lo", "name_lo", "profile_hi", "email_hi", "name_hi",
-    "created_at", "next_seq", "encrypted",
+    "id",
+    "intent",
+    "profile_lo",
+    "email_lo",
+    "name_lo",
+    "profile_hi",
+    "email_hi",
+    "name_hi",
+    "created_at",
+    "next_seq",
+    "encrypted",
 )
 MESSAGE_COLUMNS = (
-    "id", "session_id", "seq", "sender_id", "sender_email", "sender_display_name", "content",
-    "client_msg_id", "sent_at", "delivered", "seen", "delivered_at", "seen_at",
+    "id",
+    "session_id",
+    "seq",
+    "sender_id",
+    "sender_email",
+    "sender_display_name",
+    "content",
+    "client_msg_id",
+    "sent_at",
+    "delivered",
+    "seen",
+    "delivered_at",
+    "seen_at",
 )
 KEY_COLUMNS = ("email", "kid", "agreement_jwk", "signing_jwk", "created_at", "retired_at")
 OUTBOX_COLUMNS = (
-    "id", "message_id", "session_id", "seq", "event", "destination", "payload", "retry_count",
-    "next_retry_at", "last_error", "created_at", "trace_context",
+    "id",
+    "message_id",
+    "session_id",
+    "seq",
+    "event",
+    "destination",
+    "payload",
+    "retry_count",
+    "next_retry_at",
+    "last_error",
+    "created_at",
+    "trace_context",
 )
 
 
@@ -264,9 +307,19 @@ def session_from_row(row: Sequence[Any], uid: Convert = _same, ts: Convert = _sa
 def message_from_row(row: Sequence[Any], uid: Convert = _same, ts: Convert = _same) -> Message:
     """Build a Message from a `MESSAGE_COLUMNS` row; `uid`/`ts` adapt backend types."""
     return Message(
-        uid(row[0]), uid(row[1]), int(row[2]), row[3], row[4], row[5], row[6], row[7],
-        ts(row[8]), bool(row[9]), bool(row[10]),
-        None if row[11] is None else ts(row[11]), None if row[12] is None else ts(row[12]),
+        uid(row[0]),
+        uid(row[1]),
+        int(row[2]),
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        ts(row[8]),
+        bool(row[9]),
+        bool(row[10]),
+        None if row[11] is None else ts(row[11]),
+        None if row[12] is None else ts(row[12]),
     )
 
 
@@ -274,15 +327,26 @@ def outbox_from_row(row: Sequence[Any], uid: Convert = _same, ts: Convert = _sam
     """Build an OutboxRow from an `OUTBOX_COLUMNS` row; `uid`/`ts` adapt backend types."""
     payload = row[6] if isinstance(row[6], str) else compact_json(row[6])
     return OutboxRow(
-        int(row[0]), None if row[1] is None else uid(row[1]), uid(row[2]), int(row[3]), row[4],
-        row[5], payload, int(row[7]), ts(row[8]), row[9], ts(row[10]), row[11],
+        int(row[0]),
+        None if row[1] is None else uid(row[1]),
+        uid(row[2]),
+        int(row[3]),
+        row[4],
+        row[5],
+        payload,
+        int(row[7]),
+        ts(row[8]),
+        row[9],
+        ts(row[10]),
+        row[11],
     )
 
 
 def key_from_row(row: Sequence[Any], ts: Convert = _same) -> PublicKey:
     """Build a PublicKey from a `KEY_COLUMNS` row; `ts` adapts the backend's timestamps."""
-    return PublicKey(row[0], row[1], row[2], row[3], ts(row[4]),
-                     None if row[5] is None else ts(row[5]))
+    return PublicKey(
+        row[0], row[1], row[2], row[3], ts(row[4]), None if row[5] is None else ts(row[5])
+    )
 
 
 def summary_from_row(
@@ -315,9 +379,17 @@ def check_mark_args(status: str, up_to_seq: int | None, message_ids: object) -> 
         raise BadRequest("upToSeq must not be negative")
 
 
-def receipt_update(session_id: uuid.UUID, reader_email: str, status: ReceiptStatus, *,
-                   listed_top: int | None, up_to_seq: int | None, last_seq: int,
-                   changed: int, at: datetime) -> ReceiptUpdate:
+def receipt_update(
+    session_id: uuid.UUID,
+    reader_email: str,
+    status: ReceiptStatus,
+    *,
+    listed_top: int | None,
+    up_to_seq: int | None,
+    last_seq: int,
+    changed: int,
+    at: datetime,
+) -> ReceiptUpdate:
     """The receipt a `mark` publishes: it covers up to the highest listed message and
     `up_to_seq` (capped at the session's last seq, so a reader cannot claim the future)."""
     top = listed_top
@@ -364,7 +436,12 @@ class Store(Protocol):
         ...
 
     async def get_or_create_session(
-        self, intent: str, a: Participant, b: Participant, *, now: datetime,
+        self,
+        intent: str,
+        a: Participant,
+        b: Participant,
+        *,
+        now: datetime,
         encrypted: bool = False,
     ) -> ChatSession:
         """The session of this pair and intent, whichever side asks; created at `now` if new.
@@ -400,8 +477,12 @@ class Store(Protocol):
         ...
 
     async def append_messages(
-        self, batch: Sequence[NewMessage], *, units: Sequence[int] = (),
-        lease_until: datetime | None = None, sent: Sequence[int] = (),
+        self,
+        batch: Sequence[NewMessage],
+        *,
+        units: Sequence[int] = (),
+        lease_until: datetime | None = None,
+        sent: Sequence[int] = (),
         now: datetime | None = None,
     ) -> list[AppendResult]:
         """Store a batch of messages in ONE transaction (group commit); one result per message,
@@ -428,14 +509,19 @@ class Store(Protocol):
         """The message this sender stored under `client_message_id`, if any."""
         ...
 
-    async def find_messages(self, sender_email: str, client_message_ids: Sequence[str]
-                            ) -> list[Message]:
+    async def find_messages(
+        self, sender_email: str, client_message_ids: Sequence[str]
+    ) -> list[Message]:
         """The messages this sender stored under any of `client_message_ids` (one query: a
         rate-limited batch looks for its repeats at once), in no particular order."""
         ...
 
     async def history(
-        self, session_id: uuid.UUID, *, limit: int, before: int | None = None,
+        self,
+        session_id: uuid.UUID,
+        *,
+        limit: int,
+        before: int | None = None,
         after: int | None = None,
     ) -> list[Message]:
         """Newest first: the last `limit`; with `before`, those with seq < before; with `after`,

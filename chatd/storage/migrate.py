@@ -87,7 +87,8 @@ def _refuse_unknown(applied: dict[int, str], shipped: list[Migration]) -> None:
     unknown = [f"{v:04d} ({name})" for v, name in sorted(applied.items()) if v not in known]
     if unknown:
         raise UnknownMigrations(
-            f"database has migrations this chatd does not know: {', '.join(unknown)}")
+            f"database has migrations this chatd does not know: {', '.join(unknown)}"
+        )
 
 
 def apply_migrations(target: MigrationTarget, backend: Backend) -> list[str]:
@@ -122,5 +123,6 @@ def check_current(target: MigrationTarget, backend: Backend) -> None:
     _refuse_unknown(applied, shipped)
     pending = [m.name for m in shipped if m.version not in applied]
     if pending:
-        raise SchemaError(f"database schema is not current, pending: {', '.join(pending)}; "
-                          "run `chatd migrate`")
+        raise SchemaError(
+            f"database schema is not current, pending: {', '.join(pending)}; run `chatd migrate`"
+        )

@@ -164,9 +164,14 @@ class PostgresStore:
         end-to-end benchmark). Only the first is waited for; the rest open in the background.
         """
         pool: ConnectionPool[Conn] = ConnectionPool(
-            self._url, min_size=self._pool_size, max_size=self._pool_size,
-            kwargs=self._connect_kwargs, timeout=self._pool_timeout, open=False,
-            check=self._check_if_idle, name="chatd",
+            self._url,
+            min_size=self._pool_size,
+            max_size=self._pool_size,
+            kwargs=self._connect_kwargs,
+            timeout=self._pool_timeout,
+            open=False,
+            check=self._check_if_idle,
+            name="chatd",
         )
 
         def start() -> None:
@@ -183,8 +188,9 @@ class PostgresStore:
                     pass
             except PoolTimeout:
                 pool.close(timeout=0)
-                raise OpenError(f"no pooled connection within {self._connect_timeout:g} s",
-                                reason="unreachable") from None
+                raise OpenError(
+                    f"no pooled connection within {self._connect_timeout:g} s", reason="unreachable"
+                ) from None
 
         await trio.to_thread.run_sync(start)
         self._pool = pool
@@ -262,7 +268,12 @@ class PostgresStore:
     # -- sessions and messages -------------------------------------------------------------
 
     async def get_or_create_session(
-        self, intent: str, a: Participant, b: Participant, *, now: datetime,
+        self,
+        intent: str,
+        a: Participant,
+        b: Participant,
+        *,
+        now: datetime,
         encrypted: bool = False,
     ) -> ChatSession:
         """See `Store.get_or_create_session`: INSERT ... ON CONFLICT DO NOTHING, then SELECT."""
@@ -271,13 +282,26 @@ class PostgresStore:
         now = base.require_aware(now)
 
         def work(conn: Conn) -> ChatSession:
-            row = conn.execute(queries.INSERT_SESSION, (
-                new_id, intent, lo.profile_id, lo.email, lo.display_name,
-                hi.profile_id, hi.email, hi.display_name, now, now, encrypted,
-            )).fetchone()
+            row = conn.execute(
+                queries.INSERT_SESSION,
+                (
+                    new_id,
+                    intent,
+                    lo.profile_id,
+                    lo.email,
+                    lo.display_name,
+                    hi.profile_id,
+                    hi.email,
+                    hi.display_name,
+                    now,
+                    now,
+                    encrypted,
+                ),
+            ).fetchone()
             if row is None:
-                row = conn.execute(queries.SESSION_BY_PAIR,
-                                   (lo.profile_id, hi.profile_id, intent, encrypted)).fetchone()
+                row = conn.execute(
+                    queries.SESSION_BY_PAIR, (lo.profile_id, hi.profile_id, intent, encrypted)
+                ).fetchone()
             assert row is not None, "the conflicting row exists: sessions are never deleted"
             return base.session_from_row(row)
 
@@ -285,8 +309,7 @@ class PostgresStore:
 
     async def shares_session(self, a: str, b: str) -> bool:
         """See `Store.shares_session`."""
-        row = await self._run(lambda c: c.execute(queries.SHARES_SESSION, (a, b, b, a)
-                                                  ).fetchone())
+        row = await self._run(lambda c: c.execute(queries.SHARES_SESSION, (a, b, b, a)).fetchone())
         return row is not None
 
     async def put_public_key(self, key: PublicKey, *, max_keys: int) -> tuple[PublicKey, bool]:
@@ -295,31 +318,35 @@ class PostgresStore:
 
         def work(conn: Conn) -> tuple[PublicKey, bool]:
             with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
-                             (_KEYS_LOCK, key.email))
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_KEYS_LOCK, key.email)
+                )
                 row = conn.execute(queries.CURRENT_KEY, (key.email,)).fetchone()
                 current = None if row is None else base.key_from_row(row)
                 same = conn.execute(queries.KEY, (key.email, key.kid)).fetchone()
                 count = int(conn.execute(queries.COUNT_KEYS, (key.email,)).fetchone()[0])  # type: ignore[index]
-                verdict = base.key_change(key, current,
-                                          None if same is None else base.key_from_row(same),
-                                          count, max_keys)
+                verdict = base.key_change(
+                    key, current, None if same is None else base.key_from_row(same), count, max_keys
+                )
                 if verdict is not None:
                     return verdict
                 conn.execute(queries.RETIRE_KEY, (created, key.email))
-                conn.execute(queries.INSERT_KEY, (key.email, key.kid, key.agreement,
-                                                  key.signing, created))
+                conn.execute(
+                    queries.INSERT_KEY, (key.email, key.kid, key.agreement, key.signing, created)
+                )
                 peers = conn.execute(queries.PEER_SESSIONS, (key.email,) * 3).fetchall()
-                _insert_outbox(conn, key_outbox(
-                    key, None if current is None else current.kid, peers), created)
+                _insert_outbox(
+                    conn, key_outbox(key, None if current is None else current.kid, peers), created
+                )
                 return key, True
 
         return await self._run(work)
 
     async def public_key(self, email: str, kid: str | None = None) -> PublicKey | None:
         """See `Store.public_key`."""
-        sql, params = ((queries.CURRENT_KEY, (email,)) if kid is None
-                       else (queries.KEY, (email, kid)))
+        sql, params = (
+            (queries.CURRENT_KEY, (email,)) if kid is None else (queries.KEY, (email, kid))
+        )
         row = await self._run(lambda c: c.execute(sql, params).fetchone())
         return None if row is None else base.key_from_row(row)
 
@@ -329,8 +356,12 @@ class PostgresStore:
         return None if row is None else base.session_from_row(row)
 
     async def append_messages(
-        self, batch: Sequence[NewMessage], *, units: Sequence[int] = (),
-        lease_until: datetime | None = None, sent: Sequence[int] = (),
+        self,
+        batch: Sequence[NewMessage],
+        *,
+        units: Sequence[int] = (),
+        lease_until: datetime | None = None,
+        sent: Sequence[int] = (),
         now: datetime | None = None,
     ) -> list[AppendResult]:
         """See `Store.append_messages`: one hop, one transaction, a handful of statements
@@ -339,8 +370,10 @@ class PostgresStore:
         writers, so seqs and outbox ids of a session are both gap-free and ordered. A repeat
         that commits elsewhere while we run makes the whole batch start over once. Every
         refusal is known before anything is written, so a refused unit is simply left out."""
-        batch = [m if m.sent_at.tzinfo is UTC else replace(m, sent_at=base.require_aware(m.sent_at))
-                 for m in batch]
+        batch = [
+            m if m.sent_at.tzinfo is UTC else replace(m, sent_at=base.require_aware(m.sent_at))
+            for m in batch
+        ]
         spans = base.unit_spans(units, len(batch))
         lease = None if lease_until is None else base.require_aware(lease_until)
         marked = base.require_aware(now) if now is not None else None
@@ -366,22 +399,31 @@ class PostgresStore:
 
     async def find_message(self, sender_email: str, client_message_id: str) -> Message | None:
         """See `Store.find_message`."""
-        row = await self._run(lambda c: c.execute(
-            queries.MESSAGE_BY_CLIENT_ID, (sender_email, client_message_id)).fetchone())
+        row = await self._run(
+            lambda c: c.execute(
+                queries.MESSAGE_BY_CLIENT_ID, (sender_email, client_message_id)
+            ).fetchone()
+        )
         return None if row is None else base.message_from_row(row)
 
-    async def find_messages(self, sender_email: str, client_message_ids: Sequence[str]
-                            ) -> list[Message]:
+    async def find_messages(
+        self, sender_email: str, client_message_ids: Sequence[str]
+    ) -> list[Message]:
         """See `Store.find_messages`."""
-        return await self._messages(queries.MESSAGES_BY_CLIENT_IDS,
-                                    (sender_email, list(client_message_ids)))
+        return await self._messages(
+            queries.MESSAGES_BY_CLIENT_IDS, (sender_email, list(client_message_ids))
+        )
 
     async def _messages(self, sql: str, params: Sequence[Any]) -> list[Message]:
         rows = await self._run(lambda c: c.execute(sql, params).fetchall())
         return [base.message_from_row(r) for r in rows]
 
     async def history(
-        self, session_id: uuid.UUID, *, limit: int, before: int | None = None,
+        self,
+        session_id: uuid.UUID,
+        *,
+        limit: int,
+        before: int | None = None,
         after: int | None = None,
     ) -> list[Message]:
         """See `Store.history`."""
@@ -401,14 +443,16 @@ class PostgresStore:
 
     async def unread_count(self, session_id: uuid.UUID, reader_email: str) -> int:
         """See `Store.unread_count`."""
-        row = await self._run(lambda c: c.execute(
-            queries.UNREAD_COUNT, (session_id, reader_email)).fetchone())
+        row = await self._run(
+            lambda c: c.execute(queries.UNREAD_COUNT, (session_id, reader_email)).fetchone()
+        )
         return int(row[0]) if row else 0
 
     async def unread_totals(self, reader_email: str) -> list[tuple[uuid.UUID, int]]:
         """See `Store.unread_totals`."""
-        rows = await self._run(lambda c: c.execute(
-            queries.UNREAD_TOTALS, {"e": reader_email}).fetchall())
+        rows = await self._run(
+            lambda c: c.execute(queries.UNREAD_TOTALS, {"e": reader_email}).fetchall()
+        )
         return [(r[0], int(r[1])) for r in rows]
 
     async def mark(
@@ -439,8 +483,15 @@ class PostgresStore:
                 if ids:
                     top = conn.execute(queries.MAX_SEQ_OF_IDS, params).fetchone()[0]  # type: ignore[index]
                 update = base.receipt_update(
-                    session_id, reader_email, status, listed_top=top, up_to_seq=up_to_seq,
-                    last_seq=last_seq, changed=len(changed), at=at)
+                    session_id,
+                    reader_email,
+                    status,
+                    listed_top=top,
+                    up_to_seq=up_to_seq,
+                    last_seq=last_seq,
+                    changed=len(changed),
+                    at=at,
+                )
                 if changed:
                     _insert_outbox(conn, receipt_outbox(update, {r[1] for r in changed}), at)
                 return update
@@ -545,8 +596,10 @@ def _open_error(exc: psycopg.Error) -> OpenError:
     exists): ``connection to server at "h", port p failed: FATAL:  <reason>``."""
     text = str(exc).strip().rpartition(" failed: ")[2]
     cause = text.splitlines()[0].removeprefix("FATAL:").strip() if text else type(exc).__name__
-    if any(s in cause.lower() for s in ("authentication failed", "pg_hba.conf", "role ",
-                                        "permission denied")):
+    if any(
+        s in cause.lower()
+        for s in ("authentication failed", "pg_hba.conf", "role ", "permission denied")
+    ):
         return OpenError(cause, reason="login")
     if cause.startswith("database ") and cause.endswith("does not exist"):
         return OpenError(cause, reason="no-database")
@@ -560,8 +613,9 @@ def _options(url: str, statement_timeout: float) -> str:
     return f"{theirs} {ours}" if theirs else ours
 
 
-def _append_batch(conn: Conn, batch: Sequence[NewMessage], spans: Sequence[range],
-                  lease: datetime | None) -> list[AppendResult]:
+def _append_batch(
+    conn: Conn, batch: Sequence[NewMessage], spans: Sequence[range], lease: datetime | None
+) -> list[AppendResult]:
     """The statements of `PostgresStore.append_messages`, inside its transaction."""
     results: list[AppendResult | None] = [None] * len(batch)
     keys = [(m.sender.email, m.client_message_id) for m in batch]
@@ -606,21 +660,39 @@ def _append_batch(conn: Conn, batch: Sequence[NewMessage], spans: Sequence[range
         first_seq = session.last_seq + 1
         for offset, index in enumerate(allowed):
             item = batch[index]
-            message = Message(uuid.uuid4(), session_id, first_seq + offset,
-                              item.sender.profile_id, item.sender.email,
-                              item.sender.display_name, item.content, item.client_message_id,
-                              item.sent_at)
+            message = Message(
+                uuid.uuid4(),
+                session_id,
+                first_seq + offset,
+                item.sender.profile_id,
+                item.sender.email,
+                item.sender.display_name,
+                item.content,
+                item.client_message_id,
+                item.sent_at,
+            )
             messages.append(message)
             entries.extend(message_outbox(session, message, item.trace_context))
             results[index] = Appended(message, True)
-        bumps.append((session_id, first_seq + len(allowed),
-                      max(batch[i].sent_at for i in allowed)))
+        bumps.append((session_id, first_seq + len(allowed), max(batch[i].sent_at for i in allowed)))
     if bumps:
         conn.execute(queries.BUMP_SESSIONS, [list(col) for col in zip(*bumps, strict=True)])
     if messages:
-        inserting = conn.execute(queries.INSERT_MESSAGES, _columns(
-            messages, "message_id", "session_id", "seq", "sender_id", "sender_email",
-            "sender_display_name", "content", "client_message_id", "sent_at"))
+        inserting = conn.execute(
+            queries.INSERT_MESSAGES,
+            _columns(
+                messages,
+                "message_id",
+                "session_id",
+                "seq",
+                "sender_id",
+                "sender_email",
+                "sender_display_name",
+                "content",
+                "client_message_id",
+                "sent_at",
+            ),
+        )
         rows = _insert_outbox_rows(conn, entries, max(m.sent_at for m in messages), lease)
         if len(inserting.fetchall()) != len(messages):
             raise _Duplicate  # a client id committed by another writer since REPEATS
@@ -629,13 +701,15 @@ def _append_batch(conn: Conn, batch: Sequence[NewMessage], spans: Sequence[range
             by_message.setdefault(row.message_id, []).append(row)
         for index, result in enumerate(results):
             if isinstance(result, Appended) and result.created:
-                results[index] = Appended(result.message, True,
-                                          tuple(by_message[result.message.message_id]))
+                results[index] = Appended(
+                    result.message, True, tuple(by_message[result.message.message_id])
+                )
     for index, key in enumerate(keys):
         if results[index] is None:  # repeated within the batch
             first = results[first_use[key]]
-            results[index] = (Appended(first.message, False) if isinstance(first, Appended)
-                              else first)
+            results[index] = (
+                Appended(first.message, False) if isinstance(first, Appended) else first
+            )
     return [r for r in results if r is not None]
 
 
@@ -644,12 +718,25 @@ def _columns(items: Sequence[Any], *names: str) -> list[list[Any]]:
     return [[getattr(item, name) for item in items] for name in names]
 
 
-def _insert_outbox_rows(conn: Conn, entries: list[OutboxEntry], now: datetime,
-                        lease: datetime | None) -> list[OutboxRow]:
+def _insert_outbox_rows(
+    conn: Conn, entries: list[OutboxEntry], now: datetime, lease: datetime | None
+) -> list[OutboxRow]:
     """Write outbox rows, due at once (and NOTIFY listeners, on commit) or leased to the
     caller until `lease`; the rows as stored, in id order."""
-    params = [lease or now, now, *_columns(entries, "message_id", "session_id", "seq", "event",
-                                           "destination", "payload", "trace_context")]
+    params = [
+        lease or now,
+        now,
+        *_columns(
+            entries,
+            "message_id",
+            "session_id",
+            "seq",
+            "event",
+            "destination",
+            "payload",
+            "trace_context",
+        ),
+    ]
     inserting = conn.execute(queries.INSERT_OUTBOX_ROWS, params)
     if lease is None:
         conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
@@ -661,8 +748,11 @@ def _insert_outbox(conn: Conn, entries: list[OutboxEntry], now: datetime) -> Non
     if not entries:
         return
     with conn.cursor() as cur:
-        cur.executemany(queries.INSERT_OUTBOX, [
-            (e.message_id, e.session_id, e.seq, e.event, e.destination, e.payload, now, now)
-            for e in entries
-        ])
+        cur.executemany(
+            queries.INSERT_OUTBOX,
+            [
+                (e.message_id, e.session_id, e.seq, e.event, e.destination, e.payload, now, now)
+                for e in entries
+            ],
+        )
     conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")

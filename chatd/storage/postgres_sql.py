@@ -43,7 +43,8 @@ SELECT 1 FROM chat_sessions
 WHERE (email_lo = %s AND email_hi = %s) OR (email_lo = %s AND email_hi = %s) LIMIT 1"""
 KEY = f"SELECT {KEY_COLUMNS_SQL} FROM chat_user_keys WHERE email = %s AND kid = %s"
 CURRENT_KEY = (
-    f"SELECT {KEY_COLUMNS_SQL} FROM chat_user_keys WHERE email = %s AND retired_at IS NULL")
+    f"SELECT {KEY_COLUMNS_SQL} FROM chat_user_keys WHERE email = %s AND retired_at IS NULL"
+)
 COUNT_KEYS = "SELECT count(*) FROM chat_user_keys WHERE email = %s"
 RETIRE_KEY = "UPDATE chat_user_keys SET retired_at = %s WHERE email = %s AND retired_at IS NULL"
 INSERT_KEY = """

@@ -173,8 +173,9 @@ class SqliteStore:
     ) -> None:
         await self.aclose()
 
-    async def _write(self, work: Callable[[sqlite3.Connection], T], *,
-                     foreign_keys: bool = True) -> T:
+    async def _write(
+        self, work: Callable[[sqlite3.Connection], T], *, foreign_keys: bool = True
+    ) -> T:
         """Run `work` in one ``BEGIN IMMEDIATE`` transaction on the writer, in one thread hop.
 
         `foreign_keys` False turns enforcement off for this transaction (SQLite only allows
@@ -240,11 +241,22 @@ class SqliteStore:
         self, conn: sqlite3.Connection, entries: list[OutboxEntry], now: int
     ) -> None:
         """Write outbox rows (writer thread, inside the caller's transaction)."""
-        conn.executemany(sql.INSERT_OUTBOX, [
-            (None if e.message_id is None else str(e.message_id), str(e.session_id), e.seq,
-             e.event, e.destination, e.payload, now, now)
-            for e in entries
-        ])
+        conn.executemany(
+            sql.INSERT_OUTBOX,
+            [
+                (
+                    None if e.message_id is None else str(e.message_id),
+                    str(e.session_id),
+                    e.seq,
+                    e.event,
+                    e.destination,
+                    e.payload,
+                    now,
+                    now,
+                )
+                for e in entries
+            ],
+        )
         self._outbox_dirty = self._outbox_dirty or bool(entries)
 
     async def migrate(self) -> list[str]:
@@ -258,8 +270,10 @@ class SqliteStore:
             names = apply_migrations(_Target(conn), "sqlite")
             broken = conn.execute("PRAGMA foreign_key_check").fetchall()
             if broken:
-                raise MigrationError(f"migration left {len(broken)} broken foreign keys "
-                                     f"(first in table {broken[0][0]})")
+                raise MigrationError(
+                    f"migration left {len(broken)} broken foreign keys "
+                    f"(first in table {broken[0][0]})"
+                )
             return names
 
         return await self._write(work, foreign_keys=False)
@@ -280,21 +294,37 @@ class SqliteStore:
     # -- sessions and messages -------------------------------------------------------------
 
     async def get_or_create_session(
-        self, intent: str, a: Participant, b: Participant, *, now: datetime,
+        self,
+        intent: str,
+        a: Participant,
+        b: Participant,
+        *,
+        now: datetime,
         encrypted: bool = False,
     ) -> ChatSession:
         """See `Store.get_or_create_session`."""
         lo, hi = canonical_pair(a, b)
         at = to_micros(now)
-        params = (str(uuid.uuid4()), intent, lo.profile_id, lo.email, lo.display_name,
-                  hi.profile_id, hi.email, hi.display_name, at, at, int(encrypted))
+        params = (
+            str(uuid.uuid4()),
+            intent,
+            lo.profile_id,
+            lo.email,
+            lo.display_name,
+            hi.profile_id,
+            hi.email,
+            hi.display_name,
+            at,
+            at,
+            int(encrypted),
+        )
 
         def work(conn: sqlite3.Connection) -> ChatSession:
             row = conn.execute(sql.INSERT_SESSION, params).fetchone()
             if row is None:
-                row = conn.execute(sql.SESSION_BY_PAIR,
-                                   (lo.profile_id, hi.profile_id, intent, int(encrypted))
-                                   ).fetchone()
+                row = conn.execute(
+                    sql.SESSION_BY_PAIR, (lo.profile_id, hi.profile_id, intent, int(encrypted))
+                ).fetchone()
             return _session(row)
 
         return await self._write(work)
@@ -313,17 +343,20 @@ class SqliteStore:
             current = None if row is None else _key(row)
             same = conn.execute(sql.KEY, (key.email, key.kid)).fetchone()
             count = int(conn.execute(sql.COUNT_KEYS, (key.email,)).fetchone()[0])
-            verdict = base.key_change(key, current, None if same is None else _key(same),
-                                      count, max_keys)
+            verdict = base.key_change(
+                key, current, None if same is None else _key(same), count, max_keys
+            )
             if verdict is not None:
                 return verdict
             conn.execute(sql.RETIRE_KEY, (created, key.email))
-            conn.execute(sql.INSERT_KEY, (key.email, key.kid, key.agreement, key.signing,
-                                          created))
-            peers = [(peer, _uid(sid)) for peer, sid in
-                     conn.execute(sql.PEER_SESSIONS, (key.email,) * 3).fetchall()]
-            self._insert_outbox(conn, key_outbox(
-                key, None if current is None else current.kid, peers), created)
+            conn.execute(sql.INSERT_KEY, (key.email, key.kid, key.agreement, key.signing, created))
+            peers = [
+                (peer, _uid(sid))
+                for peer, sid in conn.execute(sql.PEER_SESSIONS, (key.email,) * 3).fetchall()
+            ]
+            self._insert_outbox(
+                conn, key_outbox(key, None if current is None else current.kid, peers), created
+            )
             return key, True
 
         return await self._write(work)
@@ -336,13 +369,18 @@ class SqliteStore:
 
     async def get_session(self, session_id: uuid.UUID) -> ChatSession | None:
         """See `Store.get_session`."""
-        row = await self._read(lambda c: c.execute(sql.SESSION_BY_ID, (str(session_id),)
-                                                   ).fetchone())
+        row = await self._read(
+            lambda c: c.execute(sql.SESSION_BY_ID, (str(session_id),)).fetchone()
+        )
         return None if row is None else _session(row)
 
     async def append_messages(
-        self, batch: Sequence[NewMessage], *, units: Sequence[int] = (),
-        lease_until: datetime | None = None, sent: Sequence[int] = (),
+        self,
+        batch: Sequence[NewMessage],
+        *,
+        units: Sequence[int] = (),
+        lease_until: datetime | None = None,
+        sent: Sequence[int] = (),
         now: datetime | None = None,
     ) -> list[AppendResult]:
         """See `Store.append_messages`: one write transaction; the write lock makes each
@@ -390,11 +428,13 @@ class SqliteStore:
 
         return await self._write(work)
 
-    def _append(self, conn: sqlite3.Connection, item: NewMessage, lease: int | None
-                ) -> AppendResult:
+    def _append(
+        self, conn: sqlite3.Connection, item: NewMessage, lease: int | None
+    ) -> AppendResult:
         """One message of `append_messages` (writer thread, inside its transaction)."""
-        original = conn.execute(sql.MESSAGE_BY_CLIENT_ID,
-                                (item.sender.email, item.client_message_id)).fetchone()
+        original = conn.execute(
+            sql.MESSAGE_BY_CLIENT_ID, (item.sender.email, item.client_message_id)
+        ).fetchone()
         if original is not None:
             return Appended(_message(original), False)
         existing = conn.execute(sql.SESSION_BY_ID, (str(item.session_id),)).fetchone()
@@ -405,36 +445,70 @@ class SqliteStore:
         at = to_micros(item.sent_at)
         session = _session(conn.execute(sql.BUMP_SEQ, (at, str(item.session_id))).fetchone())
         message = Message(
-            uuid.uuid4(), item.session_id, session.last_seq, item.sender.profile_id,
-            item.sender.email, item.sender.display_name, item.content, item.client_message_id,
+            uuid.uuid4(),
+            item.session_id,
+            session.last_seq,
+            item.sender.profile_id,
+            item.sender.email,
+            item.sender.display_name,
+            item.content,
+            item.client_message_id,
             base.from_micros(at),
         )
-        conn.execute(sql.INSERT_MESSAGE, (
-            str(message.message_id), str(item.session_id), message.seq, item.sender.profile_id,
-            item.sender.email, item.sender.display_name, item.content,
-            item.client_message_id, at,
-        ))
-        rows = [base.outbox_from_row(conn.execute(sql.INSERT_OUTBOX_ROW, (
-            str(e.message_id), str(e.session_id), e.seq, e.event, e.destination, e.payload,
-            e.trace_context, lease if lease is not None else at, at)).fetchone(), _uid,
-            base.from_micros)
-            for e in message_outbox(session, message, item.trace_context)]
+        conn.execute(
+            sql.INSERT_MESSAGE,
+            (
+                str(message.message_id),
+                str(item.session_id),
+                message.seq,
+                item.sender.profile_id,
+                item.sender.email,
+                item.sender.display_name,
+                item.content,
+                item.client_message_id,
+                at,
+            ),
+        )
+        rows = [
+            base.outbox_from_row(
+                conn.execute(
+                    sql.INSERT_OUTBOX_ROW,
+                    (
+                        str(e.message_id),
+                        str(e.session_id),
+                        e.seq,
+                        e.event,
+                        e.destination,
+                        e.payload,
+                        e.trace_context,
+                        lease if lease is not None else at,
+                        at,
+                    ),
+                ).fetchone(),
+                _uid,
+                base.from_micros,
+            )
+            for e in message_outbox(session, message, item.trace_context)
+        ]
         self._outbox_dirty = self._outbox_dirty or lease is None
         return Appended(message, True, tuple(rows))
 
     async def find_message(self, sender_email: str, client_message_id: str) -> Message | None:
         """See `Store.find_message`."""
-        row = await self._read(lambda c: c.execute(
-            sql.MESSAGE_BY_CLIENT_ID, (sender_email, client_message_id)).fetchone())
+        row = await self._read(
+            lambda c: c.execute(
+                sql.MESSAGE_BY_CLIENT_ID, (sender_email, client_message_id)
+            ).fetchone()
+        )
         return None if row is None else _message(row)
 
-    async def find_messages(self, sender_email: str, client_message_ids: Sequence[str]
-                            ) -> list[Message]:
+    async def find_messages(
+        self, sender_email: str, client_message_ids: Sequence[str]
+    ) -> list[Message]:
         """See `Store.find_messages`."""
         if not client_message_ids:
             return []
-        query, params = sql.with_ids(sql.MESSAGES_BY_CLIENT_IDS, [sender_email],
-                                     client_message_ids)
+        query, params = sql.with_ids(sql.MESSAGES_BY_CLIENT_IDS, [sender_email], client_message_ids)
         return await self._messages(query, params)
 
     async def _messages(self, query: str, params: Sequence[Any]) -> list[Message]:
@@ -442,7 +516,11 @@ class SqliteStore:
         return [_message(r) for r in rows]
 
     async def history(
-        self, session_id: uuid.UUID, *, limit: int, before: int | None = None,
+        self,
+        session_id: uuid.UUID,
+        *,
+        limit: int,
+        before: int | None = None,
         after: int | None = None,
     ) -> list[Message]:
         """See `Store.history`."""
@@ -463,14 +541,16 @@ class SqliteStore:
 
     async def unread_count(self, session_id: uuid.UUID, reader_email: str) -> int:
         """See `Store.unread_count`."""
-        row = await self._read(lambda c: c.execute(
-            sql.UNREAD_COUNT, (str(session_id), reader_email)).fetchone())
+        row = await self._read(
+            lambda c: c.execute(sql.UNREAD_COUNT, (str(session_id), reader_email)).fetchone()
+        )
         return int(row[0])
 
     async def unread_totals(self, reader_email: str) -> list[tuple[uuid.UUID, int]]:
         """See `Store.unread_totals`."""
-        rows = await self._read(lambda c: c.execute(sql.UNREAD_TOTALS, {"e": reader_email}
-                                                    ).fetchall())
+        rows = await self._read(
+            lambda c: c.execute(sql.UNREAD_TOTALS, {"e": reader_email}).fetchall()
+        )
         return [(_uid(r[0]), int(r[1])) for r in rows]
 
     async def mark(
@@ -501,8 +581,15 @@ class SqliteStore:
                 query, params = sql.max_seq_of_ids(str(session_id), reader_email, ids)
                 top = conn.execute(query, params).fetchone()[0]
             update = base.receipt_update(
-                session_id, reader_email, status, listed_top=top, up_to_seq=up_to_seq,
-                last_seq=last_seq, changed=len(changed), at=at)
+                session_id,
+                reader_email,
+                status,
+                listed_top=top,
+                up_to_seq=up_to_seq,
+                last_seq=last_seq,
+                changed=len(changed),
+                at=at,
+            )
             if changed:
                 entries = receipt_outbox(update, {r[1] for r in changed})
                 self._insert_outbox(conn, entries, micros)
@@ -548,8 +635,9 @@ class SqliteStore:
                 return []
             query, params = sql.lease(until, keep)
             rows = conn.execute(query, params).fetchall()
-            return sorted((base.outbox_from_row(r, _uid, base.from_micros) for r in rows),
-                          key=lambda r: r.id)
+            return sorted(
+                (base.outbox_from_row(r, _uid, base.from_micros) for r in rows), key=lambda r: r.id
+            )
 
         return await self._write(work)
 

@@ -50,8 +50,7 @@ SHARES_SESSION = """
 SELECT 1 FROM chat_sessions
 WHERE (email_lo = ? AND email_hi = ?) OR (email_lo = ? AND email_hi = ?) LIMIT 1"""
 KEY = f"SELECT {KEY_COLUMNS_SQL} FROM chat_user_keys WHERE email = ? AND kid = ?"
-CURRENT_KEY = (
-    f"SELECT {KEY_COLUMNS_SQL} FROM chat_user_keys WHERE email = ? AND retired_at IS NULL")
+CURRENT_KEY = f"SELECT {KEY_COLUMNS_SQL} FROM chat_user_keys WHERE email = ? AND retired_at IS NULL"
 COUNT_KEYS = "SELECT count(*) FROM chat_user_keys WHERE email = ?"
 RETIRE_KEY = "UPDATE chat_user_keys SET retired_at = ? WHERE email = ? AND retired_at IS NULL"
 INSERT_KEY = """
@@ -157,7 +156,11 @@ def history(
 
 
 def mark(
-    status: ReceiptStatus, session_id: str, reader: str, at: int, up_to_seq: int | None,
+    status: ReceiptStatus,
+    session_id: str,
+    reader: str,
+    at: int,
+    up_to_seq: int | None,
     ids: Sequence[str],
 ) -> tuple[str, list[Any]]:
     """The receipt UPDATE: pending rows of others, by seq bound or id; returns (seq, sender)."""

@@ -285,8 +285,14 @@ class Broker:
         self._route(self._message(key, headers, body), out)
         return out
 
-    def direct(self, session: SessionId, subscription: str, destination: str, body: bytes,
-               headers: Headers = ()) -> list[Action]:
+    def direct(
+        self,
+        session: SessionId,
+        subscription: str,
+        destination: str,
+        body: bytes,
+        headers: Headers = (),
+    ) -> list[Action]:
         """One MESSAGE for one session, outside routing: `subscription` and `destination` go
         into its headers as given, and it is not tracked for ACK (its `ack` header is absent).
 
@@ -299,8 +305,10 @@ class Broker:
             return []
         if state.escaping:
             subscription, destination = escape(subscription), escape(destination)
-        head = (f"MESSAGE\n{SUBSCRIPTION}:{subscription}\n{DESTINATION}:{destination}\n"
-                f"{MESSAGE_ID}:{next(self._ids)}\n").encode()
+        head = (
+            f"MESSAGE\n{SUBSCRIPTION}:{subscription}\n{DESTINATION}:{destination}\n"
+            f"{MESSAGE_ID}:{next(self._ids)}\n"
+        ).encode()
         message = self._message(destination, headers, body)
         return [Write(session, head, message.tail(state.escaping))]
 
@@ -325,8 +333,9 @@ class Broker:
             if event.transaction in state.transactions:
                 raise RemoteProtocolError("duplicate transaction", repr(event.transaction))
             if len(state.transactions) >= self.limits.max_transactions:
-                raise RemoteProtocolError("too many transactions",
-                                          f"limit {self.limits.max_transactions}")
+                raise RemoteProtocolError(
+                    "too many transactions", f"limit {self.limits.max_transactions}"
+                )
             state.transactions[event.transaction] = []
         elif isinstance(event, Commit):
             for buffered in self._end_transaction(state, event.transaction):
@@ -342,8 +351,9 @@ class Broker:
         if frames is None:
             raise RemoteProtocolError("unknown transaction", repr(event.transaction))
         if len(frames) >= self.limits.max_transaction_frames:
-            raise RemoteProtocolError("transaction too large",
-                                      f"limit {self.limits.max_transaction_frames} frames")
+            raise RemoteProtocolError(
+                "transaction too large", f"limit {self.limits.max_transaction_frames} frames"
+            )
         frames.append(event)
 
     def _end_transaction(self, state: _Session, name: str) -> list[Send | Ack | Nack]:
@@ -354,10 +364,11 @@ class Broker:
 
     def _send_key(self, state: _Session, destination: str) -> str:
         if destination.startswith(USER_PREFIX):
-            name, _, path = destination[len(USER_PREFIX):].partition("/")
+            name, _, path = destination[len(USER_PREFIX) :].partition("/")
             if not name or not path:
-                raise RemoteProtocolError("invalid destination",
-                                          f"{destination!r}: expected /user/{{name}}/...")
+                raise RemoteProtocolError(
+                    "invalid destination", f"{destination!r}: expected /user/{{name}}/..."
+                )
             return user_key(name, "/" + path)
         return destination
 
@@ -365,14 +376,16 @@ class Broker:
         if event.id in state.subscriptions:
             raise RemoteProtocolError("duplicate subscription id", repr(event.id))
         if len(state.subscriptions) >= self.limits.max_subscriptions:
-            raise RemoteProtocolError("too many subscriptions",
-                                      f"limit {self.limits.max_subscriptions}")
+            raise RemoteProtocolError(
+                "too many subscriptions", f"limit {self.limits.max_subscriptions}"
+            )
         key = event.destination
         if key.startswith(USER_PREFIX):
             if state.principal is None:
-                raise RemoteProtocolError("user destinations need an authenticated session",
-                                          event.destination)
-            key = user_key(state.principal, event.destination[len(USER_PREFIX) - 1:])
+                raise RemoteProtocolError(
+                    "user destinations need an authenticated session", event.destination
+                )
+            key = user_key(state.principal, event.destination[len(USER_PREFIX) - 1 :])
         sub_id, destination = event.id, event.destination
         if state.escaping:
             sub_id, destination = escape(sub_id), escape(destination)
@@ -394,7 +407,8 @@ class Broker:
     def _unsubscribe(self, state: _Session, subscription: _Subscription, out: list[Action]) -> None:
         del state.subscriptions[subscription.id]
         returned = [
-            (ack_id, entry) for ack_id, entry in state.unacked.items()
+            (ack_id, entry)
+            for ack_id, entry in state.unacked.items()
             if entry.subscription is subscription
         ]
         for ack_id, _ in returned:
@@ -452,8 +466,10 @@ class Broker:
             if queue is None:
                 queue = self._queues[message.key] = _Queue()
             if len(queue.backlog) >= self.limits.max_queue_backlog:
-                raise RemoteProtocolError("queue full", f"{message.key!r} holds "
-                                          f"{self.limits.max_queue_backlog} undelivered messages")
+                raise RemoteProtocolError(
+                    "queue full",
+                    f"{message.key!r} holds {self.limits.max_queue_backlog} undelivered messages",
+                )
             queue.backlog.append(message)
             self._drain(queue, out)
             return
@@ -465,8 +481,11 @@ class Broker:
             if self._deliver(subscription, message, out) is False:
                 slow.append(subscription.session)
         for session in dict.fromkeys(slow):
-            out += self.refuse(session.id, "slow consumer",
-                               f"more than {self.limits.max_unacked} unacknowledged messages")
+            out += self.refuse(
+                session.id,
+                "slow consumer",
+                f"more than {self.limits.max_unacked} unacknowledged messages",
+            )
 
     def _drain(self, queue: _Queue, out: list[Action]) -> None:
         while queue.backlog:
@@ -486,8 +505,10 @@ class Broker:
         return None
 
     def _has_room(self, subscription: _Subscription) -> bool:
-        return (subscription.ack is AckMode.AUTO
-                or len(subscription.session.unacked) < self.limits.max_unacked)
+        return (
+            subscription.ack is AckMode.AUTO
+            or len(subscription.session.unacked) < self.limits.max_unacked
+        )
 
     def _deliver(self, subscription: _Subscription, message: _Message, out: list[Action]) -> bool:
         """Queue one MESSAGE; False (nothing sent) when the session has no room for unacked."""

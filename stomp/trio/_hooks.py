@@ -114,8 +114,7 @@ class Hooks(Protocol):
         """
         ...
 
-    def subscribed(self, session: SessionId, principal: Principal | None,
-                   event: Subscribe) -> None:
+    def subscribed(self, session: SessionId, principal: Principal | None, event: Subscribe) -> None:
         """The SUBSCRIBE `authorize_subscribe` allowed is active and its RECEIPT queued; not
         called when the broker refused it. Synchronous: see the module docstring."""
         ...
@@ -155,8 +154,7 @@ class AllowAll:
     ) -> None:
         return None
 
-    def subscribed(self, session: SessionId, principal: Principal | None,
-                   event: Subscribe) -> None:
+    def subscribed(self, session: SessionId, principal: Principal | None, event: Subscribe) -> None:
         return None
 
     async def authorize_send(self, principal: Principal | None, event: Send) -> None:

@@ -62,12 +62,28 @@ class SendQueue:
     task switch fewer per request/response); `sending` means the reader is doing that flush.
     """
 
-    __slots__ = ("chunks", "closing", "connection", "deferred", "frames", "id", "lot", "parked",
-                 "principal", "received_at", "scope", "send_interval", "sending", "size",
-                 "slow", "transport")
+    __slots__ = (
+        "chunks",
+        "closing",
+        "connection",
+        "deferred",
+        "frames",
+        "id",
+        "lot",
+        "parked",
+        "principal",
+        "received_at",
+        "scope",
+        "send_interval",
+        "sending",
+        "size",
+        "slow",
+        "transport",
+    )
 
-    def __init__(self, session: SessionId, connection: ServerConnection,
-                 transport: TransportInfo) -> None:
+    def __init__(
+        self, session: SessionId, connection: ServerConnection, transport: TransportInfo
+    ) -> None:
         self.id = session
         self.connection = connection
         self.transport = transport
@@ -165,8 +181,9 @@ class BrokerRuntime:
         self.connect_timeout = connect_timeout
         self.heartbeat_grace = heartbeat_grace
         self.close_timeout = close_timeout
-        self._ids = session_ids if session_ids is not None else (
-            f"s{n}" for n in itertools.count(1))
+        self._ids = (
+            session_ids if session_ids is not None else (f"s{n}" for n in itertools.count(1))
+        )
         self._sessions: dict[SessionId, SendQueue] = {}
         #: Frame, ERROR and session counts, for whoever exports metrics.
         self.stats = RuntimeStats()
@@ -207,8 +224,14 @@ class BrokerRuntime:
         """
         self.apply(self.broker.publish(key, body, headers))
 
-    def deliver(self, session: SessionId, subscription: str, destination: str, body: bytes,
-                headers: Headers = ()) -> None:
+    def deliver(
+        self,
+        session: SessionId,
+        subscription: str,
+        destination: str,
+        body: bytes,
+        headers: Headers = (),
+    ) -> None:
         """Write one MESSAGE to one session only, as if it came through `subscription`.
 
         Meant for `Hooks.authorize_subscribe`: written just before it returns, such messages
@@ -222,8 +245,9 @@ class BrokerRuntime:
         """Answer a frame's `receipt` later (after `on_app_send` took it). No-op if gone."""
         self.apply(self.broker.receipt(session, receipt_id))
 
-    def refuse(self, session: SessionId, message: str, detail: str = "",
-               receipt: str | None = None) -> None:
+    def refuse(
+        self, session: SessionId, message: str, detail: str = "", receipt: str | None = None
+    ) -> None:
         """Send `session` an ERROR (`message` header, `detail` body) and close it."""
         self.apply(self.broker.refuse(session, message, detail, receipt))
 
@@ -256,9 +280,12 @@ class BrokerRuntime:
     def open_session(self, transport: TransportInfo) -> SendQueue:
         """Register a new transport; the caller must `close_session` it when done."""
         session = next(self._ids)
-        connection = ServerConnection(heartbeat=self.heartbeat, max_frame_size=self.max_frame_size,
-                                      max_body_size=self.max_body_size,
-                                      max_header_count=self.max_header_count)
+        connection = ServerConnection(
+            heartbeat=self.heartbeat,
+            max_frame_size=self.max_frame_size,
+            max_body_size=self.max_body_size,
+            max_header_count=self.max_header_count,
+        )
         sendq = self._sessions[session] = SendQueue(session, connection, transport)
         self.stats.sessions_opened += 1
         if self._idle.is_set():
@@ -288,9 +315,10 @@ class BrokerRuntime:
                     continue
                 tail = action.tail
                 size = len(action.data) + len(tail)
-                if (sendq.frames >= self.max_pending_frames
-                        or (sendq.frames and sendq.size + size > self.max_pending_bytes)
-                        ) and not sendq.slow:
+                if (
+                    sendq.frames >= self.max_pending_frames
+                    or (sendq.frames and sendq.size + size > self.max_pending_bytes)
+                ) and not sendq.slow:
                     self._overflow(sendq)
                     continue
                 sendq.chunks.append(action.data)
@@ -309,30 +337,34 @@ class BrokerRuntime:
                 if sendq is not None and not sendq.closing:
                     self._begin_close(sendq)
                 self.apply(self.broker.disconnect(action.session))
-            elif (isinstance(action, DestinationActive)
-                  and self.on_destination_active is not None):
+            elif isinstance(action, DestinationActive) and self.on_destination_active is not None:
                 try:
                     self.on_destination_active(action.destination, action.active)
                 except Exception:
                     log.exception("on_destination_active(%r) failed", action.destination)
-            elif (isinstance(action, PrincipalActive)
-                  and self.on_principal_active is not None):
+            elif isinstance(action, PrincipalActive) and self.on_principal_active is not None:
                 try:
                     self.on_principal_active(action.principal, action.active)
                 except Exception:
                     log.exception("on_principal_active(%r) failed", action.principal)
 
     def _overflow(self, sendq: SendQueue) -> None:
-        log.warning("session %s is a slow consumer (%d frames, %d bytes queued); closing it",
-                    sendq.id, sendq.frames, sendq.size)
+        log.warning(
+            "session %s is a slow consumer (%d frames, %d bytes queued); closing it",
+            sendq.id,
+            sendq.frames,
+            sendq.size,
+        )
         sendq.slow = True
         self.stats.slow_consumers += 1
-        self.refuse(sendq.id, SLOW_CONSUMER_MESSAGE,
-                    f"more than {self.max_pending_frames} frames or {self.max_pending_bytes} "
-                    "bytes waiting to be written")
+        self.refuse(
+            sendq.id,
+            SLOW_CONSUMER_MESSAGE,
+            f"more than {self.max_pending_frames} frames or {self.max_pending_bytes} "
+            "bytes waiting to be written",
+        )
 
     def _begin_close(self, sendq: SendQueue) -> None:
         sendq.closing = True
-        sendq.scope.deadline = min(sendq.scope.deadline,
-                                    trio.current_time() + self.close_timeout)
+        sendq.scope.deadline = min(sendq.scope.deadline, trio.current_time() + self.close_timeout)
         sendq.wake()

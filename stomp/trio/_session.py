@@ -89,8 +89,9 @@ def frames_of(chunks: list[bytes]) -> Iterator[bytes]:
         yield b"".join(chunks[start:])
 
 
-async def serve_stream(runtime: BrokerRuntime, stream: Stream,
-                       transport: TransportInfo | None = None) -> None:
+async def serve_stream(
+    runtime: BrokerRuntime, stream: Stream, transport: TransportInfo | None = None
+) -> None:
     """Run one STOMP session over `stream` until either side ends it; then close `stream`.
 
     Returns normally however the peer behaves (errors are logged); only cancellation of the
@@ -138,8 +139,9 @@ class _Pump:
         self.expires_at: float | None = None
         #: Cancelled to make the timer task recompute its deadlines (after CONNECT).
         self.timer_wake = trio.CancelScope()
-        self.one_frame_per_message = (isinstance(stream, OneFramePerMessage)
-                                      and stream.one_frame_per_message)
+        self.one_frame_per_message = (
+            isinstance(stream, OneFramePerMessage) and stream.one_frame_per_message
+        )
 
     # -- reader --------------------------------------------------------------------------------
 
@@ -213,7 +215,8 @@ class _Pump:
         session = sendq.id
         hooks = runtime.hooks
         runtime.stats.frame_in(
-            INVALID_COMMAND if isinstance(event, Violation) else event.frame.command.value)
+            INVALID_COMMAND if isinstance(event, Violation) else event.frame.command.value
+        )
         try:
             if isinstance(event, Send):
                 self._before_hook()
@@ -329,8 +332,11 @@ class _Pump:
             if not self.connected:
                 due = connect_deadline
                 if now >= due:
-                    runtime.refuse(sendq.id, "connect timeout",
-                                   f"no CONNECT within {runtime.connect_timeout:g} s")
+                    runtime.refuse(
+                        sendq.id,
+                        "connect timeout",
+                        f"no CONNECT within {runtime.connect_timeout:g} s",
+                    )
                     return
             elif self.receiving_since is None:
                 due = now + self.expect_timeout
@@ -344,15 +350,21 @@ class _Pump:
                         overdue = True
                         await trio.lowlevel.checkpoint()
                         continue
-                    runtime.refuse(sendq.id, "heart-beat timeout",
-                                   f"nothing received for {self.expect_timeout:g} s")
+                    runtime.refuse(
+                        sendq.id,
+                        "heart-beat timeout",
+                        f"nothing received for {self.expect_timeout:g} s",
+                    )
                     return
             overdue = False
             if self.expires_at is not None:
                 if now >= self.expires_at:
-                    runtime.refuse(sendq.id, CREDENTIALS_EXPIRED_MESSAGE,
-                                   "the credentials this session connected with have expired; "
-                                   "connect again with fresh ones")
+                    runtime.refuse(
+                        sendq.id,
+                        CREDENTIALS_EXPIRED_MESSAGE,
+                        "the credentials this session connected with have expired; "
+                        "connect again with fresh ones",
+                    )
                     return
                 due = min(due, self.expires_at)
             if sendq.send_interval:

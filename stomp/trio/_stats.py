@@ -30,8 +30,16 @@ class RuntimeStats:
     is the sessions open now); `slow_consumers` counts sessions closed for not reading.
     """
 
-    __slots__ = ("_other_out", "errors", "frames_in", "max_reasons", "messages_out",
-                 "sessions_closed", "sessions_opened", "slow_consumers")
+    __slots__ = (
+        "_other_out",
+        "errors",
+        "frames_in",
+        "max_reasons",
+        "messages_out",
+        "sessions_closed",
+        "sessions_opened",
+        "slow_consumers",
+    )
 
     def __init__(self, *, max_reasons: int = DEFAULT_MAX_REASONS) -> None:
         self.frames_in: dict[str, int] = {}

@@ -108,12 +108,21 @@ class MessageStream:
                 await self._close(self.close_code, self.close_reason)
 
 
-def websocket_stream(connection: trio_websocket.WebSocketConnection, *,
-                     binary: bool = False, one_frame_per_message: bool = False) -> MessageStream:
+def websocket_stream(
+    connection: trio_websocket.WebSocketConnection,
+    *,
+    binary: bool = False,
+    one_frame_per_message: bool = False,
+) -> MessageStream:
     """A `MessageStream` over a trio-websocket connection."""
-    return MessageStream(connection.get_message, connection.send_message, connection.aclose,
-                         binary=binary, one_frame_per_message=one_frame_per_message,
-                         closed_errors=(trio_websocket.ConnectionClosed,))
+    return MessageStream(
+        connection.get_message,
+        connection.send_message,
+        connection.aclose,
+        binary=binary,
+        one_frame_per_message=one_frame_per_message,
+        closed_errors=(trio_websocket.ConnectionClosed,),
+    )
 
 
 def choose_subprotocol(offered: tuple[str, ...] | list[str]) -> str | None:
@@ -151,8 +160,13 @@ async def serve_websocket(
     listeners = await trio.open_tcp_listeners(port, host=host)
 
     async def handle(stream: trio.SocketStream) -> None:
-        await serve_websocket_connection(runtime, stream, paths=(path,), binary=binary,
-                                         one_frame_per_message=one_frame_per_message)
+        await serve_websocket_connection(
+            runtime,
+            stream,
+            paths=(path,),
+            binary=binary,
+            one_frame_per_message=one_frame_per_message,
+        )
 
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, handle, listeners)
@@ -188,10 +202,16 @@ async def serve_websocket_connection(
                 await stream.aclose()
                 return
             subprotocol = choose_subprotocol(handshake.subprotocols)
-            websocket = await accept(stream, ws, subprotocol, binary=binary,
-                                     one_frame_per_message=one_frame_per_message)
-    except (HandshakeError, trio.TooSlowError, trio.BrokenResourceError,
-            trio.ClosedResourceError, OSError) as exc:
+            websocket = await accept(
+                stream, ws, subprotocol, binary=binary, one_frame_per_message=one_frame_per_message
+            )
+    except (
+        HandshakeError,
+        trio.TooSlowError,
+        trio.BrokenResourceError,
+        trio.ClosedResourceError,
+        OSError,
+    ) as exc:
         log.debug("websocket handshake failed: %r", exc)
         with contextlib.suppress(Exception):
             await stream.aclose()
@@ -207,4 +227,3 @@ async def serve_websocket_connection(
     if on_open is not None:
         on_open(info)
     await serve_stream(runtime, websocket, info)
-

@@ -90,8 +90,10 @@ class Handshake:
     subprotocols: tuple[str, ...]
 
 
-async def read_handshake(stream: trio.abc.Stream, initial: bytes = b"",
-                         ) -> tuple[WSConnection, Handshake]:
+async def read_handshake(
+    stream: trio.abc.Stream,
+    initial: bytes = b"",
+) -> tuple[WSConnection, Handshake]:
     """Read the opening request from `stream` (after `initial`, bytes already read from it).
 
     Returns the wsproto connection, ready for `accept` or `reject`. Raises HandshakeError for
@@ -122,36 +124,49 @@ async def read_handshake(stream: trio.abc.Stream, initial: bytes = b"",
 def _handshake(request: Request) -> Handshake:
     path, _, query = request.target.partition("?")
     headers = [("host", request.host)]
-    headers += [(bytes(name).decode("latin-1").lower(), bytes(value).decode("latin-1"))
-                for name, value in request.extra_headers]
+    headers += [
+        (bytes(name).decode("latin-1").lower(), bytes(value).decode("latin-1"))
+        for name, value in request.extra_headers
+    ]
     return Handshake(path, query, tuple(headers), tuple(request.subprotocols))
 
 
 async def _answer_refusal(stream: trio.abc.Stream, ws: WSConnection, hint: object) -> None:
     if not isinstance(hint, RejectConnection):
         return
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
-                             RemoteProtocolError, OSError):
+    with contextlib.suppress(
+        trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError, OSError
+    ):
         await stream.send_all(ws.send(hint))
 
 
 async def reject(stream: trio.abc.Stream, ws: WSConnection, status: int, body: bytes) -> None:
     """Answer the handshake with an HTTP error (`status`, plain-text `body`)."""
-    data = ws.send(RejectConnection(
-        status_code=status, headers=[(b"content-type", b"text/plain; charset=utf-8"),
-                                     (b"content-length", str(len(body)).encode())],
-        has_body=True))
+    data = ws.send(
+        RejectConnection(
+            status_code=status,
+            headers=[
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            has_body=True,
+        )
+    )
     data += ws.send(RejectData(data=body, body_finished=True))
     await stream.send_all(data)
 
 
-async def accept(stream: trio.abc.Stream, ws: WSConnection, subprotocol: str | None,
-                 *, binary: bool = False, one_frame_per_message: bool = False,
-                 ) -> WebSocketStream:
+async def accept(
+    stream: trio.abc.Stream,
+    ws: WSConnection,
+    subprotocol: str | None,
+    *,
+    binary: bool = False,
+    one_frame_per_message: bool = False,
+) -> WebSocketStream:
     """Accept the handshake read by `read_handshake`; the connection as a byte stream."""
     await stream.send_all(ws.send(AcceptConnection(subprotocol=subprotocol)))
-    return WebSocketStream(stream, ws, binary=binary,
-                           one_frame_per_message=one_frame_per_message)
+    return WebSocketStream(stream, ws, binary=binary, one_frame_per_message=one_frame_per_message)
 
 
 class WebSocketStream:
@@ -165,8 +180,14 @@ class WebSocketStream:
     `receive_message` and `send_message` keep message boundaries instead (an echo app's needs).
     """
 
-    def __init__(self, stream: trio.abc.Stream, ws: WSConnection, *, binary: bool = False,
-                 one_frame_per_message: bool = False) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        ws: WSConnection,
+        *,
+        binary: bool = False,
+        one_frame_per_message: bool = False,
+    ) -> None:
         self._stream = stream
         self._ws = ws
         self.binary = binary
@@ -268,7 +289,8 @@ class WebSocketStream:
         and `binary` is not set."""
         payload = bytes(data)
         await self._send_frame(
-            _OP_BINARY if self.binary or not _is_text(payload) else _OP_TEXT, payload)
+            _OP_BINARY if self.binary or not _is_text(payload) else _OP_TEXT, payload
+        )
 
     async def send_message(self, data: bytes, *, text: bool) -> None:
         """Send `data` as one text (`text=True`, `data` then UTF-8) or binary message."""
@@ -314,8 +336,9 @@ class WebSocketStream:
             if self._close is not None:  # the reader stopped before it answered the peer's close
                 await self._answer_close(self._close)
             elif ws.state is ConnectionState.OPEN:
-                self._control.append(ws.send(
-                    CloseConnection(code=self.close_code, reason=self.close_reason or None)))
+                self._control.append(
+                    ws.send(CloseConnection(code=self.close_code, reason=self.close_reason or None))
+                )
             if self._control and not self._sending:
                 await self._send_control()
             with trio.move_on_after(CLOSE_REPLY_TIMEOUT):
@@ -328,8 +351,7 @@ class WebSocketStream:
                     ws.receive_data(bytes(data))
                     for _ in ws.events():
                         pass  # data after our close is dropped; the reply moves to CLOSED
-        except (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError,
-                OSError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError, OSError):
             pass
         finally:
             await self._stream.aclose()

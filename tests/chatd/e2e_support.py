@@ -27,8 +27,14 @@ def b64u(raw: bytes) -> str:
 def public_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
     """The public JWK a browser would export for `key` (with its ``ext``/``key_ops``)."""
     numbers = key.public_key().public_numbers()
-    return {"kty": "EC", "crv": "P-256", "x": b64u(numbers.x.to_bytes(32, "big")),
-            "y": b64u(numbers.y.to_bytes(32, "big")), "ext": True, "key_ops": []}
+    return {
+        "kty": "EC",
+        "crv": "P-256",
+        "x": b64u(numbers.x.to_bytes(32, "big")),
+        "y": b64u(numbers.y.to_bytes(32, "big")),
+        "ext": True,
+        "key_ops": [],
+    }
 
 
 def thumbprint(jwk: dict[str, Any]) -> str:
@@ -40,8 +46,12 @@ def new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def encrypt(sender: ec.EllipticCurvePrivateKey, recipient: ec.EllipticCurvePublicKey,
-            session_id: str, text: str) -> str:
+def encrypt(
+    sender: ec.EllipticCurvePrivateKey,
+    recipient: ec.EllipticCurvePublicKey,
+    session_id: str,
+    text: str,
+) -> str:
     """An envelope string for `text` (ECDH → HKDF-SHA256 with a random salt → AES-256-GCM)."""
     kid = thumbprint(public_jwk(sender))
     rkid = thumbprint({"crv": "P-256", "kty": "EC", **_coords(recipient)})
@@ -50,8 +60,18 @@ def encrypt(sender: ec.EllipticCurvePrivateKey, recipient: ec.EllipticCurvePubli
     key = HKDF(hashes.SHA256(), 32, salt, b"chatd-e2e-v1").derive(secret)
     aad = f"chatd-e2e-v1|{session_id}|{kid}|{rkid}".encode()
     ct = AESGCM(key).encrypt(iv, text.encode(), aad)
-    return json.dumps({"v": 1, "alg": ALGORITHM, "kid": kid, "rkid": rkid, "salt": b64u(salt),
-                       "iv": b64u(iv), "ct": b64u(ct)}, separators=(",", ":"))
+    return json.dumps(
+        {
+            "v": 1,
+            "alg": ALGORITHM,
+            "kid": kid,
+            "rkid": rkid,
+            "salt": b64u(salt),
+            "iv": b64u(iv),
+            "ct": b64u(ct),
+        },
+        separators=(",", ":"),
+    )
 
 
 def _coords(key: ec.EllipticCurvePublicKey) -> dict[str, str]:
@@ -61,9 +81,15 @@ def _coords(key: ec.EllipticCurvePublicKey) -> dict[str, str]:
 
 def envelope(**changes: Any) -> dict[str, Any]:
     """A well-formed envelope object of random bytes, with `changes` applied (None deletes)."""
-    value: dict[str, Any] = {"v": 1, "alg": ALGORITHM, "kid": b64u(os.urandom(32)),
-                             "rkid": b64u(os.urandom(32)), "salt": b64u(os.urandom(16)),
-                             "iv": b64u(os.urandom(12)), "ct": b64u(os.urandom(40))}
+    value: dict[str, Any] = {
+        "v": 1,
+        "alg": ALGORITHM,
+        "kid": b64u(os.urandom(32)),
+        "rkid": b64u(os.urandom(32)),
+        "salt": b64u(os.urandom(16)),
+        "iv": b64u(os.urandom(12)),
+        "ct": b64u(os.urandom(40)),
+    }
     for name, new in changes.items():
         if new is None:
             value.pop(name)

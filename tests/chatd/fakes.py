@@ -54,12 +54,16 @@ class FakeHTTP:
                 if isinstance(event, h11.Request):
                     headers = {k.decode().lower(): v.decode() for k, v in event.headers}
                     status, body = await self.handler(
-                        event.method.decode(), event.target.decode(), headers)
+                        event.method.decode(), event.target.decode(), headers
+                    )
                     payload = b"" if body is None else json.dumps(body).encode()
-                    response_headers = [("content-type", "application/json"),
-                                        ("content-length", str(len(payload)))]
-                    await stream.send_all(conn.send(h11.Response(
-                        status_code=status, headers=response_headers)) or b"")
+                    response_headers = [
+                        ("content-type", "application/json"),
+                        ("content-length", str(len(payload))),
+                    ]
+                    await stream.send_all(
+                        conn.send(h11.Response(status_code=status, headers=response_headers)) or b""
+                    )
                     await stream.send_all(conn.send(h11.Data(data=payload)) or b"")
                     await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
                 elif isinstance(event, h11.EndOfMessage | h11.Data):
@@ -116,9 +120,14 @@ class FakeProfileService:
         try:
             if jwt.get_unverified_header(token).get("kid") != self.kid:
                 return "wrong kid"
-            claims = jwt.decode(token, self.service_key, algorithms=["RS256"],
-                                audience=self.audience, issuer=self.issuer,
-                                options={"require": ["exp", "iat", "sub", "iss", "aud"]})
+            claims = jwt.decode(
+                token,
+                self.service_key,
+                algorithms=["RS256"],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": ["exp", "iat", "sub", "iss", "aud"]},
+            )
         except jwt.PyJWTError as exc:
             return f"invalid token: {exc}"
         if claims["sub"] != self.audience:
@@ -131,8 +140,12 @@ class FakeProfileService:
     async def handle(self, method: str, path: str, headers: dict[str, str]) -> Answer:
         parts = path.split("/")
         # ['', 'internal', 'chat-service', 'users', EMAIL, 'profile', INTENT]
-        if method != "GET" or len(parts) != 7 or parts[1:4] != ["internal", "chat-service",
-                                                                  "users"] or parts[5] != "profile":
+        if (
+            method != "GET"
+            or len(parts) != 7
+            or parts[1:4] != ["internal", "chat-service", "users"]
+            or parts[5] != "profile"
+        ):
             return 404, {"error": "no route"}
         problem = self.check_token(headers.get("authorization"))
         if problem is not None:
@@ -175,6 +188,13 @@ class FakeIdentityProvider:
         if path != "/jwks.json":
             return 404, None
         self.fetches += 1
-        entries = [{**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key)), "kid": kid,
-                    "use": "sig", "alg": "RS256"} for kid, key in self.keys.items()]
+        entries = [
+            {
+                **json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key)),
+                "kid": kid,
+                "use": "sig",
+                "alg": "RS256",
+            }
+            for kid, key in self.keys.items()
+        ]
         return 200, {"keys": entries}

@@ -12,8 +12,11 @@ async def read_response(stream: trio.SocketStream, buffer: bytearray) -> bytes:
         assert chunk, f"closed before a full response: {bytes(buffer)!r}"
         buffer += chunk
     head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
-    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
     while len(rest) < length:
         chunk = await stream.receive_some(65536)
         assert chunk, "closed in the middle of a body"

@@ -135,8 +135,9 @@ def test_a_verified_token_is_remembered_but_still_expires(key: rsa.RSAPrivateKey
     token = mint_token(key, "d@example.com", 1)
     assert verifier.verify(token) == "d@example.com"
     assert verifier.verify(token) == "d@example.com"  # from the cache
-    time.sleep(max(0.0, jwt.decode(token, options={"verify_signature": False})["exp"]
-                   - time.time()) + 0.05)
+    time.sleep(
+        max(0.0, jwt.decode(token, options={"verify_signature": False})["exp"] - time.time()) + 0.05
+    )
     with pytest.raises(Unauthenticated, match="expired"):
         verifier.verify(token)
 
@@ -271,17 +272,28 @@ async def test_jwks_refresh_keeps_the_old_keys_when_the_provider_fails(
     def identity_provider(request: httpx.Request) -> httpx.Response:
         if failing:
             return httpx.Response(503)
-        return httpx.Response(200, json={"keys": [
-            {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(k.public_key())), "kid": kid}
-            for kid, k in published.items()]})
+        return httpx.Response(
+            200,
+            json={
+                "keys": [
+                    {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(k.public_key())), "kid": kid}
+                    for kid, k in published.items()
+                ]
+            },
+        )
 
     now = [0.0]
-    jwks = JwksKeys("https://id.example.com/jwks.json", min_refresh_seconds=10,
-                    transport=httpx.MockTransport(identity_provider), clock=lambda: now[0])
+    jwks = JwksKeys(
+        "https://id.example.com/jwks.json",
+        min_refresh_seconds=10,
+        transport=httpx.MockTransport(identity_provider),
+        clock=lambda: now[0],
+    )
     verifier = TokenVerifier(jwks)
     assert await jwks.refresh()
     assert (await verifier.authenticate(mint_token(key, "g@example.com", 60, kid="k1"))).email == (
-        "g@example.com")
+        "g@example.com"
+    )
     failing = True
     now[0] = 100
     assert not await jwks.refresh()  # the provider is down: keep what we have

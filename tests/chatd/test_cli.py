@@ -62,8 +62,12 @@ def test_check_config_says_where_spans_go(tmp_path: Path) -> None:
     path.write_text('[tracing]\nservice_name = "chatd-eu"\n')
     off = run("check-config", str(path), cwd=tmp_path, env={"OTEL_SDK_DISABLED": "true"})
     assert "tracing: off" in off.stdout, off.stderr
-    on = run("check-config", str(path), cwd=tmp_path, env={
-        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://tempo:4318", "OTEL_SDK_DISABLED": ""})
+    on = run(
+        "check-config",
+        str(path),
+        cwd=tmp_path,
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://tempo:4318", "OTEL_SDK_DISABLED": ""},
+    )
     assert "tracing: OTLP/HTTP to http://tempo:4318/v1/traces as chatd-eu" in on.stdout, on.stderr
 
 
@@ -125,8 +129,14 @@ def test_token_kid_from_flag_or_config(tmp_path: Path) -> None:
     result = run("token", "k@example.com", "--data-dir", "d", "--kid", "dev-7", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert jwt.get_unverified_header(result.stdout.strip())["kid"] == "dev-7"
-    result = run("token", "k@example.com", "--data-dir", "d", cwd=tmp_path,
-                 env={"CHATD_AUTH__DEV_KID": "dev-8"})
+    result = run(
+        "token",
+        "k@example.com",
+        "--data-dir",
+        "d",
+        cwd=tmp_path,
+        env={"CHATD_AUTH__DEV_KID": "dev-8"},
+    )
     assert jwt.get_unverified_header(result.stdout.strip())["kid"] == "dev-8"
     result = run("token", "k@example.com", "--data-dir", "d", cwd=tmp_path)
     assert "kid" not in jwt.get_unverified_header(result.stdout.strip())

@@ -285,14 +285,22 @@ def test_max_batch_fits_the_limits_a_batch_is_charged_against(tmp_path: Path) ->
     # the default shrinks to what the smallest bound allows (older configs keep working)
     assert load_config(None, {"CHATD_LIMITS__SEND_BURST": "9"}).limits.max_batch == 9
     assert load_config(None, {"CHATD_LIMITS__MAX_QUEUED_SENDS": "40"}).limits.max_batch == 40
-    assert load_config(None, {"CHATD_LIMITS__MAX_DELIVERY_BACKLOG": "31"}
-                       ).limits.max_batch == 11  # 3 * 10 rows before the 11th < 31
-    assert load_config(None, {"CHATD_LIMITS__MAX_BATCH": "200", "CHATD_LIMITS__SEND_BURST": "300"}
-                       ).limits.max_batch == 200
+    assert (
+        load_config(None, {"CHATD_LIMITS__MAX_DELIVERY_BACKLOG": "31"}).limits.max_batch == 11
+    )  # 3 * 10 rows before the 11th < 31
+    assert (
+        load_config(
+            None, {"CHATD_LIMITS__MAX_BATCH": "200", "CHATD_LIMITS__SEND_BURST": "300"}
+        ).limits.max_batch
+        == 200
+    )
     # an explicit one that could never be accepted is an error naming both keys
     path = write(tmp_path, "[limits]\nmax_batch = 50\nmax_queued_sends = 20\n")
-    with pytest.raises(ConfigError, match=r"chatd\.toml: limits\.max_batch: 50 is more than "
-                                          r"limits\.max_queued_sends allows \(20\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"chatd\.toml: limits\.max_batch: 50 is more than "
+        r"limits\.max_queued_sends allows \(20\)",
+    ):
         load_config(path, {})
 
 

@@ -29,8 +29,10 @@ def test_a_session_topic_names_its_session(session_id: uuid.UUID) -> None:
     assert topic_session_id(topic) == session_id
 
 
-@pytest.mark.parametrize("destination", ["/topic/session.not-a-uuid", "/topic/other",
-                                         "/user/queue/messages", "/topic/session."])
+@pytest.mark.parametrize(
+    "destination",
+    ["/topic/session.not-a-uuid", "/topic/other", "/user/queue/messages", "/topic/session."],
+)
 def test_anything_else_is_not_a_session_id(destination: str) -> None:
     with pytest.raises(ValueError, match="not a session topic"):
         topic_session_id(destination)
@@ -38,15 +40,21 @@ def test_anything_else_is_not_a_session_id(destination: str) -> None:
 
 def test_user_queues_are_subscribed_under_user_and_keyed_per_user() -> None:
     assert [q.subscription for q in UserQueue] == [
-        "/user/queue/messages", "/user/queue/ack", "/user/queue/error",
-        "/user/queue/receipts", "/user/queue/pong", "/user/queue/presence"]
+        "/user/queue/messages",
+        "/user/queue/ack",
+        "/user/queue/error",
+        "/user/queue/receipts",
+        "/user/queue/pong",
+        "/user/queue/presence",
+    ]
     for queue in UserQueue:
         assert subscribed_user_queue(queue.subscription) is queue
         assert user_queue("ann@example.com", queue) == user_key("ann@example.com", queue.path)
     for other in ("/user/queue/other", "/queue/messages", "/user/bob@example.com/queue/ack"):
         assert subscribed_user_queue(other) is None
     assert ALLOWED_SUBSCRIPTIONS == (
-        "/topic/session.{id} and /user/queue/{messages,ack,error,receipts,pong,presence}")
+        "/topic/session.{id} and /user/queue/{messages,ack,error,receipts,pong,presence}"
+    )
 
 
 def test_subscription_names_leave_the_user_out() -> None:

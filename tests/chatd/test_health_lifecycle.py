@@ -21,15 +21,17 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _config(tmp_path: Path, url: str | None = None, **server: object) -> Config:
-    database = (DatabaseConfig(url=url, connect_timeout=1, pool_timeout=1) if url
-                else DatabaseConfig())
+    database = (
+        DatabaseConfig(url=url, connect_timeout=1, pool_timeout=1) if url else DatabaseConfig()
+    )
     options = {"bind": "127.0.0.1:0", "data_dir": tmp_path, "shutdown_grace": 2.0} | server
     return Config(server=ServerConfig(**options), database=database)  # type: ignore[arg-type]
 
 
 async def _serve(nursery: trio.Nursery, config: Config, *, signals: bool = False) -> str:
-    summaries = await nursery.start(lambda task_status: serve(
-        config, handle_signals=signals, task_status=task_status))
+    summaries = await nursery.start(
+        lambda task_status: serve(config, handle_signals=signals, task_status=task_status)
+    )
     (base,) = [s.removeprefix("http=") for s in summaries if s.startswith("http=")]
     return str(base)
 
@@ -90,8 +92,10 @@ async def test_a_schema_the_code_does_not_know_is_not_ready(
         async with httpx.AsyncClient(base_url=base) as client:
             assert (await _ready(client))[0] == 200
             # What a newer release's `chatd migrate` leaves behind.
-            db.execute("INSERT INTO schema_migrations (version, name, applied_at) "
-                       "VALUES (9999, '9999_from_the_future', 0)")
+            db.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) "
+                "VALUES (9999, '9999_from_the_future', 0)"
+            )
             code, checks = await _ready(client)
             assert code == 503
             assert "9999" in checks["migrations"]

@@ -40,9 +40,17 @@ def _record(message: str, *args: object, **extra: object) -> logging.LogRecord:
 def test_json_line_has_the_fields_and_no_token() -> None:
     token = request_id.set("req-1")
     try:
-        line = JsonFormatter().format(_record(
-            "auth header was %s", f"Bearer {JWT}", user="alice@example.com",
-            content="hello", path="/api/chat/message", status=201, passcode=JWT))
+        line = JsonFormatter().format(
+            _record(
+                "auth header was %s",
+                f"Bearer {JWT}",
+                user="alice@example.com",
+                content="hello",
+                path="/api/chat/message",
+                status=201,
+                passcode=JWT,
+            )
+        )
     finally:
         request_id.reset(token)
     data = json.loads(line)
@@ -92,7 +100,9 @@ def test_exceptions_are_one_line_and_redacted() -> None:
     assert "ValueError" in json.loads(line)["exception"]
 
 
-@pytest.mark.parametrize("text", [f"Bearer {JWT}", f"bearer  {JWT[:20]}", JWT, f"?access_token={JWT}"])
+@pytest.mark.parametrize(
+    "text", [f"Bearer {JWT}", f"bearer  {JWT[:20]}", JWT, f"?access_token={JWT}"]
+)
 def test_redact_catches_token_shapes(text: str) -> None:
     assert JWT[:20] not in redact(text)
 
@@ -118,9 +128,21 @@ def test_chatd_serve_logs_json_lines_without_tokens(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
     env["CHATD_LOG_FORMAT"] = "json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chatd", "serve", "--bind", "127.0.0.1:0",
-         "--data-dir", str(tmp_path)],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "chatd",
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
     lines: list[str] = []
     try:
         assert proc.stderr is not None
@@ -138,11 +160,16 @@ def test_chatd_serve_logs_json_lines_without_tokens(tmp_path: Path) -> None:
         token = mint_token(dev_signing_key(config)[0].read_bytes(), "alice@example.com")
         with httpx.Client(base_url=base) as client:
             auth = {"Authorization": f"Bearer {token}", "X-Request-ID": "trace-42"}
-            init = client.post("/api/chat/init", headers=auth,
-                               json={"toEmail": "bob@example.com", "intent": "demo"})
+            init = client.post(
+                "/api/chat/init",
+                headers=auth,
+                json={"toEmail": "bob@example.com", "intent": "demo"},
+            )
             assert init.status_code == 200
-            refused = client.get(f"/api/chat/sessions?access_token={token}",
-                                 headers={"Authorization": "Bearer not-a-valid-token-value"})
+            refused = client.get(
+                f"/api/chat/sessions?access_token={token}",
+                headers={"Authorization": "Bearer not-a-valid-token-value"},
+            )
             assert refused.status_code == 401
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0

@@ -7,8 +7,9 @@ from hypothesis import strategies as st
 
 from chatd.domain.lru import Lru
 
-OPS = st.lists(st.tuples(st.sampled_from(["get", "put"]), st.integers(0, 6), st.integers()),
-               max_size=60)
+OPS = st.lists(
+    st.tuples(st.sampled_from(["get", "put"]), st.integers(0, 6), st.integers()), max_size=60
+)
 
 
 @given(OPS, st.integers(1, 4))

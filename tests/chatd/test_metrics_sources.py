@@ -46,8 +46,11 @@ def test_profiles_bridge_and_sockjs_are_read_at_scrape_time() -> None:
     got = samples(metrics)
     assert got[("chatd_profile_cache_hits_total", ())] == 7
     assert got[("chatd_profile_cache_misses_total", ())] == 2
-    states = {dict(labels)["state"]: v for (name, labels), v in got.items()
-              if name == "chatd_profile_breaker_state"}
+    states = {
+        dict(labels)["state"]: v
+        for (name, labels), v in got.items()
+        if name == "chatd_profile_breaker_state"
+    }
     assert states == {"closed": 0, "open": 0, "half_open": 1}
     assert got[("chatd_bridge_connected", ())] == 1
     assert got[("chatd_sockjs_sessions_open", ())] == 5
@@ -55,8 +58,9 @@ def test_profiles_bridge_and_sockjs_are_read_at_scrape_time() -> None:
 
 def test_components_not_attached_export_nothing() -> None:
     names = {name for name, _ in samples(Metrics())}
-    assert not any(n.startswith(("chatd_bridge_connected", "chatd_profile_", "chatd_sockjs"))
-                   for n in names)
+    assert not any(
+        n.startswith(("chatd_bridge_connected", "chatd_profile_", "chatd_sockjs")) for n in names
+    )
 
 
 def test_a_broken_source_does_not_break_the_scrape() -> None:
@@ -77,7 +81,10 @@ async def test_outbox_gauges_keep_their_last_value_when_the_store_is_down(
     await store.migrate()
     metrics.attach_store(store)
     now = datetime.now(UTC)
-    ann, bob = Participant("p1", "ann@example.com", "Ann"), Participant("p2", "bob@example.com", "Bob")
+    ann, bob = (
+        Participant("p1", "ann@example.com", "Ann"),
+        Participant("p2", "bob@example.com", "Bob"),
+    )
     session = await store.get_or_create_session("demo", ann, bob, now=now)
     await append_one(store, session.id, ann, "hi", "c-1", now)
     await metrics.refresh()

@@ -53,14 +53,18 @@ async def fake(nursery: trio.Nursery, service_key: rsa.RSAPrivateKey) -> FakePro
 
 
 def tokens(key: rsa.RSAPrivateKey, **kwargs: object) -> ServiceTokens:
-    options: dict[str, object] = {"issuer": "chat-service", "audience": "profile-service",
-                                  "kid": "chat-service-1"} | kwargs
+    options: dict[str, object] = {
+        "issuer": "chat-service",
+        "audience": "profile-service",
+        "kid": "chat-service-1",
+    } | kwargs
     return ServiceTokens(key, **options)  # type: ignore[arg-type]
 
 
 @pytest.fixture
-async def remote(fake: FakeProfileService,
-                 service_key: rsa.RSAPrivateKey) -> AsyncIterator[RemoteProfileProvider]:
+async def remote(
+    fake: FakeProfileService, service_key: rsa.RSAPrivateKey
+) -> AsyncIterator[RemoteProfileProvider]:
     provider = RemoteProfileProvider(fake.url, tokens(service_key), timeout=0.5)
     yield provider
     await provider.aclose()
@@ -128,8 +132,13 @@ def test_service_token_is_cached_and_renewed_before_expiry(service_key: rsa.RSAP
     second = minter.token()
     assert second != first
     assert minter.minted == 2
-    claims = jwt.decode(second, service_key.public_key(), algorithms=["RS256"],
-                        audience="profile-service", leeway=60)
+    claims = jwt.decode(
+        second,
+        service_key.public_key(),
+        algorithms=["RS256"],
+        audience="profile-service",
+        leeway=60,
+    )
     assert claims["iat"] == int(start + 41)
     assert jwt.get_unverified_header(second)["kid"] == "chat-service-1"
     with pytest.raises(ValueError, match=r"1\.\.120"):
@@ -198,8 +207,9 @@ async def test_breaker_opens_serves_cache_fails_fast_then_half_opens_and_closes(
     remote: RemoteProfileProvider, fake: FakeProfileService
 ) -> None:
     clock = ManualClock()
-    breaker = CircuitBreaker(min_failures=3, failure_rate=0.5, window=10, reset_after=0.5,
-                             clock=clock)
+    breaker = CircuitBreaker(
+        min_failures=3, failure_rate=0.5, window=10, reset_after=0.5, clock=clock
+    )
     cache = CachedProfiles(remote, breaker, ttl=60, stale_if_error=False, clock=clock)
     await cache.lookup(ALICE, "buy")  # cached while healthy
     fake.status = 500
@@ -248,8 +258,9 @@ async def test_stale_profile_served_when_the_service_fails(
 
 def test_breaker_needs_the_rate_not_just_the_count() -> None:
     now = [0.0]
-    breaker = CircuitBreaker(min_failures=2, failure_rate=0.5, window=10, reset_after=5,
-                             clock=lambda: now[0])
+    breaker = CircuitBreaker(
+        min_failures=2, failure_rate=0.5, window=10, reset_after=5, clock=lambda: now[0]
+    )
     for _ in range(6):
         breaker.record(True)
     breaker.record(False)

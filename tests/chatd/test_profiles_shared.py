@@ -40,17 +40,18 @@ async def fake(nursery: trio.Nursery, service_key: rsa.RSAPrivateKey) -> FakePro
 
 
 @pytest.fixture
-async def instance(nursery: trio.Nursery, fake: FakeProfileService,
-                   service_key: rsa.RSAPrivateKey) -> AsyncIterator[Instance]:
+async def instance(
+    nursery: trio.Nursery, fake: FakeProfileService, service_key: rsa.RSAPrivateKey
+) -> AsyncIterator[Instance]:
     """Builds what one chatd instance has: its own profile client, cache and Redis tier."""
     clients: list[RemoteProfileProvider] = []
 
     def build(url: str, prefix: str = "chatd:", **options: float) -> CachedProfiles:
-        tier = RedisTier(url, key_prefix=prefix, timeout=0.2, retry_initial=0.05,
-                         retry_max=0.2)
+        tier = RedisTier(url, key_prefix=prefix, timeout=0.2, retry_initial=0.05, retry_max=0.2)
         nursery.start_soon(tier.run)
-        tokens = ServiceTokens(service_key, issuer="chat-service", audience="profile-service",
-                               kid="chat-service-1")
+        tokens = ServiceTokens(
+            service_key, issuer="chat-service", audience="profile-service", kid="chat-service-1"
+        )
         remote = RemoteProfileProvider(fake.url, tokens, timeout=1)
         clients.append(remote)
         return CachedProfiles(remote, shared=SharedProfileCache(tier), **options)  # type: ignore[arg-type]
@@ -97,8 +98,12 @@ async def test_shared_entries_keep_the_ttls_and_the_copy_expires_with_them(
         await a.lookup(GHOST, "buy")
     assert a.shared is not None
     tier = a.shared.tier
-    ttls = await tier.call(lambda r: (r.pttl(a.shared.key((ALICE, "buy"))),  # type: ignore[union-attr]
-                                      r.pttl(a.shared.key((GHOST, "buy")))))  # type: ignore[union-attr]
+    ttls = await tier.call(
+        lambda r: (
+            r.pttl(a.shared.key((ALICE, "buy"))),  # type: ignore[union-attr]
+            r.pttl(a.shared.key((GHOST, "buy"))),
+        )
+    )  # type: ignore[union-attr]
     assert 59_000 < ttls[0] <= 60_000
     assert 0 < ttls[1] <= 400
     await trio.sleep(0.2)

@@ -32,13 +32,17 @@ Instance = Callable[..., SharedRateLimiter]
 def instance(nursery: trio.Nursery) -> Instance:
     """What one chatd instance has: a local limiter, a Redis tier, the shared limiter."""
 
-    def build(url: str, prefix: str = "chatd:", *, lease_block: int = 1,
-              **limits: float) -> SharedRateLimiter:
-        tier = RedisTier(url, key_prefix=prefix, timeout=0.2, retry_initial=0.05,
-                         retry_max=0.2)
+    def build(
+        url: str, prefix: str = "chatd:", *, lease_block: int = 1, **limits: float
+    ) -> SharedRateLimiter:
+        tier = RedisTier(url, key_prefix=prefix, timeout=0.2, retry_initial=0.05, retry_max=0.2)
         nursery.start_soon(tier.run)
-        options = {"send_burst": 10, "sends_per_second": 0.001, "identical_content": 100,
-                   "identical_window_seconds": 60.0} | limits
+        options = {
+            "send_burst": 10,
+            "sends_per_second": 0.001,
+            "identical_content": 100,
+            "identical_window_seconds": 60.0,
+        } | limits
         local = SendRateLimiter(**options)  # type: ignore[arg-type]
         return SharedRateLimiter(tier, local, lease_block=lease_block)
 
@@ -51,8 +55,12 @@ async def _up(*limiters: SharedRateLimiter) -> None:
             await limiter.tier.wait_up()
 
 
-async def _sends(limiters: list[SharedRateLimiter], count: int, now: float,
-                 text: Callable[[int], str] = lambda i: f"message {i}") -> list[int]:
+async def _sends(
+    limiters: list[SharedRateLimiter],
+    count: int,
+    now: float,
+    text: Callable[[int], str] = lambda i: f"message {i}",
+) -> list[int]:
     """Send `count` times round-robin over `limiters`; the indexes of the accepted sends."""
     accepted = []
     for i in range(count):
@@ -94,6 +102,7 @@ async def test_a_batch_is_limited_across_instances_and_refused_whole(
     # ...though the tokens its first texts took in Redis stay spent (never one too many)
     with pytest.raises(RateLimited, match="too many messages"):
         await a.check_many(USER, ["c0"], now)
+
 
 async def test_leased_tokens_never_exceed_the_limit_and_save_round_trips(
     instance: Instance, redis_url: str, redis_prefix: str
@@ -156,8 +165,12 @@ async def test_a_dead_or_slow_redis_falls_back_to_the_local_limiter(
 
 
 async def test_two_servers_limit_one_user_over_rest(
-    nursery: trio.Nursery, tmp_path: Path, database_url: str, redis_url: str,
-    redis_prefix: str, key_pair: tuple[bytes, Path],
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    key_pair: tuple[bytes, Path],
 ) -> None:
     """Two whole instances on one database and one Redis: a user's sends, round-robin over
     both, are limited once (429 with Retry-After), as one instance would limit them."""
@@ -165,8 +178,10 @@ async def test_two_servers_limit_one_user_over_rest(
     for name in ("a", "b"):
         config = chat_config(tmp_path / name, database_url, key_pair[1])
         config = dataclasses.replace(
-            config, limits=LimitsConfig(send_burst=5, sends_per_second=0.001),
-            redis=RedisConfig(url=redis_url, key_prefix=redis_prefix, rate_lease_block=2))
+            config,
+            limits=LimitsConfig(send_burst=5, sends_per_second=0.001),
+            redis=RedisConfig(url=redis_url, key_prefix=redis_prefix, rate_lease_block=2),
+        )
         chats.append(await start_chat(nursery, config, key_pair[0]))
     a = chats[0]
     sid = await a.init()
@@ -174,8 +189,10 @@ async def test_two_servers_limit_one_user_over_rest(
     for i in range(12):
         chat = chats[i % 2]
         answer = await chat.client.post(
-            "/api/chat/message", headers=chat.auth(ALICE),
-            json={"sessionId": sid, "content": f"hello {i}", "clientMessageId": f"m{i}"})
+            "/api/chat/message",
+            headers=chat.auth(ALICE),
+            json={"sessionId": sid, "content": f"hello {i}", "clientMessageId": f"m{i}"},
+        )
         statuses.append(answer.status_code)
         if answer.status_code == 429:
             assert float(answer.headers["Retry-After"]) > 0

@@ -108,11 +108,15 @@ async def test_a_redis_down_at_start_does_not_stop_the_start(nursery: trio.Nurse
 async def test_server_stays_ready_with_redis_degraded(
     nursery: trio.Nursery, tmp_path: Path, private_redis: PrivateRedis
 ) -> None:
-    config = Config(server=ServerConfig(bind="127.0.0.1:0", data_dir=tmp_path, shutdown_grace=2),
-                    redis=RedisConfig(url=private_redis.url, timeout=0.2,
-                                      retry_initial_seconds=0.05, retry_max_seconds=0.2))
-    summaries = await nursery.start(lambda task_status: serve(
-        config, handle_signals=False, task_status=task_status))
+    config = Config(
+        server=ServerConfig(bind="127.0.0.1:0", data_dir=tmp_path, shutdown_grace=2),
+        redis=RedisConfig(
+            url=private_redis.url, timeout=0.2, retry_initial_seconds=0.05, retry_max_seconds=0.2
+        ),
+    )
+    summaries = await nursery.start(
+        lambda task_status: serve(config, handle_signals=False, task_status=task_status)
+    )
     assert "redis=up" in summaries
     (base,) = [s.removeprefix("http=") for s in summaries if s.startswith("http=")]
     async with httpx.AsyncClient(base_url=base) as client:
@@ -128,13 +132,18 @@ async def test_server_stays_ready_with_redis_degraded(
 
 @pytest.mark.faults
 async def test_sends_and_inits_keep_working_when_redis_dies(
-    nursery: trio.Nursery, tmp_path: Path, private_redis: PrivateRedis,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    private_redis: PrivateRedis,
     key_pair: tuple[bytes, Path],
 ) -> None:
     config = chat_config(tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}", key_pair[1])
-    config = dataclasses.replace(config, redis=RedisConfig(
-        url=private_redis.url, timeout=0.2, retry_initial_seconds=0.05,
-        retry_max_seconds=0.2))
+    config = dataclasses.replace(
+        config,
+        redis=RedisConfig(
+            url=private_redis.url, timeout=0.2, retry_initial_seconds=0.05, retry_max_seconds=0.2
+        ),
+    )
     chat = await start_chat(nursery, config, key_pair[0])
     sid = await chat.init()
     await chat.send(sid, "before", "m1")

@@ -23,17 +23,22 @@ from chatd.realtime.sockjs.framing import (
 )
 
 
-@pytest.mark.parametrize(("messages", "frame"), [
-    ([], "a[]"),
-    (["a"], 'a["a"]'),
-    (["a", "b"], 'a["a","b"]'),
-    (['say "hi"\n'], 'a["say \\"hi\\"\\n"]'),
-    (["CONNECTED\n\n\x00"], 'a["CONNECTED\\n\\n\\u0000"]'),
-    (["é ü 漢"], 'a["é ü 漢"]'),  # non-ASCII text is sent as UTF-8
-    (["\u2028\u2029\u200c\u200f\u2060\u206f\ufff0\uffff"],
-     'a["\\u2028\\u2029\\u200c\\u200f\\u2060\\u206f\\ufff0\\uffff"]'),
-    (["\x7f"], 'a["\x7f"]'),
-])
+@pytest.mark.parametrize(
+    ("messages", "frame"),
+    [
+        ([], "a[]"),
+        (["a"], 'a["a"]'),
+        (["a", "b"], 'a["a","b"]'),
+        (['say "hi"\n'], 'a["say \\"hi\\"\\n"]'),
+        (["CONNECTED\n\n\x00"], 'a["CONNECTED\\n\\n\\u0000"]'),
+        (["é ü 漢"], 'a["é ü 漢"]'),  # non-ASCII text is sent as UTF-8
+        (
+            ["\u2028\u2029\u200c\u200f\u2060\u206f\ufff0\uffff"],
+            'a["\\u2028\\u2029\\u200c\\u200f\\u2060\\u206f\\ufff0\\uffff"]',
+        ),
+        (["\x7f"], 'a["\x7f"]'),
+    ],
+)
 def test_message_frame(messages: list[str], frame: str) -> None:
     assert message_frame(messages) == frame
     assert json.loads(frame[1:]) == messages
@@ -41,9 +46,14 @@ def test_message_frame(messages: list[str], frame: str) -> None:
 
 def test_every_character_the_protocol_lists_is_escaped() -> None:
     # sockjs-protocol's escapable_by_server, above 0xff (the rest is JSON's own escaping).
-    listed = [c for c in map(chr, range(0x100, 0x10000))
-              if 0x200C <= ord(c) <= 0x200F or 0x2028 <= ord(c) <= 0x202F
-              or 0x2060 <= ord(c) <= 0x206F or ord(c) >= 0xFFF0]
+    listed = [
+        c
+        for c in map(chr, range(0x100, 0x10000))
+        if 0x200C <= ord(c) <= 0x200F
+        or 0x2028 <= ord(c) <= 0x202F
+        or 0x2060 <= ord(c) <= 0x206F
+        or ord(c) >= 0xFFF0
+    ]
     text = "".join(listed)
     encoded = encode_json(text)
     assert encoded == '"' + "".join(f"\\u{ord(c):04x}" for c in listed) + '"'
@@ -53,49 +63,73 @@ def test_every_character_the_protocol_lists_is_escaped() -> None:
 def test_close_frame() -> None:
     assert close_frame(3000, "Go away!") == 'c[3000,"Go away!"]'
     assert close_frame(2010, "Another connection still open") == (
-        'c[2010,"Another connection still open"]')
+        'c[2010,"Another connection still open"]'
+    )
 
 
-@pytest.mark.parametrize(("payload", "messages"), [
-    ('["a"]', ["a"]),
-    (b'["a","b"]', ["a", "b"]),
-    ('"single"', ["single"]),
-    ("[]", []),
-    ('["\\u2028\\ud83d\\ude00"]', ["\u2028\U0001f600"]),
-])
+@pytest.mark.parametrize(
+    ("payload", "messages"),
+    [
+        ('["a"]', ["a"]),
+        (b'["a","b"]', ["a", "b"]),
+        ('"single"', ["single"]),
+        ("[]", []),
+        ('["\\u2028\\ud83d\\ude00"]', ["\u2028\U0001f600"]),
+    ],
+)
 def test_decode_messages(payload: str | bytes, messages: list[str]) -> None:
     assert decode_messages(payload) == messages
 
 
-@pytest.mark.parametrize(("payload", "error"), [
-    ("", "Payload expected."),
-    (b"", "Payload expected."),
-    ('["a', "Broken JSON encoding."),
-    ("[1]", "Broken JSON encoding."),
-    ('{"a": "b"}', "Broken JSON encoding."),
-    ("null", "Broken JSON encoding."),
-    (b"\xff\xfe", "Broken JSON encoding."),
-    ("[" * 100_000, "Broken JSON encoding."),
-])
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        ("", "Payload expected."),
+        (b"", "Payload expected."),
+        ('["a', "Broken JSON encoding."),
+        ("[1]", "Broken JSON encoding."),
+        ('{"a": "b"}', "Broken JSON encoding."),
+        ("null", "Broken JSON encoding."),
+        (b"\xff\xfe", "Broken JSON encoding."),
+        ("[" * 100_000, "Broken JSON encoding."),
+    ],
+)
 def test_decode_errors(payload: str | bytes, error: str) -> None:
     with pytest.raises(PayloadError, match=error.replace(".", r"\.")):
         decode_messages(payload)
 
 
-@pytest.mark.parametrize(("value", "ok"), [
-    ("000", True), ("a", True), ("_", True), ("abc-def_ghi%20", True),
-    ("", False), ("a.", False), (".", False), ("a/b", False),
-])
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("000", True),
+        ("a", True),
+        ("_", True),
+        ("abc-def_ghi%20", True),
+        ("", False),
+        ("a.", False),
+        (".", False),
+        ("a/b", False),
+    ],
+)
 def test_valid_id(value: str, ok: bool) -> None:
     assert valid_id(value) is ok
 
 
-@pytest.mark.parametrize(("callback", "error"), [
-    ("callback", None), ("a.b_c-1", None), ("_jp.a3b4c5.f", None),
-    (None, '"callback" parameter required'), ("", '"callback" parameter required'),
-    ("x(1)", 'invalid "callback" parameter'), ("a b", 'invalid "callback" parameter'),
-    ("alert;//", 'invalid "callback" parameter'), ("é", 'invalid "callback" parameter'),
-])
+@pytest.mark.parametrize(
+    ("callback", "error"),
+    [
+        ("callback", None),
+        ("a.b_c-1", None),
+        ("_jp.a3b4c5.f", None),
+        (None, '"callback" parameter required'),
+        ("", '"callback" parameter required'),
+        ("x(1)", 'invalid "callback" parameter'),
+        ("a b", 'invalid "callback" parameter'),
+        ("alert;//", 'invalid "callback" parameter'),
+        ("é", 'invalid "callback" parameter'),
+    ],
+)
 def test_callback_validation(callback: str | None, error: str | None) -> None:
     assert callback_error(callback) == error
 

@@ -36,7 +36,8 @@ async def connected(sessions: SockJSSessions, nursery: trio.Nursery) -> SockJSSe
 
 
 async def test_session_without_receiver_closes_after_the_delay(
-        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     sessions = make(disconnect_delay=5.0, heartbeat=25.0)
     session = await connected(sessions, nursery)
     assert (sessions.sessions_open, sessions.runtime.session_count) == (1, 1)
@@ -52,7 +53,8 @@ async def test_session_without_receiver_closes_after_the_delay(
 
 
 async def test_idle_receiver_gets_heartbeats_and_keeps_the_session(
-        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     sessions = make(disconnect_delay=1.0, heartbeat=3.0)
     session = await connected(sessions, nursery)
     start = trio.current_time()
@@ -67,8 +69,9 @@ async def test_idle_receiver_gets_heartbeats_and_keeps_the_session(
     assert not session.closed
 
 
-async def test_one_receiver_at_a_time(nursery: trio.Nursery,
-                                      autojump_clock: trio.testing.MockClock) -> None:
+async def test_one_receiver_at_a_time(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     sessions = make(disconnect_delay=1.0, heartbeat=3.0)
     session = await connected(sessions, nursery)
     first: list[str] = []
@@ -86,10 +89,12 @@ async def test_one_receiver_at_a_time(nursery: trio.Nursery,
 
 
 async def test_client_that_stops_receiving_is_a_slow_consumer(
-        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     runtime = BrokerRuntime(max_pending_frames=5)
-    sessions = SockJSSessions(runtime, SockJSSettings(disconnect_delay=60.0,
-                                                      max_pending_bytes=1000))
+    sessions = SockJSSessions(
+        runtime, SockJSSettings(disconnect_delay=60.0, max_pending_bytes=1000)
+    )
     session = sessions.create("s", TransportInfo("test"), nursery)
     assert await poll(sessions, session) == ["o"]
     await session.feed([CONNECT, "SUBSCRIBE\nid:1\ndestination:/topic/t\n\n\x00"])
@@ -113,10 +118,12 @@ async def test_client_that_stops_receiving_is_a_slow_consumer(
 
 
 async def test_gone_client_is_closed_within_the_close_timeout(
-        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     runtime = BrokerRuntime(max_pending_frames=5, close_timeout=2.0)
-    sessions = SockJSSessions(runtime, SockJSSettings(disconnect_delay=60.0,
-                                                      max_pending_bytes=1000))
+    sessions = SockJSSessions(
+        runtime, SockJSSettings(disconnect_delay=60.0, max_pending_bytes=1000)
+    )
     session = sessions.create("s", TransportInfo("test"), nursery)
     assert await poll(sessions, session) == ["o"]
     await session.feed([CONNECT, "SUBSCRIBE\nid:1\ndestination:/topic/t\n\n\x00"])
@@ -129,7 +136,8 @@ async def test_gone_client_is_closed_within_the_close_timeout(
 
 
 async def test_closed_session_is_remembered_while_clients_ask(
-        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     sessions = make(disconnect_delay=1.0, heartbeat=25.0)
     session = await connected(sessions, nursery)
     await session.feed(["DISCONNECT\n\n\x00"])

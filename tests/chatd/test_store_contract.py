@@ -24,6 +24,8 @@ from chatd.storage import SchemaError, Store, open_store
 from chatd.storage.base import Appended, NewMessage, append_one
 
 T0 = datetime(2026, 11, 28, 13, 0, tzinfo=UTC)
+
+
 async def test_purge_deletes_only_rows_sent_before_the_cutoff_in_batches(store: Store) -> None:
     session = await chat(store)
     await send(store, session, ANN, 4)  # 12 rows
@@ -67,8 +69,8 @@ async def send(
 ) -> list[Message]:
     sent = []
     for i in range(start, start + n):
-        message, _ = await append_one(store,
-            session.id, sender, f"text {i}", f"{sender.email}-{i}", at(i)
+        message, _ = await append_one(
+            store, session.id, sender, f"text {i}", f"{sender.email}-{i}", at(i)
         )
         sent.append(message)
     return sent
@@ -211,15 +213,31 @@ async def test_batch_append_gives_consecutive_seqs_and_per_message_answers(store
     ]
     results = await store.append_messages(batch)
     assert [type(r).__name__ for r in results] == [
-        "Appended", "Appended", "Appended", "NotFound", "Forbidden", "Appended", "Appended",
-        "Appended"]
+        "Appended",
+        "Appended",
+        "Appended",
+        "NotFound",
+        "Forbidden",
+        "Appended",
+        "Appended",
+        "Appended",
+    ]
     ok = [r for r in results if isinstance(r, Appended)]
     assert [(r.message.content, r.message.seq, r.created) for r in ok] == [
-        ("a", 2, True), ("b", 1, True), ("c", 3, True), ("text 0", 1, False), ("a", 2, False),
-        ("g", 4, True)]
+        ("a", 2, True),
+        ("b", 1, True),
+        ("c", 3, True),
+        ("text 0", 1, False),
+        ("a", 2, False),
+        ("g", 4, True),
+    ]
     assert ok[4].message.message_id == ok[0].message.message_id
     assert [m.content for m in await store.messages_after(one.id, 0, 10)] == [
-        "text 0", "a", "c", "g"]
+        "text 0",
+        "a",
+        "c",
+        "g",
+    ]
     # each new message carries its three outbox rows; within a session ids follow seqs
     new_rows = [row for r in ok if r.created for row in r.outbox]
     for sid in (one.id, two.id):
@@ -235,16 +253,22 @@ async def test_batch_rows_leased_to_the_caller_wait_and_sent_marks(store: Store)
     session = await chat(store)
     results = await store.append_messages(
         [NewMessage(session.id, ANN, f"m{i}", f"lease-{i}", at(i)) for i in range(3)],
-        lease_until=at(60))
+        lease_until=at(60),
+    )
     rows = [row for r in results if isinstance(r, Appended) for row in r.outbox]
     assert len(rows) == 9
     # leased: not claimable before the lease ends (nor is anything of the session after them)
     assert await store.claim_outbox(limit=100, lease_seconds=30, now=at(30)) == []
     # marked sent in a later batch's transaction: never published again
-    await store.append_messages([NewMessage(session.id, BOB, "later", "lease-x", at(40))],
-                                lease_until=at(100), sent=[r.id for r in rows[:6]], now=at(40))
-    assert [r.id for r in await store.claim_outbox(limit=100, lease_seconds=30, now=at(70))
-            ] == [r.id for r in rows[6:]]
+    await store.append_messages(
+        [NewMessage(session.id, BOB, "later", "lease-x", at(40))],
+        lease_until=at(100),
+        sent=[r.id for r in rows[:6]],
+        now=at(40),
+    )
+    assert [r.id for r in await store.claim_outbox(limit=100, lease_seconds=30, now=at(70))] == [
+        r.id for r in rows[6:]
+    ]
     assert await store.outbox_stats() == (6, 0)  # 3 claimed above, 3 leased until 100
 
 
@@ -254,13 +278,15 @@ async def test_outbox_rows_keep_the_trace_context_of_their_send(store: Store) ->
     # claimed by a publisher; a send without one (tracing off) leaves the rows without.
     session = await chat(store)
     traced = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    results = await store.append_messages([
-        NewMessage(session.id, ANN, "traced", "tc-1", at(1), traced),
-        NewMessage(session.id, ANN, "untraced", "tc-2", at(2)),
-    ], lease_until=at(5))
+    results = await store.append_messages(
+        [
+            NewMessage(session.id, ANN, "traced", "tc-1", at(1), traced),
+            NewMessage(session.id, ANN, "untraced", "tc-2", at(2)),
+        ],
+        lease_until=at(5),
+    )
     appended = [r for r in results if isinstance(r, Appended)]
-    assert [[row.trace_context for row in r.outbox] for r in appended] == [
-        [traced] * 3, [None] * 3]
+    assert [[row.trace_context for row in r.outbox] for r in appended] == [[traced] * 3, [None] * 3]
     claimed = await store.claim_outbox(limit=100, lease_seconds=30, now=at(10))
     assert [r.trace_context for r in claimed] == [traced] * 3 + [None] * 3
     # a receipt's rows carry none (not traced)
@@ -428,7 +454,10 @@ async def test_outbox_rows_are_written_with_the_message(store: Store) -> None:
     ]
     for row in rows:
         assert (row.event, row.message_id, row.session_id, row.seq) == (
-            "message", message.message_id, session.id, 1,
+            "message",
+            message.message_id,
+            session.id,
+            1,
         )
         assert json.loads(row.payload) == message.to_json()
         assert (row.retry_count, row.last_error, row.created_at) == (0, None, T0)
@@ -437,12 +466,16 @@ async def test_outbox_rows_are_written_with_the_message(store: Store) -> None:
     await store.mark(session.id, BOB.email, "seen", up_to_seq=1, at=at(5))
     receipts = await store.claim_outbox(limit=10, lease_seconds=30, now=at(5))
     assert [r.destination for r in receipts] == [
-        f"/topic/session.{session.id}", "user:ann@example.com:/queue/receipts",
+        f"/topic/session.{session.id}",
+        "user:ann@example.com:/queue/receipts",
     ]
     assert {r.event for r in receipts} == {"receipt"}
     assert json.loads(receipts[0].payload) == {
-        "sessionId": str(session.id), "readerEmail": "bob@example.com", "status": "seen",
-        "upToSeq": 1, "at": "2026-11-28T13:00:05.000000Z",
+        "sessionId": str(session.id),
+        "readerEmail": "bob@example.com",
+        "status": "seen",
+        "upToSeq": 1,
+        "at": "2026-11-28T13:00:05.000000Z",
     }
     await store.mark(session.id, BOB.email, "seen", up_to_seq=1, at=at(6))  # no change
     assert await store.outbox_stats() == (2, 0)  # so no new receipt rows
@@ -567,8 +600,7 @@ async def test_migrations_are_idempotent_and_checked(store_url: str, tmp_path: P
         with pytest.raises(SchemaError):
             await store.check_schema()
         # numbers may have gaps (another branch's 0002 may arrive later): applied in order
-        assert await store.migrate() == ["0001_init", "0002_e2e_keys",
-                                         "0003_outbox_trace_context"]
+        assert await store.migrate() == ["0001_init", "0002_e2e_keys", "0003_outbox_trace_context"]
         assert await store.migrate() == []
         await store.check_schema()
         session = await chat(store)
@@ -624,8 +656,7 @@ async def test_migration_0002_keeps_sessions_messages_and_outbox(
         [row] = await store.claim_outbox(limit=10, lease_seconds=30, now=LATER)
         assert row.message_id == mid
         assert (await send(store, found, BOB, 1, start=1))[0].seq == 2
-        encrypted = await store.get_or_create_session("dating", BOB, ANN, now=T0,
-                                                      encrypted=True)
+        encrypted = await store.get_or_create_session("dating", BOB, ANN, now=T0, encrypted=True)
         assert encrypted.id != sid
         assert encrypted.encrypted
 
@@ -633,33 +664,52 @@ async def test_migration_0002_keeps_sessions_messages_and_outbox(
 def _schema_one_rows(url: str, sid: uuid.UUID, mid: uuid.UUID) -> None:
     """A session with one message and its topic outbox row, written as schema 1 had them."""
     lo, hi = sorted([BOB, ANN], key=lambda p: p.profile_id)
-    session = (str(sid), "dating", lo.profile_id, lo.email, lo.display_name, hi.profile_id,
-               hi.email, hi.display_name)
+    session = (
+        str(sid),
+        "dating",
+        lo.profile_id,
+        lo.email,
+        lo.display_name,
+        hi.profile_id,
+        hi.email,
+        hi.display_name,
+    )
     if url.startswith("sqlite:"):
         import sqlite3
 
         with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
             conn.execute("INSERT INTO chat_sessions VALUES (?,?,?,?,?,?,?,?,2,0,0)", session)
-            conn.execute("INSERT INTO chat_messages (id, session_id, seq, sender_id, sender_email,"
-                         " sender_display_name, content, client_msg_id, sent_at) VALUES "
-                         "(?,?,1,?,?,?,'before the upgrade','c1',0)",
-                         (str(mid), str(sid), ANN.profile_id, ANN.email, ANN.display_name))
-            conn.execute("INSERT INTO chat_message_outbox (message_id, session_id, seq, event,"
-                         " destination, payload, next_retry_at, created_at) VALUES "
-                         "(?,?,1,'message','/topic/x','{}',0,0)", (str(mid), str(sid)))
+            conn.execute(
+                "INSERT INTO chat_messages (id, session_id, seq, sender_id, sender_email,"
+                " sender_display_name, content, client_msg_id, sent_at) VALUES "
+                "(?,?,1,?,?,?,'before the upgrade','c1',0)",
+                (str(mid), str(sid), ANN.profile_id, ANN.email, ANN.display_name),
+            )
+            conn.execute(
+                "INSERT INTO chat_message_outbox (message_id, session_id, seq, event,"
+                " destination, payload, next_retry_at, created_at) VALUES "
+                "(?,?,1,'message','/topic/x','{}',0,0)",
+                (str(mid), str(sid)),
+            )
         return
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("INSERT INTO chat_sessions VALUES (%s,%s,%s,%s,%s,%s,%s,%s,2,%s,%s)",
-                     (*session, T0, T0))
-        conn.execute("INSERT INTO chat_messages (id, session_id, seq, sender_id, sender_email,"
-                     " sender_display_name, content, client_msg_id, sent_at) VALUES "
-                     "(%s,%s,1,%s,%s,%s,'before the upgrade','c1',%s)",
-                     (mid, sid, ANN.profile_id, ANN.email, ANN.display_name, T0))
-        conn.execute("INSERT INTO chat_message_outbox (message_id, session_id, seq, event,"
-                     " destination, payload, next_retry_at, created_at) VALUES "
-                     "(%s,%s,1,'message','/topic/x','{}',%s,%s)", (mid, sid, T0, T0))
+        conn.execute(
+            "INSERT INTO chat_sessions VALUES (%s,%s,%s,%s,%s,%s,%s,%s,2,%s,%s)", (*session, T0, T0)
+        )
+        conn.execute(
+            "INSERT INTO chat_messages (id, session_id, seq, sender_id, sender_email,"
+            " sender_display_name, content, client_msg_id, sent_at) VALUES "
+            "(%s,%s,1,%s,%s,%s,'before the upgrade','c1',%s)",
+            (mid, sid, ANN.profile_id, ANN.email, ANN.display_name, T0),
+        )
+        conn.execute(
+            "INSERT INTO chat_message_outbox (message_id, session_id, seq, event,"
+            " destination, payload, next_retry_at, created_at) VALUES "
+            "(%s,%s,1,'message','/topic/x','{}',%s,%s)",
+            (mid, sid, T0, T0),
+        )
 
 
 # -- end-to-end encrypted sessions and public keys ---------------------------------------------
@@ -690,8 +740,9 @@ async def test_concurrent_encrypted_creators_get_one_session(store: Store) -> No
     assert len({s.id for s in found}) == 1
 
 
-def public_key(owner: Participant, kid: str, when: datetime,
-               signing: str | None = None) -> PublicKey:
+def public_key(
+    owner: Participant, kid: str, when: datetime, signing: str | None = None
+) -> PublicKey:
     return PublicKey(owner.email, kid, f'{{"kid":"{kid}"}}', signing, when)
 
 
@@ -729,8 +780,11 @@ async def test_public_keys_current_retired_and_by_id(store: Store) -> None:
 async def test_concurrent_key_publishers_leave_one_current_key(store: Store) -> None:
     async with trio.open_nursery() as nursery:
         for i in range(6):
-            nursery.start_soon(functools.partial(
-                store.put_public_key, public_key(ANN, f"k{i}", at(i)), max_keys=100))
+            nursery.start_soon(
+                functools.partial(
+                    store.put_public_key, public_key(ANN, f"k{i}", at(i)), max_keys=100
+                )
+            )
     current = await store.public_key(ANN.email)
     assert current is not None
     retired = [await store.public_key(ANN.email, f"k{i}") for i in range(6)]
@@ -766,6 +820,8 @@ async def test_key_of_a_user_without_sessions_is_stored_and_announced_to_nobody(
     await store.put_public_key(public_key(CAT, "k1", at(1)), max_keys=10)
     assert await store.claim_outbox(limit=100, lease_seconds=30, now=LATER) == []
     assert (await store.public_key(CAT.email)) is not None
+
+
 # -- units: a batch send is stored all or nothing ----------------------------------------------
 
 
@@ -776,7 +832,12 @@ async def test_units_get_contiguous_seqs_between_other_sends(store: Store) -> No
     batch += [NewMessage(session.id, BOB, "after", "u-1", at(3))]
     results = await store.append_messages(batch, units=[1, 3, 1])
     assert [(r.message.content, r.message.seq) for r in results if isinstance(r, Appended)] == [
-        ("before", 1), ("unit 0", 2), ("unit 1", 3), ("unit 2", 4), ("after", 5)]
+        ("before", 1),
+        ("unit 0", 2),
+        ("unit 1", 3),
+        ("unit 2", 4),
+        ("after", 5),
+    ]
 
 
 async def test_a_unit_with_a_refused_message_stores_none_of_it(store: Store) -> None:
@@ -794,8 +855,16 @@ async def test_a_unit_with_a_refused_message_stores_none_of_it(store: Store) -> 
     ]
     results = await store.append_messages(batch, units=[1, 4, 1, 2])
     kinds = [type(r).__name__ for r in results]
-    assert kinds == ["Appended", "Withheld", "Withheld", "Appended", "Withheld", "Appended",
-                     "NotFound", "Forbidden"]
+    assert kinds == [
+        "Appended",
+        "Withheld",
+        "Withheld",
+        "Appended",
+        "Withheld",
+        "Appended",
+        "NotFound",
+        "Forbidden",
+    ]
     assert isinstance(results[3], Appended)
     assert results[3].message == elsewhere
     assert not results[3].created
@@ -812,7 +881,8 @@ async def test_a_unit_retried_after_commit_is_all_repeats(store: Store) -> None:
     again = await store.append_messages(unit, units=[3])
     assert all(isinstance(r, Appended) and r.created for r in first)
     assert [(r.message, r.created) for r in again if isinstance(r, Appended)] == [
-        (r.message, False) for r in first if isinstance(r, Appended)]
+        (r.message, False) for r in first if isinstance(r, Appended)
+    ]
     found = await store.find_messages(ANN.email, ["r-0", "r-2", "nope"])
     assert sorted(m.client_message_id for m in found) == ["r-0", "r-2"]
     assert await store.find_messages(BOB.email, ["r-0"]) == []

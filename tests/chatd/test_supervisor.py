@@ -26,8 +26,9 @@ READY = re.compile(r"chatd ready http=(http://\S+)")
 
 
 def _config(tmp_path: Path, url: str | None = None, **server: object) -> Config:
-    database = (DatabaseConfig(url=url, connect_timeout=1, startup_timeout=0) if url
-                else DatabaseConfig())
+    database = (
+        DatabaseConfig(url=url, connect_timeout=1, startup_timeout=0) if url else DatabaseConfig()
+    )
     options = {"bind": "127.0.0.1:0", "data_dir": tmp_path, "shutdown_grace": 2.0} | server
     return Config(server=ServerConfig(**options), database=database)  # type: ignore[arg-type]
 
@@ -40,15 +41,17 @@ async def test_serve_in_process_answers_then_stops_on_cancellation(
     config = _config(tmp_path, url)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            summaries = await nursery.start(lambda task_status: serve(
-                config, handle_signals=False, task_status=task_status))
+            summaries = await nursery.start(
+                lambda task_status: serve(config, handle_signals=False, task_status=task_status)
+            )
             (base,) = [s.removeprefix("http=") for s in summaries if s.startswith("http=")]
             token = mint_token(dev_signing_key(config)[0].read_bytes(), "alice@example.com")
             async with httpx.AsyncClient(base_url=base) as client:
                 ready = await client.get("/health/ready")
                 assert ready.status_code == 200, ready.text
                 init = await client.post(
-                    "/api/chat/init", json={"toEmail": "bob@example.com", "intent": "demo"},
+                    "/api/chat/init",
+                    json={"toEmail": "bob@example.com", "intent": "demo"},
                     headers={"Authorization": f"Bearer {token}"},
                 )
                 assert init.status_code == 200, init.text
@@ -96,9 +99,7 @@ async def test_unreachable_database_fails_start_up(tmp_path: Path) -> None:
     assert raised.value.cause == "connection refused"
 
 
-async def test_a_part_that_cannot_start_raises_its_startup_error_unwrapped(
-    tmp_path: Path
-) -> None:
+async def test_a_part_that_cannot_start_raises_its_startup_error_unwrapped(tmp_path: Path) -> None:
     import socket
 
     with socket.socket() as taken:
@@ -108,8 +109,10 @@ async def test_a_part_that_cannot_start_raises_its_startup_error_unwrapped(
         config = _config(tmp_path, bind=f"127.0.0.1:{port}")
         with trio.fail_after(20), pytest.raises(StartupError) as raised:  # not a group
             await serve(config, handle_signals=False)
-    assert str(raised.value) == (f"cannot listen on 127.0.0.1:{port}: address already in use "
-                                 "(is another chatd running? set --bind or CHATD_BIND)")
+    assert str(raised.value) == (
+        f"cannot listen on 127.0.0.1:{port}: address already in use "
+        "(is another chatd running? set --bind or CHATD_BIND)"
+    )
 
 
 class socket_closed_port:
@@ -145,9 +148,20 @@ def _wait_ready(proc: subprocess.Popen[str], timeout: float) -> tuple[str, list[
 def test_cli_serve_subprocess_ready_line_and_clean_exit(tmp_path: Path, signum: int) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chatd", "serve", "--bind", "127.0.0.1:0",
-         "--data-dir", str(tmp_path / "data")],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "chatd",
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
     )
     try:
         base, _ = _wait_ready(proc, 30)

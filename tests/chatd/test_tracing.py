@@ -30,22 +30,24 @@ ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 
 
-@pytest.mark.parametrize(("file", "env", "enabled"), [
-    ("", {}, False),  # the default
-    ("", {"OTEL_SERVICE_NAME": "x", "OTEL_TRACES_SAMPLER": "always_on"}, False),  # no endpoint
-    ("", {ENDPOINT: "http://collector:4318"}, True),
-    ("", {TRACES_ENDPOINT: "http://collector:4318/v1/traces"}, True),
-    ("", {"OTEL_TRACES_EXPORTER": "otlp"}, True),
-    ("", {ENDPOINT: "http://collector:4318", "OTEL_TRACES_EXPORTER": "none"}, False),
-    ("", {ENDPOINT: "http://collector:4318", "OTEL_SDK_DISABLED": "true"}, False),
-    ("enabled = false", {ENDPOINT: "http://collector:4318"}, False),  # set here: it decides
-    ("enabled = true", {}, True),
-    ("enabled = true", {"OTEL_SDK_DISABLED": "TRUE"}, False),  # the SDK's kill switch
-    ("", {ENDPOINT: "http://collector:4318", "CHATD_TRACING__ENABLED": "false"}, False),
-    ("enabled = true", {"OTEL_TRACES_EXPORTER": "none"}, True),  # chatd's key decides
-])
-def test_when_tracing_is_on(tmp_path: Path, file: str, env: dict[str, str],
-                            enabled: bool) -> None:
+@pytest.mark.parametrize(
+    ("file", "env", "enabled"),
+    [
+        ("", {}, False),  # the default
+        ("", {"OTEL_SERVICE_NAME": "x", "OTEL_TRACES_SAMPLER": "always_on"}, False),  # no endpoint
+        ("", {ENDPOINT: "http://collector:4318"}, True),
+        ("", {TRACES_ENDPOINT: "http://collector:4318/v1/traces"}, True),
+        ("", {"OTEL_TRACES_EXPORTER": "otlp"}, True),
+        ("", {ENDPOINT: "http://collector:4318", "OTEL_TRACES_EXPORTER": "none"}, False),
+        ("", {ENDPOINT: "http://collector:4318", "OTEL_SDK_DISABLED": "true"}, False),
+        ("enabled = false", {ENDPOINT: "http://collector:4318"}, False),  # set here: it decides
+        ("enabled = true", {}, True),
+        ("enabled = true", {"OTEL_SDK_DISABLED": "TRUE"}, False),  # the SDK's kill switch
+        ("", {ENDPOINT: "http://collector:4318", "CHATD_TRACING__ENABLED": "false"}, False),
+        ("enabled = true", {"OTEL_TRACES_EXPORTER": "none"}, True),  # chatd's key decides
+    ],
+)
+def test_when_tracing_is_on(tmp_path: Path, file: str, env: dict[str, str], enabled: bool) -> None:
     path = tmp_path / "chatd.toml"
     path.write_text(f"[tracing]\n{file}\n")
     assert load_config(path, env).tracing.enabled is enabled
@@ -59,24 +61,34 @@ def test_endpoint_and_service_name_come_from_chatd_then_the_environment(tmp_path
     env = {ENDPOINT: "https://otel.example:4318/", "OTEL_SERVICE_NAME": "chat-eu"}
     tracing = load_config(None, env).tracing
     assert (tracing.endpoint, tracing.service_name) == (
-        "https://otel.example:4318/v1/traces", "chat-eu")
+        "https://otel.example:4318/v1/traces",
+        "chat-eu",
+    )
     env[TRACES_ENDPOINT] = "http://tempo:4318/custom"
     assert load_config(None, env).tracing.endpoint == "http://tempo:4318/custom"
     path = tmp_path / "chatd.toml"
-    path.write_text('[tracing]\nendpoint = "http://jaeger:4318/v1/traces"\n'
-                    'service_name = "chatd-a"\nsample_ratio = 0.25\n')
+    path.write_text(
+        '[tracing]\nendpoint = "http://jaeger:4318/v1/traces"\n'
+        'service_name = "chatd-a"\nsample_ratio = 0.25\n'
+    )
     tracing = load_config(path, env).tracing
     assert tracing == TracingConfig(True, "http://jaeger:4318/v1/traces", "chatd-a", 0.25)
 
 
-@pytest.mark.parametrize(("env", "blamed"), [
-    ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER"),
-    ({ENDPOINT: "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
-     "OTEL_EXPORTER_OTLP_PROTOCOL"),
-    ({TRACES_ENDPOINT: "collector:4318"}, TRACES_ENDPOINT),
-])
-def test_what_chatd_cannot_do_is_an_error_naming_the_variable(env: dict[str, str],
-                                                              blamed: str) -> None:
+@pytest.mark.parametrize(
+    ("env", "blamed"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER"),
+        (
+            {ENDPOINT: "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ),
+        ({TRACES_ENDPOINT: "collector:4318"}, TRACES_ENDPOINT),
+    ],
+)
+def test_what_chatd_cannot_do_is_an_error_naming_the_variable(
+    env: dict[str, str], blamed: str
+) -> None:
     with pytest.raises(ConfigError, match=f"environment variable {blamed}"):
         load_config(None, {"CHATD_TRACING__ENABLED": "true", **env})
     # ...but not while tracing is off
@@ -190,13 +202,27 @@ async def test_an_unsampled_trace_records_nothing_but_still_carries_its_context(
     followed.end()
     await trio.to_thread.run_sync(t.shutdown)
     assert sorted(s.name for s in exporter.get_finished_spans()) == [
-        "SEND /app/chat.send", "store commit"]
+        "SEND /app/chat.send",
+        "store commit",
+    ]
     assert {trace_of(s) for s in exporter.get_finished_spans()} == {CALLER_TRACE}
 
 
 def test_a_row_repointed_at_another_trace_context_is_otherwise_the_same() -> None:
     # `with_trace_context` spells every field out (for speed): it must stay `replace`.
     now = datetime.now(UTC)
-    row = OutboxRow(7, uuid.uuid4(), uuid.uuid4(), 3, "message", "/topic/session.x", "{}", 2,
-                    now, "err", now, "00-a-b-01")
+    row = OutboxRow(
+        7,
+        uuid.uuid4(),
+        uuid.uuid4(),
+        3,
+        "message",
+        "/topic/session.x",
+        "{}",
+        2,
+        now,
+        "err",
+        now,
+        "00-a-b-01",
+    )
     assert row.with_trace_context(CALLER) == replace(row, trace_context=CALLER)

@@ -45,8 +45,9 @@ class WaitableExporter(InMemorySpanExporter):
         self.changed.set()
         self.changed = trio.Event()
 
-    async def wait_for(self, ready: Callable[[list[ReadableSpan]], bool],
-                       seconds: float = 15.0) -> list[ReadableSpan]:
+    async def wait_for(
+        self, ready: Callable[[list[ReadableSpan]], bool], seconds: float = 15.0
+    ) -> list[ReadableSpan]:
         """The finished spans, once `ready` says they are all there."""
         with trio.fail_after(seconds):
             while not ready(spans := list(self.get_finished_spans())):
@@ -122,8 +123,7 @@ class OtlpReceiver:
         self.changed = trio.Event()
         self.url = ""
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         port = listeners[0].socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}/v1/traces"
@@ -147,9 +147,18 @@ class OtlpReceiver:
                 elif isinstance(event, h11.EndOfMessage):
                     self._received(target, headers, body)
                     answer = ExportTraceServiceResponse().SerializeToString()
-                    await stream.send_all(conn.send(h11.Response(status_code=200, headers=[
-                        ("content-type", "application/x-protobuf"),
-                        ("content-length", str(len(answer)))])) or b"")
+                    await stream.send_all(
+                        conn.send(
+                            h11.Response(
+                                status_code=200,
+                                headers=[
+                                    ("content-type", "application/x-protobuf"),
+                                    ("content-length", str(len(answer))),
+                                ],
+                            )
+                        )
+                        or b""
+                    )
                     await stream.send_all(conn.send(h11.Data(data=answer)) or b"")
                     await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
                     conn.start_next_cycle()
@@ -173,8 +182,7 @@ class OtlpReceiver:
         found: list[tuple[dict[str, str], ProtoSpan]] = []
         for _, _, request in self.requests:
             for resource_spans in request.resource_spans:
-                resource = {a.key: a.value.string_value
-                            for a in resource_spans.resource.attributes}
+                resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
                 for scope_spans in resource_spans.scope_spans:
                     found.extend((resource, span) for span in scope_spans.spans)
         return found

@@ -36,17 +36,30 @@ UNAVAILABLE = 3  # scripts/container-image: no container engine can work here
 USER_ID = 10001  # the Dockerfile's USER
 # runc (crun refuses this kind of machine's hybrid cgroups) and ulimits a sandbox may set;
 # the host network reaches the shared PostgreSQL and RabbitMQ on 127.0.0.1.
-RUN = ["--runtime", "runc", "--cgroup-manager=cgroupfs", "run",
-       "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", "--network", "host"]
+RUN = [
+    "--runtime",
+    "runc",
+    "--cgroup-manager=cgroupfs",
+    "run",
+    "--ulimit",
+    "nofile=1024:1024",
+    "--ulimit",
+    "nproc=4096:4096",
+    "--network",
+    "host",
+]
 KEY_IN_CONTAINER = "/etc/chatd/keys/public.pem"
 START_TIMEOUT = 60.0
 # What an image must not carry: signing keys, the repository's tests and dev files, build
 # tools, package caches, the installer itself.
-FORBIDDEN = re.compile(r"""(^|/)(
+FORBIDDEN = re.compile(
+    r"""(^|/)(
       dev-jwt-[^/]*\.pem | jwt-private\.pem | conftest\.py | tests?/(chatd|stomp|node)/
     | site-packages/tests/ | node_modules/ | \.git/ | \.venv/ | chatd-data/ | wheels/
     | \.cache/ | bin/(gcc|cc|c\+\+|g\+\+|x86_64-linux-gnu-gcc)[^/]*$ | opt/chatd/bin/pip
-)""", re.X)
+)""",
+    re.X,
+)
 
 
 def podman(*args: str, check: bool = True) -> str:
@@ -58,8 +71,9 @@ def podman(*args: str, check: bool = True) -> str:
 
 async def apodman(*args: str, check: bool = True) -> str:
     """`podman` for async tests: the STOMP clients keep running meanwhile."""
-    done = await trio.run_process(["podman", *args], capture_stdout=True, capture_stderr=True,
-                                  check=False)
+    done = await trio.run_process(
+        ["podman", *args], capture_stdout=True, capture_stderr=True, check=False
+    )
     if check:
         assert done.returncode == 0, f"podman {' '.join(args)}: {done.stderr.decode()}"
     return done.stdout.decode()
@@ -69,8 +83,12 @@ async def apodman(*args: str, check: bool = True) -> str:
 def image() -> Iterator[str]:
     """The image built from the working tree (tagged for this run, removed afterwards)."""
     name = f"localhost/chatd:test-{RUN_ID}"
-    built = subprocess.run([str(ROOT / "scripts" / "container-image"), name],
-                           capture_output=True, text=True, timeout=900)
+    built = subprocess.run(
+        [str(ROOT / "scripts" / "container-image"), name],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if built.returncode == UNAVAILABLE:
         unavailable(f"no container engine here: {built.stderr.strip()}")
     assert built.returncode == 0, built.stderr
@@ -81,13 +99,19 @@ def image() -> Iterator[str]:
 
 
 def test_image_runs_as_its_user_and_holds_no_keys_tests_compilers_or_caches(image: str) -> None:
-    config = podman("image", "inspect", "--format",
-                    "{{.Config.User}} {{json .Config.Entrypoint}} {{json .Config.Cmd}}", image)
+    config = podman(
+        "image",
+        "inspect",
+        "--format",
+        "{{.Config.User}} {{json .Config.Entrypoint}} {{json .Config.Cmd}}",
+        image,
+    )
     assert config.split()[0] == f"{USER_ID}:{USER_ID}"
     container = podman("create", image).strip()
     try:
-        export = subprocess.run(["podman", "export", container], capture_output=True,
-                                check=True, timeout=120).stdout
+        export = subprocess.run(
+            ["podman", "export", container], capture_output=True, check=True, timeout=120
+        ).stdout
     finally:
         podman("rm", container, check=False)
     members: dict[str, tarfile.TarInfo] = {}
@@ -123,9 +147,17 @@ class Container:
 
     async def start(self, image: str, env: dict[str, str], key: Path, *options: str) -> None:
         env = {**env, "CHATD_BIND": f"127.0.0.1:{self.port}"}
-        await apodman(*RUN, "--detach", "--name", self.name, *options,
-                      *(f"--env={k}={v}" for k, v in env.items()),
-                      "--volume", f"{key}:{KEY_IN_CONTAINER}:ro", image)
+        await apodman(
+            *RUN,
+            "--detach",
+            "--name",
+            self.name,
+            *options,
+            *(f"--env={k}={v}" for k, v in env.items()),
+            "--volume",
+            f"{key}:{KEY_IN_CONTAINER}:ro",
+            image,
+        )
 
     async def ready(self, client: httpx.AsyncClient) -> httpx.Response:
         """/health/ready once it answers 200 (the last answer after START_TIMEOUT)."""
@@ -152,16 +184,27 @@ class Container:
 
 
 async def test_migrate_then_two_instances_relay_and_stop_on_sigterm(
-        image: str, database_url: str, vhost: str, tmp_path: Path, nursery: trio.Nursery) -> None:
+    image: str, database_url: str, vhost: str, tmp_path: Path, nursery: trio.Nursery
+) -> None:
     private, public = write_key_pair(tmp_path / "keys")  # throwaway: the image has none
-    migrated = await apodman(*RUN, "--rm", "--no-healthcheck", "--env",
-                             f"CHATD_DATABASE_URL={database_url}", image,
-                             "migrate", "--config", "/etc/chatd/chatd.toml")
+    migrated = await apodman(
+        *RUN,
+        "--rm",
+        "--no-healthcheck",
+        "--env",
+        f"CHATD_DATABASE_URL={database_url}",
+        image,
+        "migrate",
+        "--config",
+        "/etc/chatd/chatd.toml",
+    )
     assert re.search(r"applied [1-9]\d* migration", migrated), migrated
 
-    env = {"CHATD_DATABASE_URL": database_url,
-           "CHATD_RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
-           "CHATD_JWT_PUBLIC_KEY": KEY_IN_CONTAINER}
+    env = {
+        "CHATD_DATABASE_URL": database_url,
+        "CHATD_RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+        "CHATD_JWT_PUBLIC_KEY": KEY_IN_CONTAINER,
+    }
     containers = a, b = [Container(f"chatd-test-{RUN_ID}-{n}") for n in ("a", "b")]
     async with httpx.AsyncClient(timeout=10) as client:
         try:

@@ -41,7 +41,7 @@ def check_env_name(name: str) -> None:
     """`name` is a variable chatd reads: a named alias, CHATD_CONFIG, or SECTION__KEY."""
     if not name.startswith("CHATD_") or name in ENV_ALIASES or name == "CHATD_CONFIG":
         return
-    section, sep, key = name[len("CHATD_"):].lower().partition("__")
+    section, sep, key = name[len("CHATD_") :].lower().partition("__")
     assert sep, f"{name} is not a variable chatd reads"
     assert section in SECTIONS, f"{name}: no config section [{section}]"
     assert key in SECTIONS[section].__dataclass_fields__, f"{name}: no key {section}.{key}"
@@ -71,12 +71,11 @@ def dockerfile() -> list[tuple[str, str]]:
     build argument (`${BASE}`) is replaced by the argument's default."""
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
     defaults = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
-    text = re.sub(r"^FROM \$\{(\w+)\}", lambda m: f"FROM {defaults[m.group(1)]}", text,
-                  flags=re.M)
+    text = re.sub(r"^FROM \$\{(\w+)\}", lambda m: f"FROM {defaults[m.group(1)]}", text, flags=re.M)
     lines = [line.strip() for line in text.splitlines()]
     out = [tuple(line.split(None, 1)) for line in lines if line and not line.startswith("#")]
     stages = [i for i, (op, _) in enumerate(out) if op.upper() == "FROM"]
-    return [(op.upper(), rest) for op, rest in out[stages[-1]:]]  # type: ignore[misc]
+    return [(op.upper(), rest) for op, rest in out[stages[-1] :]]  # type: ignore[misc]
 
 
 def test_dockerfile_runs_chatd_serve_as_non_root_with_a_healthcheck(tmp_path: Path) -> None:
@@ -90,15 +89,19 @@ def test_dockerfile_runs_chatd_serve_as_non_root_with_a_healthcheck(tmp_path: Pa
     assert check_cli(command[1:]).config == CONFIG_IN_IMAGE
 
     env = dict(re.findall(r"(\w+)=(\S+)", " ".join(rest for op, rest in final if op == "ENV")))
-    config = load_with_env((DEPLOY / "chatd.toml").read_text(),
-                           {k: v for k, v in env.items() if k.startswith("CHATD_")}, tmp_path)
+    config = load_with_env(
+        (DEPLOY / "chatd.toml").read_text(),
+        {k: v for k, v in env.items() if k.startswith("CHATD_")},
+        tmp_path,
+    )
     port = parse_bind(config.server.bind)[1]
     assert ops["EXPOSE"] == str(port)
     health = ops["HEALTHCHECK"]
     assert "http://127.0.0.1:{port}/health/live" in health
     assert f"os.environ.get('CHATD_BIND', ':{port}')" in health  # the port follows the bind
-    assert (f"COPY deploy/chatd.toml {CONFIG_IN_IMAGE}") in [f"COPY {r}" for o, r in final
-                                                          if o == "COPY"]
+    assert (f"COPY deploy/chatd.toml {CONFIG_IN_IMAGE}") in [
+        f"COPY {r}" for o, r in final if o == "COPY"
+    ]
     assert config.logging.format == "json"
 
 
@@ -113,8 +116,11 @@ def compose() -> dict[str, Any]:
 def test_compose_has_the_services_and_two_instances_behind_a_balancer(tmp_path: Path) -> None:
     services = compose()["services"]
     assert {"postgres", "rabbitmq", "redis", "lb"} <= set(services)
-    instances = {name: s for name, s in services.items() if s.get("image") == "chatd:local"
-                 and s["command"][0] == "serve"}
+    instances = {
+        name: s
+        for name, s in services.items()
+        if s.get("image") == "chatd:local" and s["command"][0] == "serve"
+    }
     assert len(instances) >= 2
     nginx = (DEPLOY / "nginx.conf").read_text()
     for name, service in instances.items():
@@ -150,14 +156,15 @@ def test_the_tracing_override_switches_every_instance_to_its_collector(tmp_path:
         assert tracing.enabled
         assert tracing.endpoint == "http://jaeger:4318/v1/traces"
     # base compose alone: no tracing
-    plain = load_with_env((DEPLOY / "chatd.toml").read_text(), base[instances[0]]["environment"],
-                          tmp_path)
+    plain = load_with_env(
+        (DEPLOY / "chatd.toml").read_text(), base[instances[0]]["environment"], tmp_path
+    )
     assert not plain.tracing.enabled
 
 
 def test_nginx_passes_websocket_upgrades_on_ws() -> None:
     nginx = (DEPLOY / "nginx.conf").read_text()
-    ws = nginx[nginx.index("location /ws"):]
+    ws = nginx[nginx.index("location /ws") :]
     ws = ws[: ws.index("}")]
     assert "proxy_set_header Upgrade $http_upgrade" in ws
     assert "proxy_http_version 1.1" in ws
@@ -184,8 +191,15 @@ def k8s(app: str = "chatd") -> dict[str, dict[str, Any]]:
 
 def test_k8s_has_every_object_and_kustomize_lists_the_files() -> None:
     objects = k8s()
-    assert {"Deployment", "Service", "ConfigMap", "Secret", "PodDisruptionBudget",
-            "HorizontalPodAutoscaler", "Job"} <= set(objects)
+    assert {
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "Secret",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "Job",
+    } <= set(objects)
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     for name in kustomization["resources"]:
         assert (K8S / name).exists(), name
@@ -234,8 +248,9 @@ def test_deployment_probes_config_and_graceful_termination(tmp_path: Path) -> No
     assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
     # Endpoints drop the pod within the drain delay, and everything ends before SIGKILL.
     assert config.server.drain_delay > container["readinessProbe"]["periodSeconds"]
-    assert pod["terminationGracePeriodSeconds"] > (config.server.drain_delay
-                                                   + config.server.shutdown_grace)
+    assert pod["terminationGracePeriodSeconds"] > (
+        config.server.drain_delay + config.server.shutdown_grace
+    )
     assert pod["securityContext"]["runAsNonRoot"] is True
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/path"] in PROBE_PATHS
@@ -246,8 +261,11 @@ def test_the_optional_redis_tier_is_wired_to_its_server() -> None:
     chatd, redis = k8s(), k8s("redis")
     secret = chatd["Secret"]
     container = _container(chatd["Deployment"]["spec"]["template"]["spec"])
-    (ref,) = [item["valueFrom"]["secretKeyRef"] for item in container["env"]
-              if item["name"] == "CHATD_REDIS_URL"]
+    (ref,) = [
+        item["valueFrom"]["secretKeyRef"]
+        for item in container["env"]
+        if item["name"] == "CHATD_REDIS_URL"
+    ]
     assert ref["optional"] is True  # a Secret without redis-url runs without the tier
     url = urlsplit(secret["stringData"][ref["key"]])
     assert url.scheme == "redis"
@@ -263,8 +281,11 @@ def test_the_optional_redis_tier_is_wired_to_its_server() -> None:
     assert port["targetPort"] in {p["name"] for p in server["ports"]}
     # The server requires the password the URL carries, from the same Secret.
     assert "--requirepass" in server["args"]
-    (password,) = [item["valueFrom"]["secretKeyRef"] for item in server["env"]
-                   if item["name"] == "REDIS_PASSWORD"]
+    (password,) = [
+        item["valueFrom"]["secretKeyRef"]
+        for item in server["env"]
+        if item["name"] == "REDIS_PASSWORD"
+    ]
     assert (password["name"], password["key"]) == (secret["metadata"]["name"], "redis-password")
     assert url.password == secret["stringData"]["redis-password"]
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
@@ -276,7 +297,9 @@ def test_selectors_and_targets_match_the_deployment() -> None:
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert objects["Service"]["spec"]["selector"].items() <= labels.items()
-    assert objects["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert (
+        objects["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    )
     port_names = {p["name"] for p in _container(deployment["spec"]["template"]["spec"])["ports"]}
     assert {p["targetPort"] for p in objects["Service"]["spec"]["ports"]} <= port_names
     target = objects["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]

@@ -19,8 +19,22 @@ from tests.conftest import unavailable
 pytestmark = [pytest.mark.slow, pytest.mark.soak, pytest.mark.timeout(420)]
 
 ROOT = Path(__file__).resolve().parents[2]
-CI_FORM = ["--minutes", "2", "--clients", "300", "--rate", "100", "--fault-every", "13",
-           "--hold", "8", "--pause", "8", "--warmup", "30"]
+CI_FORM = [
+    "--minutes",
+    "2",
+    "--clients",
+    "300",
+    "--rate",
+    "100",
+    "--fault-every",
+    "13",
+    "--hold",
+    "8",
+    "--pause",
+    "8",
+    "--warmup",
+    "30",
+]
 
 
 def test_two_minute_soak_passes(tmp_path: Path) -> None:
@@ -29,8 +43,14 @@ def test_two_minute_soak_passes(tmp_path: Path) -> None:
     for tool in ("rabbitmq-server", "su"):
         if shutil.which(tool) is None:
             unavailable(f"{tool} not found: the soak starts private services")
-    done = subprocess.run([sys.executable, "-m", "soak", *CI_FORM, "--workdir", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=400, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "soak", *CI_FORM, "--workdir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
     print(done.stdout[-6000:])
-    assert done.returncode == 0, (done.stdout[-4000:] + done.stderr[-4000:])
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert (tmp_path / "table.md").read_text().count("| FAIL ") == 0

@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 20.0
 EXIT_TIMEOUT = 15.0
 # Searched for, not matched: the broker's log format may put a timestamp and level before it.
-READY_LINE = re.compile(r"stomp broker ready tcp=(?P<host>[^\s:]+):(?P<port>\d+) ws=(?P<ws>ws://\S+)$")
+READY_LINE = re.compile(
+    r"stomp broker ready tcp=(?P<host>[^\s:]+):(?P<port>\d+) ws=(?P<ws>ws://\S+)$"
+)
 #: Server heart-beat (send, receive) of the broker the heart-beat tests use, in ms.
 FAST_HEARTBEAT = (500, 500)
 
@@ -90,17 +92,23 @@ def start_broker(*extra: str) -> BrokerProcess:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             _stop(process)
-            pytest.fail(f"no ready line from python -m stomp within {READY_TIMEOUT}s:\n{''.join(sink)}")
+            pytest.fail(
+                f"no ready line from python -m stomp within {READY_TIMEOUT}s:\n{''.join(sink)}"
+            )
         try:
             line = lines.get(timeout=remaining)
         except queue.Empty:
             continue
         if line is None:
             process.wait(timeout=EXIT_TIMEOUT)
-            pytest.fail(f"python -m stomp exited ({process.returncode}) before ready:\n{''.join(sink)}")
+            pytest.fail(
+                f"python -m stomp exited ({process.returncode}) before ready:\n{''.join(sink)}"
+            )
         match = READY_LINE.search(line.strip())
         if match:
-            return BrokerProcess(process, match["host"], int(match["port"]), match["ws"], args, sink)
+            return BrokerProcess(
+                process, match["host"], int(match["port"]), match["ws"], args, sink
+            )
 
 
 def _stop(process: subprocess.Popen[str]) -> int | None:

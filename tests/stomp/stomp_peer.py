@@ -17,8 +17,9 @@ class Peer:
         self.decoder = FrameDecoder(max_frame_size=1 << 30, max_body_size=1 << 30)
         self.closed = False
 
-    async def send(self, command: str, headers: dict[str, str] | None = None,
-                   body: bytes = b"") -> None:
+    async def send(
+        self, command: str, headers: dict[str, str] | None = None, body: bytes = b""
+    ) -> None:
         await self.stream.send_all(_encode(command, headers, body))
 
     async def send_many(self, frames: list[tuple[str, dict[str, str], bytes]]) -> None:
@@ -26,15 +27,19 @@ class Peer:
         await self.stream.send_all(b"".join(_encode(*frame) for frame in frames))
 
     async def connect(self, heartbeat: str = "0,0", **headers: str) -> Frame:
-        await self.send("CONNECT", {"accept-version": "1.2", "host": "localhost",
-                                    "heart-beat": heartbeat, **headers})
+        await self.send(
+            "CONNECT",
+            {"accept-version": "1.2", "host": "localhost", "heart-beat": heartbeat, **headers},
+        )
         frame = await self.frame()
         assert frame.command == "CONNECTED", frame
         return frame
 
     async def subscribe(self, destination: str, sub_id: str = "1", ack: str = "auto") -> None:
-        await self.send("SUBSCRIBE", {"destination": destination, "id": sub_id, "ack": ack,
-                                      "receipt": f"sub-{sub_id}"})
+        await self.send(
+            "SUBSCRIBE",
+            {"destination": destination, "id": sub_id, "ack": ack, "receipt": f"sub-{sub_id}"},
+        )
         frame = await self.frame()
         assert (frame.command, frame.get("receipt-id")) == ("RECEIPT", f"sub-{sub_id}"), frame
 
@@ -76,12 +81,14 @@ def _encode(command: str, headers: dict[str, str] | None, body: bytes) -> bytes:
 def receipt_burst(count: int) -> bytes:
     """`count` BEGIN frames asking for receipts, in one write: frames no hook awaits on, so the
     broker queues every RECEIPT before it writes any (the case where it batches them)."""
-    return b"".join(_encode("BEGIN", {"transaction": f"t{n}", "receipt": f"r{n}"}, b"")
-                    for n in range(count))
+    return b"".join(
+        _encode("BEGIN", {"transaction": f"t{n}", "receipt": f"r{n}"}, b"") for n in range(count)
+    )
 
 
-async def frames_per_message(get_message: Callable[[], Awaitable[str | bytes]],
-                             count: int) -> list[list[Frame]]:
+async def frames_per_message(
+    get_message: Callable[[], Awaitable[str | bytes]], count: int
+) -> list[list[Frame]]:
     """Read WebSocket messages until `count` frames came; returns the frames of each message
     (heart-beat newlines are not frames). Fails if a message ends inside a frame."""
     messages: list[list[Frame]] = []

@@ -33,8 +33,15 @@ def test_custom_headers_pass_through_and_broker_headers_do_not() -> None:
     sub.send("SUBSCRIBE", {"id": "1", "destination": "/topic/t"})
     lb.client().send(
         "SEND",
-        {"destination": "/topic/t", "reply-to": "/queue/r", "x-app": "v", "content-type": "text/plain",
-         "message-id": "forged", "subscription": "forged", "receipt": "r1"},
+        {
+            "destination": "/topic/t",
+            "reply-to": "/queue/r",
+            "x-app": "v",
+            "content-type": "text/plain",
+            "message-id": "forged",
+            "subscription": "forged",
+            "receipt": "r1",
+        },
         b"x",
     )
     [message] = sub.take()
@@ -109,7 +116,10 @@ def test_client_ack_is_cumulative_and_individual_is_not() -> None:
     cumulative.send("ACK", {"id": c_msgs[1].get("ack")})
     assert list(lb.broker._sessions[cumulative.session].unacked) == [c_msgs[2].get("ack")]
     individual.send("ACK", {"id": i_msgs[1].get("ack")})
-    assert list(lb.broker._sessions[individual.session].unacked) == [i_msgs[0].get("ack"), i_msgs[2].get("ack")]
+    assert list(lb.broker._sessions[individual.session].unacked) == [
+        i_msgs[0].get("ack"),
+        i_msgs[2].get("ack"),
+    ]
     # acking an already settled message is an error: it is no longer known
     cumulative.send("ACK", {"id": c_msgs[0].get("ack")})
     assert cumulative.take()[0].get("message") == "unknown ack id"
@@ -214,8 +224,7 @@ def test_principal_active_on_first_connect_and_last_disconnect_only() -> None:
     broker = Broker()
     connect = Connect(Frame(Command.CONNECT, ()), "1.2", "x", None, None, (0, 0))
     assert PrincipalActive("alice", True) in broker.connect("s1", connect, "alice")
-    assert not [a for a in broker.connect("s2", connect, "alice")
-                if isinstance(a, PrincipalActive)]
+    assert not [a for a in broker.connect("s2", connect, "alice") if isinstance(a, PrincipalActive)]
     assert not [a for a in broker.connect("s3", connect) if isinstance(a, PrincipalActive)]
     assert broker.principal_sessions("alice") == 2
     assert not [a for a in broker.disconnect("s1") if isinstance(a, PrincipalActive)]

@@ -88,7 +88,11 @@ class QueueMachine(RuleBasedStateMachine):
         index = data.draw(st.integers(0, len(consumer.pending) - 1))
         ack_id, _ = consumer.pending[index]
         consumer.client.send("NACK" if nack else "ACK", {"id": ack_id})
-        settled = consumer.pending[: index + 1] if consumer.mode == "client" else [consumer.pending[index]]
+        settled = (
+            consumer.pending[: index + 1]
+            if consumer.mode == "client"
+            else [consumer.pending[index]]
+        )
         for item in settled:
             consumer.pending.remove(item)
             if not nack:

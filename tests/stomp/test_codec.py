@@ -20,23 +20,55 @@ def decode_all(data: bytes, **limits: int) -> list[Frame]:
 
 GOOD = [
     ("minimal", b"SEND\n\n\0", [Frame(Command.SEND)]),
-    ("lf headers", b"SEND\ndestination:/q\n\nhi\0", [Frame(Command.SEND, (("destination", "/q"),), b"hi")]),
-    ("crlf", b"SEND\r\ndestination:/q\r\n\r\nhi\0", [Frame(Command.SEND, (("destination", "/q"),), b"hi")]),
-    ("heart-beats between frames", b"\n\r\n\nDISCONNECT\n\n\0\n\r\nDISCONNECT\n\n\0\n",
-     [Frame(Command.DISCONNECT), Frame(Command.DISCONNECT)]),
-    ("escaped header", b"SEND\na\\cb:c\\nd\\\\e\\rf\n\n\0", [Frame(Command.SEND, (("a:b", "c\nd\\e\rf"),))]),
-    ("connect is not unescaped", b"CONNECT\nlogin:a\\cb\n\n\0", [Frame(Command.CONNECT, (("login", "a\\cb"),))]),
-    ("repeated headers kept in order", b"SEND\nx:1\nx:2\n\n\0", [Frame(Command.SEND, (("x", "1"), ("x", "2")))]),
+    (
+        "lf headers",
+        b"SEND\ndestination:/q\n\nhi\0",
+        [Frame(Command.SEND, (("destination", "/q"),), b"hi")],
+    ),
+    (
+        "crlf",
+        b"SEND\r\ndestination:/q\r\n\r\nhi\0",
+        [Frame(Command.SEND, (("destination", "/q"),), b"hi")],
+    ),
+    (
+        "heart-beats between frames",
+        b"\n\r\n\nDISCONNECT\n\n\0\n\r\nDISCONNECT\n\n\0\n",
+        [Frame(Command.DISCONNECT), Frame(Command.DISCONNECT)],
+    ),
+    (
+        "escaped header",
+        b"SEND\na\\cb:c\\nd\\\\e\\rf\n\n\0",
+        [Frame(Command.SEND, (("a:b", "c\nd\\e\rf"),))],
+    ),
+    (
+        "connect is not unescaped",
+        b"CONNECT\nlogin:a\\cb\n\n\0",
+        [Frame(Command.CONNECT, (("login", "a\\cb"),))],
+    ),
+    (
+        "repeated headers kept in order",
+        b"SEND\nx:1\nx:2\n\n\0",
+        [Frame(Command.SEND, (("x", "1"), ("x", "2")))],
+    ),
     ("value with colon", b"SEND\nx:a:b\n\n\0", [Frame(Command.SEND, (("x", "a:b"),))]),
     ("empty value", b"SEND\nx:\n\n\0", [Frame(Command.SEND, (("x", ""),))]),
-    ("content-length body with NUL", b"SEND\ncontent-length:3\n\na\0b\0",
-     [Frame(Command.SEND, (("content-length", "3"),), b"a\0b")]),
-    ("utf-8 header", "SEND\nnäme:välüe☃\n\n\0".encode(), [Frame(Command.SEND, (("näme", "välüe☃"),))]),
+    (
+        "content-length body with NUL",
+        b"SEND\ncontent-length:3\n\na\0b\0",
+        [Frame(Command.SEND, (("content-length", "3"),), b"a\0b")],
+    ),
+    (
+        "utf-8 header",
+        "SEND\nnäme:välüe☃\n\n\0".encode(),
+        [Frame(Command.SEND, (("näme", "välüe☃"),))],
+    ),
     ("body with newlines", b"SEND\n\n\nline\r\n\0", [Frame(Command.SEND, (), b"\nline\r\n")]),
 ]
 
 
-@pytest.mark.parametrize(("data", "expected"), [case[1:] for case in GOOD], ids=[c[0] for c in GOOD])
+@pytest.mark.parametrize(
+    ("data", "expected"), [case[1:] for case in GOOD], ids=[c[0] for c in GOOD]
+)
 def test_decodes(data: bytes, expected: list[Frame]) -> None:
     assert decode_all(data) == expected
 
@@ -50,23 +82,58 @@ BAD = [
     ("negative content-length", b"SEND\ncontent-length:-1\n\n\0", {}, "invalid content-length"),
     ("no NUL after content-length", b"SEND\ncontent-length:1\n\nab\0", {}, "not terminated by NUL"),
     ("invalid utf-8", b"SEND\nx:\xff\n\n\0", {}, "not valid UTF-8"),
-    ("NUL in a header value", b"SEND\ndestination:/q\nx-evil:a\0MESSAGE\nx:y\n\nhi\0", {},
-     "NUL in a header"),
+    (
+        "NUL in a header value",
+        b"SEND\ndestination:/q\nx-evil:a\0MESSAGE\nx:y\n\nhi\0",
+        {},
+        "NUL in a header",
+    ),
     ("NUL in a header name", b"SEND\nx\0y:1\n\n\0", {}, "NUL in a header"),
     ("NUL in a CONNECT header", b"CONNECT\nlogin:a\0b\n\n\0", {}, "NUL in a header"),
-    ("NUL in a header, with content-length", b"SEND\ncontent-length:1\nx:\0\n\na\0", {},
-     "NUL in a header"),
+    (
+        "NUL in a header, with content-length",
+        b"SEND\ncontent-length:1\nx:\0\n\na\0",
+        {},
+        "NUL in a header",
+    ),
     ("too many headers", b"SEND\na:1\nb:2\nc:3\n\n\0", {"max_header_count": 2}, "too many headers"),
-    ("header line too long", b"SEND\nx:" + b"a" * 100 + b"\n\n\0", {"max_header_line": 50}, "header line too long"),
-    ("unterminated long line", b"SEND\nx:" + b"a" * 100, {"max_header_line": 50}, "header line too long"),
+    (
+        "header line too long",
+        b"SEND\nx:" + b"a" * 100 + b"\n\n\0",
+        {"max_header_line": 50},
+        "header line too long",
+    ),
+    (
+        "unterminated long line",
+        b"SEND\nx:" + b"a" * 100,
+        {"max_header_line": 50},
+        "header line too long",
+    ),
     ("body too large", b"SEND\n\n" + b"a" * 100 + b"\0", {"max_body_size": 50}, "body too large"),
-    ("body too large, unterminated", b"SEND\n\n" + b"a" * 100, {"max_body_size": 50}, "body too large"),
-    ("declared body too large", b"SEND\ncontent-length:100\n\n", {"max_body_size": 50}, "body too large"),
-    ("frame too large", b"SEND\nx:" + b"a" * 40 + b"\n\n" + b"b" * 40 + b"\0", {"max_frame_size": 60}, "frame too large"),
+    (
+        "body too large, unterminated",
+        b"SEND\n\n" + b"a" * 100,
+        {"max_body_size": 50},
+        "body too large",
+    ),
+    (
+        "declared body too large",
+        b"SEND\ncontent-length:100\n\n",
+        {"max_body_size": 50},
+        "body too large",
+    ),
+    (
+        "frame too large",
+        b"SEND\nx:" + b"a" * 40 + b"\n\n" + b"b" * 40 + b"\0",
+        {"max_frame_size": 60},
+        "frame too large",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("data", "limits", "message"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+@pytest.mark.parametrize(
+    ("data", "limits", "message"), [c[1:] for c in BAD], ids=[c[0] for c in BAD]
+)
 def test_rejects(data: bytes, limits: dict[str, int], message: str) -> None:
     with pytest.raises(RemoteProtocolError) as info:
         decode_all(data, **limits)
@@ -102,16 +169,23 @@ def test_encode_escapes_except_connect() -> None:
 # -- properties -------------------------------------------------------------------------------
 
 # STOMP cannot carry NUL in a header (no escape exists): see test_nul_in_any_header_is_refused.
-header_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
-                      max_size=20)
+header_text = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=20
+)
 header_name = header_text.filter(bool)
-commands = st.sampled_from([c for c in Command if c not in (Command.CONNECT, Command.STOMP, Command.CONNECTED)])
+commands = st.sampled_from(
+    [c for c in Command if c not in (Command.CONNECT, Command.STOMP, Command.CONNECTED)]
+)
 
 
 @st.composite
 def frames(draw: st.DrawFn) -> Frame:
     command = draw(commands)
-    headers = draw(st.lists(st.tuples(header_name.filter(lambda n: n != "content-length"), header_text), max_size=6))
+    headers = draw(
+        st.lists(
+            st.tuples(header_name.filter(lambda n: n != "content-length"), header_text), max_size=6
+        )
+    )
     body = draw(st.binary(max_size=64))
     headers.append(("content-length", str(len(body))))
     return Frame(command, tuple(headers), body)
@@ -155,7 +229,9 @@ def test_every_split_position_of_one_stream() -> None:
 
 @given(st.binary(max_size=300))
 def test_random_bytes_never_raise_anything_else(data: bytes) -> None:
-    decoder = FrameDecoder(max_frame_size=200, max_body_size=100, max_header_line=50, max_header_count=4)
+    decoder = FrameDecoder(
+        max_frame_size=200, max_body_size=100, max_header_line=50, max_header_count=4
+    )
     try:
         decoder.feed(data)
         while decoder.next_frame() is not None:
@@ -172,7 +248,7 @@ def test_nul_in_any_header_is_refused(frame: Frame, data: st.DataObject) -> None
     head_end = encoded.index(b"\n\n")
     first_header = encoded.index(b"\n") + 1
     at = data.draw(st.integers(first_header, head_end - 1))
-    if encoded[at:at + 1] == b"\n":
+    if encoded[at : at + 1] == b"\n":
         at += 1  # inside the next line rather than between two lines
     poisoned = encoded[:at] + b"\0" + encoded[at:]
     with pytest.raises(RemoteProtocolError) as info:

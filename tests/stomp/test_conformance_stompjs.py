@@ -33,8 +33,9 @@ def node() -> str:
     return require_node("@stomp/stompjs")
 
 
-def run_scenario(node: str, broker: BrokerProcess, transport: str, scenario: str,
-                 destination: str, **extra: Any) -> dict[str, Any]:
+def run_scenario(
+    node: str, broker: BrokerProcess, transport: str, scenario: str, destination: str, **extra: Any
+) -> dict[str, Any]:
     """Run one scenario and return what the client observed; fails on a Node-side timeout."""
     options = {
         "scenario": scenario,
@@ -76,8 +77,9 @@ def _common_checks(result: dict[str, Any], transport: str) -> None:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_connect_subscribe_send_receive(node: str, broker: BrokerProcess, transport: str,
-                                        unique: str) -> None:
+def test_connect_subscribe_send_receive(
+    node: str, broker: BrokerProcess, transport: str, unique: str
+) -> None:
     destination = f"/queue/stompjs-basic-{transport}-{unique}"
     result = run_scenario(node, broker, transport, "basic", destination)
     _common_checks(result, transport)
@@ -93,8 +95,9 @@ def test_connect_subscribe_send_receive(node: str, broker: BrokerProcess, transp
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_binary_bodies_with_nul(node: str, broker: BrokerProcess, transport: str,
-                                unique: str) -> None:
+def test_binary_bodies_with_nul(
+    node: str, broker: BrokerProcess, transport: str, unique: str
+) -> None:
     destination = f"/queue/stompjs-binary-{transport}-{unique}"
     result = run_scenario(node, broker, transport, "binary", destination)
     _common_checks(result, transport)
@@ -107,13 +110,21 @@ def test_binary_bodies_with_nul(node: str, broker: BrokerProcess, transport: str
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_heartbeats_keep_a_silent_connection_up(node: str, fast_heartbeat_broker: BrokerProcess,
-                                                transport: str, unique: str) -> None:
+def test_heartbeats_keep_a_silent_connection_up(
+    node: str, fast_heartbeat_broker: BrokerProcess, transport: str, unique: str
+) -> None:
     destination = f"/queue/stompjs-hb-{transport}-{unique}"
     client_hb = 500
     quiet_ms = 3000
-    result = run_scenario(node, fast_heartbeat_broker, transport, "heartbeat", destination,
-                          heartbeat=client_hb, quietMs=quiet_ms)
+    result = run_scenario(
+        node,
+        fast_heartbeat_broker,
+        transport,
+        "heartbeat",
+        destination,
+        heartbeat=client_hb,
+        quietMs=quiet_ms,
+    )
     _common_checks(result, transport)
     assert result["connected"]["headers"]["heart-beat"] == "{},{}".format(*FAST_HEARTBEAT)
     interval = max(client_hb, FAST_HEARTBEAT[0])
@@ -128,14 +139,22 @@ def test_heartbeats_keep_a_silent_connection_up(node: str, fast_heartbeat_broker
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_client_asking_one_second_notices_a_dead_server_within_three(
-        node: str, transport: str, unique: str) -> None:
+    node: str, transport: str, unique: str
+) -> None:
     """Against the default settings, a client asking for 1 000 ms beats gets them (not the
     server's own pace), so it tells a paused server from a quiet one in about 3 s (stompjs
     declares it dead after two missed intervals, checked once an interval)."""
     broker = start_broker()  # its own: the test pauses it (SIGSTOP, SIGCONT)
     try:
-        result = run_scenario(node, broker, transport, "deadServer", f"/queue/dead-{unique}",
-                              heartbeat=1000, pausePid=broker.process.pid)
+        result = run_scenario(
+            node,
+            broker,
+            transport,
+            "deadServer",
+            f"/queue/dead-{unique}",
+            heartbeat=1000,
+            pausePid=broker.process.pid,
+        )
     finally:
         os.kill(broker.process.pid, signal.SIGCONT)
         stop_broker(broker)

@@ -107,11 +107,15 @@ class Client:
         self._subs += 1
         sub_id = f"sub-{self._subs}"
         receipt = self.receipt_id()
-        self.conn.subscribe(destination, id=sub_id, ack=ack, headers={"receipt": receipt, **headers})
+        self.conn.subscribe(
+            destination, id=sub_id, ack=ack, headers={"receipt": receipt, **headers}
+        )
         self.seen.wait_receipt(receipt)
         return sub_id
 
-    def send(self, destination: str, body: bytes | str, *, receipt: bool = False, **headers: Any) -> None:
+    def send(
+        self, destination: str, body: bytes | str, *, receipt: bool = False, **headers: Any
+    ) -> None:
         extra = dict(headers)
         rid = None
         if receipt:
@@ -166,8 +170,13 @@ def version(request: pytest.FixtureRequest) -> str:
 def client_factory(broker: BrokerProcess) -> Iterator[Callable[..., Client]]:
     made: list[Client] = []
 
-    def make(version: str, *, connect: bool = True, address: tuple[str, int] | None = None,
-             **options: Any) -> Client:
+    def make(
+        version: str,
+        *,
+        connect: bool = True,
+        address: tuple[str, int] | None = None,
+        **options: Any,
+    ) -> Client:
         client = Client(version, address or broker.tcp, **options)
         made.append(client)
         if connect:
@@ -187,7 +196,9 @@ def client(version: str, client_factory: Callable[..., Client]) -> Client:
     return client_factory(version)
 
 
-def test_connect_negotiates_the_version(version: str, client_factory: Callable[..., Client]) -> None:
+def test_connect_negotiates_the_version(
+    version: str, client_factory: Callable[..., Client]
+) -> None:
     client = client_factory(version, connect=False)
     connected: list[Any] = []
 
@@ -264,8 +275,9 @@ def test_transaction_abort_discards(client: Client, unique: str) -> None:
     assert client.seen.errors == []
 
 
-def test_client_ack_is_cumulative(version: str, client_factory: Callable[..., Client],
-                                  unique: str) -> None:
+def test_client_ack_is_cumulative(
+    version: str, client_factory: Callable[..., Client], unique: str
+) -> None:
     destination = f"/queue/ack-client-{unique}"
     consumer = client_factory(version)
     consumer.subscribe(destination, ack="client")
@@ -287,8 +299,9 @@ def test_client_ack_is_cumulative(version: str, client_factory: Callable[..., Cl
 
 
 @pytest.mark.parametrize("version", ["1.1", "1.2"])  # client-individual does not exist in STOMP 1.0
-def test_client_individual_ack(version: str, client_factory: Callable[..., Client],
-                               unique: str) -> None:
+def test_client_individual_ack(
+    version: str, client_factory: Callable[..., Client], unique: str
+) -> None:
     destination = f"/queue/ack-individual-{unique}"
     consumer = client_factory(version)
     consumer.subscribe(destination, ack="client-individual")
@@ -305,8 +318,9 @@ def test_client_individual_ack(version: str, client_factory: Callable[..., Clien
     other.seen.no_message(0.5)
 
 
-def test_ack_in_aborted_transaction_is_undone(version: str, client_factory: Callable[..., Client],
-                                             unique: str) -> None:
+def test_ack_in_aborted_transaction_is_undone(
+    version: str, client_factory: Callable[..., Client], unique: str
+) -> None:
     destination = f"/queue/tx-ack-{unique}"
     consumer = client_factory(version)
     consumer.subscribe(destination, ack="client" if version == "1.0" else "client-individual")
@@ -323,8 +337,9 @@ def test_ack_in_aborted_transaction_is_undone(version: str, client_factory: Call
     assert other.seen.message().body == b"keep me"
 
 
-def test_ack_in_committed_transaction(version: str, client_factory: Callable[..., Client],
-                                      unique: str) -> None:
+def test_ack_in_committed_transaction(
+    version: str, client_factory: Callable[..., Client], unique: str
+) -> None:
     destination = f"/queue/tx-ack-commit-{unique}"
     consumer = client_factory(version)
     consumer.subscribe(destination, ack="client" if version == "1.0" else "client-individual")
@@ -372,7 +387,9 @@ def test_nack_redelivers(version: str, client_factory: Callable[..., Client], un
     assert consumer.seen.errors == []
 
 
-def test_queue_round_robin(version: str, client_factory: Callable[..., Client], unique: str) -> None:
+def test_queue_round_robin(
+    version: str, client_factory: Callable[..., Client], unique: str
+) -> None:
     destination = f"/queue/rr-{unique}"
     a, b = client_factory(version), client_factory(version)
     a.subscribe(destination)
@@ -391,8 +408,9 @@ def test_queue_round_robin(version: str, client_factory: Callable[..., Client], 
     assert got_b == sorted(got_b, key=lambda m: int(m[1:]))
 
 
-def test_unacked_messages_requeued_on_disconnect(version: str, client_factory: Callable[..., Client],
-                                                  unique: str) -> None:
+def test_unacked_messages_requeued_on_disconnect(
+    version: str, client_factory: Callable[..., Client], unique: str
+) -> None:
     destination = f"/queue/requeue-{unique}"
     consumer = client_factory(version)
     consumer.subscribe(destination, ack="client")
@@ -420,8 +438,9 @@ def test_large_body_round_trip(client: Client, unique: str) -> None:
     assert client.seen.errors == []
 
 
-def test_ten_thousand_messages_in_order(version: str, client_factory: Callable[..., Client],
-                                        unique: str) -> None:
+def test_ten_thousand_messages_in_order(
+    version: str, client_factory: Callable[..., Client], unique: str
+) -> None:
     destination = f"/queue/many-{unique}"
     consumer = client_factory(version)
     consumer.subscribe(destination)
@@ -445,7 +464,9 @@ ODD_VALUES = {
 }
 
 
-@pytest.mark.parametrize("version", ["1.1", "1.2"])  # STOMP 1.0 has no header escaping; a newline cannot be carried
+@pytest.mark.parametrize(
+    "version", ["1.1", "1.2"]
+)  # STOMP 1.0 has no header escaping; a newline cannot be carried
 def test_header_escaping_round_trip(client: Client, unique: str) -> None:
     destination = f"/queue/escape-{unique}"
     client.subscribe(destination)
@@ -464,8 +485,9 @@ def test_colon_in_header_value_on_1_0(client_factory: Callable[..., Client], uni
 
 
 @pytest.mark.parametrize("version", ["1.1", "1.2"])  # STOMP 1.0 has no heart-beats
-def test_heartbeats_negotiated(version: str, fast_heartbeat_broker: BrokerProcess,
-                               client_factory: Callable[..., Client]) -> None:
+def test_heartbeats_negotiated(
+    version: str, fast_heartbeat_broker: BrokerProcess, client_factory: Callable[..., Client]
+) -> None:
     client = client_factory(version, address=fast_heartbeat_broker.tcp, heartbeats=(200, 200))
     connected_hb = client.conn.heartbeats  # stomp.py stores the negotiated pair here
     # Client sends every max(200, server recv) and expects every max(200, server send).

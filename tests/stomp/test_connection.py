@@ -22,19 +22,30 @@ from stomp import (
 
 
 def frame(command: str, body: bytes = b"", **headers: str) -> bytes:
-    return encode_frame(Frame(Command(command), tuple((k.replace("_", "-"), v) for k, v in headers.items()), body))
+    return encode_frame(
+        Frame(Command(command), tuple((k.replace("_", "-"), v) for k, v in headers.items()), body)
+    )
 
 
 def connected(version: str = "1.2", heartbeat: str = "0,0") -> ServerConnection:
     conn = ServerConnection(heartbeat=(1000, 2000))
-    [event] = conn.receive_data(frame("CONNECT", accept_version=version, host="h", heart_beat=heartbeat))
+    [event] = conn.receive_data(
+        frame("CONNECT", accept_version=version, host="h", heart_beat=heartbeat)
+    )
     assert isinstance(event, Connect)
     return conn
 
 
 @pytest.mark.parametrize(
     ("offered", "chosen"),
-    [("1.2", "1.2"), ("1.0,1.1,1.2", "1.2"), ("1.1,1.0", "1.1"), ("1.0", "1.0"), (None, "1.0"), ("1.1, 2.0", "1.1")],
+    [
+        ("1.2", "1.2"),
+        ("1.0,1.1,1.2", "1.2"),
+        ("1.1,1.0", "1.1"),
+        ("1.0", "1.0"),
+        (None, "1.0"),
+        ("1.1, 2.0", "1.1"),
+    ],
 )
 def test_version_negotiation(offered: str | None, chosen: str) -> None:
     conn = ServerConnection()
@@ -56,10 +67,16 @@ def test_unsupported_version_lists_supported() -> None:
 
 @pytest.mark.parametrize(
     ("client", "server", "expected"),
-    [((0, 0), (1000, 2000), (0, 0)), ((500, 3000), (1000, 2000), (3000, 2000)),
-     ((5000, 100), (1000, 2000), (1000, 5000)), ((500, 0), (1000, 0), (0, 0))],
+    [
+        ((0, 0), (1000, 2000), (0, 0)),
+        ((500, 3000), (1000, 2000), (3000, 2000)),
+        ((5000, 100), (1000, 2000), (1000, 5000)),
+        ((500, 0), (1000, 0), (0, 0)),
+    ],
 )
-def test_heartbeat_negotiation(client: tuple[int, int], server: tuple[int, int], expected: tuple[int, int]) -> None:
+def test_heartbeat_negotiation(
+    client: tuple[int, int], server: tuple[int, int], expected: tuple[int, int]
+) -> None:
     assert negotiate_heartbeat(client, server) == expected
 
 
@@ -79,7 +96,8 @@ RABBITMQ_LIKE = [
 
 @pytest.mark.parametrize(("client", "server", "expected"), RABBITMQ_LIKE)
 def test_heartbeat_honours_the_client_down_to_the_limit(
-        client: tuple[int, int], server: tuple[int, int], expected: tuple[int, int]) -> None:
+    client: tuple[int, int], server: tuple[int, int], expected: tuple[int, int]
+) -> None:
     assert negotiate_heartbeat(client, server) == expected
 
 
@@ -87,8 +105,7 @@ _ms = st.integers(min_value=0, max_value=3_600_000)
 
 
 @given(client=st.tuples(_ms, _ms), server=st.tuples(_ms, _ms))
-def test_heartbeat_negotiation_properties(client: tuple[int, int],
-                                          server: tuple[int, int]) -> None:
+def test_heartbeat_negotiation_properties(client: tuple[int, int], server: tuple[int, int]) -> None:
     send, expect = negotiate_heartbeat(client, server)
     client_sends, client_wants = client
     for got, asked, limit in ((send, client_wants, server[0]), (expect, client_sends, server[1])):
@@ -114,7 +131,9 @@ def test_connect_reports_negotiated_heartbeat() -> None:
 
 
 def test_bad_heartbeat_header() -> None:
-    [event] = ServerConnection().receive_data(frame("CONNECT", accept_version="1.2", heart_beat="x"))
+    [event] = ServerConnection().receive_data(
+        frame("CONNECT", accept_version="1.2", heart_beat="x")
+    )
     assert isinstance(event, Violation)
     assert event.message == "invalid heart-beat"
 
@@ -194,6 +213,8 @@ def test_stomp_10_has_no_escaping_and_optional_subscription_id() -> None:
 
 def test_disconnect_closes() -> None:
     conn = connected()
-    [event] = conn.receive_data(frame("DISCONNECT", receipt="bye") + frame("SEND", destination="/q"))
+    [event] = conn.receive_data(
+        frame("DISCONNECT", receipt="bye") + frame("SEND", destination="/q")
+    )
     assert event.receipt == "bye"
     assert conn.state is State.CLOSED

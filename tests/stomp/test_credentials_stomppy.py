@@ -28,8 +28,9 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]
         stop_broker(running)
 
 
-def connect(broker: BrokerProcess, version: str, login: str | None,
-            passcode: str | None) -> tuple[Client, list[Any]]:
+def connect(
+    broker: BrokerProcess, version: str, login: str | None, passcode: str | None
+) -> tuple[Client, list[Any]]:
     """Connect as `login`; returns the client and the CONNECTED frames it got (0 or 1)."""
     client = Client(version, broker.tcp)
     connected: list[Any] = []
@@ -47,10 +48,12 @@ class _OnConnected(stomppy.ConnectionListener):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize(("login", "passcode"), [
-    ("guest", "s3cret"), ("alice", "wonder:land"), ("bob", "builder")])
-def test_known_users_connect_as_themselves(guarded: BrokerProcess, version: str, login: str,
-                                           passcode: str, unique: str) -> None:
+@pytest.mark.parametrize(
+    ("login", "passcode"), [("guest", "s3cret"), ("alice", "wonder:land"), ("bob", "builder")]
+)
+def test_known_users_connect_as_themselves(
+    guarded: BrokerProcess, version: str, login: str, passcode: str, unique: str
+) -> None:
     client, connected = connect(guarded, version, login, passcode)
     try:
         destination = f"/queue/creds-{unique}"
@@ -67,12 +70,20 @@ def test_known_users_connect_as_themselves(guarded: BrokerProcess, version: str,
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize(("login", "passcode"), [
-    ("guest", "wrong"), ("guest", None), (None, None), ("carol", "s3cret"),
-    ("alice", "wonder"), ("bob", "builder ")])
-def test_wrong_or_missing_credentials_are_refused(guarded: BrokerProcess, version: str,
-                                                  login: str | None,
-                                                  passcode: str | None) -> None:
+@pytest.mark.parametrize(
+    ("login", "passcode"),
+    [
+        ("guest", "wrong"),
+        ("guest", None),
+        (None, None),
+        ("carol", "s3cret"),
+        ("alice", "wonder"),
+        ("bob", "builder "),
+    ],
+)
+def test_wrong_or_missing_credentials_are_refused(
+    guarded: BrokerProcess, version: str, login: str | None, passcode: str | None
+) -> None:
     client, connected = connect(guarded, version, login, passcode)
     try:
         assert client.seen.disconnected.wait(TIMEOUT), "the broker kept the connection open"

@@ -26,8 +26,9 @@ _writes = st.lists(
 
 
 @given(writes=_writes, version=st.sampled_from(["1.0", "1.1", "1.2"]))
-def test_frames_of_cuts_exactly_at_frame_ends(writes: list[tuple[str, bytes, str]],
-                                              version: str) -> None:
+def test_frames_of_cuts_exactly_at_frame_ends(
+    writes: list[tuple[str, bytes, str]], version: str
+) -> None:
     loopback = Loopback()
     client = loopback.client(version=version)
     client.send("SUBSCRIBE", {"destination": TOPIC, "id": "1"})

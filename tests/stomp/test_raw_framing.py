@@ -185,8 +185,7 @@ def raw(broker: BrokerProcess) -> Iterator[RawClient]:
 def _subscribe(client: RawClient, destination: str, sub_id: str = "s1", **extra: str) -> None:
     headers = "".join(f"{k}:{v}\n" for k, v in extra.items())
     client.send(
-        f"SUBSCRIBE\nid:{sub_id}\ndestination:{destination}\n{headers}receipt:sub-{sub_id}\n\n\x00"
-        .encode()
+        f"SUBSCRIBE\nid:{sub_id}\ndestination:{destination}\n{headers}receipt:sub-{sub_id}\n\n\x00".encode()
     )
     receipt = client.expect("RECEIPT")
     assert receipt.get("receipt-id") == f"sub-{sub_id}"
@@ -199,7 +198,9 @@ def test_crlf_line_endings(raw: RawClient, unique: str) -> None:
     destination = f"/queue/crlf-{unique}"
     raw.send(f"SUBSCRIBE\r\nid:0\r\ndestination:{destination}\r\nreceipt:r1\r\n\r\n\x00".encode())
     assert raw.expect("RECEIPT").get("receipt-id") == "r1"
-    raw.send(f"SEND\r\ndestination:{destination}\r\nx-note:kept\r\n\r\nline one\r\nline two\x00".encode())
+    raw.send(
+        f"SEND\r\ndestination:{destination}\r\nx-note:kept\r\n\r\nline one\r\nline two\x00".encode()
+    )
     message = raw.expect("MESSAGE")
     assert message.body == b"line one\r\nline two"
     assert message.get("x-note") == "kept"  # no trailing \r left in a header value
@@ -222,9 +223,7 @@ def test_several_frames_in_one_write(raw: RawClient, unique: str) -> None:
     destination = f"/queue/batch-{unique}"
     data = b"CONNECT\naccept-version:1.2\nhost:localhost\n\n\x00"
     data += f"SUBSCRIBE\nid:0\ndestination:{destination}\nreceipt:sub\n\n\x00".encode()
-    data += b"".join(
-        f"SEND\ndestination:{destination}\n\nm{i}\x00".encode() for i in range(5)
-    )
+    data += b"".join(f"SEND\ndestination:{destination}\n\nm{i}\x00".encode() for i in range(5))
     data += b"DISCONNECT\nreceipt:bye\n\n\x00"
     raw.send(data)
     raw.expect("CONNECTED")
@@ -233,7 +232,9 @@ def test_several_frames_in_one_write(raw: RawClient, unique: str) -> None:
         frames.append(raw.read_frame())
     assert [f.command for f in frames[:1]] == ["RECEIPT"], [str(f) for f in frames]
     assert frames[0].get("receipt-id") == "sub"
-    assert [f.body for f in frames if f.command == "MESSAGE"] == [f"m{i}".encode() for i in range(5)]
+    assert [f.body for f in frames if f.command == "MESSAGE"] == [
+        f"m{i}".encode() for i in range(5)
+    ]
     raw.expect_closed()
 
 
@@ -244,7 +245,9 @@ def test_frame_split_into_one_byte_writes(raw: RawClient, unique: str) -> None:
     _subscribe(raw, destination)
     body = b"split \xe2\x9c\x93 across writes"
     raw.send_bytewise(
-        f"SEND\ndestination:{destination}\ncontent-length:{len(body)}\nx-h:v\n\n".encode() + body + b"\x00"
+        f"SEND\ndestination:{destination}\ncontent-length:{len(body)}\nx-h:v\n\n".encode()
+        + body
+        + b"\x00"
     )
     message = raw.expect("MESSAGE")
     assert message.body == body
@@ -258,7 +261,9 @@ def test_content_length_body_with_nuls(raw: RawClient, unique: str) -> None:
     body = b"\x00a\x00\x00b\x00"
     raw.send(
         f"SEND\ndestination:{destination}\ncontent-type:application/octet-stream\n"
-        f"content-length:{len(body)}\nreceipt:sent\n\n".encode() + body + b"\x00"
+        f"content-length:{len(body)}\nreceipt:sent\n\n".encode()
+        + body
+        + b"\x00"
     )
     frames = {f.command: f for f in (raw.read_frame(), raw.read_frame())}
     assert set(frames) == {"RECEIPT", "MESSAGE"}
@@ -275,8 +280,7 @@ def test_repeated_headers_first_wins(raw: RawClient, unique: str) -> None:
     _subscribe(raw, destination)
     _subscribe(raw, other, sub_id="s2")
     raw.send(
-        f"SEND\ndestination:{destination}\ndestination:{other}\nfoo:first\nfoo:second\n\nbody\x00"
-        .encode()
+        f"SEND\ndestination:{destination}\ndestination:{other}\nfoo:first\nfoo:second\n\nbody\x00".encode()
     )
     message = raw.expect("MESSAGE")
     assert message.get("subscription") == "s1", f"delivered to the second destination:\n{message}"
@@ -284,7 +288,9 @@ def test_repeated_headers_first_wins(raw: RawClient, unique: str) -> None:
     assert message.get("foo") == "first", f"first occurrence of foo is not 'first':\n{message}"
     raw.send(b"DISCONNECT\nreceipt:bye\n\n\x00")
     leftover = raw.read_frame()
-    assert leftover.command == "RECEIPT", f"message also delivered to the repeated destination:\n{leftover}"
+    assert leftover.command == "RECEIPT", (
+        f"message also delivered to the repeated destination:\n{leftover}"
+    )
 
 
 def test_unknown_command_is_an_error_then_close(raw: RawClient) -> None:
@@ -396,7 +402,8 @@ def test_overlong_header_line_is_an_error_then_close(raw: RawClient, unique: str
 
 
 def test_nul_in_a_header_is_an_error_then_close_and_never_relayed(
-        broker: BrokerProcess, raw: RawClient, unique: str) -> None:
+    broker: BrokerProcess, raw: RawClient, unique: str
+) -> None:
     destination = f"/topic/nul-header-{unique}"
     subscriber = RawClient(broker.tcp)
     try:

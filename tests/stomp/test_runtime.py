@@ -25,9 +25,12 @@ from .stomp_peer import Peer
 TOPIC = "/topic/t"
 
 
-def start(nursery: trio.Nursery, runtime: BrokerRuntime, stream_pair: Callable[
-        [], tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]] | None = None
-          ) -> Peer:
+def start(
+    nursery: trio.Nursery,
+    runtime: BrokerRuntime,
+    stream_pair: Callable[[], tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]]
+    | None = None,
+) -> Peer:
     client, server = (stream_pair or trio.testing.memory_stream_pair)()
     nursery.start_soon(serve_stream, runtime, server, TransportInfo("memory"))
     return Peer(client)
@@ -42,8 +45,11 @@ async def test_connect_subscribe_send_round_trip(nursery: trio.Nursery) -> None:
     await peer.subscribe(TOPIC)
     await peer.send("SEND", {"destination": TOPIC, "receipt": "r2"}, b"hello")
     message = await peer.frame()
-    assert (message.command, message.get("destination"), message.body) == ("MESSAGE", TOPIC,
-                                                                          b"hello")
+    assert (message.command, message.get("destination"), message.body) == (
+        "MESSAGE",
+        TOPIC,
+        b"hello",
+    )
     assert (await peer.frame()).get("receipt-id") == "r2"
     assert runtime.session_count == 1
     await peer.send("DISCONNECT", {"receipt": "bye"})
@@ -52,8 +58,9 @@ async def test_connect_subscribe_send_round_trip(nursery: trio.Nursery) -> None:
     await wait_until(lambda: runtime.session_count == 0)
 
 
-async def test_server_heartbeat_sent_when_idle(nursery: trio.Nursery,
-                                               autojump_clock: trio.testing.MockClock) -> None:
+async def test_server_heartbeat_sent_when_idle(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     runtime = BrokerRuntime(heartbeat=(1000, 0))
     peer = start(nursery, runtime)
     assert (await peer.connect(heartbeat="0,1000")).get("heart-beat") == "1000,0"
@@ -66,7 +73,8 @@ async def test_server_heartbeat_sent_when_idle(nursery: trio.Nursery,
 
 
 async def test_heartbeat_timeout_closes_silent_peer(
-        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     runtime = BrokerRuntime(heartbeat=(0, 1000))
     peer = start(nursery, runtime)
     await peer.connect(heartbeat="1000,0")
@@ -78,7 +86,8 @@ async def test_heartbeat_timeout_closes_silent_peer(
 
 
 async def test_peer_that_neither_reads_nor_sends_is_closed(
-        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     runtime = BrokerRuntime(heartbeat=(0, 1000), close_timeout=2)
     peer = start(nursery, runtime, trio.testing.lockstep_stream_pair)
     await peer.connect(heartbeat="1000,0")
@@ -92,7 +101,8 @@ async def test_peer_that_neither_reads_nor_sends_is_closed(
 
 
 async def test_heartbeats_from_peer_keep_session_alive(
-        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     runtime = BrokerRuntime(heartbeat=(0, 1000))
     peer = start(nursery, runtime)
     await peer.connect(heartbeat="1000,0")
@@ -104,7 +114,8 @@ async def test_heartbeats_from_peer_keep_session_alive(
 
 
 async def test_a_stalled_loop_does_not_blame_peers_whose_beats_wait_unread(
-        nursery: trio.Nursery, mock_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
     """Found by the soak (issue 22): after the process stalls (SIGSTOP, a VM pause, a starved
     CPU) the timer task and the reader wake in the same scheduling round; the timer used to
     refuse the peer ("heart-beat timeout") when it ran first, while the peer's heart-beat sat
@@ -128,8 +139,9 @@ async def test_a_stalled_loop_does_not_blame_peers_whose_beats_wait_unread(
         await peer.subscribe(TOPIC)  # all still served
 
 
-async def test_connect_deadline(nursery: trio.Nursery,
-                                autojump_clock: trio.testing.MockClock) -> None:
+async def test_connect_deadline(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     runtime = BrokerRuntime(connect_timeout=10)
     began = trio.current_time()
     peer = start(nursery, runtime)
@@ -221,8 +233,9 @@ class Hooks:
             raise RuntimeError("hook bug")
         return event.login
 
-    async def authorize_subscribe(self, session: str, principal: str | None,
-                                  event: Subscribe) -> None:
+    async def authorize_subscribe(
+        self, session: str, principal: str | None, event: Subscribe
+    ) -> None:
         await trio.sleep(0.01)
         if event.destination == "/topic/secret":
             raise Refused("forbidden", f"{principal} may not subscribe")
@@ -254,8 +267,8 @@ class Hooks:
     ],
 )
 async def test_hooks_refuse_with_error_and_close(
-        nursery: trio.Nursery, login: str, frames: list[tuple[str, dict[str, str]]],
-        message: str) -> None:
+    nursery: trio.Nursery, login: str, frames: list[tuple[str, dict[str, str]]], message: str
+) -> None:
     runtime = BrokerRuntime(hooks=Hooks())
     peer = start(nursery, runtime)
     await peer.send("CONNECT", {"accept-version": "1.2", "host": "x", "login": login})
@@ -274,11 +287,13 @@ async def test_hooks_keep_frame_order(nursery: trio.Nursery) -> None:
     runtime = BrokerRuntime(hooks=Hooks())
     peer = start(nursery, runtime)
     # Everything in one write: the slow hooks must not let later frames overtake.
-    await peer.send_many([
-        ("CONNECT", {"accept-version": "1.2", "host": "x", "login": "alice"}, b""),
-        ("SUBSCRIBE", {"destination": TOPIC, "id": "1", "receipt": "sub"}, b""),
-        ("SEND", {"destination": TOPIC}, b"first"),
-    ])
+    await peer.send_many(
+        [
+            ("CONNECT", {"accept-version": "1.2", "host": "x", "login": "alice"}, b""),
+            ("SUBSCRIBE", {"destination": TOPIC, "id": "1", "receipt": "sub"}, b""),
+            ("SEND", {"destination": TOPIC}, b"first"),
+        ]
+    )
     frames = [await peer.frame() for _ in range(3)]
     assert [frame.command for frame in frames] == ["CONNECTED", "RECEIPT", "MESSAGE"]
     assert frames[0].get("user-name") == "alice"
@@ -294,7 +309,8 @@ class Expiring(Hooks):
 
 
 async def test_session_closed_with_error_when_credentials_expire(
-        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     runtime = BrokerRuntime(hooks=Expiring(), heartbeat=(1000, 0))
     peer = start(nursery, runtime)
     began = trio.current_time()
@@ -310,7 +326,8 @@ async def test_session_closed_with_error_when_credentials_expire(
 
 
 async def test_credentials_without_expiry_keep_the_session(
-        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     runtime = BrokerRuntime(hooks=Expiring())
     peer = start(nursery, runtime)
     await peer.connect(login="bob")
@@ -330,9 +347,12 @@ async def test_blocked_hook_does_not_hold_back_deliveries(nursery: trio.Nursery)
     peer = start(nursery, runtime)
     await peer.connect(login="alice")
     await peer.subscribe(TOPIC)
-    await peer.send_many([("SUBSCRIBE", {"destination": "/topic/u", "id": "2", "receipt": "u"},
-                           b""),
-                          ("SEND", {"destination": TOPIC, "receipt": "s"}, b"mine")])
+    await peer.send_many(
+        [
+            ("SUBSCRIBE", {"destination": "/topic/u", "id": "2", "receipt": "u"}, b""),
+            ("SEND", {"destination": TOPIC, "receipt": "s"}, b"mine"),
+        ]
+    )
     assert (await peer.frame()).get("receipt-id") == "u"  # queued before the hook blocked
     runtime.publish(TOPIC, b"from elsewhere")  # while this session's reader waits on the hook
     assert (await peer.frame()).body == b"from elsewhere"
@@ -385,8 +405,7 @@ async def test_transport_loss_requeues_unacked(nursery: trio.Nursery) -> None:
 
 async def test_destination_active_callback(nursery: trio.Nursery) -> None:
     changes: list[tuple[str, bool]] = []
-    runtime = BrokerRuntime(on_destination_active=lambda key, active: changes.append(
-        (key, active)))
+    runtime = BrokerRuntime(on_destination_active=lambda key, active: changes.append((key, active)))
     peer = start(nursery, runtime)
     await peer.connect()
     await peer.subscribe(TOPIC)
@@ -396,8 +415,9 @@ async def test_destination_active_callback(nursery: trio.Nursery) -> None:
     assert changes == [(TOPIC, True), (TOPIC, False)]
 
 
-async def test_graceful_shutdown(nursery: trio.Nursery,
-                                 autojump_clock: trio.testing.MockClock) -> None:
+async def test_graceful_shutdown(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     runtime = BrokerRuntime(Broker(limits=Limits()))
     peers = [start(nursery, runtime) for _ in range(3)]
     for peer in peers[:2]:
@@ -408,15 +428,15 @@ async def test_graceful_shutdown(nursery: trio.Nursery,
     assert runtime.session_count == 0
     for peer in peers:
         frames = await peer.frames_until_eof()
-        assert (frames[-1].command, frames[-1].get("message")) == ("ERROR",
-                                                                   "server shutting down")
+        assert (frames[-1].command, frames[-1].get("message")) == ("ERROR", "server shutting down")
     late = start(nursery, runtime)
     frames = await late.frames_until_eof()
     assert [frame.get("message") for frame in frames] == ["server shutting down"]
 
 
 async def test_shutdown_cuts_off_a_peer_that_never_reads(
-        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     runtime = BrokerRuntime(close_timeout=1)
     stuck = start(nursery, runtime, trio.testing.lockstep_stream_pair)
     await stuck.connect()
@@ -430,10 +450,12 @@ async def test_shutdown_cuts_off_a_peer_that_never_reads(
 
 
 async def test_principal_active_callback_follows_first_and_last_session(
-        nursery: trio.Nursery) -> None:
+    nursery: trio.Nursery,
+) -> None:
     changes: list[tuple[str, bool]] = []
-    runtime = BrokerRuntime(hooks=Hooks(), on_principal_active=lambda who, active: changes.append(
-        (who, active)))
+    runtime = BrokerRuntime(
+        hooks=Hooks(), on_principal_active=lambda who, active: changes.append((who, active))
+    )
     first, second = start(nursery, runtime), start(nursery, runtime)
     for peer in (first, second):
         await peer.send("CONNECT", {"accept-version": "1.2", "host": "x", "login": "alice"})
@@ -448,31 +470,40 @@ async def test_principal_active_callback_follows_first_and_last_session(
 
 
 async def test_subscribed_hook_writes_after_the_receipt_before_live_messages(
-        nursery: trio.Nursery) -> None:
+    nursery: trio.Nursery,
+) -> None:
     hooks = Hooks()
     runtime = hooks.runtime = BrokerRuntime(hooks=hooks)
     peer = start(nursery, runtime)
-    await peer.send_many([
-        ("CONNECT", {"accept-version": "1.2", "host": "x", "login": "alice"}, b""),
-        ("SUBSCRIBE", {"destination": "/topic/greeted", "id": "1", "receipt": "sub"}, b""),
-        ("SEND", {"destination": "/topic/greeted"}, b"live"),
-    ])
+    await peer.send_many(
+        [
+            ("CONNECT", {"accept-version": "1.2", "host": "x", "login": "alice"}, b""),
+            ("SUBSCRIBE", {"destination": "/topic/greeted", "id": "1", "receipt": "sub"}, b""),
+            ("SEND", {"destination": "/topic/greeted"}, b"live"),
+        ]
+    )
     frames = [await peer.frame() for _ in range(4)]
     assert [(f.command, f.body) for f in frames] == [
-        ("CONNECTED", b""), ("RECEIPT", b""), ("MESSAGE", b"snapshot"), ("MESSAGE", b"live")]
+        ("CONNECTED", b""),
+        ("RECEIPT", b""),
+        ("MESSAGE", b"snapshot"),
+        ("MESSAGE", b"live"),
+    ]
 
 
 async def test_subscribed_hook_not_called_for_a_subscription_the_broker_refused(
-        nursery: trio.Nursery) -> None:
+    nursery: trio.Nursery,
+) -> None:
     hooks = Hooks()
-    runtime = hooks.runtime = BrokerRuntime(Broker(limits=Limits(max_subscriptions=1)),
-                                            hooks=hooks)
+    runtime = hooks.runtime = BrokerRuntime(Broker(limits=Limits(max_subscriptions=1)), hooks=hooks)
     peer = start(nursery, runtime)
-    await peer.send_many([
-        ("CONNECT", {"accept-version": "1.2", "host": "x", "login": "alice"}, b""),
-        ("SUBSCRIBE", {"destination": TOPIC, "id": "1"}, b""),
-        ("SUBSCRIBE", {"destination": "/topic/greeted", "id": "2"}, b""),
-    ])
+    await peer.send_many(
+        [
+            ("CONNECT", {"accept-version": "1.2", "host": "x", "login": "alice"}, b""),
+            ("SUBSCRIBE", {"destination": TOPIC, "id": "1"}, b""),
+            ("SUBSCRIBE", {"destination": "/topic/greeted", "id": "2"}, b""),
+        ]
+    )
     replies = await peer.frames_until_eof()
     assert [frame.command for frame in replies] == ["CONNECTED", "ERROR"]
 
@@ -493,19 +524,22 @@ class Replaying(Hooks):
         self.published = 0
         self.at_return: int | None = None
 
-    async def authorize_subscribe(self, session: str, principal: str | None,
-                                  event: Subscribe) -> None:
+    async def authorize_subscribe(
+        self, session: str, principal: str | None, event: Subscribe
+    ) -> None:
         assert self.runtime is not None
         for _ in range(5):  # awaits during which live messages go by unseen
             await trio.lowlevel.checkpoint()
         for n in range(self.published):  # the "replay", after the last await
-            self.runtime.deliver(session, event.id, event.destination, str(n).encode(),
-                                 (("x-replayed", "yes"),))
+            self.runtime.deliver(
+                session, event.id, event.destination, str(n).encode(), (("x-replayed", "yes"),)
+            )
         self.at_return = self.published
 
 
 async def test_deliver_then_subscription_with_no_gap_and_no_duplicate(
-        nursery: trio.Nursery) -> None:
+    nursery: trio.Nursery,
+) -> None:
     hooks = Replaying()
     runtime = hooks.runtime = BrokerRuntime(hooks=hooks)
     peer = start(nursery, runtime)
@@ -518,8 +552,9 @@ async def test_deliver_then_subscription_with_no_gap_and_no_duplicate(
             await trio.lowlevel.checkpoint()
 
     nursery.start_soon(publisher)
-    await peer.send("SUBSCRIBE", {"destination": TOPIC, "id": "1", "ack": "client-individual",
-                                  "receipt": "sub"})
+    await peer.send(
+        "SUBSCRIBE", {"destination": TOPIC, "id": "1", "ack": "client-individual", "receipt": "sub"}
+    )
     frames = []
     with trio.fail_after(5):  # a lost message would otherwise hang here
         while len(frames) < 200:
@@ -529,10 +564,12 @@ async def test_deliver_then_subscription_with_no_gap_and_no_duplicate(
     assert hooks.at_return is not None
     assert 0 < hooks.at_return < 200
     assert [int(frame.body) for frame in frames] == list(range(200))
-    replayed = frames[:hooks.at_return]
-    assert {(f.get("subscription"), f.get("destination"), f.get("x-replayed"), f.get("ack"))
-            for f in replayed} == {("1", TOPIC, "yes", None)}
-    assert all(f.get("x-replayed") is None and f.get("ack") for f in frames[hooks.at_return:])
+    replayed = frames[: hooks.at_return]
+    assert {
+        (f.get("subscription"), f.get("destination"), f.get("x-replayed"), f.get("ack"))
+        for f in replayed
+    } == {("1", TOPIC, "yes", None)}
+    assert all(f.get("x-replayed") is None and f.get("ack") for f in frames[hooks.at_return :])
     ids = [frame.get("message-id") for frame in frames]
     assert len(set(ids)) == len(ids)
 

@@ -43,8 +43,11 @@ async def test_misbehaving_peers_do_not_stop_the_servers(nursery: trio.Nursery) 
     runtime = BrokerRuntime()
     tcp = await nursery.start(serve_tcp, runtime, "127.0.0.1", 0)
     ws = await ws_server(nursery, runtime)
-    for address, junk in ((tcp, CONNECT + b"SEND\ndestin"), (ws, b"GET / HTTP/1.1\r\nHo"),
-                          (ws, b"\x00\xff garbage\r\n\r\n")):
+    for address, junk in (
+        (tcp, CONNECT + b"SEND\ndestin"),
+        (ws, b"GET / HTTP/1.1\r\nHo"),
+        (ws, b"\x00\xff garbage\r\n\r\n"),
+    ):
         stream = await trio.open_tcp_stream(*address)
         await stream.send_all(junk)
         await stream.aclose()  # gone mid-frame / mid-handshake
@@ -55,10 +58,10 @@ async def test_misbehaving_peers_do_not_stop_the_servers(nursery: trio.Nursery) 
         assert (await WsPeer(connection).frame()).command == "CONNECTED"
 
 
-async def ws_server(nursery: trio.Nursery, runtime: BrokerRuntime,
-                    binary: bool = False, **options: bool) -> tuple[str, int]:
-    start = functools.partial(serve_websocket, runtime, "127.0.0.1", 0, binary=binary,
-                              **options)
+async def ws_server(
+    nursery: trio.Nursery, runtime: BrokerRuntime, binary: bool = False, **options: bool
+) -> tuple[str, int]:
+    start = functools.partial(serve_websocket, runtime, "127.0.0.1", 0, binary=binary, **options)
     address: tuple[str, int] = await nursery.start(start)
     return address
 
@@ -80,12 +83,17 @@ class WsPeer:
 
 
 async def test_websocket_negotiates_subprotocol_and_takes_frames_in_one_message(
-        nursery: trio.Nursery) -> None:
+    nursery: trio.Nursery,
+) -> None:
     runtime = BrokerRuntime()
     host, port = await ws_server(nursery, runtime)
     async with trio_websocket.open_websocket(
-            host, port, "/ws?access_token=abc", use_ssl=False,
-            subprotocols=["v10.stomp", "v11.stomp", "v12.stomp"]) as ws:
+        host,
+        port,
+        "/ws?access_token=abc",
+        use_ssl=False,
+        subprotocols=["v10.stomp", "v11.stomp", "v12.stomp"],
+    ) as ws:
         assert ws.subprotocol == "v12.stomp"
         send = _encode("SEND", {"destination": TOPIC}, b"caf\xc3\xa9")
         # CONNECT, heart-beat newlines, SUBSCRIBE and SEND in a single WebSocket message.
@@ -103,22 +111,29 @@ async def test_websocket_frame_split_across_messages(nursery: trio.Nursery) -> N
     host, port = await ws_server(nursery, runtime, binary=True)
     async with trio_websocket.open_websocket(host, port, "/ws", use_ssl=False) as ws:
         assert ws.subprotocol is None  # no subprotocol offered: still accepted
-        data = CONNECT + SUBSCRIBE + _encode("SEND", {"destination": TOPIC, "content-length": "7"},
-                                         b"\xff\x00split")
+        data = (
+            CONNECT
+            + SUBSCRIBE
+            + _encode("SEND", {"destination": TOPIC, "content-length": "7"}, b"\xff\x00split")
+        )
         for offset in range(0, len(data), 7):
-            await ws.send_message(data[offset:offset + 7])
+            await ws.send_message(data[offset : offset + 7])
         peer = WsPeer(ws)
         assert [(await peer.frame()).command for _ in range(2)] == ["CONNECTED", "RECEIPT"]
         assert (await peer.frame()).body == b"\xff\x00split"
         assert all(isinstance(m, bytes) for m in peer.messages)  # --binary
 
 
-@pytest.mark.parametrize(("one_frame_per_message", "shape"), [
-    (False, [10]),  # the default: what is queued goes in one message
-    (True, [1] * 10),
-])
-async def test_websocket_frames_per_message(nursery: trio.Nursery, one_frame_per_message: bool,
-                                            shape: list[int]) -> None:
+@pytest.mark.parametrize(
+    ("one_frame_per_message", "shape"),
+    [
+        (False, [10]),  # the default: what is queued goes in one message
+        (True, [1] * 10),
+    ],
+)
+async def test_websocket_frames_per_message(
+    nursery: trio.Nursery, one_frame_per_message: bool, shape: list[int]
+) -> None:
     runtime = BrokerRuntime()
     host, port = await ws_server(nursery, runtime, one_frame_per_message=one_frame_per_message)
     async with trio_websocket.open_websocket(host, port, "/ws", use_ssl=False) as ws:
@@ -156,8 +171,9 @@ async def test_websocket_other_path_is_404(nursery: trio.Nursery) -> None:
 async def test_websocket_shutdown_closes_with_1001(nursery: trio.Nursery) -> None:
     runtime = BrokerRuntime()
     host, port = await ws_server(nursery, runtime)
-    async with trio_websocket.open_websocket(host, port, "/ws", use_ssl=False,
-                                             subprotocols=["v11.stomp"]) as ws:
+    async with trio_websocket.open_websocket(
+        host, port, "/ws", use_ssl=False, subprotocols=["v11.stomp"]
+    ) as ws:
         assert ws.subprotocol == "v11.stomp"
         await ws.send_message(CONNECT)
         peer = WsPeer(ws)
@@ -206,7 +222,9 @@ async def test_python_m_stomp_round_trip_and_sigterm() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "stomp", "--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0"],
-        stderr=subprocess.PIPE, env=env)
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     assert process.stderr is not None
     log = b""
     try:
@@ -226,7 +244,8 @@ async def test_python_m_stomp_round_trip_and_sigterm() -> None:
                 process.send_signal(signal.SIGTERM)
                 frames = await peer.frames_until_eof()
             assert [(f.command, f.get("message")) for f in frames] == [
-                ("ERROR", "server shutting down")]
+                ("ERROR", "server shutting down")
+            ]
             async for chunk in process.stderr:
                 log += chunk
             assert await process.wait() == 0, log.decode()

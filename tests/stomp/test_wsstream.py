@@ -54,8 +54,7 @@ Handler = Callable[[trio.SocketStream], Awaitable[None]]
 
 
 async def connect(nursery: trio.Nursery, handler: Handler) -> RawWsClient:
-    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0,
-                                                      host="127.0.0.1"))
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
     port = listeners[0].socket.getsockname()[1]
     peer = RawWsClient(await trio.open_tcp_stream("127.0.0.1", port))
     await peer.handshake()
@@ -71,20 +70,28 @@ async def assert_closed_with(peer: RawWsClient, code: int) -> None:
 
 # -- messages ---------------------------------------------------------------------------------
 
+
 async def test_echo_keeps_text_text_and_binary_binary(nursery: trio.Nursery) -> None:
     peer = await connect(nursery, echo)
-    await peer.send(frame(OP_TEXT, "κόσμε".encode()), frame(OP_BINARY, b"\xff\x00"),
-                    frame(OP_TEXT))
+    await peer.send(frame(OP_TEXT, "κόσμε".encode()), frame(OP_BINARY, b"\xff\x00"), frame(OP_TEXT))
     received = [await peer.frame() for _ in range(3)]
     assert [(r.opcode, r.fin, r.payload) for r in received] == [
-        (OP_TEXT, True, "κόσμε".encode()), (OP_BINARY, True, b"\xff\x00"), (OP_TEXT, True, b"")]
+        (OP_TEXT, True, "κόσμε".encode()),
+        (OP_BINARY, True, b"\xff\x00"),
+        (OP_TEXT, True, b""),
+    ]
 
 
 async def test_fragments_come_back_as_one_message_after_the_pong_between_them(
-        nursery: trio.Nursery) -> None:
+    nursery: trio.Nursery,
+) -> None:
     peer = await connect(nursery, echo)
-    await peer.send(frame(OP_TEXT, b"he", fin=False), frame(OP_PING, b"mid"),
-                    frame(OP_CONTINUATION, b"ll", fin=False), frame(OP_CONTINUATION, b"o"))
+    await peer.send(
+        frame(OP_TEXT, b"he", fin=False),
+        frame(OP_PING, b"mid"),
+        frame(OP_CONTINUATION, b"ll", fin=False),
+        frame(OP_CONTINUATION, b"o"),
+    )
     pong, message = await peer.frame(), await peer.frame()
     assert (pong.opcode, pong.payload) == (OP_PONG, b"mid")
     assert (message.opcode, message.fin, message.payload) == (OP_TEXT, True, b"hello")
@@ -92,16 +99,19 @@ async def test_fragments_come_back_as_one_message_after_the_pong_between_them(
 
 async def test_fragments_reach_the_stream_joined(nursery: trio.Nursery) -> None:
     peer = await connect(nursery, stream_echo)
-    await peer.send(frame(OP_TEXT, b"SEND\n", fin=False),
-                    frame(OP_CONTINUATION, b"destination:/t", fin=False),
-                    frame(OP_CONTINUATION, b"\n\nbody\0"))
+    await peer.send(
+        frame(OP_TEXT, b"SEND\n", fin=False),
+        frame(OP_CONTINUATION, b"destination:/t", fin=False),
+        frame(OP_CONTINUATION, b"\n\nbody\0"),
+    )
     received = await peer.frame()
     assert (received.opcode, received.payload) == (OP_TEXT, b"SEND\ndestination:/t\n\nbody\0")
 
 
 @pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 100_000])
-async def test_server_frames_use_the_shortest_length_header(nursery: trio.Nursery,
-                                                            size: int) -> None:
+async def test_server_frames_use_the_shortest_length_header(
+    nursery: trio.Nursery, size: int
+) -> None:
     peer = await connect(nursery, echo)
     payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
     await peer.send(frame(OP_BINARY, payload))
@@ -116,6 +126,7 @@ async def test_server_frames_use_the_shortest_length_header(nursery: trio.Nurser
 
 
 # -- control frames and the closing handshake -------------------------------------------------
+
 
 @pytest.mark.parametrize("handler", [echo, stream_echo])
 async def test_ping_is_answered_with_its_payload(nursery: trio.Nursery, handler: Handler) -> None:
@@ -136,30 +147,33 @@ async def test_close_code_and_reason_are_echoed(nursery: trio.Nursery, handler: 
 
 
 @pytest.mark.parametrize("handler", [echo, stream_echo])
-async def test_invalid_utf8_text_closes_with_1007(nursery: trio.Nursery,
-                                                  handler: Handler) -> None:
+async def test_invalid_utf8_text_closes_with_1007(nursery: trio.Nursery, handler: Handler) -> None:
     peer = await connect(nursery, handler)
     await peer.send(frame(OP_TEXT, "κόσμε".encode() + b"\xed\xa0\x80"))  # a UTF-16 surrogate
     await assert_closed_with(peer, INVALID_PAYLOAD)
 
 
-@pytest.mark.parametrize("bad", [
-    pytest.param(frame(OP_TEXT, b"x", rsv=2), id="reserved-bit"),
-    pytest.param(frame(0x3, b"x"), id="reserved-data-opcode"),
-    pytest.param(frame(0xB), id="reserved-control-opcode"),
-    pytest.param(frame(OP_PING, b"x", fin=False), id="fragmented-ping"),
-    pytest.param(frame(OP_PING, bytes(126)), id="oversized-ping"),
-    pytest.param(b"\x82\xff" + struct.pack("!Q", 1 << 63) + bytes(4), id="length-msb-set"),
-    pytest.param(frame(OP_CONTINUATION, b"x"), id="continuation-of-nothing"),
-    pytest.param(frame(OP_TEXT, fin=False) + frame(OP_TEXT, b"b"), id="text-inside-text"),
-    pytest.param(frame(OP_TEXT, b"x", masked=False), id="unmasked"),
-    pytest.param(frame(OP_CLOSE, b"\x03"), id="close-one-byte"),
-    pytest.param(close_frame(999), id="close-code-999"),
-    pytest.param(close_frame(1005), id="close-code-local-only"),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(frame(OP_TEXT, b"x", rsv=2), id="reserved-bit"),
+        pytest.param(frame(0x3, b"x"), id="reserved-data-opcode"),
+        pytest.param(frame(0xB), id="reserved-control-opcode"),
+        pytest.param(frame(OP_PING, b"x", fin=False), id="fragmented-ping"),
+        pytest.param(frame(OP_PING, bytes(126)), id="oversized-ping"),
+        pytest.param(b"\x82\xff" + struct.pack("!Q", 1 << 63) + bytes(4), id="length-msb-set"),
+        pytest.param(frame(OP_CONTINUATION, b"x"), id="continuation-of-nothing"),
+        pytest.param(frame(OP_TEXT, fin=False) + frame(OP_TEXT, b"b"), id="text-inside-text"),
+        pytest.param(frame(OP_TEXT, b"x", masked=False), id="unmasked"),
+        pytest.param(frame(OP_CLOSE, b"\x03"), id="close-one-byte"),
+        pytest.param(close_frame(999), id="close-code-999"),
+        pytest.param(close_frame(1005), id="close-code-local-only"),
+    ],
+)
 @pytest.mark.parametrize("handler", [echo, stream_echo])
-async def test_protocol_errors_close_with_1002(nursery: trio.Nursery, handler: Handler,
-                                               bad: bytes) -> None:
+async def test_protocol_errors_close_with_1002(
+    nursery: trio.Nursery, handler: Handler, bad: bytes
+) -> None:
     peer = await connect(nursery, handler)
     await peer.send(bad)
     await assert_closed_with(peer, PROTOCOL_ERROR)
@@ -167,9 +181,11 @@ async def test_protocol_errors_close_with_1002(nursery: trio.Nursery, handler: H
 
 # -- regressions found by the Autobahn fuzzingclient ------------------------------------------
 
+
 @pytest.mark.parametrize("handler", [echo, stream_echo])
 async def test_message_before_a_bad_frame_is_answered_before_the_close(
-        nursery: trio.Nursery, handler: Handler) -> None:
+    nursery: trio.Nursery, handler: Handler
+) -> None:
     """Autobahn 3.2, 3.3, 4.1.3, 4.1.4, 4.2.3, 4.2.4, 5.15: the close went out first, and the
     reply to the message (for STOMP: a RECEIPT, an ERROR) was lost."""
     peer = await connect(nursery, handler)
@@ -181,16 +197,22 @@ async def test_message_before_a_bad_frame_is_answered_before_the_close(
 
 @pytest.mark.parametrize("handler", [echo, stream_echo])
 async def test_messages_before_the_peer_close_are_answered_before_the_reply(
-        nursery: trio.Nursery, handler: Handler) -> None:
+    nursery: trio.Nursery, handler: Handler
+) -> None:
     """Autobahn 7.1.6: the close was answered first; then data could no longer be sent."""
     peer = await connect(nursery, handler)
     big = b"BAsd7&jh23" * 26 * 1024
+
     # sent while we read: the stream echo writes back as it reads, so a peer that only reads
     # once it has sent 260 KiB could fill both directions' socket buffers and wait for ever
     async def send() -> None:
         with contextlib.suppress(trio.BrokenResourceError):  # the ping may meet the close
-            await peer.send(frame(OP_TEXT, big), frame(OP_TEXT, b"Hello World!"),
-                            close_frame(CLOSE_NORMAL), frame(OP_PING))
+            await peer.send(
+                frame(OP_TEXT, big),
+                frame(OP_TEXT, b"Hello World!"),
+                close_frame(CLOSE_NORMAL),
+                frame(OP_PING),
+            )
 
     nursery.start_soon(send)
     data = b""
@@ -202,7 +224,8 @@ async def test_messages_before_the_peer_close_are_answered_before_the_reply(
 
 
 async def test_failed_connection_is_closed_without_waiting_for_the_reply(
-        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     """Autobahn 3.*, 4.*, 5.*, 6.*, 7.* "FAILED BY CLIENT": after failing the connection the
     server waited `CLOSE_REPLY_TIMEOUT` for a close reply wsproto no longer parses, so the
     client had to drop the connection. Now it half-closes at once and drains."""
@@ -231,7 +254,8 @@ async def test_empty_message_does_not_end_the_stream(nursery: trio.Nursery) -> N
 
 
 async def test_stomp_receipt_for_a_disconnect_sent_with_the_close_frame_arrives(
-        nursery: trio.Nursery) -> None:
+    nursery: trio.Nursery,
+) -> None:
     """The STOMP session on this transport: the reply to the peer's close used to go out first,
     and the RECEIPT it waited for was lost. The session stops reading after DISCONNECT, so
     `aclose` answers the close it left pending."""
@@ -241,7 +265,8 @@ async def test_stomp_receipt_for_a_disconnect_sent_with_the_close_frame_arrives(
     await peer.handshake("/ws")
     await peer.send(frame(OP_TEXT, _encode("CONNECT", {"accept-version": "1.2"}, b"")))
     assert (await peer.frame()).payload.startswith(b"CONNECTED\n")
-    await peer.send(frame(OP_TEXT, _encode("DISCONNECT", {"receipt": "bye"}, b"")),
-                    close_frame(CLOSE_NORMAL))
+    await peer.send(
+        frame(OP_TEXT, _encode("DISCONNECT", {"receipt": "bye"}, b"")), close_frame(CLOSE_NORMAL)
+    )
     assert (await peer.frame()).payload == _encode("RECEIPT", {"receipt-id": "bye"}, b"")
     await assert_closed_with(peer, CLOSE_NORMAL)

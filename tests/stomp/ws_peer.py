@@ -21,8 +21,9 @@ ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 _MASK = b"\x37\xfa\x21\x3d"
 
 
-def frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0,
-          masked: bool = True) -> bytes:
+def frame(
+    opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0, masked: bool = True
+) -> bytes:
     """A client frame; `rsv` is the three reserved bits as a number (0-7)."""
     first = (0x80 if fin else 0) | rsv << 4 | opcode
     mask_bit = 0x80 if masked else 0
@@ -74,7 +75,8 @@ class RawWsClient:
         await self.stream.send_all(
             f"GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {KEY.decode()}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
         while b"\r\n\r\n" not in self._buffer:
             assert await self._read(), "closed during the handshake"
         head, _, rest = bytes(self._buffer).partition(b"\r\n\r\n")

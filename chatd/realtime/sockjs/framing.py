@@ -103,6 +103,7 @@ def callback_error(callback: str | None) -> str | None:
 
 # -- per-transport wrapping ---------------------------------------------------------------------
 
+
 def wrap_xhr(frame: str) -> str:
     """xhr and xhr_streaming: one frame per line."""
     return frame + "\n"

@@ -42,8 +42,9 @@ class State(enum.Enum):
 class SockJSSession:
     """The state of one SockJS session, and the `Stream` its STOMP session runs over."""
 
-    def __init__(self, session_id: str, *,
-                 max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES) -> None:
+    def __init__(
+        self, session_id: str, *, max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES
+    ) -> None:
         self.id = session_id
         self.state = State.NEW
         self.close_reason: tuple[int, str] = GO_AWAY
@@ -72,10 +73,14 @@ class SockJSSession:
         it must not be enough to listen to, or speak in, somebody else's STOMP session.
         """
         if self.secret is not None and any(
-                hmac.compare_digest(given.encode(), self.secret.encode()) for given in cookies):
+            hmac.compare_digest(given.encode(), self.secret.encode()) for given in cookies
+        ):
             return True
-        return (self.bound_token is not None and token is not None
-                and hmac.compare_digest(token.encode(), self.bound_token.encode()))
+        return (
+            self.bound_token is not None
+            and token is not None
+            and hmac.compare_digest(token.encode(), self.bound_token.encode())
+        )
 
     # -- the receiving side (HTTP requests, the WebSocket) -------------------------------------
 
@@ -195,8 +200,13 @@ class SockJSSession:
         self.close()
 
 
-async def run_session(session: SockJSSession, runtime: BrokerRuntime, transport: TransportInfo,
-                      *, disconnect_delay: float) -> None:
+async def run_session(
+    session: SockJSSession,
+    runtime: BrokerRuntime,
+    transport: TransportInfo,
+    *,
+    disconnect_delay: float,
+) -> None:
     """Carry one STOMP session over `session` until either side ends it.
 
     Closes the session when no receiver has been attached for `disconnect_delay` seconds.
@@ -217,8 +227,9 @@ async def _watch_receivers(session: SockJSSession, disconnect_delay: float) -> N
         if session.receiver is None:
             idle_until = session.detached_at + disconnect_delay
             if trio.current_time() >= idle_until:
-                log.debug("sockjs session %s: no receiver for %gs, closing", session.id,
-                          disconnect_delay)
+                log.debug(
+                    "sockjs session %s: no receiver for %gs, closing", session.id, disconnect_delay
+                )
                 session.close()
                 return
             with trio.move_on_at(idle_until):

@@ -76,8 +76,14 @@ class SockJSSessions:
         """Whether the table holds ``max_sessions`` sessions (no new one may be created)."""
         return len(self._sessions) >= self.settings.max_sessions
 
-    def create(self, session_id: str, transport: TransportInfo, nursery: trio.Nursery, *,
-               bound_token: str | None = None) -> SockJSSession:
+    def create(
+        self,
+        session_id: str,
+        transport: TransportInfo,
+        nursery: trio.Nursery,
+        *,
+        bound_token: str | None = None,
+    ) -> SockJSSession:
         """A new session `session_id`, its STOMP session started in `nursery` (the caller
         checks `full` first), with a fresh `secret` for its opener (see `SockJSSession.admits`)
         and bound to `bound_token` too if given."""
@@ -97,8 +103,9 @@ class SockJSSessions:
         self.sessions_opened_total += 1
         self._live += 1
         try:
-            await run_session(session, self.runtime, transport,
-                              disconnect_delay=self.settings.disconnect_delay)
+            await run_session(
+                session, self.runtime, transport, disconnect_delay=self.settings.disconnect_delay
+            )
         finally:
             self._live -= 1
 
@@ -126,8 +133,9 @@ class SockJSSessions:
             session.close()
             session.scope.cancel()
 
-    async def frames(self, session: SockJSSession, *, streaming: bool,
-                     limit: float | None = None) -> AsyncGenerator[str, None]:
+    async def frames(
+        self, session: SockJSSession, *, streaming: bool, limit: float | None = None
+    ) -> AsyncGenerator[str, None]:
         """The frames for one receiving request of `session`, as the protocol orders them.
 
         A polling request (`streaming` false) gets one frame; a streaming one gets frames until

@@ -118,8 +118,12 @@ class Server:
 
 
 async def start_server(
-    nursery: trio.Nursery, store: Store, verifier: TokenVerifier, clock: FakeClock,
-    limits: LimitsConfig, **server_options: Any,
+    nursery: trio.Nursery,
+    store: Store,
+    verifier: TokenVerifier,
+    clock: FakeClock,
+    limits: LimitsConfig,
+    **server_options: Any,
 ) -> Server:
     """Serve a fresh app over `store` on an ephemeral port; stopped by `Server.stop`."""
     server_config = replace(ServerConfig(bind="127.0.0.1:0", shutdown_grace=1), **server_options)
@@ -139,7 +143,10 @@ async def start_server(
 
 @pytest.fixture
 async def server(
-    nursery: trio.Nursery, store: Store, verifier: TokenVerifier, clock: FakeClock,
+    nursery: trio.Nursery,
+    store: Store,
+    verifier: TokenVerifier,
+    clock: FakeClock,
     limits: LimitsConfig,
 ) -> AsyncIterator[Server]:
     """A server over each backend."""
@@ -151,7 +158,10 @@ async def server(
 
 @pytest.fixture
 async def sqlite_server(
-    nursery: trio.Nursery, sqlite_store: Store, verifier: TokenVerifier, clock: FakeClock,
+    nursery: trio.Nursery,
+    sqlite_store: Store,
+    verifier: TokenVerifier,
+    clock: FakeClock,
     limits: LimitsConfig,
 ) -> AsyncIterator[Server]:
     """A server over SQLite only, for tests where the backend does not matter."""
@@ -162,7 +172,10 @@ async def sqlite_server(
 
 
 async def init_session(
-    server: Server, auth: Callable[..., dict[str, str]], caller: str = ALICE, peer: str = BOB,
+    server: Server,
+    auth: Callable[..., dict[str, str]],
+    caller: str = ALICE,
+    peer: str = BOB,
     intent: str = "buy",
 ) -> str:
     """Open (or find) the session of `caller` and `peer`; return its id."""
@@ -175,7 +188,11 @@ async def init_session(
 
 
 async def send(
-    server: Server, auth: Callable[..., dict[str, str]], sid: str, content: str, cmid: str,
+    server: Server,
+    auth: Callable[..., dict[str, str]],
+    sid: str,
+    content: str,
+    cmid: str,
     caller: str = ALICE,
 ) -> httpx.Response:
     return await server.client.post(

@@ -21,8 +21,7 @@ SESSION_ROUTES = [
     ("GET", "/api/chat/{sid}/unread/count", None),
     ("POST", "/api/chat/{sid}/delivered", {"upToSeq": 1}),
     ("POST", "/api/chat/{sid}/seen", {"upToSeq": 1}),
-    ("POST", "/api/chat/message", {"sessionId": "{sid}", "content": "x",
-                                   "clientMessageId": "c"}),
+    ("POST", "/api/chat/message", {"sessionId": "{sid}", "content": "x", "clientMessageId": "c"}),
 ]
 
 
@@ -120,7 +119,8 @@ async def test_body_over_the_limit_is_413(sqlite_server, auth) -> None:
     limit = max_body_size(sqlite_server.config.limits.max_content_length)
     content = b'{"content": "' + b"x" * limit + b'"}'
     answer = await sqlite_server.client.post(
-        "/api/chat/message", content=content,
+        "/api/chat/message",
+        content=content,
         headers={"Content-Type": "application/json"} | auth(ALICE),
     )
     assert assert_error(answer, 413)["errorMsg"].startswith("request body too large")
@@ -130,29 +130,32 @@ async def test_body_over_the_limit_is_413(sqlite_server, auth) -> None:
             yield b"x" * 65536
 
     streamed = await sqlite_server.client.post(
-        "/api/chat/message", content=chunks(),
+        "/api/chat/message",
+        content=chunks(),
         headers={"Content-Type": "application/json"} | auth(ALICE),
     )
     assert_error(streamed, 413)
 
 
 async def test_a_text_within_the_character_limit_fits_the_body_limit_however_escaped(
-        sqlite_server, auth) -> None:
+    sqlite_server, auth
+) -> None:
     # 4000 emoji as json.dumps writes them by default (\\ud83d\\ude00: 12 bytes each) are 48 KB:
     # still one message within the 4000-character limit, so not a 413 for the body's size.
     limit = sqlite_server.config.limits.max_content_length
     sid = await init_session(sqlite_server, auth)
     headers = {"Content-Type": "application/json"} | auth(ALICE)
     for n, status in ((limit, 201), (limit + 1, 413)):
-        body = json.dumps({"sessionId": sid, "content": "\U0001F600" * n,
-                           "clientMessageId": f"emoji-{n}"})
+        body = json.dumps(
+            {"sessionId": sid, "content": "\U0001f600" * n, "clientMessageId": f"emoji-{n}"}
+        )
         assert len(body) > 12 * n
-        answer = await sqlite_server.client.post("/api/chat/message", content=body,
-                                                 headers=headers)
+        answer = await sqlite_server.client.post("/api/chat/message", content=body, headers=headers)
         assert answer.status_code == status, answer.text
     # Over the limit: the length is what is refused, not the body's bytes.
     assert answer.json()["errorMsg"] == (
-        f"content is {limit + 1} characters long; the limit is {limit}")
+        f"content is {limit + 1} characters long; the limit is {limit}"
+    )
 
 
 async def test_framework_errors_are_json(sqlite_server, auth) -> None:

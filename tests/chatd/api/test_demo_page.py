@@ -30,24 +30,28 @@ from .conftest import ALICE, KnownUsers, assert_error
 STATIC = Path(__file__).resolve().parents[3] / "chatd" / "http" / "static"
 
 
-
 @pytest.fixture
 async def serve_app(
-    nursery: trio.Nursery, sqlite_store: Store, verifier: TokenVerifier,
+    nursery: trio.Nursery,
+    sqlite_store: Store,
+    verifier: TokenVerifier,
 ) -> AsyncIterator[Callable[..., Any]]:
     """``await serve_app(demo_page=..., token_key=...)`` -> a client of a fresh server."""
     stops: list[trio.Event] = []
     clients: list[httpx.AsyncClient] = []
 
-    async def start(*, demo_page: bool = True,
-                    token_key: rsa.RSAPrivateKey | None = None) -> httpx.AsyncClient:
-        config = Config(server=replace(ServerConfig(bind="127.0.0.1:0", shutdown_grace=1),
-                                       demo_page=demo_page))
+    async def start(
+        *, demo_page: bool = True, token_key: rsa.RSAPrivateKey | None = None
+    ) -> httpx.AsyncClient:
+        config = Config(
+            server=replace(ServerConfig(bind="127.0.0.1:0", shutdown_grace=1), demo_page=demo_page)
+        )
         service = ChatService(sqlite_store, KnownUsers())
         app = create_app(service, verifier, config, demo_token_key=token_key)
         stop = trio.Event()
         binds = await nursery.start(
-            functools.partial(serve_http, app, config, shutdown_trigger=stop.wait))
+            functools.partial(serve_http, app, config, shutdown_trigger=stop.wait)
+        )
         stops.append(stop)
         clients.append(httpx.AsyncClient(base_url=binds[0], timeout=30))
         return clients[-1]
@@ -84,16 +88,20 @@ async def test_page_and_every_file_it_loads_are_served_locally(serve_app: Any) -
         assert answer.content == (STATIC / name).read_bytes(), name
 
 
-async def test_unknown_demo_file_is_a_json_404_and_no_path_reaches_the_disk(
-        serve_app: Any) -> None:
+async def test_unknown_demo_file_is_a_json_404_and_no_path_reaches_the_disk(serve_app: Any) -> None:
     client = await serve_app()
-    for path in ("/demo/static/nope.js", "/demo/static/../app.py",
-                 "/demo/static/vendor/../../demo.py", "/demo/static/%2e%2e/demo.py"):
+    for path in (
+        "/demo/static/nope.js",
+        "/demo/static/../app.py",
+        "/demo/static/vendor/../../demo.py",
+        "/demo/static/%2e%2e/demo.py",
+    ):
         assert_error(await client.get(path), 404)
 
 
 async def test_demo_page_off_serves_only_the_vendored_libraries(
-        serve_app: Any, signing_key: rsa.RSAPrivateKey) -> None:
+    serve_app: Any, signing_key: rsa.RSAPrivateKey
+) -> None:
     client = await serve_app(demo_page=False, token_key=signing_key)
     assert_error(await client.get("/"), 404)
     assert_error(await client.get("/demo/static/demo.js"), 404)
@@ -106,7 +114,8 @@ async def test_demo_page_off_serves_only_the_vendored_libraries(
 
 
 async def test_demo_token_signs_in_as_the_normalized_email(
-        serve_app: Any, signing_key: rsa.RSAPrivateKey) -> None:
+    serve_app: Any, signing_key: rsa.RSAPrivateKey
+) -> None:
     client = await serve_app(token_key=signing_key)
     answer = await client.post("/demo/token", json={"email": "  Alice@Example.COM "})
     assert answer.status_code == 200, answer.text
@@ -114,8 +123,9 @@ async def test_demo_token_signs_in_as_the_normalized_email(
     body = answer.json()
     assert body["email"] == ALICE
     assert body["expiresIn"] > 0
-    unread = await client.get("/api/chat/unread",
-                              headers={"Authorization": f"Bearer {body['token']}"})
+    unread = await client.get(
+        "/api/chat/unread", headers={"Authorization": f"Bearer {body['token']}"}
+    )
     assert unread.status_code == 200, unread.text
     assert unread.json()["total"] == 0
 
@@ -124,14 +134,14 @@ async def test_demo_token_signs_in_as_the_normalized_email(
     ("body", "status"),
     [({"email": "not-an-email"}, 400), ({}, 400), ({"email": 7}, 400), ([ALICE], 400)],
 )
-async def test_demo_token_refuses_bad_input(serve_app: Any, signing_key: rsa.RSAPrivateKey,
-                                            body: Any, status: int) -> None:
+async def test_demo_token_refuses_bad_input(
+    serve_app: Any, signing_key: rsa.RSAPrivateKey, body: Any, status: int
+) -> None:
     client = await serve_app(token_key=signing_key)
     assert_error(await client.post("/demo/token", json=body), status)
 
 
-async def test_demo_token_needs_a_json_body(serve_app: Any, signing_key: rsa.RSAPrivateKey
-                                            ) -> None:
+async def test_demo_token_needs_a_json_body(serve_app: Any, signing_key: rsa.RSAPrivateKey) -> None:
     # A form post is what another origin could send without a CORS preflight.
     client = await serve_app(token_key=signing_key)
     assert_error(await client.post("/demo/token", data={"email": ALICE}), 400)
@@ -149,6 +159,7 @@ def test_token_key_only_for_the_demo_page_with_the_dev_keys(tmp_path: Path) -> N
     assert key is not None
     # It is the dev pair the server verifies with.
     from chatd.auth.tokens import mint_token
+
     assert verifier_from_config(embedded).verify(mint_token(key, ALICE)) == ALICE
 
     _, public, _ = ensure_dev_keys(tmp_path / "other")
@@ -162,17 +173,26 @@ def test_token_key_only_for_the_demo_page_with_the_dev_keys(tmp_path: Path) -> N
 
 def test_vendored_files_match_their_record_and_keep_their_licenses() -> None:
     vendor = STATIC / "vendor"
-    lines = [line.split() for line in (vendor / "VERSIONS").read_text().splitlines()
-             if line and not line.startswith("#")]
+    lines = [
+        line.split()
+        for line in (vendor / "VERSIONS").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     recorded = {name: (package, digest) for name, package, digest in lines}
-    assert set(recorded) == {"stomp.umd.min.js", "LICENSE.stompjs", "sockjs.min.js",
-                             "LICENSE.sockjs-client"}
+    assert set(recorded) == {
+        "stomp.umd.min.js",
+        "LICENSE.stompjs",
+        "sockjs.min.js",
+        "LICENSE.sockjs-client",
+    }
     assert recorded["stomp.umd.min.js"][0] == "@stomp/stompjs@7.5.0"
     assert recorded["sockjs.min.js"][0] == "sockjs-client@1.6.1"
     for name, (_, digest) in recorded.items():
         assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, name
     assert "Apache License" in (vendor / "LICENSE.stompjs").read_text()
-    assert "MIT" in (vendor / "LICENSE.sockjs-client").read_text() or \
-        "Permission is hereby granted" in (vendor / "LICENSE.sockjs-client").read_text()
+    assert (
+        "MIT" in (vendor / "LICENSE.sockjs-client").read_text()
+        or "Permission is hereby granted" in (vendor / "LICENSE.sockjs-client").read_text()
+    )
     for name in ASSETS:
         assert (STATIC / name).is_file(), name

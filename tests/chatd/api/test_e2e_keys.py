@@ -29,14 +29,17 @@ from tests.chatd.e2e_support import (
 
 
 async def publish(server, auth, caller, jwk, **extra):
-    return await server.client.put("/api/keys/me", json={"agreementKey": jwk, **extra},
-                                   headers=auth(caller))
+    return await server.client.put(
+        "/api/keys/me", json={"agreementKey": jwk, **extra}, headers=auth(caller)
+    )
 
 
 async def init_encrypted(server, auth, caller=ALICE, peer=BOB, intent="buy") -> str:
     answer = await server.client.post(
-        "/api/chat/init", json={"toEmail": peer, "intent": intent, "encrypted": True},
-        headers=auth(caller))
+        "/api/chat/init",
+        json={"toEmail": peer, "intent": intent, "encrypted": True},
+        headers=auth(caller),
+    )
     assert answer.status_code == 200, answer.text
     assert answer.json()["encrypted"] is True
     sid: str = answer.json()["sessionId"]
@@ -48,8 +51,7 @@ async def init_encrypted(server, auth, caller=ALICE, peer=BOB, intent="buy") -> 
 
 async def test_publish_read_rotate_and_read_the_old_key_by_id(server, auth) -> None:
     first, signing = public_jwk(new_key()), public_jwk(new_key()) | {"key_ops": ["verify"]}
-    answer = await publish(server, auth, ALICE, first, signingKey=signing,
-                           kid=thumbprint(first))
+    answer = await publish(server, auth, ALICE, first, signingKey=signing, kid=thumbprint(first))
     assert answer.status_code == 201, answer.text
     body = answer.json()
     assert body["kid"] == thumbprint(first)
@@ -94,37 +96,49 @@ def _off_curve():
     return value | {"y": b64u(bytes(y))}
 
 
-@pytest.mark.parametrize(("jwk", "reason"), [
-    ("not a key", "must be a JWK object"),
-    (_jwk(d=b64u(os.urandom(32))), "private key material (d)"),
-    (_jwk(crv="P-384"), "crv must be P-256"),
-    (_jwk(kty="RSA"), "kty must be EC"),
-    (_jwk(kty=None), "kty must be EC"),
-    (_off_curve(), "not a point on P-256"),
-    (_jwk(x=b64u(os.urandom(31))), "x must be 32 bytes"),
-    (_jwk(y=None), "agreementKey.y must be unpadded base64url"),
-    (_jwk(x=b64u(os.urandom(32)) + "="), "x must be unpadded base64url"),
-    (_jwk(x="+" * 43), "x must be unpadded base64url"),
-    (_jwk(n="AQAB"), "not public EC JWK members: n"),
-    (_jwk(key_ops=["sign"]), "key_ops sign do not fit"),
-    (_jwk(alg="ES256"), "alg must be one of ECDH-ES"),
-    (_jwk(use="sig"), "use must be enc"),
-], ids=lambda v: v if isinstance(v, str) else "")
-async def test_bad_agreement_keys_are_refused_with_the_reason(sqlite_server, auth, jwk,
-                                                              reason) -> None:
+@pytest.mark.parametrize(
+    ("jwk", "reason"),
+    [
+        ("not a key", "must be a JWK object"),
+        (_jwk(d=b64u(os.urandom(32))), "private key material (d)"),
+        (_jwk(crv="P-384"), "crv must be P-256"),
+        (_jwk(kty="RSA"), "kty must be EC"),
+        (_jwk(kty=None), "kty must be EC"),
+        (_off_curve(), "not a point on P-256"),
+        (_jwk(x=b64u(os.urandom(31))), "x must be 32 bytes"),
+        (_jwk(y=None), "agreementKey.y must be unpadded base64url"),
+        (_jwk(x=b64u(os.urandom(32)) + "="), "x must be unpadded base64url"),
+        (_jwk(x="+" * 43), "x must be unpadded base64url"),
+        (_jwk(n="AQAB"), "not public EC JWK members: n"),
+        (_jwk(key_ops=["sign"]), "key_ops sign do not fit"),
+        (_jwk(alg="ES256"), "alg must be one of ECDH-ES"),
+        (_jwk(use="sig"), "use must be enc"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+async def test_bad_agreement_keys_are_refused_with_the_reason(
+    sqlite_server, auth, jwk, reason
+) -> None:
     body = assert_error(await publish(sqlite_server, auth, ALICE, jwk), 400)
     assert reason in body["errorMsg"]
 
 
-@pytest.mark.parametrize(("body", "reason"), [
-    ({}, "agreementKey must be a JWK object"),
-    ({"agreementKey": _jwk(), "extra": 1}, "unknown members: extra"),
-    ({"agreementKey": _jwk(), "kid": "abc"}, "kid must be the RFC 7638 thumbprint"),
-    ({"agreementKey": _jwk(), "signingKey": _jwk(d=b64u(os.urandom(32)))},
-     "signingKey holds private key material"),
-    ({"agreementKey": _jwk(), "signingKey": _jwk(key_ops=["deriveBits"])},
-     "do not fit a signing key"),
-])
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({}, "agreementKey must be a JWK object"),
+        ({"agreementKey": _jwk(), "extra": 1}, "unknown members: extra"),
+        ({"agreementKey": _jwk(), "kid": "abc"}, "kid must be the RFC 7638 thumbprint"),
+        (
+            {"agreementKey": _jwk(), "signingKey": _jwk(d=b64u(os.urandom(32)))},
+            "signingKey holds private key material",
+        ),
+        (
+            {"agreementKey": _jwk(), "signingKey": _jwk(key_ops=["deriveBits"])},
+            "do not fit a signing key",
+        ),
+    ],
+)
 async def test_bad_publications_are_refused(sqlite_server, auth, body, reason) -> None:
     answer = await sqlite_server.client.put("/api/keys/me", json=body, headers=auth(ALICE))
     assert reason in assert_error(answer, 400)["errorMsg"]
@@ -139,8 +153,9 @@ async def test_a_user_may_publish_max_public_keys(sqlite_server, auth) -> None:
     assert DEFAULT_MAX_PUBLIC_KEYS > 2
     for _ in range(2):
         assert (await publish(sqlite_server, auth, ALICE, _jwk())).status_code == 201
-    assert "limit" in assert_error(await publish(sqlite_server, auth, ALICE, _jwk()),
-                                   409)["errorMsg"]
+    assert (
+        "limit" in assert_error(await publish(sqlite_server, auth, ALICE, _jwk()), 409)["errorMsg"]
+    )
 
 
 # -- who may read keys --------------------------------------------------------------------------
@@ -150,9 +165,13 @@ async def test_strangers_may_not_read_keys_and_learn_nothing(server, auth) -> No
     jwk = public_jwk(new_key())
     await publish(server, auth, ALICE, jwk)
     await init_session(server, auth, ALICE, BOB)  # bob shares a session; carol does not
-    for path in (f"/api/keys/{ALICE}", f"/api/keys/{ALICE}/{thumbprint(jwk)}",
-                 f"/api/keys/{ALICE}/no-such-kid", f"/api/keys/{UNKNOWN}",
-                 f"/api/keys/{BOB}"):
+    for path in (
+        f"/api/keys/{ALICE}",
+        f"/api/keys/{ALICE}/{thumbprint(jwk)}",
+        f"/api/keys/{ALICE}/no-such-kid",
+        f"/api/keys/{UNKNOWN}",
+        f"/api/keys/{BOB}",
+    ):
         answer = await server.client.get(path, headers=auth(CAROL))
         assert "share a session" in assert_error(answer, 403)["errorMsg"], path
         assert jwk["x"] not in answer.text
@@ -168,16 +187,25 @@ async def test_a_peer_reads_keys_once_a_session_exists(server, auth) -> None:
     assert answer.json()["agreementKey"]["x"] == jwk["x"]
     by_id = await server.client.get(f"/api/keys/{ALICE}/{thumbprint(jwk)}", headers=auth(BOB))
     assert by_id.json() == answer.json()
-    assert "not published" in assert_error(
-        await server.client.get(f"/api/keys/{BOB}", headers=auth(ALICE)), 404)["errorMsg"]
+    assert (
+        "not published"
+        in assert_error(await server.client.get(f"/api/keys/{BOB}", headers=auth(ALICE)), 404)[
+            "errorMsg"
+        ]
+    )
     assert_error(await server.client.get(f"/api/keys/{ALICE}/nope", headers=auth(BOB)), 404)
     assert_error(await server.client.get("/api/keys/not-an-email", headers=auth(BOB)), 400)
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("PUT", "/api/keys/me"), ("GET", "/api/keys/me"), ("GET", f"/api/keys/{BOB}"),
-    ("GET", f"/api/keys/{BOB}/kid"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("PUT", "/api/keys/me"),
+        ("GET", "/api/keys/me"),
+        ("GET", f"/api/keys/{BOB}"),
+        ("GET", f"/api/keys/{BOB}/kid"),
+    ],
+)
 async def test_key_routes_need_a_token(sqlite_server, method, path) -> None:
     assert_error(await sqlite_server.client.request(method, path, json={}), 401)
 
@@ -186,7 +214,8 @@ async def test_key_routes_need_a_token(sqlite_server, method, path) -> None:
 
 
 async def test_encrypted_session_is_its_own_session_and_stores_envelopes_verbatim(
-        server, auth) -> None:
+    server, auth
+) -> None:
     plain = await init_session(server, auth)
     sid = await init_encrypted(server, auth)
     assert sid != plain
@@ -200,36 +229,39 @@ async def test_encrypted_session_is_its_own_session_and_stores_envelopes_verbati
     assert [m["content"] for m in history.json()] == [text]
     unread = await server.client.get(f"/api/chat/{sid}/unread", headers=auth(BOB))
     assert [m["content"] for m in unread.json()] == [text]
-    seen = await server.client.post(f"/api/chat/{sid}/seen", json={"upToSeq": 1},
-                                    headers=auth(BOB))
+    seen = await server.client.post(f"/api/chat/{sid}/seen", json={"upToSeq": 1}, headers=auth(BOB))
     assert seen.json()["updated"] == 1
     listed = (await server.client.get("/api/chat/sessions", headers=auth(ALICE))).json()
-    assert {s["sessionId"]: s["encrypted"] for s in listed["sessions"]} == {
-        plain: False, sid: True}
+    assert {s["sessionId"]: s["encrypted"] for s in listed["sessions"]} == {plain: False, sid: True}
     assert (await send(server, auth, sid, text, "e1")).status_code == 200  # idempotent repeat
 
 
-@pytest.mark.parametrize(("content", "reason"), [
-    ("hello in clear", "not JSON"),
-    ("[1,2]", "must be a JSON object"),
-    (envelope_text(ct=None), "envelope lacks ct"),
-    (envelope_text(iv=None, salt=None), "envelope lacks salt, iv"),
-    (envelope_text(extra="x"), "unknown members: extra"),
-    (envelope_text(v=2), "v must be 1"),
-    (envelope_text(v=True), "v must be 1"),
-    (envelope_text(alg="A128GCM"), f"alg must be {ALGORITHM}"),
-    (envelope_text(iv=b64u(os.urandom(16))), "iv must be 12 bytes"),
-    (envelope_text(salt=b64u(os.urandom(8))), "salt must be 16 bytes"),
-    (envelope_text(kid=b64u(os.urandom(16))), "kid must be 32 bytes"),
-    (envelope_text(rkid=123), "rkid must be unpadded base64url"),
-    (envelope_text(ct=b64u(os.urandom(16))), "tag and some ciphertext"),
-    (envelope_text(ct=b64u(os.urandom(40)) + "=="), "ct must be unpadded base64url"),
-    (envelope_text(ct="abc/"), "ct must be unpadded base64url"),
-    (envelope_text(ct="AB"), "not canonical"),
-    ('{"v":1,"v":1}', "repeated member"),
-], ids=lambda v: v[:30] if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("hello in clear", "not JSON"),
+        ("[1,2]", "must be a JSON object"),
+        (envelope_text(ct=None), "envelope lacks ct"),
+        (envelope_text(iv=None, salt=None), "envelope lacks salt, iv"),
+        (envelope_text(extra="x"), "unknown members: extra"),
+        (envelope_text(v=2), "v must be 1"),
+        (envelope_text(v=True), "v must be 1"),
+        (envelope_text(alg="A128GCM"), f"alg must be {ALGORITHM}"),
+        (envelope_text(iv=b64u(os.urandom(16))), "iv must be 12 bytes"),
+        (envelope_text(salt=b64u(os.urandom(8))), "salt must be 16 bytes"),
+        (envelope_text(kid=b64u(os.urandom(16))), "kid must be 32 bytes"),
+        (envelope_text(rkid=123), "rkid must be unpadded base64url"),
+        (envelope_text(ct=b64u(os.urandom(16))), "tag and some ciphertext"),
+        (envelope_text(ct=b64u(os.urandom(40)) + "=="), "ct must be unpadded base64url"),
+        (envelope_text(ct="abc/"), "ct must be unpadded base64url"),
+        (envelope_text(ct="AB"), "not canonical"),
+        ('{"v":1,"v":1}', "repeated member"),
+    ],
+    ids=lambda v: v[:30] if isinstance(v, str) else "",
+)
 async def test_an_encrypted_session_refuses_anything_but_an_envelope(
-        sqlite_server, auth, content, reason) -> None:
+    sqlite_server, auth, content, reason
+) -> None:
     sid = await init_encrypted(sqlite_server, auth)
     answer = await send(sqlite_server, auth, sid, content, "bad")
     assert reason in assert_error(answer, 400)["errorMsg"]
@@ -237,8 +269,11 @@ async def test_an_encrypted_session_refuses_anything_but_an_envelope(
 
 async def test_an_envelope_as_an_object_is_refused(sqlite_server, auth) -> None:
     sid = await init_encrypted(sqlite_server, auth)
-    answer = await sqlite_server.client.post("/api/chat/message", json={
-        "sessionId": sid, "content": envelope(), "clientMessageId": "obj"}, headers=auth(ALICE))
+    answer = await sqlite_server.client.post(
+        "/api/chat/message",
+        json={"sessionId": sid, "content": envelope(), "clientMessageId": "obj"},
+        headers=auth(ALICE),
+    )
     assert "content must be a string" in assert_error(answer, 400)["errorMsg"]
 
 
@@ -256,15 +291,17 @@ async def test_ciphertext_size_follows_max_content_length(sqlite_server, auth) -
 
 async def test_plain_sessions_refuse_nothing_new(sqlite_server, auth) -> None:
     sid = await init_session(sqlite_server, auth)
-    for i, text in enumerate(["{\"v\":1}", envelope_text(), "plain words", "{not json"]):
+    for i, text in enumerate(['{"v":1}', envelope_text(), "plain words", "{not json"]):
         assert (await send(sqlite_server, auth, sid, text, f"p{i}")).status_code == 201
 
 
 @pytest.mark.parametrize("flag", ["yes", 1, "true", []])
 async def test_init_encrypted_must_be_a_boolean(sqlite_server, auth, flag) -> None:
     answer = await sqlite_server.client.post(
-        "/api/chat/init", json={"toEmail": BOB, "intent": "buy", "encrypted": flag},
-        headers=auth(ALICE))
+        "/api/chat/init",
+        json={"toEmail": BOB, "intent": "buy", "encrypted": flag},
+        headers=auth(ALICE),
+    )
     assert "encrypted must be true or false" in assert_error(answer, 400)["errorMsg"]
 
 
@@ -278,15 +315,27 @@ async def test_outsiders_of_an_encrypted_session_are_refused(sqlite_server, auth
 async def test_batch_sends_follow_the_session_s_content_rule(sqlite_server, auth) -> None:
     sid = await init_encrypted(sqlite_server, auth)
     sealed = [envelope_text(), envelope_text()]
-    answer = await sqlite_server.client.post("/api/chat/messages", json={
-        "sessionId": sid, "messages": [{"content": c, "clientMessageId": f"b{i}"}
-                                       for i, c in enumerate(sealed)]}, headers=auth(ALICE))
+    answer = await sqlite_server.client.post(
+        "/api/chat/messages",
+        json={
+            "sessionId": sid,
+            "messages": [{"content": c, "clientMessageId": f"b{i}"} for i, c in enumerate(sealed)],
+        },
+        headers=auth(ALICE),
+    )
     assert answer.status_code == 201, answer.text
     assert [r["message"]["content"] for r in answer.json()["results"]] == sealed
-    mixed = await sqlite_server.client.post("/api/chat/messages", json={
-        "sessionId": sid, "messages": [{"content": envelope_text(), "clientMessageId": "c0"},
-                                       {"content": "in clear", "clientMessageId": "c1"}]},
-        headers=auth(ALICE))
+    mixed = await sqlite_server.client.post(
+        "/api/chat/messages",
+        json={
+            "sessionId": sid,
+            "messages": [
+                {"content": envelope_text(), "clientMessageId": "c0"},
+                {"content": "in clear", "clientMessageId": "c1"},
+            ],
+        },
+        headers=auth(ALICE),
+    )
     assert assert_error(mixed, 400)["errorMsg"].startswith("messages[1]: content of an encrypted")
     history = await sqlite_server.client.get(f"/api/chat/{sid}/history", headers=auth(BOB))
     assert len(history.json()) == 2  # all or nothing

@@ -65,8 +65,9 @@ async def test_ready_and_live(sqlite_server) -> None:
     assert ready.json() == {"status": "ready", "checks": {"store": "up"}}
 
 
-@pytest.mark.parametrize(("started", "draining", "state"),
-                         [(False, False, "starting"), (True, True, "draining")])
+@pytest.mark.parametrize(
+    ("started", "draining", "state"), [(False, False, "starting"), (True, True, "draining")]
+)
 async def test_not_ready_while_starting_or_draining(sqlite_server, started, draining, state):
     sqlite_server.readiness.started = started
     sqlite_server.readiness.draining = draining
@@ -100,4 +101,3 @@ async def test_503_when_the_store_goes_down(
     finally:
         with trio.CancelScope(shield=True):
             await store.aclose()
-

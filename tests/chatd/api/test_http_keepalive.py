@@ -23,8 +23,9 @@ SLACK = 1.0
 async def short_keepalive_server(
     nursery, sqlite_store, verifier, clock, limits
 ) -> AsyncIterator[Server]:
-    server = await start_server(nursery, sqlite_store, verifier, clock, limits,
-                                keepalive_timeout=KEEPALIVE)
+    server = await start_server(
+        nursery, sqlite_store, verifier, clock, limits, keepalive_timeout=KEEPALIVE
+    )
     yield server
     server.stop.set()
 

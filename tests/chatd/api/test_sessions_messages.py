@@ -35,8 +35,9 @@ async def test_init_same_session_both_directions_and_per_intent(server, auth) ->
 
     back = await init_session(server, auth, BOB, ALICE, "buy")
     again = await server.client.post(  # fromEmail naming the caller is accepted
-        "/api/chat/init", json={"toEmail": " Bob@Example.com ", "intent": "buy",
-                                "fromEmail": ALICE}, headers=auth(ALICE),
+        "/api/chat/init",
+        json={"toEmail": " Bob@Example.com ", "intent": "buy", "fromEmail": ALICE},
+        headers=auth(ALICE),
     )
     other_intent = await init_session(server, auth, ALICE, BOB, "rent")
     assert back == again.json()["sessionId"] == body["sessionId"]
@@ -67,8 +68,19 @@ async def test_send_and_idempotent_repeat(server, auth) -> None:
     assert created.status_code == 201
     message = created.json()
     assert list(message) == [
-        "messageId", "sessionId", "seq", "senderId", "senderEmail", "senderDisplayName",
-        "content", "clientMessageId", "sentAt", "delivered", "seen", "deliveredAt", "seenAt",
+        "messageId",
+        "sessionId",
+        "seq",
+        "senderId",
+        "senderEmail",
+        "senderDisplayName",
+        "content",
+        "clientMessageId",
+        "sentAt",
+        "delivered",
+        "seen",
+        "deliveredAt",
+        "seenAt",
     ]
     assert (message["seq"], message["senderEmail"], message["content"]) == (1, ALICE, "hello")
     assert message["sentAt"] == "2030-01-01T12:00:00.000000Z"  # the injected clock
@@ -102,10 +114,12 @@ async def test_send_and_idempotent_repeat(server, auth) -> None:
 )
 async def test_send_refusals(sqlite_server, auth, sid, content, cmid, status) -> None:
     real = await init_session(sqlite_server, auth)
-    payload = {"sessionId": real if sid == "SESSION" else sid, "content": content,
-               "clientMessageId": cmid}
-    answer = await sqlite_server.client.post("/api/chat/message", json=payload,
-                                             headers=auth(ALICE))
+    payload = {
+        "sessionId": real if sid == "SESSION" else sid,
+        "content": content,
+        "clientMessageId": cmid,
+    }
+    answer = await sqlite_server.client.post("/api/chat/message", json=payload, headers=auth(ALICE))
     assert_error(answer, status)
 
 
@@ -188,8 +202,9 @@ async def test_history_walk_of_1000_messages_before_and_after(server, auth, cloc
     cursor = None
     while True:
         query = {"limit": 37} | ({"before": cursor} if cursor else {})
-        page = (await server.client.get(f"/api/chat/history/{sid}", params=query,
-                                         headers=auth(BOB))).json()
+        page = (
+            await server.client.get(f"/api/chat/history/{sid}", params=query, headers=auth(BOB))
+        ).json()
         if not page:
             break
         seqs = [m["seq"] for m in page]
@@ -201,9 +216,13 @@ async def test_history_walk_of_1000_messages_before_and_after(server, auth, cloc
     forward: list[int] = []
     after = 0
     while True:
-        page = (await server.client.get(f"/api/chat/{sid}/history",
-                                        params={"limit": 200, "after": after},
-                                        headers=auth(ALICE))).json()
+        page = (
+            await server.client.get(
+                f"/api/chat/{sid}/history",
+                params={"limit": 200, "after": after},
+                headers=auth(ALICE),
+            )
+        ).json()
         if not page:
             break
         seqs = [m["seq"] for m in page]
@@ -216,8 +235,9 @@ async def test_history_walk_of_1000_messages_before_and_after(server, auth, cloc
     assert [m["seq"] for m in default.json()] == list(range(1000, 950, -1))
     clamped = await server.client.get(f"/api/chat/{sid}/history?limit=5000", headers=auth(ALICE))
     assert len(clamped.json()) == 200
-    ranged = await server.client.get(f"/api/chat/{sid}/history?after=10&before=15",
-                                     headers=auth(ALICE))
+    ranged = await server.client.get(
+        f"/api/chat/{sid}/history?after=10&before=15", headers=auth(ALICE)
+    )
     assert [m["seq"] for m in ranged.json()] == [14, 13, 12, 11]
 
 
@@ -226,6 +246,5 @@ async def test_history_walk_of_1000_messages_before_and_after(server, auth, cloc
 )
 async def test_history_bad_query(sqlite_server, auth, query) -> None:
     sid = await init_session(sqlite_server, auth)
-    answer = await sqlite_server.client.get(f"/api/chat/{sid}/history?{query}",
-                                            headers=auth(ALICE))
+    answer = await sqlite_server.client.get(f"/api/chat/{sid}/history?{query}", headers=auth(ALICE))
     assert_error(answer, 400)

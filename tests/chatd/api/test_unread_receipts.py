@@ -35,18 +35,18 @@ async def test_unread_after_delivered_and_seen(server, auth) -> None:
     upper = BOB.upper()
     assert await _seqs(server, auth, f"/api/chat/unread/{sid}/{upper}", BOB) == [1, 2, 3, 4, 5]
 
-    delivered = await server.client.post(f"/api/chat/{sid}/delivered", json={"upToSeq": 4},
-                                         headers=auth(BOB))
-    assert delivered.json() == {"sessionId": sid, "status": "delivered", "upToSeq": 4,
-                                "updated": 4}
+    delivered = await server.client.post(
+        f"/api/chat/{sid}/delivered", json={"upToSeq": 4}, headers=auth(BOB)
+    )
+    assert delivered.json() == {"sessionId": sid, "status": "delivered", "upToSeq": 4, "updated": 4}
     assert await _count(server, auth, sid, BOB) == 5  # delivered is not seen
 
-    seen = await server.client.post(f"/api/chat/{sid}/seen", json={"upToSeq": 2},
-                                    headers=auth(BOB))
+    seen = await server.client.post(f"/api/chat/{sid}/seen", json={"upToSeq": 2}, headers=auth(BOB))
     assert seen.json() == {"sessionId": sid, "status": "seen", "upToSeq": 2, "updated": 2}
     assert await _seqs(server, auth, f"/api/chat/{sid}/unread", BOB) == [3, 4, 5]
-    again = await server.client.post(f"/api/chat/{sid}/seen", json={"upToSeq": 2},
-                                     headers=auth(BOB))
+    again = await server.client.post(
+        f"/api/chat/{sid}/seen", json={"upToSeq": 2}, headers=auth(BOB)
+    )
     assert again.json()["updated"] == 0
 
     history = (await server.client.get(f"/api/chat/{sid}/history", headers=auth(ALICE))).json()
@@ -61,8 +61,9 @@ async def test_unread_after_delivered_and_seen(server, auth) -> None:
     assert not by_seq[6]["delivered"]  # bob's own message untouched by bob's receipts
 
     ids = [by_seq[5]["messageId"], by_seq[6]["messageId"]]
-    by_ids = await server.client.post(f"/api/chat/{sid}/seen", json={"messageIds": ids},
-                                      headers=auth(BOB))
+    by_ids = await server.client.post(
+        f"/api/chat/{sid}/seen", json={"messageIds": ids}, headers=auth(BOB)
+    )
     assert by_ids.status_code == 200
     assert (by_ids.json()["status"], by_ids.json()["updated"]) == ("seen", 1)
     assert await _seqs(server, auth, f"/api/chat/{sid}/unread", BOB) == [3, 4]
@@ -100,8 +101,9 @@ async def test_unread_totals_and_session_list(server, auth) -> None:
     walked, cursor = [], None
     while True:
         params = {"limit": 1} | ({"cursor": cursor} if cursor else {})
-        page = (await server.client.get("/api/chat/sessions", params=params,
-                                        headers=auth(ALICE))).json()
+        page = (
+            await server.client.get("/api/chat/sessions", params=params, headers=auth(ALICE))
+        ).json()
         walked += [e["sessionId"] for e in page["sessions"]]
         cursor = page["nextCursor"]
         if cursor is None:
@@ -128,6 +130,5 @@ async def test_unread_totals_and_session_list(server, auth) -> None:
 )
 async def test_receipt_bad_bodies(sqlite_server, auth, body) -> None:
     sid = await init_session(sqlite_server, auth)
-    answer = await sqlite_server.client.post(f"/api/chat/{sid}/seen", json=body,
-                                             headers=auth(BOB))
+    answer = await sqlite_server.client.post(f"/api/chat/{sid}/seen", json=body, headers=auth(BOB))
     assert_error(answer, 400)

@@ -38,8 +38,16 @@ START_TIMEOUT = 30.0
 
 def bindings(vhost: str, node: str | None = None) -> set[str]:
     """Routing keys bound from the chatd exchange on `vhost`."""
-    out = rabbitmqctl("list_bindings", "-p", vhost, "-q", "--no-table-headers",
-                      "source_name", "routing_key", node=node)
+    out = rabbitmqctl(
+        "list_bindings",
+        "-p",
+        vhost,
+        "-q",
+        "--no-table-headers",
+        "source_name",
+        "routing_key",
+        node=node,
+    )
     keys = set()
     for line in out.splitlines():
         source, _, key = line.partition("\t")
@@ -73,8 +81,11 @@ class Instance:
         self.starts += 1
         log = self.workdir / f"{self.name}-{self.starts}.log"
         chatd = str(Path(sys.executable).with_name("chatd"))
-        self.proc = _spawn([chatd, "serve", "--bind", "127.0.0.1:0", "--data-dir",
-                            self.env["DATA_DIR"]], self.env, log)
+        self.proc = _spawn(
+            [chatd, "serve", "--bind", "127.0.0.1:0", "--data-dir", self.env["DATA_DIR"]],
+            self.env,
+            log,
+        )
         with trio.fail_after(START_TIMEOUT):
             while True:
                 match = READY.search(log.read_text(errors="replace"))
@@ -116,8 +127,7 @@ class Cluster:
     tokens: dict[str, str] = field(default_factory=dict)
 
     async def add(self, **extra_env: str) -> Instance:
-        inst = Instance(f"chatd{len(self.instances) + 1}", {**self.env, **extra_env},
-                        self.workdir)
+        inst = Instance(f"chatd{len(self.instances) + 1}", {**self.env, **extra_env}, self.workdir)
         self.instances.append(inst)
         await inst.start()
         return inst
@@ -131,35 +141,52 @@ class Cluster:
         return {"Authorization": f"Bearer {self.token(email)}"}
 
     async def init(self, inst: Instance, caller: str = ALICE, peer: str = BOB) -> str:
-        answer = await self.client.post(f"{inst.http}/api/chat/init", headers=self.auth(caller),
-                                        json={"toEmail": peer, "intent": "buy"})
+        answer = await self.client.post(
+            f"{inst.http}/api/chat/init",
+            headers=self.auth(caller),
+            json={"toEmail": peer, "intent": "buy"},
+        )
         assert answer.status_code == 200, answer.text
         return str(answer.json()["sessionId"])
 
-    async def send(self, inst: Instance, sid: str, content: str, cmid: str,
-                   caller: str = ALICE) -> httpx.Response:
+    async def send(
+        self, inst: Instance, sid: str, content: str, cmid: str, caller: str = ALICE
+    ) -> httpx.Response:
         return await self.client.post(
-            f"{inst.http}/api/chat/message", headers=self.auth(caller),
-            json={"sessionId": sid, "content": content, "clientMessageId": cmid})
+            f"{inst.http}/api/chat/message",
+            headers=self.auth(caller),
+            json={"sessionId": sid, "content": content, "clientMessageId": cmid},
+        )
 
 
 @asynccontextmanager
-async def open_cluster(database_url: str, rabbitmq_url: str, workdir: Path) -> AsyncIterator[Cluster]:
+async def open_cluster(
+    database_url: str, rabbitmq_url: str, workdir: Path
+) -> AsyncIterator[Cluster]:
     """No instance yet: `await cluster.add()`; every instance is stopped on exit."""
     data_dir = workdir / "data"
     data_dir.mkdir()
     private, _, _ = ensure_dev_keys(data_dir)  # before any instance, so all share one key
-    env = {**os.environ, "DATA_DIR": str(data_dir), "CHATD_DATABASE_URL": database_url,
-           "CHATD_RABBITMQ_URL": rabbitmq_url,
-           "CHATD_RABBITMQ__RECONNECT_INITIAL_SECONDS": "0.2",
-           "CHATD_RABBITMQ__RECONNECT_MAX_SECONDS": "1",
-           "CHATD_RABBITMQ__CONFIRM_TIMEOUT_SECONDS": "2",
-           "CHATD_DATABASE__CONNECT_TIMEOUT": "2", "CHATD_DATABASE__POOL_TIMEOUT": "2",
-           "CHATD_OUTBOX__LEASE_SECONDS": "5", "CHATD_OUTBOX__POLL_INTERVAL": "0.2",
-           "CHATD_OUTBOX__BACKOFF_BASE": "0.05", "CHATD_OUTBOX__BACKOFF_CAP": "0.5",
-           "CHATD_LIMITS__SEND_BURST": "1000000", "CHATD_LIMITS__SENDS_PER_SECOND": "1000000",
-           "CHATD_LIMITS__IDENTICAL_CONTENT": "1000000",
-           "CHATD_SERVER__SHUTDOWN_GRACE": "3", "CHATD_LOGGING__LEVEL": "INFO"}
+    env = {
+        **os.environ,
+        "DATA_DIR": str(data_dir),
+        "CHATD_DATABASE_URL": database_url,
+        "CHATD_RABBITMQ_URL": rabbitmq_url,
+        "CHATD_RABBITMQ__RECONNECT_INITIAL_SECONDS": "0.2",
+        "CHATD_RABBITMQ__RECONNECT_MAX_SECONDS": "1",
+        "CHATD_RABBITMQ__CONFIRM_TIMEOUT_SECONDS": "2",
+        "CHATD_DATABASE__CONNECT_TIMEOUT": "2",
+        "CHATD_DATABASE__POOL_TIMEOUT": "2",
+        "CHATD_OUTBOX__LEASE_SECONDS": "5",
+        "CHATD_OUTBOX__POLL_INTERVAL": "0.2",
+        "CHATD_OUTBOX__BACKOFF_BASE": "0.05",
+        "CHATD_OUTBOX__BACKOFF_CAP": "0.5",
+        "CHATD_LIMITS__SEND_BURST": "1000000",
+        "CHATD_LIMITS__SENDS_PER_SECOND": "1000000",
+        "CHATD_LIMITS__IDENTICAL_CONTENT": "1000000",
+        "CHATD_SERVER__SHUTDOWN_GRACE": "3",
+        "CHATD_LOGGING__LEVEL": "INFO",
+    }
     env.pop("CHATD_CONFIG", None)
     async with httpx.AsyncClient(timeout=10) as client:
         c = Cluster(env, workdir, load_private_key(private), client)
@@ -201,8 +228,9 @@ class Recorder:
             self.changed = trio.Event()
 
     async def subscribe(self, destination: str, sub_id: str) -> None:
-        await self.peer.send("SUBSCRIBE", {"destination": destination, "id": sub_id,
-                                           "receipt": f"sub-{sub_id}"})
+        await self.peer.send(
+            "SUBSCRIBE", {"destination": destination, "id": sub_id, "receipt": f"sub-{sub_id}"}
+        )
         await self.wait(lambda: f"sub-{sub_id}" in self.receipts)
 
     async def unsubscribe(self, sub_id: str) -> None:
@@ -210,9 +238,11 @@ class Recorder:
         await self.wait(lambda: f"unsub-{sub_id}" in self.receipts)
 
     async def send_json(self, destination: str, body: Any) -> None:
-        await self.peer.send("SEND", {"destination": destination,
-                                      "content-type": "application/json"},
-                             json.dumps(body).encode())
+        await self.peer.send(
+            "SEND",
+            {"destination": destination, "content-type": "application/json"},
+            json.dumps(body).encode(),
+        )
 
     def bodies(self, sub_id: str) -> list[Any]:
         return [json.loads(f.body) for f in self.frames.get(sub_id, [])]
@@ -224,10 +254,10 @@ class Recorder:
                 await self.changed.wait()
 
 
-async def recorder(nursery: trio.Nursery, cluster: Cluster, inst: Instance,
-                   email: str) -> Recorder:
-    ws = await trio_websocket.connect_websocket(nursery, "127.0.0.1", inst.port, "/ws",
-                                                use_ssl=False, subprotocols=["v12.stomp"])
+async def recorder(nursery: trio.Nursery, cluster: Cluster, inst: Instance, email: str) -> Recorder:
+    ws = await trio_websocket.connect_websocket(
+        nursery, "127.0.0.1", inst.port, "/ws", use_ssl=False, subprotocols=["v12.stomp"]
+    )
     peer = Peer(websocket_stream(ws))  # type: ignore[arg-type]
     await peer.connect(Authorization=f"Bearer {cluster.token(email)}")
     rec = Recorder(peer, ws)

@@ -45,8 +45,9 @@ class Stream:
                 inst = self.instances[turn % len(self.instances)]
                 turn += 1
                 try:
-                    answer = await self.cluster.send(inst, sid, f"{sid[:8]} #{i}",
-                                                     f"{sid}-{i}", caller=caller)
+                    answer = await self.cluster.send(
+                        inst, sid, f"{sid[:8]} #{i}", f"{sid}-{i}", caller=caller
+                    )
                 except httpx.TransportError:
                     self.transport_errors += 1
                     await trio.sleep(0.05)
@@ -80,8 +81,13 @@ def delivered(rec: Recorder, sub: str) -> list[dict[str, Any]]:
     return out
 
 
-async def run_scenario(cluster: Cluster, instances: list[Instance], live: list[Recorder],
-                       sids: list[str], fault: Callable[[], Awaitable[None]]) -> Stream:
+async def run_scenario(
+    cluster: Cluster,
+    instances: list[Instance],
+    live: list[Recorder],
+    sids: list[str],
+    fault: Callable[[], Awaitable[None]],
+) -> Stream:
     """Send the stream, run `fault` once FAULT_AT sends were acknowledged, then check that
     every `live` recorder got every acknowledged message, in per-session order."""
     stream = Stream(cluster, instances, sids)
@@ -100,8 +106,10 @@ async def run_scenario(cluster: Cluster, instances: list[Instance], live: list[R
         inbox = {m["messageId"] for m in delivered(rec, "inbox")}
         if not set(stream.acked) <= inbox:
             return False
-        return all(by_session[sid] <= {m["messageId"] for m in delivered(rec, f"t{n}")}
-                   for n, sid in enumerate(sids))
+        return all(
+            by_session[sid] <= {m["messageId"] for m in delivered(rec, f"t{n}")}
+            for n, sid in enumerate(sids)
+        )
 
     for rec in live:
         try:
@@ -109,8 +117,10 @@ async def run_scenario(cluster: Cluster, instances: list[Instance], live: list[R
         except trio.TooSlowError:
             inbox = {m["messageId"] for m in delivered(rec, "inbox")}
             missing = set(stream.acked) - inbox
-            raise AssertionError(f"{len(missing)} acknowledged messages never reached the "
-                                 f"inbox subscriber, e.g. {sorted(missing)[:5]}") from None
+            raise AssertionError(
+                f"{len(missing)} acknowledged messages never reached the "
+                f"inbox subscriber, e.g. {sorted(missing)[:5]}"
+            ) from None
     for rec in live:
         for sub in ["inbox"] + [f"t{n}" for n in range(len(sids))]:
             seqs: dict[str, list[int]] = defaultdict(list)
@@ -136,6 +146,4 @@ async def assert_stored_once(cluster: Cluster, stream: Stream) -> None:
     per_session = {sid: 0 for sid in stream.sids}
     for sid, _ in stream.acked.values():
         per_session[sid] += 1
-    assert {r[0]: r[1:] for r in rows} == {
-        sid: (n, n, n, n) for sid, n in per_session.items()
-    }
+    assert {r[0]: r[1:] for r in rows} == {sid: (n, n, n, n) for sid, n in per_session.items()}

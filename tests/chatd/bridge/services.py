@@ -75,22 +75,37 @@ class PrivateRabbit:
 
     def _env(self) -> dict[str, str]:
         r = self.root
-        return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "RABBITMQ_NODENAME": self.node,
-                "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(self.port),
-                "RABBITMQ_DIST_PORT": str(self.dist_port),
-                "RABBITMQ_MNESIA_BASE": str(r / "mnesia"), "RABBITMQ_LOG_BASE": str(r / "log"),
-                "RABBITMQ_PID_FILE": str(r / "pid"),
-                "RABBITMQ_ENABLED_PLUGINS_FILE": str(r / "enabled_plugins"),
-                "RABBITMQ_CONFIG_FILE": str(r / "rabbitmq.conf")}
+        return {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(r / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(r / "log"),
+            "RABBITMQ_PID_FILE": str(r / "pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(r / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(r / "rabbitmq.conf"),
+        }
 
     def start(self) -> None:
-        subprocess.run(["rabbitmq-server", "-detached"], env=self._env(), check=True,
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            ["rabbitmq-server", "-detached"],
+            env=self._env(),
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         _wait_port(self.port)
 
     def stop(self) -> None:
-        subprocess.run(["rabbitmqctl", "-n", self.node, "stop"], env=self._env(),
-                       capture_output=True, timeout=60, check=False)
+        subprocess.run(
+            ["rabbitmqctl", "-n", self.node, "stop"],
+            env=self._env(),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -100,8 +115,14 @@ class PrivateRabbit:
             time.sleep(0.1)
 
     def ctl(self, *args: str) -> str:
-        return subprocess.run(["rabbitmqctl", "-n", self.node, *args], env=self._env(),
-                              check=True, capture_output=True, text=True, timeout=60).stdout
+        return subprocess.run(
+            ["rabbitmqctl", "-n", self.node, *args],
+            env=self._env(),
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
 
 
 @dataclass
@@ -123,8 +144,9 @@ class PrivatePostgres:
             pwfile.write_text(password + "\n")
             shutil.chown(pwfile, "postgres", "postgres")
             auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
-        pg._as_postgres(str(PG_BIN / "initdb"), "-D", str(root / "data"), *auth,
-                        "-U", "postgres", "--no-sync")
+        pg._as_postgres(
+            str(PG_BIN / "initdb"), "-D", str(root / "data"), *auth, "-U", "postgres", "--no-sync"
+        )
         return pg
 
     @property
@@ -132,15 +154,29 @@ class PrivatePostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _as_postgres(self, *cmd: str) -> None:
-        subprocess.run(["su", "postgres", "-s", "/bin/sh", "-c", " ".join(f"'{c}'" for c in cmd)],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            ["su", "postgres", "-s", "/bin/sh", "-c", " ".join(f"'{c}'" for c in cmd)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-o", options,
-                          "-l", str(self.root / "log"), "-w", "start")
+        self._as_postgres(
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(self.root / "data"),
+            "-o",
+            options,
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "start",
+        )
         _wait_port(self.port)
 
     def stop(self) -> None:
-        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast",
-                          "-w", "stop")
+        self._as_postgres(
+            str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop"
+        )

@@ -32,8 +32,10 @@ async def test_batches_reach_a_subscriber_on_the_other_instance_in_order(
 
     async def rest_batch(tag: str) -> None:
         answer = await cluster.client.post(
-            f"{a.http}/api/chat/messages", headers=cluster.auth(ALICE),
-            json={"sessionId": sid, "messages": items(tag, sizes[tag])})
+            f"{a.http}/api/chat/messages",
+            headers=cluster.auth(ALICE),
+            json={"sessionId": sid, "messages": items(tag, sizes[tag])},
+        )
         assert answer.status_code == 201, answer.text
 
     async def singles() -> None:
@@ -46,8 +48,9 @@ async def test_batches_reach_a_subscriber_on_the_other_instance_in_order(
             senders.start_soon(rest_batch, tag)
         senders.start_soon(singles)
         for k in range(3):
-            await alice.send_json("/app/chat.send-batch",
-                                  {"sessionId": sid, "messages": items(f"stomp{k}", 20)})
+            await alice.send_json(
+                "/app/chat.send-batch", {"sessionId": sid, "messages": items(f"stomp{k}", 20)}
+            )
     await alice.wait(lambda: len(alice.frames.get("ack", [])) == 3)
     # a last message after them all: it reaches Bob after everything before it (per-session
     # order), so once it is there a duplicate of those would have been too
@@ -62,4 +65,5 @@ async def test_batches_reach_a_subscriber_on_the_other_instance_in_order(
         assert len(seqs) == n
         assert seqs == list(range(seqs[0], seqs[0] + n)), tag  # contiguous, in array order
         assert [m["content"] for m in bodies if m["seq"] in seqs] == [
-            f"{tag} {i}" for i in range(n)]
+            f"{tag} {i}" for i in range(n)
+        ]

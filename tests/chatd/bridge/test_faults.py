@@ -53,8 +53,11 @@ async def sessions(cluster: Cluster) -> list[str]:
     inst = cluster.instances[0]
     sids = []
     for n in range(SESSIONS):
-        answer = await cluster.client.post(f"{inst.http}/api/chat/init", headers=cluster.auth(ALICE),
-                                           json={"toEmail": BOB, "intent": f"fault{n}"})
+        answer = await cluster.client.post(
+            f"{inst.http}/api/chat/init",
+            headers=cluster.auth(ALICE),
+            json={"toEmail": BOB, "intent": f"fault{n}"},
+        )
         assert answer.status_code == 200, answer.text
         sids.append(answer.json()["sessionId"])
     return sids
@@ -66,7 +69,10 @@ async def test_rabbitmq_restarted_mid_stream(
     async with open_cluster(database_url, private_rabbit.url, tmp_path) as cluster:
         a, b = await cluster.add(), await cluster.add()
         sids = await sessions(cluster)
-        live = [await recorder(nursery, cluster, a, ALICE), await recorder(nursery, cluster, b, BOB)]
+        live = [
+            await recorder(nursery, cluster, a, ALICE),
+            await recorder(nursery, cluster, b, BOB),
+        ]
         for rec in live:
             await subscribe_all(rec, sids)
 
@@ -100,8 +106,15 @@ async def test_one_instance_killed_mid_stream_and_restarted(
 
     # the restarted instance serves again: a new subscriber there catches up from the store
     again = await recorder(nursery, cluster, b, BOB)
-    await again.peer.send("SUBSCRIBE", {"destination": f"/topic/session.{sids[0]}", "id": "r",
-                                        "x-since-seq": "0", "receipt": "sub-r"})
+    await again.peer.send(
+        "SUBSCRIBE",
+        {
+            "destination": f"/topic/session.{sids[0]}",
+            "id": "r",
+            "x-since-seq": "0",
+            "receipt": "sub-r",
+        },
+    )
     await again.wait(lambda: "sub-r" in again.receipts)
     assert [m["seq"] for m in again.bodies("r")] == list(range(1, PER_SESSION + 1))
 
@@ -110,14 +123,18 @@ async def test_postgres_restarted_mid_stream(
     private_postgres: PrivatePostgres, vhost: str, tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     name = f"chatd_{uuid.uuid4().hex[:8]}"
-    await trio.to_thread.run_sync(functools.partial(admin_sql, f'CREATE DATABASE "{name}"',
-                                                    private_postgres.url))
+    await trio.to_thread.run_sync(
+        functools.partial(admin_sql, f'CREATE DATABASE "{name}"', private_postgres.url)
+    )
     url = private_postgres.url.rsplit("/", 1)[0] + f"/{name}"
     rabbit = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
     async with open_cluster(url, rabbit, tmp_path) as cluster:
         a, b = await cluster.add(), await cluster.add()
         sids = await sessions(cluster)
-        live = [await recorder(nursery, cluster, a, ALICE), await recorder(nursery, cluster, b, BOB)]
+        live = [
+            await recorder(nursery, cluster, a, ALICE),
+            await recorder(nursery, cluster, b, BOB),
+        ]
         for rec in live:
             await subscribe_all(rec, sids)
 
@@ -146,8 +163,9 @@ async def test_rabbitmq_unreachable_at_start_then_ready_once_it_comes(
         early = await recorder(nursery, cluster, a, ALICE)
         # A topic cannot be bound yet: the SUBSCRIBE is refused (going ahead unbound would
         # miss what other instances publish meanwhile), the client subscribes again later.
-        await early.peer.send("SUBSCRIBE", {"destination": f"/topic/session.{sid}",
-                                            "id": "t", "receipt": "sub-t"})
+        await early.peer.send(
+            "SUBSCRIBE", {"destination": f"/topic/session.{sid}", "id": "t", "receipt": "sub-t"}
+        )
         with trio.fail_after(15):
             while not early.errors:
                 await early.changed.wait()
@@ -165,8 +183,9 @@ async def test_rabbitmq_unreachable_at_start_then_ready_once_it_comes(
             else:
                 raise AssertionError("never ready after RabbitMQ came up")
             alice = await recorder(nursery, cluster, a, ALICE)
-            await alice.peer.send("SUBSCRIBE", {"destination": f"/topic/session.{sid}",
-                                                "id": "t", "x-since-seq": "0"})
+            await alice.peer.send(
+                "SUBSCRIBE", {"destination": f"/topic/session.{sid}", "id": "t", "x-since-seq": "0"}
+            )
             await alice.wait(lambda: len(alice.frames.get("t", [])) == 1)
             assert alice.bodies("t")[0]["content"] == "while RabbitMQ was away"
 
@@ -174,8 +193,9 @@ async def test_rabbitmq_unreachable_at_start_then_ready_once_it_comes(
                 import psycopg
 
                 with psycopg.connect(database_url) as conn:
-                    return conn.execute("SELECT processed, retry_count "
-                                        "FROM chat_message_outbox").fetchall()
+                    return conn.execute(
+                        "SELECT processed, retry_count FROM chat_message_outbox"
+                    ).fetchall()
 
             # the replay came from the store; the rows are marked sent once the bridge's
             # confirmed round is recorded (RabbitMQ may deliver before that)
@@ -210,8 +230,7 @@ async def test_a_rabbitmq_memory_alarm_holds_messages_back_uncharged(
             rows = await trio.to_thread.run_sync(outbox_rows, database_url)
             assert rows == [(False, 0)] * 3  # waiting, and never charged
         finally:
-            await trio.to_thread.run_sync(private_rabbit.ctl, "set_vm_memory_high_watermark",
-                                          "0.4")
+            await trio.to_thread.run_sync(private_rabbit.ctl, "set_vm_memory_high_watermark", "0.4")
         await alice.wait(lambda: len(alice.frames.get("t", [])) == 1)
         await eventually(lambda: outbox_rows(database_url) == [(True, 0)] * 3)
 

@@ -15,12 +15,15 @@ WORD = re.compile(r"^[A-Za-z0-9%@+_-]+$")  # no '.', '*', '#': one literal topic
 SID = "0b6f3c1e-5e7a-4c8e-9a53-2f4f0e6f8f11"
 
 
-@pytest.mark.parametrize(("destination", "key"), [
-    (f"/topic/session.{SID}", f"topic.session%2E{SID}"),
-    ("user:bob@example.com:/queue/messages", "user.bob@example%2Ecom.%2Fqueue%2Fmessages"),
-    ("user:a.b#c*d@x.io:/queue/receipts", "user.a%2Eb%23c%2Ad@x%2Eio.%2Fqueue%2Freceipts"),
-    ("/queue/jobs", "other.%2Fqueue%2Fjobs"),
-])
+@pytest.mark.parametrize(
+    ("destination", "key"),
+    [
+        (f"/topic/session.{SID}", f"topic.session%2E{SID}"),
+        ("user:bob@example.com:/queue/messages", "user.bob@example%2Ecom.%2Fqueue%2Fmessages"),
+        ("user:a.b#c*d@x.io:/queue/receipts", "user.a%2Eb%23c%2Ad@x%2Eio.%2Fqueue%2Freceipts"),
+        ("/queue/jobs", "other.%2Fqueue%2Fjobs"),
+    ],
+)
 def test_known_destinations_map_to_keys_of_literal_words(destination: str, key: str) -> None:
     assert routing_key(destination) == key
     assert all(WORD.match(word) for word in key.split("."))
@@ -28,8 +31,14 @@ def test_known_destinations_map_to_keys_of_literal_words(destination: str, key: 
 
 def test_a_name_with_wildcards_cannot_widen_or_forge_another_users_key() -> None:
     bob = routing_key("user:bob@example.com:/queue/messages")
-    for name in ("#", "*", "*@example.com", "bob@example.com:/queue/messages.#",
-                 "bob@example.com.user.x", "bob@example%2Ecom"):
+    for name in (
+        "#",
+        "*",
+        "*@example.com",
+        "bob@example.com:/queue/messages.#",
+        "bob@example.com.user.x",
+        "bob@example%2Ecom",
+    ):
         forged = routing_key(f"user:{name}:/queue/messages")
         assert forged != bob
         assert "#" not in forged

@@ -24,9 +24,14 @@ def presence(rec: Recorder, sub_id: str) -> list[tuple[str, bool]]:
 
 
 async def test_presence_crosses_instances_and_a_killed_instance_lapses(
-        nursery: trio.Nursery, cluster: Cluster, redis_url: str, redis_prefix: str) -> None:
-    env = {"CHATD_REDIS_URL": redis_url, "CHATD_REDIS__KEY_PREFIX": redis_prefix,
-           "CHATD_PRESENCE__TTL_SECONDS": str(TTL), "CHATD_PRESENCE__GRACE_SECONDS": "0.2"}
+    nursery: trio.Nursery, cluster: Cluster, redis_url: str, redis_prefix: str
+) -> None:
+    env = {
+        "CHATD_REDIS_URL": redis_url,
+        "CHATD_REDIS__KEY_PREFIX": redis_prefix,
+        "CHATD_PRESENCE__TTL_SECONDS": str(TTL),
+        "CHATD_PRESENCE__GRACE_SECONDS": "0.2",
+    }
     a = await cluster.add(**env)
     b = await cluster.add(**env)
     await cluster.init(a, ALICE, BOB)
@@ -51,14 +56,17 @@ async def test_presence_crosses_instances_and_a_killed_instance_lapses(
     assert (last["email"], last["online"]) == (BOB, False)
     assert last["lastSeen"] is not None
     assert took <= TTL + 0.5, f"offline after {took:.1f} s, TTL {TTL} s"
-    answer = await cluster.client.get(f"{b.http}/api/chat/presence", params={"emails": BOB},
-                                      headers=cluster.auth(ALICE))
+    answer = await cluster.client.get(
+        f"{b.http}/api/chat/presence", params={"emails": BOB}, headers=cluster.auth(ALICE)
+    )
     assert json.loads(answer.text)["presence"] == [
-        {"email": BOB, "online": False, "lastSeen": last["lastSeen"]}]
+        {"email": BOB, "online": False, "lastSeen": last["lastSeen"]}
+    ]
 
 
 async def test_without_redis_updates_still_cross_through_rabbitmq(
-        nursery: trio.Nursery, cluster: Cluster) -> None:
+    nursery: trio.Nursery, cluster: Cluster
+) -> None:
     env = {"CHATD_PRESENCE__GRACE_SECONDS": "0.2"}
     a = await cluster.add(**env)
     b = await cluster.add(**env)

@@ -29,13 +29,25 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def row(row_id: int, seq: int, destination: str = DEST) -> OutboxRow:
-    return OutboxRow(row_id, uuid.uuid4(), uuid.UUID(int=7), seq, "message", destination,
-                     json.dumps({"seq": seq}), 0, NOW, None, NOW)
+    return OutboxRow(
+        row_id,
+        uuid.uuid4(),
+        uuid.UUID(int=7),
+        seq,
+        "message",
+        destination,
+        json.dumps({"seq": seq}),
+        0,
+        NOW,
+        None,
+        NOW,
+    )
 
 
 @pytest.fixture
-async def pair(vhost: str, nursery: trio.Nursery) -> AsyncIterator[tuple[RabbitBridge,
-                                                                          RabbitBridge, Peer]]:
+async def pair(
+    vhost: str, nursery: trio.Nursery
+) -> AsyncIterator[tuple[RabbitBridge, RabbitBridge, Peer]]:
     config = RabbitMQConfig(url=f"amqp://guest:guest@127.0.0.1:5672/{vhost}")
     bridges = []
     for _ in range(2):
@@ -88,8 +100,9 @@ async def test_rows_cross_once_in_order_and_the_counters_say_so(
 
 
 async def test_a_bridge_that_is_not_connected_refuses_without_blame() -> None:
-    bridge = RabbitBridge(RabbitMQConfig(url="amqp://guest:guest@127.0.0.1:1/%2F"),
-                          LocalDelivery(BrokerRuntime()))
+    bridge = RabbitBridge(
+        RabbitMQConfig(url="amqp://guest:guest@127.0.0.1:1/%2F"), LocalDelivery(BrokerRuntime())
+    )
     with pytest.raises(SinkUnavailable, match="not connected"):
         await bridge.publish([row(1, 1)])
     assert bridge.published == 0

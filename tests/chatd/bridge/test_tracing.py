@@ -36,18 +36,31 @@ pytestmark = pytest.mark.timeout(120)
 SECRET = "nobody but Bob reads this"
 
 
-async def instance(nursery: trio.Nursery, tmp_path: Path, name: str, database_url: str,
-                   vhost: str, exporter: WaitableExporter) -> Chat:
+async def instance(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    name: str,
+    database_url: str,
+    vhost: str,
+    exporter: WaitableExporter,
+) -> Chat:
     private, public, _ = ensure_dev_keys(tmp_path)  # one key pair for both instances
     config = chat_config(tmp_path / name, database_url, public)
-    config = replace(config, tracing=TracingConfig(enabled=True, service_name="chatd-test"),
-                     rabbitmq=RabbitMQConfig(url=f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
-                                             reconnect_initial_seconds=0.2))
+    config = replace(
+        config,
+        tracing=TracingConfig(enabled=True, service_name="chatd-test"),
+        rabbitmq=RabbitMQConfig(
+            url=f"amqp://guest:guest@127.0.0.1:5672/{vhost}", reconnect_initial_seconds=0.2
+        ),
+    )
     return await start_chat(nursery, config, private.read_bytes(), span_exporter=exporter)
 
 
 async def test_one_trace_from_the_send_on_a_to_the_deliveries_on_both_instances(
-    nursery: trio.Nursery, tmp_path: Path, database_url: str, vhost: str,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    database_url: str,
+    vhost: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "20")
@@ -64,16 +77,28 @@ async def test_one_trace_from_the_send_on_a_to_the_deliveries_on_both_instances(
     await alice.subscribe("/user/queue/messages", "inbox")
 
     answer = await a.client.post(
-        "/api/chat/message", json={"sessionId": sid, "content": SECRET, "clientMessageId": "x1"},
-        headers={**a.auth(ALICE), "traceparent": CALLER})
+        "/api/chat/message",
+        json={"sessionId": sid, "content": SECRET, "clientMessageId": "x1"},
+        headers={**a.auth(ALICE), "traceparent": CALLER},
+    )
     assert answer.status_code == 201, answer.text
     for peer in (bob, bob, alice):
         assert (await peer.frame()).command == "MESSAGE"
 
-    spans = await exporter.wait_for(complete(CALLER_TRACE, {
-        "POST /api/chat/message": 1, "store commit": 1, "outbox publish": 1,
-        "publish chatd.events": 3, "receive chatd.events": 3, "deliver /topic/session": 1,
-        "deliver /user/queue/messages": 2}))
+    spans = await exporter.wait_for(
+        complete(
+            CALLER_TRACE,
+            {
+                "POST /api/chat/message": 1,
+                "store commit": 1,
+                "outbox publish": 1,
+                "publish chatd.events": 3,
+                "receive chatd.events": 3,
+                "deliver /topic/session": 1,
+                "deliver /user/queue/messages": 2,
+            },
+        )
+    )
     trace = in_trace(spans, CALLER_TRACE)
     request = one(trace, "POST /api/chat/message")
     on_a = instance_of(request)
@@ -94,10 +119,14 @@ async def test_one_trace_from_the_send_on_a_to_the_deliveries_on_both_instances(
         receive = by_id[parent_of(delivery) or 0]  # delivered right under its consumer span...
         assert instance_of(receive) == instance_of(delivery)  # ...on the same instance
         assert attr(receive, "messaging.destination.name") == (
-            f"chatd.instance.{instance_of(receive)}")
+            f"chatd.instance.{instance_of(receive)}"
+        )
     where = {(d.name, instance_of(d) == on_a) for d in deliveries}
-    assert where == {("deliver /topic/session", False), ("deliver /user/queue/messages", False),
-                     ("deliver /user/queue/messages", True)}
+    assert where == {
+        ("deliver /topic/session", False),
+        ("deliver /user/queue/messages", False),
+        ("deliver /user/queue/messages", True),
+    }
     assert len({instance_of(s) for s in trace}) == 2
     assert {s.resource.attributes["service.name"] for s in trace} == {"chatd-test"}
     assert_no_private_data(trace, SECRET, ALICE, BOB)

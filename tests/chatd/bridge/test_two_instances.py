@@ -38,8 +38,10 @@ async def test_users_on_two_instances_chat_over_rest_and_stomp(
         answer = await cluster.send(inst, sid, f"rest {i}", f"r{i}", caller=sender)
         assert answer.status_code == 201, answer.text
     for i in range(5):
-        await alice.send_json("/app/chat.send",
-                              {"sessionId": sid, "content": f"stomp {i}", "clientMessageId": f"s{i}"})
+        await alice.send_json(
+            "/app/chat.send",
+            {"sessionId": sid, "content": f"stomp {i}", "clientMessageId": f"s{i}"},
+        )
     await alice.wait(lambda: len(alice.frames.get("ack", [])) == 5)
 
     # a last message after them: each subscription gets it after everything sent before it
@@ -49,15 +51,17 @@ async def test_users_on_two_instances_chat_over_rest_and_stomp(
     want = [f"rest {i}" for i in range(5)] + [f"stomp {i}" for i in range(5)] + ["last"]
     for rec in (alice, bob):
         for sub in ("topic", "inbox"):
-            await rec.wait(lambda rec=rec, sub=sub: any(
-                m.get("content") == "last" for m in rec.bodies(sub)))
+            await rec.wait(
+                lambda rec=rec, sub=sub: any(m.get("content") == "last" for m in rec.bodies(sub))
+            )
             bodies = rec.bodies(sub)
             assert [m["content"] for m in bodies] == want, sub
             assert [m["seq"] for m in bodies] == list(range(1, 12)), sub
 
     # a receipt made on B (Bob read everything) reaches Alice's receipt queue on A
-    answer = await cluster.client.post(f"{b.http}/api/chat/{sid}/seen", headers=cluster.auth(BOB),
-                                       json={"upToSeq": 11})
+    answer = await cluster.client.post(
+        f"{b.http}/api/chat/{sid}/seen", headers=cluster.auth(BOB), json={"upToSeq": 11}
+    )
     assert answer.status_code == 200, answer.text
     await alice.wait(lambda: len(alice.frames.get("receipts", [])) >= 1)
     receipt = alice.bodies("receipts")[0]
@@ -75,10 +79,14 @@ async def test_users_on_two_instances_chat_over_rest_and_stomp(
     assert json.loads(typing[0].body) == {"sessionId": sid, "email": ALICE}
     # A's own typing must not come back to it through RabbitMQ: a message Alice sends after
     # it through the same link reaches her topic subscription after any such echo would
-    await alice.send_json("/app/chat.send",
-                          {"sessionId": sid, "content": "after typing", "clientMessageId": "t"})
-    await alice.wait(lambda: any(m.get("content") == "after typing"
-                                 for m in alice.bodies("topic") if "content" in m))
+    await alice.send_json(
+        "/app/chat.send", {"sessionId": sid, "content": "after typing", "clientMessageId": "t"}
+    )
+    await alice.wait(
+        lambda: any(
+            m.get("content") == "after typing" for m in alice.bodies("topic") if "content" in m
+        )
+    )
     assert len([f for f in alice.frames["topic"] if f.get("event") == "typing"]) == 1  # once
 
     # both instances export the bridge on /metrics: connected, and confirm times observed
@@ -86,9 +94,13 @@ async def test_users_on_two_instances_chat_over_rest_and_stomp(
         scraped = (await cluster.client.get(f"{inst.http}/metrics")).text
         assert "\nchatd_bridge_connected 1.0\n" in scraped
     scraped = (await cluster.client.get(f"{a.http}/metrics")).text + (
-        await cluster.client.get(f"{b.http}/metrics")).text
-    counts = [float(line.split()[-1]) for line in scraped.splitlines()
-              if line.startswith("chatd_bridge_confirm_latency_seconds_count")]
+        await cluster.client.get(f"{b.http}/metrics")
+    ).text
+    counts = [
+        float(line.split()[-1])
+        for line in scraped.splitlines()
+        if line.startswith("chatd_bridge_confirm_latency_seconds_count")
+    ]
     assert len(counts) == 2
     assert sum(counts) >= 1
 
@@ -127,8 +139,15 @@ async def test_bindings_follow_local_subscribers(
     await alice_on_b.wait(lambda: len(alice_on_b.frames.get("inbox", [])) == 1)
     assert len(first.frames.get("t", [])) == 0
     # ...until someone subscribes again, with history replay from the store
-    await first.peer.send("SUBSCRIBE", {"destination": f"/topic/session.{sid}", "id": "t2",
-                                        "x-since-seq": "0", "receipt": "sub-t2"})
+    await first.peer.send(
+        "SUBSCRIBE",
+        {
+            "destination": f"/topic/session.{sid}",
+            "id": "t2",
+            "x-since-seq": "0",
+            "receipt": "sub-t2",
+        },
+    )
     await first.wait(lambda: "sub-t2" in first.receipts)
     assert [m["content"] for m in first.bodies("t2")] == ["after"]
     answer = await cluster.send(a, sid, "live", "live-1")

@@ -26,8 +26,12 @@ CHATD = str(Path(sys.executable).with_name("chatd"))
 
 def _listeners(port: int) -> set[int]:
     """Pids of the processes holding established connections on `port` (server side)."""
-    out = subprocess.run(["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
 
 
@@ -37,13 +41,26 @@ def _children(pid: int) -> set[int]:
 
 
 async def test_two_workers_share_a_port_and_deliver_across_processes(
-    cluster: Cluster, tmp_path: Path,
+    cluster: Cluster,
+    tmp_path: Path,
 ) -> None:
     port = free_port()
     env = {**cluster.env, "CHATD_SERVER__SOCKJS_ENABLED": "false"}
     log = tmp_path / "workers.log"
-    parent = _spawn([CHATD, "serve", "--workers", "2", "--bind", f"127.0.0.1:{port}",
-                     "--data-dir", env["DATA_DIR"]], env, log)
+    parent = _spawn(
+        [
+            CHATD,
+            "serve",
+            "--workers",
+            "2",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            env["DATA_DIR"],
+        ],
+        env,
+        log,
+    )
     inst = Instance("workers", env, tmp_path, parent, f"http://127.0.0.1:{port}")
     try:
         await eventually(lambda: log.read_text().count("chatd ready") == 2, seconds=30)
@@ -53,8 +70,9 @@ async def test_two_workers_share_a_port_and_deliver_across_processes(
         async with trio.open_nursery() as nursery:
             sid = await cluster.init(inst)
             # many connections: the kernel spreads them over both workers
-            listeners = [await recorder(nursery, cluster, inst, (ALICE, BOB)[i % 2])
-                         for i in range(12)]
+            listeners = [
+                await recorder(nursery, cluster, inst, (ALICE, BOB)[i % 2]) for i in range(12)
+            ]
             for i, rec in enumerate(listeners):
                 await rec.subscribe(f"/topic/session.{sid}", f"t{i}")
             assert _listeners(port) == workers, "both workers hold subscribers"
@@ -85,16 +103,25 @@ async def test_two_workers_share_a_port_and_deliver_across_processes(
             parent.wait()
 
 
-@pytest.mark.parametrize(("env", "why"), [
-    ({"CHATD_RABBITMQ_URL": ""}, r"no RabbitMQ is configured"),
-    ({"CHATD_SERVER__SOCKJS_ENABLED": "true"}, r"SockJS's HTTP transports"),
-    ({"CHATD_DATABASE_URL": ""}, r"SQLite is one process's store"),
-])
+@pytest.mark.parametrize(
+    ("env", "why"),
+    [
+        ({"CHATD_RABBITMQ_URL": ""}, r"no RabbitMQ is configured"),
+        ({"CHATD_SERVER__SOCKJS_ENABLED": "true"}, r"SockJS's HTTP transports"),
+        ({"CHATD_DATABASE_URL": ""}, r"SQLite is one process's store"),
+    ],
+)
 async def test_combinations_that_cannot_work_are_refused_in_one_line(
-    cluster: Cluster, env: dict[str, str], why: str,
+    cluster: Cluster,
+    env: dict[str, str],
+    why: str,
 ) -> None:
-    merged = {**cluster.env, "CHATD_SERVER__SOCKJS_ENABLED": "false", "CHATD_LOG_FORMAT": "text",
-              **env}
+    merged = {
+        **cluster.env,
+        "CHATD_SERVER__SOCKJS_ENABLED": "false",
+        "CHATD_LOG_FORMAT": "text",
+        **env,
+    }
     for key in [k for k, v in merged.items() if v == ""]:
         del merged[key]  # unset: the embedded default (no RabbitMQ, SQLite)
         if key == "CHATD_RABBITMQ_URL":  # and the tuning that only goes with a URL
@@ -102,9 +129,21 @@ async def test_combinations_that_cannot_work_are_refused_in_one_line(
                 del merged[other]
     with trio.fail_after(30):
         done = await trio.run_process(
-            [CHATD, "serve", "--workers", "2", "--bind", "127.0.0.1:8089", "--data-dir",
-             merged["DATA_DIR"]], env=merged, capture_stdout=True, capture_stderr=True,
-            check=False)
+            [
+                CHATD,
+                "serve",
+                "--workers",
+                "2",
+                "--bind",
+                "127.0.0.1:8089",
+                "--data-dir",
+                merged["DATA_DIR"],
+            ],
+            env=merged,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
     stderr = done.stderr.decode()
     assert done.returncode == 2
     lines = stderr.strip().splitlines()

@@ -109,8 +109,12 @@ async def running(publisher: OutboxPublisher) -> AsyncIterator[OutboxPublisher]:
 def config(**changes: float) -> OutboxConfig:
     """A test `[outbox]` section: small batches and a fast retry unless told otherwise."""
     values: dict[str, float] = {
-        "batch_size": 50, "lease_seconds": 10.0, "poll_interval": 0.5, "max_attempts": 5,
-        "backoff_base": 0.05, "backoff_cap": 1.0,
+        "batch_size": 50,
+        "lease_seconds": 10.0,
+        "poll_interval": 0.5,
+        "max_attempts": 5,
+        "backoff_base": 0.05,
+        "backoff_cap": 1.0,
     }
     values.update(changes)
     return OutboxConfig(**values)  # type: ignore[arg-type]
@@ -131,8 +135,8 @@ async def send(
     """`count` messages from `sender`, one after the other (so in seq order)."""
     sent = []
     for i in range(count):
-        message, _ = await append_one(store,
-            session.id, sender, f"text {i}", f"{session.id}-{tag}{i}", T0
+        message, _ = await append_one(
+            store, session.id, sender, f"text {i}", f"{session.id}-{tag}{i}", T0
         )
         sent.append(message)
     return sent
@@ -157,6 +161,7 @@ async def pg_url(postgres_url: str) -> str:
     async with open_store(postgres_url) as store:
         await store.migrate()
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE chat_message_outbox, chat_messages, chat_sessions "
-                     "RESTART IDENTITY CASCADE")
+        conn.execute(
+            "TRUNCATE chat_message_outbox, chat_messages, chat_sessions RESTART IDENTITY CASCADE"
+        )
     return postgres_url

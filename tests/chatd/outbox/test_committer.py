@@ -59,8 +59,11 @@ async def test_concurrent_sends_share_a_transaction_and_are_delivered_in_order(
     results: list[Appended] = []
 
     async def sender(session_id: uuid.UUID, i: int) -> None:
-        results.append(await committer.append(
-            NewMessage(session_id, ANN, f"m{i}", f"{session_id}-{i}", utc_now())))
+        results.append(
+            await committer.append(
+                NewMessage(session_id, ANN, f"m{i}", f"{session_id}-{i}", utc_now())
+            )
+        )
 
     committer = SendCommitter(store, sink=sink, max_batch=40, clock=utc_now)
     async with committing(committer), trio.open_nursery() as nursery:
@@ -91,8 +94,9 @@ async def test_a_full_queue_refuses_at_once_with_retry_after(store: Store) -> No
 
     async def send(i: int) -> None:
         try:
-            outcomes.append(await committer.append(
-                NewMessage(session.id, ANN, "x", f"busy-{i}", utc_now())))
+            outcomes.append(
+                await committer.append(NewMessage(session.id, ANN, "x", f"busy-{i}", utc_now()))
+            )
         except Unavailable as exc:
             outcomes.append(exc)
 
@@ -114,8 +118,9 @@ async def test_a_bad_message_fails_alone(store: Store) -> None:
 
     async def send(session_id: uuid.UUID, tag: str) -> None:
         try:
-            outcomes.append(await committer.append(
-                NewMessage(session_id, ANN, "x", tag, utc_now())))
+            outcomes.append(
+                await committer.append(NewMessage(session_id, ANN, "x", tag, utc_now()))
+            )
         except NotFound as exc:
             outcomes.append(exc)
 
@@ -155,7 +160,8 @@ async def test_a_receipt_behind_delivered_rows_goes_out_when_they_are_marked(
         await committer.append(NewMessage(session.id, ANN, "hi", "r-1", utc_now()))
         await store.mark(session.id, other.email, "seen", up_to_seq=1, at=utc_now())
         took = await wait_until(
-            lambda: any(r.event == EVENT_RECEIPT for r in sink.accepted), within=4)
+            lambda: any(r.event == EVENT_RECEIPT for r in sink.accepted), within=4
+        )
         assert took < 2.0  # woken by the mark, not by the 5 s poll
     assert [r.event for r in sink.accepted][-1] == EVENT_RECEIPT
     assert_session_order(sink.accepted)
@@ -166,14 +172,18 @@ async def test_a_send_whose_deadline_passed_is_refused_not_stored_late(store: St
     committer = SendCommitter(store, sink=RecordingSink(), clock=utc_now)
     async with committing(committer):
         with pytest.raises(Unavailable) as refused:
-            await committer.append(NewMessage(session.id, ANN, "x", "late", utc_now()),
-                                   deadline=trio.current_time() - 0.001)
-        fresh = await committer.append(NewMessage(session.id, ANN, "y", "fresh", utc_now()),
-                                       deadline=trio.current_time() + 10)
+            await committer.append(
+                NewMessage(session.id, ANN, "x", "late", utc_now()),
+                deadline=trio.current_time() - 0.001,
+            )
+        fresh = await committer.append(
+            NewMessage(session.id, ANN, "y", "fresh", utc_now()), deadline=trio.current_time() + 10
+        )
     assert refused.value.retry_after == BUSY_RETRY_AFTER
     assert committer.refused == 1
     assert [m.client_message_id for m in await store.messages_after(session.id, 0, 10)] == [
-        fresh.message.client_message_id]
+        fresh.message.client_message_id
+    ]
 
 
 async def test_sends_are_refused_while_the_delivery_backlog_is_full(store: Store) -> None:
@@ -219,8 +229,7 @@ async def test_batches_are_never_split_nor_interleaved_even_by_two_committers(
     async def single(k: int) -> None:
         await committers[k % 2].append(NewMessage(session.id, ANN, "s", f"s{k}", utc_now()))
 
-    async with committing(committers[0]), committing(committers[1]), \
-            trio.open_nursery() as nursery:
+    async with committing(committers[0]), committing(committers[1]), trio.open_nursery() as nursery:
         for k in range(12):
             nursery.start_soon(batch, k)
             nursery.start_soon(single, k)
@@ -248,13 +257,15 @@ async def test_a_batch_larger_than_a_commit_commits_alone_and_whole(store: Store
         # queued in this order before the committer gets to run
         committer.submit(NewMessage(session.id, ANN, "a", "a", utc_now()), lambda r: None)
         committer.submit_batch(unit(session.id, "big", 10), lambda results: None)
-        committer.submit(NewMessage(session.id, ANN, "z", "z", utc_now()),
-                         lambda r: done.set())
+        committer.submit(NewMessage(session.id, ANN, "z", "z", utc_now()), lambda r: done.set())
         await done.wait()
     assert committer.batches == 3
     assert [len(c.ids) for c in sink.calls] == [3, 30, 3]
     assert [m.content for m in await store.messages_after(session.id, 0, 20)] == [
-        "a", *(f"big-{i}" for i in range(10)), "z"]
+        "a",
+        *(f"big-{i}" for i in range(10)),
+        "z",
+    ]
 
 
 async def test_the_queue_and_backlog_bounds_count_a_batch_as_its_messages(
@@ -270,8 +281,7 @@ async def test_the_queue_and_backlog_bounds_count_a_batch_as_its_messages(
         with pytest.raises(Unavailable):
             committer.submit_batch(unit(session.id, "r", 2), lambda results: None)
         stored = trio.Event()
-        committer.submit(NewMessage(session.id, ANN, "s", "s", utc_now()),
-                         lambda r: stored.set())
+        committer.submit(NewMessage(session.id, ANN, "s", "s", utc_now()), lambda r: stored.set())
         assert committer.queued == 5
         assert committer.refused == 2
         await stored.wait()
@@ -282,16 +292,24 @@ async def test_the_queue_and_backlog_bounds_count_a_batch_as_its_messages(
             await committer.append_batch(unit(session.id, "t", 4))
         assert len(await committer.append_batch(unit(session.id, "u", 3))) == 3
     assert [m.client_message_id for m in await store.messages_after(session.id, 0, 20)] == [
-        "q-0", "q-1", "q-2", "q-3", "s", "u-0", "u-1", "u-2"]
+        "q-0",
+        "q-1",
+        "q-2",
+        "q-3",
+        "s",
+        "u-0",
+        "u-1",
+        "u-2",
+    ]
 
 
 async def test_a_late_batch_is_refused_whole(store: Store) -> None:
     [(session, _)] = await sessions(store, 1)
     committer = SendCommitter(store, sink=RecordingSink(), clock=utc_now)
     async with committing(committer):
-        results = await committer.append_batch(unit(session.id, "late", 3),
-                                               deadline=trio.current_time() - 0.001)
-    assert all(isinstance(r, Unavailable) and r.retry_after == BUSY_RETRY_AFTER
-               for r in results)
+        results = await committer.append_batch(
+            unit(session.id, "late", 3), deadline=trio.current_time() - 0.001
+        )
+    assert all(isinstance(r, Unavailable) and r.retry_after == BUSY_RETRY_AFTER for r in results)
     assert committer.refused == 3
     assert await store.messages_after(session.id, 0, 10) == []

@@ -45,8 +45,9 @@ async def pg_store(pg_url: str) -> AsyncIterator[Store]:
 async def test_two_publishers_on_one_database_publish_each_row_once(pg_url: str) -> None:
     sink = RecordingSink(delay=0.002)  # a call takes a moment, so the two really overlap
     async with AsyncExitStack() as stack:
-        stores = [await stack.enter_async_context(open_store(pg_url, pool_size=4))
-                  for _ in range(3)]
+        stores = [
+            await stack.enter_async_context(open_store(pg_url, pool_size=4)) for _ in range(3)
+        ]
         writer = stores[0]
         pairs = await sessions(writer, 12)
         publishers = [OutboxPublisher(s, sink, config(batch_size=25)) for s in stores[1:]]
@@ -82,11 +83,13 @@ async def test_with_several_instances_the_delivery_backlog_is_the_stores(pg_url:
     delivered everything, and refused every send ("server busy") with an empty outbox."""
     sink = RecordingSink()
     async with AsyncExitStack() as stack:
-        store_a, store_b = [await stack.enter_async_context(open_store(pg_url, pool_size=4))
-                            for _ in range(2)]
+        store_a, store_b = [
+            await stack.enter_async_context(open_store(pg_url, pool_size=4)) for _ in range(2)
+        ]
         [(session, _)] = await sessions(store_a, 1)
-        committer = SendCommitter(store_a, sink=None, max_backlog=100,
-                                  clock=lambda: datetime.now(UTC))
+        committer = SendCommitter(
+            store_a, sink=None, max_backlog=100, clock=lambda: datetime.now(UTC)
+        )
         publisher_a = OutboxPublisher(store_a, CutOff(), config())
         committer.backlog = delivery_backlog(committer, publisher_a, shared=True)
         nursery = await stack.enter_async_context(trio.open_nursery())
@@ -94,7 +97,8 @@ async def test_with_several_instances_the_delivery_backlog_is_the_stores(pg_url:
         stack.callback(committer.stop)
         await stack.enter_async_context(running(publisher_a))
         await stack.enter_async_context(
-            running(OutboxPublisher(store_b, sink, config(batch_size=100))))
+            running(OutboxPublisher(store_b, sink, config(batch_size=100)))
+        )
 
         def message(i: int) -> NewMessage:
             return NewMessage(session.id, ANN, f"m{i}", f"backlog-{i}", datetime.now(UTC))
@@ -117,7 +121,8 @@ def _allow_connections(database: str, allow: bool) -> None:
         if not allow:
             conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = %s AND pid <> pg_backend_pid()", (database,)
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (database,),
             )
 
 

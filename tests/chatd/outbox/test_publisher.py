@@ -55,7 +55,14 @@ async def test_a_backlog_of_1000_messages_is_delivered_in_session_order(store: S
     assert_session_order(sink.accepted)
     per_session = Counter(r.session_id for r in sink.accepted)
     assert set(per_session.values()) == {125 * 3}
-    assert [r.seq for r in sink.accepted if r.session_id == pairs[0][0].id][:6] == [1, 1, 1, 2, 2, 2]
+    assert [r.seq for r in sink.accepted if r.session_id == pairs[0][0].id][:6] == [
+        1,
+        1,
+        1,
+        2,
+        2,
+        2,
+    ]
     assert await store.outbox_stats() == (0, 0)
     assert (publisher.published, publisher.retried, publisher.dead) == (total, 0, 0)
 
@@ -103,8 +110,11 @@ async def test_a_failing_row_is_retried_with_backoff_and_order_is_kept(store: St
     assert tries[2] - tries[1] >= 0.2 - 0.02  # backoff_base * 2**1
     # session b never waited for a's trouble; a's later rows did
     assert max(_accepted_at(sink, r.id) for r in rows if r.session_id == b.id) < tries[1]
-    assert all(_accepted_at(sink, r.id) >= tries[2] for r in rows if r.session_id == a.id
-               and r.id > flaky.id)
+    assert all(
+        _accepted_at(sink, r.id) >= tries[2]
+        for r in rows
+        if r.session_id == a.id and r.id > flaky.id
+    )
     assert await store.outbox_stats() == (0, 0)
 
 
@@ -203,8 +213,9 @@ async def test_an_unavailable_sink_gets_rows_back_uncharged_and_they_go_out_late
             await super().publish(rows)
 
     sink = DownSink()
-    publisher = OutboxPublisher(store, sink, config(max_attempts=1, poll_interval=0.05),
-                                random=no_jitter)
+    publisher = OutboxPublisher(
+        store, sink, config(max_attempts=1, poll_interval=0.05), random=no_jitter
+    )
     async with running(publisher):
         await wait_until(lambda: len(sink.calls) >= 5)  # several rounds refused
         assert (publisher.retried, publisher.dead) == (0, 0)
@@ -227,8 +238,9 @@ async def test_a_claim_ending_inside_a_batch_send_gives_its_rows_back_to_lead_th
     unit = [NewMessage(b.id, ANN, f"u{i}", f"unit-{i}", later) for i in range(4)]  # 12 rows
     await store.append_messages(unit, units=[4])
     sink = RecordingSink()
-    publisher = OutboxPublisher(store, sink, config(batch_size=5), random=no_jitter,
-                                min_claim=12)  # claims of 12: the first ends inside the unit
+    publisher = OutboxPublisher(
+        store, sink, config(batch_size=5), random=no_jitter, min_claim=12
+    )  # claims of 12: the first ends inside the unit
     async with running(publisher):
         await wait_until(lambda: len(sink.accepted) == 18, within=10)
     unit_ids = {r.id for r in sink.accepted if r.session_id == b.id}
@@ -245,8 +257,7 @@ def test_whole_commits_gives_back_only_a_trailing_commit_of_a_full_claim() -> No
     def row(i: int, session: uuid.UUID, at: datetime) -> OutboxRow:
         return OutboxRow(i, None, session, 1, "message", "/topic/x", "{}", 0, at, None, at)
 
-    rows = [row(1, one, t1), row(2, two, t2), row(3, one, t2), row(4, two, t2),
-            row(5, two, t2)]
+    rows = [row(1, one, t1), row(2, two, t2), row(3, one, t2), row(4, two, t2), row(5, two, t2)]
     assert whole_commits(rows, full=False) == (rows, [])  # not full: nothing was cut
     assert whole_commits(rows, full=True) == (rows[:3], [rows[3], rows[4]])
     assert whole_commits(rows[1:2], full=True) == (rows[1:2], [])  # one commit: keep it

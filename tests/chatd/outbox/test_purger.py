@@ -62,8 +62,9 @@ async def test_a_database_outage_skips_rounds_and_purging_resumes(
         await store.migrate()
         await trio.to_thread.run_sync(_empty_postgres, url)
         await sent_rows(store, 1, sent_at=T0)
-        purger = OutboxPurger(store, timedelta(hours=1), lambda: T0 + timedelta(hours=2),
-                              interval=0.05)
+        purger = OutboxPurger(
+            store, timedelta(hours=1), lambda: T0 + timedelta(hours=2), interval=0.05
+        )
         async with trio.open_nursery() as nursery:
             proxy.switch(False)
             await nursery.start(purger.run)

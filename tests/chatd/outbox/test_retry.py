@@ -24,7 +24,9 @@ from .conftest import T0
         (3, 1.0, 1.0, 1.0),
     ],
 )
-def test_exponential_delay_with_a_cap(failures: int, base: float, cap: float, expected: float) -> None:
+def test_exponential_delay_with_a_cap(
+    failures: int, base: float, cap: float, expected: float
+) -> None:
     assert backoff_delay(failures, base=base, cap=cap, rand=1.0) == expected
 
 

@@ -42,7 +42,8 @@ def pair(shared: RedisTier, clock: Callable[[], datetime]) -> tuple[RedisPresenc
 
 
 async def test_online_while_any_instance_holds_the_user(
-        nursery: trio.Nursery, redis_url: str, redis_prefix: str) -> None:
+    nursery: trio.Nursery, redis_url: str, redis_prefix: str
+) -> None:
     clock = Clock()
     a, b = pair(await tier(nursery, redis_url, redis_prefix), clock)
     assert await a.arrive(X) is True
@@ -58,7 +59,8 @@ async def test_online_while_any_instance_holds_the_user(
 
 
 async def test_a_dead_instances_users_go_offline_within_the_ttl(
-        nursery: trio.Nursery, redis_url: str, redis_prefix: str) -> None:
+    nursery: trio.Nursery, redis_url: str, redis_prefix: str
+) -> None:
     clock = Clock()
     a, b = pair(await tier(nursery, redis_url, redis_prefix), clock)
     await a.arrive(X)
@@ -74,13 +76,15 @@ async def test_a_dead_instances_users_go_offline_within_the_ttl(
     assert not (await b.lookup([X]))[X].online  # past a's TTL: offline for every reader
     gone = await b.maintain({Y}, clock())
     assert [(p.email, p.online, p.last_seen) for p in gone] == [
-        (X, False, T0 + timedelta(seconds=2))]
+        (X, False, T0 + timedelta(seconds=2))
+    ]
     assert await b.maintain({Y}, clock()) == []  # announced once
     assert (await b.lookup([Y]))[Y].online
 
 
 async def test_retire_lets_users_lapse_after_the_grace_period(
-        nursery: trio.Nursery, redis_url: str, redis_prefix: str) -> None:
+    nursery: trio.Nursery, redis_url: str, redis_prefix: str
+) -> None:
     clock = Clock()
     a, b = pair(await tier(nursery, redis_url, redis_prefix), clock)
     await a.arrive(X)
@@ -93,7 +97,8 @@ async def test_retire_lets_users_lapse_after_the_grace_period(
 
 
 async def test_maintain_rewrites_what_redis_lost_and_drops_who_left(
-        nursery: trio.Nursery, redis_url: str, redis_prefix: str) -> None:
+    nursery: trio.Nursery, redis_url: str, redis_prefix: str
+) -> None:
     clock = Clock()
     shared = await tier(nursery, redis_url, redis_prefix)
     a, b = pair(shared, clock)
@@ -108,7 +113,8 @@ async def test_maintain_rewrites_what_redis_lost_and_drops_who_left(
 
 
 async def test_redis_down_falls_back_to_local_knowledge(
-        nursery: trio.Nursery, private_redis: PrivateRedis) -> None:
+    nursery: trio.Nursery, private_redis: PrivateRedis
+) -> None:
     clock = Clock()
     shared = await tier(nursery, private_redis.url)
     a, _ = pair(shared, clock)
@@ -116,7 +122,10 @@ async def test_redis_down_falls_back_to_local_knowledge(
     private_redis.kill()
     assert await a.arrive(Y) is True  # never fails: local knowledge
     assert {e: p.online for e, p in (await a.lookup([X, Y, "z@example.com"])).items()} == {
-        X: True, Y: True, "z@example.com": False}
+        X: True,
+        Y: True,
+        "z@example.com": False,
+    }
     assert await a.leave(Y, clock()) is True
     assert await a.maintain({X}, clock()) == []
     await a.retire(1)

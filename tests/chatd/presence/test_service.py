@@ -20,8 +20,9 @@ from chatd.presence import PresenceService
 from chatd.storage import Store, open_store
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
-ANN, BOB, CAT, DAN = (Participant(f"p{i}", f"{n}@example.com", n)
-                      for i, n in enumerate(("ann", "bob", "cat", "dan")))
+ANN, BOB, CAT, DAN = (
+    Participant(f"p{i}", f"{n}@example.com", n) for i, n in enumerate(("ann", "bob", "cat", "dan"))
+)
 
 
 @pytest.fixture
@@ -66,7 +67,8 @@ async def settle(service: PresenceService) -> None:
 
 
 async def test_peers_online_get_updates_strangers_never(
-        nursery: trio.Nursery, store: Store, mock_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, store: Store, mock_clock: trio.testing.MockClock
+) -> None:
     running = await start(nursery, store, grace=5)
     presence = running.service
     presence.principal_active(ANN.email, True)
@@ -77,8 +79,10 @@ async def test_peers_online_get_updates_strangers_never(
     presence.principal_active(BOB.email, True)
     presence.principal_active(CAT.email, True)  # Cat shares no chat with Ann or Bob
     await settle(presence)
-    assert running.take() == [("user:ann@example.com:/queue/presence", BOB.email, True),
-                              ("user:dan@example.com:/queue/presence", CAT.email, True)]
+    assert running.take() == [
+        ("user:ann@example.com:/queue/presence", BOB.email, True),
+        ("user:dan@example.com:/queue/presence", CAT.email, True),
+    ]
     presence.principal_active(BOB.email, False)
     await settle(presence)
     mock_clock.jump(4.9)
@@ -88,12 +92,16 @@ async def test_peers_online_get_updates_strangers_never(
     await settle(presence)
     [(key, body)] = running.sent
     assert (key, body["email"], body["online"]) == (
-        "user:ann@example.com:/queue/presence", BOB.email, False)
+        "user:ann@example.com:/queue/presence",
+        BOB.email,
+        False,
+    )
     assert body["lastSeen"] == "2026-12-01T12:00:00.000000Z"
 
 
 async def test_reconnect_within_grace_sends_no_offline_online_pair(
-        nursery: trio.Nursery, store: Store, mock_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, store: Store, mock_clock: trio.testing.MockClock
+) -> None:
     running = await start(nursery, store, grace=5)
     presence = running.service
     presence.principal_active(ANN.email, True)
@@ -114,14 +122,14 @@ async def test_reconnect_within_grace_sends_no_offline_online_pair(
 
 
 async def test_snapshot_and_query_answer_for_peers_only(
-        nursery: trio.Nursery, store: Store, mock_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, store: Store, mock_clock: trio.testing.MockClock
+) -> None:
     running = await start(nursery, store, grace=0)
     presence = running.service
     presence.principal_active(BOB.email, True)
     presence.principal_active(DAN.email, True)
     await settle(presence)
-    assert [(p.email, p.online) for p in await presence.snapshot(ANN.email)] == [
-        (BOB.email, True)]
+    assert [(p.email, p.online) for p in await presence.snapshot(ANN.email)] == [(BOB.email, True)]
     found = await presence.query(ANN.email, f"{BOB.email}, {DAN.email},nobody@example.com")
     assert [(p.email, p.online) for p in found] == [(BOB.email, True)]
     assert await presence.query(CAT.email, BOB.email) == []
@@ -131,15 +139,17 @@ async def test_snapshot_and_query_answer_for_peers_only(
     assert (bob.online, bob.last_seen) == (False, T0)
 
 
-@pytest.mark.parametrize("emails", [None, "", "not-an-email", ",".join(
-    f"u{i}@example.com" for i in range(101))])
+@pytest.mark.parametrize(
+    "emails", [None, "", "not-an-email", ",".join(f"u{i}@example.com" for i in range(101))]
+)
 async def test_query_refuses_malformed_lists(store: Store, emails: str | None) -> None:
     with pytest.raises(BadRequest):
         await PresenceService(store).query(ANN.email, emails)
 
 
 async def test_disabled_tracks_publishes_and_answers_nothing(
-        nursery: trio.Nursery, store: Store, mock_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, store: Store, mock_clock: trio.testing.MockClock
+) -> None:
     running = await start(nursery, store, enabled=False)
     presence = running.service
     presence.principal_active(ANN.email, True)
@@ -154,7 +164,8 @@ async def test_disabled_tracks_publishes_and_answers_nothing(
 
 
 async def test_a_store_outage_drops_updates_not_the_runner(
-        nursery: trio.Nursery, store: Store, mock_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, store: Store, mock_clock: trio.testing.MockClock
+) -> None:
     running = await start(nursery, store, grace=0)
     presence = running.service
     presence.principal_active(ANN.email, True)

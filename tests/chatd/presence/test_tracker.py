@@ -56,6 +56,9 @@ def test_deadlines_come_due_in_order_whatever_the_reconnects() -> None:
 
 def test_presence_json() -> None:
     assert Presence("a@x.io", False, SEEN).to_json() == {
-        "event": "presence", "email": "a@x.io", "online": False,
-        "lastSeen": "2026-12-01T12:00:00.000000Z"}
+        "event": "presence",
+        "email": "a@x.io",
+        "online": False,
+        "lastSeen": "2026-12-01T12:00:00.000000Z",
+    }
     assert Presence("a@x.io", True).to_json()["lastSeen"] is None

@@ -78,23 +78,27 @@ class Chat:
         return {"Authorization": f"Bearer {self.token(email)}"}
 
     async def init(self, caller: str = ALICE, peer: str = BOB) -> str:
-        answer = await self.client.post("/api/chat/init", json={"toEmail": peer, "intent": "buy"},
-                                        headers=self.auth(caller))
+        answer = await self.client.post(
+            "/api/chat/init", json={"toEmail": peer, "intent": "buy"}, headers=self.auth(caller)
+        )
         assert answer.status_code == 200, answer.text
         sid: str = answer.json()["sessionId"]
         return sid
 
     async def send(self, sid: str, content: str, cmid: str, caller: str = ALICE) -> dict[str, Any]:
         answer = await self.client.post(
-            "/api/chat/message", json={"sessionId": sid, "content": content,
-                                       "clientMessageId": cmid}, headers=self.auth(caller))
+            "/api/chat/message",
+            json={"sessionId": sid, "content": content, "clientMessageId": cmid},
+            headers=self.auth(caller),
+        )
         assert answer.status_code in (200, 201), answer.text
         message: dict[str, Any] = answer.json()
         return message
 
     async def history(self, sid: str, caller: str = ALICE) -> list[dict[str, Any]]:
-        answer = await self.client.get(f"/api/chat/{sid}/history", params={"limit": 100},
-                                       headers=self.auth(caller))
+        answer = await self.client.get(
+            f"/api/chat/{sid}/history", params={"limit": 100}, headers=self.auth(caller)
+        )
         assert answer.status_code == 200, answer.text
         body = answer.json()
         messages: list[dict[str, Any]] = body["messages"] if isinstance(body, dict) else body
@@ -102,8 +106,11 @@ class Chat:
 
 
 def chat_config(tmp_path: Path, url: str, public_key: Path, **server: Any) -> Config:
-    options: dict[str, Any] = {"bind": "127.0.0.1:0", "data_dir": tmp_path,
-                               "shutdown_grace": 4.0} | server
+    options: dict[str, Any] = {
+        "bind": "127.0.0.1:0",
+        "data_dir": tmp_path,
+        "shutdown_grace": 4.0,
+    } | server
     return Config(
         server=ServerConfig(**options),
         database=DatabaseConfig(url=url, connect_timeout=2),
@@ -113,8 +120,14 @@ def chat_config(tmp_path: Path, url: str, public_key: Path, **server: Any) -> Co
     )
 
 
-async def start_chat(nursery: trio.Nursery, config: Config, private_key: bytes,
-                     *, handle_signals: bool = False, span_exporter: object = None) -> Chat:
+async def start_chat(
+    nursery: trio.Nursery,
+    config: Config,
+    private_key: bytes,
+    *,
+    handle_signals: bool = False,
+    span_exporter: object = None,
+) -> Chat:
     """Run `serve(config)` in `nursery`; the returned Chat's scope cancels it."""
     scope = trio.CancelScope()
     done = trio.Event()
@@ -122,8 +135,12 @@ async def start_chat(nursery: trio.Nursery, config: Config, private_key: bytes,
     async def run(task_status: trio.TaskStatus[list[str]]) -> None:
         try:
             with scope:
-                await serve(config, handle_signals=handle_signals, span_exporter=span_exporter,
-                            task_status=task_status)
+                await serve(
+                    config,
+                    handle_signals=handle_signals,
+                    span_exporter=span_exporter,
+                    task_status=task_status,
+                )
         finally:
             done.set()
 
@@ -138,19 +155,20 @@ async def start_chat(nursery: trio.Nursery, config: Config, private_key: bytes,
 
 
 @pytest.fixture
-async def chat(nursery: trio.Nursery, store_url: str, tmp_path: Path,
-               key_pair: tuple[bytes, Path]) -> AsyncIterator[Chat]:
+async def chat(
+    nursery: trio.Nursery, store_url: str, tmp_path: Path, key_pair: tuple[bytes, Path]
+) -> AsyncIterator[Chat]:
     """chatd over each backend (PostgreSQL, SQLite)."""
-    running = await start_chat(nursery, chat_config(tmp_path, store_url, key_pair[1]),
-                               key_pair[0])
+    running = await start_chat(nursery, chat_config(tmp_path, store_url, key_pair[1]), key_pair[0])
     async with running.client:
         yield running
     running.scope.cancel()
 
 
 @pytest.fixture
-async def sqlite_chat(nursery: trio.Nursery, tmp_path: Path,
-                      key_pair: tuple[bytes, Path]) -> AsyncIterator[Chat]:
+async def sqlite_chat(
+    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]
+) -> AsyncIterator[Chat]:
     """chatd over SQLite, for tests where the backend does not matter."""
     url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
     running = await start_chat(nursery, chat_config(tmp_path, url, key_pair[1]), key_pair[0])
@@ -203,10 +221,12 @@ class Recorder(stomppy.ConnectionListener):  # type: ignore[misc]
 class StompPy:
     """One stomp.py WebSocket connection (blocking calls: use `run` from trio tests)."""
 
-    def __init__(self, chat: Chat, token: str | None, *, path: str = "/ws",
-                 passcode: bool = False) -> None:
+    def __init__(
+        self, chat: Chat, token: str | None, *, path: str = "/ws", passcode: bool = False
+    ) -> None:
         self.conn = stomppy.adapter.ws.WSStompConnection(
-            [("127.0.0.1", chat.port)], ws_path=path, reconnect_attempts_max=1, timeout=TIMEOUT)
+            [("127.0.0.1", chat.port)], ws_path=path, reconnect_attempts_max=1, timeout=TIMEOUT
+        )
         self.seen = Recorder()
         self.conn.set_listener("recorder", self.seen)
         self.token = token
@@ -222,17 +242,20 @@ class StompPy:
         if self.token is not None and not self.passcode:
             headers["Authorization"] = f"Bearer {self.token}"
         passcode = self.token if self.passcode else None
-        self.conn.connect(username="x" if passcode else None, passcode=passcode, wait=False,
-                          headers=headers)
+        self.conn.connect(
+            username="x" if passcode else None, passcode=passcode, wait=False, headers=headers
+        )
         if wait:
             assert self.seen.connected.wait(TIMEOUT), self.error_texts()
 
-    def subscribe(self, destination: str, *, wait: bool = True, ack: str = "auto",
-                  **headers: str) -> str:
+    def subscribe(
+        self, destination: str, *, wait: bool = True, ack: str = "auto", **headers: str
+    ) -> str:
         sub_id, receipt = self._next("sub-"), self._next("r")
         self.seen.inbox(sub_id)
-        self.conn.subscribe(destination, id=sub_id, ack=ack,
-                            headers={"receipt": receipt, **headers})
+        self.conn.subscribe(
+            destination, id=sub_id, ack=ack, headers={"receipt": receipt, **headers}
+        )
         if wait:
             self.seen.wait_receipt(receipt)
         return sub_id
@@ -292,11 +315,17 @@ async def stomppy_client(chat: Chat, email: str | None, **options: Any) -> Stomp
 # -- a raw STOMP peer over trio-websocket ------------------------------------------------------
 
 
-async def raw_ws_peer(nursery: trio.Nursery, chat: Chat,
-                      path: str = "/ws") -> tuple[Peer, trio_websocket.WebSocketConnection]:
+async def raw_ws_peer(
+    nursery: trio.Nursery, chat: Chat, path: str = "/ws"
+) -> tuple[Peer, trio_websocket.WebSocketConnection]:
     """A WebSocket connection offering the STOMP subprotocols, wrapped as a frame-level peer
     (the connection is returned too, for its close code)."""
     connection = await trio_websocket.connect_websocket(
-        nursery, "127.0.0.1", chat.port, path, use_ssl=False,
-        subprotocols=["v12.stomp", "v11.stomp", "v10.stomp"])
+        nursery,
+        "127.0.0.1",
+        chat.port,
+        path,
+        use_ssl=False,
+        subprotocols=["v12.stomp", "v11.stomp", "v10.stomp"],
+    )
     return Peer(websocket_stream(connection)), connection  # type: ignore[arg-type]

@@ -22,20 +22,25 @@ NO_CACHE = "no-store, no-cache, no-transform, must-revalidate, max-age=0"
 NUL = "\x00"
 
 
-
-async def start_sockjs_chat(nursery: trio.Nursery, tmp_path: Path,
-                            key_pair: tuple[bytes, Path]) -> Chat:
+async def start_sockjs_chat(
+    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]
+) -> Chat:
     """chatd over SQLite with short SockJS timings and a 4 KiB streaming response limit."""
-    config = chat_config(tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}", key_pair[1],
-                         sockjs_disconnect_delay=DISCONNECT_DELAY,
-                         sockjs_heartbeat_seconds=HEARTBEAT,
-                         sockjs_response_limit=RESPONSE_LIMIT)
+    config = chat_config(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'chat.sqlite3'}",
+        key_pair[1],
+        sockjs_disconnect_delay=DISCONNECT_DELAY,
+        sockjs_heartbeat_seconds=HEARTBEAT,
+        sockjs_response_limit=RESPONSE_LIMIT,
+    )
     return await start_chat(nursery, config, key_pair[0])
 
 
 @pytest.fixture(name="chat")
-async def sockjs_chat_fixture(nursery: trio.Nursery, tmp_path: Path,
-                              key_pair: tuple[bytes, Path]) -> AsyncIterator[Chat]:
+async def sockjs_chat_fixture(
+    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]
+) -> AsyncIterator[Chat]:
     """`start_sockjs_chat` for one test: a module that imports this gets it as its `chat`."""
     running = await start_sockjs_chat(nursery, tmp_path, key_pair)
     async with running.client:
@@ -87,8 +92,6 @@ def assert_cors(response: httpx.Response, origin: str | None = None) -> None:
     else:
         assert response.headers["access-control-allow-origin"] == "*"
         assert "access-control-allow-credentials" not in response.headers
-
-
 
 
 class Body:

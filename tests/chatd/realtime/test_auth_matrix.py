@@ -54,13 +54,17 @@ async def idp(nursery: trio.Nursery, idp_key: rsa.RSAPrivateKey) -> FakeIdentity
 
 def jwks_config(tmp_path: Path, url: str, idp: FakeIdentityProvider, **auth: Any) -> Config:
     config = chat_config(tmp_path, url, tmp_path / "unused.pem")
-    options: dict[str, Any] = {"jwks_url": idp.jwks_url, "issuer": ISSUER, "audience": AUDIENCE,
-                               "leeway": 2, "jwks_min_refresh_seconds": 60} | auth
+    options: dict[str, Any] = {
+        "jwks_url": idp.jwks_url,
+        "issuer": ISSUER,
+        "audience": AUDIENCE,
+        "leeway": 2,
+        "jwks_min_refresh_seconds": 60,
+    } | auth
     return dataclasses.replace(config, auth=AuthConfig(**options))
 
 
-def token(key: rsa.RSAPrivateKey, email: str = ALICE, kid: str | None = "k1",
-          **kwargs: Any) -> str:
+def token(key: rsa.RSAPrivateKey, email: str = ALICE, kid: str | None = "k1", **kwargs: Any) -> str:
     options: dict[str, Any] = {"issuer": ISSUER, "audience": AUDIENCE, "ttl": 600} | kwargs
     return mint_token(key, email, kid=kid, **options)
 
@@ -70,8 +74,9 @@ def bearer(value: str) -> dict[str, str]:
 
 
 @pytest.fixture
-async def jwks_chat(nursery: trio.Nursery, store_url: str, tmp_path: Path,
-                    idp: FakeIdentityProvider) -> AsyncIterator[Chat]:
+async def jwks_chat(
+    nursery: trio.Nursery, store_url: str, tmp_path: Path, idp: FakeIdentityProvider
+) -> AsyncIterator[Chat]:
     running = await start_chat(nursery, jwks_config(tmp_path, store_url, idp), b"")
     async with running.client:
         yield running
@@ -82,8 +87,9 @@ def _b64(data: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 
-def bad_tokens(key: rsa.RSAPrivateKey, other: rsa.RSAPrivateKey) -> list[tuple[str, str | None,
-                                                                               str]]:
+def bad_tokens(
+    key: rsa.RSAPrivateKey, other: rsa.RSAPrivateKey
+) -> list[tuple[str, str | None, str]]:
     """(case, token or None for no header, the reason the server gives)."""
     now = int(time.time())
     claims = {"sub": ALICE, "exp": now + 600, "iss": ISSUER, "aud": AUDIENCE}
@@ -106,40 +112,60 @@ def bad_tokens(key: rsa.RSAPrivateKey, other: rsa.RSAPrivateKey) -> list[tuple[s
     ]
 
 
-async def stomp_attempt(nursery: trio.Nursery, chat: Chat, bad: str | None,
-                        sid: str) -> list[Frame]:
+async def stomp_attempt(
+    nursery: trio.Nursery, chat: Chat, bad: str | None, sid: str
+) -> list[Frame]:
     """CONNECT with `bad` and, in the same write, a chat.send: every frame the server sent."""
     peer, _ = await raw_ws_peer(nursery, chat)
     connect = {"accept-version": "1.2", "host": "localhost"}
     if bad is not None:
         connect["Authorization"] = f"Bearer {bad}"
     body = json.dumps({"sessionId": sid, "content": "sneaky", "clientMessageId": "x1"}).encode()
-    await peer.send_many([("CONNECT", connect, b""),
-                          ("SEND", {"destination": "/app/chat.send", "receipt": "r1",
-                                    "content-type": "application/json"}, body)])
+    await peer.send_many(
+        [
+            ("CONNECT", connect, b""),
+            (
+                "SEND",
+                {
+                    "destination": "/app/chat.send",
+                    "receipt": "r1",
+                    "content-type": "application/json",
+                },
+                body,
+            ),
+        ]
+    )
     with trio.fail_after(10):
         return await peer.frames_until_eof()
 
 
 async def test_every_bad_token_is_refused_on_rest_and_stomp_and_nothing_is_stored(
-    nursery: trio.Nursery, jwks_chat: Chat, idp_key: rsa.RSAPrivateKey,
+    nursery: trio.Nursery,
+    jwks_chat: Chat,
+    idp_key: rsa.RSAPrivateKey,
     other_key: rsa.RSAPrivateKey,
 ) -> None:
     chat = jwks_chat
     good = bearer(token(idp_key))
-    opened = await chat.client.post("/api/chat/init", json={"toEmail": BOB, "intent": "buy"},
-                                    headers=good)
+    opened = await chat.client.post(
+        "/api/chat/init", json={"toEmail": BOB, "intent": "buy"}, headers=good
+    )
     assert opened.status_code == 200, opened.text
     sid = opened.json()["sessionId"]
 
     for case, bad, reason in bad_tokens(idp_key, other_key):
         headers = {} if bad is None else bearer(bad)
         answer = await chat.client.post(
-            "/api/chat/message", json={"sessionId": sid, "content": "sneaky",
-                                       "clientMessageId": f"rest-{case}"}, headers=headers)
+            "/api/chat/message",
+            json={"sessionId": sid, "content": "sneaky", "clientMessageId": f"rest-{case}"},
+            headers=headers,
+        )
         assert assert_error(answer, 401)["errorMsg"] == reason, case
-        answer = await chat.client.post("/api/chat/init", json={"toEmail": "carol@example.com",
-                                                                "intent": "buy"}, headers=headers)
+        answer = await chat.client.post(
+            "/api/chat/init",
+            json={"toEmail": "carol@example.com", "intent": "buy"},
+            headers=headers,
+        )
         assert assert_error(answer, 401)["errorMsg"] == reason, case
 
         frames = await stomp_attempt(nursery, chat, bad, sid)
@@ -156,7 +182,9 @@ async def test_every_bad_token_is_refused_on_rest_and_stomp_and_nothing_is_store
 
 
 async def test_unknown_kid_refresh_is_rate_limited(
-    nursery: trio.Nursery, jwks_chat: Chat, idp: FakeIdentityProvider,
+    nursery: trio.Nursery,
+    jwks_chat: Chat,
+    idp: FakeIdentityProvider,
     idp_key: rsa.RSAPrivateKey,
 ) -> None:
     chat = jwks_chat
@@ -175,20 +203,25 @@ async def test_unknown_kid_refresh_is_rate_limited(
 
 
 async def test_rotated_key_accepted_on_rest_and_stomp(
-    nursery: trio.Nursery, tmp_path: Path, idp: FakeIdentityProvider,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    idp: FakeIdentityProvider,
     idp_key: rsa.RSAPrivateKey,
 ) -> None:
-    config = jwks_config(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}", idp,
-                         jwks_min_refresh_seconds=0)
+    config = jwks_config(
+        tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}", idp, jwks_min_refresh_seconds=0
+    )
     chat = await start_chat(nursery, config, b"")
     async with chat.client:
-        assert (await chat.client.get("/api/chat/unread",
-                                      headers=bearer(token(idp_key)))).status_code == 200
+        assert (
+            await chat.client.get("/api/chat/unread", headers=bearer(token(idp_key)))
+        ).status_code == 200
         new_key = generate_private_key()
         idp.keys = {"k2": new_key.public_key()}  # k1 retired, k2 published
         rotated = token(new_key, kid="k2")
-        assert (await chat.client.get("/api/chat/unread",
-                                      headers=bearer(rotated))).status_code == 200
+        assert (
+            await chat.client.get("/api/chat/unread", headers=bearer(rotated))
+        ).status_code == 200
         peer, _ = await raw_ws_peer(nursery, chat)
         connected = await peer.connect(Authorization=f"Bearer {token(new_key, BOB, kid='k2')}")
         assert connected.get("user-name") == BOB
@@ -199,7 +232,9 @@ async def test_rotated_key_accepted_on_rest_and_stomp(
 
 
 async def test_websocket_session_closed_when_its_token_expires(
-    nursery: trio.Nursery, tmp_path: Path, idp: FakeIdentityProvider,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    idp: FakeIdentityProvider,
     idp_key: rsa.RSAPrivateKey,
 ) -> None:
     config = jwks_config(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}", idp, leeway=0)
@@ -221,11 +256,14 @@ async def test_websocket_session_closed_when_its_token_expires(
 
 
 async def test_expiry_close_can_be_turned_off(
-    nursery: trio.Nursery, tmp_path: Path, idp: FakeIdentityProvider,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    idp: FakeIdentityProvider,
     idp_key: rsa.RSAPrivateKey,
 ) -> None:
-    config = jwks_config(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}", idp, leeway=0,
-                         close_on_expiry=False)
+    config = jwks_config(
+        tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}", idp, leeway=0, close_on_expiry=False
+    )
     chat = await start_chat(nursery, config, b"")
     async with chat.client:
         peer, _ = await raw_ws_peer(nursery, chat)
@@ -240,8 +278,13 @@ async def test_expiry_close_can_be_turned_off(
     [("/ws", "header"), ("/ws/websocket", "header"), ("/ws", "passcode"), ("/ws", "query")],
 )
 async def test_every_token_carrier_is_verified(
-    nursery: trio.Nursery, tmp_path: Path, idp: FakeIdentityProvider,
-    idp_key: rsa.RSAPrivateKey, other_key: rsa.RSAPrivateKey, path: str, how: str,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    idp: FakeIdentityProvider,
+    idp_key: rsa.RSAPrivateKey,
+    other_key: rsa.RSAPrivateKey,
+    path: str,
+    how: str,
 ) -> None:
     config = jwks_config(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}", idp)
     chat = await start_chat(nursery, config, b"")
@@ -276,7 +319,9 @@ async def test_every_token_carrier_is_verified(
 
 @pytest.mark.timeout(30)
 async def test_sigterm_stops_the_jwks_and_profiles_parts_in_time(
-    nursery: trio.Nursery, tmp_path: Path, idp: FakeIdentityProvider,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    idp: FakeIdentityProvider,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     import os
@@ -287,9 +332,15 @@ async def test_sigterm_stops_the_jwks_and_profiles_parts_in_time(
     key_file = tmp_path / "service.pem"
     key_file.write_bytes(private_pem(generate_private_key()))
     config = jwks_config(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}", idp)
-    config = dataclasses.replace(config, profiles=dataclasses.replace(
-        config.profiles, provider="remote", url="http://127.0.0.1:9",
-        service_private_key_file=key_file))
+    config = dataclasses.replace(
+        config,
+        profiles=dataclasses.replace(
+            config.profiles,
+            provider="remote",
+            url="http://127.0.0.1:9",
+            service_private_key_file=key_file,
+        ),
+    )
     chat = await start_chat(nursery, config, b"", handle_signals=True)
     await chat.client.aclose()
     with trio.fail_after(20):

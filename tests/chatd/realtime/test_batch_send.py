@@ -14,8 +14,10 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def batch(sid: str, *cmids: str) -> dict[str, Any]:
-    return {"sessionId": sid,
-            "messages": [{"content": f"text {c}", "clientMessageId": c} for c in cmids]}
+    return {
+        "sessionId": sid,
+        "messages": [{"content": f"text {c}", "clientMessageId": c} for c in cmids],
+    }
 
 
 async def test_a_batch_is_acked_once_and_delivered_message_by_message_in_order(
@@ -37,7 +39,8 @@ async def test_a_batch_is_acked_once_and_delivered_message_by_message_in_order(
         assert headers["content-type"] == "application/json"
         assert [a["status"] for a in answers] == [201] * 5
         assert [(a["message"]["seq"], a["message"]["clientMessageId"]) for a in answers] == [
-            (i + 2, c) for i, c in enumerate(cmids)]
+            (i + 2, c) for i, c in enumerate(cmids)
+        ]
         for sub in (topic, inbox):
             frames = [await run(bob.message, sub) for _ in range(6)]
             assert [f.headers["event"] for f in frames] == ["message"] * 6
@@ -56,16 +59,37 @@ async def test_a_batch_is_acked_once_and_delivered_message_by_message_in_order(
         await run(bob.close)
 
 
-@pytest.mark.parametrize(("caller", "messages", "status", "reason"), [
-    (ALICE, [{"content": "ok", "clientMessageId": "x-1"}, {"content": " ", "clientMessageId": "x-2"}],
-     "BAD_REQUEST", "messages[1]: content must not be empty"),
-    (ALICE, [{"content": "a", "clientMessageId": "x-1"}, {"content": "b", "clientMessageId": "x-1"}],
-     "BAD_REQUEST", "messages[1]: clientMessageId repeats messages[0]"),
-    (ALICE, "not a list", "BAD_REQUEST", "messages must be an array"),
-    (CAROL, [{"content": "hi", "clientMessageId": "x-1"}], "FORBIDDEN", "not a participant"),
-])
+@pytest.mark.parametrize(
+    ("caller", "messages", "status", "reason"),
+    [
+        (
+            ALICE,
+            [
+                {"content": "ok", "clientMessageId": "x-1"},
+                {"content": " ", "clientMessageId": "x-2"},
+            ],
+            "BAD_REQUEST",
+            "messages[1]: content must not be empty",
+        ),
+        (
+            ALICE,
+            [
+                {"content": "a", "clientMessageId": "x-1"},
+                {"content": "b", "clientMessageId": "x-1"},
+            ],
+            "BAD_REQUEST",
+            "messages[1]: clientMessageId repeats messages[0]",
+        ),
+        (ALICE, "not a list", "BAD_REQUEST", "messages must be an array"),
+        (CAROL, [{"content": "hi", "clientMessageId": "x-1"}], "FORBIDDEN", "not a participant"),
+    ],
+)
 async def test_refusals_go_to_the_error_queue_whole_and_the_session_lives_on(
-    sqlite_chat: Chat, caller: str, messages: object, status: str, reason: str,
+    sqlite_chat: Chat,
+    caller: str,
+    messages: object,
+    status: str,
+    reason: str,
 ) -> None:
     chat = sqlite_chat
     sid = await chat.init()
@@ -73,8 +97,12 @@ async def test_refusals_go_to_the_error_queue_whole_and_the_session_lives_on(
     try:
         errors = await run(client.subscribe, "/user/queue/error")
         ack = await run(client.subscribe, "/user/queue/ack")
-        await run(client.send, "/app/chat.send-batch", {"sessionId": sid, "messages": messages},
-                  receipt=True)
+        await run(
+            client.send,
+            "/app/chat.send-batch",
+            {"sessionId": sid, "messages": messages},
+            receipt=True,
+        )
         headers, error = await run(client.json, errors)
         assert headers["event"] == "error"
         assert error["status"] == status
@@ -84,8 +112,11 @@ async def test_refusals_go_to_the_error_queue_whole_and_the_session_lives_on(
             assert error["clientMessageIds"] == [m["clientMessageId"] for m in messages]
         assert await chat.history(sid) == []
         # the session lives on; the next answer is this batch's, none came for the refused one
-        await run(client.send, "/app/chat.send-batch", {"sessionId": sid, "messages": [
-            {"content": "fine", "clientMessageId": "fine-1"}]})
+        await run(
+            client.send,
+            "/app/chat.send-batch",
+            {"sessionId": sid, "messages": [{"content": "fine", "clientMessageId": "fine-1"}]},
+        )
         if caller == CAROL:  # still a stranger
             assert (await run(client.json, errors))[1]["status"] == "FORBIDDEN"
         else:

@@ -47,7 +47,6 @@ HISTORY = 45  # stored messages carol -> bob: more than two pages of the page's 
 GRACE = 1.0  # [presence] grace_seconds of the served chatd: bob's dot must go grey within +1 s
 
 
-
 @pytest.fixture(scope="module")
 def node() -> str:
     path = require_node("playwright-core")
@@ -56,13 +55,17 @@ def node() -> str:
     return path
 
 
-def embedded_config(tmp_path: Path, database_url: str | None = None,
-                    limits: LimitsConfig | None = None) -> Config:
+def embedded_config(
+    tmp_path: Path, database_url: str | None = None, limits: LimitsConfig | None = None
+) -> Config:
     """The embedded default (dev keys in the data dir, demo page on, local profiles) on an
     ephemeral port; SQLite unless `database_url` says otherwise."""
-    config = Config(server=ServerConfig(bind="127.0.0.1:0", data_dir=tmp_path, shutdown_grace=2),
-                    outbox=OutboxConfig(poll_interval=0.2), limits=limits or LimitsConfig(),
-                    presence=PresenceConfig(grace_seconds=GRACE))
+    config = Config(
+        server=ServerConfig(bind="127.0.0.1:0", data_dir=tmp_path, shutdown_grace=2),
+        outbox=OutboxConfig(poll_interval=0.2),
+        limits=limits or LimitsConfig(),
+        presence=PresenceConfig(grace_seconds=GRACE),
+    )
     if database_url is not None:
         config = replace(config, database=DatabaseConfig(url=database_url, connect_timeout=2))
     return config
@@ -83,8 +86,9 @@ async def embedded_chat(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[
 
 
 @pytest.fixture
-async def postgres_chat(nursery: trio.Nursery, tmp_path: Path,
-                        postgres_url: str) -> AsyncIterator[Chat]:
+async def postgres_chat(
+    nursery: trio.Nursery, tmp_path: Path, postgres_url: str
+) -> AsyncIterator[Chat]:
     """The embedded default on PostgreSQL (an empty schema of this run's database)."""
     from ..conftest import _empty_postgres
 
@@ -103,14 +107,16 @@ async def store_history(chat: Chat) -> str:
     return sid
 
 
-async def browse(node: str, chat: Chat, request: pytest.FixtureRequest,
-                 **options: Any) -> tuple[dict[str, Any], Path]:
+async def browse(
+    node: str, chat: Chat, request: pytest.FixtureRequest, **options: Any
+) -> tuple[dict[str, Any], Path]:
     """Run the browser scenario against `chat`; return what it saw and its artifacts dir."""
     artifacts = ARTIFACTS / request.node.name.replace("/", "_")
     shutil.rmtree(artifacts, ignore_errors=True)
     argument = {"http": chat.http, "artifacts": str(artifacts), **options}
-    result = await run_scenario(node, SCRIPT, argument, seconds=100,
-                                context=f"screenshots in {artifacts}\n")
+    result = await run_scenario(
+        node, SCRIPT, argument, seconds=100, context=f"screenshots in {artifacts}\n"
+    )
     return result, artifacts
 
 
@@ -130,25 +136,31 @@ def check_chat(result: dict[str, Any], chat: Chat) -> None:
     # alice's message reached bob's page, which marked it delivered (not yet seen) and showed
     # it unread; opening the chat marked it seen and cleared the badge.
     assert result["aliceAfterDelivered"] == [
-        {"seq": 1, "text": "hello bob", "mine": True, "status": "delivered"}]
+        {"seq": 1, "text": "hello bob", "mine": True, "status": "delivered"}
+    ]
     assert result["bobUnreadBeforeOpen"] == 1
     assert result["bobAfterOpen"] == [
-        {"seq": 1, "text": "hello bob", "mine": False, "status": None}]
+        {"seq": 1, "text": "hello bob", "mine": False, "status": None}
+    ]
     assert result["bobUnreadAfterOpen"] == 0
     assert result["aliceTyping"] == f"{BOB} is typing…"
     assert result["aliceAfterReply"] == [
         {"seq": 1, "text": "hello bob", "mine": True, "status": "seen"},
-        {"seq": 2, "text": "hi alice", "mine": False, "status": None}]
+        {"seq": 2, "text": "hi alice", "mine": False, "status": None},
+    ]
     assert result["bobAfterReply"] == [
         {"seq": 1, "text": "hello bob", "mine": False, "status": None},
-        {"seq": 2, "text": "hi alice", "mine": True, "status": "seen"}]
+        {"seq": 2, "text": "hi alice", "mine": True, "status": "seen"},
+    ]
 
 
 async def check_stored(chat: Chat, sid: str) -> None:
     """The ticks the pages showed are the stored state, not a page's guess."""
     stored = sorted(await chat.history(sid), key=lambda m: m["seq"])
     assert [(m["senderEmail"], m["content"], m["delivered"], m["seen"]) for m in stored] == [
-        (ALICE, "hello bob", True, True), (BOB, "hi alice", True, True)]
+        (ALICE, "hello bob", True, True),
+        (BOB, "hi alice", True, True),
+    ]
 
 
 def check_presence(result: dict[str, Any]) -> None:
@@ -170,13 +182,14 @@ def check_screenshots(result: dict[str, Any], artifacts: Path) -> None:
 
 @pytest.mark.node
 @pytest.mark.timeout(120)
-async def test_two_users_chat_through_the_demo_page(node: str, embedded_chat: Chat,
-                                                    request: pytest.FixtureRequest) -> None:
+async def test_two_users_chat_through_the_demo_page(
+    node: str, embedded_chat: Chat, request: pytest.FixtureRequest
+) -> None:
     chat = embedded_chat
     await store_history(chat)
-    result, artifacts = await browse(node, chat, request,
-                                     history={"peer": CAROL, "count": HISTORY},
-                                     presence={"grace": GRACE})
+    result, artifacts = await browse(
+        node, chat, request, history={"peer": CAROL, "count": HISTORY}, presence={"grace": GRACE}
+    )
     check_chat(result, chat)
     check_presence(result)
     # SockJS picked its best transport for both.
@@ -197,7 +210,8 @@ async def test_two_users_chat_through_the_demo_page(node: str, embedded_chat: Ch
 @pytest.mark.node
 @pytest.mark.timeout(120)
 async def test_demo_page_without_websocket_falls_back_to_xhr_streaming(
-        node: str, postgres_chat: Chat, request: pytest.FixtureRequest) -> None:
+    node: str, postgres_chat: Chat, request: pytest.FixtureRequest
+) -> None:
     chat = postgres_chat
     result, artifacts = await browse(node, chat, request, noWebSocket=["bob"])
     assert result["users"]["bob"]["hasWebSocket"] is False
@@ -210,11 +224,13 @@ async def test_demo_page_without_websocket_falls_back_to_xhr_streaming(
 
 @pytest.mark.node
 @pytest.mark.timeout(120)
-async def test_demo_page_over_a_plain_websocket(node: str, embedded_chat: Chat,
-                                                request: pytest.FixtureRequest) -> None:
+async def test_demo_page_over_a_plain_websocket(
+    node: str, embedded_chat: Chat, request: pytest.FixtureRequest
+) -> None:
     # ?transport=websocket: STOMP straight over a WebSocket at /ws, no SockJS.
-    result, artifacts = await browse(node, embedded_chat, request, query="?transport=websocket",
-                                     presence={"grace": GRACE})
+    result, artifacts = await browse(
+        node, embedded_chat, request, query="?transport=websocket", presence={"grace": GRACE}
+    )
     for name in ("alice", "bob"):
         assert result["users"][name]["transport"] == "raw-websocket"
     check_chat(result, embedded_chat)
@@ -225,12 +241,14 @@ async def test_demo_page_over_a_plain_websocket(node: str, embedded_chat: Chat,
 
 @pytest.mark.node
 @pytest.mark.timeout(120)
-async def test_demo_page_over_a_sockjs_iframe_transport(node: str, embedded_chat: Chat,
-                                                        request: pytest.FixtureRequest) -> None:
+async def test_demo_page_over_a_sockjs_iframe_transport(
+    node: str, embedded_chat: Chat, request: pytest.FixtureRequest
+) -> None:
     # sockjs-client runs iframe transports inside /ws/iframe.html, which must load the client
     # and bootstrap itself (what browsers without CORS use).
-    result, artifacts = await browse(node, embedded_chat, request,
-                                     query="?transports=iframe-eventsource")
+    result, artifacts = await browse(
+        node, embedded_chat, request, query="?transports=iframe-eventsource"
+    )
     for name in ("alice", "bob"):
         assert result["users"][name]["transport"] == "iframe-eventsource"
     check_chat(result, embedded_chat)
@@ -240,11 +258,13 @@ async def test_demo_page_over_a_sockjs_iframe_transport(node: str, embedded_chat
 
 @pytest.mark.node
 @pytest.mark.timeout(120)
-async def test_a_refused_token_returns_to_the_sign_in_form(node: str, embedded_chat: Chat,
-                                                         request: pytest.FixtureRequest) -> None:
+async def test_a_refused_token_returns_to_the_sign_in_form(
+    node: str, embedded_chat: Chat, request: pytest.FixtureRequest
+) -> None:
     forged = mint_token(generate_private_key(), ALICE)  # right shape, wrong key
-    result, artifacts = await browse(node, embedded_chat, request, scenario="refused-token",
-                                     token=forged)
+    result, artifacts = await browse(
+        node, embedded_chat, request, scenario="refused-token", token=forged
+    )
     assert result["signInVisible"] is True
     assert result["appVisible"] is False
     assert result["signInError"] == "the server refused the token: sign in again"
@@ -255,18 +275,27 @@ async def test_a_refused_token_returns_to_the_sign_in_form(node: str, embedded_c
 
 
 BOUND_TRANSPORTS = ["xhr-streaming", "xhr-polling", "eventsource", "htmlfile", "jsonp-polling"]
-HTTP_TRANSPORTS = ["xhr", "xhr_streaming", "eventsource", "htmlfile", "jsonp", "xhr_send",
-                   "jsonp_send"]
+HTTP_TRANSPORTS = [
+    "xhr",
+    "xhr_streaming",
+    "eventsource",
+    "htmlfile",
+    "jsonp",
+    "xhr_send",
+    "jsonp_send",
+]
 
 
 @pytest.mark.node
 @pytest.mark.timeout(120)
 async def test_a_stranger_with_the_url_cannot_use_a_page_s_sockjs_session(
-        node: str, embedded_chat: Chat, request: pytest.FixtureRequest) -> None:
+    node: str, embedded_chat: Chat, request: pytest.FixtureRequest
+) -> None:
     # The page authenticates in the CONNECT frame, with no access_token in the SockJS URL:
     # only the session's cookie, which the browser keeps and returns, says who opened it.
-    result, _ = await browse(node, embedded_chat, request, scenario="bound-session",
-                             transports=BOUND_TRANSPORTS)
+    result, _ = await browse(
+        node, embedded_chat, request, scenario="bound-session", transports=BOUND_TRANSPORTS
+    )
     assert list(result["transports"]) == BOUND_TRANSPORTS
     for transport, seen in result["transports"].items():
         assert (seen["transport"], seen["transportAtEnd"]) == (transport, transport)
@@ -277,7 +306,8 @@ async def test_a_stranger_with_the_url_cannot_use_a_page_s_sockjs_session(
         assert seen["cookieVisibleToScripts"] is False
     stored = sorted(await embedded_chat.history(result["sessionId"]), key=lambda m: m["seq"])
     assert [(m["senderEmail"], m["content"]) for m in stored] == [
-        (ALICE, f"over {transport}") for transport in BOUND_TRANSPORTS]
+        (ALICE, f"over {transport}") for transport in BOUND_TRANSPORTS
+    ]
 
 
 class Lines:
@@ -299,8 +329,8 @@ class Lines:
 @pytest.mark.node
 @pytest.mark.timeout(120)
 async def test_pages_reconnect_after_a_restart_and_miss_nothing(
-        node: str, nursery: trio.Nursery, tmp_path: Path,
-        request: pytest.FixtureRequest) -> None:
+    node: str, nursery: trio.Nursery, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     config = embedded_config(tmp_path)
     first = await serve_embedded(nursery, config)
     artifacts = ARTIFACTS / request.node.name
@@ -309,8 +339,12 @@ async def test_pages_reconnect_after_a_restart_and_miss_nothing(
     stderr = tmp_path / "node-stderr.txt"
     with stderr.open("wb") as errors, trio.fail_after(100):
         proc = await trio.lowlevel.open_process(
-            [node, str(NODE_DIR / SCRIPT), json.dumps(argument)], cwd=NODE_DIR,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors)
+            [node, str(NODE_DIR / SCRIPT), json.dumps(argument)],
+            cwd=NODE_DIR,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+        )
         try:
             assert proc.stdin is not None
             assert proc.stdout is not None
@@ -321,21 +355,21 @@ async def test_pages_reconnect_after_a_restart_and_miss_nothing(
             first.scope.cancel()
             await first.done.wait()
             await first.client.aclose()
-            again = replace(config, server=replace(config.server,
-                                                   bind=f"127.0.0.1:{first.port}"))
+            again = replace(config, server=replace(config.server, bind=f"127.0.0.1:{first.port}"))
             second = await serve_embedded(nursery, again)
             async with second.client:
-                sent = await second.send(waiting["sessionId"], "while you were away",
-                                         "rest-1", caller=ALICE)
+                sent = await second.send(
+                    waiting["sessionId"], "while you were away", "rest-1", caller=ALICE
+                )
                 assert sent["seq"] == 2
                 await proc.stdin.send_all(b'{"sent": 2}\n')
                 result = json.loads(await lines.next())
                 assert "fatal" not in result, (
                     f"{result['fatal']}\nscreenshots in {artifacts}\n"
-                    f"stderr: {stderr.read_text()}\nobserved: {json.dumps(result, indent=1)}")
+                    f"stderr: {stderr.read_text()}\nobserved: {json.dumps(result, indent=1)}"
+                )
                 assert await proc.wait() == 0
-                stored = sorted(await second.history(waiting["sessionId"]),
-                                key=lambda m: m["seq"])
+                stored = sorted(await second.history(waiting["sessionId"]), key=lambda m: m["seq"])
             second.scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -345,31 +379,33 @@ async def test_pages_reconnect_after_a_restart_and_miss_nothing(
     assert result["aliceAfterRestart"] == [
         {"seq": 1, "text": texts[0], "mine": True, "status": "seen"},
         {"seq": 2, "text": texts[1], "mine": True, "status": "seen"},
-        {"seq": 3, "text": texts[2], "mine": False, "status": None}]
+        {"seq": 3, "text": texts[2], "mine": False, "status": None},
+    ]
     assert result["bobAfterRestart"] == [
         {"seq": 1, "text": texts[0], "mine": False, "status": None},
         {"seq": 2, "text": texts[1], "mine": False, "status": None},
-        {"seq": 3, "text": texts[2], "mine": True, "status": "seen"}]
+        {"seq": 3, "text": texts[2], "mine": True, "status": "seen"},
+    ]
     assert [(m["content"], m["seen"]) for m in stored] == [(t, True) for t in texts]
 
 
 @pytest.mark.node
 @pytest.mark.timeout(120)
 async def test_a_refused_send_shows_why_and_stores_nothing(
-        node: str, nursery: trio.Nursery, tmp_path: Path,
-        request: pytest.FixtureRequest) -> None:
+    node: str, nursery: trio.Nursery, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     config = embedded_config(tmp_path, limits=LimitsConfig(max_content_length=20))
     chat = await serve_embedded(nursery, config)
     async with chat.client:
         too_long = "x" * 30
-        result, _ = await browse(node, chat, request, scenario="refused-send",
-                                 tooLong=too_long)
+        result, _ = await browse(node, chat, request, scenario="refused-send", tooLong=too_long)
         reason = "content is 30 characters long; the limit is 20"
         assert result["chatError"].endswith(reason)
         assert result["failedTitle"].endswith(reason)
         assert result["aliceMessages"] == [
             {"seq": None, "text": too_long, "mine": True, "status": "failed"},
-            {"seq": 1, "text": "short", "mine": True, "status": "sent"}]
+            {"seq": 1, "text": "short", "mine": True, "status": "sent"},
+        ]
         stored = await chat.history(result["sessionId"])
         assert [m["content"] for m in stored] == ["short"]
     chat.scope.cancel()
@@ -379,14 +415,14 @@ async def test_a_refused_send_shows_why_and_stores_nothing(
 
 
 async def test_embedded_default_serves_the_page_and_mints_verifiable_tokens(
-        embedded_chat: Chat) -> None:
+    embedded_chat: Chat,
+) -> None:
     chat = embedded_chat
     assert (await chat.client.get("/")).status_code == 200
     answer = await chat.client.post("/demo/token", json={"email": ALICE})
     assert answer.status_code == 200, answer.text
     token = answer.json()["token"]
-    unread = await chat.client.get("/api/chat/unread",
-                                   headers={"Authorization": f"Bearer {token}"})
+    unread = await chat.client.get("/api/chat/unread", headers={"Authorization": f"Bearer {token}"})
     assert unread.status_code == 200, unread.text
 
 
@@ -400,9 +436,11 @@ async def test_a_configured_key_source_never_mints_demo_tokens(sqlite_chat: Chat
 
 
 async def test_sockjs_iframe_loads_the_vendored_client_with_the_demo_page_off(
-        nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]) -> None:
-    config = chat_config(tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}", key_pair[1],
-                         demo_page=False)
+    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]
+) -> None:
+    config = chat_config(
+        tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}", key_pair[1], demo_page=False
+    )
     chat = await start_chat(nursery, config, key_pair[0])
     async with chat.client:
         assert (await chat.client.get("/")).status_code == 404

@@ -56,8 +56,9 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(nursery: trio.Nursery, tmp_path: Path,
-                key_pair: tuple[bytes, Path]) -> AsyncIterator[Stack]:
+async def stack(
+    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]
+) -> AsyncIterator[Stack]:
     async with open_store(f"sqlite:///{tmp_path / 'd.sqlite3'}") as store:
         await store.migrate()
         limits = LimitsConfig(send_burst=10_000, sends_per_second=10_000)
@@ -65,16 +66,19 @@ async def stack(nursery: trio.Nursery, tmp_path: Path,
         verifier = TokenVerifier(key_pair[1].read_bytes())
         runtime = build_runtime(Config(limits=limits))
         delivery = LocalDelivery(runtime)
-        runtime.hooks = ChatHooks(services, verifier, delivery, AppHandlers(services, runtime),
-                                  max_replay=5)
+        runtime.hooks = ChatHooks(
+            services, verifier, delivery, AppHandlers(services, runtime), max_replay=5
+        )
         address = await nursery.start(serve_tcp, runtime, "127.0.0.1", 0)
         yield Stack(store, services, runtime, delivery, address, key_pair[0])
         nursery.cancel_scope.cancel()
 
 
 async def subscribed(peer: Peer, destination: str, sub_id: str = "1", **headers: str) -> None:
-    await peer.send("SUBSCRIBE", {"destination": destination, "id": sub_id,
-                                  "receipt": f"sub-{sub_id}", **headers})
+    await peer.send(
+        "SUBSCRIBE",
+        {"destination": destination, "id": sub_id, "receipt": f"sub-{sub_id}", **headers},
+    )
     frame = await peer.frame()
     assert (frame.command, frame.get("receipt-id")) == ("RECEIPT", f"sub-{sub_id}"), frame
 
@@ -99,8 +103,9 @@ async def test_rows_become_messages_with_event_headers_and_topic_seqs_once(stack
     got = await messages(bob, 2 + 4)
     on_topic = [f for f in got if f.get("subscription") == "1"]
     assert [json.loads(f.body)["seq"] for f in on_topic] == [1, 2]
-    assert all(f.get("event") == "message" and f.get("content-type") == "application/json"
-               for f in got)
+    assert all(
+        f.get("event") == "message" and f.get("content-type") == "application/json" for f in got
+    )
     assert stack.delivery.last_seq(chat.id) == 2
 
 
@@ -109,14 +114,31 @@ async def test_odd_rows_do_not_crash_the_sink(stack: Stack) -> None:
     bob = await stack.peer(BOB)
     await subscribed(bob, f"/topic/session.{chat.id}")
     assert await stack.claim() == []  # a fresh session has no rows
-    base = OutboxRow(1, None, chat.id, 7, "message", f"/topic/session.{chat.id}", "", 0,
-                     datetime.now(UTC), None, datetime.now(UTC))
-    odd = [base, replace(base, id=2, seq=8, event="", payload="{}"),
-           replace(base, id=3, seq=0, event="presence", payload='{"who":"x"}')]
+    base = OutboxRow(
+        1,
+        None,
+        chat.id,
+        7,
+        "message",
+        f"/topic/session.{chat.id}",
+        "",
+        0,
+        datetime.now(UTC),
+        None,
+        datetime.now(UTC),
+    )
+    odd = [
+        base,
+        replace(base, id=2, seq=8, event="", payload="{}"),
+        replace(base, id=3, seq=0, event="presence", payload='{"who":"x"}'),
+    ]
     await stack.delivery.publish(odd)
     got = await messages(bob, 3)
     assert [(f.get("event"), f.body) for f in got] == [
-        ("message", b"{}"), ("unknown", b"{}"), ("presence", b'{"who":"x"}')]
+        ("message", b"{}"),
+        ("unknown", b"{}"),
+        ("presence", b'{"who":"x"}'),
+    ]
     assert stack.delivery.last_seq(chat.id) == 7
     assert stack.delivery.last_seq(uuid.uuid4()) is None
 
@@ -126,8 +148,9 @@ async def test_replay_beyond_the_bound_is_refused_with_a_hint(stack: Stack) -> N
     for n in range(1, 8):
         await stack.services.send(ALICE, chat.id, f"m{n}", f"c{n}")
     bob = await stack.peer(BOB)
-    await bob.send("SUBSCRIBE", {"destination": f"/topic/session.{chat.id}", "id": "1",
-                                 "x-since-seq": "1"})
+    await bob.send(
+        "SUBSCRIBE", {"destination": f"/topic/session.{chat.id}", "id": "1", "x-since-seq": "1"}
+    )
     frames = await bob.frames_until_eof()
     assert frames[-1].command == "ERROR"
     assert (frames[-1].get("message") or "").startswith("too many messages to replay")
@@ -135,8 +158,10 @@ async def test_replay_beyond_the_bound_is_refused_with_a_hint(stack: Stack) -> N
     # Within the bound: seeded from the store (nothing published yet), replayed, and the
     # pending outbox rows are then not published to the topic a second time.
     bob = await stack.peer(BOB)
-    await bob.send("SUBSCRIBE", {"destination": f"/topic/session.{chat.id}", "id": "1",
-                                 "x-since-seq": "3", "receipt": "r"})
+    await bob.send(
+        "SUBSCRIBE",
+        {"destination": f"/topic/session.{chat.id}", "id": "1", "x-since-seq": "3", "receipt": "r"},
+    )
     got = await messages(bob, 5)
     assert [json.loads(f.body)["seq"] for f in got[:4]] == [4, 5, 6, 7]
     assert got[4].get("receipt-id") == "r"

@@ -64,8 +64,9 @@ def _captured(url: str) -> list[bytes]:
 def _stored(url: str) -> tuple[list[str], list[str]]:
     with psycopg.connect(url) as conn:
         contents = [r[0] for r in conn.execute("SELECT content FROM chat_messages ORDER BY seq")]
-        payloads = [r[0] for r in conn.execute(
-            "SELECT payload::text FROM chat_message_outbox ORDER BY id")]
+        payloads = [
+            r[0] for r in conn.execute("SELECT payload::text FROM chat_message_outbox ORDER BY id")
+        ]
     return contents, payloads
 
 
@@ -81,21 +82,27 @@ def _leaks(haystack: str | bytes) -> list[str]:
 @pytest.mark.node
 @pytest.mark.timeout(150)
 async def test_encrypted_chat_across_two_instances_leaves_no_plaintext(
-        node: str, database_url: str, vhost: str, tmp_path: Path,
-        request: pytest.FixtureRequest) -> None:
+    node: str, database_url: str, vhost: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     amqp = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
     async with open_cluster(database_url, amqp, tmp_path) as cluster:
         # Content logging on: an envelope must still never reach a log line.
-        first = await cluster.add(CHATD_LOGGING__INCLUDE_CONTENT="true",
-                                  CHATD_LOGGING__LEVEL="DEBUG")
-        second = await cluster.add(CHATD_LOGGING__INCLUDE_CONTENT="true",
-                                   CHATD_LOGGING__LEVEL="DEBUG")
+        first = await cluster.add(
+            CHATD_LOGGING__INCLUDE_CONTENT="true", CHATD_LOGGING__LEVEL="DEBUG"
+        )
+        second = await cluster.add(
+            CHATD_LOGGING__INCLUDE_CONTENT="true", CHATD_LOGGING__LEVEL="DEBUG"
+        )
         await trio.to_thread.run_sync(_capture, amqp)
         artifacts = ARTIFACTS / request.node.name
         shutil.rmtree(artifacts, ignore_errors=True)
-        result = await run_scenario(node, "e2e_scenario.mjs", {
-            "alice": first.http, "bob": second.http, "artifacts": str(artifacts),
-            "texts": TEXTS}, seconds=120, context=f"screenshots in {artifacts}\n")
+        result = await run_scenario(
+            node,
+            "e2e_scenario.mjs",
+            {"alice": first.http, "bob": second.http, "artifacts": str(artifacts), "texts": TEXTS},
+            seconds=120,
+            context=f"screenshots in {artifacts}\n",
+        )
         captured = await trio.to_thread.run_sync(_captured, amqp)
         contents, payloads = await trio.to_thread.run_sync(_stored, database_url)
     logs = await trio.to_thread.run_sync(_logs, tmp_path)
@@ -132,15 +139,18 @@ def check_pages(result: dict[str, Any]) -> None:
     assert result["aliceSafetyAfter"] == result["bobNewSafety"] != result["aliceSafety"]
     assert result["aliceWarningBefore"] is False
     assert result["aliceWarning"] == (
-        "bob@example.com's key changed: compare the safety number again")
+        "bob@example.com's key changed: compare the safety number again"
+    )
 
     ok = "ok"
     assert result["aliceBefore"] == [
         {"seq": 1, "text": TEXTS[0], "mine": True, "decrypt": ok},
-        {"seq": 2, "text": TEXTS[1], "mine": False, "decrypt": ok}]
+        {"seq": 2, "text": TEXTS[1], "mine": False, "decrypt": ok},
+    ]
     assert result["bobBefore"] == [
         {"seq": 1, "text": TEXTS[0], "mine": False, "decrypt": ok},
-        {"seq": 2, "text": TEXTS[1], "mine": True, "decrypt": ok}]
+        {"seq": 2, "text": TEXTS[1], "mine": True, "decrypt": ok},
+    ]
     assert result["aliceAfter"][2] == {"seq": 3, "text": TEXTS[2], "mine": True, "decrypt": ok}
     # A new device has no old private key: the old history says so, the new message reads.
     new = result["bobNewAfter"]

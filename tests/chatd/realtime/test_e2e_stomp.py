@@ -13,8 +13,11 @@ pytestmark = pytest.mark.timeout(60)
 
 
 async def init_encrypted(chat: Chat, caller: str = ALICE, peer: str = BOB) -> str:
-    answer = await chat.client.post("/api/chat/init", json={
-        "toEmail": peer, "intent": "buy", "encrypted": True}, headers=chat.auth(caller))
+    answer = await chat.client.post(
+        "/api/chat/init",
+        json={"toEmail": peer, "intent": "buy", "encrypted": True},
+        headers=chat.auth(caller),
+    )
     assert answer.status_code == 200, answer.text
     sid: str = answer.json()["sessionId"]
     return sid
@@ -28,16 +31,23 @@ async def test_envelopes_over_stomp_are_relayed_verbatim_and_text_is_refused(cha
         errors = await run(alice.subscribe, "/user/queue/error")
         topic = await run(bob.subscribe, f"/topic/session.{sid}")
         text = encrypt(new_key(), new_key().public_key(), sid, "over stomp, sealed")
-        await run(alice.send, "/app/chat.send",
-                  {"sessionId": sid, "content": text, "clientMessageId": "s-1"}, receipt=True)
+        await run(
+            alice.send,
+            "/app/chat.send",
+            {"sessionId": sid, "content": text, "clientMessageId": "s-1"},
+            receipt=True,
+        )
         assert (await run(alice.json, ack))[1]["content"] == text
         headers, body = await run(bob.json, topic)
         assert headers["event"] == "message"
         assert body["content"] == text
 
-        await run(alice.send, "/app/chat.send",
-                  {"sessionId": sid, "content": "in clear", "clientMessageId": "s-2"},
-                  receipt=True)
+        await run(
+            alice.send,
+            "/app/chat.send",
+            {"sessionId": sid, "content": "in clear", "clientMessageId": "s-2"},
+            receipt=True,
+        )
         _, error = await run(alice.json, errors)
         assert error["clientMessageId"] == "s-2"
         assert error["status"] == "BAD_REQUEST"
@@ -56,13 +66,16 @@ async def test_key_changes_reach_peers_on_the_keys_queue_and_not_strangers(chat:
         carol_keys = await run(carol.subscribe, "/user/queue/keys")
         first, second = public_jwk(new_key()), public_jwk(new_key())
         for jwk in (first, second):
-            answer = await chat.client.put("/api/keys/me", json={"agreementKey": jwk},
-                                           headers=chat.auth(ALICE))
+            answer = await chat.client.put(
+                "/api/keys/me", json={"agreementKey": jwk}, headers=chat.auth(ALICE)
+            )
             assert answer.status_code == 201, answer.text
         events = [await run(bob.json, bob_keys) for _ in range(2)]
         assert [h["event"] for h, _ in events] == ["keys", "keys"]
         assert [(b["email"], b["kid"], b["previousKid"]) for _, b in events] == [
-            (ALICE, thumbprint(first), None), (ALICE, thumbprint(second), thumbprint(first))]
+            (ALICE, thumbprint(first), None),
+            (ALICE, thumbprint(second), thumbprint(first)),
+        ]
         await run(carol.nothing, carol_keys)
     finally:
         await run(bob.close)

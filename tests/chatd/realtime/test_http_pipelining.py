@@ -32,23 +32,27 @@ ROUNDS = 5
 
 def open_request() -> bytes:
     """An xhr poll that opens a new SockJS session: answered at once, its body never read."""
-    return (f"POST /ws/000/{uuid.uuid4()}/xhr HTTP/1.1\r\nHost: t\r\n"
-            "Content-Length: 0\r\n\r\n").encode()
+    return (
+        f"POST /ws/000/{uuid.uuid4()}/xhr HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
 
 
 #: Answered the same way, but its (chunked) body is malformed: hypercorn's reader fails on it
 #: while the app's answer is being written, and closes the connection.
-BAD_BODY = (b"POST /ws/000/bad/xhr HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"zz\r\n")
+BAD_BODY = b"POST /ws/000/bad/xhr HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
 
 
 def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [f"{r.name}: {r.getMessage()} {r.exc_info[1] if r.exc_info else ''}"
-            for r in caplog.records if r.levelno >= logging.ERROR]
+    return [
+        f"{r.name}: {r.getMessage()} {r.exc_info[1] if r.exc_info else ''}"
+        for r in caplog.records
+        if r.levelno >= logging.ERROR
+    ]
 
 
 async def test_pipelined_requests_are_all_answered_without_an_error(
-        chat: Chat, caplog: pytest.LogCaptureFixture) -> None:
+    chat: Chat, caplog: pytest.LogCaptureFixture
+) -> None:
     answers: list[list[bytes]] = [[] for _ in range(CONNECTIONS)]
 
     async def pipeline(mine: list[bytes]) -> None:
@@ -63,18 +67,23 @@ async def test_pipelined_requests_are_all_answered_without_an_error(
             for mine in answers:
                 nursery.start_soon(pipeline, mine)
     assert [len(mine) for mine in answers] == [ROUNDS * PIPELINED] * CONNECTIONS
-    assert all(a.startswith(b"HTTP/1.1 200") and a.endswith(b"\r\n\r\no\n")
-               for mine in answers for a in mine)
+    assert all(
+        a.startswith(b"HTTP/1.1 200") and a.endswith(b"\r\n\r\no\n")
+        for mine in answers
+        for a in mine
+    )
     assert errors(caplog) == []
 
 
 async def test_a_malformed_pipelined_body_closes_its_connection_not_the_server(
-        chat: Chat, caplog: pytest.LogCaptureFixture) -> None:
+    chat: Chat, caplog: pytest.LogCaptureFixture
+) -> None:
     async def attack() -> None:
         for _ in range(10):
             async with await trio.open_tcp_stream("127.0.0.1", chat.port) as stream:
-                await stream.send_all(b"".join(open_request() for _ in range(PIPELINED - 1))
-                                      + BAD_BODY)
+                await stream.send_all(
+                    b"".join(open_request() for _ in range(PIPELINED - 1)) + BAD_BODY
+                )
                 with trio.fail_after(10):
                     got = b""
                     while chunk := await stream.receive_some(65536):
@@ -92,12 +101,14 @@ async def test_a_malformed_pipelined_body_closes_its_connection_not_the_server(
 
 
 async def test_a_silent_or_reset_connection_closes_alone_not_the_server(
-        nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]) -> None:
+    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]
+) -> None:
     """Found by the soak (issue 22): a connection that sent nothing within keepalive_timeout
     (an UnboundLocalError), or was reset before its first request (BrokenResourceError),
     raised in the listener's nursery and stopped the whole server."""
-    config = chat_config(tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}", key_pair[1],
-                         keepalive_timeout=0.3)
+    config = chat_config(
+        tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}", key_pair[1], keepalive_timeout=0.3
+    )
     chat = await start_chat(nursery, config, key_pair[0])
     async with chat.client:
         for _ in range(3):  # reset at once: RST instead of FIN

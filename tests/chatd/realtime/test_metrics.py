@@ -87,8 +87,13 @@ async def test_scripted_chat_moves_every_counter_by_its_amount(chat: Chat) -> No
 
         # 5 messages x 3 outbox rows (topic, two user queues) are published, none pending.
         after = await eventually(
-            chat, lambda s: delta(s, before, "chatd_outbox_published_total") == 15
-            and value(s, "chatd_outbox_pending") == 0, "15 rows published")
+            chat,
+            lambda s: (
+                delta(s, before, "chatd_outbox_published_total") == 15
+                and value(s, "chatd_outbox_pending") == 0
+            ),
+            "15 rows published",
+        )
     finally:
         await run(alice.close)
         await run(bob.close)
@@ -108,8 +113,9 @@ async def test_scripted_chat_moves_every_counter_by_its_amount(chat: Chat) -> No
     assert value(after, "chatd_db_pool_size") >= 1
     assert 0 <= value(after, "chatd_db_pool_in_use") <= value(after, "chatd_db_pool_size")
 
-    closed = await eventually(chat, lambda s: value(s, "chatd_websocket_sessions_open") == 0,
-                              "the WebSockets closed")
+    closed = await eventually(
+        chat, lambda s: value(s, "chatd_websocket_sessions_open") == 0, "the WebSockets closed"
+    )
     assert value(closed, "chatd_stomp_sessions_open") == 0
 
 
@@ -129,8 +135,10 @@ async def test_refusals_are_counted_by_path_and_reason(
             await chat.send(sid, "one", "c-1")
             await chat.send(sid, "two", "c-2")
             refused = await chat.client.post(
-                "/api/chat/message", headers=chat.auth(ALICE),
-                json={"sessionId": sid, "content": "three", "clientMessageId": "c-3"})
+                "/api/chat/message",
+                headers=chat.auth(ALICE),
+                json={"sessionId": sid, "content": "three", "clientMessageId": "c-3"},
+            )
             assert refused.status_code == 429
             frame = {"sessionId": sid, "content": "four", "clientMessageId": "c-4"}
             await run(alice.send, "/app/chat.send", frame)
@@ -182,4 +190,3 @@ async def test_two_apps_in_one_process_keep_their_own_numbers(
     other.scope.cancel()
     assert delta(after, before, "chatd_messages_sent_total", path="rest") == 0
     assert value(mine, "chatd_messages_sent_total", path="rest") == 1
-

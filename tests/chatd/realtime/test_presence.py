@@ -25,12 +25,22 @@ PRESENCE = "/user/queue/presence"
 GRACE = 0.3
 
 
-async def running(nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path],
-                  redis: RedisConfig | None = None, **presence: Any) -> Chat:
-    config = chat_config(tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}", key_pair[1],
-                         stomp_tcp_bind="127.0.0.1:0")
-    config = replace(config, presence=PresenceConfig(**{"grace_seconds": GRACE, **presence}),
-                     redis=redis)
+async def running(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    key_pair: tuple[bytes, Path],
+    redis: RedisConfig | None = None,
+    **presence: Any,
+) -> Chat:
+    config = chat_config(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'chat.sqlite3'}",
+        key_pair[1],
+        stomp_tcp_bind="127.0.0.1:0",
+    )
+    config = replace(
+        config, presence=PresenceConfig(**{"grace_seconds": GRACE, **presence}), redis=redis
+    )
     return await start_chat(nursery, config, key_pair[0])
 
 
@@ -62,15 +72,17 @@ async def nothing_before_a_receipt(peer: Peer) -> None:
 
 
 async def presence_of(chat: Chat, caller: str, emails: str) -> list[dict[str, Any]]:
-    answer = await chat.client.get("/api/chat/presence", params={"emails": emails},
-                                   headers=chat.auth(caller))
+    answer = await chat.client.get(
+        "/api/chat/presence", params={"emails": emails}, headers=chat.auth(caller)
+    )
     assert answer.status_code == 200, answer.text
     found: list[dict[str, Any]] = answer.json()["presence"]
     return found
 
 
 async def test_peers_see_each_other_come_and_go_strangers_see_nothing(
-        nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]) -> None:
+    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]
+) -> None:
     chat = await running(nursery, tmp_path, key_pair)
     async with chat.client:
         await chat.init(ALICE, BOB)
@@ -78,19 +90,23 @@ async def test_peers_see_each_other_come_and_go_strangers_see_nothing(
         alice = await ws_user(nursery, chat, ALICE)
         await alice.subscribe(PRESENCE)  # asserts the RECEIPT comes first
         snapshot = body(await alice.frame())
-        assert snapshot == {"event": "presence", "email": BOB, "online": False,
-                            "lastSeen": None}
+        assert snapshot == {"event": "presence", "email": BOB, "online": False, "lastSeen": None}
 
         bob = await tcp_user(chat, BOB)  # any transport counts
         assert body(await alice.frame())["online"] is True
         carol = await ws_user(nursery, chat, CAROL)  # a stranger to Alice and Bob
 
         await carol.subscribe(PRESENCE)
-        assert body(await carol.frame()) == {"event": "presence", "email": DAVE,
-                                             "online": False, "lastSeen": None}
+        assert body(await carol.frame()) == {
+            "event": "presence",
+            "email": DAVE,
+            "online": False,
+            "lastSeen": None,
+        }
         assert [p["email"] for p in await presence_of(chat, CAROL, f"{ALICE},{BOB}")] == []
         assert await presence_of(chat, ALICE, f"{BOB},{CAROL},{DAVE}") == [
-            {"email": BOB, "online": True, "lastSeen": None}]
+            {"email": BOB, "online": True, "lastSeen": None}
+        ]
         listed = await chat.client.get("/api/chat/sessions", headers=chat.auth(ALICE))
         [session] = listed.json()["sessions"]
         peer = next(p for p in session["participants"] if p["email"] == BOB)
@@ -115,7 +131,8 @@ async def test_peers_see_each_other_come_and_go_strangers_see_nothing(
 
 
 async def test_reconnect_within_grace_is_not_seen(
-        nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]) -> None:
+    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]
+) -> None:
     chat = await running(nursery, tmp_path, key_pair, grace_seconds=30)
     async with chat.client:
         await chat.init(ALICE, BOB)
@@ -137,7 +154,8 @@ async def test_reconnect_within_grace_is_not_seen(
 
 
 async def test_opening_a_chat_introduces_the_two_peers(
-        nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]) -> None:
+    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]
+) -> None:
     chat = await running(nursery, tmp_path, key_pair)
     async with chat.client:
         alice = await ws_user(nursery, chat, ALICE)
@@ -153,7 +171,8 @@ async def test_opening_a_chat_introduces_the_two_peers(
 
 
 async def test_disabled_publishes_and_answers_nothing(
-        nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]) -> None:
+    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]
+) -> None:
     chat = await running(nursery, tmp_path, key_pair, enabled=False)
     async with chat.client:
         await chat.init(ALICE, BOB)
@@ -168,8 +187,8 @@ async def test_disabled_publishes_and_answers_nothing(
 
 
 async def test_redis_down_presence_falls_back_to_this_instance(
-        nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path],
-        private_redis: PrivateRedis) -> None:
+    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path], private_redis: PrivateRedis
+) -> None:
     redis = RedisConfig(url=private_redis.url, timeout=0.2, retry_initial_seconds=0.1)
     chat = await running(nursery, tmp_path, key_pair, redis=redis)
     async with chat.client:
@@ -190,13 +209,21 @@ async def test_redis_down_presence_falls_back_to_this_instance(
     chat.scope.cancel()
 
 
-@pytest.mark.parametrize(("query", "status"), [
-    ({}, 400), ({"emails": ""}, 400), ({"emails": "nope"}, 400),
-    ({"emails": ",".join(f"u{i}@example.com" for i in range(101))}, 400)])
-async def test_presence_query_refuses_bad_input(sqlite_chat: Chat, query: dict[str, str],
-                                                status: int) -> None:
-    answer = await sqlite_chat.client.get("/api/chat/presence", params=query,
-                                          headers=sqlite_chat.auth(ALICE))
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ({}, 400),
+        ({"emails": ""}, 400),
+        ({"emails": "nope"}, 400),
+        ({"emails": ",".join(f"u{i}@example.com" for i in range(101))}, 400),
+    ],
+)
+async def test_presence_query_refuses_bad_input(
+    sqlite_chat: Chat, query: dict[str, str], status: int
+) -> None:
+    answer = await sqlite_chat.client.get(
+        "/api/chat/presence", params=query, headers=sqlite_chat.auth(ALICE)
+    )
     assert answer.status_code == status
     assert answer.json()["status"] == "BAD_REQUEST"
 

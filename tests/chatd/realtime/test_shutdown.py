@@ -18,7 +18,8 @@ pytestmark = pytest.mark.timeout(30)
 
 
 async def test_sigterm_sends_error_and_1001_to_every_session(
-        nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]) -> None:
+    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]
+) -> None:
     url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
     config = chat_config(tmp_path, url, key_pair[1], stomp_tcp_bind="127.0.0.1:0")
     chat = await start_chat(nursery, config, key_pair[0], handle_signals=True)
@@ -35,8 +36,9 @@ async def test_sigterm_sends_error_and_1001_to_every_session(
     await tcp.connect(passcode=chat.token(ALICE))
     peers.append((tcp, None))
     for n, (peer, _) in enumerate(peers):
-        await peer.send("SUBSCRIBE", {"destination": f"/topic/session.{sid}", "id": f"{n}",
-                                      "receipt": "r"})
+        await peer.send(
+            "SUBSCRIBE", {"destination": f"/topic/session.{sid}", "id": f"{n}", "receipt": "r"}
+        )
         assert (await peer.frame()).get("receipt-id") == "r"
 
     with trio.fail_after(10):
@@ -44,7 +46,8 @@ async def test_sigterm_sends_error_and_1001_to_every_session(
         for peer, connection in peers:
             frames = await peer.frames_until_eof()
             assert [(f.command, f.get("message")) for f in frames] == [
-                ("ERROR", "server shutting down")]
+                ("ERROR", "server shutting down")
+            ]
             if connection is not None:
                 assert connection.closed is not None
                 assert connection.closed.code == 1001

@@ -34,8 +34,10 @@ pytestmark = pytest.mark.timeout(30)
 def send_frame(sid: str, content: str) -> str:
     """A chat.send of `content`, with a receipt (answered once the message is stored)."""
     body = json.dumps({"sessionId": sid, "content": content, "clientMessageId": content})
-    return (f"SEND\ndestination:/app/chat.send\ncontent-type:application/json\n"
-            f"receipt:{content}\n\n{body}{NUL}")
+    return (
+        f"SEND\ndestination:/app/chat.send\ncontent-type:application/json\n"
+        f"receipt:{content}\n\n{body}{NUL}"
+    )
 
 
 @pytest.fixture
@@ -45,14 +47,20 @@ async def stranger(chat: Chat) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def try_every_transport(client: httpx.AsyncClient, url: str, frame: str,
-                              params: dict[str, str] | None = None) -> dict[str, int]:
+async def try_every_transport(
+    client: httpx.AsyncClient, url: str, frame: str, params: dict[str, str] | None = None
+) -> dict[str, int]:
     """The status of one request of each HTTP transport on the session `url`."""
     params = params or {}
     payload = json.dumps([frame])
     statuses: dict[str, int] = {}
-    for transport, method in (("xhr", "POST"), ("xhr_streaming", "POST"),
-                              ("eventsource", "GET"), ("htmlfile", "GET"), ("jsonp", "GET")):
+    for transport, method in (
+        ("xhr", "POST"),
+        ("xhr_streaming", "POST"),
+        ("eventsource", "GET"),
+        ("htmlfile", "GET"),
+        ("jsonp", "GET"),
+    ):
         query = params | ({"c": "cb"} if transport in ("htmlfile", "jsonp") else {})
         async with client.stream(method, f"{url}/{transport}", params=query) as answer:
             statuses[transport] = answer.status_code
@@ -64,16 +72,18 @@ async def try_every_transport(client: httpx.AsyncClient, url: str, frame: str,
 
 
 async def test_a_stranger_with_the_url_of_a_connect_authenticated_session_is_refused(
-        chat: Chat, stranger: httpx.AsyncClient) -> None:
+    chat: Chat, stranger: httpx.AsyncClient
+) -> None:
     sid = await chat.init(ALICE, BOB)
     url = session_url()
     # alice: no token in the URL, the token in the CONNECT frame (docs/architecture.md,
     # "Identity and authentication").
     opened = await chat.client.post(url + "/xhr")
     assert opened.text == "o\n"
-    subscribe = (f"SUBSCRIBE\nid:1\ndestination:/user/queue/messages\nreceipt:r1\n\n{NUL}")
-    assert (await xhr_send(chat.client, url, connect_frame(chat.token(ALICE)),
-                           subscribe)).status_code == 204
+    subscribe = f"SUBSCRIBE\nid:1\ndestination:/user/queue/messages\nreceipt:r1\n\n{NUL}"
+    assert (
+        await xhr_send(chat.client, url, connect_frame(chat.token(ALICE)), subscribe)
+    ).status_code == 204
     frames = stomp_frames((await chat.client.post(url + "/xhr")).text.strip())
     assert frames[0].startswith("CONNECTED\n")
     if len(frames) == 1:
@@ -97,7 +107,9 @@ async def test_a_stranger_with_the_url_of_a_connect_authenticated_session_is_ref
             assert not text.startswith("c"), text
     stored = await chat.history(sid)
     assert sorted((m["senderEmail"], m["content"]) for m in stored) == [
-        (ALICE, "from alice"), (BOB, "secret for alice")]
+        (ALICE, "from alice"),
+        (BOB, "secret for alice"),
+    ]
 
 
 async def test_the_opening_response_sets_a_cookie_scoped_to_the_session(chat: Chat) -> None:
@@ -121,14 +133,16 @@ async def test_the_opening_response_sets_a_cookie_scoped_to_the_session(chat: Ch
 async def test_an_https_page_gets_a_cookie_usable_cross_site(chat: Chat) -> None:
     # The page is on https (so the browser reached us over https, TLS ending at a proxy in
     # front): SameSite=None lets a cross-site page's XHRs carry it, and needs Secure.
-    opened = await chat.client.post(session_url() + "/xhr",
-                                    headers={"Origin": "https://app.example"})
+    opened = await chat.client.post(
+        session_url() + "/xhr", headers={"Origin": "https://app.example"}
+    )
     cookie = SimpleCookie(opened.headers["set-cookie"])["chatd_sockjs"]
     assert (cookie["samesite"], cookie["secure"], cookie["httponly"]) == ("None", True, True)
 
 
-async def test_a_cookie_of_another_session_is_refused(chat: Chat,
-                                                      stranger: httpx.AsyncClient) -> None:
+async def test_a_cookie_of_another_session_is_refused(
+    chat: Chat, stranger: httpx.AsyncClient
+) -> None:
     mine, theirs = session_url(), session_url()
     assert (await chat.client.post(theirs + "/xhr")).text == "o\n"
     opened = await stranger.post(mine + "/xhr")
@@ -137,27 +151,30 @@ async def test_a_cookie_of_another_session_is_refused(chat: Chat,
     # The stranger's own secret, sent on the other session's URL.
     forged = {"Cookie": f"chatd_sockjs={value}"}
     assert (await stranger.post(theirs + "/xhr", headers=forged)).status_code == 404
-    assert (await stranger.post(theirs + "/xhr_send", content='["x"]',
-                                headers=forged)).status_code == 404
+    assert (
+        await stranger.post(theirs + "/xhr_send", content='["x"]', headers=forged)
+    ).status_code == 404
 
 
 async def test_a_websocket_session_is_out_of_reach_of_the_http_transports(
-        chat: Chat, stranger: httpx.AsyncClient) -> None:
+    chat: Chat, stranger: httpx.AsyncClient
+) -> None:
     url = session_url()
     async with trio_websocket.open_websocket_url(
-            chat.ws_url + url.removeprefix("/ws") + "/websocket") as ws:
+        chat.ws_url + url.removeprefix("/ws") + "/websocket"
+    ) as ws:
         assert await ws.get_message() == "o"
         await ws.send_message(json.dumps([connect_frame(chat.token(ALICE))]))
         [connected] = stomp_frames(await ws.get_message())
         assert connected.startswith("CONNECTED\n")
         # The same id over HTTP is another, new session: nothing of alice's comes with it.
         assert (await stranger.post(url + "/xhr")).text == "o\n"
-        assert (await xhr_send(stranger, url, f"SEND\ndestination:/app/ping\n\n{{}}{NUL}"
-                               )).status_code == 204
+        assert (
+            await xhr_send(stranger, url, f"SEND\ndestination:/app/ping\n\n{{}}{NUL}")
+        ).status_code == 204
         error = stomp_frames((await stranger.post(url + "/xhr")).text.strip())
         assert error[0].startswith("ERROR\n")
         assert "message:not connected" in error[0]  # its own STOMP session, not alice's
-        await ws.send_message(json.dumps([f"SEND\ndestination:/app/ping\nreceipt:p\n\n{{}}"
-                                          f"{NUL}"]))
+        await ws.send_message(json.dumps([f"SEND\ndestination:/app/ping\nreceipt:p\n\n{{}}{NUL}"]))
         [receipt] = stomp_frames(await ws.get_message())
         assert receipt.startswith("RECEIPT\n")

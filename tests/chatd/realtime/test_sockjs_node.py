@@ -35,13 +35,20 @@ def node() -> str:
 
 
 @pytest.fixture
-async def sockjs_chat(nursery: trio.Nursery, tmp_path: Path,
-                      key_pair: tuple[bytes, Path]) -> AsyncIterator[Chat]:
+async def sockjs_chat(
+    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]
+) -> AsyncIterator[Chat]:
     """chatd over SQLite with heart-beats short enough to see several in a test, and a
     streaming response limit low enough that streaming transports reconnect several times."""
-    config = chat_config(tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}", key_pair[1],
-                         heartbeat_send_ms=SEND_MS, heartbeat_receive_ms=RECEIVE_MS,
-                         sockjs_heartbeat_seconds=0.3, sockjs_response_limit=1024)
+    config = chat_config(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'chat.sqlite3'}",
+        key_pair[1],
+        heartbeat_send_ms=SEND_MS,
+        heartbeat_receive_ms=RECEIVE_MS,
+        sockjs_heartbeat_seconds=0.3,
+        sockjs_response_limit=1024,
+    )
     running = await start_chat(nursery, config, key_pair[0])
     async with running.client:
         yield running
@@ -52,14 +59,19 @@ async def scenario(node: str, chat: Chat, **options: Any) -> dict[str, Any]:
     return await run_scenario(node, SCRIPT, {"http": chat.http, **options}, seconds=45)
 
 
-@pytest.mark.parametrize("transport", ["websocket", "xhr-streaming", "xhr-polling",
-                                       "eventsource"])
+@pytest.mark.parametrize("transport", ["websocket", "xhr-streaming", "xhr-polling", "eventsource"])
 async def test_stompjs_over_sockjs(node: str, sockjs_chat: Chat, transport: str) -> None:
     chat = sockjs_chat
     sid = await chat.init()
-    result = await scenario(node, chat, transport=transport, sessionId=sid,
-                            tokens={"alice": chat.token(ALICE), "bob": chat.token(BOB)},
-                            heartbeatMs=SEND_MS, idleMs=IDLE_MS)
+    result = await scenario(
+        node,
+        chat,
+        transport=transport,
+        sessionId=sid,
+        tokens={"alice": chat.token(ALICE), "bob": chat.token(BOB)},
+        heartbeatMs=SEND_MS,
+        idleMs=IDLE_MS,
+    )
     alice, bob = result["clients"]["alice"], result["clients"]["bob"]
     for seen in (alice, bob):
         assert seen["transports"] == [transport]  # no fallback, no reconnect
@@ -73,7 +85,9 @@ async def test_stompjs_over_sockjs(node: str, sockjs_chat: Chat, transport: str)
     assert bob["connected"]["headers"]["user-name"] == BOB
     assert alice["connected"]["headers"]["heart-beat"] == f"{SEND_MS},{RECEIVE_MS}"
     assert (result["ack"]["body"]["clientMessageId"], result["ack"]["body"]["seq"]) == (
-        "sockjs-1", 1)
+        "sockjs-1",
+        1,
+    )
     assert [m["body"]["seq"] for m in result["received"]] == [1, 2]
     assert result["received"][0]["body"]["content"] == f"hi over {transport}"
     assert [m["headers"]["event"] for m in result["received"]] == ["message", "message"]

@@ -53,21 +53,28 @@ async def test_info_fields_and_entropy(chat: Chat) -> None:
     one = (await chat.client.get("/ws/info")).json()
     two = (await chat.client.get("/ws/info")).json()
     assert {k: one[k] for k in ("websocket", "origins", "cookie_needed")} == {
-        "websocket": True, "origins": ["*:*"], "cookie_needed": False}
+        "websocket": True,
+        "origins": ["*:*"],
+        "cookie_needed": False,
+    }
     assert isinstance(one["entropy"], int)
     assert 0 <= one["entropy"] < 2**32
     assert one["entropy"] != two["entropy"]
 
 
-@pytest.mark.parametrize(("path", "methods"), [
-    ("/ws/info", "OPTIONS, GET"),
-    ("/ws/abc/abc/xhr", "OPTIONS, POST"),
-    ("/ws/abc/abc/xhr_send", "OPTIONS, POST"),
-    ("/ws/abc/abc/xhr_streaming", "OPTIONS, POST"),
-])
+@pytest.mark.parametrize(
+    ("path", "methods"),
+    [
+        ("/ws/info", "OPTIONS, GET"),
+        ("/ws/abc/abc/xhr", "OPTIONS, POST"),
+        ("/ws/abc/abc/xhr_send", "OPTIONS, POST"),
+        ("/ws/abc/abc/xhr_streaming", "OPTIONS, POST"),
+    ],
+)
 @pytest.mark.parametrize("origin", [None, "http://example.test", "null"])
-async def test_options_preflight_is_cacheable(chat: Chat, path: str, methods: str,
-                                              origin: str | None) -> None:
+async def test_options_preflight_is_cacheable(
+    chat: Chat, path: str, methods: str, origin: str | None
+) -> None:
     headers = {"Origin": origin} if origin else {}
     answer = await chat.client.options(path, headers=headers)
     assert answer.status_code == 204
@@ -83,16 +90,22 @@ async def test_options_preflight_is_cacheable(chat: Chat, path: str, methods: st
 async def test_origin_null_is_echoed_never_star_with_credentials(chat: Chat) -> None:
     # file:// pages and sandboxed iframes send `Origin: null`; `*` with credentials would make
     # browsers refuse every XHR transport for them.
-    for answer in (await chat.client.options("/ws/info", headers={"Origin": "null"}),
-                   await chat.client.get("/ws/info", headers={"Origin": "null"}),
-                   await chat.client.post(session_url() + "/xhr", headers={"Origin": "null"})):
+    for answer in (
+        await chat.client.options("/ws/info", headers={"Origin": "null"}),
+        await chat.client.get("/ws/info", headers={"Origin": "null"}),
+        await chat.client.post(session_url() + "/xhr", headers={"Origin": "null"}),
+    ):
         assert answer.headers["access-control-allow-origin"] == "null"
         assert answer.headers["access-control-allow-credentials"] == "true"
 
 
 async def test_iframe_page_is_cacheable_with_etag(chat: Chat) -> None:
-    for name in ("iframe.html", "iframe-a.html", "iframe-0.1.2.html",
-                 "iframe-0.1.2abc-dirty.2144.html"):
+    for name in (
+        "iframe.html",
+        "iframe-a.html",
+        "iframe-0.1.2.html",
+        "iframe-0.1.2abc-dirty.2144.html",
+    ):
         answer = await chat.client.get(f"/ws/{name}", params={"t": "1234"})
         assert answer.status_code == 200, name
         assert answer.headers["content-type"] == "text/html; charset=UTF-8"
@@ -115,7 +128,8 @@ async def test_iframe_page_is_cacheable_with_etag(chat: Chat) -> None:
 
 #: The iframe page's layout in the SockJS protocol suite and sockjs-node now: the client's
 #: script first, then one that bootstraps it (no `_sockjs_onload` hook for the client to call).
-IFRAME_PAGE = re.compile(r"""^<!DOCTYPE html>\n<html>\n<head>\n.*
+IFRAME_PAGE = re.compile(
+    r"""^<!DOCTYPE html>\n<html>\n<head>\n.*
   <script src="(?P<sockjs_url>[^"]+)"></script>
   <script>
     document\.domain = document\.domain;
@@ -123,12 +137,18 @@ IFRAME_PAGE = re.compile(r"""^<!DOCTYPE html>\n<html>\n<head>\n.*
   </script>
 </head>
 <body>.*</body>
-</html>$""", re.DOTALL)
+</html>$""",
+    re.DOTALL,
+)
 
 
 async def test_iframe_page_has_the_current_sockjs_layout(chat: Chat) -> None:
-    for name in ("iframe.html", "iframe-a.html", "iframe-0.1.2.html",
-                 "iframe-0.1.2abc-dirty.2144.html"):
+    for name in (
+        "iframe.html",
+        "iframe-a.html",
+        "iframe-0.1.2.html",
+        "iframe-0.1.2abc-dirty.2144.html",
+    ):
         for params in ({}, {"t": "1234"}):
             answer = await chat.client.get(f"/ws/{name}", params=params)
             assert answer.status_code == 200, name
@@ -137,20 +157,33 @@ async def test_iframe_page_has_the_current_sockjs_layout(chat: Chat) -> None:
             library = await chat.client.get(page["sockjs_url"])
             assert library.status_code == 200
             etag = answer.headers["etag"]
-            cached = await chat.client.get(f"/ws/{name}", params=params,
-                                           headers={"If-None-Match": etag})
+            cached = await chat.client.get(
+                f"/ws/{name}", params=params, headers={"If-None-Match": etag}
+            )
             assert (cached.status_code, cached.content) == (304, b"")
 
 
 async def test_info_is_never_cached(chat: Chat) -> None:
     answer = await chat.client.get("/ws/info")
     assert answer.headers["cache-control"] == (
-        "no-store, no-cache, no-transform, must-revalidate, max-age=0")
+        "no-store, no-cache, no-transform, must-revalidate, max-age=0"
+    )
 
 
-@pytest.mark.parametrize("path", ["/ws//xhr", "/ws//", "/ws///", "/ws//info", "/ws//iframe.html",
-                                  "/ws/a/a//xhr", "/ws//a/xhr", "/ws/a//xhr_send",
-                                  "/ws//websocket"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ws//xhr",
+        "/ws//",
+        "/ws///",
+        "/ws//info",
+        "/ws//iframe.html",
+        "/ws/a/a//xhr",
+        "/ws//a/xhr",
+        "/ws/a//xhr_send",
+        "/ws//websocket",
+    ],
+)
 async def test_paths_with_empty_segments_are_404_not_redirects(chat: Chat, path: str) -> None:
     for method in ("GET", "POST"):
         answer = await chat.client.request(method, path)
@@ -170,8 +203,10 @@ async def test_invalid_session_paths_are_404(chat: Chat, suffix: str) -> None:
 
 async def test_unknown_transport_is_404_and_wrong_method_405(chat: Chat) -> None:
     assert (await chat.client.post("/ws/a/a/nonsense")).status_code == 404
-    for path, allowed in (("/ws/a/a/xhr", "OPTIONS, POST"), ("/ws/a/a/eventsource",
-                                                            "OPTIONS, GET")):
+    for path, allowed in (
+        ("/ws/a/a/xhr", "OPTIONS, POST"),
+        ("/ws/a/a/eventsource", "OPTIONS, GET"),
+    ):
         wrong = "GET" if allowed.endswith("POST") else "POST"
         answer = await chat.client.request(wrong, path)
         assert answer.status_code == 405
@@ -184,8 +219,9 @@ async def test_websocket_url_refuses_plain_http(chat: Chat) -> None:
     plain = await chat.client.get("/ws/0/0/websocket")
     assert plain.status_code == 400
     assert 'Can "Upgrade" only to "WebSocket".' in plain.text
-    proxied = await chat.client.get("/ws/0/0/websocket",
-                                    headers={"Upgrade": "WebSocket", "Connection": "close"})
+    proxied = await chat.client.get(
+        "/ws/0/0/websocket", headers={"Upgrade": "WebSocket", "Connection": "close"}
+    )
     assert proxied.status_code == 400
     assert '"Connection" must be "Upgrade".' in proxied.text
     posted = await chat.client.post("/ws/0/0/websocket")
@@ -205,8 +241,7 @@ async def test_xhr_polling_carries_stomp(chat: Chat) -> None:
     assert opened.headers["cache-control"] == NO_CACHE
     assert_cors(opened, "http://example.test")
 
-    sent = await xhr_send(chat.client, url, connect_frame(chat.token(ALICE)),
-                          receipt_frame("r-1"))
+    sent = await xhr_send(chat.client, url, connect_frame(chat.token(ALICE)), receipt_frame("r-1"))
     assert sent.status_code == 204
     assert sent.content == b""
     assert sent.headers["content-type"] == "text/plain; charset=UTF-8"
@@ -243,8 +278,11 @@ async def test_xhr_send_errors(chat: Chat) -> None:
     assert unknown.status_code == 404
     # The session survived the bad requests.
     for content_type in ("text/plain", "application/json", "application/xml", "T"):
-        answer = await chat.client.post(url + "/xhr_send", content=json.dumps(
-            [receipt_frame(content_type)]), headers={"Content-Type": content_type})
+        answer = await chat.client.post(
+            url + "/xhr_send",
+            content=json.dumps([receipt_frame(content_type)]),
+            headers={"Content-Type": content_type},
+        )
         assert answer.status_code == 204
     seen: list[str] = []
     while len(seen) < 4:
@@ -253,8 +291,9 @@ async def test_xhr_send_errors(chat: Chat) -> None:
 
 
 async def test_access_control_request_headers_are_echoed(chat: Chat) -> None:
-    asked = await chat.client.post(session_url() + "/xhr",
-                                   headers={"Access-Control-Request-Headers": "a, b, c"})
+    asked = await chat.client.post(
+        session_url() + "/xhr", headers={"Access-Control-Request-Headers": "a, b, c"}
+    )
     assert asked.headers["access-control-allow-headers"] == "a, b, c"
     plain = await chat.client.post(session_url() + "/xhr")
     assert "access-control-allow-headers" not in plain.headers
@@ -329,24 +368,29 @@ async def test_receiver_keeps_the_session_alive(chat: Chat) -> None:
 # -- configuration ------------------------------------------------------------------------------
 
 
-async def test_sockjs_can_be_turned_off(nursery: trio.Nursery, tmp_path: Path,
-                                        key_pair: tuple[bytes, Path]) -> None:
+async def test_sockjs_can_be_turned_off(
+    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]
+) -> None:
     url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
-    off = await start_chat(nursery, chat_config(tmp_path / "off", url, key_pair[1],
-                                                sockjs_enabled=False), key_pair[0])
-    no_ws = await start_chat(nursery, chat_config(tmp_path / "no-ws", url, key_pair[1],
-                                                  sockjs_websocket=False), key_pair[0])
+    off = await start_chat(
+        nursery, chat_config(tmp_path / "off", url, key_pair[1], sockjs_enabled=False), key_pair[0]
+    )
+    no_ws = await start_chat(
+        nursery,
+        chat_config(tmp_path / "no-ws", url, key_pair[1], sockjs_websocket=False),
+        key_pair[0],
+    )
     async with off.client, no_ws.client:
         assert (await off.client.get("/ws/info")).status_code == 404
         assert (await off.client.post(session_url() + "/xhr")).status_code == 404
-        async with trio_websocket.open_websocket_url(off.ws_url,
-                                                     subprotocols=["v12.stomp"]) as ws:
+        async with trio_websocket.open_websocket_url(off.ws_url, subprotocols=["v12.stomp"]) as ws:
             assert ws.subprotocol == "v12.stomp"  # plain STOMP over WebSocket still works
 
         assert (await no_ws.client.get("/ws/info")).json()["websocket"] is False
         with pytest.raises(trio_websocket.HandshakeError):
             async with trio_websocket.open_websocket_url(
-                    no_ws.ws_url + session_url().removeprefix("/ws") + "/websocket"):
+                no_ws.ws_url + session_url().removeprefix("/ws") + "/websocket"
+            ):
                 pass
         assert (await no_ws.client.post(session_url() + "/xhr")).text == "o\n"
     off.scope.cancel()
@@ -361,21 +405,26 @@ async def test_session_opened_with_a_query_token_needs_it_on_every_request(chat:
     chat.client.cookies.clear()  # a client without a cookie jar (sockjs-client under Node)
     connect = json.dumps([connect_frame(None)])  # the token in the query authenticates
     for params in ({}, theirs):  # knowing the session id is not enough
-        assert (await chat.client.post(url + "/xhr_send", content=connect,
-                                       params=params)).status_code == 404
+        assert (
+            await chat.client.post(url + "/xhr_send", content=connect, params=params)
+        ).status_code == 404
         assert (await chat.client.post(url + "/xhr", params=params)).status_code == 404
-    assert (await chat.client.post(url + "/xhr_send", content=connect,
-                                   params=mine)).status_code == 204
+    assert (
+        await chat.client.post(url + "/xhr_send", content=connect, params=mine)
+    ).status_code == 204
     [connected] = stomp_frames((await chat.client.post(url + "/xhr", params=mine)).text.strip())
     assert f"user-name:{ALICE}" in connected
 
 
-async def test_session_table_is_bounded(nursery: trio.Nursery, tmp_path: Path,
-                                        key_pair: tuple[bytes, Path]) -> None:
+async def test_session_table_is_bounded(
+    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]
+) -> None:
     url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
-    chat = await start_chat(nursery, chat_config(tmp_path, url, key_pair[1],
-                                                 sockjs_max_sessions=2,
-                                                 sockjs_disconnect_delay=0.3), key_pair[0])
+    chat = await start_chat(
+        nursery,
+        chat_config(tmp_path, url, key_pair[1], sockjs_max_sessions=2, sockjs_disconnect_delay=0.3),
+        key_pair[0],
+    )
     async with chat.client:
         first, second = session_url(), session_url()
         for opened in (first, second):
@@ -392,10 +441,14 @@ async def test_session_table_is_bounded(nursery: trio.Nursery, tmp_path: Path,
 
 
 async def test_cookie_needed_sets_jsessionid_on_session_urls(
-        nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]) -> None:
+    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]
+) -> None:
     url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
-    sticky = await start_chat(nursery, chat_config(tmp_path / "sticky", url, key_pair[1],
-                                                   sockjs_cookie_needed=True), key_pair[0])
+    sticky = await start_chat(
+        nursery,
+        chat_config(tmp_path / "sticky", url, key_pair[1], sockjs_cookie_needed=True),
+        key_pair[0],
+    )
     async with sticky.client:
         info = await sticky.client.get("/ws/info")
         assert info.json()["cookie_needed"] is True

@@ -18,14 +18,18 @@ from .sockjs_support import Body, connect_frame, session_url, stomp_frames, xhr_
 pytestmark = pytest.mark.timeout(30)
 
 
-async def test_sigterm_closes_sockjs_sessions(nursery: trio.Nursery, tmp_path: Path,
-                                              key_pair: tuple[bytes, Path]) -> None:
+async def test_sigterm_closes_sockjs_sessions(
+    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path]
+) -> None:
     config = chat_config(tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}", key_pair[1])
     chat = await start_chat(nursery, config, key_pair[0], handle_signals=True)
     url = session_url()
     ws_url = chat.ws_url + session_url().removeprefix("/ws") + "/websocket"
-    async with chat.client, chat.client.stream("POST", url + "/xhr_streaming") as response, \
-            trio_websocket.open_websocket_url(ws_url) as ws:
+    async with (
+        chat.client,
+        chat.client.stream("POST", url + "/xhr_streaming") as response,
+        trio_websocket.open_websocket_url(ws_url) as ws,
+    ):
         body = Body(response)
         await body.frame()  # prelude
         assert await body.frame() == "o"

@@ -41,8 +41,9 @@ PRELUDE = "h" * 2048
 
 async def test_xhr_streaming(chat: Chat) -> None:
     url = session_url()
-    async with chat.client.stream("POST", url + "/xhr_streaming",
-                                  headers={"Origin": "http://example.test"}) as response:
+    async with chat.client.stream(
+        "POST", url + "/xhr_streaming", headers={"Origin": "http://example.test"}
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"] == "application/javascript; charset=UTF-8"
         assert response.headers["cache-control"] == NO_CACHE
@@ -84,8 +85,12 @@ async def test_streaming_response_limit_loses_nothing(chat: Chat) -> None:
     assert len(received) < len(ids)
     while len(received) < len(ids):  # the reconnecting client gets the rest
         received += stomp_frames((await chat.client.post(url + "/xhr")).text.rstrip("\n"))
-    got = [line.split(":", 1)[1] for f in received for line in f.split("\n")
-           if line.startswith("receipt-id:")]
+    got = [
+        line.split(":", 1)[1]
+        for f in received
+        for line in f.split("\n")
+        if line.startswith("receipt-id:")
+    ]
     assert got == ids
 
 
@@ -143,9 +148,17 @@ async def test_jsonp(chat: Chat) -> None:
     assert opened.headers["cache-control"] == NO_CACHE
 
     form = {"Content-Type": "application/x-www-form-urlencoded"}
-    sent = await chat.client.post(url + "/jsonp_send", headers=form, content="d=" + (
-        json.dumps([connect_frame(chat.token(ALICE))]).replace("%", "%25")
-        .replace("&", "%26").replace("+", "%2B")))
+    sent = await chat.client.post(
+        url + "/jsonp_send",
+        headers=form,
+        content="d="
+        + (
+            json.dumps([connect_frame(chat.token(ALICE))])
+            .replace("%", "%25")
+            .replace("&", "%26")
+            .replace("+", "%2B")
+        ),
+    )
     assert (sent.status_code, sent.text) == (200, "ok")
     assert sent.headers["content-type"] == "text/plain; charset=UTF-8"
     assert sent.headers["cache-control"] == NO_CACHE
@@ -160,13 +173,17 @@ async def test_jsonp(chat: Chat) -> None:
         empty = await chat.client.post(url + "/jsonp_send", headers=form, content=data)
         assert empty.status_code == 500, data
         assert "Payload expected." in empty.text
-    utf8 = await chat.client.post(url + "/jsonp_send", headers=form,
-                                  data={"d": json.dumps([receipt_frame("漢字")])})
+    utf8 = await chat.client.post(
+        url + "/jsonp_send", headers=form, data={"d": json.dumps([receipt_frame("漢字")])}
+    )
     assert utf8.text == "ok"
     polled = await chat.client.get(url + "/jsonp", params={"c": "x"})
     assert "receipt-id:漢字" in polled.text
-    raw = await chat.client.post(url + "/jsonp_send", content=json.dumps([receipt_frame("raw")]),
-                                 headers={"Content-Type": "text/plain"})
+    raw = await chat.client.post(
+        url + "/jsonp_send",
+        content=json.dumps([receipt_frame("raw")]),
+        headers={"Content-Type": "text/plain"},
+    )
     assert raw.text == "ok"
     polled = await chat.client.get(url + "/jsonp", params={"c": "x"})
     assert "receipt-id:raw" in polled.text
@@ -234,8 +251,9 @@ async def test_http10_client(chat: Chat) -> None:
     url = session_url()
     # Bound to a (bad) query token: this raw socket keeps no cookie for the client below.
     head, body, stream = await http10(
-        chat, f"POST {url}/xhr_streaming?access_token=bad HTTP/1.0\r\n"
-              "Connection: Keep-Alive\r\n\r\n")
+        chat,
+        f"POST {url}/xhr_streaming?access_token=bad HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+    )
     async with stream:
         assert " 200" in head.split("\r\n")[0]
         assert "transfer-encoding" not in head
@@ -244,8 +262,11 @@ async def test_http10_client(chat: Chat) -> None:
             while "o\n" not in body:
                 body += (await stream.receive_some(65536)).decode()
         assert body == PRELUDE + "\n" + "o\n"
-        sent = await chat.client.post(url + "/xhr_send", params={"access_token": "bad"},
-                                      content=json.dumps([connect_frame(None)]))
+        sent = await chat.client.post(
+            url + "/xhr_send",
+            params={"access_token": "bad"},
+            content=json.dumps([connect_frame(None)]),
+        )
         assert sent.status_code == 204  # refused: ERROR, then close
         rest = await read_to_eof(stream, "")
     frames = rest.rstrip("\n").split("\n")
@@ -278,15 +299,18 @@ async def test_websocket_transport(chat: Chat) -> None:
 
 async def test_streams_outlive_quarts_response_timeout(nursery: trio.Nursery) -> None:
     # A bare app (no chatd services) with Quart's response timeout far below the stream's life.
-    config = Config(server=ServerConfig(bind="127.0.0.1:0", shutdown_grace=1,
-                                        sockjs_heartbeat_seconds=0.2))
+    config = Config(
+        server=ServerConfig(bind="127.0.0.1:0", shutdown_grace=1, sockjs_heartbeat_seconds=0.2)
+    )
     app = QuartTrio(__name__)
     app.config["RESPONSE_TIMEOUT"] = 0.5
     install_sockjs(app, BrokerRuntime(), config.server)
     stop = trio.Event()
     [base] = await nursery.start(partial(serve_http, app, config, shutdown_trigger=stop.wait))
-    async with httpx.AsyncClient(base_url=base) as client, \
-            client.stream("GET", session_url() + "/eventsource") as response:
+    async with (
+        httpx.AsyncClient(base_url=base) as client,
+        client.stream("GET", session_url() + "/eventsource") as response,
+    ):
         body = Body(response)
         assert await body.take(2) == "\r\n"
         assert await body.frame("\r\n\r\n") == "data: o"

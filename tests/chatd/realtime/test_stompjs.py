@@ -27,8 +27,13 @@ async def scenario(node: str, chat: Chat, **options: Any) -> dict[str, Any]:
 
 async def test_two_stompjs_users_chat(node: str, chat: Chat) -> None:
     sid = await chat.init()
-    result = await scenario(node, chat, scenario="chat", sessionId=sid,
-                            tokens={"alice": chat.token(ALICE), "bob": chat.token(BOB)})
+    result = await scenario(
+        node,
+        chat,
+        scenario="chat",
+        sessionId=sid,
+        tokens={"alice": chat.token(ALICE), "bob": chat.token(BOB)},
+    )
     for seen in result["clients"].values():
         assert seen["subprotocol"] == "v12.stomp"
         assert seen["stompErrors"] == []
@@ -48,8 +53,11 @@ async def test_two_stompjs_users_chat(node: str, chat: Chat) -> None:
     assert result["typing"]["body"] == {"sessionId": sid, "email": ALICE}
     receipt = result["receipt"]
     assert receipt["headers"]["event"] == "receipt"
-    assert (receipt["body"]["readerEmail"], receipt["body"]["status"],
-            receipt["body"]["upToSeq"]) == (BOB, "seen", 2)
+    assert (
+        receipt["body"]["readerEmail"],
+        receipt["body"]["status"],
+        receipt["body"]["upToSeq"],
+    ) == (BOB, "seen", 2)
     history = await chat.history(sid)
     assert sorted(m["seq"] for m in history) == [1, 2]  # the duplicate stored nothing
 
@@ -64,8 +72,9 @@ async def test_two_stompjs_users_chat(node: str, chat: Chat) -> None:
         ("send to topic", "cannot send to /topic/session.{foreign}"),
     ],
 )
-async def test_stompjs_refusals_are_error_then_close(node: str, sqlite_chat: Chat, case: str,
-                                                     message: str) -> None:
+async def test_stompjs_refusals_are_error_then_close(
+    node: str, sqlite_chat: Chat, case: str, message: str
+) -> None:
     chat = sqlite_chat
     foreign = await chat.init(BOB, CAROL)
     options: dict[str, Any] = {"token": chat.token(ALICE), "subscribe": None, "send": None}

@@ -43,17 +43,25 @@ def quick_export(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "20")
 
 
-async def traced_chat(nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path],
-                      exporter: WaitableExporter | None, *, enabled: bool = True) -> Chat:
+async def traced_chat(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    key_pair: tuple[bytes, Path],
+    exporter: WaitableExporter | None,
+    *,
+    enabled: bool = True,
+) -> Chat:
     url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
-    config = replace(chat_config(tmp_path, url, key_pair[1]),
-                     tracing=TracingConfig(enabled=enabled))
+    config = replace(
+        chat_config(tmp_path, url, key_pair[1]), tracing=TracingConfig(enabled=enabled)
+    )
     return await start_chat(nursery, config, key_pair[0], span_exporter=exporter)
 
 
 @pytest.fixture
-async def traced(nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path],
-                 quick_export: None) -> AsyncIterator[tuple[Chat, WaitableExporter]]:
+async def traced(
+    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path], quick_export: None
+) -> AsyncIterator[tuple[Chat, WaitableExporter]]:
     exporter = WaitableExporter()
     chat = await traced_chat(nursery, tmp_path, key_pair, exporter)
     async with chat.client:
@@ -71,8 +79,7 @@ async def subscribed(nursery: trio.Nursery, chat: Chat, email: str, sid: str):  
 
 def one_message(request: str) -> dict[str, int]:
     """Every span of one message's trace on one instance (direct delivery)."""
-    return {request: 1, "store commit": 1, "outbox publish": 1, DELIVERIES[0]: 1,
-            DELIVERIES[1]: 2}
+    return {request: 1, "store commit": 1, "outbox publish": 1, DELIVERIES[0]: 1, DELIVERIES[1]: 2}
 
 
 async def test_a_rest_send_is_one_trace_from_the_callers_request_to_every_delivery(
@@ -82,14 +89,15 @@ async def test_a_rest_send_is_one_trace_from_the_callers_request_to_every_delive
     sid = await chat.init()
     bob = await subscribed(nursery, chat, BOB, sid)
     answer = await chat.client.post(
-        "/api/chat/message", json={"sessionId": sid, "content": SECRET, "clientMessageId": "t1"},
-        headers={**chat.auth(ALICE), "traceparent": CALLER})
+        "/api/chat/message",
+        json={"sessionId": sid, "content": SECRET, "clientMessageId": "t1"},
+        headers={**chat.auth(ALICE), "traceparent": CALLER},
+    )
     assert answer.status_code == 201, answer.text
     for _ in range(2):  # topic and inbox
         assert (await bob.frame()).command == "MESSAGE"
 
-    spans = await exporter.wait_for(complete(CALLER_TRACE, one_message(
-        "POST /api/chat/message")))
+    spans = await exporter.wait_for(complete(CALLER_TRACE, one_message("POST /api/chat/message")))
     spans = await exporter.wait_for(lambda s: bool(named(s, "POST /api/chat/init")))
     trace = in_trace(spans, CALLER_TRACE)
     request = one(trace, "POST /api/chat/message")
@@ -123,10 +131,15 @@ async def test_a_stomp_send_continues_the_traceparent_of_its_frame(
     sid = await chat.init()
     alice = await subscribed(nursery, chat, ALICE, sid)
     await alice.subscribe("/user/queue/ack", "ack")
-    await alice.send("SEND", {"destination": "/app/chat.send", "traceparent": CALLER,
-                              "content-type": "application/json"},
-                     json.dumps({"sessionId": sid, "content": SECRET,
-                                 "clientMessageId": "s1"}).encode())
+    await alice.send(
+        "SEND",
+        {
+            "destination": "/app/chat.send",
+            "traceparent": CALLER,
+            "content-type": "application/json",
+        },
+        json.dumps({"sessionId": sid, "content": SECRET, "clientMessageId": "s1"}).encode(),
+    )
     spans = await exporter.wait_for(complete(CALLER_TRACE, one_message("SEND /app/chat.send")))
     trace = in_trace(spans, CALLER_TRACE)
     frame = one(trace, "SEND /app/chat.send")
@@ -134,8 +147,7 @@ async def test_a_stomp_send_continues_the_traceparent_of_its_frame(
     assert parent_of(one(trace, "store commit")) == span_id(frame)
     publish = one(trace, "outbox publish")
     assert parent_of(publish) == span_id(frame)
-    assert {parent_of(s) for name in DELIVERIES for s in named(trace, name)} == {
-        span_id(publish)}
+    assert {parent_of(s) for name in DELIVERIES for s in named(trace, name)} == {span_id(publish)}
     assert_no_private_data(trace, SECRET, ALICE, BOB)
 
 
@@ -147,13 +159,21 @@ async def test_sends_committed_together_keep_a_trace_each_linked_to_the_batch(
     chat, exporter = traced
     sid = await chat.init()
     alice = await subscribed(nursery, chat, ALICE, sid)
-    frames = [("SEND", {"destination": "/app/chat.send", "content-type": "application/json"},
-               json.dumps({"sessionId": sid, "content": f"m{i}",
-                           "clientMessageId": f"p{i}"}).encode()) for i in range(5)]
+    frames = [
+        (
+            "SEND",
+            {"destination": "/app/chat.send", "content-type": "application/json"},
+            json.dumps({"sessionId": sid, "content": f"m{i}", "clientMessageId": f"p{i}"}).encode(),
+        )
+        for i in range(5)
+    ]
     await alice.send_many(frames)
-    spans = await exporter.wait_for(lambda s: all(
-        len(named(s, name)) >= 5 for name in ("SEND /app/chat.send", "store commit",
-                                              "deliver /topic/session")))
+    spans = await exporter.wait_for(
+        lambda s: all(
+            len(named(s, name)) >= 5
+            for name in ("SEND /app/chat.send", "store commit", "deliver /topic/session")
+        )
+    )
     sends = named(spans, "SEND /app/chat.send")
     commits = named(spans, "store commit")
     assert len(sends) == len(commits) == 5
@@ -171,7 +191,9 @@ async def test_sends_committed_together_keep_a_trace_each_linked_to_the_batch(
 
 
 async def test_tracing_off_makes_no_span_and_keeps_no_trace_context(
-    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path],
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    key_pair: tuple[bytes, Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     started: list[str] = []
@@ -188,13 +210,20 @@ async def test_tracing_off_makes_no_span_and_keeps_no_trace_context(
         sid = await chat.init()
         alice = await subscribed(nursery, chat, ALICE, sid)
         answer = await chat.client.post(
-            "/api/chat/message", headers={**chat.auth(ALICE), "traceparent": CALLER},
-            json={"sessionId": sid, "content": "rest", "clientMessageId": "off-1"})
+            "/api/chat/message",
+            headers={**chat.auth(ALICE), "traceparent": CALLER},
+            json={"sessionId": sid, "content": "rest", "clientMessageId": "off-1"},
+        )
         assert answer.status_code == 201
-        await alice.send("SEND", {"destination": "/app/chat.send", "traceparent": CALLER,
-                                  "content-type": "application/json"},
-                         json.dumps({"sessionId": sid, "content": "stomp",
-                                     "clientMessageId": "off-2"}).encode())
+        await alice.send(
+            "SEND",
+            {
+                "destination": "/app/chat.send",
+                "traceparent": CALLER,
+                "content-type": "application/json",
+            },
+            json.dumps({"sessionId": sid, "content": "stomp", "clientMessageId": "off-2"}).encode(),
+        )
         for _ in range(4):  # both messages, on the topic and the inbox
             assert (await alice.frame()).command == "MESSAGE"
     chat.scope.cancel()
@@ -203,14 +232,17 @@ async def test_tracing_off_makes_no_span_and_keeps_no_trace_context(
     assert list(exporter.get_finished_spans()) == []
     # nor is the caller's context carried: the outbox rows hold none
     with sqlite3.connect(tmp_path / "chat.sqlite3") as db:
-        (carried,) = db.execute("SELECT count(*) FROM chat_message_outbox"
-                                " WHERE trace_context IS NOT NULL").fetchone()
+        (carried,) = db.execute(
+            "SELECT count(*) FROM chat_message_outbox WHERE trace_context IS NOT NULL"
+        ).fetchone()
         (rows,) = db.execute("SELECT count(*) FROM chat_message_outbox").fetchone()
     assert (carried, rows) == (0, 6)
 
 
 async def test_spans_reach_a_collector_over_otlp_http_and_are_flushed_at_shutdown(
-    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path],
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    key_pair: tuple[bytes, Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The real exporter (no test exporter): protobuf over HTTP to a receiver in the test.
@@ -220,14 +252,18 @@ async def test_spans_reach_a_collector_over_otlp_http_and_are_flushed_at_shutdow
     receiver = OtlpReceiver()
     await nursery.start(receiver.run)
     url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
-    config = replace(chat_config(tmp_path, url, key_pair[1]), tracing=TracingConfig(
-        enabled=True, endpoint=receiver.url, service_name="chatd-otlp"))
+    config = replace(
+        chat_config(tmp_path, url, key_pair[1]),
+        tracing=TracingConfig(enabled=True, endpoint=receiver.url, service_name="chatd-otlp"),
+    )
     chat = await start_chat(nursery, config, key_pair[0])
     async with chat.client:
         sid = await chat.init()
         await chat.client.post(
-            "/api/chat/message", headers={**chat.auth(ALICE), "traceparent": CALLER},
-            json={"sessionId": sid, "content": SECRET, "clientMessageId": "otlp-1"})
+            "/api/chat/message",
+            headers={**chat.auth(ALICE), "traceparent": CALLER},
+            json={"sessionId": sid, "content": SECRET, "clientMessageId": "otlp-1"},
+        )
     assert receiver.requests == []  # still queued
     chat.scope.cancel()
     await chat.done.wait()
@@ -238,9 +274,16 @@ async def test_spans_reach_a_collector_over_otlp_http_and_are_flushed_at_shutdow
     received = receiver.spans()
     ours = [(res, span) for res, span in received if span.trace_id.hex() == CALLER_TRACE]
     names = sorted(span.name for _, span in ours)
-    assert names == sorted(["POST /api/chat/message", "store commit", "outbox publish",
-                            "deliver /topic/session", "deliver /user/queue/messages",
-                            "deliver /user/queue/messages"])
+    assert names == sorted(
+        [
+            "POST /api/chat/message",
+            "store commit",
+            "outbox publish",
+            "deliver /topic/session",
+            "deliver /user/queue/messages",
+            "deliver /user/queue/messages",
+        ]
+    )
     assert {res["service.name"] for res, _ in received} == {"chatd-otlp"}
     request = next(span for _, span in ours if span.name == "POST /api/chat/message")
     assert request.parent_span_id.hex() == CALLER.split("-")[2]
@@ -255,13 +298,28 @@ async def test_a_batch_send_is_one_trace_with_every_message_delivered_in_it(
     chat, exporter = traced
     sid = await chat.init()
     answer = await chat.client.post(
-        "/api/chat/messages", headers={**chat.auth(ALICE), "traceparent": CALLER},
-        json={"sessionId": sid, "messages": [
-            {"content": f"{SECRET} {i}", "clientMessageId": f"b{i}"} for i in range(3)]})
+        "/api/chat/messages",
+        headers={**chat.auth(ALICE), "traceparent": CALLER},
+        json={
+            "sessionId": sid,
+            "messages": [
+                {"content": f"{SECRET} {i}", "clientMessageId": f"b{i}"} for i in range(3)
+            ],
+        },
+    )
     assert answer.status_code == 201, answer.text
-    spans = await exporter.wait_for(complete(CALLER_TRACE, {
-        "POST /api/chat/messages": 1, "store commit": 1, "outbox publish": 1, DELIVERIES[0]: 3,
-        DELIVERIES[1]: 6}))
+    spans = await exporter.wait_for(
+        complete(
+            CALLER_TRACE,
+            {
+                "POST /api/chat/messages": 1,
+                "store commit": 1,
+                "outbox publish": 1,
+                DELIVERIES[0]: 3,
+                DELIVERIES[1]: 6,
+            },
+        )
+    )
     trace = in_trace(spans, CALLER_TRACE)
     request = one(trace, "POST /api/chat/messages")
     assert parent_of(one(trace, "store commit")) == span_id(request)

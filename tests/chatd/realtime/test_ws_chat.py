@@ -28,8 +28,10 @@ async def test_rest_send_reaches_both_users_on_topic_and_queue(chat: Chat) -> No
     try:
         subs = {}
         for name, client in (("alice", alice), ("bob", bob)):
-            subs[name] = (await run(client.subscribe, f"/topic/session.{sid}"),
-                          await run(client.subscribe, "/user/queue/messages"))
+            subs[name] = (
+                await run(client.subscribe, f"/topic/session.{sid}"),
+                await run(client.subscribe, "/user/queue/messages"),
+            )
         sent = await chat.send(sid, "hello bob", "c-1")
         for name, client in (("alice", alice), ("bob", bob)):
             for sub in subs[name]:
@@ -54,7 +56,11 @@ async def test_app_send_acks_with_client_message_id_and_duplicate_is_one_row(cha
         # The receipt is answered only after the message is stored and acked.
         headers, first = await run(alice.json, ack)
         assert_event(headers, "message")
-        assert (first["clientMessageId"], first["content"], first["seq"]) == ("m-1", "over stomp", 1)
+        assert (first["clientMessageId"], first["content"], first["seq"]) == (
+            "m-1",
+            "over stomp",
+            1,
+        )
         assert (await run(bob.json, topic))[1]["messageId"] == first["messageId"]
 
         await run(alice.send, "/app/chat.send", frame, receipt=True)
@@ -73,13 +79,21 @@ async def test_app_send_acks_with_client_message_id_and_duplicate_is_one_row(cha
         ("{not json", "BAD_REQUEST", None),
         ('["an", "array"]', "BAD_REQUEST", None),
         ({"sessionId": "nope", "content": "x", "clientMessageId": "e-1"}, "BAD_REQUEST", "e-1"),
-        ({"sessionId": "00000000-0000-4000-8000-000000000000", "content": "x",
-          "clientMessageId": "e-2"}, "NOT_FOUND", "e-2"),
+        (
+            {
+                "sessionId": "00000000-0000-4000-8000-000000000000",
+                "content": "x",
+                "clientMessageId": "e-2",
+            },
+            "NOT_FOUND",
+            "e-2",
+        ),
         ({"sessionId": "SID", "content": "", "clientMessageId": "e-3"}, "BAD_REQUEST", "e-3"),
     ],
 )
 async def test_app_send_errors_go_to_the_error_queue_and_the_session_lives_on(
-        sqlite_chat: Chat, body: object, status: str, cmid: str | None) -> None:
+    sqlite_chat: Chat, body: object, status: str, cmid: str | None
+) -> None:
     chat = sqlite_chat
     sid = await chat.init()
     if isinstance(body, dict) and body["sessionId"] == "SID":
@@ -87,8 +101,12 @@ async def test_app_send_errors_go_to_the_error_queue_and_the_session_lives_on(
     alice = await stomppy_client(chat, ALICE)
     try:
         errors = await run(alice.subscribe, "/user/queue/error")
-        await run(alice.send, "/app/chat.send", body if isinstance(body, str) else json.dumps(body),
-                  receipt=True)
+        await run(
+            alice.send,
+            "/app/chat.send",
+            body if isinstance(body, str) else json.dumps(body),
+            receipt=True,
+        )
         headers, error = await run(alice.json, errors)
         assert headers["content-type"] == "application/json"
         assert error["status"] == status
@@ -115,7 +133,10 @@ async def test_receipts_reach_the_sender_live(chat: Chat) -> None:
             headers, receipt = await run(alice.json, receipts)
             assert_event(headers, "receipt")
             assert (receipt["readerEmail"], receipt["status"], receipt["upToSeq"]) == (
-                BOB, status, seq)
+                BOB,
+                status,
+                seq,
+            )
             headers, on_topic = await run(alice.json, topic)
             assert_event(headers, "receipt")
             assert on_topic == receipt
@@ -158,23 +179,42 @@ async def test_ping_answers_on_pong_and_passcode_and_query_tokens_work(sqlite_ch
             await run(client.close)
 
 
-@pytest.mark.parametrize(("one_frame_per_message", "shape"), [
-    (False, [10]),  # the default: what is queued for the session goes in one message
-    (True, [1] * 10),
-])
+@pytest.mark.parametrize(
+    ("one_frame_per_message", "shape"),
+    [
+        (False, [10]),  # the default: what is queued for the session goes in one message
+        (True, [1] * 10),
+    ],
+)
 @pytest.mark.parametrize("path", ["/ws", "/ws/websocket"])
-async def test_ws_one_frame_per_message(nursery: trio.Nursery, tmp_path: Path,
-                                        key_pair: tuple[bytes, Path], path: str,
-                                        one_frame_per_message: bool, shape: list[int]) -> None:
+async def test_ws_one_frame_per_message(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    key_pair: tuple[bytes, Path],
+    path: str,
+    one_frame_per_message: bool,
+    shape: list[int],
+) -> None:
     """`[server] ws_one_frame_per_message`, for clients that parse one frame per message."""
-    config = chat_config(tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}", key_pair[1],
-                         ws_one_frame_per_message=one_frame_per_message)
+    config = chat_config(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'chat.sqlite3'}",
+        key_pair[1],
+        ws_one_frame_per_message=one_frame_per_message,
+    )
     chat = await start_chat(nursery, config, key_pair[0])
     async with chat.client:
-        ws = await trio_websocket.connect_websocket(nursery, "127.0.0.1", chat.port, path,
-                                                    use_ssl=False, subprotocols=["v12.stomp"])
-        connect = Frame(Command.CONNECT, (("accept-version", "1.2"), ("host", "localhost"),
-                                          ("Authorization", f"Bearer {chat.token(ALICE)}")))
+        ws = await trio_websocket.connect_websocket(
+            nursery, "127.0.0.1", chat.port, path, use_ssl=False, subprotocols=["v12.stomp"]
+        )
+        connect = Frame(
+            Command.CONNECT,
+            (
+                ("accept-version", "1.2"),
+                ("host", "localhost"),
+                ("Authorization", f"Bearer {chat.token(ALICE)}"),
+            ),
+        )
         await ws.send_message(encode_frame(connect))
         [[connected]] = await frames_per_message(ws.get_message, 1)
         assert connected.get("user-name") == ALICE
@@ -185,18 +225,29 @@ async def test_ws_one_frame_per_message(nursery: trio.Nursery, tmp_path: Path,
     chat.scope.cancel()
 
 
-@pytest.mark.parametrize(("asked", "answered"), [
-    ("1000,1000", "1000,1000"),  # honoured, as stompjs asks for 1 s to notice a dead server
-    ("500,250", "1000,1000"),  # never faster than the [server] limit (1000 ms by default)
-    ("20000,0", "0,20000"),
-    ("0,0", "0,0"),
-])
-async def test_connect_gets_the_heartbeats_it_asks_for(nursery: trio.Nursery, sqlite_chat: Chat,
-                                                       asked: str, answered: str) -> None:
-    ws = await trio_websocket.connect_websocket(nursery, "127.0.0.1", sqlite_chat.port, "/ws",
-                                                use_ssl=False, subprotocols=["v12.stomp"])
-    connect = Frame(Command.CONNECT, (("accept-version", "1.2"), ("heart-beat", asked),
-                                      ("Authorization", f"Bearer {sqlite_chat.token(ALICE)}")))
+@pytest.mark.parametrize(
+    ("asked", "answered"),
+    [
+        ("1000,1000", "1000,1000"),  # honoured, as stompjs asks for 1 s to notice a dead server
+        ("500,250", "1000,1000"),  # never faster than the [server] limit (1000 ms by default)
+        ("20000,0", "0,20000"),
+        ("0,0", "0,0"),
+    ],
+)
+async def test_connect_gets_the_heartbeats_it_asks_for(
+    nursery: trio.Nursery, sqlite_chat: Chat, asked: str, answered: str
+) -> None:
+    ws = await trio_websocket.connect_websocket(
+        nursery, "127.0.0.1", sqlite_chat.port, "/ws", use_ssl=False, subprotocols=["v12.stomp"]
+    )
+    connect = Frame(
+        Command.CONNECT,
+        (
+            ("accept-version", "1.2"),
+            ("heart-beat", asked),
+            ("Authorization", f"Bearer {sqlite_chat.token(ALICE)}"),
+        ),
+    )
     await ws.send_message(encode_frame(connect))
     [[connected]] = await frames_per_message(ws.get_message, 1)
     assert connected.get("heart-beat") == answered

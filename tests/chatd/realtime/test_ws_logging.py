@@ -49,8 +49,14 @@ async def test_stomp_session_lines_carry_the_handshake_request_id(
     sqlite_chat: Chat, nursery: trio.Nursery, json_lines: io.StringIO
 ) -> None:
     connection = await trio_websocket.connect_websocket(
-        nursery, "127.0.0.1", sqlite_chat.port, "/ws", use_ssl=False,
-        subprotocols=["v12.stomp"], extra_headers=[(b"X-Request-ID", b"ws-trace-7")])
+        nursery,
+        "127.0.0.1",
+        sqlite_chat.port,
+        "/ws",
+        use_ssl=False,
+        subprotocols=["v12.stomp"],
+        extra_headers=[(b"X-Request-ID", b"ws-trace-7")],
+    )
     peer = Peer(websocket_stream(connection))  # type: ignore[arg-type]
     await peer.send("CONNECT", {"accept-version": "1.2", "host": "localhost"})  # no token
     # The refusal is logged before its ERROR is queued: no waiting needed.
@@ -62,8 +68,11 @@ async def test_stomp_session_lines_carry_the_handshake_request_id(
 
 @pytest.mark.parametrize("enabled", [True, False])
 async def test_access_log_switch(
-    nursery: trio.Nursery, tmp_path: Path, key_pair: tuple[bytes, Path],
-    json_lines: io.StringIO, enabled: bool,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    key_pair: tuple[bytes, Path],
+    json_lines: io.StringIO,
+    enabled: bool,
 ) -> None:
     config = chat_config(tmp_path, f"sqlite:///{tmp_path / 'c.sqlite3'}", key_pair[1])
     config = replace(config, logging=LoggingConfig(access_log=enabled))
@@ -74,6 +83,7 @@ async def test_access_log_switch(
     access = [r for r in records(json_lines) if r["logger"] == "chatd.access"]
     if enabled:
         assert [(r["path"], r["status"], r["request_id"]) for r in access] == [
-            ("/api/chat/sessions", 401, "acc-1")]
+            ("/api/chat/sessions", 401, "acc-1")
+        ]
     else:
         assert access == []
