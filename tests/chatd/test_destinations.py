@@ -45,6 +45,7 @@ def test_user_queues_are_subscribed_under_user_and_keyed_per_user() -> None:
         "/user/queue/error",
         "/user/queue/receipts",
         "/user/queue/pong",
+        "/user/queue/keys",
         "/user/queue/presence",
     ]
     for queue in UserQueue:
@@ -53,7 +54,7 @@ def test_user_queues_are_subscribed_under_user_and_keyed_per_user() -> None:
     for other in ("/user/queue/other", "/queue/messages", "/user/bob@example.com/queue/ack"):
         assert subscribed_user_queue(other) is None
     assert ALLOWED_SUBSCRIPTIONS == (
-        "/topic/session.{id} and /user/queue/{messages,ack,error,receipts,pong,presence}"
+        "/topic/session.{id} and /user/queue/{messages,ack,error,receipts,pong,keys,presence}"
     )
 
 
