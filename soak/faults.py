@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 import trio
 
 from soak.cluster import Instance
-from soak.services import CuttableProxy, PrivatePostgres, PrivateRabbit, PrivateRedis
+from soak.services import PrivatePostgres, PrivateRabbit, PrivateRedis
+from tests.proxy import SwitchableProxy
 
 KILL, RABBIT, REDIS, POSTGRES, CUT, PAUSE = (
     "kill -9 + restart",
@@ -56,7 +57,7 @@ class Plant:
     postgres: PrivatePostgres
     rabbit: PrivateRabbit
     redis: PrivateRedis | None
-    proxy: CuttableProxy
+    proxy: SwitchableProxy
     cut_instance: int  # the instance that reaches RabbitMQ through the proxy
     hold: float  # how long Redis stays down and the proxy stays cut
     pause: float  # how long SIGSTOP lasts
@@ -94,9 +95,9 @@ async def inflict(name: str, n: int, plant: Plant) -> Fault:
         await run(plant.postgres.stop)
         await run(plant.postgres.start)
     elif name == CUT:
-        plant.proxy.cut()
+        plant.proxy.switch(False)
         await trio.sleep(plant.hold)
-        plant.proxy.mend()
+        plant.proxy.switch(True)
     elif name == PAUSE:
         inst.pause()
         await trio.sleep(plant.pause)

@@ -22,13 +22,13 @@ from soak import faults as F
 from soak.client import Client, Intent, Stats
 from soak.cluster import Instance, error_lines, make_instances, redis_supported
 from soak.services import (
-    CuttableProxy,
     PrivatePostgres,
     PrivateRabbit,
     PrivateRedis,
     service_root,
 )
 from soak.transports import WS, XHR_POLLING, XHR_STREAMING
+from tests.proxy import SwitchableProxy
 
 SAMPLE_EVERY = 10.0
 TAIL = 20.0  # a fault starts only when the load runs this long after its hold
@@ -170,7 +170,7 @@ class Run:
     ) -> Outcome:
         o = self.o
         async with trio.open_nursery() as nursery:
-            proxy = CuttableProxy(("127.0.0.1", rabbit.port))
+            proxy = SwitchableProxy(("127.0.0.1", rabbit.port))
             await nursery.start(proxy.run)
             proxied = f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F"
             instances = make_instances(

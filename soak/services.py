@@ -11,8 +11,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import trio
-
 from tests.chatd.bridge.services import (
     PrivatePostgres as PrivatePostgres,
 )
@@ -83,53 +81,3 @@ class PrivateRedis:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-class CuttableProxy:
-    """A TCP forwarder to `target`. `cut()` drops every link and closes new ones at once (an
-    instance cut off RabbitMQ while RabbitMQ itself stays up); `mend()` lets them through."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.up = True
-        self.port = 0
-        self._links: set[trio.CancelScope] = set()
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._handle, listeners)
-
-    def cut(self) -> None:
-        self.up = False
-        for scope in list(self._links):
-            scope.cancel()
-
-    def mend(self) -> None:
-        self.up = True
-
-    async def _handle(self, client: trio.SocketStream) -> None:
-        async with client:
-            if not self.up:
-                return
-            with trio.CancelScope() as scope:
-                self._links.add(scope)
-                try:
-                    upstream = await trio.open_tcp_stream(*self.target)
-                    async with upstream, trio.open_nursery() as nursery:
-                        nursery.start_soon(self._pump, client, upstream, nursery)
-                        nursery.start_soon(self._pump, upstream, client, nursery)
-                except OSError:
-                    return
-                finally:
-                    self._links.discard(scope)
-
-    @staticmethod
-    async def _pump(src: trio.SocketStream, dst: trio.SocketStream, nursery: trio.Nursery) -> None:
-        try:
-            while data := await src.receive_some(65536):
-                await dst.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        nursery.cancel_scope.cancel()

@@ -17,6 +17,7 @@ import trio
 
 from chatd.storage import Store, open_store
 from tests.conftest import PG_ADMIN_URL, require_service
+from tests.proxy import SwitchableProxy as SwitchableProxy
 
 BACKENDS = ["postgres", "sqlite"]
 _TABLES = "chat_message_outbox, chat_messages, chat_sessions, chat_user_keys"
@@ -64,52 +65,6 @@ async def store(store_url: str) -> AsyncIterator[Store]:
     async with open_store(store_url, pool_size=10) as opened:
         await opened.migrate()
         yield opened
-
-
-class SwitchableProxy:
-    """A TCP forwarder to PostgreSQL that can be switched off (every connection dropped, new
-    ones closed at once) and on again: an outage the shared server never notices."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.up = True
-        self.port = 0
-        self._links: set[trio.CancelScope] = set()
-
-    async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._handle, listeners)
-
-    def switch(self, up: bool) -> None:
-        self.up = up
-        if not up:
-            for scope in list(self._links):
-                scope.cancel()
-
-    async def _handle(self, client: trio.SocketStream) -> None:
-        async with client:
-            if not self.up:
-                return
-            with trio.CancelScope() as scope:
-                self._links.add(scope)
-                try:
-                    upstream = await trio.open_tcp_stream(*self.target)
-                    async with upstream, trio.open_nursery() as nursery:
-                        nursery.start_soon(self._pump, client, upstream, nursery)
-                        nursery.start_soon(self._pump, upstream, client, nursery)
-                finally:
-                    self._links.discard(scope)
-
-    @staticmethod
-    async def _pump(src: trio.SocketStream, dst: trio.SocketStream, nursery: trio.Nursery) -> None:
-        try:
-            while data := await src.receive_some(65536):
-                await dst.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        nursery.cancel_scope.cancel()
 
 
 @pytest.fixture
