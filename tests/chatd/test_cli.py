@@ -8,10 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from chatd.auth import TokenVerifier, load_public_key
 from chatd.auth.keys import DEV_PRIVATE_KEY_NAME, DEV_PUBLIC_KEY_NAME
+from tests.conftest import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 CHATD = Path(sys.executable).with_name("chatd")
@@ -34,7 +33,7 @@ def run(
 
 def test_console_script_is_installed(tmp_path: Path) -> None:
     if not CHATD.exists():
-        pytest.skip("console script not installed in this environment")
+        unavailable("console script not installed in this environment")
     result = subprocess.run([str(CHATD), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     for command in ("serve", "migrate", "check-config", "keys", "token"):
