@@ -27,8 +27,10 @@ async def test_a_flood_on_one_connection_is_partly_refused_and_the_rest_delivere
     key_pair: tuple[bytes, Path],
 ) -> None:
     base = chat_config(tmp_path, f"sqlite:///{tmp_path / 'chat.sqlite3'}", key_pair[1])
+    # The production bound: a loaded machine can take more than 20 ms to schedule the
+    # committer's first batch behind the reader, and then every send was refused.
     config = replace(
-        base, limits=replace(base.limits, max_send_wait_ms=20, stomp_max_pending_frames=100_000)
+        base, limits=replace(base.limits, max_send_wait_ms=100, stomp_max_pending_frames=100_000)
     )
     chat = await start_chat(nursery, config, key_pair[0])
     async with chat.client:
@@ -66,7 +68,7 @@ async def test_a_flood_on_one_connection_is_partly_refused_and_the_rest_delivere
                 {"0": acked, "1": refused, "2": topic}[frame.get("subscription") or ""].append(
                     body["clientMessageId"] if frame.get("subscription") == "0" else body
                 )
-        assert refused, "nothing was refused: the flood did not overload a 20 ms wait"
+        assert refused, "nothing was refused: the flood did not overload a 100 ms wait"
         assert acked, "nothing was stored"
         assert {r["status"] for r in refused} == {"SERVICE_UNAVAILABLE"}
         assert all(r["retryAfter"] for r in refused)
