@@ -13,7 +13,9 @@
 Whoever ends first decides: the reader ending (EOF, DISCONNECT, an ERROR) lets the writer flush
 within the close deadline; the writer ending (transport broken, or flushed after a Close) cancels
 the others. Then the broker forgets the session (requeueing its unacked messages) and the
-transport is closed, shielded but bounded. Nothing a peer does escapes as an exception.
+transport is closed, shielded but bounded (a TCP stream lingers: EOF first, then what the
+peer still sends is dropped until its EOF, so the kernel never resets the last frames).
+Nothing a peer does escapes as an exception.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ RECEIVE_SIZE: Final = 64 * 1024
 #: WebSocket close codes: a normal close, and the server going away (shutdown).
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
+#: Seconds a closing TCP session waits for the peer's EOF, dropping what it still sends.
+LINGER: Final = 1.0
 
 #: What a broken or closed transport raises; a peer vanishing is routine, not an error.
 _TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -115,10 +119,28 @@ async def serve_stream(
             stream.close_code = CLOSE_GOING_AWAY
         with trio.move_on_after(runtime.close_timeout) as scope:
             scope.shield = True
+            if isinstance(stream, trio.SocketStream):
+                with trio.move_on_after(LINGER):
+                    await _linger(stream)
             try:
                 await stream.aclose()
             except Exception as exc:
                 log.debug("session %s: closing the transport failed: %r", sendq.id, exc)
+
+
+async def _linger(stream: trio.SocketStream) -> None:
+    """Send EOF, then read and drop what the peer still sends until its EOF.
+
+    Closing a TCP socket with bytes unread (a heart-beat newline on its way) makes the kernel
+    reset the connection, and a reset can destroy the last frames before the peer reads them
+    (the RECEIPT of its DISCONNECT, an ERROR). The peer sees our EOF at once either way.
+    """
+    try:
+        await stream.send_eof()
+        while await stream.receive_some(RECEIVE_SIZE):
+            pass
+    except _TRANSPORT_ERRORS:
+        pass
 
 
 class _Pump:

@@ -434,6 +434,19 @@ def test_disconnect_with_receipt_then_close(raw: RawClient) -> None:
     raw.expect_closed()
 
 
+def test_bytes_unread_at_the_close_do_not_reset_the_connection(raw: RawClient) -> None:
+    # Heart-beat newlines can still be on their way when the broker ends a session. Closing a
+    # socket with bytes unread makes the kernel reset the connection, and the client may lose
+    # the RECEIPT (stompjs saw ECONNRESET at its DISCONNECT): the broker sends EOF and drains.
+    raw.connect()
+    raw.send(b"DISCONNECT\nreceipt:bye\n\n\x00" + b"\n" * (512 * 1024))
+    raw.sock.settimeout(TIMEOUT)
+    received = bytearray()
+    while chunk := raw.sock.recv(1 << 16):  # a reset raises ConnectionResetError here
+        received += chunk
+    assert received.startswith(b"RECEIPT\nreceipt-id:bye\n")
+
+
 def test_header_escaping_round_trip(raw: RawClient, unique: str) -> None:
     destination = f"/queue/escape-{unique}"
     raw.connect()
