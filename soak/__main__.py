@@ -108,7 +108,14 @@ def parse(argv: list[str]) -> Options:
 def main(argv: list[str] | None = None) -> int:
     options = parse(sys.argv[1:] if argv is None else argv)
     say(f"open-file limit {raise_fd_limit()}; logs in {options.workdir}")
-    outcome = Run(options).execute()
+    interrupted = False
+    try:
+        outcome = Run(options).execute()
+    except* KeyboardInterrupt:
+        interrupted = True
+    if interrupted:  # the run's nursery stopped the private services on its way out
+        say("interrupted: no table")
+        return 130
     rows, ok = checks(outcome)
     text = table(outcome, rows)
     print(text, flush=True)
