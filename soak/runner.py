@@ -4,7 +4,6 @@ scheduler, the faults, the samplers; then the settle phase and the data the chec
 from __future__ import annotations
 
 import functools
-import http.cookiejar as http_cookiejar
 import os
 import random
 import shutil
@@ -223,11 +222,6 @@ class Run:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=2000)
         timeout = httpx.Timeout(60.0, connect=10.0)
         async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
-            # No cookie jar: each SockJS session sets a cookie for its own URLs, and one jar
-            # shared by thousands of clients (reconnecting to new sessions) grew without end;
-            # every request scanned it, and the generator spent over half its CPU there. The
-            # soak's SockJS clients name their opener by the token in the URL instead.
-            http.cookies.jar.set_policy(http_cookiejar.DefaultCookiePolicy(allowed_domains=[]))
             self.http = http
             say(f"opening {pairs} chat sessions")
             sessions = await self._sessions(http, instances[0], tokens, emails)
