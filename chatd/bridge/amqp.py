@@ -21,9 +21,11 @@ instance's queue goes away by expiry.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,6 +104,7 @@ class AmqpLink:
         queue_expires_seconds: float,
         reconnect_initial: float,
         reconnect_max: float,
+        bring_up_stall: float,
         side: TrioSide,
         trio_token: trio.lowlevel.TrioToken,
     ) -> None:
@@ -109,6 +112,7 @@ class AmqpLink:
         self.params.heartbeat = heartbeat
         self.params.connection_attempts = 1
         self.params.socket_timeout = 5
+        self.params.stack_timeout = bring_up_stall  # the handshake; `_watch_bring_up` the rest
         self.params.blocked_connection_timeout = 30
         self.exchange = exchange
         self.queue = queue
@@ -116,6 +120,7 @@ class AmqpLink:
         self.expires_ms = int(queue_expires_seconds * 1000)
         self.reconnect_initial = reconnect_initial
         self.reconnect_max = reconnect_max
+        self.bring_up_stall = bring_up_stall
         self.side = side
         self.token = trio_token
         self.ioloop = IOLoop()
@@ -134,6 +139,9 @@ class AmqpLink:
         self._inbox: list[Incoming] = []
         self._inbox_tag = 0
         self._inbox_channel: Any = None
+        #: Where the bring-up is, and when RabbitMQ last answered it (see `_watch_bring_up`).
+        self._stage = ""
+        self._answered = 0.0
 
     # -- called from trio ------------------------------------------------------------------
 
@@ -182,7 +190,43 @@ class AmqpLink:
             custom_ioloop=self.ioloop,
         )
 
+    def _progress(self, stage: str) -> None:
+        """RabbitMQ answered a step of the bring-up; `stage` is what we wait for next."""
+        self._stage = stage
+        self._answered = time.monotonic()
+
+    def _watch_bring_up(self, connection: pika.SelectConnection) -> None:
+        """Drop `connection` (and so make a new one) when its bring-up stalls.
+
+        Why: pika bounds the handshake (``stack_timeout``, set to the same stall) but not the
+        channel's methods, and one connection of the soak stayed silent for seven minutes
+        after a RabbitMQ restart, its instance refusing every session SUBSCRIBE meanwhile.
+        Progress, not the whole bring-up, is timed: re-binding thousands of keys on a slow
+        link takes a while."""
+        if connection is not self._connection or self._ready or self._stopping:
+            return
+        silent = time.monotonic() - self._answered
+        if silent < self.bring_up_stall:
+            self.ioloop.call_later(
+                self.bring_up_stall - silent, lambda: self._watch_bring_up(connection)
+            )
+            return
+        if connection.is_closing:  # nor did it answer our close: drop the socket
+            connection._terminate_stream(pika.exceptions.StreamLostError("bring-up stalled"))
+            return
+        log.warning(
+            "rabbitmq bring-up stalled: no answer for %.0f s while %s; connecting again",
+            silent,
+            self._stage,
+        )
+        with contextlib.suppress(pika.exceptions.ConnectionWrongStateError):
+            connection.close()  # _on_lost connects again
+        self._answered = time.monotonic()
+        self.ioloop.call_later(self.bring_up_stall, lambda: self._watch_bring_up(connection))
+
     def _on_open(self, connection: pika.SelectConnection) -> None:
+        self._progress("opening a channel")
+        self._watch_bring_up(connection)
         # A resource alarm (memory, disk) blocks publishing connections: tell trio, so the
         # outbox waits uncharged instead of piling publishes into a socket nobody reads.
         connection.add_on_connection_blocked_callback(
@@ -194,23 +238,27 @@ class AmqpLink:
         connection.channel(on_open_callback=self._on_channel)
 
     def _on_channel(self, channel: Any) -> None:
+        self._progress("turning on publisher confirms")
         self._channel = channel
         self._tag = 0  # delivery tags count from 1 on every channel
         channel.add_on_close_callback(self._on_channel_closed)
         channel.confirm_delivery(self._on_confirm, callback=lambda _f: self._declare())
 
     def _declare(self) -> None:
+        self._progress("declaring the exchange")
         ch = self._channel
-        ch.exchange_declare(
-            exchange=self.exchange,
-            exchange_type="topic",
-            durable=True,
-            callback=lambda _f: ch.queue_declare(
+
+        def declare_queue(_frame: Any) -> None:
+            self._progress(f"declaring queue {self.queue}")
+            ch.queue_declare(
                 queue=self.queue,
                 durable=True,
                 arguments={"x-expires": self.expires_ms},
                 callback=lambda _f: self._rebind(),
-            ),
+            )
+
+        ch.exchange_declare(
+            exchange=self.exchange, exchange_type="topic", durable=True, callback=declare_queue
         )
 
     def _rebind(self) -> None:
@@ -219,8 +267,14 @@ class AmqpLink:
             ch.queue_unbind(queue=self.queue, exchange=self.exchange, routing_key=key)
         self._applied &= self._desired
         keys = sorted(self._desired)
-        for key in keys:
-            ch.queue_bind(queue=self.queue, exchange=self.exchange, routing_key=key)
+        self._progress(f"re-binding {len(keys)} routing keys")
+        for n, key in enumerate(keys, 1):
+            ch.queue_bind(
+                queue=self.queue,
+                exchange=self.exchange,
+                routing_key=key,
+                callback=lambda _f, n=n: self._progress(f"re-binding ({n} of {len(keys)} done)"),
+            )
             self._applied.add(key)
         # Synchronous methods on a channel complete in order: once QoS is answered, every
         # bind above is active.

@@ -146,6 +146,7 @@ class RabbitBridge:
             queue_expires_seconds=c.queue_expires_seconds,
             reconnect_initial=c.reconnect_initial_seconds,
             reconnect_max=c.reconnect_max_seconds,
+            bring_up_stall=c.bring_up_stall_seconds,
             side=self,
             trio_token=trio.lowlevel.current_trio_token(),
         )

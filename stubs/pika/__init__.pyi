@@ -28,6 +28,7 @@ class BasicProperties:
 class SelectConnection:
     is_open: bool
     is_opening: bool
+    is_closing: bool
     def __init__(self, parameters: ConnectionParameters | None = ...,
                  on_open_callback: Callable[[SelectConnection], object] | None = ...,
                  on_open_error_callback: Callable[[SelectConnection, BaseException], object]
@@ -42,6 +43,8 @@ class SelectConnection:
     def channel(self, channel_number: int | None = ...,
                 on_open_callback: Callable[[Channel], object] | None = ...) -> Channel: ...
     def close(self, reply_code: int = ..., reply_text: str = ...) -> None: ...
+    # private, but pika has no public way to drop a connection whose peer stopped answering
+    def _terminate_stream(self, error: BaseException | None) -> None: ...
 
 class BlockingConnection:
     def __init__(self, parameters: ConnectionParameters | None = ...) -> None: ...

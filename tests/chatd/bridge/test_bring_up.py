@@ -1,0 +1,107 @@
+"""A RabbitMQ connection whose bring-up stops getting answers is dropped and made again
+(found by the soak: one instance's bridge stayed silent for minutes after a RabbitMQ restart,
+refusing every session SUBSCRIBE meanwhile)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+
+from chatd.bridge.amqp import AmqpLink, Incoming
+from tests.proxy import SwitchableProxy
+from tests.waiting import wait_until
+
+
+class Side:
+    """The trio side of the link: records its state changes."""
+
+    def __init__(self) -> None:
+        self.states: list[tuple[bool, str]] = []
+
+    def on_state(self, connected: bool, reason: str) -> None:
+        self.states.append((connected, reason))
+
+    def on_confirm(self, batch_id: int, error: str | None, unavailable: bool) -> None:
+        pass
+
+    def on_bound(self, routing_key: str) -> None:
+        pass
+
+    def on_blocked(self, blocked: bool) -> None:
+        pass
+
+    async def on_messages(self, batch: list[Incoming]) -> None:
+        pass
+
+
+def make_link(url: str, proxy: SwitchableProxy, side: Side, name: str) -> AmqpLink:
+    return AmqpLink(
+        url.replace(":5672/", f":{proxy.port}/"),
+        exchange=f"chatd.{name}",
+        queue=f"chatd.{name}",
+        prefetch=10,
+        heartbeat=30,
+        queue_expires_seconds=60,
+        reconnect_initial=0.05,
+        reconnect_max=0.2,
+        bring_up_stall=0.5,
+        side=side,
+        trio_token=trio.lowlevel.current_trio_token(),
+    )
+
+
+async def logged(caplog: pytest.LogCaptureFixture, text: str) -> str:
+    def found() -> list[str]:
+        return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+    await wait_until(found)
+    return found()[0]
+
+
+async def connected(side: Side) -> None:
+    await wait_until(lambda: any(up for up, _ in side.states))
+
+
+async def test_a_silent_handshake_is_given_up_and_tried_again(
+    rabbitmq_url: str, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = SwitchableProxy(("127.0.0.1", 5672))
+    await nursery.start(proxy.run)
+    proxy.holding = True  # RabbitMQ "accepts" and never answers
+    side = Side()
+    link = make_link(rabbitmq_url, proxy, side, "silent-handshake")
+    with caplog.at_level(logging.WARNING, logger="chatd.bridge"):
+        link.start()
+        try:
+            await logged(caplog, "rabbitmq unavailable")
+            assert not any(up for up, _ in side.states)
+            proxy.holding = False  # RabbitMQ answers again: the next attempt gets through
+            await connected(side)
+        finally:
+            link.stop()
+            await trio.to_thread.run_sync(link.thread.join, 10)
+
+
+async def test_a_bring_up_that_stops_answering_is_dropped_and_made_again(
+    rabbitmq_url: str, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = SwitchableProxy(("127.0.0.1", 5672))
+    await nursery.start(proxy.run)
+    side = Side()
+    link = make_link(rabbitmq_url, proxy, side, "stalled-bring-up")
+    for n in range(3_000):  # bindings to restore: the bring-up takes a while
+        link.submit(("bind", f"user.u{n}"))
+    with caplog.at_level(logging.WARNING, logger="chatd.bridge"):
+        link.start()
+        try:
+            await wait_until(lambda: link._stage.startswith("re-binding ("), within=30)
+            proxy.freeze()  # RabbitMQ goes silent mid-way; the socket stays up
+            stalled = await logged(caplog, "bring-up stalled")
+            assert "re-binding (" in stalled
+            assert "of 3000 done)" in stalled
+            await connected(side)  # a new connection, past the frozen one
+        finally:
+            link.stop()
+            await trio.to_thread.run_sync(link.thread.join, 10)
