@@ -197,7 +197,7 @@ class RabbitMQConfig:
     reconnect_max_seconds: float = _opt(30.0, lo=0.01, hi=3600)
     queue_expires_seconds: float = _opt(300.0, lo=1, hi=7 * 86_400)
     confirm_timeout_seconds: float = _opt(10.0, lo=0.1, hi=3600)
-    bring_up_stall_seconds: float = _opt(30.0, lo=0.1, hi=3600)
+    bring_up_stall_seconds: float = _opt(10.0, lo=0.1, hi=3600)
     dedupe_size: int = _opt(65_536, lo=1, hi=10_000_000)
 
 

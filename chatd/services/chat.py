@@ -353,7 +353,7 @@ class ChatService:
     ) -> tuple[Message, bool]:
         """After the store: a repeat is answered with the original and not counted."""
         if not created:
-            (self.shared_limiter or self.limiter).refund(caller, item.content)
+            self._refund(caller, item.content)
             return self._repeat(message, item.session_id), False
         log.debug("message stored session=%s seq=%d via %s", item.session_id, message.seq, path)
         if self.observer is not None:
@@ -431,6 +431,11 @@ class ChatService:
         else:
             self.limiter.check_many(caller, texts, now.timestamp())
 
+    def _refund(self, caller: str, text: str) -> None:
+        """Undo one charge of `_charge` (a repeat, or a batch stored none of): where it was
+        charged, so a Redis lease gets its token back too."""
+        (self.shared_limiter or self.limiter).refund(caller, text)
+
     async def _prepare_batch(
         self, caller: str, session_id: object, messages: object, path: SendPath
     ) -> tuple[list[NewMessage], set[int]]:
@@ -488,14 +493,14 @@ class ChatService:
             problem = refusal(items[index], result)
             if problem is not None:  # nothing of the batch was stored: none counts
                 for i in charged:
-                    self.limiter.refund(caller, items[i].content)
+                    self._refund(caller, items[i].content)
                 raise _at_index(index, problem)
         answers: list[tuple[Message, bool]] = []
         elapsed = time.perf_counter() - started
         for index, result in enumerate(results):
             assert isinstance(result, Appended)
             if not result.created and index in charged:
-                self.limiter.refund(caller, items[index].content)
+                self._refund(caller, items[index].content)
             elif result.created and self.observer is not None:
                 self.observer.message_sent(path, elapsed)
             answers.append((result.message, result.created))

@@ -18,7 +18,7 @@ from chatd.domain.rules import SendRateLimiter
 from chatd.redis_tier import RedisTier, SharedRateLimiter
 from tests.conftest import PrivateRedis
 
-from .realtime.conftest import ALICE, chat_config, key_pair, start_chat
+from .realtime.conftest import ALICE, CAROL, chat_config, key_pair, start_chat
 
 __all__ = ["key_pair"]  # a fixture, used by name
 
@@ -203,3 +203,48 @@ async def test_two_servers_limit_one_user_over_rest(
     for chat in chats:
         await chat.client.aclose()
         chat.scope.cancel()
+
+
+async def test_a_batch_stored_none_of_gives_its_tokens_back_to_the_redis_lease(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    key_pair: tuple[bytes, Path],
+) -> None:
+    """A batch refused at the store (a clientMessageId of another session) stored nothing, so
+    it costs nothing: its tokens go back where they were charged, the leased block included
+    (they once went back to the local limiter only, and the lease stayed spent)."""
+    config = chat_config(tmp_path, database_url, key_pair[1])
+    config = dataclasses.replace(
+        config,
+        limits=LimitsConfig(send_burst=5, sends_per_second=0.001),
+        redis=RedisConfig(url=redis_url, key_prefix=redis_prefix, rate_lease_block=5),
+    )
+    chat = await start_chat(nursery, config, key_pair[0])
+    sid, other = await chat.init(), await chat.init(peer=CAROL)
+
+    async def post(path: str, body: dict[str, object]) -> int:
+        answer = await chat.client.post(path, headers=chat.auth(ALICE), json=body)
+        return answer.status_code
+
+    assert (
+        await post(
+            "/api/chat/message", {"sessionId": other, "content": "x", "clientMessageId": "taken"}
+        )
+        == 201
+    )
+    batch = [
+        {"content": f"b{i}", "clientMessageId": c} for i, c in enumerate(("n1", "taken", "n2"))
+    ]
+    assert await post("/api/chat/messages", {"sessionId": sid, "messages": batch}) == 400
+    singles = [
+        await post(
+            "/api/chat/message", {"sessionId": sid, "content": f"s{i}", "clientMessageId": f"s{i}"}
+        )
+        for i in range(5)
+    ]
+    assert singles == [201, 201, 201, 201, 429]  # 4 left of the burst of 5, as if no batch
+    await chat.client.aclose()
+    chat.scope.cancel()
