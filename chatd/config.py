@@ -198,6 +198,7 @@ class RabbitMQConfig:
     queue_expires_seconds: float = _opt(300.0, lo=1, hi=7 * 86_400)
     confirm_timeout_seconds: float = _opt(10.0, lo=0.1, hi=3600)
     bring_up_stall_seconds: float = _opt(10.0, lo=0.1, hi=3600)
+    unbind_after_seconds: float = _opt(30.0, lo=0, hi=86_400)
     dedupe_size: int = _opt(65_536, lo=1, hi=10_000_000)
 
 

@@ -9,9 +9,11 @@ Four jobs, one object:
   `confirm_timeout_seconds`" raise `SinkUnavailable`, so the rows go back to pending without
   being charged: they must not die because RabbitMQ restarted or ran short of memory.
 * **Bindings follow local subscribers.** The broker runtime reports a destination's first and
-  last local subscriber (`destination_active`); we bind and unbind its key. `ensure_bound`,
-  awaited by the SUBSCRIBE hook, returns once the binding is active, so the RECEIPT (written
-  after the hook) promises that nothing published later is missed.
+  last local subscriber (`destination_active`); we bind its key at once, and unbind it once it
+  has had no local subscriber for `unbind_after_seconds` (clients reconnecting after a fault
+  find their keys still bound, instead of all binding again at once). `ensure_bound`, awaited
+  by the SUBSCRIBE hook, returns once the binding is active, so the RECEIPT (written after the
+  hook) promises that nothing published later is missed.
 * **Consumer.** Messages from this instance's queue are deduplicated by message id (the outbox
   row id) and delivered through the same `LocalDelivery` path a single instance uses, which also
   keeps the per-session seq mark that history replay relies on.
@@ -108,6 +110,7 @@ class RabbitBridge:
         self._subscribed: set[str] = set()  # ...with local subscribers, as the broker says
         self._pending: dict[str, int] = {}  # ...with SUBSCRIBE hooks between ensure and release
         self._bound: set[str] = set()  # routing keys RabbitMQ confirmed bound
+        self._idle: dict[str, float] = {}  # destination -> since when no one needs it (trio)
         self._bind_waiters: dict[str, trio.Event] = {}
         self._batches: dict[int, _Batch] = {}
         self._ids = itertools.count(1)
@@ -154,6 +157,7 @@ class RabbitBridge:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._consume)
+                nursery.start_soon(self._unbind_idle)
                 link.start()
                 with trio.move_on_after(STARTUP_WAIT):
                     await self._connected_event.wait()
@@ -283,6 +287,7 @@ class RabbitBridge:
         """`BrokerRuntime.on_destination_active`: bind on the first local subscriber of
         `destination`, unbind on the last. Never blocks."""
         if active:
+            self._idle.pop(destination, None)
             self._subscribed.add(destination)
             if destination not in self._active:
                 self._active.add(destination)
@@ -291,7 +296,34 @@ class RabbitBridge:
         self._subscribed.discard(destination)
         if self._pending.get(destination):
             return  # a SUBSCRIBE is on its way (ensure_bound): it keeps the binding
-        self._unbind(destination)
+        self._retire(destination)
+
+    def _retire(self, destination: str) -> None:
+        """No one here needs `destination` now: unbind it once that has lasted
+        `unbind_after_seconds`.
+
+        Why not at once: after a fault, thousands of clients reconnect together. Unbinding
+        each key as its session went, and binding it again as the client came back, queued
+        two RabbitMQ round trips per client on one channel; the binds fell behind the SUBSCRIBE
+        hooks' wait, the SUBSCRIBEs were refused, the clients reconnected, and the soak never
+        recovered (3 000 clients, one instance behind a slow link)."""
+        if self.config.unbind_after_seconds <= 0:
+            self._unbind(destination)
+        else:
+            self._idle.setdefault(destination, trio.current_time())
+
+    async def _unbind_idle(self) -> None:
+        """Unbind the destinations `_retire` put aside once their time has come."""
+        after = self.config.unbind_after_seconds
+        while True:
+            await trio.sleep(max(after / 4, 0.05))
+            cutoff = trio.current_time() - after
+            for destination, since in list(self._idle.items()):
+                if since > cutoff:
+                    continue
+                del self._idle[destination]
+                if destination not in self._subscribed and not self._pending.get(destination):
+                    self._unbind(destination)
 
     def _unbind(self, destination: str) -> None:
         self._active.discard(destination)
@@ -311,6 +343,7 @@ class RabbitBridge:
         gap-free stream (a session topic) must not go ahead on False."""
         key = routing_key(destination)
         self._pending[destination] = self._pending.get(destination, 0) + 1
+        self._idle.pop(destination, None)
         if destination in self._active and key in self._bound:
             return True
         self._active.add(destination)
@@ -343,7 +376,7 @@ class RabbitBridge:
             return
         self._pending.pop(destination, None)
         if not subscribed and destination not in self._subscribed:
-            self._unbind(destination)
+            self._retire(destination)
 
     def _submit_bind(self, destination: str) -> None:
         if self._link is not None:
