@@ -13,7 +13,7 @@ import trio
 
 from soak.cluster import Instance
 from soak.services import PrivatePostgres, PrivateRabbit, PrivateRedis
-from tests.proxy import SwitchableProxy
+from tests.proxy import ProxyProcess
 
 KILL, RABBIT, REDIS, POSTGRES, CUT, PAUSE = (
     "kill -9 + restart",
@@ -57,7 +57,7 @@ class Plant:
     postgres: PrivatePostgres
     rabbit: PrivateRabbit
     redis: PrivateRedis | None
-    proxy: SwitchableProxy
+    proxy: ProxyProcess
     cut_instance: int  # the instance that reaches RabbitMQ through the proxy
     hold: float  # how long Redis stays down and the proxy stays cut
     pause: float  # how long SIGSTOP lasts

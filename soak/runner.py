@@ -28,7 +28,7 @@ from soak.services import (
     service_root,
 )
 from soak.transports import WS, XHR_POLLING, XHR_STREAMING
-from tests.proxy import SwitchableProxy
+from tests.proxy import ProxyProcess
 
 SAMPLE_EVERY = 10.0
 TAIL = 20.0  # a fault starts only when the load runs this long after its hold
@@ -170,8 +170,7 @@ class Run:
     ) -> Outcome:
         o = self.o
         async with trio.open_nursery() as nursery:
-            proxy = SwitchableProxy(("127.0.0.1", rabbit.port))
-            await nursery.start(proxy.run)
+            proxy = await ProxyProcess.start(nursery, ("127.0.0.1", rabbit.port))
             proxied = f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F"
             instances = make_instances(
                 o.workdir,

@@ -3,7 +3,16 @@ the fault tests, RabbitMQ for one soak instance) that the shared server never no
 
 from __future__ import annotations
 
+import functools
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import trio
+
+#: The repository (``tests`` must be importable by the proxy process).
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class SwitchableProxy:
@@ -66,3 +75,52 @@ class SwitchableProxy:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         link.cancel()
+
+
+class ProxyProcess:
+    """A `SwitchableProxy` in a process of its own (``python -m tests.proxy HOST PORT``),
+    switched by signals: the soak's load generator keeps one core busy, and a proxy sharing
+    its event loop starved the link it stood for (RabbitMQ's answers waited seconds)."""
+
+    def __init__(self, process: trio.Process, port: int) -> None:
+        self.process = process
+        self.port = port
+
+    @classmethod
+    async def start(cls, nursery: trio.Nursery, target: tuple[str, int]) -> ProxyProcess:
+        """Start the process in `nursery` (stopped with it); return once it listens."""
+        process: trio.Process = await nursery.start(
+            functools.partial(
+                trio.run_process,
+                [sys.executable, "-m", "tests.proxy", target[0], str(target[1])],
+                stdout=subprocess.PIPE,
+                cwd=ROOT,
+                check=False,
+            )
+        )
+        assert process.stdout is not None
+        line = b""
+        with trio.fail_after(30):
+            while not line.endswith(b"\n"):
+                chunk = await process.stdout.receive_some(64)
+                if not chunk:
+                    raise RuntimeError("the proxy process ended before it listened")
+                line += chunk
+        return cls(process, int(line))
+
+    def switch(self, up: bool) -> None:
+        self.process.send_signal(signal.SIGUSR2 if up else signal.SIGUSR1)
+
+
+async def _serve(target: tuple[str, int]) -> None:
+    proxy = SwitchableProxy(target)
+    with trio.open_signal_receiver(signal.SIGUSR1, signal.SIGUSR2) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proxy.run)
+            print(proxy.port, flush=True)
+            async for signum in signals:
+                proxy.switch(signum == signal.SIGUSR2)
+
+
+if __name__ == "__main__":
+    trio.run(_serve, (sys.argv[1], int(sys.argv[2])))
