@@ -18,7 +18,7 @@ from chatd.domain.rules import SendRateLimiter
 from chatd.redis_tier import RedisTier, SharedRateLimiter
 from tests.conftest import PrivateRedis
 
-from .realtime.conftest import ALICE, CAROL, chat_config, key_pair, start_chat
+from .realtime.conftest import ALICE, CAROL, Chat, chat_config, key_pair, start_chat
 
 __all__ = ["key_pair"]  # a fixture, used by name
 
@@ -164,6 +164,24 @@ async def test_a_dead_or_slow_redis_falls_back_to_the_local_limiter(
     assert time.perf_counter() - started < 2.0
 
 
+async def _redis_chat(
+    nursery: trio.Nursery,
+    workdir: Path,
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    key_pair: tuple[bytes, Path],
+    lease_block: int,
+) -> Chat:
+    """A whole server with the Redis tier and a burst of 5 sends (no refill to speak of)."""
+    config = dataclasses.replace(
+        chat_config(workdir, database_url, key_pair[1]),
+        limits=LimitsConfig(send_burst=5, sends_per_second=0.001),
+        redis=RedisConfig(url=redis_url, key_prefix=redis_prefix, rate_lease_block=lease_block),
+    )
+    return await start_chat(nursery, config, key_pair[0])
+
+
 async def test_two_servers_limit_one_user_over_rest(
     nursery: trio.Nursery,
     tmp_path: Path,
@@ -174,15 +192,12 @@ async def test_two_servers_limit_one_user_over_rest(
 ) -> None:
     """Two whole instances on one database and one Redis: a user's sends, round-robin over
     both, are limited once (429 with Retry-After), as one instance would limit them."""
-    chats = []
-    for name in ("a", "b"):
-        config = chat_config(tmp_path / name, database_url, key_pair[1])
-        config = dataclasses.replace(
-            config,
-            limits=LimitsConfig(send_burst=5, sends_per_second=0.001),
-            redis=RedisConfig(url=redis_url, key_prefix=redis_prefix, rate_lease_block=2),
+    chats = [
+        await _redis_chat(
+            nursery, tmp_path / name, database_url, redis_url, redis_prefix, key_pair, 2
         )
-        chats.append(await start_chat(nursery, config, key_pair[0]))
+        for name in ("a", "b")
+    ]
     a = chats[0]
     sid = await a.init()
     statuses = []
@@ -216,13 +231,7 @@ async def test_a_batch_stored_none_of_gives_its_tokens_back_to_the_redis_lease(
     """A batch refused at the store (a clientMessageId of another session) stored nothing, so
     it costs nothing: its tokens go back where they were charged, the leased block included
     (they once went back to the local limiter only, and the lease stayed spent)."""
-    config = chat_config(tmp_path, database_url, key_pair[1])
-    config = dataclasses.replace(
-        config,
-        limits=LimitsConfig(send_burst=5, sends_per_second=0.001),
-        redis=RedisConfig(url=redis_url, key_prefix=redis_prefix, rate_lease_block=5),
-    )
-    chat = await start_chat(nursery, config, key_pair[0])
+    chat = await _redis_chat(nursery, tmp_path, database_url, redis_url, redis_prefix, key_pair, 5)
     sid, other = await chat.init(), await chat.init(peer=CAROL)
 
     async def post(path: str, body: dict[str, object]) -> int:
