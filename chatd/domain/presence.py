@@ -9,6 +9,7 @@ Every rule about when a local change becomes visible lives in `GraceTracker`.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -65,7 +66,10 @@ class GraceTracker:
         self.grace = grace
         self._here: set[str] = set()  # a session connected on this instance now
         self._arrived: dict[str, None] = {}  # to announce, in arrival order
-        self._leaving: dict[str, _Leaving] = {}  # deadlines never decrease: dict order works
+        # Deadlines never decrease, so insertion order is deadline order; an OrderedDict
+        # gives the first entry and removes it in O(1). (A plain dict copied whole on each
+        # `due`, and the soak's 1 500 users per instance made that 5 % of a core.)
+        self._leaving: OrderedDict[str, _Leaving] = OrderedDict()
 
     def connected(self, email: str) -> None:
         """The user's first session on this instance connected."""
@@ -89,10 +93,11 @@ class GraceTracker:
     def due(self, now: float) -> list[tuple[str, datetime]]:
         """(user, last seen) for each user whose grace period ended by `now`, forgotten here."""
         gone: list[tuple[str, datetime]] = []
-        for email, leaving in list(self._leaving.items()):
+        while self._leaving:
+            email, leaving = next(iter(self._leaving.items()))
             if leaving.deadline > now:
                 break
-            del self._leaving[email]
+            self._leaving.popitem(last=False)
             gone.append((email, leaving.seen_at))
         return gone
 

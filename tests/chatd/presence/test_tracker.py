@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from chatd.domain.presence import GraceTracker, Presence
 
 SEEN = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -62,3 +65,36 @@ def test_presence_json() -> None:
         "lastSeen": "2026-12-01T12:00:00.000000Z",
     }
     assert Presence("a@x.io", True).to_json()["lastSeen"] is None
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["connect", "disconnect", "due"]), st.integers(0, 4)),
+        max_size=60,
+    )
+)
+def test_departures_come_due_in_deadline_order_as_a_model_says(
+    steps: list[tuple[str, int]],
+) -> None:
+    """Against a plain model (user -> deadline): whatever the interleaving of comings,
+    goings and `due` calls on a clock that only moves on, `due` returns exactly the users
+    whose grace ended, earliest deadline first, and forgets them."""
+    tracker = GraceTracker(grace=5)
+    leaving: dict[str, float] = {}
+    now = 0.0
+    for action, who in steps:
+        email = f"u{who}@x.io"
+        now += 1.5
+        if action == "connect":
+            tracker.connected(email)
+            leaving.pop(email, None)
+        elif action == "disconnect":
+            tracker.disconnected(email, now, SEEN)
+            leaving[email] = now + 5
+        else:
+            expected = sorted((d, e) for e, d in leaving.items() if d <= now)
+            assert tracker.due(now) == [(e, SEEN) for _, e in expected]
+            for _, e in expected:
+                del leaving[e]
+        first = min(leaving.values(), default=None)
+        assert tracker.next_deadline() == first
