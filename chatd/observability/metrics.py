@@ -164,7 +164,7 @@ class Committing(Protocol):
     @property
     def batches(self) -> int: ...
     @property
-    def refused(self) -> int: ...
+    def refused_by(self) -> Mapping[str, int]: ...
     def backlog(self) -> int: ...
 
 
@@ -442,8 +442,8 @@ class Metrics:
         self.add_source("publisher", source)
 
     def attach_committer(self, committer: Committing) -> None:
-        """The send committer's queue (`queued`, `max_queued`), `batches`, `committed` and
-        `refused` (sends turned away because the queue was full)."""
+        """The send committer's queue (`queued`, `max_queued`), backlog, `batches` and
+        `refused_by` (sends turned away busy, by reason)."""
 
         def source() -> Iterator[Metric]:
             yield GaugeMetricFamily(
@@ -471,11 +471,15 @@ class Metrics:
                 "Transactions that stored a batch of sends.",
                 value=committer.batches,
             )
-            yield CounterMetricFamily(
+            busy = CounterMetricFamily(
                 _name("sends_refused_busy"),
-                "Sends refused at once because the send queue was full.",
-                value=committer.refused,
+                "Sends refused busy (503), by reason: queue full, delivery backlog full, "
+                "waited past max_send_wait_ms (late).",
+                labels=["reason"],
             )
+            for reason, count in committer.refused_by.items():
+                busy.add_metric([reason], count)
+            yield busy
 
         self.add_source("committer", source)
 

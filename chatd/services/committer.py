@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
@@ -76,7 +77,15 @@ DEFAULT_MAX_BACKLOG: Final = 3000
 BUSY_RETRY_AFTER: Final = 1.0
 #: Seconds between attempts to mark delivered rows sent while the store is down.
 MARK_RETRY: Final = 1.0
-BUSY_MESSAGE: Final = "server busy: too many messages waiting to be stored; retry shortly"
+#: Why a send is refused busy, each with its reason label (``chatd_sends_refused_busy_total``)
+#: and what the sender is told: the three bounds differ in what an operator does about them.
+BUSY_MESSAGES: Final = {
+    "queue": "server busy: too many messages waiting to be stored; retry shortly",
+    "backlog": "server busy: delivery is behind (too many stored messages not yet "
+    "delivered); retry shortly",
+    "late": "server busy: the message waited longer than max_send_wait_ms to be stored; "
+    "retry shortly",
+}
 _UNTRACED: Final = contextlib.nullcontext()
 _DB_SYSTEM: Final = {"postgres": "postgresql", "sqlite": "sqlite"}
 
@@ -156,6 +165,8 @@ class SendCommitter:
         self.backlog: Callable[[], int] = lambda: self.rows_written - self.published
         self.max_backlog = max_backlog
         self.refused = 0
+        #: `refused` by reason (the keys of `BUSY_MESSAGES`).
+        self.refused_by: Counter[str] = Counter(dict.fromkeys(BUSY_MESSAGES, 0))
         #: Told, per delivery, each row's seconds from its commit to the sink (metrics).
         self.on_published: Callable[[list[float]], None] | None = None
         #: Called after delivered rows were marked sent (the publisher may claim what waited
@@ -226,12 +237,10 @@ class SendCommitter:
         # A unit of n is admitted when each of its messages would be, queued one after the
         # other: room for all n, and the backlog with the rows of the n-1 before the last.
         n = len(items)
-        if (
-            self._queued + n > self.max_queued
-            or self.backlog() + ROWS_PER_MESSAGE * (n - 1) >= self.max_backlog
-        ):
-            self.refused += n
-            raise Unavailable(BUSY_MESSAGE, retry_after=BUSY_RETRY_AFTER)
+        if self._queued + n > self.max_queued:
+            raise self._busy("queue", n)
+        if self.backlog() + ROWS_PER_MESSAGE * (n - 1) >= self.max_backlog:
+            raise self._busy("backlog", n)
         waiter = _Waiter(items, deadline, on_done)
         self._queue.append(waiter)
         self._queued += n
@@ -265,6 +274,12 @@ class SendCommitter:
             self._queue.clear()
             self._queued = 0
 
+    def _busy(self, reason: str, messages: int) -> Unavailable:
+        """The refusal of `messages` busy for `reason`, counted."""
+        self.refused += messages
+        self.refused_by[reason] += messages
+        return Unavailable(BUSY_MESSAGES[reason], retry_after=BUSY_RETRY_AFTER)
+
     def _take(self) -> list[_Waiter]:
         """The next batch: whole units from the head of the queue, up to `max_batch`
         messages (at least one unit, however large)."""
@@ -284,8 +299,7 @@ class SendCommitter:
         if any(w.deadline < late for w in batch):
             for waiter in batch:
                 if waiter.deadline < late:
-                    self.refused += len(waiter.items)
-                    waiter.fail(Unavailable(BUSY_MESSAGE, retry_after=BUSY_RETRY_AFTER))
+                    waiter.fail(self._busy("late", len(waiter.items)))
             batch = [w for w in batch if w.deadline >= late]
             if not batch:
                 return

@@ -20,7 +20,7 @@ import trio
 from chatd.domain.errors import NotFound, Unavailable
 from chatd.domain.models import EVENT_RECEIPT
 from chatd.outbox import OutboxPublisher
-from chatd.services.committer import BUSY_RETRY_AFTER, SendCommitter
+from chatd.services.committer import BUSY_MESSAGES, BUSY_RETRY_AFTER, SendCommitter
 from chatd.storage import Store
 from chatd.storage.base import Appended, NewMessage
 
@@ -106,8 +106,9 @@ async def test_a_full_queue_refuses_at_once_with_retry_after(store: Store) -> No
     refused = [o for o in outcomes if isinstance(o, Unavailable)]
     assert len(refused) == 1
     assert refused[0].retry_after == BUSY_RETRY_AFTER
-    assert "busy" in refused[0].message
+    assert refused[0].message == BUSY_MESSAGES["queue"]
     assert committer.refused == 1
+    assert committer.refused_by == {"queue": 1, "backlog": 0, "late": 0}
     assert len(await store.messages_after(session.id, 0, 10)) == 2
 
 
@@ -180,7 +181,8 @@ async def test_a_send_whose_deadline_passed_is_refused_not_stored_late(store: St
             NewMessage(session.id, ANN, "y", "fresh", utc_now()), deadline=trio.current_time() + 10
         )
     assert refused.value.retry_after == BUSY_RETRY_AFTER
-    assert committer.refused == 1
+    assert "max_send_wait_ms" in refused.value.message
+    assert committer.refused_by == {"queue": 0, "backlog": 0, "late": 1}
     assert [m.client_message_id for m in await store.messages_after(session.id, 0, 10)] == [
         fresh.message.client_message_id
     ]
@@ -288,8 +290,10 @@ async def test_the_queue_and_backlog_bounds_count_a_batch_as_its_messages(
         assert committer.queued == 0
         # 3 rows waiting: 3 more messages fit under 10 (3 + 3 * 2), 4 would not (3 + 3 * 3)
         backlog = 3
-        with pytest.raises(Unavailable):
+        with pytest.raises(Unavailable) as behind:
             await committer.append_batch(unit(session.id, "t", 4))
+        assert behind.value.message == BUSY_MESSAGES["backlog"]
+        assert committer.refused_by == {"queue": 2, "backlog": 4, "late": 0}
         assert len(await committer.append_batch(unit(session.id, "u", 3))) == 3
     assert [m.client_message_id for m in await store.messages_after(session.id, 0, 20)] == [
         "q-0",
@@ -312,4 +316,5 @@ async def test_a_late_batch_is_refused_whole(store: Store) -> None:
         )
     assert all(isinstance(r, Unavailable) and r.retry_after == BUSY_RETRY_AFTER for r in results)
     assert committer.refused == 3
+    assert committer.refused_by["late"] == 3
     assert await store.messages_after(session.id, 0, 10) == []

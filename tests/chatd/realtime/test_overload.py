@@ -85,6 +85,16 @@ async def test_a_flood_on_one_connection_is_partly_refused_and_the_rest_delivere
         if stored is not None:
             assert stored == acked
         assert not set(acked) & {r["clientMessageId"] for r in refused}
+        # the operator sees each refusal, labelled with its reason
+        metrics = (await chat.client.get("/metrics")).text  # type: ignore[attr-defined]
+        busy = {
+            m.group(1): float(m.group(2))
+            for m in re.finditer(
+                r'^chatd_sends_refused_busy_total\{reason="(\w+)"\} (\S+)$', metrics, re.MULTILINE
+            )
+        }
+        assert set(busy) == {"queue", "backlog", "late"}
+        assert sum(busy.values()) == len(refused)
     chat.scope.cancel()
 
 
