@@ -52,8 +52,15 @@ def parse(argv: list[str]) -> Options:
         "--heartbeat-ms",
         type=int,
         default=3000,
-        help="STOMP heart-beats clients ask for both ways (default 3000; a client "
-        "gives up after 2.5 intervals of silence)",
+        help="STOMP heart-beats clients ask the server for (default 3000; a client "
+        "gives up after 2.5 intervals of silence, so a 10 s pause is noticed)",
+    )
+    p.add_argument(
+        "--client-heartbeat-ms",
+        type=int,
+        default=10000,
+        help="STOMP heart-beats clients offer to send (default 10000, stompjs's default; "
+        "the server gives up after 1.5 intervals of silence)",
     )
     p.add_argument(
         "--rest-share",
@@ -83,6 +90,12 @@ def parse(argv: list[str]) -> Options:
         "--workdir", type=Path, default=None, help="logs go here (default soak-results/<time>)"
     )
     p.add_argument("--seed", type=int, default=22)
+    p.add_argument(
+        "--generators",
+        type=int,
+        default=3,
+        help="load-generator processes the clients are split over (default 3)",
+    )
     a = p.parse_args(argv)
     if a.clients < 2 or a.clients % 2:
         p.error("--clients must be an even number >= 2")
@@ -96,12 +109,14 @@ def parse(argv: list[str]) -> Options:
         a.pause,
         a.warmup,
         a.heartbeat_ms,
+        a.client_heartbeat_ms,
         a.rest_share,
         a.sockjs_share,
         a.receipt_every,
         a.redis,
         workdir,
         a.seed,
+        a.generators,
     )
 
 

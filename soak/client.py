@@ -102,6 +102,43 @@ class Stats:
     resent: int = 0
     skipped: int = 0
 
+    def merge(self, other: Stats) -> None:
+        """Add another generator process's figures to these."""
+        self.acks.update(other.acks)
+        for mine, theirs in (
+            (self.refused, other.refused),
+            (self.busy, other.busy),
+            (self.server_errors, other.server_errors),
+            (self.disconnects, other.disconnects),
+            (self.received, other.received),
+        ):
+            mine.update(theirs)
+        self.error_frames += other.error_frames
+        for instance, at in other.last_ack.items():
+            self.last_ack[instance] = max(at, self.last_ack.get(instance, at))
+        self.resent += other.resent
+        self.skipped += other.skipped
+
+
+@dataclass
+class ClientRecord:
+    """What the checks read of a client once the run is over (a client lives in a shard
+    process; this crosses back to the parent)."""
+
+    index: int
+    kind: str
+    instance: int
+    session: str
+    seen: dict[str, int]  # message id -> seq, of what arrived on the session topic
+    last_seq: int
+    duplicates: int
+    reordered: int
+    pending: int  # intents never acknowledged
+    connected: bool
+    connects: int
+    history: list[tuple[float, str]]
+    arrivals: list[tuple[float, int, int]]
+
 
 def parse(raw: bytes) -> tuple[str, dict[str, str], bytes]:
     """(command, headers, body) of one NUL-less frame (leading heart-beat EOLs dropped)."""
@@ -128,18 +165,20 @@ class Client:
         host: str,
         port: int,
         kind: str,
-        http: httpx.AsyncClient,
         stats: Stats,
         *,
         heartbeat_ms: int,
+        client_heartbeat_ms: int,
         receipt_every: int,
     ) -> None:
         self.index, self.email, self.token, self.session = index, email, token, session
         self.instance, self.host, self.port, self.kind = instance, host, port, kind
-        self.http, self.stats = http, stats
-        #: The SockJS transport's own HTTP client (see `run`); REST sends use the shared one.
-        self.sockjs_http = http
-        self.heartbeat_ms, self.receipt_every = heartbeat_ms, receipt_every
+        self.stats = stats
+        self.http: httpx.AsyncClient | None = None  # its own, while `run` runs
+        #: What the server beats at (its silence for 2.5 of these = a dead connection), and
+        #: what this client beats at (the server's grace is 1.5 of these).
+        self.heartbeat_ms, self.client_heartbeat_ms = heartbeat_ms, client_heartbeat_ms
+        self.receipt_every = receipt_every
         self.pending: deque[Intent] = deque()
         self.wake = trio.Event()
         self.answers: dict[str, tuple[trio.Event, list[dict[str, Any]]]] = {}
@@ -156,6 +195,23 @@ class Client:
         self.peer_messages = 0
         self.extras_in, self.extras = trio.open_memory_channel[bytes](8)
 
+    def record(self) -> ClientRecord:
+        return ClientRecord(
+            self.index,
+            self.kind,
+            self.instance,
+            self.session,
+            self.seen,
+            self.last_seq,
+            self.duplicates,
+            self.reordered,
+            len(self.pending),
+            self.connected,
+            self.connects,
+            self.history,
+            self.arrivals,
+        )
+
     # -- scheduling --------------------------------------------------------------------------
 
     def offer(self, intent: Intent) -> bool:
@@ -167,22 +223,19 @@ class Client:
 
     # -- connection loop ---------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, http_timeout: httpx.Timeout) -> None:
         """Connect, chat, and reconnect whenever the connection is lost, until cancelled.
 
-        A SockJS client has HTTP connections and cookies of its own, as a browser page does.
-        Shared by hundreds of long polls and streams, httpx's one pool was scanned whole on
-        each request, and one cookie jar grew by a cookie per SockJS session: the generator
-        spent most of its CPU there and connected 266 of 3 000 clients in three minutes."""
-        if self.kind == WS:
-            await self._reconnecting()
-            return
+        The client has HTTP connections and cookies of its own (REST sends, SockJS), as a
+        browser page does. One httpx client shared by thousands scanned its whole pool on each
+        request (40 % of the generator's CPU for the REST sends alone), and its one cookie jar
+        grew by a cookie per SockJS session."""
         async with httpx.AsyncClient(
             limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
-            timeout=self.http.timeout,
+            timeout=http_timeout,
             verify=_tls_context(),
         ) as own:
-            self.sockjs_http = own
+            self.http = own
             await self._reconnecting()
 
     async def _reconnecting(self) -> None:
@@ -217,8 +270,9 @@ class Client:
     async def _open(self, nursery: trio.Nursery) -> Transport:
         if self.kind == WS:
             return await WsTransport.open(self.host, self.port)
+        assert self.http is not None
         return await SockJSTransport.open(
-            self.sockjs_http, f"http://{self.host}:{self.port}", self.kind, self.token, nursery
+            self.http, f"http://{self.host}:{self.port}", self.kind, self.token, nursery
         )
 
     async def _connection(self) -> None:
@@ -228,7 +282,7 @@ class Client:
                 transport = await self._open(nursery)
             try:
                 splitter = FrameSplitter()
-                hb = self.heartbeat_ms
+                hb, own = self.heartbeat_ms, self.client_heartbeat_ms
                 with trio.fail_after(CONNECT_TIMEOUT):
                     await transport.send(
                         frame(
@@ -237,7 +291,7 @@ class Client:
                                 "accept-version": "1.2",
                                 "host": "/",
                                 "passcode": self.token,
-                                "heart-beat": f"{hb},{hb}",
+                                "heart-beat": f"{own},{hb}",
                             },
                         )
                     )
@@ -247,7 +301,7 @@ class Client:
                     raise Gone("refused")
                 sx, sy = (int(x) for x in headers.get("heart-beat", "0,0").split(","))
                 incoming = max(sx, hb) / 1000 if sx else 0.0
-                outgoing = max(sy, hb) / 1000 if sy else 0.0
+                outgoing = max(sy, own) / 1000 if sy else 0.0
                 subscribed = trio.Event()
                 await transport.send(
                     b"".join(
@@ -307,8 +361,10 @@ class Client:
 
     async def _beat(self, transport: Transport, every: float) -> None:
         """A heart-beat every half interval (STOMP allows sooner than promised): a SockJS
-        beat is an HTTP POST that can wait behind a send's, and the server's grace is 1.5
-        intervals."""
+        beat is an HTTP POST that can wait behind a send's, the server's grace is 1.5
+        intervals, and on a machine this loaded a generator's loop wakes up to a couple of
+        seconds late (beating every interval, the 3 000-client run saw 48 000 heart-beat
+        timeouts in two minutes)."""
         while True:
             await trio.sleep(every / 2)
             await transport.send(b"\n")
@@ -468,6 +524,7 @@ class Client:
             "content": intent.content,
             "clientMessageId": intent.cmid,
         }
+        assert self.http is not None
         try:
             with trio.fail_after(ACK_TIMEOUT):
                 response = await self.http.post(

@@ -17,9 +17,9 @@ import httpx
 import trio
 
 from bench.chatd_serve import tokens_for
-from bench.targets import cpu_seconds, rss_bytes, self_cpu
+from bench.targets import cpu_seconds, rss_bytes
 from soak import faults as F
-from soak.client import Client, Intent, Stats
+from soak.client import ClientRecord, Stats
 from soak.cluster import Instance, error_lines, make_instances, redis_supported
 from soak.services import (
     PrivatePostgres,
@@ -27,12 +27,12 @@ from soak.services import (
     PrivateRedis,
     service_root,
 )
+from soak.shard import STATUS_EVERY, ClientSpec, ShardProcess, ShardSpec, SharedClock
 from soak.transports import WS, XHR_POLLING, XHR_STREAMING
 from tests.proxy import ProxyProcess
 
 SAMPLE_EVERY = 10.0
 TAIL = 20.0  # a fault starts only when the load runs this long after its hold
-SETTLE = 90.0  # at most this long, after the last send, for every client to see everything
 
 
 @dataclass
@@ -45,12 +45,14 @@ class Options:
     pause: float
     warmup: float
     heartbeat_ms: int
+    client_heartbeat_ms: int
     rest_share: float
     sockjs_share: float
     receipt_every: int
     redis: str  # auto | on | off
     workdir: Path
     seed: int
+    generators: int  # load-generator processes (soak.shard)
 
 
 @dataclass
@@ -70,7 +72,7 @@ class Outcome:
 
     options: Options
     redis: bool
-    clients: list[Client]
+    clients: list[ClientRecord]
     stats: Stats
     faults: list[F.Fault]
     samples: list[Sample]
@@ -80,8 +82,8 @@ class Outcome:
     errors: list[tuple[str, float, str]]  # instance, unix time, line
     sending_started: float
     sending_seconds: float
-    gen_cpu: float  # the generator's CPU seconds over the sending window
-    loop_lag: list[float]
+    gen_cpu: list[float]  # each generator process's CPU seconds over the sending window
+    loop_lag: list[list[float]]  # each generator process's event-loop lag samples
     unsettled: int
     notes: list[str] = field(default_factory=list)
 
@@ -101,13 +103,10 @@ def _db(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 class Run:
     def __init__(self, options: Options) -> None:
         self.o = options
-        self.stats = Stats()
-        self.clients: list[Client] = []
+        self.shards: list[ShardProcess] = []
         self.faults: list[F.Fault] = []
         self.samples: list[Sample] = []
         self.backlog: list[tuple[float, int]] = []
-        self.loop_lag: list[float] = []
-        self.sending = True
 
     # -- data helpers -------------------------------------------------------------------------
 
@@ -155,7 +154,7 @@ class Run:
             rabbit.start()
             if redis is not None:
                 redis.start()
-            return trio.run(self._main, pg, rabbit, redis)
+            return trio.run(self._main, pg, rabbit, redis, clock=SharedClock())
         finally:
             if redis is not None:
                 redis.stop()
@@ -218,56 +217,58 @@ class Run:
         tokens = await trio.to_thread.run_sync(
             lambda: tokens_for(instances[0].data_dir, emails, ttl)
         )
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=2000)
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
         timeout = httpx.Timeout(60.0, connect=10.0)
         async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
             self.http = http
             say(f"opening {pairs} chat sessions")
             sessions = await self._sessions(http, instances[0], tokens, emails)
-            for i, (email, token) in enumerate(zip(emails, tokens, strict=True)):
-                where = i % len(instances)  # the two users of a pair on different instances
-                inst = instances[where]
-                self.clients.append(
-                    Client(
-                        i,
-                        email,
-                        token,
-                        sessions[i // 2],
-                        where,
-                        "127.0.0.1",
-                        inst.port,
-                        self._kind(i),
-                        http,
-                        self.stats,
-                        heartbeat_ms=o.heartbeat_ms,
-                        receipt_every=o.receipt_every,
-                    )
+            specs = [
+                ClientSpec(
+                    i,
+                    email,
+                    token,
+                    sessions[i // 2],
+                    i % len(instances),  # the two users of a pair on different instances
+                    "127.0.0.1",
+                    instances[i % len(instances)].port,
+                    self._kind(i),
                 )
+                for i, (email, token) in enumerate(zip(emails, tokens, strict=True))
+            ]
+            self.shards = self._shards(specs)
             async with trio.open_nursery() as load:
-                for c in self.clients:
-                    load.start_soon(c.run)
-                    await trio.sleep(0.002)  # no thundering herd at start
-                say(f"{len(self.clients)} clients connecting")
+                for shard in self.shards:
+                    await load.start(shard.run)
+                say(f"{len(specs)} clients connecting ({len(self.shards)} generator processes)")
                 with trio.move_on_after(180):
-                    while sum(c.connected for c in self.clients) < len(self.clients):  # noqa: ASYNC110 (a count over every client)
-                        await trio.sleep(0.5)
-                connected = sum(c.connected for c in self.clients)
+                    while sum(s.connected for s in self.shards) < len(specs):  # noqa: ASYNC110 (status lines of every shard)
+                        await trio.sleep(STATUS_EVERY)
+                connected = sum(s.connected for s in self.shards)
                 say(
-                    f"{connected}/{len(self.clients)} connected; chatting at {o.rate:g} msg/s "
+                    f"{connected}/{len(specs)} connected; chatting at {o.rate:g} msg/s "
                     f"for {o.minutes:g} min, a fault every {o.fault_every:g} s"
                 )
                 load.start_soon(self._sample, instances)
-                load.start_soon(self._lag)
-                started, cpu0 = trio.current_time(), self_cpu()
+                started = trio.current_time()
+                await self._tell("chat")
                 async with trio.open_nursery() as chat:
-                    chat.start_soon(self._schedule)
                     chat.start_soon(self._faults, plant, started, load)
                     await trio.sleep(o.minutes * 60)
                     chat.cancel_scope.cancel()
+                await self._tell("stop")
                 sending = trio.current_time() - started
-                gen_cpu = self_cpu() - cpu0
                 say("sending stopped; waiting for the last acks and deliveries")
-                unsettled = await self._settle()
+                await self._tell("settle")
+                for shard in self.shards:
+                    while shard.settled is None:
+                        await shard.changed.wait()
+                # The clients end first: one still retrying an intent after the query would count
+                # as acknowledged (or delivered) and not stored.
+                await self._tell("quit")
+                with trio.move_on_after(60):
+                    for shard in self.shards:
+                        await shard.ended.wait()
                 rows = await self.query(
                     "SELECT session_id::text, seq, id::text, client_msg_id FROM chat_messages"
                 )
@@ -280,11 +281,15 @@ class Run:
                     "".join("\t".join(map(str, r)) + "\n" for r in outbox or [])
                 )
                 load.cancel_scope.cancel()
+        results = [shard.result() for shard in self.shards]
+        stats = Stats()
+        for r in results:
+            stats.merge(r.stats)
         return Outcome(
             o,
             plant.redis is not None,
-            self.clients,
-            self.stats,
+            sorted((c for r in results for c in r.clients), key=lambda c: c.index),
+            stats,
             self.faults,
             self.samples,
             self.backlog,
@@ -293,19 +298,43 @@ class Run:
             [],
             started,
             sending,
-            gen_cpu,
-            self.loop_lag,
-            unsettled,
+            [r.cpu for r in results],
+            [r.loop_lag for r in results],
+            sum(r.unsettled for r in results),
         )
 
+    def _shards(self, clients: list[ClientSpec]) -> list[ShardProcess]:
+        """The clients in `generators` shares of whole pairs, each with its share of the
+        rate (pairs go round-robin, so each share mixes instances and transports)."""
+        o = self.o
+        n = max(1, min(o.generators, len(clients) // 2))
+        shares: list[list[ClientSpec]] = [[] for _ in range(n)]
+        for pair in range(len(clients) // 2):
+            shares[pair % n] += clients[2 * pair : 2 * pair + 2]
+        return [
+            ShardProcess(
+                ShardSpec(k, o, share, o.rate * len(share) / len(clients), self.db_url),
+                o.workdir,
+            )
+            for k, share in enumerate(shares)
+        ]
+
+    async def _tell(self, word: str) -> None:
+        for shard in self.shards:
+            await shard.command(word)
+
     def _kind(self, i: int) -> str:
-        """Every (1/sockjs_share)-th client on SockJS, streaming and polling in turn."""
+        """Both users of every (1/sockjs_share)-th pair on SockJS, one streaming and one
+        polling, so each instance gets its share (the two users of a pair are on different
+        instances). Chosen per client, every SockJS client was on the first instance, whose
+        HTTP requests then took three times the other's CPU."""
         if self.o.sockjs_share <= 0:
             return WS
         period = max(1, round(1 / self.o.sockjs_share))
-        if i % period:
+        pair = i // 2
+        if pair % period:
             return WS
-        return XHR_STREAMING if (i // period) % 2 == 0 else XHR_POLLING
+        return XHR_STREAMING if (pair // period + i) % 2 == 0 else XHR_POLLING
 
     async def _sessions(
         self, http: httpx.AsyncClient, inst: Instance, tokens: list[str], emails: list[str]
@@ -328,28 +357,7 @@ class Run:
                 nursery.start_soon(one, k)
         return out
 
-    # -- load ---------------------------------------------------------------------------------
-
-    async def _schedule(self) -> None:
-        """Offer `rate` messages a second over the pairs in turn, each from one side, through
-        REST for `rest_share` of them."""
-        o = self.o
-        pairs = len(self.clients) // 2
-        order = list(range(pairs))
-        random.shuffle(order)
-        start, n = trio.current_time(), 0
-        while True:
-            n += 1
-            at = start + n / o.rate
-            if at > trio.current_time():
-                await trio.sleep_until(at)
-            pair = order[n % pairs]
-            side = (n // pairs) % 2
-            client = self.clients[2 * pair + side]
-            via = "rest" if random.random() < o.rest_share else "stomp"
-            cmid = f"{client.index}-{n}"
-            if not client.offer(Intent(cmid, via, f"soak {cmid}")):
-                self.stats.skipped += 1
+    # -- faults ---------------------------------------------------------------------------------
 
     async def _faults(self, plant: F.Plant, started: float, recovery: trio.Nursery) -> None:
         """Fault after fault in turn; each one's recovery is measured in `recovery` (which
@@ -379,30 +387,7 @@ class Run:
             )
 
     def _acked_since(self, instance: int, since: float) -> bool:
-        return self.stats.last_ack.get(instance, 0.0) > since
-
-    async def _settle(self) -> int:
-        """Wait (bounded) for the last intents to be acknowledged and every client to have
-        seen every stored message of its session; the clients still missing some."""
-        with trio.move_on_after(SETTLE):
-            while any(c.pending for c in self.clients):  # noqa: ASYNC110 (a poll over every client)
-                await trio.sleep(0.5)
-        missing = len(self.clients)
-        with trio.move_on_after(SETTLE):
-            while True:
-                rows = await self.query(
-                    "SELECT session_id::text, max(seq) FROM chat_messages GROUP BY session_id"
-                )
-                if rows is not None:
-                    top = {s: int(m) for s, m in rows}
-                    missing = sum(
-                        c.last_seq < top.get(c.session, 0) or len(c.seen) < top.get(c.session, 0)
-                        for c in self.clients
-                    )
-                    if missing == 0:
-                        return 0
-                await trio.sleep(1)
-        return missing
+        return any(s.last_ack.get(instance, 0.0) > since for s in self.shards)
 
     # -- samplers -----------------------------------------------------------------------------
 
@@ -437,10 +422,3 @@ class Run:
         except (httpx.HTTPError, OSError, ValueError):
             pass
         return None
-
-    async def _lag(self) -> None:
-        """How late this event loop wakes up: a generator that cannot keep up shows here."""
-        while True:
-            t0 = trio.current_time()
-            await trio.sleep(0.25)
-            self.loop_lag.append(trio.current_time() - t0 - 0.25)
