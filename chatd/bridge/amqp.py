@@ -6,9 +6,10 @@ ioloop in one dedicated thread pipelines publishes and matches confirms by deliv
 
 Everything in this module runs in that thread, except `submit` and `stop`, which trio calls:
 they queue a command and wake the ioloop (`add_callback_threadsafe`). Results go back to trio
-through the `TrioSide` callbacks, run with `trio.from_thread` — deliveries are batched (one hop
-per socket read, not per message) and the hop blocks while trio's bounded inbox is full, which
-is the back-pressure: unacknowledged messages then wait in RabbitMQ (prefetch).
+through the `TrioSide` callbacks: state changes, confirms and bindings are queued to trio
+without waiting (`run_sync_soon`, in order); deliveries are batched (one hop per socket read,
+not per message) and that hop (`trio.from_thread.run`) blocks while trio's bounded inbox is
+full, which is the back-pressure: unacknowledged messages then wait in RabbitMQ (prefetch).
 
 Topology, re-declared on every connection: a durable topic exchange and one durable queue per
 instance that expires (`x-expires`) once no consumer has used it for `queue_expires_seconds`.
@@ -77,7 +78,8 @@ class Incoming:
 
 
 class TrioSide(Protocol):
-    """What the thread tells trio; sync methods run in trio via `from_thread.run_sync`."""
+    """What the thread tells trio: the sync methods run in trio, in the order told, and the
+    thread does not wait for them (`AmqpLink._tell`); they must not block."""
 
     def on_state(self, connected: bool, reason: str) -> None: ...
     def on_confirm(self, batch_id: int, error: str | None, unavailable: bool) -> None: ...
@@ -87,6 +89,20 @@ class TrioSide(Protocol):
 
 
 Command = tuple[Any, ...]
+
+
+def _for_each(fn: Callable[[str], None], items: list[str]) -> None:
+    for item in items:
+        fn(item)
+
+
+def _guarded(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    """Run a TrioSide callback in trio; an exception there is a bug of ours, logged, never
+    raised into trio's run loop (which would end the whole process)."""
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("the rabbitmq bridge's %s callback failed", getattr(fn, "__name__", fn))
 
 
 class AmqpLink:
@@ -170,9 +186,16 @@ class AmqpLink:
             log.info("rabbitmq bridge thread stopped")
 
     def _tell(self, fn: Callable[..., Any], *args: Any) -> bool:
-        """Run a sync TrioSide callback in trio; False once trio is gone."""
+        """Have trio run the sync TrioSide callback `fn(*args)` soon, in the order told, without
+        waiting for it; False once trio is gone.
+
+        Why not wait (`from_thread.run_sync`): each wait is a round trip through trio's loop,
+        and a busy loop answers in milliseconds. After a RabbitMQ restart the bring-up told
+        trio of each of its 6 000 restored bindings one wait at a time; the ioloop, stuck in
+        that loop for minutes, confirmed no publish meanwhile, and the soak's outbox stayed
+        "sink unavailable", its backlog full and every send refused."""
         try:
-            trio.from_thread.run_sync(fn, *args, trio_token=self.token)
+            self.token.run_sync_soon(_guarded, fn, args)
         except trio.RunFinishedError:
             self._stopping = True
             return False
@@ -289,8 +312,7 @@ class AmqpLink:
         self._failures = 0
         log.info("rabbitmq bridge connected: queue %s, %d bindings", self.queue, len(keys))
         self._tell(self.side.on_state, True, "connected")
-        for key in keys:
-            self._tell(self.side.on_bound, key)
+        self._tell(_for_each, self.side.on_bound, keys)  # one hop for thousands of keys
         self._sync_bindings()  # (un)binds trio asked for while we were declaring
         self._drain_commands()
 

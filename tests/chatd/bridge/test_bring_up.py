@@ -13,6 +13,8 @@ from chatd.bridge.amqp import AmqpLink, Incoming
 from tests.proxy import SwitchableProxy
 from tests.waiting import wait_until
 
+BINDS = 3_000
+
 
 class Side:
     """The trio side of the link: records its state changes."""
@@ -105,3 +107,47 @@ async def test_a_bring_up_that_stops_answering_is_dropped_and_made_again(
         finally:
             link.stop()
             await trio.to_thread.run_sync(link.thread.join, 10)
+
+
+class BusySide(Side):
+    """Counts the bindings trio was told of."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bound = 0
+
+    def on_bound(self, routing_key: str) -> None:
+        self.bound += 1
+
+
+async def test_restored_bindings_are_told_to_trio_without_a_round_trip_each(
+    rabbitmq_url: str, nursery: trio.Nursery
+) -> None:
+    """The bridge thread must not wait on trio's loop once per restored binding: after a
+    RabbitMQ restart the soak's bring-up told trio of 6 000 bindings one round trip at a
+    time, a busy loop made that minutes, and the thread confirmed no publish meanwhile (the
+    outbox said "sink unavailable" for eight minutes). Counted in trio loop iterations, not
+    seconds: waiting once per binding takes at least one iteration each."""
+    proxy = SwitchableProxy(("127.0.0.1", 5672))
+    await nursery.start(proxy.run)
+    side = BusySide()
+    link = make_link(rabbitmq_url, proxy, side, "told-at-once")
+    for n in range(BINDS):  # bindings the bring-up restores
+        link.submit(("bind", f"user.u{n}"))
+    iterations = 0  # trio loop iterations from the first binding told to the last
+
+    async def count_iterations() -> None:
+        nonlocal iterations
+        while side.bound < BINDS:
+            await trio.lowlevel.checkpoint()
+            if side.bound:
+                iterations += 1
+
+    link.start()
+    try:
+        with trio.fail_after(60):
+            await count_iterations()
+        assert iterations < BINDS // 10, f"{iterations} loop iterations for {BINDS} bindings"
+    finally:
+        link.stop()
+        await trio.to_thread.run_sync(link.thread.join, 10)
