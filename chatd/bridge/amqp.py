@@ -83,7 +83,7 @@ class TrioSide(Protocol):
 
     def on_state(self, connected: bool, reason: str) -> None: ...
     def on_confirm(self, batch_id: int, error: str | None, unavailable: bool) -> None: ...
-    def on_bound(self, routing_key: str) -> None: ...
+    def on_bound(self, routing_key: str, seq: int) -> None: ...
     def on_blocked(self, blocked: bool) -> None: ...
     async def on_messages(self, batch: list[Incoming]) -> None: ...
 
@@ -91,9 +91,9 @@ class TrioSide(Protocol):
 Command = tuple[Any, ...]
 
 
-def _for_each(fn: Callable[[str], None], items: list[str]) -> None:
+def _for_each(fn: Callable[[str, int], None], items: list[str], seq: int) -> None:
     for item in items:
-        fn(item)
+        fn(item, seq)
 
 
 def _guarded(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
@@ -149,6 +149,7 @@ class AmqpLink:
         self._failures = 0
         self._desired: set[str] = set()  # routing keys trio wants bound
         self._applied: set[str] = set()  # what we last bound (the durable queue keeps it)
+        self._drained_seq = 0  # the last (un)bind command read: `_desired` reflects it
         self._tag = 0
         self._tags: dict[int, int] = {}  # delivery tag -> batch id, in tag order
         self._batches: dict[int, list[Any]] = {}  # batch id -> [remaining, nacked]
@@ -166,7 +167,9 @@ class AmqpLink:
 
     def submit(self, command: Command) -> None:
         """Queue ("publish", batch_id, [Outgoing]), ("ephemeral", origin, Outgoing),
-        ("bind", key) or ("unbind", key)."""
+        ("bind", key, seq) or ("unbind", key, seq); `seq` numbers the (un)binds in the order
+        trio submits them, and each `on_bound` carries the number of the last one it reflects
+        (see `RabbitBridge.on_bound`)."""
         self._commands.append(command)
         self.ioloop.add_callback_threadsafe(self._drain_commands)
 
@@ -290,6 +293,7 @@ class AmqpLink:
             ch.queue_unbind(queue=self.queue, exchange=self.exchange, routing_key=key)
         self._applied &= self._desired
         keys = sorted(self._desired)
+        seq = self._drained_seq
         self._progress(f"re-binding {len(keys)} routing keys")
         for n, key in enumerate(keys, 1):
             ch.queue_bind(
@@ -301,9 +305,9 @@ class AmqpLink:
             self._applied.add(key)
         # Synchronous methods on a channel complete in order: once QoS is answered, every
         # bind above is active.
-        ch.basic_qos(prefetch_count=self.prefetch, callback=lambda _f: self._consume(keys))
+        ch.basic_qos(prefetch_count=self.prefetch, callback=lambda _f: self._consume(keys, seq))
 
-    def _consume(self, keys: list[str]) -> None:
+    def _consume(self, keys: list[str], seq: int) -> None:
         # exclusive: the queue is durable (see the module doc) but still this instance's alone
         self._channel.basic_consume(
             queue=self.queue, on_message_callback=self._on_message, exclusive=True
@@ -312,7 +316,7 @@ class AmqpLink:
         self._failures = 0
         log.info("rabbitmq bridge connected: queue %s, %d bindings", self.queue, len(keys))
         self._tell(self.side.on_state, True, "connected")
-        self._tell(_for_each, self.side.on_bound, keys)  # one hop for thousands of keys
+        self._tell(_for_each, self.side.on_bound, keys, seq)  # one hop for thousands of keys
         self._sync_bindings()  # (un)binds trio asked for while we were declaring
         self._drain_commands()
 
@@ -321,13 +325,14 @@ class AmqpLink:
         for key in self._applied - self._desired:
             ch.queue_unbind(queue=self.queue, exchange=self.exchange, routing_key=key)
         self._applied &= self._desired
+        seq = self._drained_seq
         for key in sorted(self._desired - self._applied):
             self._applied.add(key)
             ch.queue_bind(
                 queue=self.queue,
                 exchange=self.exchange,
                 routing_key=key,
-                callback=lambda _f, key=key: self._tell(self.side.on_bound, key),
+                callback=lambda _f, key=key: self._tell(self.side.on_bound, key, seq),
             )
 
     def _on_channel_closed(self, channel: Any, reason: Exception) -> None:
@@ -371,17 +376,21 @@ class AmqpLink:
                 self._stop()
                 return
             if kind == "bind":
-                self._desired.add(command[1])
+                key, seq = command[1], command[2]
+                self._drained_seq = seq
+                self._desired.add(key)
                 if self._ready:
-                    key = command[1]
                     self._applied.add(key)
                     self._channel.queue_bind(
                         queue=self.queue,
                         exchange=self.exchange,
                         routing_key=key,
-                        callback=lambda _f, key=key: self._tell(self.side.on_bound, key),
+                        callback=lambda _f, key=key, seq=seq: self._tell(
+                            self.side.on_bound, key, seq
+                        ),
                     )
             elif kind == "unbind":
+                self._drained_seq = command[2]
                 self._desired.discard(command[1])
                 if self._ready:
                     self._applied.discard(command[1])

@@ -114,6 +114,10 @@ class RabbitBridge:
         self._bind_waiters: dict[str, trio.Event] = {}
         self._batches: dict[int, _Batch] = {}
         self._ids = itertools.count(1)
+        #: Numbers the (un)binds submitted to the link, and per key the number of its last
+        #: unbind still awaiting a newer bind's answer (see `on_bound`).
+        self._seq = itertools.count(1)
+        self._unbound_at: dict[str, int] = {}
         self._connected_event = trio.Event()
         self._stopping = trio.Event()
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[list[Incoming]](INBOX_BATCHES)
@@ -329,8 +333,10 @@ class RabbitBridge:
         self._active.discard(destination)
         key = routing_key(destination)
         self._bound.discard(key)
+        seq = next(self._seq)
+        self._unbound_at[key] = seq
         if self._link is not None:
-            self._link.submit(("unbind", key))
+            self._link.submit(("unbind", key, seq))
         if is_session_topic(destination):
             # Nothing reaches us for it any more: the seq mark would go stale.
             self.delivery.forget(destination)
@@ -379,8 +385,9 @@ class RabbitBridge:
             self._retire(destination)
 
     def _submit_bind(self, destination: str) -> None:
+        seq = next(self._seq)
         if self._link is not None:
-            self._link.submit(("bind", routing_key(destination)))
+            self._link.submit(("bind", routing_key(destination), seq))
 
     # -- called from the bridge thread (in trio) -----------------------------------------------
 
@@ -414,7 +421,17 @@ class RabbitBridge:
             )
         self.blocked = blocked
 
-    def on_bound(self, key: str) -> None:
+    def on_bound(self, key: str, seq: int) -> None:
+        """RabbitMQ answered a bind that reflects the (un)binds submitted up to `seq`.
+
+        An answer older than the key's last unbind is stale: that unbind is applied after
+        it. Taken as current, it released a new SUBSCRIBE's wait while the unbind queued
+        behind the old bind was still to come, and the key stayed unbound, the subscriber
+        missing what was published, until the new bind landed (the soak: 53 clients with
+        gaps behind their RECEIPT)."""
+        if seq < self._unbound_at.get(key, 0):
+            return
+        self._unbound_at.pop(key, None)
         self._bound.add(key)
         waiter = self._bind_waiters.pop(key, None)
         if waiter is not None:

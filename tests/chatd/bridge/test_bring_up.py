@@ -28,7 +28,7 @@ class Side:
     def on_confirm(self, batch_id: int, error: str | None, unavailable: bool) -> None:
         pass
 
-    def on_bound(self, routing_key: str) -> None:
+    def on_bound(self, routing_key: str, seq: int) -> None:
         pass
 
     def on_blocked(self, blocked: bool) -> None:
@@ -94,7 +94,7 @@ async def test_a_bring_up_that_stops_answering_is_dropped_and_made_again(
     side = Side()
     link = make_link(rabbitmq_url, proxy, side, "stalled-bring-up")
     for n in range(3_000):  # bindings to restore: the bring-up takes a while
-        link.submit(("bind", f"user.u{n}"))
+        link.submit(("bind", f"user.u{n}", n + 1))
     with caplog.at_level(logging.WARNING, logger="chatd.bridge"):
         link.start()
         try:
@@ -116,7 +116,7 @@ class BusySide(Side):
         super().__init__()
         self.bound = 0
 
-    def on_bound(self, routing_key: str) -> None:
+    def on_bound(self, routing_key: str, seq: int) -> None:
         self.bound += 1
 
 
@@ -133,7 +133,7 @@ async def test_restored_bindings_are_told_to_trio_without_a_round_trip_each(
     side = BusySide()
     link = make_link(rabbitmq_url, proxy, side, "told-at-once")
     for n in range(BINDS):  # bindings the bring-up restores
-        link.submit(("bind", f"user.u{n}"))
+        link.submit(("bind", f"user.u{n}", n + 1))
     iterations = 0  # trio loop iterations from the first binding told to the last
 
     async def count_iterations() -> None:

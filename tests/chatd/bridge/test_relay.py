@@ -15,6 +15,7 @@ import trio.testing
 
 from chatd.bridge import RabbitBridge
 from chatd.bridge.amqp import Incoming
+from chatd.bridge.keys import routing_key
 from chatd.config import RabbitMQConfig
 from chatd.domain.models import OutboxRow
 from chatd.outbox import SinkUnavailable
@@ -152,3 +153,33 @@ async def test_a_new_binding_forgets_a_session_topic_mark_set_before_it(
     assert await receiver.ensure_bound(topic)  # already bound: the mark is trusted
     receiver.release(topic, subscribed=True)
     assert receiver.delivery.last_seq(sid) == 70
+
+
+async def test_a_bind_answered_before_a_later_unbind_does_not_release_a_new_subscribe() -> None:
+    """Found by the soak (53 clients with gaps behind their RECEIPT): a SUBSCRIBE refused
+    after its bind timed out leaves that bind queued; 30 s later the idle key's unbind is
+    queued behind it; a new SUBSCRIBE then waits for its own bind. The old bind's answer came
+    first and released it, RabbitMQ then applied the unbind, and what was published until the
+    new bind landed never reached the subscriber."""
+    bridge = RabbitBridge(
+        RabbitMQConfig(url="amqp://guest:guest@127.0.0.1:1/%2F"), LocalDelivery(BrokerRuntime())
+    )
+    bridge.connected = True  # the link itself is not needed: its answers are played here
+    key = routing_key(DEST)
+    bridge.destination_active(DEST, True)  # the old SUBSCRIBE's bind: seq 1
+    bridge.destination_active(DEST, False)
+    bridge._unbind(DEST)  # the idle key's unbind, after the linger: seq 2
+    outcome: list[bool] = []
+
+    async def subscribe() -> None:
+        outcome.append(await bridge.ensure_bound(DEST))  # the new bind: seq 3
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(subscribe)
+        await trio.testing.wait_all_tasks_blocked()
+        bridge.on_bound(key, 1)  # the old bind's answer: the unbind is still to come
+        await trio.testing.wait_all_tasks_blocked()
+        assert outcome == []
+        assert key not in bridge._bound
+        bridge.on_bound(key, 3)  # the new bind's answer
+    assert outcome == [True]
