@@ -15,7 +15,6 @@ import functools
 import json
 import random
 import ssl
-import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -544,10 +543,6 @@ class Client:
         if response.status_code in RETRYABLE:
             answer.setdefault("retryAfter", response.headers.get("retry-after", "1"))
         return answer
-
-
-def now_unix() -> float:
-    return time.time()
 
 
 @functools.cache
