@@ -474,7 +474,7 @@ class Metrics:
             busy = CounterMetricFamily(
                 _name("sends_refused_busy"),
                 "Sends refused busy (503), by reason: queue full, delivery backlog full, "
-                "waited past max_send_wait_ms (late).",
+                "would wait past max_send_wait_ms (late).",
                 labels=["reason"],
             )
             for reason, count in committer.refused_by.items():

@@ -233,8 +233,8 @@ class ChatService:
         """Store a message from the caller; return (message, created).
 
         `received_at` (trio time; default now) is when the send arrived: with a committer,
-        one not stored within ``[limits] max_send_wait_ms`` of it is refused (Unavailable,
-        busy) rather than stored late.
+        one that would not be stored within ``[limits] max_send_wait_ms`` of it is refused
+        at once (Unavailable, busy), before any check (`SendCommitter.admit`).
 
         A `client_message_id` the caller already used in this session returns the original
         with created False — before the rate limit, so a client retrying after a lost answer
@@ -242,11 +242,12 @@ class ChatService:
         `PayloadTooLarge` for too long a text and `RateLimited` (with `retry_after`).
         """
         started = time.perf_counter()
+        self._admit(received_at)
         prepared = await self._prepare(caller, session_id, content, client_message_id, path)
         if isinstance(prepared, Message):
             return prepared, False
         if self.committer is not None:
-            appended = await self.committer.append(prepared, deadline=self._deadline(received_at))
+            appended = await self.committer.append(prepared)
         else:
             [result] = await self.store.append_messages([prepared])
             if isinstance(result, ChatError):
@@ -276,6 +277,7 @@ class ChatService:
         committer's task and must not block.
         """
         started = time.perf_counter()
+        self._admit(received_at)
         prepared = await self._prepare(caller, session_id, content, client_message_id, path)
         if isinstance(prepared, Message):
             on_done(prepared, False)
@@ -295,7 +297,7 @@ class ChatService:
             on_done(message, created)
 
         if self.committer is not None:
-            self.committer.submit(prepared, stored, deadline=self._deadline(received_at))
+            self.committer.submit(prepared, stored)
         else:
             [result] = await self.store.append_messages([prepared])
             stored(result)
@@ -338,9 +340,13 @@ class ChatService:
             return functools.partial(validate_envelope, limits=self.limits)
         return functools.partial(validate_content, limits=self.limits)
 
-    def _deadline(self, received_at: float | None) -> float:
-        start = trio.current_time() if received_at is None else received_at
-        return start + self.limits.max_send_wait_ms / 1000
+    def _admit(self, received_at: float | None, messages: object = None) -> None:
+        """Refuse at once a send the committer could not store in time (see `send`); a
+        batch send's `messages` (unchecked yet) count as many, whatever they hold."""
+        if self.committer is not None:
+            start = trio.current_time() if received_at is None else received_at
+            count = len(messages) if isinstance(messages, list) else 1
+            self.committer.admit(start + self.limits.max_send_wait_ms / 1000, count)
 
     def _stored(
         self,
@@ -387,9 +393,10 @@ class ChatService:
         whole batch (`RateLimited`) when they do not all fit; `Unavailable` as `send`.
         """
         started = time.perf_counter()
+        self._admit(received_at, messages)
         items, charged = await self._prepare_batch(caller, session_id, messages, path)
         if self.committer is not None:
-            results = await self.committer.append_batch(items, deadline=self._deadline(received_at))
+            results = await self.committer.append_batch(items)
         else:
             results = await self.store.append_messages(items, units=[len(items)])
         return self._stored_batch(caller, items, charged, results, path, started)
@@ -408,6 +415,7 @@ class ChatService:
         what it raises before storing, then calls `on_done` with the answers or the error
         from the committer's task."""
         started = time.perf_counter()
+        self._admit(received_at, messages)
         items, charged = await self._prepare_batch(caller, session_id, messages, path)
 
         def stored(results: list[AppendResult]) -> None:
@@ -419,7 +427,7 @@ class ChatService:
             on_done(answers)
 
         if self.committer is not None:
-            self.committer.submit_batch(items, stored, deadline=self._deadline(received_at))
+            self.committer.submit_batch(items, stored)
         else:
             stored(await self.store.append_messages(items, units=[len(items)]))
 

@@ -13,16 +13,18 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from chatd.domain.errors import NotFound, Unavailable
 from chatd.domain.models import EVENT_RECEIPT
 from chatd.outbox import OutboxPublisher
 from chatd.services.committer import BUSY_MESSAGES, BUSY_RETRY_AFTER, SendCommitter
 from chatd.storage import Store
-from chatd.storage.base import Appended, NewMessage
+from chatd.storage.base import Appended, AppendResult, NewMessage
 
 from .conftest import (
     ANN,
@@ -168,24 +170,61 @@ async def test_a_receipt_behind_delivered_rows_goes_out_when_they_are_marked(
     assert_session_order(sink.accepted)
 
 
-async def test_a_send_whose_deadline_passed_is_refused_not_stored_late(store: Store) -> None:
+async def test_a_send_already_past_its_deadline_is_refused_at_admission(store: Store) -> None:
     [(session, _)] = await sessions(store, 1)
     committer = SendCommitter(store, sink=RecordingSink(), clock=utc_now)
     async with committing(committer):
         with pytest.raises(Unavailable) as refused:
-            await committer.append(
-                NewMessage(session.id, ANN, "x", "late", utc_now()),
-                deadline=trio.current_time() - 0.001,
-            )
-        fresh = await committer.append(
-            NewMessage(session.id, ANN, "y", "fresh", utc_now()), deadline=trio.current_time() + 10
-        )
+            committer.admit(trio.current_time() - 0.001)
+        committer.admit(trio.current_time() + 10)
+        fresh = await committer.append(NewMessage(session.id, ANN, "y", "fresh", utc_now()))
     assert refused.value.retry_after == BUSY_RETRY_AFTER
     assert "max_send_wait_ms" in refused.value.message
     assert committer.refused_by == {"queue": 0, "backlog": 0, "late": 1}
     assert [m.client_message_id for m in await store.messages_after(session.id, 0, 10)] == [
         fresh.message.client_message_id
     ]
+
+
+def gate_commits(store: Store, gate: trio.Event) -> None:
+    """Hold every commit of `store` (the real one) until `gate` is set."""
+    append = store.append_messages
+
+    async def held(*args: Any, **kwargs: Any) -> list[AppendResult]:
+        await gate.wait()
+        return await append(*args, **kwargs)
+
+    store.append_messages = held  # type: ignore[method-assign]
+
+
+async def test_admission_guesses_the_wait_from_the_oldest_and_stores_what_it_admitted(
+    store: Store, mock_clock: trio.testing.MockClock
+) -> None:
+    """The wait ahead of a new send is guessed from the wait behind the oldest one (here the
+    batch committing); a send admitted is stored however late its batch then starts: the
+    soak refused late sends after their checks and stored 8 of 150 msg/s."""
+    [(session, _)] = await sessions(store, 1)
+    gate = trio.Event()
+    gate_commits(store, gate)
+    committer = SendCommitter(store, sink=RecordingSink(), clock=utc_now)
+    stored: list[AppendResult] = []
+    async with committing(committer):
+        committer.submit(NewMessage(session.id, ANN, "a", "first", utc_now()), stored.append)
+        await trio.testing.wait_all_tasks_blocked()  # its batch is committing, held
+        mock_clock.jump(0.06)
+        committer.admit(trio.current_time() + 0.1)  # 60 ms behind: fits a 100 ms wait
+        committer.submit(NewMessage(session.id, ANN, "b", "second", utc_now()), stored.append)
+        with pytest.raises(Unavailable, match="max_send_wait_ms"):
+            committer.admit(trio.current_time() + 0.05)  # ...not a 50 ms one
+        mock_clock.jump(10)  # far past every deadline: what was admitted is stored anyway
+        gate.set()  # (and the block's end lets the committer store what is queued)
+    assert [r.message.client_message_id for r in stored if isinstance(r, Appended)] == [
+        "first",
+        "second",
+    ]
+    assert committer.refused_by == {"queue": 0, "backlog": 0, "late": 1}
+    with pytest.raises(Unavailable, match="shutting down"):
+        committer.admit(trio.current_time() + 10)
 
 
 async def test_sends_are_refused_while_the_delivery_backlog_is_full(store: Store) -> None:
@@ -305,16 +344,3 @@ async def test_the_queue_and_backlog_bounds_count_a_batch_as_its_messages(
         "u-1",
         "u-2",
     ]
-
-
-async def test_a_late_batch_is_refused_whole(store: Store) -> None:
-    [(session, _)] = await sessions(store, 1)
-    committer = SendCommitter(store, sink=RecordingSink(), clock=utc_now)
-    async with committing(committer):
-        results = await committer.append_batch(
-            unit(session.id, "late", 3), deadline=trio.current_time() - 0.001
-        )
-    assert all(isinstance(r, Unavailable) and r.retry_after == BUSY_RETRY_AFTER for r in results)
-    assert committer.refused == 3
-    assert committer.refused_by["late"] == 3
-    assert await store.messages_after(session.id, 0, 10) == []
