@@ -29,8 +29,18 @@ ACK_TIMEOUT = 15.0  # a send not answered within this is sent again (same client
 MAX_PENDING = 8  # intents a client holds; the scheduler skips a client that has more
 CONNECT_TIMEOUT = 15.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 5.0
+BUSY_BACKOFF_MAX = 30.0  # seconds at most between retries of a send refused busy
 HB_TOLERANCE = 2.5  # silence longer than this many server beat intervals = a dead connection
 RETRYABLE = {429, 503}
+
+
+def busy_delay(retry_after: float, streak: int) -> float:
+    """How long a client waits after its `streak`-th busy refusal in a row: at least the
+    Retry-After it was given, doubled per refusal up to `BUSY_BACKOFF_MAX`, with jitter.
+
+    Clients that came back sooner (half to all of Retry-After, as this one did) kept an
+    overloaded server refusing: 1 000 retries a second cost it the CPU it needed to store."""
+    return min(BUSY_BACKOFF_MAX, retry_after * 2 ** (streak - 1)) * random.uniform(1, 1.5)
 
 
 class Gone(Exception):
@@ -444,6 +454,7 @@ class Client:
     # -- sending -----------------------------------------------------------------------------
 
     async def _sender(self, transport: Transport) -> None:
+        busy_streak = 0  # busy refusals in a row
         while True:
             while not self.pending:
                 self.wake = trio.Event()
@@ -460,6 +471,7 @@ class Client:
             if answer is None:
                 continue  # no answer: send it again (a repeat returns the original)
             if answer["_ok"]:
+                busy_streak = 0
                 self.pending.popleft()
                 now = trio.current_time()
                 self.stats.acks[intent.cmid] = Ack(
@@ -479,7 +491,8 @@ class Client:
                 "TOO_MANY_REQUESTS",
             ):
                 self.stats.busy[status] += 1
-                await trio.sleep(float(answer.get("retryAfter") or 1) * random.uniform(0.5, 1))
+                busy_streak += 1
+                await trio.sleep(busy_delay(float(answer.get("retryAfter") or 1), busy_streak))
                 continue
             self.stats.refused[f"{status}: {answer.get('errorMsg', '')[:60]}"] += 1
             self.pending.popleft()

@@ -12,7 +12,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from soak.client import Ack, Stats
+from soak.client import BUSY_BACKOFF_MAX, Ack, Stats, busy_delay
 from soak.runner import Options, Run
 from soak.shard import ClientSpec, LineReader, SharedClock
 from soak.transports import WS, XHR_POLLING, XHR_STREAMING
@@ -113,3 +113,9 @@ def test_the_shared_clock_reads_the_same_in_another_process() -> None:
     )
     after = SharedClock().current_time()
     assert before <= float(out.stdout) <= after
+
+
+def test_a_client_refused_busy_waits_at_least_retry_after_and_backs_off() -> None:
+    delays = [busy_delay(1.0, streak) for streak in range(1, 9)]
+    assert all(d >= lo for d, lo in zip(delays, (1, 2, 4, 8, 16, 30, 30, 30), strict=True))
+    assert all(d <= BUSY_BACKOFF_MAX * 1.5 for d in delays)
