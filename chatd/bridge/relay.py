@@ -110,6 +110,7 @@ class RabbitBridge:
         self._subscribed: set[str] = set()  # ...with local subscribers, as the broker says
         self._pending: dict[str, int] = {}  # ...with SUBSCRIBE hooks between ensure and release
         self._bound: set[str] = set()  # routing keys RabbitMQ confirmed bound
+        self._binding: set[str] = set()  # routing keys with a bind on its way (none answered)
         self._idle: dict[str, float] = {}  # destination -> since when no one needs it (trio)
         self._bind_waiters: dict[str, trio.Event] = {}
         self._batches: dict[int, _Batch] = {}
@@ -333,6 +334,7 @@ class RabbitBridge:
         self._active.discard(destination)
         key = routing_key(destination)
         self._bound.discard(key)
+        self._binding.discard(key)
         seq = next(self._seq)
         self._unbound_at[key] = seq
         if self._link is not None:
@@ -385,9 +387,17 @@ class RabbitBridge:
             self._retire(destination)
 
     def _submit_bind(self, destination: str) -> None:
+        """Ask for `destination`'s binding, unless a bind of its key is on its way (since its
+        last unbind): that one's answer releases every waiter. Each SUBSCRIBE retried after
+        a bind timeout queued one more round trip behind the slow ones on the channel, and
+        the refusals fed themselves (the soak, with no fault: ~120 a minute per instance)."""
+        key = routing_key(destination)
+        if key in self._binding:
+            return
+        self._binding.add(key)
         seq = next(self._seq)
         if self._link is not None:
-            self._link.submit(("bind", routing_key(destination), seq))
+            self._link.submit(("bind", key, seq))
 
     # -- called from the bridge thread (in trio) -----------------------------------------------
 
@@ -402,6 +412,7 @@ class RabbitBridge:
             reason,
         )
         self._bound.clear()
+        self._binding.clear()  # the reconnect re-binds what is wanted, and says so
         for waiter in self._bind_waiters.values():
             waiter.set()  # the reconnect re-binds; do not hold SUBSCRIBEs meanwhile
         self._bind_waiters.clear()
@@ -432,6 +443,7 @@ class RabbitBridge:
         if seq < self._unbound_at.get(key, 0):
             return
         self._unbound_at.pop(key, None)
+        self._binding.discard(key)
         self._bound.add(key)
         waiter = self._bind_waiters.pop(key, None)
         if waiter is not None:

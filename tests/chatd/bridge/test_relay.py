@@ -8,6 +8,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -183,3 +184,35 @@ async def test_a_bind_answered_before_a_later_unbind_does_not_release_a_new_subs
         assert key not in bridge._bound
         bridge.on_bound(key, 3)  # the new bind's answer
     assert outcome == [True]
+
+
+async def test_subscribes_while_a_bind_is_on_its_way_submit_no_second_bind() -> None:
+    """Found by the soak (no fault, ~120 "cannot subscribe" a minute per instance): a client
+    whose SUBSCRIBE was refused after BIND_TIMEOUT subscribes again, and both participants of
+    a session may subscribe at once; each submitted one more bind of the same key behind the
+    slow ones on the channel, so the binds fell further behind and the refusals fed
+    themselves. One bind is on its way per key; its answer releases every waiter."""
+    bridge = RabbitBridge(
+        RabbitMQConfig(url="amqp://guest:guest@127.0.0.1:1/%2F"), LocalDelivery(BrokerRuntime())
+    )
+    bridge.connected = True
+    submitted: list[tuple[object, ...]] = []
+    bridge._link = SimpleNamespace(submit=submitted.append)  # type: ignore[assignment]
+    outcome: list[bool] = []
+
+    async def subscribe() -> None:
+        outcome.append(await bridge.ensure_bound(DEST))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(subscribe)
+        await trio.testing.wait_all_tasks_blocked()
+        assert [command[:2] for command in submitted] == [("bind", routing_key(DEST))]
+        bridge.on_bound(routing_key(DEST), submitted[0][2])  # type: ignore[arg-type]
+    assert outcome == [True, True, True]
+    bridge._unbind(DEST)  # after an unbind, the next SUBSCRIBE binds again
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(subscribe)
+        await trio.testing.wait_all_tasks_blocked()
+        assert [command[0] for command in submitted] == ["bind", "unbind", "bind"]
+        bridge.on_bound(routing_key(DEST), submitted[-1][2])  # type: ignore[arg-type]
