@@ -21,6 +21,7 @@ Nothing a peer does escapes as an exception.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from typing import Final, Protocol, runtime_checkable
 
@@ -43,6 +44,10 @@ CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
 #: Seconds a closing TCP session waits for the peer's EOF, dropping what it still sends.
 LINGER: Final = 1.0
+#: The timers' grain (seconds): each session's timer wakes on a multiple of it, up to this
+#: late. Woken each at its own time, 1 500 sessions beating every 3 s cost 10 % of a core
+#: (one loop round and one cancellation per beat, ~200 µs); on the grid, 2 % (~40 µs).
+TIMER_GRAIN: Final = 0.1
 
 #: What a broken or closed transport raises; a peer vanishing is routine, not an error.
 _TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -141,6 +146,14 @@ async def _linger(stream: trio.SocketStream) -> None:
             pass
     except _TRANSPORT_ERRORS:
         pass
+
+
+def _on_grid(deadline: float) -> float:
+    """`deadline` rounded up to the timers' grain, so that sessions due close together
+    wake in one loop round."""
+    if math.isinf(deadline):
+        return deadline
+    return math.ceil(deadline / TIMER_GRAIN) * TIMER_GRAIN
 
 
 class _Pump:
@@ -396,6 +409,6 @@ class _Pump:
                     self.last_write = now
                     beat = now + sendq.send_interval
                 due = min(due, beat)
-            self.timer_wake = trio.CancelScope(deadline=due)
+            self.timer_wake = trio.CancelScope(deadline=_on_grid(due))
             with self.timer_wake:
                 await trio.sleep_forever()
