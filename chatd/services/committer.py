@@ -195,10 +195,10 @@ class SendCommitter:
 
         Called before the send's checks, so a refusal costs next to nothing. The wait ahead
         is guessed from the wait behind: the batch committing now, or the oldest unit still
-        queued, has waited that long already. A send admitted is stored
-        however long it then waits: refusing it after its checks and its queueing threw that
-        work away, and under a starved CPU (the soak: 150 msg/s offered, every check and
-        every retry paid and refused late) the server stored 8 messages a second.
+        queued, has waited that long already. A send admitted is stored however long it
+        then waits: refusing it after its checks and its queueing threw that work away, and
+        under a starved CPU (the soak: 150 msg/s offered, every check and every retry paid
+        and then refused late) the server stored 8 messages a second.
         """
         self._check_room(messages)
         now = trio.current_time()
