@@ -30,13 +30,14 @@ from __future__ import annotations
 import itertools
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
 import trio
 
-from chatd.bridge.amqp import AmqpLink, Incoming, Outgoing
+from chatd.bridge.amqp import AmqpLink, Command, Incoming, Outgoing
 from chatd.bridge.keys import DEFAULT_DEDUPE_SIZE, Dedupe, routing_key
 from chatd.config import RabbitMQConfig, redact_url
 from chatd.domain.destinations import is_session_topic, subscription_name
@@ -48,8 +49,6 @@ from chatd.realtime.delivery import LocalDelivery, event_headers
 
 log = logging.getLogger("chatd.bridge")
 
-#: Batches of consumed messages trio may hold before the bridge thread waits (back-pressure).
-INBOX_BATCHES: Final = 64
 #: Seconds `run` waits for the first connection before reporting started anyway.
 STARTUP_WAIT: Final = 5.0
 #: Seconds a SUBSCRIBE waits for its binding; then a topic SUBSCRIBE is refused (the client
@@ -121,7 +120,10 @@ class RabbitBridge:
         self._unbound_at: dict[str, int] = {}
         self._connected_event = trio.Event()
         self._stopping = trio.Event()
-        self._inbox_send, self._inbox_recv = trio.open_memory_channel[list[Incoming]](INBOX_BATCHES)
+        #: Consumed batches not yet taken, each with its ack command. Bounded by RabbitMQ:
+        #: nothing past `prefetch` unacknowledged messages is delivered until these are taken.
+        self._inbox: deque[tuple[list[Incoming], Command]] = deque()
+        self._inbox_ready = trio.Event()
 
     # -- metrics -----------------------------------------------------------------------------
 
@@ -175,7 +177,6 @@ class RabbitBridge:
                 nursery.cancel_scope.cancel()
         finally:
             link.stop()
-            self._inbox_recv.close()  # a thread blocked handing us messages gives up
             if link.thread.is_alive():
                 with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT):
                     await trio.to_thread.run_sync(link.thread.join, STOP_TIMEOUT)
@@ -449,8 +450,9 @@ class RabbitBridge:
         if waiter is not None:
             waiter.set()
 
-    async def on_messages(self, batch: list[Incoming]) -> None:
-        await self._inbox_send.send(batch)
+    def on_messages(self, batch: list[Incoming], ack: Command) -> None:
+        self._inbox.append((batch, ack))
+        self._inbox_ready.set()
 
     def _deliver_traced(self, tracer: Tracer, m: Incoming) -> None:
         """Deliver a consumed message inside a ``receive`` span continuing its trace."""
@@ -476,34 +478,45 @@ class RabbitBridge:
             span.end()
 
     async def _consume(self) -> None:
-        async for batch in self._inbox_recv:
-            for m in batch:
-                self.consumed += 1
-                if m.origin == self.instance_id:
-                    continue  # ours: delivered locally when it was made
-                # Only a message delivered here is remembered: one that found no local
-                # subscriber must still be taken when it comes again (a republish after a
-                # lease expired) and someone has subscribed meanwhile.
-                if m.destination not in self._active or self.dedupe.seen(m.message_id):
+        while True:
+            while not self._inbox:
+                self._inbox_ready = trio.Event()
+                await self._inbox_ready.wait()
+            batch, ack = self._inbox.popleft()
+            self._take(batch)
+            if self._link is not None:
+                self._link.submit(ack)
+            await trio.lowlevel.checkpoint()
+
+    def _take(self, batch: list[Incoming]) -> None:
+        """Deliver a consumed batch to the local subscribers."""
+        for m in batch:
+            self.consumed += 1
+            if m.origin == self.instance_id:
+                continue  # ours: delivered locally when it was made
+            # Only a message delivered here is remembered: one that found no local
+            # subscriber must still be taken when it comes again (a republish after a
+            # lease expired) and someone has subscribed meanwhile.
+            if m.destination not in self._active or self.dedupe.seen(m.message_id):
+                continue
+            try:
+                if m.origin is not None:
+                    self.delivery.runtime.publish(m.destination, m.body, event_headers(m.event))
                     continue
-                try:
-                    if m.origin is not None:
-                        self.delivery.runtime.publish(m.destination, m.body, event_headers(m.event))
-                        continue
-                    if (
-                        self.tracer is not None
-                        and m.trace_context is not None
-                        and self.tracer.records(m.trace_context)
-                    ):
-                        self._deliver_traced(self.tracer, m)
-                        continue
-                    self.delivery.deliver(
-                        m.destination,
-                        m.event,
-                        uuid.UUID(m.session_id),
-                        m.seq,
-                        m.body,
-                        m.trace_context,
-                    )
-                except Exception:
-                    log.exception("delivering message %s to %s failed", m.message_id, m.destination)
+                if (
+                    self.tracer is not None
+                    and m.trace_context is not None
+                    and self.tracer.records(m.trace_context)
+                ):
+                    self._deliver_traced(self.tracer, m)
+                    continue
+                self.delivery.deliver(
+                    m.destination,
+                    m.event,
+                    uuid.UUID(m.session_id),
+                    m.seq,
+                    m.body,
+                    m.trace_context,
+                )
+            except Exception:
+                log.exception("delivering message %s to %s failed", m.message_id, m.destination)

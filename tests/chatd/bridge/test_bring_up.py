@@ -9,7 +9,7 @@ import logging
 import pytest
 import trio
 
-from chatd.bridge.amqp import AmqpLink, Incoming
+from chatd.bridge.amqp import AmqpLink, Command, Incoming, Outgoing
 from tests.proxy import SwitchableProxy
 from tests.waiting import wait_until
 
@@ -34,7 +34,7 @@ class Side:
     def on_blocked(self, blocked: bool) -> None:
         pass
 
-    async def on_messages(self, batch: list[Incoming]) -> None:
+    def on_messages(self, batch: list[Incoming], ack: Command) -> None:
         pass
 
 
@@ -148,6 +148,66 @@ async def test_restored_bindings_are_told_to_trio_without_a_round_trip_each(
         with trio.fail_after(60):
             await count_iterations()
         assert iterations < BINDS // 10, f"{iterations} loop iterations for {BINDS} bindings"
+    finally:
+        link.stop()
+        await trio.to_thread.run_sync(link.thread.join, 10)
+
+
+class HoldingSide(Side):
+    """Takes the consumed batches it is told of and acknowledges none of them yet (trio
+    busy elsewhere)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[Incoming]] = []
+        self.acks: list[Command] = []
+        self.bound: list[str] = []
+
+    def on_messages(self, batch: list[Incoming], ack: Command) -> None:
+        self.batches.append(batch)
+        self.acks.append(ack)
+
+    def on_bound(self, routing_key: str, seq: int) -> None:
+        self.bound.append(routing_key)
+
+    @property
+    def consumed(self) -> int:
+        return sum(len(batch) for batch in self.batches)
+
+
+async def test_deliveries_trio_has_not_taken_hold_neither_the_thread_nor_more_deliveries(
+    rabbitmq_url: str, nursery: trio.Nursery
+) -> None:
+    """Found by the soak: the thread handed each read of deliveries to trio and waited for
+    it, so bind answers waited behind trio's busy loop; after an instance restart its 1 500
+    clients' SUBSCRIBEs were refused for minutes. Now the thread never waits, and what trio
+    has not taken is bounded by RabbitMQ (prefetch 10 here), not by a wait in the thread."""
+    proxy = SwitchableProxy(("127.0.0.1", 5672))
+    await nursery.start(proxy.run)
+    side = HoldingSide()
+    link = make_link(rabbitmq_url, proxy, side, "held-deliveries")
+    link.submit(("bind", "held.a", 1))
+    link.start()
+    try:
+        await wait_until(lambda: "held.a" in side.bound)
+        messages = [
+            Outgoing("held.a", f"m{n}", "/topic/held", "message", "s", n, b"{}") for n in range(30)
+        ]
+        link.submit(("publish", 1, messages))
+        await wait_until(lambda: side.consumed >= 10)
+        link.submit(("bind", "held.b", 2))  # answered while nothing was acknowledged
+        await wait_until(lambda: "held.b" in side.bound)
+        assert side.consumed == 10  # the prefetch: RabbitMQ keeps the rest
+        acked = 0
+
+        def take_all() -> bool:  # trio takes what came: RabbitMQ delivers the rest
+            nonlocal acked
+            for ack in side.acks[acked:]:
+                link.submit(ack)
+            acked = len(side.acks)
+            return side.consumed == 30
+
+        await wait_until(take_all)
     finally:
         link.stop()
         await trio.to_thread.run_sync(link.thread.join, 10)

@@ -26,6 +26,7 @@ from stomp.trio import BrokerRuntime, TransportInfo, serve_stream
 from ...stomp.stomp_peer import Peer
 from .conftest import eventually
 
+NO_ACK = ("ack", None, 0)  # acknowledges nothing: these batches came from no channel
 DEST = "/topic/relay-test"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -123,16 +124,16 @@ async def test_a_message_that_found_no_subscriber_is_taken_when_it_comes_again(
     that came meanwhile."""
     _, receiver, peer = pair
     first = Incoming("row-9", DEST, "message", str(uuid.UUID(int=7)), 9, b'{"seq": 9}')
-    await receiver.on_messages([first])  # nobody here subscribes to DEST: skipped
+    receiver.on_messages([first], NO_ACK)  # nobody here subscribes to DEST: skipped
     await eventually(lambda: receiver.consumed == 1)
     await receiver.ensure_bound(DEST)
     receiver.release(DEST, subscribed=True)
     await peer.subscribe(DEST)
-    await receiver.on_messages([first])  # the republish
+    receiver.on_messages([first], NO_ACK)  # the republish
     with trio.fail_after(10):
         frame = await peer.frame()
     assert json.loads(frame.body) == {"seq": 9}
-    await receiver.on_messages([first])  # a true duplicate is still dropped...
+    receiver.on_messages([first], NO_ACK)  # a true duplicate is still dropped...
     await eventually(lambda: receiver.consumed == 3)
     assert receiver.duplicates == 1
 
