@@ -31,7 +31,16 @@ from bench.targets import ChatdBroker, Target, pin_self, rabbitmq, raise_fd_limi
 Result = dict[str, Any]
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_SCENARIOS = ["fanout", "topics", "overload", "latency", "pingpong", "idle"]
-ALL = [*BROKER_SCENARIOS, "send", "e2e", "e2e-stomp", "workers", "instances", "batch"]
+ALL = [
+    *BROKER_SCENARIOS,
+    "send",
+    "e2e",
+    "e2e-stomp",
+    "workers",
+    "instances",
+    "batch",
+    "reconnect",
+]
 RABBITMQ_IDLE = 600  # RabbitMQ's open-file limit of 1024 leaves ~830 sockets
 NOISY = 50.0  # % of a core used by other processes during a run: run it once more
 
@@ -382,6 +391,19 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             traceback.print_exc()
             report_data["batch"] = {"error": repr(exc)[:300]}
+
+    if "reconnect" in names:
+        from bench.reconnect import reconnect_benchmark
+
+        clients = int(plan.scaled(1500, 300))
+        say(f"reconnect storm (issue 22): {clients} clients of one instance come back at once")
+        try:
+            report_data["reconnect"] = reconnect_benchmark(
+                out / "reconnect", clients=clients, say=say
+            )
+        except Exception as exc:
+            traceback.print_exc()
+            report_data["reconnect"] = {"error": repr(exc)[:300]}
 
     notes.append(
         f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "

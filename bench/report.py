@@ -264,6 +264,38 @@ def batch_table(batch: Result) -> str:
     return "\n".join(lines)
 
 
+def reconnect_table(reconnect: Result) -> str:
+    """One row per round: how long the clients took to be back, and what it cost."""
+    if "fresh" not in reconnect:
+        return f"reconnect benchmark: {reconnect.get('error')}"
+    head = [
+        "round",
+        "clients",
+        "subscribed",
+        "failed",
+        "storm s",
+        "per client p50 / p99 / max s",
+        "server CPU",
+        "server CPU us/client",
+        "other CPU (RabbitMQ, PostgreSQL)",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in reconnect.items():
+        lines.append(
+            f"| {name} | {r['clients']} | {r['subscribed']} | {r['failures']} | "
+            f"{r['seconds']} | {r['p50_s']} / {r['p99_s']} / {r['max_s']} | "
+            f"{r['broker_cpu_pct']}% | {_fmt(r['server_cpu_us_per_client'])} | "
+            f"{r['other_cpu_pct']}% |"
+        )
+    lines.append(
+        "\nEvery client opens /ws, CONNECTs (RS256 token), subscribes to its session topic "
+        "with x-since-seq and to three user queues, all at once, until the RECEIPT. fresh: "
+        "the instance holds no RabbitMQ binding yet (as after a restart); again: the "
+        "bindings of the first round still linger. chatd pinned to core 0."
+    )
+    return "\n".join(lines)
+
+
 def _runs(title: str, runs: Result, label: str, note: str) -> list[str]:
     """A section of end-to-end tables, one per labelled run, then what they mean."""
     parts = ["", f"## {title}", ""]
@@ -310,6 +342,8 @@ def render(report: Result) -> str:
         )
     if report.get("batch"):
         parts += ["", "## Batch send (issue 17)", "", batch_table(report["batch"])]
+    if report.get("reconnect"):
+        parts += ["", "## Reconnect storm (issue 22)", "", reconnect_table(report["reconnect"])]
     return "\n".join(parts) + "\n"
 
 

@@ -97,6 +97,7 @@ class ServerConfig:
     demo_page: bool = True
     shutdown_grace: float = _opt(10.0, lo=0, hi=3600)
     keepalive_timeout: float = _opt(5.0, lo=0.1, hi=3600)
+    listen_backlog: int = _opt(4096, lo=1, hi=65535)
     stomp_tcp_bind: str | None = _opt(None, check=_check_bind)
     heartbeat_send_ms: int = _opt(1_000, lo=0, hi=3_600_000)
     heartbeat_receive_ms: int = _opt(1_000, lo=0, hi=3_600_000)

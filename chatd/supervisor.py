@@ -384,7 +384,12 @@ def stomp_tcp_part(components: Components) -> Part:
             with listening(
                 "stomp-tcp", bind, "[server] stomp_tcp_bind or CHATD_SERVER__STOMP_TCP_BIND"
             ):
-                host, port = await nursery.start(serve_tcp, c.runtime, address[0], address[1])
+                host, port = await nursery.start(
+                    functools.partial(serve_tcp, backlog=c.config.server.listen_backlog),
+                    c.runtime,
+                    address[0],
+                    address[1],
+                )
             task_status.started(f"stomp=tcp://{host}:{port}")
             await stopping.wait()
             await c.runtime.shutdown(session_grace(c.config))

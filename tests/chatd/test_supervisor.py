@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -180,3 +181,55 @@ def test_cli_serve_subprocess_ready_line_and_clean_exit(tmp_path: Path, signum: 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+BURST = 400  # connection attempts at once: four times Hypercorn's default backlog of 100
+
+
+@pytest.mark.parametrize("listener", ["http", "stomp"])
+async def test_a_burst_of_connections_while_chatd_is_busy_is_queued_not_dropped(
+    tmp_path: Path, listener: str
+) -> None:
+    """Clients coming back together after a restart all connect at once, while chatd is busy
+    with the first of them. Beyond the listen backlog the kernel drops an attempt and retries
+    it only a second later (then 3, 7, 15 s): with Hypercorn's default of 100, reconnects took
+    up to a minute with chatd idle. Here chatd's loop is stalled while BURST clients connect;
+    each connection must be established at once (queued by the kernel), none retried."""
+    config = _config(tmp_path, stomp_tcp_bind="127.0.0.1:0")
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            summaries = await nursery.start(
+                lambda task_status: serve(config, handle_signals=False, task_status=task_status)
+            )
+            (address,) = [
+                s.split("://")[1].rstrip("/") for s in summaries if s.startswith(f"{listener}=")
+            ]
+            host, port = address.rsplit(":", 1)
+
+            started = trio.Event()
+
+            def burst() -> list[float]:
+                trio.from_thread.run_sync(started.set)
+                sockets, took = [], []
+                try:
+                    for _ in range(BURST):
+                        sock = socket.socket()
+                        sockets.append(sock)
+                        sock.settimeout(10)
+                        began = time.monotonic()
+                        sock.connect((host, int(port)))
+                        took.append(time.monotonic() - began)
+                finally:
+                    for sock in sockets:
+                        sock.close()
+                return took
+
+            async def stall() -> None:
+                await started.wait()
+                time.sleep(1.5)  # noqa: ASYNC251 -- chatd's loop accepts nothing meanwhile
+
+            nursery.start_soon(stall)
+            took = await trio.to_thread.run_sync(burst)
+            nursery.cancel_scope.cancel()
+    assert len(took) == BURST
+    assert max(took) < 0.5, f"{sum(t >= 0.5 for t in took)} attempts were dropped and retried"
