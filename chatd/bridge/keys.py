@@ -61,6 +61,39 @@ def routing_key(destination: str) -> str:
     return "other." + escape_word(destination)
 
 
+#: The path of `binding_destination`'s stand-in for all of a user's queues. Never a real
+#: queue: those paths start with "/".
+ALL_QUEUES: Final = "*"
+
+
+def binding_destination(destination: str) -> str:
+    """The destination whose binding carries `destination`'s messages: itself, except for a
+    user queue (``user:{name}:/queue/...``), carried by the one binding of all that user's
+    queues, ``user:{name}:*`` (`binding_key`: ``user.{name}.#``).
+
+    Why one per user: after an instance restart its clients all come back at once, and each
+    needed a bind per user queue (ack, error, receipts, messages, ...) besides its session
+    topic's; those binds were most of the cost of taking the clients back. A message for a
+    queue with no subscriber here may now arrive; the broker drops it like any message
+    without a subscriber."""
+    if destination.startswith(USER_KEY_PREFIX):
+        name, sep, path = destination[len(USER_KEY_PREFIX) :].rpartition(":")
+        if sep and name and path.startswith("/"):
+            return f"{USER_KEY_PREFIX}{name}:{ALL_QUEUES}"
+    return destination
+
+
+def binding_key(destination: str) -> str:
+    """The binding key of a `binding_destination`: ``user.{name}.#`` for a user's queues
+    (the name is one escaped word, so the binding matches that user's keys only), else the
+    destination's `routing_key`."""
+    if destination.startswith(USER_KEY_PREFIX):
+        name, sep, path = destination[len(USER_KEY_PREFIX) :].rpartition(":")
+        if sep and name and path == ALL_QUEUES:
+            return f"user.{escape_word(name)}.#"
+    return routing_key(destination)
+
+
 class Dedupe:
     """Remembers the last `size` message ids; `seen(id)` says whether one came before."""
 

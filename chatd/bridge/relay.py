@@ -38,7 +38,13 @@ from typing import Final
 import trio
 
 from chatd.bridge.amqp import AmqpLink, Command, Incoming, Outgoing
-from chatd.bridge.keys import DEFAULT_DEDUPE_SIZE, Dedupe, routing_key
+from chatd.bridge.keys import (
+    DEFAULT_DEDUPE_SIZE,
+    Dedupe,
+    binding_destination,
+    binding_key,
+    routing_key,
+)
 from chatd.config import RabbitMQConfig, redact_url
 from chatd.domain.destinations import is_session_topic, subscription_name
 from chatd.domain.errors import Unavailable
@@ -105,7 +111,10 @@ class RabbitBridge:
         #: span, parent of its local delivery.
         self.tracer = tracer
         self._link: AmqpLink | None = None
+        # Bindings are kept per `binding_destination` (a user's queues share one): the sets
+        # and dicts below hold those, and `_user_queues` the user queues each one carries.
         self._active: set[str] = set()  # destination keys with local subscribers (or arriving)
+        self._user_queues: dict[str, set[str]] = {}  # ...those of a user with local subscribers
         self._subscribed: set[str] = set()  # ...with local subscribers, as the broker says
         self._pending: dict[str, int] = {}  # ...with SUBSCRIBE hooks between ensure and release
         self._bound: set[str] = set()  # routing keys RabbitMQ confirmed bound
@@ -291,7 +300,21 @@ class RabbitBridge:
 
     def destination_active(self, destination: str, active: bool) -> None:
         """`BrokerRuntime.on_destination_active`: bind on the first local subscriber of
-        `destination`, unbind on the last. Never blocks."""
+        `destination` (of any queue of a user: `binding_destination`), unbind on the last.
+        Never blocks."""
+        carrier = binding_destination(destination)
+        if carrier != destination:
+            queues = self._user_queues.setdefault(carrier, set())
+            had = bool(queues)
+            if active:
+                queues.add(destination)
+            else:
+                queues.discard(destination)
+            if not queues:
+                del self._user_queues[carrier]
+            if had == bool(queues):
+                return  # the user's binding is still wanted (or still not)
+            destination = carrier
         if active:
             self._idle.pop(destination, None)
             self._subscribed.add(destination)
@@ -333,7 +356,7 @@ class RabbitBridge:
 
     def _unbind(self, destination: str) -> None:
         self._active.discard(destination)
-        key = routing_key(destination)
+        key = binding_key(destination)
         self._bound.discard(key)
         self._binding.discard(key)
         seq = next(self._seq)
@@ -350,7 +373,8 @@ class RabbitBridge:
         (the bind is still submitted and completes later). Until it is bound, what other
         instances publish to `destination` does not reach us: a caller that promises a
         gap-free stream (a session topic) must not go ahead on False."""
-        key = routing_key(destination)
+        destination = binding_destination(destination)
+        key = binding_key(destination)
         self._pending[destination] = self._pending.get(destination, 0) + 1
         self._idle.pop(destination, None)
         if destination in self._active and key in self._bound:
@@ -379,6 +403,7 @@ class RabbitBridge:
     def release(self, destination: str, *, subscribed: bool) -> None:
         """After `ensure_bound`: the SUBSCRIBE was allowed, or refused (`subscribed` False),
         in which case the binding goes unless a subscriber or another SUBSCRIBE needs it."""
+        destination = binding_destination(destination)
         left = self._pending.get(destination, 1) - 1
         if left > 0:
             self._pending[destination] = left
@@ -392,7 +417,7 @@ class RabbitBridge:
         last unbind): that one's answer releases every waiter. Each SUBSCRIBE retried after
         a bind timeout queued one more round trip behind the slow ones on the channel, and
         the refusals fed themselves (the soak, with no fault: ~120 a minute per instance)."""
-        key = routing_key(destination)
+        key = binding_key(destination)
         if key in self._binding:
             return
         self._binding.add(key)
@@ -488,6 +513,14 @@ class RabbitBridge:
                 self._link.submit(ack)
             await trio.lowlevel.checkpoint()
 
+    def _wanted(self, destination: str) -> bool:
+        """Whether `destination` has local subscribers (or, a topic, a SUBSCRIBE arriving);
+        a user's binding also brings that user's queues that have none here."""
+        carrier = binding_destination(destination)
+        if carrier == destination:
+            return destination in self._active
+        return destination in self._user_queues.get(carrier, ())
+
     def _take(self, batch: list[Incoming]) -> None:
         """Deliver a consumed batch to the local subscribers."""
         for m in batch:
@@ -497,7 +530,7 @@ class RabbitBridge:
             # Only a message delivered here is remembered: one that found no local
             # subscriber must still be taken when it comes again (a republish after a
             # lease expired) and someone has subscribed meanwhile.
-            if m.destination not in self._active or self.dedupe.seen(m.message_id):
+            if not self._wanted(m.destination) or self.dedupe.seen(m.message_id):
                 continue
             try:
                 if m.origin is not None:

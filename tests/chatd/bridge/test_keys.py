@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatd.bridge.keys import Dedupe, escape_word, routing_key
+from chatd.bridge.keys import Dedupe, binding_destination, binding_key, escape_word, routing_key
 
 WORD = re.compile(r"^[A-Za-z0-9%@+_-]+$")  # no '.', '*', '#': one literal topic word
 SID = "0b6f3c1e-5e7a-4c8e-9a53-2f4f0e6f8f11"
@@ -89,3 +89,28 @@ def test_dedupe_drops_repeats_within_its_window_and_stays_bounded() -> None:
     assert dedupe.seen("a")  # 'a' was refreshed by its repeat, so it stayed
     with pytest.raises(ValueError, match="at least 1"):
         Dedupe(0)
+
+
+def _matches(binding: str, key: str) -> bool:
+    """AMQP topic matching of a binding key (with `#` only at the end) against a key."""
+    head, hashed, _ = binding.partition(".#")
+    return key == head or (bool(hashed) and key.startswith(head + "."))
+
+
+@given(st.text(min_size=1, max_size=40), st.text(min_size=1, max_size=40))
+def test_a_users_one_binding_carries_each_of_its_queues_and_no_other_users(a: str, b: str) -> None:
+    """One binding per user carries every queue of that user: after a restart, a returning
+    client needed a bind per queue (ack, error, receipts, ...) besides its session topic."""
+    binding = binding_key(binding_destination(f"user:{a}:/queue/ack"))
+    assert binding == binding_key(binding_destination(f"user:{a}:/queue/receipts"))
+    for path in ("/queue/ack", "/queue/messages", "/queue/a.b#c*"):
+        assert _matches(binding, routing_key(f"user:{a}:{path}"))
+        if a != b:
+            assert not _matches(binding, routing_key(f"user:{b}:{path}"))
+    assert not _matches(binding, routing_key(f"/topic/session.{SID}"))
+
+
+def test_topics_and_other_destinations_are_bound_by_their_own_key() -> None:
+    for destination in (f"/topic/session.{SID}", "/queue/jobs"):
+        assert binding_destination(destination) == destination
+        assert binding_key(destination) == routing_key(destination)

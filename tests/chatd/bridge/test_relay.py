@@ -16,11 +16,12 @@ import trio.testing
 
 from chatd.bridge import RabbitBridge
 from chatd.bridge.amqp import Incoming
-from chatd.bridge.keys import routing_key
+from chatd.bridge.keys import binding_destination, binding_key, routing_key
 from chatd.config import RabbitMQConfig
 from chatd.domain.models import OutboxRow
 from chatd.outbox import SinkUnavailable
 from chatd.realtime import LocalDelivery
+from stomp.broker import user_key
 from stomp.trio import BrokerRuntime, TransportInfo, serve_stream
 
 from ...stomp.stomp_peer import Peer
@@ -217,3 +218,58 @@ async def test_subscribes_while_a_bind_is_on_its_way_submit_no_second_bind() -> 
         await trio.testing.wait_all_tasks_blocked()
         assert [command[0] for command in submitted] == ["bind", "unbind", "bind"]
         bridge.on_bound(routing_key(DEST), submitted[-1][2])  # type: ignore[arg-type]
+
+
+async def test_the_queues_of_one_user_share_one_binding_held_while_any_has_a_subscriber() -> None:
+    """After an instance restart its clients all come back, and each needed a RabbitMQ bind
+    for every user queue it subscribes to (ack, error, receipts, ...) besides its session
+    topic's; the binds were most of the cost of taking them back. A user's queues share one
+    binding, bound on the first local subscriber of any of them, unbound after the last."""
+    bridge = RabbitBridge(
+        RabbitMQConfig(url="amqp://guest:guest@127.0.0.1:1/%2F", unbind_after_seconds=0),
+        LocalDelivery(BrokerRuntime()),
+    )
+    bridge.connected = True
+    submitted: list[tuple[object, ...]] = []
+    bridge._link = SimpleNamespace(submit=submitted.append)  # type: ignore[assignment]
+    ack, error, receipts = (
+        user_key("alice@example.com", path)
+        for path in ("/queue/ack", "/queue/error", "/queue/receipts")
+    )
+    key = binding_key(binding_destination(ack))
+    bridge.destination_active(ack, True)
+    bridge.destination_active(error, True)
+    assert submitted == [("bind", key, 1)]
+    bridge.on_bound(key, 1)
+    with trio.fail_after(1):
+        assert await bridge.ensure_bound(receipts)  # bound already: no wait, no bind
+    bridge.release(receipts, subscribed=True)
+    bridge.destination_active(receipts, True)
+    bridge.destination_active(ack, False)
+    bridge.destination_active(receipts, False)
+    assert [c[0] for c in submitted] == ["bind"]  # /queue/error still has its subscriber
+    assert bridge.bindings == 1
+    bridge.destination_active(error, False)
+    assert [c[:2] for c in submitted] == [("bind", key), ("unbind", key)]
+
+
+async def test_a_users_binding_brings_that_users_queues_only_to_where_they_are_subscribed(
+    pair: tuple[RabbitBridge, RabbitBridge, Peer],
+) -> None:
+    """With one binding per user, a message for a queue of the user that has no subscriber
+    here arrives too: it must not be remembered as delivered (a republish may come once that
+    queue has a subscriber), and another user's messages do not arrive at all."""
+    sender, receiver, _ = pair
+    alice_ack = user_key("alice@example.com", "/queue/ack")
+    assert await receiver.ensure_bound(alice_ack)
+    receiver.release(alice_ack, subscribed=True)
+    receiver.destination_active(alice_ack, True)  # what the broker says on the SUBSCRIBE
+    await sender.publish(
+        [
+            row(1, 1, user_key("alice@example.com", "/queue/receipts")),  # no subscriber here
+            row(2, 1, user_key("bob@example.com", "/queue/ack")),  # not bound here
+            row(3, 1, alice_ack),
+        ]
+    )
+    await eventually(lambda: len(receiver.dedupe) == 1)  # row 3, the last, was delivered
+    assert receiver.consumed == 2  # rows 1 and 3: bob's, queued before row 3, never came

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from chatd.bridge import routing_key
+from chatd.bridge.keys import binding_destination, binding_key
 
 from .conftest import ALICE, BOB, Cluster, bindings, eventually, rabbitmqctl, recorder
 
@@ -113,7 +114,7 @@ async def test_bindings_follow_local_subscribers(
     b = await cluster.add(CHATD_RABBITMQ__UNBIND_AFTER_SECONDS="3")
     sid = await cluster.init(a)
     topic_key = routing_key(f"/topic/session.{sid}")
-    bob_key = routing_key(f"user:{BOB}:/queue/messages")
+    bob_key = binding_key(binding_destination(f"user:{BOB}:/queue/messages"))  # all his queues
     assert not {topic_key, bob_key} & bindings(vhost)
 
     first = await recorder(nursery, cluster, b, BOB)
