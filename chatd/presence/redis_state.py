@@ -164,6 +164,14 @@ return gone
 """
 )
 
+# KEYS: instances, renewed; ARGV: me, now, lapse ms. Only keeps this instance alive (see
+# `RedisPresence.renew`).
+_RENEW = """
+redis.call('ZADD', KEYS[1], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 0
+"""
+
 # KEYS: instances, renewed; ARGV: me, now, lapse ms. A stopping instance's entries lapse at
 # the given time; its users were last seen now.
 _RETIRE = """
@@ -211,6 +219,7 @@ class RedisPresence:
         self._lookup = tier.script(_LOOKUP)
         self._maintain = tier.script(_MAINTAIN)
         self._retire = tier.script(_RETIRE)
+        self._renew = tier.script(_RENEW)
         #: Calls answered from `local` because Redis was not there (metrics, tests).
         self.fallbacks = 0
 
@@ -316,6 +325,19 @@ class RedisPresence:
         if out:
             log.info("presence: %d users of stopped instances are offline", len(out))
         return out
+
+    async def renew(self, now: datetime) -> bool:
+        """See `PresenceState.renew`: one small call, whatever the number of users."""
+        try:
+            await self._run(
+                self._renew,
+                [self._instances, self._renewed],
+                [self.instance_id, _ms(now), self.lapse_ms],
+            )
+        except RedisUnavailable:
+            self.fallbacks += 1
+            return False
+        return True
 
     async def retire(self, grace: float) -> None:
         """See `PresenceState.retire`: our entries lapse `grace` seconds from now; the other

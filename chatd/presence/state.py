@@ -60,6 +60,12 @@ class PresenceState(Protocol):
         instance stopped renewing its entries (it died): peers should learn that too."""
         ...
 
+    async def renew(self, now: datetime) -> bool:
+        """Keep this instance's entries alive, nothing more (`maintain` does this too, with
+        the users): the runner renews on time this way even while a long step holds up its
+        next `maintain`. False when that could not be done now (retry soon)."""
+        ...
+
     async def retire(self, grace: float) -> None:
         """This instance is stopping: let its users' entries lapse `grace` seconds from now,
         so that users who reconnect to another instance within it never appear offline."""
@@ -118,6 +124,9 @@ class LocalPresence:
 
     async def maintain(self, present: set[str], now: datetime) -> list[Presence]:
         return []
+
+    async def renew(self, now: datetime) -> bool:
+        return True
 
     async def retire(self, grace: float) -> None:
         return None

@@ -135,3 +135,22 @@ async def test_redis_down_falls_back_to_local_knowledge(
         await shared.wait_up()
     await a.maintain({X}, clock())  # writes X again into the fresh Redis
     assert (await a.lookup([X]))[X].online
+
+
+async def test_a_renewal_alone_keeps_an_instances_users_online(
+    nursery: trio.Nursery, redis_url: str, redis_prefix: str
+) -> None:
+    """`renew` keeps this instance's entries from lapsing without the resynchronization of
+    `maintain`, which carries every user: under load an instance busy announcing 1 500
+    arrivals missed its renewals, and the other instance declared all its users offline."""
+    clock = Clock()
+    a, b = pair(await tier(nursery, redis_url, redis_prefix), clock)
+    await a.arrive(X)
+    await a.maintain({X}, clock())
+    for _ in range(3):  # a minute, far past the lapse (2/3 of the TTL), renewing only
+        clock.advance(15)
+        assert await a.renew(clock()) is True
+        assert await b.maintain(set(), clock()) == []
+    assert (await b.lookup([X]))[X].online
+    clock.advance(20.5)  # a stops renewing (killed): its users lapse as before
+    assert [p.email for p in await b.maintain(set(), clock())] == [X]

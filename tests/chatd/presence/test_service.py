@@ -17,6 +17,7 @@ import trio.testing
 from chatd.domain.errors import BadRequest
 from chatd.domain.models import Participant
 from chatd.presence import PresenceService
+from chatd.presence.state import LocalPresence
 from chatd.storage import Store, open_store
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -178,3 +179,40 @@ async def test_a_store_outage_drops_updates_not_the_runner(
     assert presence.failures == 2  # both of Bob's changes dropped, the runner still runs
     assert running.take() == []
     assert presence.tracker.present() == {ANN.email}
+
+
+class SlowArrivals(LocalPresence):
+    """Arrivals wait until the test lets them through; renewals are recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrivals_go = trio.Event()
+        self.renewals: list[float] = []
+
+    async def arrive(self, email: str) -> bool:
+        await self.arrivals_go.wait()
+        return await super().arrive(email)
+
+    async def renew(self, now: datetime) -> bool:
+        self.renewals.append(trio.current_time())
+        return True
+
+
+async def test_renewals_keep_their_pace_while_a_step_is_busy(
+    nursery: trio.Nursery, store: Store, mock_clock: trio.testing.MockClock
+) -> None:
+    """The soak: after a restart an instance announced 1 500 arrivals, one Redis call each,
+    and renewed its entries only between steps; under load the step outlasted the lapse and
+    the other instance declared all its users offline. Renewals go on whatever the step."""
+    state = SlowArrivals()
+    running = await start(nursery, store, state=state, ttl=30)
+    presence = running.service
+    presence.principal_active(ANN.email, True)  # the step now waits on this arrival
+    for _ in range(6):  # a minute
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(10)
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(state.renewals) >= 5  # every TTL/3, not once the step is over
+    state.arrivals_go.set()
+    await settle(presence)
+    assert running.take() == [(f"user:{BOB.email}:/queue/presence", ANN.email, True)]
