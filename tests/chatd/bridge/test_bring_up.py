@@ -211,3 +211,71 @@ async def test_deliveries_trio_has_not_taken_hold_neither_the_thread_nor_more_de
     finally:
         link.stop()
         await trio.to_thread.run_sync(link.thread.join, 10)
+
+
+class AnsweringSide(Side):
+    """Records, per key, the number of the last bind RabbitMQ answered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answered: dict[str, int] = {}
+
+    def on_bound(self, routing_key: str, seq: int) -> None:
+        self.answered[routing_key] = max(seq, self.answered.get(routing_key, 0))
+
+
+async def test_binds_and_unbinds_spread_over_channels_apply_in_each_keys_order(
+    rabbitmq_url: str, nursery: trio.Nursery
+) -> None:
+    """(Un)binds go over several channels (one channel answers one at a time, and binds were
+    most of what a restart's reconnect storm cost); each key keeps to one channel, so its
+    bind, unbind and bind again are applied in the order submitted."""
+    from tests.conftest import rabbitmqctl
+
+    proxy = SwitchableProxy(("127.0.0.1", 5672))
+    await nursery.start(proxy.run)
+    side = AnsweringSide()
+    name = "ordered-binds"
+    link = make_link(rabbitmq_url, proxy, side, name)
+    link.start()
+    try:
+        await connected(side)
+        seq = 0
+        rebound: dict[str, int] = {}  # key -> number of its last bind
+
+        def submit(kind: str, key: str) -> None:
+            nonlocal seq
+            seq += 1
+            link.submit((kind, key, seq))
+            if kind == "bind":
+                rebound[key] = seq
+
+        keys = [f"user.k{n}" for n in range(400)]
+        for key in keys:
+            submit("bind", key)
+        for key in keys[1::2]:
+            submit("unbind", key)
+        for key in keys[1::4]:
+            submit("bind", key)
+        expected = set(keys[0::2]) | set(keys[1::4])
+        await wait_until(
+            lambda: all(side.answered.get(k) == rebound[k] for k in expected), within=60
+        )
+        listed = rabbitmqctl(
+            "list_bindings",
+            "-p",
+            rabbitmq_url.rsplit("/", 1)[1],
+            "-q",
+            "--no-table-headers",
+            "source_name",
+            "routing_key",
+        )
+        bound = {
+            key
+            for source, _, key in (line.partition("\t") for line in listed.splitlines())
+            if source == f"chatd.{name}"
+        }
+        assert bound == expected
+    finally:
+        link.stop()
+        await trio.to_thread.run_sync(link.thread.join, 10)
