@@ -264,36 +264,35 @@ def batch_table(batch: Result) -> str:
     return "\n".join(lines)
 
 
+#: The reconnect table: (column, its cell from the round's name and figures).
+_RECONNECT_COLUMNS: list[tuple[str, Callable[[str, Result], Any]]] = [
+    ("round", lambda name, r: name),
+    ("clients", lambda name, r: r["clients"]),
+    ("subscribed", lambda name, r: r["subscribed"]),
+    ("failed", lambda name, r: r["failures"]),
+    ("storm s", lambda name, r: r["seconds"]),
+    ("per client p50 / p99 / max s", lambda name, r: f"{r['p50_s']} / {r['p99_s']} / {r['max_s']}"),
+    ("server CPU", lambda name, r: f"{r['broker_cpu_pct']}%"),
+    ("server CPU us/client", lambda name, r: _fmt(r["server_cpu_us_per_client"])),
+    ("other CPU (RabbitMQ, PostgreSQL)", lambda name, r: f"{r['other_cpu_pct']}%"),
+]
+
+
 def reconnect_table(reconnect: Result) -> str:
     """One row per round: how long the clients took to be back, and what it cost."""
     if "fresh" not in reconnect:
         return f"reconnect benchmark: {reconnect.get('error')}"
-    head = [
-        "round",
-        "clients",
-        "subscribed",
-        "failed",
-        "storm s",
-        "per client p50 / p99 / max s",
-        "server CPU",
-        "server CPU us/client",
-        "other CPU (RabbitMQ, PostgreSQL)",
+    rows = [[column for column, _ in _RECONNECT_COLUMNS], ["---"] * len(_RECONNECT_COLUMNS)]
+    rows += [
+        [str(cell(name, r)) for _, cell in _RECONNECT_COLUMNS] for name, r in reconnect.items()
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, r in reconnect.items():
-        lines.append(
-            f"| {name} | {r['clients']} | {r['subscribed']} | {r['failures']} | "
-            f"{r['seconds']} | {r['p50_s']} / {r['p99_s']} / {r['max_s']} | "
-            f"{r['broker_cpu_pct']}% | {_fmt(r['server_cpu_us_per_client'])} | "
-            f"{r['other_cpu_pct']}% |"
-        )
-    lines.append(
+    note = (
         "\nEvery client opens /ws, CONNECTs (RS256 token), subscribes to its session topic "
         "with x-since-seq and to three user queues, all at once, until the RECEIPT. fresh: "
         "the instance holds no RabbitMQ binding yet (as after a restart); again: the "
         "bindings of the first round still linger. chatd pinned to core 0."
     )
-    return "\n".join(lines)
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n" + note
 
 
 def _runs(title: str, runs: Result, label: str, note: str) -> list[str]:
