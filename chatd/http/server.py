@@ -17,10 +17,11 @@ in front; Hypercorn is pinned, so its internals are a known quantity.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
+import socket
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any, Final
 
 import hypercorn.config
@@ -46,6 +47,10 @@ _WS_REQUEST: Final = re.compile(rb"GET /ws(?:/websocket)?(?:\?[^ \r\n]*)? HTTP/1
 _UPGRADE: Final = re.compile(rb"\r\nupgrade:[ \t]*websocket[ \t]*\r\n", re.IGNORECASE)
 #: The most of a request head read before deciding where a connection goes.
 MAX_HEAD: Final = 16 * 1024
+#: The most connections `accept_connections` takes in one go before other tasks run.
+ACCEPT_BATCH: Final = 256
+#: accept(2) errors that mean the process or host is out of something: wait, then go on.
+_ACCEPT_CAPACITY_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 #: Seconds a peer has to finish a request head that looks like a WebSocket upgrade.
 HEAD_TIMEOUT: Final = 10.0
 
@@ -130,6 +135,47 @@ async def _first_request_head(stream: trio.SocketStream, idle_timeout: float) ->
     return data
 
 
+async def accept_connections(
+    sock: socket.socket,
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    handler_nursery: trio.Nursery,
+) -> None:
+    """Accept connections on the listening `sock` until cancelled (then close it), each
+    handled by `handler` in `handler_nursery`.
+
+    Why not `trio.serve_listeners`: it accepts one connection per turn of trio's loop. After
+    a restart, with thousands of sessions busy on the same loop, that was a few dozen a
+    second: in the soak, connections waited 10 to 30 s in the kernel's accept queue, even a
+    `GET /health/live`. Here every connection waiting is taken in one go (up to
+    ACCEPT_BATCH), then the loop turns."""
+    sock.setblocking(False)
+    with sock:
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            for _ in range(ACCEPT_BATCH):
+                try:
+                    conn, _ = sock.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    log.error("accept failed (%s); retrying in 0.1 s", errno.errorcode[exc.errno])
+                    await trio.sleep(0.1)
+                    break
+                stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+                handler_nursery.start_soon(_handled, handler, stream)
+
+
+async def _handled(
+    handler: Callable[[trio.SocketStream], Awaitable[None]], stream: trio.SocketStream
+) -> None:
+    try:
+        await handler(stream)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
 def is_stomp_upgrade(head: bytes) -> bool:
     """True for a request head that asks to upgrade ``/ws`` or ``/ws/websocket`` (any query)
     to a WebSocket."""
@@ -183,23 +229,18 @@ async def serve_http(
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
         async with trio.open_nursery() as server_nursery:
-            sockets = hconfig.create_sockets()
-            listeners = []
+            sockets = hconfig.create_sockets().insecure_sockets
             binds = []
-            for sock in sockets.insecure_sockets:
+            for sock in sockets:
                 sock.listen(hconfig.backlog)
-                listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
                 binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
             task_status.started(binds)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(raise_shutdown, shutdown_trigger)
                     nursery.start_soon(raise_shutdown, context.terminate.wait)
-                    nursery.start_soon(
-                        partial(
-                            trio.serve_listeners, handle, listeners, handler_nursery=server_nursery
-                        )
-                    )
+                    for sock in sockets:
+                        nursery.start_soon(accept_connections, sock, handle, server_nursery)
                     await trio.sleep_forever()
             except BaseExceptionGroup as error:
                 _, other_errors = error.split((ShutdownError, KeyboardInterrupt))
