@@ -36,8 +36,8 @@ READY = re.compile(r"chatd ready .*?\bhttp=http://([\d.]+):(\d+)")
 START_TIMEOUT = 30.0
 
 
-def bindings(vhost: str, node: str | None = None) -> set[str]:
-    """Routing keys bound from the chatd exchange on `vhost`."""
+def bindings(vhost: str, node: str | None = None, exchange: str = "chatd.events") -> set[str]:
+    """Routing keys bound from `exchange` (chatd's by default) on `vhost`."""
     out = rabbitmqctl(
         "list_bindings",
         "-p",
@@ -51,7 +51,7 @@ def bindings(vhost: str, node: str | None = None) -> set[str]:
     keys = set()
     for line in out.splitlines():
         source, _, key = line.partition("\t")
-        if source == "chatd.events":
+        if source == exchange:
             keys.add(key)
     return keys
 

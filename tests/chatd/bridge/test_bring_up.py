@@ -5,6 +5,8 @@ refusing every session SUBSCRIBE meanwhile)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -13,14 +15,18 @@ from chatd.bridge.amqp import AmqpLink, Command, Incoming, Outgoing
 from tests.proxy import SwitchableProxy
 from tests.waiting import wait_until
 
+from .conftest import bindings
+
 BINDS = 3_000
 
 
 class Side:
-    """The trio side of the link: records its state changes."""
+    """The trio side of the link: records its state changes, and per key the number of the
+    last bind RabbitMQ answered."""
 
     def __init__(self) -> None:
         self.states: list[tuple[bool, str]] = []
+        self.answered: dict[str, int] = {}
 
     def on_state(self, connected: bool, reason: str) -> None:
         self.states.append((connected, reason))
@@ -29,13 +35,24 @@ class Side:
         pass
 
     def on_bound(self, routing_key: str, seq: int) -> None:
-        pass
+        self.answered[routing_key] = max(seq, self.answered.get(routing_key, 0))
 
     def on_blocked(self, blocked: bool) -> None:
         pass
 
     def on_messages(self, batch: list[Incoming], ack: Command) -> None:
         pass
+
+
+@asynccontextmanager
+async def started(link: AmqpLink) -> AsyncIterator[AmqpLink]:
+    """Start `link`; on exit, stop it and wait for its thread."""
+    link.start()
+    try:
+        yield link
+    finally:
+        link.stop()
+        await trio.to_thread.run_sync(link.thread.join, 10)
 
 
 def make_link(url: str, proxy: SwitchableProxy, side: Side, name: str) -> AmqpLink:
@@ -75,15 +92,11 @@ async def test_a_silent_handshake_is_given_up_and_tried_again(
     side = Side()
     link = make_link(rabbitmq_url, proxy, side, "silent-handshake")
     with caplog.at_level(logging.WARNING, logger="chatd.bridge"):
-        link.start()
-        try:
+        async with started(link):
             await logged(caplog, "rabbitmq unavailable")
             assert not any(up for up, _ in side.states)
             proxy.holding = False  # RabbitMQ answers again: the next attempt gets through
             await connected(side)
-        finally:
-            link.stop()
-            await trio.to_thread.run_sync(link.thread.join, 10)
 
 
 async def test_a_bring_up_that_stops_answering_is_dropped_and_made_again(
@@ -96,28 +109,13 @@ async def test_a_bring_up_that_stops_answering_is_dropped_and_made_again(
     for n in range(3_000):  # bindings to restore: the bring-up takes a while
         link.submit(("bind", f"user.u{n}", n + 1))
     with caplog.at_level(logging.WARNING, logger="chatd.bridge"):
-        link.start()
-        try:
+        async with started(link):
             await wait_until(lambda: link._stage.startswith("re-binding ("), within=30)
             proxy.freeze()  # RabbitMQ goes silent mid-way; the socket stays up
             stalled = await logged(caplog, "bring-up stalled")
             assert "re-binding (" in stalled
             assert "of 3000 done)" in stalled
             await connected(side)  # a new connection, past the frozen one
-        finally:
-            link.stop()
-            await trio.to_thread.run_sync(link.thread.join, 10)
-
-
-class BusySide(Side):
-    """Counts the bindings trio was told of."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bound = 0
-
-    def on_bound(self, routing_key: str, seq: int) -> None:
-        self.bound += 1
 
 
 async def test_restored_bindings_are_told_to_trio_without_a_round_trip_each(
@@ -130,7 +128,7 @@ async def test_restored_bindings_are_told_to_trio_without_a_round_trip_each(
     seconds: waiting once per binding takes at least one iteration each."""
     proxy = SwitchableProxy(("127.0.0.1", 5672))
     await nursery.start(proxy.run)
-    side = BusySide()
+    side = Side()
     link = make_link(rabbitmq_url, proxy, side, "told-at-once")
     for n in range(BINDS):  # bindings the bring-up restores
         link.submit(("bind", f"user.u{n}", n + 1))
@@ -138,19 +136,15 @@ async def test_restored_bindings_are_told_to_trio_without_a_round_trip_each(
 
     async def count_iterations() -> None:
         nonlocal iterations
-        while side.bound < BINDS:
+        while len(side.answered) < BINDS:  # one key each
             await trio.lowlevel.checkpoint()
-            if side.bound:
+            if side.answered:
                 iterations += 1
 
-    link.start()
-    try:
+    async with started(link):
         with trio.fail_after(60):
             await count_iterations()
         assert iterations < BINDS // 10, f"{iterations} loop iterations for {BINDS} bindings"
-    finally:
-        link.stop()
-        await trio.to_thread.run_sync(link.thread.join, 10)
 
 
 class HoldingSide(Side):
@@ -161,14 +155,10 @@ class HoldingSide(Side):
         super().__init__()
         self.batches: list[list[Incoming]] = []
         self.acks: list[Command] = []
-        self.bound: list[str] = []
 
     def on_messages(self, batch: list[Incoming], ack: Command) -> None:
         self.batches.append(batch)
         self.acks.append(ack)
-
-    def on_bound(self, routing_key: str, seq: int) -> None:
-        self.bound.append(routing_key)
 
     @property
     def consumed(self) -> int:
@@ -187,16 +177,15 @@ async def test_deliveries_trio_has_not_taken_hold_neither_the_thread_nor_more_de
     side = HoldingSide()
     link = make_link(rabbitmq_url, proxy, side, "held-deliveries")
     link.submit(("bind", "held.a", 1))
-    link.start()
-    try:
-        await wait_until(lambda: "held.a" in side.bound)
+    async with started(link):
+        await wait_until(lambda: "held.a" in side.answered)
         messages = [
             Outgoing("held.a", f"m{n}", "/topic/held", "message", "s", n, b"{}") for n in range(30)
         ]
         link.submit(("publish", 1, messages))
         await wait_until(lambda: side.consumed >= 10)
         link.submit(("bind", "held.b", 2))  # answered while nothing was acknowledged
-        await wait_until(lambda: "held.b" in side.bound)
+        await wait_until(lambda: "held.b" in side.answered)
         assert side.consumed == 10  # the prefetch: RabbitMQ keeps the rest
         acked = 0
 
@@ -208,20 +197,6 @@ async def test_deliveries_trio_has_not_taken_hold_neither_the_thread_nor_more_de
             return side.consumed == 30
 
         await wait_until(take_all)
-    finally:
-        link.stop()
-        await trio.to_thread.run_sync(link.thread.join, 10)
-
-
-class AnsweringSide(Side):
-    """Records, per key, the number of the last bind RabbitMQ answered."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.answered: dict[str, int] = {}
-
-    def on_bound(self, routing_key: str, seq: int) -> None:
-        self.answered[routing_key] = max(seq, self.answered.get(routing_key, 0))
 
 
 async def test_binds_and_unbinds_spread_over_channels_apply_in_each_keys_order(
@@ -230,15 +205,12 @@ async def test_binds_and_unbinds_spread_over_channels_apply_in_each_keys_order(
     """(Un)binds go over several channels (one channel answers one at a time, and binds were
     most of what a restart's reconnect storm cost); each key keeps to one channel, so its
     bind, unbind and bind again are applied in the order submitted."""
-    from tests.conftest import rabbitmqctl
-
     proxy = SwitchableProxy(("127.0.0.1", 5672))
     await nursery.start(proxy.run)
-    side = AnsweringSide()
+    side = Side()
     name = "ordered-binds"
     link = make_link(rabbitmq_url, proxy, side, name)
-    link.start()
-    try:
+    async with started(link):
         await connected(side)
         seq = 0
         rebound: dict[str, int] = {}  # key -> number of its last bind
@@ -261,21 +233,5 @@ async def test_binds_and_unbinds_spread_over_channels_apply_in_each_keys_order(
         await wait_until(
             lambda: all(side.answered.get(k) == rebound[k] for k in expected), within=60
         )
-        listed = rabbitmqctl(
-            "list_bindings",
-            "-p",
-            rabbitmq_url.rsplit("/", 1)[1],
-            "-q",
-            "--no-table-headers",
-            "source_name",
-            "routing_key",
-        )
-        bound = {
-            key
-            for source, _, key in (line.partition("\t") for line in listed.splitlines())
-            if source == f"chatd.{name}"
-        }
+        bound = bindings(rabbitmq_url.rsplit("/", 1)[1], exchange=f"chatd.{name}")
         assert bound == expected
-    finally:
-        link.stop()
-        await trio.to_thread.run_sync(link.thread.join, 10)
