@@ -42,6 +42,12 @@ def escape_word(text: str) -> str:
     return word
 
 
+def _user_parts(destination: str) -> tuple[str, str] | None:
+    """(name, path) of a ``user:{name}:{path}`` key with both parts present, else None."""
+    name, sep, path = destination[len(USER_KEY_PREFIX) :].rpartition(":")
+    return (name, path) if sep and name else None
+
+
 def routing_key(destination: str) -> str:
     """The routing key of a broker destination key.
 
@@ -52,10 +58,10 @@ def routing_key(destination: str) -> str:
     if destination.startswith(BROKER_TOPIC_PREFIX):
         return "topic." + escape_word(destination[len(BROKER_TOPIC_PREFIX) :])
     if destination.startswith(USER_KEY_PREFIX):
-        name, sep, path = destination[len(USER_KEY_PREFIX) :].rpartition(":")
-        if not sep or not name or not path.startswith("/"):
+        parts = _user_parts(destination)
+        if parts is None or not parts[1].startswith("/"):
             raise ValueError(f"not a user destination key: {destination!r}")
-        return f"user.{escape_word(name)}.{escape_word(path)}"
+        return f"user.{escape_word(parts[0])}.{escape_word(parts[1])}"
     if destination.startswith(USER_PREFIX):
         raise ValueError(f"resolve {destination!r} to a user key first")
     return "other." + escape_word(destination)
@@ -77,9 +83,9 @@ def binding_destination(destination: str) -> str:
     queue with no subscriber here may now arrive; the broker drops it like any message
     without a subscriber."""
     if destination.startswith(USER_KEY_PREFIX):
-        name, sep, path = destination[len(USER_KEY_PREFIX) :].rpartition(":")
-        if sep and name and path.startswith("/"):
-            return f"{USER_KEY_PREFIX}{name}:{ALL_QUEUES}"
+        parts = _user_parts(destination)
+        if parts is not None and parts[1].startswith("/"):
+            return f"{USER_KEY_PREFIX}{parts[0]}:{ALL_QUEUES}"
     return destination
 
 
@@ -88,9 +94,9 @@ def binding_key(destination: str) -> str:
     (the name is one escaped word, so the binding matches that user's keys only), else the
     destination's `routing_key`."""
     if destination.startswith(USER_KEY_PREFIX):
-        name, sep, path = destination[len(USER_KEY_PREFIX) :].rpartition(":")
-        if sep and name and path == ALL_QUEUES:
-            return f"user.{escape_word(name)}.#"
+        parts = _user_parts(destination)
+        if parts is not None and parts[1] == ALL_QUEUES:
+            return f"user.{escape_word(parts[0])}.#"
     return routing_key(destination)
 
 
