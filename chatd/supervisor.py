@@ -653,32 +653,8 @@ async def _serve(
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
         components = await build_components(config, store, tracer=tracer)
-        stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            if handle_signals:
-                await nursery.start(_watch_signals, stop)
-            parts = build_parts(components)
-            for part in parts:
-                part.summary = await nursery.start(_run_part, part, stop)
-            components.readiness.started = True
-            summaries = [p.summary for p in parts if p.summary]
-            extra = [f"store={store.backend}", f"profiles={config.profiles.provider}"]
-            bridge = components.bridge
-            state = "off" if bridge is None else "up" if bridge.connected else "connecting"
-            extra.append(f"rabbitmq={state}")
-            extra.append(components.presence.summary)
-            if components.redis is None:
-                extra.append("redis=off")
-            log.info("chatd ready %s", " ".join(summaries + extra))
-            log.debug("database %s", redact_url(config.database.url))
-            task_status.started(summaries)
-
-            await stop.wait()
-            components.readiness.draining = True
-            if not any(part.done.is_set() for part in parts):  # a dead part: nothing to drain
-                await _drain_delay(config.server.drain_delay)
-            await _shutdown(parts, config.server.shutdown_grace)
-            nursery.cancel_scope.cancel()  # the signal watcher, if still waiting
+        with components.metrics.watching_gc():
+            await _run_parts(components, handle_signals=handle_signals, task_status=task_status)
     except BaseExceptionGroup as group:  # a part failed to start: say what, not how nested
         if (error := only_startup_errors(group)) is None:
             raise
@@ -688,6 +664,43 @@ async def _serve(
         with trio.CancelScope(shield=True):
             await store.aclose()
     log.info("chatd stopped")
+
+
+async def _run_parts(
+    components: Components,
+    *,
+    handle_signals: bool,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
+    """Start the parts in order, report ready, and drain and stop them on SIGINT/SIGTERM
+    (with `handle_signals`) or a part's end."""
+    config, store = components.config, components.store
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        if handle_signals:
+            await nursery.start(_watch_signals, stop)
+        parts = build_parts(components)
+        for part in parts:
+            part.summary = await nursery.start(_run_part, part, stop)
+        components.readiness.started = True
+        summaries = [p.summary for p in parts if p.summary]
+        extra = [f"store={store.backend}", f"profiles={config.profiles.provider}"]
+        bridge = components.bridge
+        state = "off" if bridge is None else "up" if bridge.connected else "connecting"
+        extra.append(f"rabbitmq={state}")
+        extra.append(components.presence.summary)
+        if components.redis is None:
+            extra.append("redis=off")
+        log.info("chatd ready %s", " ".join(summaries + extra))
+        log.debug("database %s", redact_url(config.database.url))
+        task_status.started(summaries)
+
+        await stop.wait()
+        components.readiness.draining = True
+        if not any(part.done.is_set() for part in parts):  # a dead part: nothing to drain
+            await _drain_delay(config.server.drain_delay)
+        await _shutdown(parts, config.server.shutdown_grace)
+        nursery.cancel_scope.cancel()  # the signal watcher, if still waiting
 
 
 __all__ = [

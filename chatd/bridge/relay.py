@@ -503,14 +503,30 @@ class RabbitBridge:
             span.end()
 
     async def _consume(self) -> None:
+        """Take every consumed batch waiting, then acknowledge (one ack per channel: acks
+        cover every delivery up to their tag) and let the loop turn.
+
+        Why all of them in one turn: the thread hands over what each socket read brought, a
+        few messages at a time, and a batch a turn capped consumption at the loop's pace. In
+        the soak, with 1 500 sessions on the loop, a turn took a tenth of a second or more:
+        both instances consumed a few dozen messages a second while ~100 a second arrived,
+        and their queues grew to 40 000 (deliveries minutes late). What waits here is
+        bounded by ``prefetch``, so the turn is too."""
         while True:
             while not self._inbox:
                 self._inbox_ready = trio.Event()
                 await self._inbox_ready.wait()
-            batch, ack = self._inbox.popleft()
-            self._take(batch)
+            acks: list[Command] = []
+            while self._inbox:
+                batch, ack = self._inbox.popleft()
+                self._take(batch)
+                if acks and acks[-1][1] is ack[1]:
+                    acks[-1] = ack  # a later tag on the same channel covers the one before
+                else:
+                    acks.append(ack)
             if self._link is not None:
-                self._link.submit(ack)
+                for ack in acks:
+                    self._link.submit(ack)
             await trio.lowlevel.checkpoint()
 
     def _wanted(self, destination: str) -> bool:

@@ -20,9 +20,12 @@ rendering; a scrape never blocks the event loop on I/O.
 
 from __future__ import annotations
 
+import gc
 import logging
 import platform
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import trio
@@ -229,6 +232,14 @@ class Bridged(Protocol):
 
     @property
     def connected(self) -> bool: ...
+    @property
+    def published(self) -> int: ...
+    @property
+    def consumed(self) -> int: ...
+    @property
+    def duplicates(self) -> int: ...
+    @property
+    def bindings(self) -> int: ...
 
 
 def _name(suffix: str) -> str:
@@ -301,6 +312,14 @@ class Metrics:
         self.bridge_confirm_latency = Histogram(
             _name("bridge_confirm_latency_seconds"),
             "Time from publishing to RabbitMQ to its publisher confirm.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.gc_pause = Histogram(
+            _name("gc_pause_seconds"),
+            "Time a Python garbage collection stopped every thread (the event loop too), by "
+            "generation.",
+            ["generation"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -547,14 +566,34 @@ class Metrics:
         self.add_source("profiles", source)
 
     def attach_bridge(self, bridge: Bridged) -> None:
-        """The RabbitMQ bridge's `connected` flag (its confirm latency goes to
-        `bridge_confirm_latency.observe`)."""
+        """The RabbitMQ bridge's `connected` flag, what it published and consumed, and its
+        bindings (its confirm latency goes to `bridge_confirm_latency.observe`)."""
 
         def source() -> Iterator[Metric]:
             yield GaugeMetricFamily(
                 _name("bridge_connected"),
                 "1 while the RabbitMQ bridge is connected.",
                 value=1.0 if bridge.connected else 0.0,
+            )
+            yield CounterMetricFamily(
+                _name("bridge_published"),
+                "Outbox rows RabbitMQ confirmed.",
+                value=bridge.published,
+            )
+            yield CounterMetricFamily(
+                _name("bridge_consumed"),
+                "Messages taken from this instance's RabbitMQ queue.",
+                value=bridge.consumed,
+            )
+            yield CounterMetricFamily(
+                _name("bridge_duplicates"),
+                "Consumed messages dropped as already delivered here.",
+                value=bridge.duplicates,
+            )
+            yield GaugeMetricFamily(
+                _name("bridge_bindings"),
+                "Routing keys bound to this instance's RabbitMQ queue.",
+                value=bridge.bindings,
             )
 
         self.add_source("bridge", source)
@@ -646,6 +685,25 @@ class Metrics:
             return
         self.outbox_pending.set(pending)
         self.outbox_dead.set(dead)
+
+    @contextmanager
+    def watching_gc(self) -> Iterator[None]:
+        """Time every garbage collection while the block runs (`gc_pause`): a full one
+        stops the event loop for as long as it takes to walk every live object."""
+        pauses = {n: self.gc_pause.labels(str(n)) for n in range(3)}
+        started = [0.0]
+
+        def callback(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                pauses[info["generation"]].observe(time.perf_counter() - started[0])
+
+        gc.callbacks.append(callback)
+        try:
+            yield
+        finally:
+            gc.callbacks.remove(callback)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything registered."""

@@ -4,6 +4,7 @@ survives a broken source or an unreachable store."""
 from __future__ import annotations
 
 import enum
+import gc
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,7 +35,7 @@ def test_profiles_bridge_and_sockjs_are_read_at_scrape_time() -> None:
     metrics = Metrics()
     cache = SimpleNamespace(hits=0, misses=0)
     breaker = SimpleNamespace(state=BreakerState.CLOSED)
-    bridge = SimpleNamespace(connected=False)
+    bridge = SimpleNamespace(connected=False, published=0, consumed=0, duplicates=0, bindings=0)
     open_sessions = [3]
     metrics.attach_profiles(cache, breaker)
     metrics.attach_bridge(bridge)
@@ -42,6 +43,7 @@ def test_profiles_bridge_and_sockjs_are_read_at_scrape_time() -> None:
     cache.hits, cache.misses = 7, 2
     breaker.state = BreakerState.HALF_OPEN
     bridge.connected = True
+    bridge.published, bridge.consumed, bridge.duplicates, bridge.bindings = 4, 9, 1, 3
     open_sessions[0] = 5
     got = samples(metrics)
     assert got[("chatd_profile_cache_hits_total", ())] == 7
@@ -53,7 +55,30 @@ def test_profiles_bridge_and_sockjs_are_read_at_scrape_time() -> None:
     }
     assert states == {"closed": 0, "open": 0, "half_open": 1}
     assert got[("chatd_bridge_connected", ())] == 1
+    assert got[("chatd_bridge_published_total", ())] == 4
+    assert got[("chatd_bridge_consumed_total", ())] == 9
+    assert got[("chatd_bridge_duplicates_total", ())] == 1
+    assert got[("chatd_bridge_bindings", ())] == 3
     assert got[("chatd_sockjs_sessions_open", ())] == 5
+
+
+def test_garbage_collections_are_timed_by_generation_while_watched() -> None:
+    metrics = Metrics()
+    with metrics.watching_gc():
+        gc.collect(2)
+        gc.collect(0)
+        gc.collect(0)
+    gc.collect(2)  # after the block: not counted
+    got = samples(metrics)
+    counts = {
+        dict(labels)["generation"]: v
+        for (name, labels), v in got.items()
+        if name == "chatd_gc_pause_seconds_count"
+    }
+    # a young collection may also have run by itself meanwhile
+    assert counts["2"] == 1
+    assert counts["0"] >= 2
+    assert got[("chatd_gc_pause_seconds_sum", (("generation", "2"),))] > 0
 
 
 def test_components_not_attached_export_nothing() -> None:

@@ -320,7 +320,9 @@ def exported_metric_names() -> set[str]:
     metrics.attach_runtime(BrokerRuntime())
     metrics.attach_publisher(SimpleNamespace(published=0, retried=0, dead=0))
     metrics.attach_profiles(SimpleNamespace(hits=0, misses=0), SimpleNamespace(state="closed"))
-    metrics.attach_bridge(SimpleNamespace(connected=True))
+    metrics.attach_bridge(
+        SimpleNamespace(connected=True, published=0, consumed=0, duplicates=0, bindings=0)
+    )
     metrics.attach_redis(SimpleNamespace(up=True, calls=0, errors=0))
     metrics.attach_shared_limits(SimpleNamespace(leased=0, checked=0, fallbacks=0))
     metrics.redis_latency.observe(0.001)
