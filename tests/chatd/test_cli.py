@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from chatd.auth import TokenVerifier, load_public_key
 from chatd.auth.keys import DEV_PRIVATE_KEY_NAME, DEV_PUBLIC_KEY_NAME
 from tests.conftest import unavailable
@@ -160,3 +162,30 @@ def test_serve_validates_flags_before_starting(tmp_path: Path) -> None:
     result = run("serve", "--bind", "localhost", cwd=tmp_path)
     assert result.returncode == 2
     assert "command line (server.bind): server.bind: expected HOST:PORT" in result.stderr
+
+
+def test_serve_runs_with_the_garbage_collector_tuned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python's default thresholds ran a full collection about once a second under the
+    soak's load (0.66 s each, most of the process's time): `serve` raises them and freezes
+    what start-up made, before the event loop starts."""
+    import gc
+
+    import trio
+
+    from chatd.cli import GC_THRESHOLDS, main
+
+    seen: list[tuple[tuple[int, int, int], int]] = []
+    monkeypatch.setattr(
+        trio, "run", lambda *_a: seen.append((gc.get_threshold(), gc.get_freeze_count()))
+    )
+    before = gc.get_threshold()
+    try:
+        code = main(["serve", "--data-dir", str(tmp_path), "--bind", "127.0.0.1:0"], env={})
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert code == 0
+    assert seen[0][0] == GC_THRESHOLDS != before
+    assert seen[0][1] > 10_000  # the modules, classes and functions imported by then
