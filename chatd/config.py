@@ -255,7 +255,7 @@ class OutboxConfig:
     """``[outbox]``: the publisher's claim batch, lease, polling fallback and retry backoff,
     and how long sent rows are kept."""
 
-    batch_size: int = _opt(100, lo=1, hi=10_000)
+    batch_size: int = _opt(1000, lo=1, hi=10_000)
     lease_seconds: float = _opt(30.0, lo=1, hi=3600)
     poll_interval: float = _opt(1.0, lo=0.01, hi=3600)
     max_attempts: int = _opt(10, lo=1, hi=1000)

@@ -108,7 +108,7 @@ class Stats:
     disconnects: Counter[str] = field(default_factory=Counter)  # by cause
     received: Counter[str] = field(default_factory=Counter)  # MESSAGE frames by event
     last_ack: dict[int, float] = field(default_factory=dict)  # instance -> monotonic time
-    resent: int = 0
+    unanswered: int = 0  # sends repeated because no answer came within ACK_TIMEOUT
     skipped: int = 0
 
     def merge(self, other: Stats) -> None:
@@ -125,7 +125,7 @@ class Stats:
         self.error_frames += other.error_frames
         for instance, at in other.last_ack.items():
             self.last_ack[instance] = max(at, self.last_ack.get(instance, at))
-        self.resent += other.resent
+        self.unanswered += other.unanswered
         self.skipped += other.skipped
 
 
@@ -460,15 +460,14 @@ class Client:
                 self.wake = trio.Event()
                 await self.wake.wait()
             intent = self.pending[0]
-            if intent.first_try:
-                self.stats.resent += 1
-            else:
+            if not intent.first_try:
                 intent.first_try = trio.current_time()
             if intent.via == "rest":
                 answer = await self._rest(intent)
             else:
                 answer = await self._stomp(transport, intent)
             if answer is None:
+                self.stats.unanswered += 1
                 continue  # no answer: send it again (a repeat returns the original)
             if answer["_ok"]:
                 busy_streak = 0

@@ -83,7 +83,7 @@ def _sends(o: Outcome) -> list[Row]:
             refused == 0,
         ),
         Row("refused busy, retried (429/503)", f"{sum(s.busy.values())} {dict(s.busy)}", None),
-        Row("sends repeated after no answer", str(s.resent), None),
+        Row("sends repeated after no answer", str(s.unanswered), None),
     ]
 
 

@@ -32,6 +32,7 @@ from soak.transports import WS, XHR_POLLING, XHR_STREAMING
 from tests.proxy import ProxyProcess
 
 SAMPLE_EVERY = 10.0
+GAUGE_WAIT = 8.0  # seconds the sampler waits for an instance's /metrics
 TAIL = 20.0  # a fault starts only when the load runs this long after its hold
 
 
@@ -412,9 +413,10 @@ class Run:
             await trio.sleep(SAMPLE_EVERY)
 
     async def _gauge(self, inst: Instance) -> int | None:
-        """The instance's own delivery backlog from /metrics (None when it does not answer)."""
+        """The instance's own delivery backlog from /metrics (None when it does not answer
+        within GAUGE_WAIT: a loaded instance answers HTTP in seconds)."""
         try:
-            with trio.move_on_after(2):
+            with trio.move_on_after(GAUGE_WAIT):
                 answer = await self.http.get(f"{inst.base}/metrics")
                 for line in answer.text.splitlines():
                     if line.startswith("chatd_delivery_backlog "):

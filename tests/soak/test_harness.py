@@ -80,13 +80,13 @@ def test_the_figures_of_several_processes_add_up() -> None:
     one.busy["SERVICE_UNAVAILABLE"], two.busy["SERVICE_UNAVAILABLE"] = 2, 3
     one.last_ack, two.last_ack = {0: 5.0, 1: 9.0}, {0: 7.0}
     one.error_frames.append((1.0, "x", 0, WS))
-    two.resent, two.skipped = 4, 1
+    two.unanswered, two.skipped = 4, 1
     one.merge(two)
     assert set(one.acks) == {"a", "b"}
     assert one.busy["SERVICE_UNAVAILABLE"] == 5
     assert one.last_ack == {0: 7.0, 1: 9.0}
     assert len(one.error_frames) == 1
-    assert (one.resent, one.skipped) == (4, 1)
+    assert (one.unanswered, one.skipped) == (4, 1)
 
 
 async def test_a_shard_reads_commands_line_by_line_whatever_the_chunks() -> None:
