@@ -17,10 +17,8 @@ in front; Hypercorn is pinned, so its internals are a known quantity.
 
 from __future__ import annotations
 
-import errno
 import logging
 import re
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -35,6 +33,7 @@ from quart_trio import QuartTrio
 
 from chatd.config import Config
 from chatd.http.keepalive import lock_connection_close
+from stomp.trio import accept_connections
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +46,6 @@ _WS_REQUEST: Final = re.compile(rb"GET /ws(?:/websocket)?(?:\?[^ \r\n]*)? HTTP/1
 _UPGRADE: Final = re.compile(rb"\r\nupgrade:[ \t]*websocket[ \t]*\r\n", re.IGNORECASE)
 #: The most of a request head read before deciding where a connection goes.
 MAX_HEAD: Final = 16 * 1024
-#: The most connections `accept_connections` takes in one go before other tasks run.
-ACCEPT_BATCH: Final = 256
-#: accept(2) errors that mean the process or host is out of something: wait, then go on.
-_ACCEPT_CAPACITY_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 #: Seconds a peer has to finish a request head that looks like a WebSocket upgrade.
 HEAD_TIMEOUT: Final = 10.0
 
@@ -133,47 +128,6 @@ async def _first_request_head(stream: trio.SocketStream, idle_timeout: float) ->
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return None
     return data
-
-
-async def accept_connections(
-    sock: socket.socket,
-    handler: Callable[[trio.SocketStream], Awaitable[None]],
-    handler_nursery: trio.Nursery,
-) -> None:
-    """Accept connections on the listening `sock` until cancelled (then close it), each
-    handled by `handler` in `handler_nursery`.
-
-    Why not `trio.serve_listeners`: it accepts one connection per turn of trio's loop. After
-    a restart, with thousands of sessions busy on the same loop, that was a few dozen a
-    second: in the soak, connections waited 10 to 30 s in the kernel's accept queue, even a
-    `GET /health/live`. Here every connection waiting is taken in one go (up to
-    ACCEPT_BATCH), then the loop turns."""
-    sock.setblocking(False)
-    with sock:
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            for _ in range(ACCEPT_BATCH):
-                try:
-                    conn, _ = sock.accept()
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                        raise
-                    log.error("accept failed (%s); retrying in 0.1 s", errno.errorcode[exc.errno])
-                    await trio.sleep(0.1)
-                    break
-                stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
-                handler_nursery.start_soon(_handled, handler, stream)
-
-
-async def _handled(
-    handler: Callable[[trio.SocketStream], Awaitable[None]], stream: trio.SocketStream
-) -> None:
-    try:
-        await handler(stream)
-    finally:
-        await trio.aclose_forcefully(stream)
 
 
 def is_stomp_upgrade(head: bytes) -> bool:

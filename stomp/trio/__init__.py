@@ -2,10 +2,13 @@
 
 `BrokerRuntime` owns a `Broker` and carries out its actions; `serve_stream` pumps one session
 over anything stream-shaped; `serve_tcp` and `serve_websocket` accept peers, and
-`serve_websocket_connection` serves one socket an application accepted itself;
+`serve_websocket_connection` serves one socket an application accepted itself (with
+`accept_connections`, say: every waiting connection in one go, not one a turn of the loop);
 `MessageStream` adapts any other message-based WebSocket (e.g. Quart's) to the session pump.
 """
 
+from ._accept import ACCEPT_BATCH as ACCEPT_BATCH
+from ._accept import accept_connections as accept_connections
 from ._hooks import AllowAll as AllowAll
 from ._hooks import Authenticated as Authenticated
 from ._hooks import CheckPasswords as CheckPasswords
@@ -38,6 +41,7 @@ from ._websocket import serve_websocket_connection as serve_websocket_connection
 from ._websocket import websocket_stream as websocket_stream
 
 __all__ = [
+    "ACCEPT_BATCH",
     "CLOSE_GOING_AWAY",
     "CLOSE_NORMAL",
     "CREDENTIALS_EXPIRED_MESSAGE",
@@ -62,6 +66,7 @@ __all__ = [
     "RuntimeStats",
     "Stream",
     "TransportInfo",
+    "accept_connections",
     "choose_subprotocol",
     "serve_stream",
     "serve_tcp",

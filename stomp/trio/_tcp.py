@@ -1,12 +1,14 @@
-"""Raw STOMP over TCP (the classic port 61613): trio's listeners, one session pump per peer."""
+"""Raw STOMP over TCP (the classic port 61613): one session pump per peer."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
 import trio
 
+from ._accept import serve_tcp_sockets
 from ._hooks import TransportInfo
 from ._runtime import BrokerRuntime
 from ._session import serve_stream
@@ -28,16 +30,16 @@ async def serve_tcp(
     `addr = await nursery.start(serve_tcp, runtime, "127.0.0.1", 0)` tells a test where to
     connect. Raises OSError if the address cannot be bound.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
 
     async def handle(stream: trio.SocketStream) -> None:
         await serve_stream(runtime, stream, TransportInfo("tcp", remote=peer_address(stream)))
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, handle, listeners)
-        bound = listeners[0].socket.getsockname()
+        bound = await nursery.start(
+            functools.partial(serve_tcp_sockets, handle, host, port, backlog=backlog)
+        )
         log.debug("stomp tcp listening on %s:%s", bound[0], bound[1])
-        task_status.started((bound[0], bound[1]))
+        task_status.started(bound)
 
 
 def peer_address(stream: trio.SocketStream) -> tuple[str, int] | None:

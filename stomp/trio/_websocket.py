@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 import trio
 import trio_websocket
 
+from ._accept import serve_tcp_sockets
 from ._hooks import TransportInfo
 from ._runtime import BrokerRuntime
 from ._session import CLOSE_NORMAL, serve_stream
@@ -157,7 +158,6 @@ async def serve_websocket(
     `one_frame_per_message`. Reports the bound `(host, port)` through `task_status.started()`.
     Raises OSError if the address cannot be bound.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
 
     async def handle(stream: trio.SocketStream) -> None:
         await serve_websocket_connection(
@@ -169,10 +169,9 @@ async def serve_websocket(
         )
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, handle, listeners)
-        bound = listeners[0].socket.getsockname()
+        bound = await nursery.start(serve_tcp_sockets, handle, host, port)
         log.debug("stomp websocket listening on %s:%s%s", bound[0], bound[1], path)
-        task_status.started((str(bound[0]), int(bound[1])))
+        task_status.started(bound)
 
 
 async def serve_websocket_connection(

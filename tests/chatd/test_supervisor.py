@@ -19,7 +19,6 @@ import trio
 from chatd.auth.keys import dev_signing_key
 from chatd.auth.tokens import mint_token
 from chatd.config import Config, DatabaseConfig, OutboxConfig, ServerConfig
-from chatd.http.server import accept_connections
 from chatd.startup import StartupError
 from chatd.storage import open_store
 from chatd.supervisor import build_components, build_parts, serve
@@ -234,39 +233,3 @@ async def test_a_burst_of_connections_while_chatd_is_busy_is_queued_not_dropped(
             nursery.cancel_scope.cancel()
     assert len(took) == BURST
     assert max(took) < 0.5, f"{sum(t >= 0.5 for t in took)} attempts were dropped and retried"
-
-
-WAITING = 300  # connections in the kernel's accept queue at once
-
-
-async def test_connections_waiting_to_be_accepted_are_taken_in_one_turn_of_the_loop(
-    nursery: trio.Nursery,
-) -> None:
-    """`trio.serve_listeners` accepts one connection per turn of trio's loop: after a
-    restart, with thousands of sessions busy on that loop, a few dozen a second, and in the
-    soak even `GET /health/live` waited 10 to 30 s to be accepted. Every connection waiting
-    is taken in one go: counted in turns of the loop, not seconds."""
-    listening = socket.socket()
-    listening.bind(("127.0.0.1", 0))
-    listening.listen(1024)
-    clients = [socket.create_connection(listening.getsockname()) for _ in range(WAITING)]
-    accepted = 0
-    everyone = trio.Event()
-
-    async def handle(stream: trio.SocketStream) -> None:
-        nonlocal accepted
-        accepted += 1
-        if accepted == WAITING:
-            everyone.set()
-        await trio.sleep_forever()
-
-    try:
-        nursery.start_soon(accept_connections, listening, handle, nursery)
-        turns = 0
-        while not everyone.is_set():
-            await trio.lowlevel.checkpoint()  # one turn of the loop
-            turns += 1
-            assert turns < 30, f"{accepted} of {WAITING} accepted after {turns} turns"
-    finally:
-        for client in clients:
-            client.close()
