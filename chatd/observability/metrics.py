@@ -246,6 +246,16 @@ def _name(suffix: str) -> str:
     return f"{PREFIX}_{suffix}"
 
 
+def _counter(suffix: str, text: str, value: float) -> CounterMetricFamily:
+    """A label-less counter read at scrape time."""
+    return CounterMetricFamily(_name(suffix), text, value=value)
+
+
+def _gauge(suffix: str, text: str, value: float) -> GaugeMetricFamily:
+    """A label-less gauge read at scrape time."""
+    return GaugeMetricFamily(_name(suffix), text, value=value)
+
+
 class _Components(Collector):
     """Reads registered components' attributes at scrape time (see the module docstring)."""
 
@@ -391,20 +401,20 @@ class Metrics:
             yield frames_in
             yield frames_out
             yield errors
-            yield CounterMetricFamily(
-                _name("delivered_frames"),
+            yield _counter(
+                "delivered_frames",
                 "MESSAGE frames queued to subscribers.",
-                value=stats.messages_out,
+                stats.messages_out,
             )
-            yield GaugeMetricFamily(
-                _name("stomp_sessions_open"),
+            yield _gauge(
+                "stomp_sessions_open",
                 "STOMP sessions open now, every transport.",
-                value=stats.sessions_open,
+                stats.sessions_open,
             )
-            yield CounterMetricFamily(
-                _name("stomp_slow_consumers"),
+            yield _counter(
+                "stomp_slow_consumers",
                 "STOMP sessions closed for not reading.",
-                value=stats.slow_consumers,
+                stats.slow_consumers,
             )
 
         self.add_source("runtime", source)
@@ -415,10 +425,10 @@ class Metrics:
 
         def source() -> Iterator[Metric]:
             ready = readiness.started and not readiness.draining and readiness.last_ready is True
-            yield GaugeMetricFamily(
-                _name("ready"),
+            yield _gauge(
+                "ready",
                 "1 when the latest readiness probe passed (not draining).",
-                value=1.0 if ready else 0.0,
+                1.0 if ready else 0.0,
             )
 
         self.add_source("readiness", source)
@@ -429,15 +439,15 @@ class Metrics:
 
         def source() -> Iterator[Metric]:
             in_use, size = store.pool_usage()
-            yield GaugeMetricFamily(
-                _name("db_pool_in_use"),
+            yield _gauge(
+                "db_pool_in_use",
                 "Database connections (or worker slots) in use.",
-                value=in_use,
+                in_use,
             )
-            yield GaugeMetricFamily(
-                _name("db_pool_size"),
+            yield _gauge(
+                "db_pool_size",
                 "Database connections (or worker slots) available in all.",
-                value=size,
+                size,
             )
 
         self.add_source("store", source)
@@ -465,30 +475,30 @@ class Metrics:
         `refused_by` (sends turned away busy, by reason)."""
 
         def source() -> Iterator[Metric]:
-            yield GaugeMetricFamily(
-                _name("send_queue"),
+            yield _gauge(
+                "send_queue",
                 "Sends waiting to be stored with the next batch.",
-                value=committer.queued,
+                committer.queued,
             )
-            yield GaugeMetricFamily(
-                _name("send_queue_limit"),
+            yield _gauge(
+                "send_queue_limit",
                 "Sends that may wait before new ones are refused (503).",
-                value=committer.max_queued,
+                committer.max_queued,
             )
-            yield GaugeMetricFamily(
-                _name("delivery_backlog"),
+            yield _gauge(
+                "delivery_backlog",
                 "Outbox rows this instance wrote and has not delivered yet.",
-                value=committer.backlog(),
+                committer.backlog(),
             )
-            yield GaugeMetricFamily(
-                _name("delivery_backlog_limit"),
+            yield _gauge(
+                "delivery_backlog_limit",
                 "Delivery backlog past which sends are refused (503).",
-                value=committer.max_backlog,
+                committer.max_backlog,
             )
-            yield CounterMetricFamily(
-                _name("send_batches"),
+            yield _counter(
+                "send_batches",
                 "Transactions that stored a batch of sends.",
-                value=committer.batches,
+                committer.batches,
             )
             busy = CounterMetricFamily(
                 _name("sends_refused_busy"),
@@ -506,10 +516,10 @@ class Metrics:
         """The outbox purger's `purged` count."""
 
         def source() -> Iterator[Metric]:
-            yield CounterMetricFamily(
-                _name("outbox_purged"),
+            yield _counter(
+                "outbox_purged",
                 "Sent outbox rows deleted after the retention period.",
-                value=purger.purged,
+                purger.purged,
             )
 
         self.add_source("purger", source)
@@ -522,15 +532,15 @@ class Metrics:
 
         def source() -> Iterator[Metric]:
             if cache is not None:
-                yield CounterMetricFamily(
-                    _name("profile_cache_hits"),
+                yield _counter(
+                    "profile_cache_hits",
                     "Profile look-ups answered from the cache.",
-                    value=cache.hits,
+                    cache.hits,
                 )
-                yield CounterMetricFamily(
-                    _name("profile_cache_misses"),
+                yield _counter(
+                    "profile_cache_misses",
                     "Profile look-ups that went to the profile service.",
-                    value=cache.misses,
+                    cache.misses,
                 )
                 for attr, text in (
                     ("stale", "Profiles served past their TTL because the service failed."),
@@ -542,15 +552,15 @@ class Metrics:
                         )
                 shared = getattr(cache, "shared", None)  # the second level in Redis
                 if shared is not None:
-                    yield CounterMetricFamily(
-                        _name("profile_shared_hits"),
+                    yield _counter(
+                        "profile_shared_hits",
                         "Local cache misses answered by the shared cache in Redis.",
-                        value=shared.hits,
+                        shared.hits,
                     )
-                    yield CounterMetricFamily(
-                        _name("profile_shared_misses"),
+                    yield _counter(
+                        "profile_shared_misses",
                         "Local cache misses the shared cache could not answer (or Redis down).",
-                        value=shared.misses,
+                        shared.misses,
                     )
             if breaker is not None:
                 current = _state_name(breaker.state)
@@ -570,30 +580,26 @@ class Metrics:
         bindings (its confirm latency goes to `bridge_confirm_latency.observe`)."""
 
         def source() -> Iterator[Metric]:
-            yield GaugeMetricFamily(
-                _name("bridge_connected"),
+            yield _gauge(
+                "bridge_connected",
                 "1 while the RabbitMQ bridge is connected.",
-                value=1.0 if bridge.connected else 0.0,
+                1.0 if bridge.connected else 0.0,
             )
-            yield CounterMetricFamily(
-                _name("bridge_published"),
-                "Outbox rows RabbitMQ confirmed.",
-                value=bridge.published,
-            )
-            yield CounterMetricFamily(
-                _name("bridge_consumed"),
+            yield _counter("bridge_published", "Outbox rows RabbitMQ confirmed.", bridge.published)
+            yield _counter(
+                "bridge_consumed",
                 "Messages taken from this instance's RabbitMQ queue.",
-                value=bridge.consumed,
+                bridge.consumed,
             )
-            yield CounterMetricFamily(
-                _name("bridge_duplicates"),
+            yield _counter(
+                "bridge_duplicates",
                 "Consumed messages dropped as already delivered here.",
-                value=bridge.duplicates,
+                bridge.duplicates,
             )
-            yield GaugeMetricFamily(
-                _name("bridge_bindings"),
+            yield _gauge(
+                "bridge_bindings",
                 "Routing keys bound to this instance's RabbitMQ queue.",
-                value=bridge.bindings,
+                bridge.bindings,
             )
 
         self.add_source("bridge", source)
@@ -603,18 +609,18 @@ class Metrics:
         to `redis_latency.observe`)."""
 
         def source() -> Iterator[Metric]:
-            yield GaugeMetricFamily(
-                _name("redis_up"),
+            yield _gauge(
+                "redis_up",
                 "1 while the Redis tier answers (0: features run locally).",
-                value=1.0 if tier.up else 0.0,
+                1.0 if tier.up else 0.0,
             )
             yield CounterMetricFamily(
                 _name("redis_calls"), "Calls made to the Redis tier.", value=tier.calls
             )
-            yield CounterMetricFamily(
-                _name("redis_errors"),
+            yield _counter(
+                "redis_errors",
                 "Calls to the Redis tier that failed or timed out.",
-                value=tier.errors,
+                tier.errors,
             )
 
         self.add_source("redis", source)
@@ -641,20 +647,20 @@ class Metrics:
         peers, and updates dropped because the store could not list the peers."""
 
         def source() -> Iterator[Metric]:
-            yield GaugeMetricFamily(
-                _name("presence_local_users"),
+            yield _gauge(
+                "presence_local_users",
                 "Users with a STOMP session here (or in their grace period).",
-                value=presence.local_users,
+                presence.local_users,
             )
-            yield CounterMetricFamily(
-                _name("presence_updates"),
+            yield _counter(
+                "presence_updates",
                 "Presence updates published to peers' connections.",
-                value=presence.announced,
+                presence.announced,
             )
-            yield CounterMetricFamily(
-                _name("presence_failures"),
+            yield _counter(
+                "presence_failures",
                 "Presence updates not sent: the store could not list peers.",
-                value=presence.failures,
+                presence.failures,
             )
 
         self.add_source("presence", source)
