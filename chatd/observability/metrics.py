@@ -94,9 +94,9 @@ Source = Callable[[], Iterable[Metric]]
 
 
 class PoolUsage(Protocol):
-    """What the DB pool gauge reads: ``Store.pool_usage() -> (in_use, size)``."""
+    """What the DB pool gauges read: ``Store.pool_usage() -> (in_use, size, waiting)``."""
 
-    def pool_usage(self) -> tuple[int, int]: ...
+    def pool_usage(self) -> tuple[int, int, int]: ...
 
 
 class OutboxStats(Protocol):
@@ -145,7 +145,7 @@ class ReadinessState(Protocol):
 class StoreGauges(OutboxStats, Protocol):
     """A `chatd.storage.Store`."""
 
-    def pool_usage(self) -> tuple[int, int]: ...
+    def pool_usage(self) -> tuple[int, int, int]: ...
 
 
 class Publishing(Protocol):
@@ -438,7 +438,7 @@ class Metrics:
         self._outbox_source = store
 
         def source() -> Iterator[Metric]:
-            in_use, size = store.pool_usage()
+            in_use, size, waiting = store.pool_usage()
             yield _gauge(
                 "db_pool_in_use",
                 "Database connections (or worker slots) in use.",
@@ -448,6 +448,11 @@ class Metrics:
                 "db_pool_size",
                 "Database connections (or worker slots) available in all.",
                 size,
+            )
+            yield _gauge(
+                "db_pool_waiting",
+                "Store calls waiting for a database connection (or worker slot).",
+                waiting,
             )
 
         self.add_source("store", source)

@@ -430,9 +430,9 @@ class Store(Protocol):
         """One round trip for readiness; raises Unavailable."""
         ...
 
-    def pool_usage(self) -> tuple[int, int]:
-        """(connections in use now, connections available in all), for the pool gauge;
-        never blocks."""
+    def pool_usage(self) -> tuple[int, int, int]:
+        """(connections in use now, connections available in all, calls waiting for one),
+        for the pool gauges; never blocks."""
         ...
 
     async def get_or_create_session(

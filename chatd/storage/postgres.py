@@ -148,6 +148,7 @@ class PostgresStore:
         }
         self._connect_timeout = connect_timeout
         self._limiter = trio.CapacityLimiter(pool_size)
+        self._calls = 0  # store calls under way: running on a connection, or waiting for one
         self._pool: ConnectionPool[Conn] | None = None
         self._listener: Conn | None = None
         self._listen_lock = trio.Lock()
@@ -236,11 +237,14 @@ class PostgresStore:
             except _DOWN as exc:
                 raise Unavailable("store unavailable") from exc
 
+        self._calls += 1
         try:
             return await trio.to_thread.run_sync(hop, limiter=self._limiter, abandon_on_cancel=True)
         except trio.Cancelled:
             trio.lowlevel.start_thread_soon(active.cancel, lambda _: None)
             raise
+        finally:
+            self._calls -= 1
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations in one transaction under an advisory lock; return names."""
@@ -256,10 +260,12 @@ class PostgresStore:
         """Raise `SchemaError` unless every migration is applied."""
         await self._run(lambda conn: check_current(_Target(conn), "postgres"))
 
-    def pool_usage(self) -> tuple[int, int]:
-        """(connections checked out now, pool size): a worker-thread slot is held exactly
-        while a pooled connection is, so the limiter counts them without locking the pool."""
-        return int(self._limiter.borrowed_tokens), self._pool_size
+    def pool_usage(self) -> tuple[int, int, int]:
+        """(connections checked out now, pool size, calls waiting for one): a worker-thread
+        slot is held exactly while a pooled connection is, so the limiter counts them without
+        locking the pool."""
+        in_use = int(self._limiter.borrowed_tokens)
+        return in_use, self._pool_size, max(0, self._calls - in_use)
 
     async def ping(self) -> None:
         """``SELECT 1``; raises Unavailable."""

@@ -115,6 +115,7 @@ class SqliteStore:
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._write_limiter = trio.CapacityLimiter(1)
         self._read_limiter = trio.CapacityLimiter(self._reader_count)
+        self._calls = 0  # store calls under way: running, or waiting for a connection
         # The writer thread bumps `_outbox_commits` after committing outbox rows; trio code then
         # sets the event. Counters (not just the event) so a commit between two waits is not lost.
         self._outbox_dirty = False
@@ -203,11 +204,13 @@ class SqliteStore:
                 self._outbox_commits += 1
             return result
 
+        self._calls += 1
         try:
             return await trio.to_thread.run_sync(hop, limiter=self._write_limiter)
         except sqlite3.OperationalError as exc:
             raise Unavailable("store unavailable") from exc
         finally:
+            self._calls -= 1
             self._signal_outbox()
 
     async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -224,12 +227,15 @@ class SqliteStore:
             finally:
                 self._readers.put(conn)
 
+        self._calls += 1
         try:
             return await trio.to_thread.run_sync(hop, limiter=self._read_limiter)
         except queue.Empty:
             raise RuntimeError("store is not open") from None
         except sqlite3.OperationalError as exc:
             raise Unavailable("store unavailable") from exc
+        finally:
+            self._calls -= 1
 
     def _signal_outbox(self) -> None:
         if self._outbox_commits != self._outbox_signalled:
@@ -282,10 +288,11 @@ class SqliteStore:
         """Raise `SchemaError` unless every migration is applied."""
         await self._read(lambda conn: check_current(_Target(conn), "sqlite"))
 
-    def pool_usage(self) -> tuple[int, int]:
-        """(connections busy now, connections in all): the writer plus the readers."""
-        busy = self._write_limiter.borrowed_tokens + self._read_limiter.borrowed_tokens
-        return int(busy), 1 + self._reader_count
+    def pool_usage(self) -> tuple[int, int, int]:
+        """(connections busy now, connections in all, calls waiting for one): the writer plus
+        the readers."""
+        busy = int(self._write_limiter.borrowed_tokens + self._read_limiter.borrowed_tokens)
+        return busy, 1 + self._reader_count, max(0, self._calls - busy)
 
     async def ping(self) -> None:
         """``SELECT 1`` on a reader; raises Unavailable."""

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import enum
 import gc
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
+import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from chatd.domain.models import Participant
 from chatd.observability.metrics import Metrics
 from chatd.storage import open_store
 from chatd.storage.base import append_one
+from tests.waiting import wait_until
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -124,3 +127,28 @@ def test_build_info_names_the_release() -> None:
     (labels,) = [dict(labels) for name, labels in samples(Metrics()) if name == "chatd_build_info"]
     assert labels["version"] not in ("", "unknown")
     assert labels["python"].count(".") == 2
+
+
+async def test_store_calls_waiting_for_a_connection_are_exported(
+    store_url: str, nursery: trio.Nursery
+) -> None:
+    """A loaded instance's store calls queue for a connection before they run: the gauge
+    says how many wait, beside how many connections are busy."""
+    metrics = Metrics()
+    async with open_store(store_url, pool_size=1) as store:
+        metrics.attach_store(store)
+        # one connection (SQLite: the one writer), held until released
+        call = getattr(store, "_write", None) or store._run  # type: ignore[attr-defined]
+        release = threading.Event()
+        nursery.start_soon(call, lambda _conn: release.wait(10))
+        await wait_until(lambda: store.pool_usage()[0] == 1)
+        for _ in range(2):
+            nursery.start_soon(call, lambda _conn: None)
+        try:
+            await wait_until(lambda: store.pool_usage()[::2] == (1, 2))
+            got = samples(metrics)
+            assert got[("chatd_db_pool_waiting", ())] == 2
+            assert got[("chatd_db_pool_in_use", ())] == 1
+        finally:
+            release.set()
+        await wait_until(lambda: store.pool_usage()[::2] == (0, 0))
