@@ -93,12 +93,6 @@ REFRESH_TIMEOUT = 2.0
 Source = Callable[[], Iterable[Metric]]
 
 
-class PoolUsage(Protocol):
-    """What the DB pool gauges read: ``Store.pool_usage() -> (in_use, size, waiting)``."""
-
-    def pool_usage(self) -> tuple[int, int, int]: ...
-
-
 class OutboxStats(Protocol):
     async def outbox_stats(self) -> tuple[int, int]: ...
 
@@ -143,7 +137,8 @@ class ReadinessState(Protocol):
 
 
 class StoreGauges(OutboxStats, Protocol):
-    """A `chatd.storage.Store`."""
+    """A `chatd.storage.Store`: ``pool_usage() -> (in_use, size, waiting)`` for the DB pool
+    gauges, the outbox counts for `refresh()`."""
 
     def pool_usage(self) -> tuple[int, int, int]: ...
 

@@ -3,8 +3,8 @@
 psycopg's async API only runs on asyncio, so every transaction is one `trio.to_thread` hop that
 checks a connection out of a `ConnectionPool`, with a `CapacityLimiter` of
 `THREADS_PER_CONNECTION` threads per connection (see there why more than one). A cancelled call
-abandons its thread
-and asks the server to cancel the running query (`cancel_safe`), so cancellation stays prompt.
+abandons its thread and asks the server to cancel the running query (`cancel_safe`), so
+cancellation stays prompt.
 LISTEN runs on its own connection and waits with `trio.lowlevel.wait_readable`: no thread.
 
 This is the only module that imports psycopg.

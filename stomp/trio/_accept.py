@@ -64,17 +64,20 @@ async def serve_tcp_sockets(
     port: int,
     *,
     backlog: int | None = None,
+    what: str = "stomp",
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on `host:port` (every address `trio.open_tcp_listeners` binds for it; port 0:
-    any free port) and serve each connection with `handler` until cancelled. Reports the
-    first listener's bound `(host, port)`. Raises OSError if the address cannot be bound."""
+    any free port) and serve each connection with `handler` until cancelled. Logs `what`
+    listens where and reports the first listener's bound `(host, port)`. Raises OSError if
+    the address cannot be bound."""
     listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
     sockets = [_stdlib(listener.socket) for listener in listeners]
     bound = sockets[0].getsockname()
     async with trio.open_nursery() as nursery:
         for sock in sockets:
             nursery.start_soon(accept_connections, sock, handler, nursery)
+        log.debug("%s listening on %s:%s", what, bound[0], bound[1])
         task_status.started((str(bound[0]), int(bound[1])))
 
 

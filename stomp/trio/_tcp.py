@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import logging
 from typing import Any
 
 import trio
@@ -12,8 +10,6 @@ from ._accept import serve_tcp_sockets
 from ._hooks import TransportInfo
 from ._runtime import BrokerRuntime
 from ._session import serve_stream
-
-log = logging.getLogger("stomp.trio")
 
 
 async def serve_tcp(
@@ -34,12 +30,9 @@ async def serve_tcp(
     async def handle(stream: trio.SocketStream) -> None:
         await serve_stream(runtime, stream, TransportInfo("tcp", remote=peer_address(stream)))
 
-    async with trio.open_nursery() as nursery:
-        bound = await nursery.start(
-            functools.partial(serve_tcp_sockets, handle, host, port, backlog=backlog)
-        )
-        log.debug("stomp tcp listening on %s:%s", bound[0], bound[1])
-        task_status.started(bound)
+    await serve_tcp_sockets(
+        handle, host, port, backlog=backlog, what="stomp tcp", task_status=task_status
+    )
 
 
 def peer_address(stream: trio.SocketStream) -> tuple[str, int] | None:

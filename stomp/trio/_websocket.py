@@ -168,10 +168,9 @@ async def serve_websocket(
             one_frame_per_message=one_frame_per_message,
         )
 
-    async with trio.open_nursery() as nursery:
-        bound = await nursery.start(serve_tcp_sockets, handle, host, port)
-        log.debug("stomp websocket listening on %s:%s%s", bound[0], bound[1], path)
-        task_status.started(bound)
+    await serve_tcp_sockets(
+        handle, host, port, what=f"stomp websocket ({path})", task_status=task_status
+    )
 
 
 async def serve_websocket_connection(
