@@ -5,7 +5,7 @@ refusing every session SUBSCRIBE meanwhile)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -145,6 +145,41 @@ async def test_restored_bindings_are_told_to_trio_without_a_round_trip_each(
         with trio.fail_after(60):
             await count_iterations()
         assert iterations < BINDS // 10, f"{iterations} loop iterations for {BINDS} bindings"
+
+
+async def test_commands_queued_together_wake_the_thread_once_and_none_is_lost(
+    rabbitmq_url: str, nursery: trio.Nursery
+) -> None:
+    """Each wake of the bridge thread is a pipe write and a thread switch; with 1 500 clients
+    typing, an instance's trio thread spent 2.6 % of its time waking it once per command.
+    Commands queued before the thread drains now share one wake, and a command queued while
+    it drains is still taken (the interleaved half races the thread on purpose)."""
+    proxy = SwitchableProxy(("127.0.0.1", 5672))
+    await nursery.start(proxy.run)
+    side = Side()
+    link = make_link(rabbitmq_url, proxy, side, "one-wake")
+    wakes = 0
+    wake = link.ioloop.add_callback_threadsafe
+
+    def counted(callback: Callable[[], None]) -> None:
+        nonlocal wakes
+        wakes += 1
+        wake(callback)
+
+    link.ioloop.add_callback_threadsafe = counted  # type: ignore[method-assign]
+    async with started(link):
+        await connected(side)
+        wakes = 0
+        for n in range(1_000):  # one turn of trio's loop
+            link.submit(("bind", f"burst.{n}", n + 1))
+        await wait_until(lambda: len(side.answered) == 1_000, within=30)
+        assert wakes < 50, f"{wakes} wakes for 1 000 commands queued in one turn"
+        for n in range(1_000, 3_000):  # a checkpoint every few: the thread drains meanwhile
+            link.submit(("bind", f"burst.{n}", n + 1))
+            if n % 7 == 0:
+                await trio.lowlevel.checkpoint()
+        await wait_until(lambda: len(side.answered) == 3_000, within=30)
+        assert all(side.answered[f"burst.{n}"] == n + 1 for n in range(3_000))
 
 
 class HoldingSide(Side):
