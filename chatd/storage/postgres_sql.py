@@ -54,30 +54,33 @@ SESSION_BY_ID = f"SELECT {SESSION} FROM chat_sessions WHERE id = %s"
 LOCK_SESSION = "SELECT next_seq FROM chat_sessions WHERE id = %s FOR UPDATE"
 # A batch's sessions, locked in id order; then their next_seq moved past the batch's messages.
 LOCK_SESSIONS = f"SELECT {SESSION} FROM chat_sessions WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+# The batch statements' arrays go in binary (%b): in text form psycopg quotes each element
+# with a regex in Python, 57 us per JSON payload, in the store's worker thread holding the
+# GIL (a tenth of a core at 600 msg/s); in binary, 0.4 us.
 BUMP_SESSIONS = """
 UPDATE chat_sessions s SET next_seq = v.next_seq,
                            last_activity_at = GREATEST(s.last_activity_at, v.at)
-FROM unnest(%s::uuid[], %s::bigint[], %s::timestamptz[]) AS v(id, next_seq, at)
+FROM unnest(%b::uuid[], %b::bigint[], %b::timestamptz[]) AS v(id, next_seq, at)
 WHERE s.id = v.id"""
 # The batch's repeats: messages its senders already stored under the same client ids.
 REPEATS = f"""
 SELECT {MESSAGE} FROM chat_messages
-WHERE (sender_email, client_msg_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"""
+WHERE (sender_email, client_msg_id) IN (SELECT * FROM unnest(%b::text[], %b::text[]))"""
 # Whole-batch inserts from parallel arrays: one statement text whatever the batch size (so
 # psycopg prepares it once), rows inserted -- and outbox ids drawn -- in array order.
 INSERT_MESSAGES = """
 INSERT INTO chat_messages (id, session_id, seq, sender_id, sender_email, sender_display_name,
                            content, client_msg_id, sent_at)
-SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::text[],
-                     %s::text[], %s::text[], %s::timestamptz[])
+SELECT * FROM unnest(%b::uuid[], %b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::text[],
+                     %b::text[], %b::text[], %b::timestamptz[])
 ON CONFLICT (sender_email, client_msg_id) DO NOTHING
 RETURNING id"""
 INSERT_OUTBOX_ROWS = f"""
 INSERT INTO chat_message_outbox (message_id, session_id, seq, event, destination, payload,
                                  trace_context, next_retry_at, created_at)
 SELECT m, s, q, e, d, p::json, t, %s, %s
-FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::text[],
-            %s::text[])
+FROM unnest(%b::uuid[], %b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::text[],
+            %b::text[])
      AS r(m, s, q, e, d, p, t)
 RETURNING {OUTBOX}"""
 

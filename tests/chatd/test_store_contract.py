@@ -197,6 +197,36 @@ async def test_concurrent_senders_get_gapless_seqs(store: Store) -> None:
 # -- reading -----------------------------------------------------------------------------------
 
 
+HAZARDS = [  # what an array literal must quote or escape, and what it could read as NULL
+    'say "hi"',
+    'back\\slash \\" both',
+    "{braces, commas}",
+    "NULL",
+    "",
+    "  spaced  ",
+    "tab\tnew\nline",
+    "é ✓ 🙂",
+]
+
+
+async def test_batch_append_stores_every_text_exactly_as_sent(store: Store) -> None:
+    """The batch goes down as parallel arrays (PostgreSQL: in binary): no text may come back
+    changed, in the message or in its outbox rows' payloads."""
+    session = await chat(store)
+    batch = [
+        NewMessage(session.id, ANN, text, f"{text}/id", at(i)) for i, text in enumerate(HAZARDS)
+    ]
+    results = await store.append_messages(batch)
+    assert all(isinstance(r, Appended) and r.created for r in results)
+    stored = await store.messages_after(session.id, 0, 100)
+    assert [(m.content, m.client_message_id) for m in stored] == [(t, f"{t}/id") for t in HAZARDS]
+    rows = await store.claim_outbox(limit=100, lease_seconds=30, now=LATER)
+    payloads = defaultdict(list)
+    for row in rows:
+        payloads[row.seq].append(json.loads(row.payload)["content"])
+    assert payloads == {i + 1: [t] * 3 for i, t in enumerate(HAZARDS)}
+
+
 async def test_batch_append_gives_consecutive_seqs_and_per_message_answers(store: Store) -> None:
     one, two = await chat(store), await chat(store, ANN, CAT)
     ghost = uuid.uuid4()
