@@ -620,6 +620,16 @@ def _tracing_from_otel_env(
     return replace(tracing, enabled=True, endpoint=endpoint, service_name=service)
 
 
+#: (section, lower, upper): keys of one section whose values must be in order (the section
+#: may be unset: then there is nothing to check).
+_ORDERED_KEYS = (
+    ("limits", "history_default", "history_max"),
+    ("outbox", "backoff_base", "backoff_cap"),
+    ("rabbitmq", "reconnect_initial_seconds", "reconnect_max_seconds"),
+    ("redis", "retry_initial_seconds", "retry_max_seconds"),
+)
+
+
 def _cross_check(config: Config, collected: _Collected) -> None:
     """Rules between keys; the error blames the key that was set last."""
 
@@ -641,10 +651,10 @@ def _cross_check(config: Config, collected: _Collected) -> None:
                 "profiles.service_private_key_file (or CHATD_SERVICE_PRIVATE_KEY) is required "
                 'when provider = "remote"',
             )
-    if limits.history_default > limits.history_max:
-        fail("limits.history_default", "must not exceed limits.history_max")
-    if config.outbox.backoff_base > config.outbox.backoff_cap:
-        fail("outbox.backoff_base", "must not exceed outbox.backoff_cap")
+    for name, lower, upper in _ORDERED_KEYS:
+        section = getattr(config, name)
+        if section is not None and getattr(section, lower) > getattr(section, upper):
+            fail(f"{name}.{lower}", f"must not exceed {name}.{upper}")
     if config.presence.max_peers * 2 > limits.stomp_max_pending_frames:
         # a presence snapshot is one MESSAGE per peer, written at once: it must leave room
         # in the session's send queue, or subscribing would close it as a slow consumer
@@ -653,12 +663,6 @@ def _cross_check(config: Config, collected: _Collected) -> None:
             "must be at most half of limits.stomp_max_pending_frames "
             f"({limits.stomp_max_pending_frames}): a snapshot is one frame per peer",
         )
-    mq = config.rabbitmq
-    if mq is not None and mq.reconnect_initial_seconds > mq.reconnect_max_seconds:
-        fail("rabbitmq.reconnect_initial_seconds", "must not exceed rabbitmq.reconnect_max_seconds")
-    rd = config.redis
-    if rd is not None and rd.retry_initial_seconds > rd.retry_max_seconds:
-        fail("redis.retry_initial_seconds", "must not exceed redis.retry_max_seconds")
 
 
 def _fit_max_batch(config: Config, collected: _Collected) -> Config:

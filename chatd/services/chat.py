@@ -324,14 +324,18 @@ class ChatService:
         except RateLimited:
             original = await self.store.find_message(caller, cmid)
             if original is None:
-                if self.observer is not None:
-                    self.observer.send_refused(path)
+                self._refused(path)
                 raise
             return self._repeat(original, sid)
-        sender = session.participant(caller)
-        assert sender is not None  # require_participant checked it
-        trace = None if self.tracer is None else self.tracer.current()
+        sender, trace = self._author(session, caller)
         return NewMessage(sid, sender, text, cmid, now, trace)
+
+    def _author(self, session: ChatSession, caller: str) -> tuple[Participant, str | None]:
+        """The caller as the session's sender (`require_participant` checked it) and the
+        trace the send continues (one request, one trace: a batch's messages share it)."""
+        sender = session.participant(caller)
+        assert sender is not None
+        return sender, None if self.tracer is None else self.tracer.current()
 
     def _content_rule(self, session: ChatSession) -> Callable[[object], str]:
         """What `content` may be depends on the session: an envelope (whose ciphertext the
@@ -473,10 +477,7 @@ class ChatService:
             except RateLimited:
                 self._refused(path)
                 raise
-        sender = session.participant(caller)
-        assert sender is not None  # require_participant checked it
-        # one request, one trace: every message of the batch continues it
-        trace = None if self.tracer is None else self.tracer.current()
+        sender, trace = self._author(session, caller)
         return [NewMessage(sid, sender, text, cmid, now, trace) for cmid, text in pairs], charged
 
     def _refused(self, path: SendPath) -> None:

@@ -167,6 +167,18 @@ FILE_ERRORS = [
     ("[limits]\nsend_burst = 0\n", r"limits\.send_burst: must be at least 1"),
     ("[limits]\nsends_per_second = 'fast'\n", r"limits\.sends_per_second: expected a number"),
     ("[limits]\nhistory_default = 300\n", r"limits\.history_default: must not exceed"),
+    (
+        "[outbox]\nbackoff_base = 1000\n",
+        r"outbox\.backoff_base: must not exceed outbox\.backoff_cap",
+    ),
+    (
+        "[rabbitmq]\nurl = 'amqp://mq'\nreconnect_initial_seconds = 100\n",
+        r"rabbitmq\.reconnect_initial_seconds: must not exceed rabbitmq\.reconnect_max_seconds",
+    ),
+    (
+        "[redis]\nurl = 'redis://r'\nretry_initial_seconds = 100\n",
+        r"redis\.retry_initial_seconds: must not exceed redis\.retry_max_seconds",
+    ),
     ("[presence]\nmax_peers = 501\n", r"presence\.max_peers: must be at most half of limits"),
     ("[presence]\ngrace_seconds = -1\n", r"presence\.grace_seconds: must be at least 0"),
     ("[logging]\nformat = 'xml'\n", r"logging\.format: expected one of 'json', 'text'"),
