@@ -150,7 +150,7 @@ class AmqpLink:
         self.thread = threading.Thread(target=self._main, name="chatd-rabbitmq", daemon=True)
         self._commands: deque[Command] = deque()
         #: A wake of the ioloop is on its way and has not started draining: a command queued
-        #: now is drained by it (see `submit`).
+        #: now is drained by it (see `_wake`).
         self._wake_pending = False
         self._connection: pika.SelectConnection | None = None
         self._channel: Any = None  # publishes, confirms, the consumer, declares
