@@ -2,18 +2,22 @@
 
 Over a raw socket: an idle keep-alive connection must be closed after ``keepalive_timeout``,
 and ``Connection: close`` / HTTP/1.0 requests must be closed right after the answer. Without
-the fix, none of these sockets is ever closed by the server.
+the fix, none of these sockets is ever closed by the server. And a closed connection's
+objects are freed at once (`chatd.http.server.release_connection`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import gc
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import trio
+from hypercorn.trio.tcp_server import TCPServer
 
 from tests.chatd.api.conftest import Server, start_server
 from tests.chatd.raw_http import read_response
+from tests.waiting import wait_until
 
 KEEPALIVE = 0.5
 SLACK = 1.0
@@ -86,3 +90,36 @@ async def test_many_idle_connections_are_all_reaped(short_keepalive_server) -> N
     finally:
         for stream in streams:
             await stream.aclose()
+
+
+@pytest.fixture
+def collector_off() -> Iterator[None]:
+    """The cyclic garbage collector off for the test: what is freed is freed by reference
+    counting, as it must be between chatd's rare collections."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def connection_servers() -> int:
+    """Hypercorn connection servers still in memory, in use or garbage."""
+    return sum(isinstance(o, TCPServer) for o in gc.get_objects())
+
+
+async def test_a_closed_connection_is_freed_without_the_cyclic_collector(
+    short_keepalive_server, collector_off
+) -> None:
+    """Each closed HTTP connection's objects go at once: a cycle through Hypercorn's server
+    kept every one until a full collection (rare under chatd's thresholds), so the soak's
+    instances grew with every connection they had served."""
+    host, port = short_keepalive_server.address
+    for _ in range(20):
+        async with await trio.open_tcp_stream(host, port) as stream:
+            await stream.send_all(
+                b"GET /health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            )
+            await _seconds_until_closed(stream, SLACK)
+    await wait_until(lambda: connection_servers() == 0, within=5.0)
