@@ -40,7 +40,7 @@ def busy_delay(retry_after: float, streak: int) -> float:
 
     Clients that came back sooner (half to all of Retry-After, as this one did) kept an
     overloaded server refusing: 1 000 retries a second cost it the CPU it needed to store."""
-    return min(BUSY_BACKOFF_MAX, retry_after * 2 ** (streak - 1)) * random.uniform(1, 1.5)
+    return min(BUSY_BACKOFF_MAX, retry_after * 2.0 ** (streak - 1)) * random.uniform(1, 1.5)
 
 
 class Gone(Exception):
@@ -190,6 +190,10 @@ class Client:
         self.receipt_every = receipt_every
         self.pending: deque[Intent] = deque()
         self.wake = trio.Event()
+        #: Set by `stop_sending` (the settle phase): no send is tried from then on, so no
+        #: message is stored after the final check; `sending` is true while one is tried.
+        self.stopped = False
+        self.sending = False
         self.answers: dict[str, tuple[trio.Event, list[dict[str, Any]]]] = {}
         # what arrived on the session topic, deduplicated by message id
         self.seen: dict[str, int] = {}
@@ -222,6 +226,12 @@ class Client:
         )
 
     # -- scheduling --------------------------------------------------------------------------
+
+    def stop_sending(self) -> None:
+        """Try no send from now on (the one being tried finishes): what is pending stays
+        pending and counts as never acknowledged."""
+        self.stopped = True
+        self.wake.set()
 
     def offer(self, intent: Intent) -> bool:
         if len(self.pending) >= MAX_PENDING:
@@ -456,16 +466,20 @@ class Client:
     async def _sender(self, transport: Transport) -> None:
         busy_streak = 0  # busy refusals in a row
         while True:
-            while not self.pending:
+            while self.stopped or not self.pending:
                 self.wake = trio.Event()
                 await self.wake.wait()
             intent = self.pending[0]
             if not intent.first_try:
                 intent.first_try = trio.current_time()
-            if intent.via == "rest":
-                answer = await self._rest(intent)
-            else:
-                answer = await self._stomp(transport, intent)
+            self.sending = True
+            try:
+                if intent.via == "rest":
+                    answer = await self._rest(intent)
+                else:
+                    answer = await self._stomp(transport, intent)
+            finally:
+                self.sending = False
             if answer is None:
                 self.stats.unanswered += 1
                 continue  # no answer: send it again (a repeat returns the original)

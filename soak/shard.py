@@ -32,7 +32,7 @@ import httpx
 import trio
 
 from bench.targets import raise_fd_limit, self_cpu
-from soak.client import Client, ClientRecord, Intent, Stats
+from soak.client import ACK_TIMEOUT, Client, ClientRecord, Intent, Stats
 
 if TYPE_CHECKING:
     from soak.runner import Options
@@ -193,6 +193,13 @@ class Shard:
         seen every stored message of its session; the clients still missing some."""
         with trio.move_on_after(SETTLE):
             while any(c.pending for c in self.clients):  # noqa: ASYNC110 (a poll over every client)
+                await trio.sleep(0.5)
+        # Intents still pending are never tried again, and the sends on their way end first:
+        # a retry stored after the check below would count as stored and not delivered.
+        for c in self.clients:
+            c.stop_sending()
+        with trio.move_on_after(ACK_TIMEOUT + 1):
+            while any(c.sending for c in self.clients):  # noqa: ASYNC110 (a poll over every client)
                 await trio.sleep(0.5)
         missing = len(self.clients)
         with trio.move_on_after(SETTLE):

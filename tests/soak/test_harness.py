@@ -8,11 +8,12 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import trio
 import trio.testing
 
-from soak.client import BUSY_BACKOFF_MAX, Ack, Stats, busy_delay
+from soak.client import BUSY_BACKOFF_MAX, Ack, Client, Intent, Stats, busy_delay
 from soak.runner import Options, Run
 from soak.shard import ClientSpec, LineReader, SharedClock
 from soak.transports import WS, XHR_POLLING, XHR_STREAMING
@@ -119,3 +120,45 @@ def test_a_client_refused_busy_waits_at_least_retry_after_and_backs_off() -> Non
     delays = [busy_delay(1.0, streak) for streak in range(1, 9)]
     assert all(d >= lo for d, lo in zip(delays, (1, 2, 4, 8, 16, 30, 30, 30), strict=True))
     assert all(d <= BUSY_BACKOFF_MAX * 1.5 for d in delays)
+
+
+class RefusedClient(Client):
+    """A client whose every send is refused busy, counting its attempts."""
+
+    attempts = 0
+
+    async def _stomp(self, transport: Any, intent: Intent) -> dict[str, Any]:
+        self.attempts += 1
+        await trio.sleep(0.2)  # the answer takes a while
+        return {"_ok": False, "status": "SERVICE_UNAVAILABLE", "retryAfter": "1"}
+
+
+async def test_a_client_told_to_stop_sending_tries_nothing_more(autojump_clock: object) -> None:
+    """The settle phase stops every client's sends before its final check: a retry stored
+    after it would be counted as stored and never delivered (the soak's false "lost")."""
+    client = RefusedClient(
+        0,
+        "u0@x.io",
+        "t",
+        "s0",
+        0,
+        "h",
+        1,
+        WS,
+        Stats(),
+        heartbeat_ms=3000,
+        client_heartbeat_ms=10000,
+        receipt_every=4,
+    )
+    client.offer(Intent("0-1", "stomp", "hello"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client._sender, None)
+        await trio.sleep(0.1)
+        assert client.sending  # the first try is on its way...
+        client.stop_sending()
+        await trio.sleep(0.2)
+        assert not client.sending  # ...and ends
+        await trio.sleep(10 * BUSY_BACKOFF_MAX)
+        assert client.attempts == 1
+        assert len(client.pending) == 1  # counted as never acknowledged
+        nursery.cancel_scope.cancel()
