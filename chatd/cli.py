@@ -123,12 +123,12 @@ def tune_gc() -> None:
     the event loop; the thresholds trade a little memory (cyclic garbage lives longer) for
     far fewer of them.
 
-    The oldest generation is still collected every 10th middle collection (when what was
+    The oldest generation is still collected, at every 11th middle collection (if what was
     promoted into it since the last one is a quarter of what it holds: Python's own rule),
-    minutes apart under load: garbage reaches it from code chatd does not own (werkzeug's
-    URL matcher leaves a reference cycle per request; a fault's exceptions and dropped
-    connections), and with 100 (before) a soak instance kept ~4 000 requests' cycles per
-    7 minutes until a full collection that never came."""
+    every 20-40 minutes at the soak's load. Garbage reaches it from code chatd does not own
+    (werkzeug's URL matcher leaves a reference cycle per request; a fault's exceptions and
+    dropped connections): with 100 (before) a soak instance kept ~4 000 requests' cycles
+    per 7 minutes for a full collection that never came."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
