@@ -24,6 +24,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -191,16 +192,12 @@ class Shard:
     async def _settle(self) -> int:
         """Wait (bounded) for the last intents to be acknowledged and every client to have
         seen every stored message of its session; the clients still missing some."""
-        with trio.move_on_after(SETTLE):
-            while any(c.pending for c in self.clients):  # noqa: ASYNC110 (a poll over every client)
-                await trio.sleep(0.5)
+        await self._wait_while(lambda c: bool(c.pending), SETTLE)
         # Intents still pending are never tried again, and the sends on their way end first:
         # a retry stored after the check below would count as stored and not delivered.
         for c in self.clients:
             c.stop_sending()
-        with trio.move_on_after(ACK_TIMEOUT + 1):
-            while any(c.sending for c in self.clients):  # noqa: ASYNC110 (a poll over every client)
-                await trio.sleep(0.5)
+        await self._wait_while(lambda c: c.sending, ACK_TIMEOUT + 1)
         missing = len(self.clients)
         with trio.move_on_after(SETTLE):
             while True:
@@ -222,6 +219,12 @@ class Shard:
                         return 0
                 await trio.sleep(1)
         return missing
+
+    async def _wait_while(self, busy: Callable[[Client], bool], limit: float) -> None:
+        """Return once no client is `busy`, or after `limit` seconds."""
+        with trio.move_on_after(limit):
+            while any(busy(c) for c in self.clients):  # noqa: ASYNC110 (a poll over every client)
+                await trio.sleep(0.5)
 
     async def _lag(self) -> None:
         """How late this event loop wakes up: a generator that cannot keep up shows here."""
